@@ -1,0 +1,54 @@
+/* cli.h - the medsem command: subcommands and their shared helpers.
+ *
+ *   int cmd_import(int argc, char **argv);   // returns the exit status
+ *
+ * Exit status: 0 success, 1 bad input (a one-line reason naming the file,
+ * line or field), 2 usage error.  Only this module prints or exits.
+ */
+#ifndef MEDSEM_CLI_H
+#define MEDSEM_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "store/store.h"
+
+enum { CLI_OK = 0, CLI_BAD_INPUT = 1, CLI_USAGE = 2 };
+
+int cmd_import(int argc, char **argv);
+int cmd_search(int argc, char **argv);
+int cmd_dedup(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+
+/* Prints "medsem: <message>" to stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Strict integer / float parsing: the whole string, in range. */
+int cli_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+int cli_parse_double(const char *s, double *out);
+
+/* Opens an existing database (never creates one); prints the reason and
+ * returns NULL on failure. */
+store *cli_open_db(const char *dir);
+
+/* The space to use: the named one, or, when name is NULL, the only space
+ * holding vectors.  Prints the reason and returns -1 when it cannot tell. */
+int cli_pick_space(store *s, const char *name, store_space *out);
+
+/* Progress on a terminal (stderr): label, count, rate, ETA; silent otherwise. */
+typedef struct cli_progress {
+    int on;
+    const char *label;
+    size_t total;
+    double t0, last;
+} cli_progress;
+void cli_progress_start(cli_progress *p, const char *label, size_t total, int quiet);
+void cli_progress_update(cli_progress *p, size_t done);
+void cli_progress_finish(cli_progress *p, size_t done);
+double cli_now(void);
+
+/* Writes s as a JSON string literal (quotes and escapes) to f. */
+void cli_json_string(FILE *f, const char *s);
+
+#endif

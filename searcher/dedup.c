@@ -1,0 +1,314 @@
+/* dedup.c - exact duplicates by data hash, near duplicates by range search
+ * plus union-find. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "searcher/searcher.h"
+
+#define DEDUP_BLOCK 256
+
+static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+{
+    if (errbuf && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errbuf, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* Union-find over dense slots; ids are mapped to slots through a sorted array. */
+typedef struct uf {
+    uint64_t *ids; /* sorted, one per slot */
+    size_t *parent;
+    float *minlink, *maxlink;
+    size_t n, cap;
+} uf;
+
+static size_t uf_find(uf *u, size_t a)
+{
+    while (u->parent[a] != a) {
+        u->parent[a] = u->parent[u->parent[a]];
+        a = u->parent[a];
+    }
+    return a;
+}
+
+static void uf_union(uf *u, size_t a, size_t b, float score)
+{
+    a = uf_find(u, a);
+    b = uf_find(u, b);
+    float mn = score, mx = score;
+    if (a != b) {
+        if (u->minlink[a] < mn)
+            mn = u->minlink[a];
+        if (u->minlink[b] < mn)
+            mn = u->minlink[b];
+        if (u->maxlink[a] > mx)
+            mx = u->maxlink[a];
+        if (u->maxlink[b] > mx)
+            mx = u->maxlink[b];
+        if (a < b)
+            u->parent[b] = a;
+        else
+            u->parent[a] = b;
+        a = a < b ? a : b;
+    } else {
+        mn = u->minlink[a] < score ? u->minlink[a] : score;
+        mx = u->maxlink[a] > score ? u->maxlink[a] : score;
+    }
+    u->minlink[a] = mn;
+    u->maxlink[a] = mx;
+}
+
+static long uf_slot(const uf *u, uint64_t id)
+{
+    size_t lo = 0, hi = u->n;
+    while (lo < hi) {
+        size_t m = lo + (hi - lo) / 2;
+        if (u->ids[m] < id)
+            lo = m + 1;
+        else
+            hi = m;
+    }
+    return lo < u->n && u->ids[lo] == id ? (long)lo : -1;
+}
+
+/* Gathers the space's vectors block by block and range-searches each block. */
+typedef struct scan {
+    idx_space *x;
+    uf *u;
+    uint32_t dim;
+    float thr;
+    float *v;
+    int64_t *qid;
+    size_t n;
+    size_t pairs, scanned;
+    int rc;
+    char *errbuf;
+    size_t errlen;
+} scan;
+
+static int collect_ids(void *ctx, uint64_t id, uint64_t gen, const float *vec)
+{
+    uf *u = ctx;
+    if (u->n == u->cap) {
+        size_t nc = u->cap ? u->cap * 2 : 4096;
+        uint64_t *ni = realloc(u->ids, nc * sizeof *ni);
+        if (!ni)
+            return -1;
+        u->ids = ni;
+        u->cap = nc;
+    }
+    u->ids[u->n++] = id;
+    return 0;
+}
+
+static int flush(scan *s)
+{
+    if (!s->n)
+        return 0;
+    size_t lims[DEDUP_BLOCK + 1];
+    int64_t *ids = NULL;
+    float *sc = NULL;
+    if (idx_space_range(s->x, s->v, s->n, s->thr, lims, &ids, &sc)) {
+        s->rc = fail(s->errbuf, s->errlen, SRCH_INDEX, "%s", idx_space_errmsg(s->x));
+        return -1;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        long a = uf_slot(s->u, (uint64_t)s->qid[i]);
+        for (size_t j = lims[i]; j < lims[i + 1]; j++) {
+            /* Each unordered pair once: only from the lower id. */
+            if (ids[j] <= s->qid[i])
+                continue;
+            long b = uf_slot(s->u, (uint64_t)ids[j]);
+            if (a < 0 || b < 0)
+                continue;
+            s->pairs++;
+            uf_union(s->u, (size_t)a, (size_t)b, sc[j]);
+        }
+    }
+    s->scanned += s->n;
+    free(ids);
+    free(sc);
+    s->n = 0;
+    return 0;
+}
+
+static int scan_cb(void *ctx, uint64_t id, uint64_t gen, const float *vec)
+{
+    scan *s = ctx;
+    memcpy(s->v + s->n * s->dim, vec, s->dim * sizeof(float));
+    s->qid[s->n++] = (int64_t)id;
+    return s->n == DEDUP_BLOCK ? flush(s) : 0;
+}
+
+typedef struct groups {
+    srch_cluster *c;
+    size_t n, cap;
+} groups;
+
+static int push_cluster(groups *g, const uint64_t *ids, size_t n, float mn, float mx)
+{
+    if (g->n == g->cap) {
+        size_t nc = g->cap ? g->cap * 2 : 16;
+        srch_cluster *c = realloc(g->c, nc * sizeof *c);
+        if (!c)
+            return -1;
+        g->c = c;
+        g->cap = nc;
+    }
+    uint64_t *copy = malloc(n * sizeof *copy);
+    if (!copy)
+        return -1;
+    memcpy(copy, ids, n * sizeof *copy);
+    g->c[g->n++] = (srch_cluster){.ids = copy, .n = n, .min_score = mn, .max_score = mx};
+    return 0;
+}
+
+static int exact_cb(void *ctx, const uint64_t *ids, size_t n)
+{
+    return push_cluster(ctx, ids, n, 1.0f, 1.0f);
+}
+
+void srch_dedup_free(srch_dedup_result *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->nexact; i++)
+        free(r->exact[i].ids);
+    for (size_t i = 0; i < r->nnear; i++)
+        free(r->near[i].ids);
+    free(r->exact);
+    free(r->near);
+    free(r);
+}
+
+int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out, char *errbuf,
+               size_t errlen)
+{
+    if (!(threshold > 0 && threshold <= 1))
+        return fail(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
+                    (double)threshold);
+    srch_dedup_result *r = calloc(1, sizeof *r);
+    uf u = {0};
+    scan s = {.x = x, .u = &u, .dim = store_dim(st), .thr = threshold, .errbuf = errbuf,
+              .errlen = errlen};
+    groups ex = {0}, ne = {0};
+    uint64_t *members = NULL;
+    int rc = SRCH_OK;
+    if (!r) {
+        rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    int sr = store_datahash_groups(st, exact_cb, &ex);
+    if (sr) {
+        rc = sr < 0 ? fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
+                    : fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        goto out;
+    }
+    store_space sp = idx_space_which(x);
+    sr = store_vectors_scan(st, sp, 0, collect_ids, &u);
+    if (sr) {
+        rc = sr < 0 ? fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
+                    : fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        goto out;
+    }
+    u.parent = malloc((u.n ? u.n : 1) * sizeof *u.parent);
+    u.minlink = malloc((u.n ? u.n : 1) * sizeof *u.minlink);
+    u.maxlink = malloc((u.n ? u.n : 1) * sizeof *u.maxlink);
+    s.v = malloc((size_t)DEDUP_BLOCK * s.dim * sizeof *s.v);
+    s.qid = malloc(DEDUP_BLOCK * sizeof *s.qid);
+    if (!u.parent || !u.minlink || !u.maxlink || !s.v || !s.qid) {
+        rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < u.n; i++) {
+        u.parent[i] = i;
+        u.minlink[i] = 2.0f;
+        u.maxlink[i] = -2.0f;
+    }
+    sr = store_vectors_scan(st, sp, 0, scan_cb, &s);
+    if (!sr && !s.rc)
+        flush(&s);
+    if (s.rc) {
+        rc = s.rc;
+        goto out;
+    }
+    if (sr) {
+        rc = fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        goto out;
+    }
+    /* Components of size >= 2, each listed with its ids in order.  Roots are
+     * the lowest slot of their component, so clusters come out in id order. */
+    members = malloc((u.n ? u.n : 1) * sizeof *members);
+    size_t *count = calloc(u.n ? u.n : 1, sizeof *count);
+    if (!members || !count) {
+        free(count);
+        rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < u.n; i++)
+        count[uf_find(&u, i)]++;
+    /* Bucket start offsets, then stable fill. */
+    size_t off = 0;
+    for (size_t i = 0; i < u.n; i++) {
+        size_t c = count[i];
+        count[i] = off;
+        off += c;
+    }
+    for (size_t i = 0; i < u.n; i++)
+        members[count[uf_find(&u, i)]++] = u.ids[i];
+    off = 0;
+    for (size_t i = 0; i < u.n; i++) {
+        if (u.parent[i] != i)
+            continue;
+        /* Buckets are laid out in slot order and only roots have members,
+         * so root i's bucket spans [end of the previous root's, count[i]). */
+        size_t end = count[i];
+        size_t start = off;
+        off = end;
+        if (end - start >= 2 && push_cluster(&ne, members + start, end - start, u.minlink[i],
+                                             u.maxlink[i])) {
+            free(count);
+            rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+            goto out;
+        }
+    }
+    free(count);
+    r->exact = ex.c;
+    r->nexact = ex.n;
+    r->near = ne.c;
+    r->nnear = ne.n;
+    r->pairs = s.pairs;
+    r->scanned = s.scanned;
+    ex.c = ne.c = NULL;
+    ex.n = ne.n = 0;
+    *out = r;
+    r = NULL;
+out:
+    for (size_t i = 0; i < ex.n; i++)
+        free(ex.c[i].ids);
+    for (size_t i = 0; i < ne.n; i++)
+        free(ne.c[i].ids);
+    free(ex.c);
+    free(ne.c);
+    srch_dedup_free(r);
+    free(u.ids);
+    free(u.parent);
+    free(u.minlink);
+    free(u.maxlink);
+    free(s.v);
+    free(s.qid);
+    free(members);
+    return rc;
+}

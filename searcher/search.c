@@ -1,0 +1,240 @@
+/* search.c - query planning: filters, selectors and the exact fallback. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "searcher/searcher.h"
+
+static const char *const srch_msgs[] = {
+#define SRCH__MSG(name, msg) msg,
+    SRCH_ERRNO_MAP(SRCH__MSG)
+#undef SRCH__MSG
+};
+static const char *const srch_names[] = {
+#define SRCH__NAME(name, msg) "SRCH_" #name,
+    SRCH_ERRNO_MAP(SRCH__NAME)
+#undef SRCH__NAME
+};
+
+const char *srch_strerror(int code)
+{
+    return code >= 0 && code < SRCH_NERR ? srch_msgs[code] : "unknown error";
+}
+
+const char *srch_errname(int code)
+{
+    return code >= 0 && code < SRCH_NERR ? srch_names[code] : "SRCH_UNKNOWN";
+}
+
+static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+{
+    if (errbuf && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errbuf, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* ---- filters ----------------------------------------------------------------- */
+
+static int parse_number(const char *t, double *out)
+{
+    if (!*t || isspace((unsigned char)*t))
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(t, &end);
+    if (*end || errno == ERANGE || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t errlen)
+{
+    static const struct {
+        const char *tok;
+        store_op op;
+    } ops[] = {{">=", STORE_OP_GE}, {"<=", STORE_OP_LE}, {">", STORE_OP_GT},
+               {"<", STORE_OP_LT},  {"=", STORE_OP_EQ}};
+    /* The first operator character splits key and value. */
+    size_t klen = strcspn(expr, "<>=");
+    if (!expr[klen])
+        return fail(errbuf, errlen, SRCH_INVAL,
+                    "filter '%s': expected KEY=VALUE, KEY>=N, KEY>N, KEY<=N or KEY<N", expr);
+    if (klen == 0)
+        return fail(errbuf, errlen, SRCH_INVAL, "filter '%s': missing key before the operator",
+                    expr);
+    store_op op = STORE_OP_EQ;
+    size_t olen = 0;
+    for (size_t i = 0; i < sizeof ops / sizeof *ops; i++)
+        if (strncmp(expr + klen, ops[i].tok, strlen(ops[i].tok)) == 0) {
+            op = ops[i].op;
+            olen = strlen(ops[i].tok);
+            break;
+        }
+    if (!olen)
+        return fail(errbuf, errlen, SRCH_INVAL, "filter '%s': unknown operator", expr);
+    srch_filter f;
+    memset(&f, 0, sizeof f);
+    f.key = strndup(expr, klen);
+    f.text = strdup(expr + klen + olen);
+    if (!f.key || !f.text) {
+        srch_filter_clear(&f);
+        return fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+    }
+    f.f.key = f.key;
+    f.f.op = op;
+    f.f.text = f.text;
+    f.f.num_valid = parse_number(f.text, &f.f.num) == 0;
+    if (op != STORE_OP_EQ && !f.f.num_valid) {
+        srch_filter_clear(&f);
+        return fail(errbuf, errlen, SRCH_INVAL, "filter '%s': a range needs a finite number", expr);
+    }
+    *out = f;
+    return SRCH_OK;
+}
+
+void srch_filter_clear(srch_filter *f)
+{
+    if (!f)
+        return;
+    free(f->key);
+    free(f->text);
+    memset(f, 0, sizeof *f);
+}
+
+/* ---- exact scan over ids ------------------------------------------------------- */
+
+int srch_exact_ids(store *s, store_space sp, const float *q, const uint64_t *ids, size_t n,
+                   size_t k, int64_t exclude_id, srch_hit *hits, size_t *nhits, char *errbuf,
+                   size_t errlen)
+{
+    uint32_t dim = store_dim(s);
+    float *v = malloc(dim * sizeof *v);
+    float *sc = malloc(k * sizeof *sc);
+    int64_t *id = malloc(k * sizeof *id);
+    if (!v || !sc || !id) {
+        free(v);
+        free(sc);
+        free(id);
+        return fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+    }
+    idx_topk t;
+    idx_topk_init(&t, k, sc, id);
+    int rc = SRCH_OK;
+    for (size_t i = 0; i < n; i++) {
+        if ((int64_t)ids[i] == exclude_id)
+            continue;
+        int r = store_vector_get(s, sp, ids[i], v);
+        if (r == STORE_NOTFOUND)
+            continue; /* an item without a vector in this space */
+        if (r) {
+            rc = fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+            break;
+        }
+        float dot = 0;
+        for (uint32_t d = 0; d < dim; d++)
+            dot += q[d] * v[d];
+        idx_topk_push(&t, dot, (int64_t)ids[i]);
+    }
+    size_t m = idx_topk_finish(&t);
+    if (!rc) {
+        for (size_t i = 0; i < m; i++)
+            hits[i] = (srch_hit){.id = id[i], .score = sc[i]};
+        *nhits = m;
+    }
+    free(v);
+    free(sc);
+    free(id);
+    return rc;
+}
+
+/* ---- search ---------------------------------------------------------------- */
+
+int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, size_t *nhits,
+                srch_stats *st, char *errbuf, size_t errlen)
+{
+    srch_stats dummy;
+    if (!st)
+        st = &dummy;
+    memset(st, 0, sizeof *st);
+    if (q->k < 1 || q->k > SRCH_K_MAX)
+        return fail(errbuf, errlen, SRCH_INVAL, "k must be between 1 and %d, not %zu", SRCH_K_MAX,
+                    q->k);
+    idx_info info;
+    idx_space_info(x, &info);
+    uint64_t *allowed = NULL;
+    size_t nallowed = 0;
+    int rc = SRCH_OK;
+    if (q->nfilters) {
+        store_filter *fs = malloc(q->nfilters * sizeof *fs);
+        if (!fs)
+            return fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        for (size_t i = 0; i < q->nfilters; i++)
+            fs[i] = q->filters[i].f;
+        int r = store_filter_ids(s, fs, q->nfilters, &allowed, &nallowed);
+        free(fs);
+        if (r)
+            return fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+        st->matching = nallowed;
+        /* A small matching set is scanned exactly: cheaper than a selector
+         * pass over a large index, and exact whatever the index kind. */
+        size_t emax = q->exact_max ? q->exact_max : SRCH_EXACT_MAX;
+        if (nallowed <= emax || (info.exact && 4 * nallowed < info.ntotal)) {
+            st->plan = "exact-scan";
+            st->exact = 1;
+            rc = srch_exact_ids(s, idx_space_which(x), q->vec, allowed, nallowed, q->k,
+                                q->exclude_id, hits, nhits, errbuf, errlen);
+            free(allowed);
+            return rc;
+        }
+    }
+    /* One extra result in case the query item itself comes back. */
+    size_t kk = q->k + (q->exclude_id >= 0);
+    float *sc = malloc(kk * sizeof *sc);
+    int64_t *id = malloc(kk * sizeof *id);
+    if (!sc || !id) {
+        rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    int r = idx_space_search(x, q->vec, 1, kk, allowed, nallowed, sc, id);
+    if (r) {
+        rc = fail(errbuf, errlen, SRCH_INDEX, "%s", idx_space_errmsg(x));
+        goto out;
+    }
+    st->plan = allowed ? "index+selector" : "index";
+    st->exact = info.exact;
+    size_t m = 0;
+    for (size_t i = 0; i < kk && m < q->k; i++) {
+        if (id[i] < 0 || id[i] == q->exclude_id)
+            continue;
+        hits[m++] = (srch_hit){.id = id[i], .score = sc[i]};
+    }
+    *nhits = m;
+    /* An ANN index can miss matching items under a selector (HNSW especially);
+     * when it came back short, scan the matching items exactly. */
+    if (allowed && m < q->k && m < nallowed) {
+        st->plan = "exact-scan";
+        st->exact = 1;
+        rc = srch_exact_ids(s, idx_space_which(x), q->vec, allowed, nallowed, q->k, q->exclude_id,
+                            hits, nhits, errbuf, errlen);
+    }
+out:
+    free(sc);
+    free(id);
+    free(allowed);
+    return rc;
+}

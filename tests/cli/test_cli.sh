@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Integration test: drives the real medsem CLI through imports, searches,
+# dedup and every class of bad input.  Bad input must exit 1 with a reason
+# naming the file and line or field, and leave the database byte-identical.
+set -u
+B=${top_builddir:-$(cd "$(dirname "$0")/../.." && pwd)}
+MEDSEM="$B/medsem"
+MKVEC="$B/tests/tools/mkvec"
+T=$(mktemp -d /tmp/medsem-cli.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fails=0
+n=0
+
+ok()   { n=$((n + 1)); echo "ok $n - $*"; }
+bad()  { n=$((n + 1)); fails=$((fails + 1)); echo "not ok $n - $*"; }
+
+# expect STATUS PATTERN DESCRIPTION -- command...: exit status and stderr match
+expect() {
+    local want=$1 pat=$2 what=$3; shift 4
+    "$@" >"$T/out" 2>"$T/err"
+    local got=$?
+    if [ "$got" -ne "$want" ]; then
+        bad "$what: exit $got, want $want"; sed 's/^/#   /' "$T/err"; return
+    fi
+    if [ -n "$pat" ] && ! grep -qE -- "$pat" "$T/err"; then
+        bad "$what: stderr does not match /$pat/"; sed 's/^/#   /' "$T/err"; return
+    fi
+    ok "$what"
+}
+
+dbsum() { md5sum "$T/db/data.mdb" | cut -d' ' -f1; }
+
+# unchanged DESCRIPTION -- command: bad input, exit 1, database untouched
+unchanged() {
+    local pat=$1 what=$2; shift 3
+    local before; before=$(dbsum)
+    expect 1 "$pat" "$what" -- "$@"
+    [ "$(dbsum)" = "$before" ] && ok "$what: database unchanged" || bad "$what: database changed"
+}
+
+"$MKVEC" --out "$T/a" --n 3000 --dim 32 --clusters 20 --queries 4 --seed 3 || { echo "mkvec failed"; exit 1; }
+"$MKVEC" --out "$T/w" --n 10 --dim 64 --seed 4 >/dev/null
+"$MKVEC" --out "$T/f64" --n 10 --dim 32 --dtype f64 --seed 5 >/dev/null
+"$MKVEC" --out "$T/h" --n 500 --dim 32 --dtype f16 --seed 6 >/dev/null
+
+# --- a good import, quiet off a terminal, then an idempotent re-import -------
+expect 0 "" "import 3000 rows" -- "$MEDSEM" import --db "$T/db" --vectors "$T/a.npy" --meta "$T/a.jsonl"
+grep -q "3000 new, 0 already present" "$T/out" && ok "import summary" || bad "import summary: $(cat "$T/out")"
+[ ! -s "$T/err" ] && ok "no progress bar when stderr is not a terminal" || bad "stderr not empty"
+expect 0 "" "re-import" -- "$MEDSEM" import --db "$T/db" --vectors "$T/a.npy" --meta "$T/a.jsonl"
+grep -q "0 new, 3000 already present" "$T/out" && ok "re-import is a no-op" || bad "re-import: $(cat "$T/out")"
+expect 0 "" "import float16 rows" -- "$MEDSEM" import --db "$T/db" --vectors "$T/h.npy" --meta "$T/h.jsonl"
+
+expect 0 "" "info" -- "$MEDSEM" info --db "$T/db"
+grep -q "dimension 32" "$T/out" && grep -q "items     3500" "$T/out" && ok "info content" || bad "info: $(cat "$T/out")"
+expect 0 "" "info --json" -- "$MEDSEM" info --db "$T/db" --json
+grep -q '"dim":32' "$T/out" && ok "info json" || bad "info json: $(cat "$T/out")"
+
+# --- searches ------------------------------------------------------------------
+expect 0 "" "search by vector file" -- "$MEDSEM" search --db "$T/db" --vector-file "$T/a.q.npy" --k 5
+[ "$(grep -c '^query ' "$T/out")" = 4 ] && ok "one result block per query" || bad "query blocks: $(cat "$T/out")"
+expect 0 "" "search --json" -- "$MEDSEM" search --db "$T/db" --vector-file "$T/a.q.npy" --k 3 --json
+[ "$(grep -o '"id":' "$T/out" | wc -l)" = 12 ] && ok "json has 4 x 3 hits" || bad "json hits: $(cat "$T/out")"
+grep -q '"payload":{"name":"item-' "$T/out" && ok "json carries payloads" || bad "json payload"
+expect 0 "" "search by item" -- "$MEDSEM" search --db "$T/db" --item 7 --k 4 --json
+grep -q '"id":7,' "$T/out" && bad "query item returned itself" || ok "query item left out"
+expect 0 "" "filtered search" -- "$MEDSEM" search --db "$T/db" --vector-file "$T/a.q.npy" --k 10 --filter modality=CT --filter "score<0.5" --json
+if grep -o '"modality":"[A-Z]*"' "$T/out" | grep -qv CT; then bad "filter leaked other modalities"; else ok "filter holds"; fi
+[ "$(grep -o '"id":' "$T/out" | wc -l)" = 40 ] && ok "filtered search fills k" || bad "filtered hits"
+expect 0 "" "dedup" -- "$MEDSEM" dedup --db "$T/db" --threshold 0.999
+expect 0 "" "dedup --json" -- "$MEDSEM" dedup --db "$T/db" --json
+grep -q '"exact":\[' "$T/out" && grep -q '"near":\[' "$T/out" && ok "dedup json shape" || bad "dedup json: $(cat "$T/out")"
+
+# --- bad input: exit 1, a reason naming the file/line/field, db untouched -------
+head -c 3000 "$T/a.npy" > "$T/trunc.npy"
+unchanged "trunc.npy: truncated" "truncated npy" -- "$MEDSEM" import --db "$T/db" --vectors "$T/trunc.npy" --meta "$T/a.jsonl"
+unchanged "f64.npy: dtype .<f8.*float32.*float16" "wrong dtype" -- "$MEDSEM" import --db "$T/db" --vectors "$T/f64.npy" --meta "$T/f64.jsonl"
+head -n 2999 "$T/a.jsonl" > "$T/short.jsonl"
+unchanged "short.jsonl has 2999 lines but .*a.npy has 3000 rows" "row count mismatch" -- "$MEDSEM" import --db "$T/db" --vectors "$T/a.npy" --meta "$T/short.jsonl"
+sed '57s/.*/{"name": "broken", /' "$T/a.jsonl" > "$T/broken.jsonl"
+unchanged "broken.jsonl: line 57: invalid JSON" "invalid JSON on line 57" -- "$MEDSEM" import --db "$T/db" --vectors "$T/a.npy" --meta "$T/broken.jsonl"
+sed '9s/.*/[1, 2]/' "$T/a.jsonl" > "$T/array.jsonl"
+unchanged "line 9: expected a JSON object" "non-object line" -- "$MEDSEM" import --db "$T/db" --vectors "$T/a.npy" --meta "$T/array.jsonl"
+sed '12s/.*/{"modality": 5}/' "$T/a.jsonl" > "$T/field.jsonl"
+unchanged "line 12: field 'modality' must be a string" "wrong field type" -- "$MEDSEM" import --db "$T/db" --vectors "$T/a.npy" --meta "$T/field.jsonl"
+# NaN and infinity written into row 10 of a copy.
+data_off=$(( $(stat -c %s "$T/a.npy") - 3000 * 32 * 4 ))
+cp "$T/a.npy" "$T/nan.npy"; printf '\x00\x00\xc0\x7f' | dd of="$T/nan.npy" bs=1 seek=$((data_off + (10 * 32 + 3) * 4)) conv=notrunc status=none
+unchanged "nan.npy: row 10, column 3 is NaN" "NaN value" -- "$MEDSEM" import --db "$T/db" --vectors "$T/nan.npy" --meta "$T/a.jsonl"
+cp "$T/a.npy" "$T/inf.npy"; printf '\x00\x00\x80\xff' | dd of="$T/inf.npy" bs=1 seek=$((data_off + (11 * 32) * 4)) conv=notrunc status=none
+unchanged "inf.npy: row 11, column 0 is infinite" "infinite value" -- "$MEDSEM" import --db "$T/db" --vectors "$T/inf.npy" --meta "$T/a.jsonl"
+unchanged "dimension is 32.*64|64.*32" "dimension mismatch" -- "$MEDSEM" import --db "$T/db" --vectors "$T/w.npy" --meta "$T/w.jsonl"
+unchanged "model 'imported'.*'other'|'other'.*'imported'" "model mismatch" -- "$MEDSEM" import --db "$T/db" --vectors "$T/a.npy" --meta "$T/a.jsonl" --model-id other
+unchanged "queries have 64 dimensions" "query dimension mismatch" -- "$MEDSEM" search --db "$T/db" --vector-file "$T/w.npy"
+for k in 0 -3 1000000 abc 10x; do
+    unchanged "--k '$k'" "k of $k" -- "$MEDSEM" search --db "$T/db" --item 1 --k "$k"
+done
+unchanged "no such item" "unknown item" -- "$MEDSEM" search --db "$T/db" --item 999999
+unchanged "filter 'score>=high'" "bad filter" -- "$MEDSEM" search --db "$T/db" --item 1 --filter "score>=high"
+expect 1 "no medsem database" "missing database directory" -- "$MEDSEM" search --db "$T/nope" --item 1
+[ ! -e "$T/nope" ] && ok "missing database not created by search" || bad "search created a directory"
+mkdir "$T/foreign"; echo hello > "$T/foreign/notes.txt"
+expect 1 "foreign|not a medsem database" "foreign directory" -- "$MEDSEM" info --db "$T/foreign"
+expect 1 "foreign|not a medsem database" "import into a foreign directory" -- "$MEDSEM" import --db "$T/foreign" --vectors "$T/a.npy" --meta "$T/a.jsonl"
+[ "$(ls "$T/foreign")" = notes.txt ] && ok "foreign directory untouched" || bad "foreign directory changed"
+expect 1 "trunc.npy: truncated" "bad input does not create a database" -- "$MEDSEM" import --db "$T/fresh" --vectors "$T/trunc.npy" --meta "$T/a.jsonl"
+[ ! -e "$T/fresh" ] && ok "no database left behind" || bad "a database was created from bad input"
+
+# --- usage errors: exit 2 ---------------------------------------------------------
+expect 2 "" "no command" -- "$MEDSEM"
+expect 2 "unknown command" "unknown command" -- "$MEDSEM" frobnicate
+expect 2 "needs --db" "missing options" -- "$MEDSEM" import --vectors "$T/a.npy"
+expect 2 "" "unknown option" -- "$MEDSEM" search --db "$T/db" --item 1 --bogus
+
+# --- forced index kinds ------------------------------------------------------------
+expect 0 "" "import with a forced HNSW index" -- "$MEDSEM" import --db "$T/db2" --vectors "$T/a.npy" --meta "$T/a.jsonl" --index HNSW16,Flat --space volume
+grep -q "index: HNSW16,Flat" "$T/out" && ok "forced index kind used" || bad "forced kind: $(cat "$T/out")"
+expect 1 "IDMap2" "factory with IDMap refused" -- "$MEDSEM" import --db "$T/db3" --vectors "$T/a.npy" --meta "$T/a.jsonl" --index IDMap2,Flat
+expect 1 "cannot create the index" "unknown factory refused" -- "$MEDSEM" import --db "$T/db4" --vectors "$T/a.npy" --meta "$T/a.jsonl" --index Bogus7
+
+echo "1..$n"
+[ "$fails" -eq 0 ] || { echo "$fails of $n checks failed"; exit 1; }

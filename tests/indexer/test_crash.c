@@ -155,7 +155,11 @@ static void verify(fixture *f, size_t committed, tu_rng *r)
     store *s = NULL;
     char err[1024];
     store_opts so = {0};
-    assert_int_equal(store_open(f->db, &so, &s, err, sizeof err), 0);
+    int orc = store_open(f->db, &so, &s, err, sizeof err);
+    if (orc == STORE_NODB && committed == 0)
+        return; /* killed before its first commit: no database yet, correctly */
+    if (orc)
+        fail_msg("reopening after a kill (%zu rows committed): %s", committed, err);
     store_space_stat st;
     assert_int_equal(store_space_stat_get(s, STORE_SPACE_IMAGE, &st), 0);
     uint64_t items = 0;

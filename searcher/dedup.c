@@ -9,22 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "searcher/internal.h"
 #include "searcher/searcher.h"
 
 #define DEDUP_BLOCK 256
-
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* Union-find over dense slots; ids are mapped to slots through a sorted array. */
 typedef struct uf {
@@ -121,7 +109,7 @@ static int flush(scan *s)
     int64_t *ids = NULL;
     float *sc = NULL;
     if (idx_space_range(s->x, s->v, s->n, s->thr, lims, &ids, &sc)) {
-        s->rc = fail(s->errbuf, s->errlen, SRCH_INDEX, "%s", idx_space_errmsg(s->x));
+        s->rc = srch__fail(s->errbuf, s->errlen, SRCH_INDEX, "%s", idx_space_errmsg(s->x));
         return -1;
     }
     for (size_t i = 0; i < s->n; i++) {
@@ -197,7 +185,7 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
                size_t errlen)
 {
     if (!(threshold > 0 && threshold <= 1))
-        return fail(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
+        return srch__fail(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
                     (double)threshold);
     srch_dedup_result *r = calloc(1, sizeof *r);
     uf u = {0};
@@ -207,20 +195,20 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
     uint64_t *members = NULL;
     int rc = SRCH_OK;
     if (!r) {
-        rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
     int sr = store_datahash_groups(st, exact_cb, &ex);
     if (sr) {
-        rc = sr < 0 ? fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
-                    : fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        rc = sr < 0 ? srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
+                    : srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
         goto out;
     }
     store_space sp = idx_space_which(x);
     sr = store_vectors_scan(st, sp, 0, collect_ids, &u);
     if (sr) {
-        rc = sr < 0 ? fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
-                    : fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        rc = sr < 0 ? srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
+                    : srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
         goto out;
     }
     u.parent = malloc((u.n ? u.n : 1) * sizeof *u.parent);
@@ -229,7 +217,7 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
     s.v = malloc((size_t)DEDUP_BLOCK * s.dim * sizeof *s.v);
     s.qid = malloc(DEDUP_BLOCK * sizeof *s.qid);
     if (!u.parent || !u.minlink || !u.maxlink || !s.v || !s.qid) {
-        rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < u.n; i++) {
@@ -245,7 +233,7 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
         goto out;
     }
     if (sr) {
-        rc = fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        rc = srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
         goto out;
     }
     /* Components of size >= 2, each listed with its ids in order.  Roots are
@@ -254,7 +242,7 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
     size_t *count = calloc(u.n ? u.n : 1, sizeof *count);
     if (!members || !count) {
         free(count);
-        rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < u.n; i++)
@@ -280,7 +268,7 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
         if (end - start >= 2 && push_cluster(&ne, members + start, end - start, u.minlink[i],
                                              u.maxlink[i])) {
             free(count);
-            rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+            rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
             goto out;
         }
     }

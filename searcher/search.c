@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "searcher/internal.h"
 #include "searcher/searcher.h"
 
 static const char *const srch_msgs[] = {
@@ -34,9 +35,7 @@ const char *srch_errname(int code)
     return code >= 0 && code < SRCH_NERR ? srch_names[code] : "SRCH_UNKNOWN";
 }
 
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+int srch__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
 {
     if (errbuf && errlen) {
         va_list ap;
@@ -72,10 +71,10 @@ int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t e
     /* The first operator character splits key and value. */
     size_t klen = strcspn(expr, "<>=");
     if (!expr[klen])
-        return fail(errbuf, errlen, SRCH_INVAL,
+        return srch__fail(errbuf, errlen, SRCH_INVAL,
                     "filter '%s': expected KEY=VALUE, KEY>=N, KEY>N, KEY<=N or KEY<N", expr);
     if (klen == 0)
-        return fail(errbuf, errlen, SRCH_INVAL, "filter '%s': missing key before the operator",
+        return srch__fail(errbuf, errlen, SRCH_INVAL, "filter '%s': missing key before the operator",
                     expr);
     store_op op = STORE_OP_EQ;
     size_t olen = 0;
@@ -86,14 +85,14 @@ int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t e
             break;
         }
     if (!olen)
-        return fail(errbuf, errlen, SRCH_INVAL, "filter '%s': unknown operator", expr);
+        return srch__fail(errbuf, errlen, SRCH_INVAL, "filter '%s': unknown operator", expr);
     srch_filter f;
     memset(&f, 0, sizeof f);
     f.key = strndup(expr, klen);
     f.text = strdup(expr + klen + olen);
     if (!f.key || !f.text) {
         srch_filter_clear(&f);
-        return fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        return srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
     }
     f.f.key = f.key;
     f.f.op = op;
@@ -101,7 +100,7 @@ int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t e
     f.f.num_valid = parse_number(f.text, &f.f.num) == 0;
     if (op != STORE_OP_EQ && !f.f.num_valid) {
         srch_filter_clear(&f);
-        return fail(errbuf, errlen, SRCH_INVAL, "filter '%s': a range needs a finite number", expr);
+        return srch__fail(errbuf, errlen, SRCH_INVAL, "filter '%s': a range needs a finite number", expr);
     }
     *out = f;
     return SRCH_OK;
@@ -130,7 +129,7 @@ int srch_exact_ids(store *s, store_space sp, const float *q, const uint64_t *ids
         free(v);
         free(sc);
         free(id);
-        return fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        return srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
     }
     idx_topk t;
     idx_topk_init(&t, k, sc, id);
@@ -142,7 +141,7 @@ int srch_exact_ids(store *s, store_space sp, const float *q, const uint64_t *ids
         if (r == STORE_NOTFOUND)
             continue; /* an item without a vector in this space */
         if (r) {
-            rc = fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+            rc = srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
             break;
         }
         float dot = 0;
@@ -172,7 +171,7 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
         st = &dummy;
     memset(st, 0, sizeof *st);
     if (q->k < 1 || q->k > SRCH_K_MAX)
-        return fail(errbuf, errlen, SRCH_INVAL, "k must be between 1 and %d, not %zu", SRCH_K_MAX,
+        return srch__fail(errbuf, errlen, SRCH_INVAL, "k must be between 1 and %d, not %zu", SRCH_K_MAX,
                     q->k);
     idx_info info;
     idx_space_info(x, &info);
@@ -182,13 +181,13 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
     if (q->nfilters) {
         store_filter *fs = malloc(q->nfilters * sizeof *fs);
         if (!fs)
-            return fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+            return srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
         for (size_t i = 0; i < q->nfilters; i++)
             fs[i] = q->filters[i].f;
         int r = store_filter_ids(s, fs, q->nfilters, &allowed, &nallowed);
         free(fs);
         if (r)
-            return fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+            return srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
         st->matching = nallowed;
         /* A small matching set is scanned exactly: cheaper than a selector
          * pass over a large index, and exact whatever the index kind. */
@@ -207,12 +206,12 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
     float *sc = malloc(kk * sizeof *sc);
     int64_t *id = malloc(kk * sizeof *id);
     if (!sc || !id) {
-        rc = fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
     int r = idx_space_search(x, q->vec, 1, kk, allowed, nallowed, sc, id);
     if (r) {
-        rc = fail(errbuf, errlen, SRCH_INDEX, "%s", idx_space_errmsg(x));
+        rc = srch__fail(errbuf, errlen, SRCH_INDEX, "%s", idx_space_errmsg(x));
         goto out;
     }
     st->plan = allowed ? "index+selector" : "index";

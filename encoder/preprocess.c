@@ -1,0 +1,148 @@
+/* preprocess.c - image files to model input tensors (see preprocess.h). */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "encoder/image.h"
+#include "encoder/preprocess.h"
+
+enc_modality enc_modality_parse(const char *s)
+{
+    if (!s)
+        return ENC_MOD_OTHER;
+    if (!strcasecmp(s, "CT"))
+        return ENC_MOD_CT;
+    if (!strcasecmp(s, "MR") || !strcasecmp(s, "MRI"))
+        return ENC_MOD_MR;
+    if (!strcasecmp(s, "CR") || !strcasecmp(s, "DX") || !strcasecmp(s, "XR") ||
+        !strcasecmp(s, "X-ray"))
+        return ENC_MOD_XRAY;
+    return ENC_MOD_OTHER;
+}
+
+size_t enc_prep_volume_count(const enc_prep *p)
+{
+    return (size_t)p->channels * p->vol_size[0] * p->vol_size[1] * p->vol_size[2];
+}
+
+size_t enc_prep_image_count(const enc_prep *p)
+{
+    return (size_t)p->channels * p->img_size[0] * p->img_size[1];
+}
+
+static int check(const enc_prep *p, int vol, char *errbuf, size_t errlen)
+{
+    int ok = (p->channels == 1 || p->channels == 3);
+    if (vol)
+        for (int i = 0; i < 3; i++)
+            ok = ok && p->vol_size[i] > 0 && p->vol_spacing[i] > 0 && isfinite(p->vol_spacing[i]);
+    else
+        ok = ok && p->img_size[0] > 0 && p->img_size[1] > 0;
+    ok = ok && p->ct_window[0] < p->ct_window[1] && p->mr_pct[0] >= 0 &&
+         p->mr_pct[0] < p->mr_pct[1] && p->mr_pct[1] <= 100;
+    for (int c = 0; c < p->channels; c++)
+        ok = ok && p->std[c] > 0;
+    if (!ok && errbuf)
+        snprintf(errbuf, errlen, "invalid preprocessing parameters in the model configuration");
+    return ok ? ENC_OK : ENC_INVAL;
+}
+
+/* Maps intensities to [0, 1] by modality. */
+static int intensities(enc_vol *v, enc_modality mod, const enc_prep *p, const char *path,
+                       char *errbuf, size_t errlen)
+{
+    if (mod == ENC_MOD_CT) {
+        enc_img_ct_window(v, p->ct_window[0], p->ct_window[1]);
+        return ENC_OK;
+    }
+    int rc = enc_img_mr_scale(v, p->mr_pct[0], p->mr_pct[1]);
+    if (rc && errbuf)
+        snprintf(errbuf, errlen, "%s: cannot scale intensities: %s", path, enc_strerror(rc));
+    return rc;
+}
+
+/* Replicates one [0, 1] plane of n values into C normalised channels. */
+static void channels(const float *src, size_t n, const enc_prep *p, float *out)
+{
+    for (int c = 0; c < p->channels; c++) {
+        float m = p->mean[c], inv = 1.0f / p->std[c];
+        float *o = out + (size_t)c * n;
+        for (size_t i = 0; i < n; i++)
+            o[i] = (src[i] - m) * inv;
+    }
+}
+
+int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,
+                    char *errbuf, size_t errlen)
+{
+    int rc = check(p, 1, errbuf, errlen);
+    if (rc)
+        return rc;
+    enc_vol v = {0}, r = {0};
+    rc = enc_img_read_nifti(path, NULL, &v, errbuf, errlen);
+    if (rc)
+        return rc;
+    rc = intensities(&v, mod, p, path, errbuf, errlen);
+    if (!rc)
+        rc = enc_img_resample(&v, p->vol_spacing, p->vol_size[2], p->vol_size[1], p->vol_size[0],
+                              &r, errbuf, errlen);
+    if (!rc)
+        channels(r.data, (size_t)p->vol_size[0] * p->vol_size[1] * p->vol_size[2], p, out);
+    enc_vol_free(&v);
+    enc_vol_free(&r);
+    return rc;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcasecmp(s + n - m, suf) == 0;
+}
+
+int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float *out,
+                   char *errbuf, size_t errlen)
+{
+    int rc = check(p, 0, errbuf, errlen);
+    if (rc)
+        return rc;
+    enc_vol v = {0}, r = {0};
+    rc = enc_img_read_2d(path, NULL, &v, errbuf, errlen);
+    if (rc)
+        return rc;
+    int png = ends_with(path, ".png");
+    /* PNG samples are already [0, 1] of their bit depth; NIfTI values are
+     * physical and need the modality's mapping. */
+    if (!png)
+        rc = intensities(&v, mod, p, path, errbuf, errlen);
+    if (!rc && !png) {
+        /* RAS order has row 0 at the bottom (inferior/posterior): flip to
+         * picture order so both sources agree. */
+        for (int j = 0; j < v.ny / 2; j++)
+            for (int i = 0; i < v.nx; i++) {
+                float t = v.data[(size_t)j * v.nx + i];
+                v.data[(size_t)j * v.nx + i] = v.data[(size_t)(v.ny - 1 - j) * v.nx + i];
+                v.data[(size_t)(v.ny - 1 - j) * v.nx + i] = t;
+            }
+    }
+    if (!rc) {
+        /* One spacing for both axes keeps the aspect ratio; the larger side
+         * fills the model's input and the other is padded. */
+        int H = p->img_size[0], W = p->img_size[1];
+        double sx = (double)v.nx * v.spacing[0] / W, sy = (double)v.ny * v.spacing[1] / H;
+        float s = (float)(sx > sy ? sx : sy);
+        float sp[3] = {s, s, v.spacing[2] > 0 ? v.spacing[2] : 1.0f};
+        rc = enc_img_resample(&v, sp, W, H, 1, &r, errbuf, errlen);
+    }
+    if (!rc)
+        channels(r.data, (size_t)p->img_size[0] * p->img_size[1], p, out);
+    enc_vol_free(&v);
+    enc_vol_free(&r);
+    return rc;
+}

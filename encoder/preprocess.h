@@ -1,0 +1,56 @@
+/* preprocess.h - from an image file to a model's input tensor.
+ *
+ *   enc_prep p = ENC_PREP_INIT;  p.vol_size = {32, 256, 256} ...
+ *   float *x = malloc(enc_prep_volume_count(&p) * sizeof *x);
+ *   enc_prep_volume("ct.nii.gz", ENC_MOD_CT, &p, x, err, sizeof err);
+ *
+ * Volumes: read (NIfTI), reoriented to RAS, intensities mapped by modality
+ * (CT: HU window to [0, 1]; MR and others: percentile scaling to [0, 1]),
+ * resampled trilinearly to the target spacing, centre-cropped or padded to
+ * the model's size, and written as [C, D, H, W] in RAS voxel order: W grows
+ * towards the patient's right, H towards anterior, D towards superior.
+ * Images (radiographs): PNG or 2-D NIfTI, put in picture order (row 0 at the
+ * top), intensities to [0, 1] (PNG by bit depth, NIfTI by modality), scaled
+ * to fit the model's size with the aspect ratio kept and the rest padded,
+ * written as [C, H, W].  Grey is replicated to C channels and normalised per
+ * channel as (x - mean) / std.
+ */
+#ifndef MEDSEM_ENCODER_PREPROCESS_H
+#define MEDSEM_ENCODER_PREPROCESS_H
+
+#include <stddef.h>
+
+#include "encoder/encoder.h"
+
+typedef enum { ENC_MOD_OTHER = 0, ENC_MOD_CT, ENC_MOD_MR, ENC_MOD_XRAY } enc_modality;
+
+/* "CT", "MR"/"MRI", "CR"/"DX"/"XR" (any case); anything else is OTHER. */
+enc_modality enc_modality_parse(const char *s);
+
+typedef struct enc_prep {
+    int channels;        /* 1, or 3 for RGB models (grey replicated) */
+    int vol_size[3];     /* D, H, W */
+    float vol_spacing[3]; /* target mm along W (x), H (y), D (z) */
+    int img_size[2];     /* H, W */
+    float ct_window[2];  /* HU */
+    float mr_pct[2];     /* percentiles for MR and other modalities */
+    float mean[3], std[3];
+} enc_prep;
+
+#define ENC_PREP_INIT                                                                     \
+    {                                                                                     \
+        1, {32, 256, 256}, {1.5f, 1.5f, 3.0f}, {224, 224}, {-1000.0f, 400.0f},         \
+            {0.5f, 99.5f}, {0, 0, 0}, { 1, 1, 1 }                                       \
+    }
+
+size_t enc_prep_volume_count(const enc_prep *p); /* C*D*H*W */
+size_t enc_prep_image_count(const enc_prep *p);  /* C*H*W */
+
+/* Fills out (enc_prep_volume_count floats).  Errors name the file. */
+int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,
+                    char *errbuf, size_t errlen);
+/* Fills out (enc_prep_image_count floats).  Errors name the file. */
+int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float *out,
+                   char *errbuf, size_t errlen);
+
+#endif

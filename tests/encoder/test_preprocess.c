@@ -1,0 +1,149 @@
+/* test_preprocess.c - image files to model input tensors. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <nifti2_io.h>
+#include <png.h>
+
+#include "encoder/preprocess.h"
+#include "testutil.h"
+
+/* A 4x4x4 CT volume stored LPS (sform diag(-2,-2,2)), HU = 100 * (i + 4j + 16k) - 1000
+ * in file voxel order. */
+static void write_ct(const char *path)
+{
+    int64_t dims[8] = {3, 4, 4, 4, 1, 1, 1, 1};
+    nifti_image *nim = nifti_make_new_nim(dims, DT_INT16, 1);
+    assert_non_null(nim);
+    int16_t *d = nim->data;
+    for (int i = 0; i < 64; i++)
+        d[i] = (int16_t)(10 * i - 300);
+    nim->sform_code = NIFTI_XFORM_SCANNER_ANAT;
+    memset(&nim->sto_xyz, 0, sizeof nim->sto_xyz);
+    nim->sto_xyz.m[0][0] = -2;
+    nim->sto_xyz.m[1][1] = -2;
+    nim->sto_xyz.m[2][2] = 2;
+    nim->sto_xyz.m[3][3] = 1;
+    assert_int_equal(nifti_set_filenames(nim, path, 0, 1), 0);
+    nifti_image_write(nim);
+    nifti_image_free(nim);
+}
+
+static void test_volume_ct(void **state)
+{
+    char *dir = tu_mkdtemp();
+    char *p = tu_path(dir, "ct.nii.gz");
+    write_ct(p);
+    enc_prep pp = ENC_PREP_INIT;
+    pp.vol_size[0] = pp.vol_size[1] = pp.vol_size[2] = 4;
+    pp.vol_spacing[0] = pp.vol_spacing[1] = pp.vol_spacing[2] = 2;
+    pp.ct_window[0] = -300;
+    pp.ct_window[1] = 330;
+    float out[64];
+    char err[256];
+    assert_int_equal(enc_prep_volume(p, ENC_MOD_CT, &pp, out, err, sizeof err), 0);
+    /* RAS order: x and y flipped relative to the LPS file. */
+    for (int k = 0; k < 4; k++)
+        for (int j = 0; j < 4; j++)
+            for (int i = 0; i < 4; i++) {
+                int fi = 3 - i, fj = 3 - j;
+                float hu = (float)(10 * (fi + 4 * fj + 16 * k) - 300);
+                assert_float_equal(out[(k * 4 + j) * 4 + i], (hu + 300) / 630, 1e-5);
+            }
+    /* Three normalised channels. */
+    pp.channels = 3;
+    float mean[3] = {0.5f, 0.25f, 0}, sd[3] = {2, 1, 0.5f};
+    memcpy(pp.mean, mean, sizeof mean);
+    memcpy(pp.std, sd, sizeof sd);
+    float out3[192];
+    assert_int_equal(enc_prep_volume(p, ENC_MOD_CT, &pp, out3, err, sizeof err), 0);
+    for (int c = 0; c < 3; c++)
+        assert_float_equal(out3[c * 64 + 5], (out[5] - mean[c]) / sd[c], 1e-5);
+    /* Bad parameters and a missing file. */
+    pp.std[1] = 0;
+    assert_int_equal(enc_prep_volume(p, ENC_MOD_CT, &pp, out3, err, sizeof err), ENC_INVAL);
+    pp.std[1] = 1;
+    char *missing = tu_path(dir, "nope.nii");
+    assert_int_not_equal(enc_prep_volume(missing, ENC_MOD_CT, &pp, out3, err, sizeof err), 0);
+    assert_non_null(strstr(err, "nope.nii"));
+    free(missing);
+    tu_rmtree(dir);
+    free(p);
+    free(dir);
+}
+
+static void write_png8(const char *path, int w, int h, const unsigned char *px)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    if (setjmp(png_jmpbuf(png)))
+        fail_msg("libpng could not write %s", path);
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_GRAY,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_bytep rows[16];
+    for (int y = 0; y < h; y++)
+        rows[y] = (png_bytep)px + (size_t)y * w;
+    png_set_rows(png, info, rows);
+    png_write_png(png, info, PNG_TRANSFORM_IDENTITY, NULL);
+    png_destroy_write_struct(&png, &info);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void test_image_png_aspect(void **state)
+{
+    char *dir = tu_mkdtemp();
+    char *p = tu_path(dir, "cxr.png");
+    /* 4 wide, 2 high: rows 0 (top) = 255, row 1 = 0. */
+    unsigned char px[8] = {255, 255, 255, 255, 0, 0, 0, 0};
+    write_png8(p, 4, 2, px);
+    enc_prep pp = ENC_PREP_INIT;
+    pp.img_size[0] = 4;
+    pp.img_size[1] = 4;
+    float out[16];
+    char err[256];
+    assert_int_equal(enc_prep_image(p, ENC_MOD_XRAY, &pp, out, err, sizeof err), 0);
+    /* Width fills 4 columns at the same scale; height 2 is centred: rows 1
+     * and 2 hold the image (top white, then black), rows 0 and 3 padding (0). */
+    for (int i = 0; i < 4; i++) {
+        assert_float_equal(out[0 * 4 + i], 0, 1e-6);
+        assert_float_equal(out[1 * 4 + i], 1, 1e-6);
+        assert_float_equal(out[2 * 4 + i], 0, 1e-6);
+        assert_float_equal(out[3 * 4 + i], 0, 1e-6);
+    }
+    tu_rmtree(dir);
+    free(p);
+    free(dir);
+}
+
+static void test_modality(void **state)
+{
+    assert_int_equal(enc_modality_parse("ct"), ENC_MOD_CT);
+    assert_int_equal(enc_modality_parse("MRI"), ENC_MOD_MR);
+    assert_int_equal(enc_modality_parse("CR"), ENC_MOD_XRAY);
+    assert_int_equal(enc_modality_parse("PET"), ENC_MOD_OTHER);
+    assert_int_equal(enc_modality_parse(NULL), ENC_MOD_OTHER);
+}
+
+int main(void)
+{
+    nifti_set_debug_level(0);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_modality),
+        cmocka_unit_test(test_volume_ct),
+        cmocka_unit_test(test_image_png_aspect),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,630 @@
+/* backend_cpu.c - the CPU backend: OpenBLAS for matrix products, plain loops
+ * for everything else.
+ *
+ * The loops are written for gcc's auto-vectoriser at -O2 (restrict pointers,
+ * unit-stride inner loops, nothing but inline code inside them) and marked
+ * "omp simd": gcc 12's -O2 cost model skips loops of unknown trip count, and
+ * float reductions need the licence to reorder.  exp and erf are our own
+ * branch-free approximations (below) because libm's stay scalar without
+ * -ffast-math, and softmax and GELU spend most of their time there.
+ *
+ * Threads: all parallelism is ours (one OpenMP team of nthreads), and
+ * OpenBLAS runs single-threaded inside it - matmul hands each thread a block
+ * of output columns (or rows), attention a block of (batch, head, query
+ * rows).  Letting OpenBLAS thread its own products instead puts two pools of
+ * spinning workers on the same cores; measured on 2 cores, that ran ViT-B at
+ * a quarter of the speed.
+ *
+ * Each kernel is a free function named cpu_<op> with its shapes in a
+ * comment; the table at the bottom points at them.  The backward twins come
+ * with training.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <assert.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cblas.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "encoder/backend.h"
+
+/* ENC__OMP(x) is "#pragma omp x"; ENC__PARALLEL_FOR(nt, sched) opens a loop
+ * split over nt threads (without OpenMP it still evaluates nt, so builds
+ * without -fopenmp see no unused variables). */
+#ifdef _OPENMP
+#define ENC__STR(...) #__VA_ARGS__
+#define ENC__OMP(...) _Pragma(ENC__STR(omp __VA_ARGS__))
+#define ENC__PARALLEL_FOR(nt, ...)                                                          \
+    ENC__OMP(parallel for num_threads(nt) schedule(__VA_ARGS__))
+#else
+#define ENC__OMP(...)
+#define ENC__PARALLEL_FOR(nt, ...) (void)(nt);
+#endif
+
+/* Below this many floats of work a loop runs on one thread: waking the team
+ * costs more than it saves. */
+#define PAR_MIN 32768
+
+/* Query rows per attention task: scores of one task are ATT_ROWS x T. */
+#define ATT_ROWS 128
+
+/* The two element-wise loops that matter (softmax took a fifth of a
+ * 2049-token ViT's time at SSE2 width; GELU) are compiled for AVX-512 and
+ * AVX2 as well as the baseline, and the loader picks one for the CPU (GCC
+ * function multiversioning; ifunc needs glibc).  Results agree to rounding. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define ENC__CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ENC__CLONES
+#endif
+
+static inline int nth(const enc_backend *be, size_t work)
+{
+    return work >= PAR_MIN ? be->nthreads : 1;
+}
+
+static inline int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* ---- geometry ------------------------------------------------------------- */
+
+size_t enc_patch_count(const enc_patch_geom *g)
+{
+    size_t n = 1;
+    for (int i = 0; i < 3; i++)
+        n *= (size_t)(g->size[i] / g->patch[i]);
+    return n;
+}
+
+size_t enc_patch_dim(const enc_patch_geom *g)
+{
+    return (size_t)g->channels * g->patch[0] * g->patch[1] * g->patch[2];
+}
+
+/* ---- exp and erf -------------------------------------------------------------
+ *
+ * exp: x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2, ln2 split in
+ * a high part exact in float and a low part (Cody and Waite) so r keeps its
+ * bits; e^r from its Taylor series to r^7 (truncation error below 6e-9);
+ * 2^n built in the exponent field.  About 2 ulp over the range; results
+ * for x < -87 (below 2^-125) are 0.  The magic-number rounding and fsel
+ * compile to vector adds and blends, so callers' loops vectorise. */
+
+/* c ? a : b on the bits: gcc will not if-convert a float ?: while FP traps
+ * are honoured (-ftrapping-math, the default), but it does vectorise this. */
+static inline float fsel(int c, float a, float b)
+{
+    uint32_t ua, ub, m = 0u - (uint32_t)c;
+    memcpy(&ua, &a, sizeof ua);
+    memcpy(&ub, &b, sizeof ub);
+    uint32_t r = (ua & m) | (ub & ~m);
+    float f;
+    memcpy(&f, &r, sizeof f);
+    return f;
+}
+
+static inline float exp_fast(float x)
+{
+    float xc = fsel(x < -87.0f, -87.0f, x);
+    xc = fsel(xc > 88.0f, 88.0f, xc);
+    float t = xc * 1.44269504088896341f;
+    float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest: 1.5 * 2^23 */
+    float r = xc - n * 0.693145751953125f;
+    r = r - n * 1.42860682030941723e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t ni = (int32_t)n;
+    uint32_t bits = (uint32_t)(ni + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float y = p * scale;
+    return fsel(x < -87.0f, 0.0f, y);
+}
+
+/* erf for x >= 0: Abramowitz and Stegun 7.1.26 (Hastings' rational form),
+ * absolute error below 1.5e-7 in exact arithmetic; in float, 1 - p e^(-x^2)
+ * cancels near 0 and the error reaches 6.3e-7 there.  GELU multiplies it by
+ * x / 2: over every float in [-12, 12] the GELU below is within
+ * 1.2e-7 * (1 + |x|) of the erf formula (exhaustive check; the test allows
+ * 2e-7 * (1 + |x|)). */
+static inline float erf_pos(float x)
+{
+    float t = 1.0f / (1.0f + 0.3275911f * x);
+    float p = 1.061405429f;
+    p = p * t - 1.453152027f;
+    p = p * t + 1.421413741f;
+    p = p * t - 0.284496736f;
+    p = p * t + 0.254829592f;
+    p = p * t;
+    return 1.0f - p * exp_fast(-x * x);
+}
+
+/* ---- memory ----------------------------------------------------------------- */
+
+static void *cpu_alloc(enc_backend *be, size_t bytes)
+{
+    (void)be;
+    void *p = NULL;
+    size_t n = (bytes + 63) & ~(size_t)63;
+    if (n < bytes || posix_memalign(&p, 64, n ? n : 64) != 0)
+        return NULL;
+    return p;
+}
+
+static void cpu_free(enc_backend *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static int cpu_copy_bytes(enc_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes)
+        memmove(dst, src, bytes);
+    return ENC_OK;
+}
+
+static int cpu_sync(enc_backend *be)
+{
+    (void)be;
+    return ENC_OK;
+}
+
+/* One block of scores [min(T, ATT_ROWS), T] per thread. */
+static size_t cpu_attention_scratch(enc_backend *be, int B, int T, int H)
+{
+    (void)B;
+    (void)H;
+    size_t rows = T < ATT_ROWS ? (size_t)T : ATT_ROWS;
+    return (size_t)be->nthreads * rows * (size_t)T;
+}
+
+/* The im2col matrix of one image, [N, K]. */
+static size_t cpu_patch_scratch(enc_backend *be, const enc_patch_geom *g, int B)
+{
+    (void)be;
+    (void)B;
+    return enc_patch_count(g) * enc_patch_dim(g);
+}
+
+/* ---- kernels -------------------------------------------------------------------- */
+
+/* dst [n] = src [n] */
+static void cpu_copy(enc_backend *be, float *dst, const float *src, size_t n)
+{
+    (void)be;
+    if (n && dst != src)
+        memcpy(dst, src, n * sizeof(float));
+}
+
+/* One block of a product, on the calling thread: out [rows, nout] (row
+ * stride ldo) (+)= in [rows, nin] * w [nout, nin]^T + bias [nout].  The bias
+ * goes in first (written or added), then sgemm with beta 1 accumulates the
+ * product on top: no second pass over out. */
+static void matmul_block(float *out, int ldo, const float *in, const float *w, const float *bias,
+                         int rows, int nin, int nout, int accumulate)
+{
+    float beta = accumulate ? 1.0f : 0.0f;
+    if (bias != NULL) {
+        for (int r = 0; r < rows; r++) {
+            float *restrict o = out + (size_t)r * ldo;
+            const float *restrict b = bias;
+            if (accumulate) {
+                ENC__OMP(simd)
+                for (int j = 0; j < nout; j++)
+                    o[j] += b[j];
+            } else {
+                memcpy(o, b, (size_t)nout * sizeof(float));
+            }
+        }
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nout, nin, 1.0f, in, nin, w, nin,
+                beta, out, ldo);
+}
+
+/* out [rows, nout] (row stride ldo) (+)= in [rows, nin] * w [nout, nin]^T + bias [nout]
+ * Split across the team along the longer side of out: by columns each
+ * thread packs only its own rows of w (the larger operand in a transformer),
+ * by rows each packs all of w.  Blocks of columns are multiples of 16. */
+static void cpu_matmul(enc_backend *be, float *out, int ldo, const float *in, const float *w,
+                       const float *bias, int rows, int nin, int nout, int accumulate)
+{
+    if (ldo == 0)
+        ldo = nout;
+    assert(rows >= 0 && nin > 0 && nout > 0 && ldo >= nout);
+    if (rows == 0)
+        return;
+    int nt = be->nthreads;
+    double work = (double)rows * nin * nout;
+    if (nt == 1 || work < 1 << 18) {
+        matmul_block(out, ldo, in, w, bias, rows, nin, nout, accumulate);
+        return;
+    }
+    int by_cols = nout >= rows;
+    int len = by_cols ? nout : rows;
+    int step = (len + nt - 1) / nt;
+    if (by_cols)
+        step = (step + 15) / 16 * 16;
+    int nblocks = (len + step - 1) / step;
+    ENC__PARALLEL_FOR(nt, static, 1)
+    for (int i = 0; i < nblocks; i++) {
+        int lo = i * step, n = len - lo < step ? len - lo : step;
+        if (by_cols)
+            matmul_block(out + lo, ldo, in, w + (size_t)lo * nin, bias ? bias + lo : NULL, rows,
+                         nin, n, accumulate);
+        else
+            matmul_block(out + (size_t)lo * ldo, ldo, in + (size_t)lo * nin, w, bias, n, nin,
+                         nout, accumulate);
+    }
+}
+
+/* out [rows, dim] = (in - mean) * rstd * w + b; two passes over each row
+ * (mean, then centred variance) accumulated in double: rows whose mean is
+ * large against their spread keep their digits, and LayerNorm is a small
+ * share of the time. */
+static void cpu_layernorm(enc_backend *be, float *out, const float *in, const float *w,
+                          const float *b, int rows, int dim, float eps)
+{
+    size_t work = (size_t)rows * (size_t)dim;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (int r = 0; r < rows; r++) {
+        const float *x = in + (size_t)r * dim;
+        float *o = out + (size_t)r * dim;
+        double s = 0.0;
+        ENC__OMP(simd reduction(+ : s))
+        for (int j = 0; j < dim; j++)
+            s += x[j];
+        double mean = s / dim;
+        double v = 0.0;
+        ENC__OMP(simd reduction(+ : v))
+        for (int j = 0; j < dim; j++) {
+            double d = (double)x[j] - mean;
+            v += d * d;
+        }
+        float rstd = (float)(1.0 / sqrt(v / dim + eps));
+        /* x and o may be the same row: each element is read before its
+         * own write, and only then. */
+        ENC__OMP(simd)
+        for (int j = 0; j < dim; j++)
+            o[j] = (float)((double)x[j] - mean) * rstd * w[j] + b[j];
+    }
+}
+
+/* out [n] = gelu(in [n]), exact (erf) form. */
+ENC__CLONES static void gelu_span(float *out, const float *in, size_t n)
+{
+    ENC__OMP(simd)
+    for (size_t i = 0; i < n; i++) {
+        float x = in[i];
+        float e = erf_pos(fabsf(x) * 0.70710678118654752f);
+        e = copysignf(e, x);
+        out[i] = 0.5f * x * (1.0f + e);
+    }
+}
+
+static void cpu_gelu(enc_backend *be, float *out, const float *in, size_t n)
+{
+    const size_t chunk = 4096;
+    size_t nchunks = (n + chunk - 1) / chunk;
+    ENC__PARALLEL_FOR(nth(be, n), static)
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        gelu_span(out + lo, in + lo, hi - lo);
+    }
+}
+
+/* out [rows, cols] = a [rows, cols] + b [rows % brows, cols] */
+static void cpu_add(enc_backend *be, float *out, const float *a, const float *b, size_t rows,
+                    int cols, size_t brows)
+{
+    assert(brows > 0);
+    size_t work = rows * (size_t)cols;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (size_t r = 0; r < rows; r++) {
+        float *o = out + r * cols;
+        const float *x = a + r * cols;
+        const float *restrict y = b + (r % brows) * cols;
+        ENC__OMP(simd)
+        for (int j = 0; j < cols; j++)
+            o[j] = x[j] + y[j];
+    }
+}
+
+/* One row in place: x [n] = softmax(x).  All -inf gives all 0. */
+ENC__CLONES static void softmax_row(float *restrict x, int n)
+{
+    float m = -INFINITY;
+    /* gcc vectorises this max; clang refuses a float max without fast-math
+     * and -Werror turns its "not vectorized" note into a failure */
+#if !defined(__clang__)
+    ENC__OMP(simd reduction(max : m))
+#endif
+    for (int j = 0; j < n; j++)
+        m = x[j] > m ? x[j] : m;
+    if (m == -INFINITY) {
+        for (int j = 0; j < n; j++)
+            x[j] = 0.0f;
+        return;
+    }
+    float s = 0.0f;
+    ENC__OMP(simd reduction(+ : s))
+    for (int j = 0; j < n; j++) {
+        float e = exp_fast(x[j] - m);
+        x[j] = e;
+        s += e;
+    }
+    float inv = 1.0f / s;
+    ENC__OMP(simd)
+    for (int j = 0; j < n; j++)
+        x[j] *= inv;
+}
+
+/* out [rows, cols] = softmax(in [rows, cols]) per row */
+static void cpu_softmax(enc_backend *be, float *out, const float *in, int rows, int cols)
+{
+    size_t work = (size_t)rows * (size_t)cols;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)r * cols;
+        if (o != in + (size_t)r * cols)
+            memcpy(o, in + (size_t)r * cols, (size_t)cols * sizeof(float));
+        softmax_row(o, cols);
+    }
+}
+
+/* out [B, T, D] = softmax(q k^T / sqrt(hd) + maskbias) v, per batch and head,
+ * qkv [B, T, 3D], mask [B, T] or NULL, probs [B, H, T, T] or NULL.
+ *
+ * Tasks are (batch, head, block of ATT_ROWS query rows), spread over the
+ * team.  Each is two single-threaded sgemms straight out of the fused qkv
+ * (leading dimension 3D, no copies) around the softmax of its rows; the
+ * scores live in probs when the caller wants them and in the thread's slice
+ * of scratch otherwise. */
+static void cpu_attention(enc_backend *be, float *out, float *probs, const float *qkv,
+                          const float *mask, float *scratch, int B, int T, int D, int H)
+{
+    assert(H > 0 && D % H == 0 && T > 0);
+    const int hd = D / H;
+    const int ld = 3 * D;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const size_t TT = (size_t)T * (size_t)T;
+    const int rows = T < ATT_ROWS ? T : ATT_ROWS;
+    const int nblk = (T + rows - 1) / rows;
+    const int ntasks = B * H * nblk;
+    double work = (double)B * H * TT * hd;
+    ENC__PARALLEL_FOR(work >= (1 << 18) ? be->nthreads : 1, dynamic, 1)
+    for (int task = 0; task < ntasks; task++) {
+        int b = task / (H * nblk), h = task / nblk % H, i0 = task % nblk * rows;
+        int n = T - i0 < rows ? T - i0 : rows;
+        const float *base = qkv + (size_t)b * T * ld;
+        const float *q = base + (size_t)i0 * ld + h * hd, *k = base + D + h * hd;
+        const float *v = base + 2 * D + h * hd;
+        float *S = probs ? probs + ((size_t)b * H + h) * TT + (size_t)i0 * T
+                         : scratch + (size_t)thread_id() * rows * T;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, scale, q, ld, k, ld, 0.0f,
+                    S, T);
+        const float *mb = mask ? mask + (size_t)b * T : NULL;
+        for (int i = 0; i < n; i++) {
+            float *restrict s = S + (size_t)i * T;
+            if (mb != NULL) {
+                ENC__OMP(simd)
+                for (int j = 0; j < T; j++)
+                    s[j] += (1.0f - mb[j]) * -FLT_MAX;
+            }
+            softmax_row(s, T);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, T, 1.0f, S, T, v, ld, 0.0f,
+                    out + ((size_t)b * T + i0) * D + h * hd, D);
+    }
+}
+
+/* The [N, K] im2col matrix of one image img [C, Z, Y, X]: row n is patch n
+ * (z, y, x row-major over the grid), flattened in g->order. */
+static void im2col(enc_backend *be, float *restrict col, const float *restrict img,
+                   const enc_patch_geom *g)
+{
+    const int C = g->channels;
+    const int Z = g->size[0], Y = g->size[1], X = g->size[2];
+    const int pz = g->patch[0], py = g->patch[1], px = g->patch[2];
+    const int gz = Z / pz, gy = Y / py, gx = X / px;
+    const int N = gz * gy * gx;
+    const size_t K = enc_patch_dim(g);
+    const size_t plane = (size_t)Y * X, chan = (size_t)Z * plane;
+    ENC__PARALLEL_FOR(nth(be, (size_t)N * K), static)
+    for (int n = 0; n < N; n++) {
+        int iz = n / (gy * gx), iy = (n / gx) % gy, ix = n % gx;
+        float *row = col + (size_t)n * K;
+        const float *src0 = img + (size_t)iz * pz * plane + (size_t)iy * py * X + (size_t)ix * px;
+        if (g->order == ENC_PATCH_CONV) {
+            for (int c = 0; c < C; c++)
+                for (int z = 0; z < pz; z++)
+                    for (int y = 0; y < py; y++) {
+                        const float *s = src0 + c * chan + z * plane + (size_t)y * X;
+                        float *d = row + (((size_t)c * pz + z) * py + y) * px;
+                        memcpy(d, s, (size_t)px * sizeof(float));
+                    }
+        } else {
+            for (int z = 0; z < pz; z++)
+                for (int y = 0; y < py; y++)
+                    for (int x = 0; x < px; x++) {
+                        const float *s = src0 + z * plane + (size_t)y * X + x;
+                        float *d = row + (((size_t)z * py + y) * px + x) * C;
+                        for (int c = 0; c < C; c++)
+                            d[c] = s[c * chan];
+                    }
+        }
+    }
+}
+
+/* out[b] [N, D] (at out + b * out_bstride) = im2col(in[b]) [N, K] * w [D, K]^T + bias,
+ * in [B, C, Z, Y, X] */
+static void cpu_patch_embed(enc_backend *be, float *out, size_t out_bstride, const float *in,
+                            const float *w, const float *bias, const enc_patch_geom *g, int B,
+                            int D, float *scratch)
+{
+    const size_t N = enc_patch_count(g), K = enc_patch_dim(g);
+    const size_t img = (size_t)g->channels * g->size[0] * g->size[1] * g->size[2];
+    assert(out_bstride >= N * (size_t)D);
+    for (int b = 0; b < B; b++) {
+        im2col(be, scratch, in + (size_t)b * img, g);
+        cpu_matmul(be, out + (size_t)b * out_bstride, D, scratch, w, bias, (int)N, (int)K, D, 0);
+    }
+}
+
+/* x [B, 1 + N, D]: row 0 = cls [D]; rows += pos ([1 + N, D], or [N, D] for
+ * rows 1..N when pos_has_cls is 0). */
+static void cpu_vit_tokens(enc_backend *be, float *x, const float *cls, const float *pos,
+                           int pos_has_cls, int B, int N, int D)
+{
+    const int T = N + 1;
+    size_t work = (size_t)B * T * D;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (int r = 0; r < B * T; r++) {
+        int t = r % T;
+        float *restrict o = x + (size_t)r * D;
+        if (t == 0)
+            memcpy(o, cls, (size_t)D * sizeof(float));
+        const float *restrict p = NULL;
+        if (pos != NULL && pos_has_cls)
+            p = pos + (size_t)t * D;
+        else if (pos != NULL && t > 0)
+            p = pos + (size_t)(t - 1) * D;
+        if (p != NULL) {
+            ENC__OMP(simd)
+            for (int j = 0; j < D; j++)
+                o[j] += p[j];
+        }
+    }
+}
+
+/* out [B, L, D] = table[ids] + pos [L, D] + type_row [D] */
+static void cpu_embedding(enc_backend *be, float *out, const int32_t *ids, const float *table,
+                          const float *pos, const float *type_row, int B, int L, int D)
+{
+    size_t work = (size_t)B * L * D;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (int r = 0; r < B * L; r++) {
+        float *restrict o = out + (size_t)r * D;
+        const float *restrict e = table + (size_t)ids[r] * D;
+        memcpy(o, e, (size_t)D * sizeof(float));
+        if (pos != NULL) {
+            const float *restrict p = pos + (size_t)(r % L) * D;
+            ENC__OMP(simd)
+            for (int j = 0; j < D; j++)
+                o[j] += p[j];
+        }
+        if (type_row != NULL)
+            ENC__OMP(simd)
+            for (int j = 0; j < D; j++)
+                o[j] += type_row[j];
+    }
+}
+
+/* out [B, D] = x [B, T, D] at t = 0 */
+static void cpu_cls_pool(enc_backend *be, float *out, const float *x, int B, int T, int D)
+{
+    (void)be;
+    for (int b = 0; b < B; b++)
+        memmove(out + (size_t)b * D, x + (size_t)b * T * D, (size_t)D * sizeof(float));
+}
+
+/* out [rows, dim] = in / max(||in||, 1e-12) */
+static void cpu_l2norm(enc_backend *be, float *out, const float *in, int rows, int dim)
+{
+    size_t work = (size_t)rows * (size_t)dim;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (int r = 0; r < rows; r++) {
+        const float *x = in + (size_t)r * dim;
+        float *o = out + (size_t)r * dim;
+        float s = 0.0f;
+        ENC__OMP(simd reduction(+ : s))
+        for (int j = 0; j < dim; j++)
+            s += x[j] * x[j];
+        float nrm = sqrtf(s);
+        float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
+        ENC__OMP(simd)
+        for (int j = 0; j < dim; j++)
+            o[j] = x[j] * inv;
+    }
+}
+
+/* ---- the table ------------------------------------------------------------------- */
+
+static const enc_backend_i cpu_iface = {
+    /* .name              = */ "cpu",
+    /* .host_memory       = */ 1,
+    /* .alloc             = */ cpu_alloc,
+    /* .free              = */ cpu_free,
+    /* .upload            = */ cpu_copy_bytes,
+    /* .download          = */ cpu_copy_bytes,
+    /* .sync              = */ cpu_sync,
+    /* .attention_scratch = */ cpu_attention_scratch,
+    /* .patch_scratch     = */ cpu_patch_scratch,
+    /* .copy              = */ cpu_copy,
+    /* .matmul            = */ cpu_matmul,
+    /* .layernorm         = */ cpu_layernorm,
+    /* .gelu              = */ cpu_gelu,
+    /* .add               = */ cpu_add,
+    /* .softmax           = */ cpu_softmax,
+    /* .attention         = */ cpu_attention,
+    /* .patch_embed       = */ cpu_patch_embed,
+    /* .vit_tokens        = */ cpu_vit_tokens,
+    /* .embedding         = */ cpu_embedding,
+    /* .cls_pool          = */ cpu_cls_pool,
+    /* .l2norm            = */ cpu_l2norm,
+};
+
+static void cpu_destroy(enc_backend *be)
+{
+    free(be);
+}
+
+enc_backend *enc_backend_cpu_new(int nthreads)
+{
+    if (nthreads <= 0) {
+#ifdef _OPENMP
+        nthreads = omp_get_num_procs();
+#else
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        nthreads = n > 0 ? (int)n : 1;
+#endif
+    }
+    enc_backend *be = calloc(1, sizeof *be);
+    if (be == NULL)
+        return NULL;
+    be->iface = cpu_iface;
+    be->nthreads = nthreads;
+    be->destroy = cpu_destroy;
+    openblas_set_num_threads(1); /* our team does the threading: see the top */
+    return be;
+}
+
+void enc_backend_free(enc_backend *be)
+{
+    if (be != NULL && be->destroy != NULL)
+        be->destroy(be);
+}

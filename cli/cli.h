@@ -1,6 +1,7 @@
 /* cli.h - the medsem command: subcommands and their shared helpers.
  *
- *   int cmd_import(int argc, char **argv);   // returns the exit status
+ *   int cmd_encode(int argc, char **argv);
+int cmd_import(int argc, char **argv);   // returns the exit status
  *
  * Exit status: 0 success, 1 bad input (a one-line reason naming the file,
  * line or field), 2 usage error.  Only this module prints or exits.
@@ -16,6 +17,7 @@
 
 enum { CLI_OK = 0, CLI_BAD_INPUT = 1, CLI_USAGE = 2 };
 
+int cmd_encode(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_search(int argc, char **argv);
 int cmd_dedup(int argc, char **argv);

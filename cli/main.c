@@ -13,6 +13,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } cmds[] = {
+    {"encode", cmd_encode, "embed a text, image or volume, or a manifest of them"},
     {"import", cmd_import, "import embeddings (.npy + JSONL metadata) into a database"},
     {"search", cmd_search, "search a database by vector or by item"},
     {"dedup", cmd_dedup, "find exact and near-duplicate items"},

@@ -1,14 +1,17 @@
 /* encoder.h - images, volumes and report text to vectors of the shared space.
  *
- *   enc_tokenizer *tok;
- *   char err[512];
- *   if (enc_tokenizer_load("models/default/vocab.txt", &o, &tok, err, sizeof err)) puts(err);
- *   enc_tokenizer_encode(tok, "8 mm nodule", 128, &ids);
- *   enc_tokenizer_free(tok);
+ *   enc_pipeline *p;  enc_worker *w;  char err[512];  float v[512];
+ *   if (enc_pipeline_open("models/default", 0, &p, err, sizeof err)) puts(err);
+ *   enc_worker_new(p, 8, &w, err, sizeof err);
+ *   const char *t = "8 mm nodule in the right upper lobe";
+ *   enc_worker_text(w, &t, 1, v, err, sizeof err);
  *
- * Built up in parts (see docs/encoder.md): safetensors weights
- * (encoder/safetensors.h), the BERT WordPiece tokenizer (encoder/tokenizer.h),
- * medical image input (encoder/image.h).  The models and backends follow.
+ * The pipeline is a model directory made ready to use: weights
+ * (encoder/model.h), tokenizer (encoder/tokenizer.h) and preprocessing
+ * (encoder/preprocess.h) configured from its config.json.  It is read-only
+ * and shared by threads; each thread encodes through its own worker.  The
+ * parts have their own headers: safetensors.h, tokenizer.h, image.h,
+ * preprocess.h, backend.h, model.h (see docs/encoder.md).
  */
 #ifndef MEDSEM_ENCODER_H
 #define MEDSEM_ENCODER_H
@@ -36,5 +39,45 @@ typedef enum {
 
 const char *enc_strerror(int code);
 const char *enc_errname(int code);
+
+typedef struct enc_pipeline enc_pipeline;
+typedef struct enc_worker enc_worker;
+struct enc_model;
+struct enc_tok;
+struct enc_prep;
+
+/* Opens the model directory dir (config.json, model.safetensors, vocab.txt)
+ * with a CPU backend of nthreads (<= 0: all cores).  Errors name the file
+ * and field. */
+int enc_pipeline_open(const char *dir, int nthreads, enc_pipeline **out, char *errbuf,
+                      size_t errlen);
+void enc_pipeline_close(enc_pipeline *p); /* accepts NULL; workers first */
+const struct enc_model *enc_pipeline_model(const enc_pipeline *p);
+const struct enc_tok *enc_pipeline_tokenizer(const enc_pipeline *p);
+const struct enc_prep *enc_pipeline_prep(const enc_pipeline *p);
+int enc_pipeline_dim(const enc_pipeline *p);
+/* The model id (SHA-256 of model.safetensors); owned by p. */
+const char *enc_pipeline_model_id(const enc_pipeline *p);
+/* Whether the model encodes images (2D), volumes (3D), text. */
+int enc_pipeline_has_image(const enc_pipeline *p);
+int enc_pipeline_has_volume(const enc_pipeline *p);
+int enc_pipeline_has_text(const enc_pipeline *p);
+
+/* A worker encodes up to batch inputs at a time; its activation memory for
+ * each kind is planned on first use.  One per thread. */
+int enc_worker_new(const enc_pipeline *p, int batch, enc_worker **out, char *errbuf,
+                   size_t errlen);
+void enc_worker_free(enc_worker *w); /* accepts NULL */
+
+/* n <= batch inputs each; out gets n rows of enc_pipeline_dim floats,
+ * L2-normalised.  Modality strings ("CT", "MR", "CR", ...) pick the
+ * intensity mapping; NULL entries or arrays mean unknown.  A failure names
+ * the input (path, or text index) and writes nothing. */
+int enc_worker_text(enc_worker *w, const char *const *texts, int n, float *out, char *errbuf,
+                    size_t errlen);
+int enc_worker_images(enc_worker *w, const char *const *paths, const char *const *modalities,
+                      int n, float *out, char *errbuf, size_t errlen);
+int enc_worker_volumes(enc_worker *w, const char *const *paths, const char *const *modalities,
+                       int n, float *out, char *errbuf, size_t errlen);
 
 #endif

@@ -58,7 +58,7 @@ static int check(const enc_prep *p, int vol, char *errbuf, size_t errlen)
 static int intensities(enc_vol *v, enc_modality mod, const enc_prep *p, const char *path,
                        char *errbuf, size_t errlen)
 {
-    if (mod == ENC_MOD_CT) {
+    if (mod == ENC_MOD_CT && !p->no_window) {
         enc_img_ct_window(v, p->ct_window[0], p->ct_window[1]);
         return ENC_OK;
     }
@@ -90,9 +90,15 @@ int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float
     if (rc)
         return rc;
     rc = intensities(&v, mod, p, path, errbuf, errlen);
+    float sp[3] = {p->vol_spacing[0], p->vol_spacing[1], p->vol_spacing[2]};
+    if (p->fit) {
+        int n[3] = {v.nx, v.ny, v.nz}, want[3] = {p->vol_size[2], p->vol_size[1], p->vol_size[0]};
+        for (int a = 0; a < 3; a++)
+            sp[a] = (float)((double)n[a] * v.spacing[a] / want[a]);
+    }
     if (!rc)
-        rc = enc_img_resample(&v, p->vol_spacing, p->vol_size[2], p->vol_size[1], p->vol_size[0],
-                              &r, errbuf, errlen);
+        rc = enc_img_resample(&v, sp, p->vol_size[2], p->vol_size[1], p->vol_size[0], &r, errbuf,
+                              errlen);
     if (!rc)
         channels(r.data, (size_t)p->vol_size[0] * p->vol_size[1] * p->vol_size[2], p, out);
     enc_vol_free(&v);

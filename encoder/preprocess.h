@@ -35,12 +35,15 @@ typedef struct enc_prep {
     float ct_window[2];  /* HU */
     float mr_pct[2];     /* percentiles for MR and other modalities */
     float mean[3], std[3];
+    int fit;        /* volumes: stretch the whole field of view to vol_size
+                       (per-axis spacing) instead of vol_spacing + crop/pad */
+    int no_window;  /* CT too gets percentile scaling (M3D-CLIP's min-max) */
 } enc_prep;
 
 #define ENC_PREP_INIT                                                                     \
     {                                                                                     \
         1, {32, 256, 256}, {1.5f, 1.5f, 3.0f}, {224, 224}, {-1000.0f, 400.0f},         \
-            {0.5f, 99.5f}, {0, 0, 0}, { 1, 1, 1 }                                       \
+            {0.5f, 99.5f}, {0, 0, 0}, {1, 1, 1}, 0, 0                                  \
     }
 
 size_t enc_prep_volume_count(const enc_prep *p); /* C*D*H*W */

@@ -118,5 +118,31 @@ grep -q "index: HNSW16,Flat" "$T/out" && ok "forced index kind used" || bad "for
 expect 1 "IDMap2" "factory with IDMap refused" -- "$MEDSEM" import --db "$T/db3" --vectors "$T/a.npy" --meta "$T/a.jsonl" --index IDMap2,Flat
 expect 1 "cannot create the index" "unknown factory refused" -- "$MEDSEM" import --db "$T/db4" --vectors "$T/a.npy" --meta "$T/a.jsonl" --index Bogus7
 
+# --- encode: text and manifests with the reference fixture model ---------------------
+SRC=${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
+MODEL="$SRC/tests/fixtures/models/medsem"
+expect 0 "" "encode --text --json" -- "$MEDSEM" encode --model "$MODEL" --text "8 mm nodule in the right upper lobe" --json
+[ "$(grep -o ',' "$T/out" | wc -l)" -ge 35 ] && grep -q '"dim":32' "$T/out" && ok "32-dimensional embedding" || bad "encode output: $(cat "$T/out")"
+expect 1 "does not encode images" "encode an image with a volume-only model" -- "$MEDSEM" encode --model "$SRC/tests/fixtures/models/m3d-clip" --image "$T/x.png"
+expect 1 "config.json" "encode with a directory that is not a model" -- "$MEDSEM" encode --model "$T" --text hi
+cat > "$T/m.jsonl" <<'JSON'
+{"kind": "report", "report": "8 mm nodule in the right upper lobe.", "modality": "CT"}
+{"kind": "report", "report": "No pleural effusion. Heart size normal."}
+{"kind": "report", "report": "Large left pleural effusion."
+{"kind": "image", "file": "missing.png", "modality": "CR"}
+{"kind": "report", "report": ""}
+{"kind": "report", "report": "Right lower lobe consolidation."}
+JSON
+expect 1 "m.jsonl:3: not a JSON object" "manifest with bad lines" -- "$MEDSEM" encode --model "$MODEL" --manifest "$T/m.jsonl" --out "$T/enc" --quiet
+grep -q "m.jsonl:4: .*missing.png" "$T/err" && ok "missing file named with its line" || bad "missing file: $(cat "$T/err")"
+grep -q "m.jsonl:5: a report item needs" "$T/err" && ok "empty report named with its line" || bad "empty report: $(cat "$T/err")"
+grep -q "encoded 3 items, 3 skipped" "$T/err" && ok "summary counts good and bad" || bad "summary: $(cat "$T/err")"
+[ "$(wc -l < "$T/enc.report.jsonl")" = 3 ] && ok "3 report embeddings written" || bad "report outputs"
+expect 0 "" "import encoded reports" -- "$MEDSEM" import --db "$T/encdb" --vectors "$T/enc.report.npy" --meta "$T/enc.report.jsonl" --space report
+expect 0 "" "search encoded reports by item" -- "$MEDSEM" search --db "$T/encdb" --item 1 --k 2 --json
+grep -q '"report":"' "$T/out" && ok "hits carry their reports" || bad "encoded search: $(cat "$T/out")"
+expect 1 "m.jsonl:3" "--strict stops at the first bad item" -- "$MEDSEM" encode --model "$MODEL" --manifest "$T/m.jsonl" --strict --quiet
+[ "$(grep -c embedding "$T/out")" = 2 ] && ok "--strict kept what came before" || bad "strict output: $(cat "$T/out")"
+
 echo "1..$n"
 [ "$fails" -eq 0 ] || { echo "$fails of $n checks failed"; exit 1; }

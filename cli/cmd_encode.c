@@ -1,0 +1,463 @@
+/* cmd_encode.c - medsem encode: text, images and volumes to embeddings. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "encoder/encoder.h"
+#include "encoder/model.h"
+#include "indexer/indexer.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: medsem encode --model DIR (--text STR | --image FILE | --volume FILE) [options]\n"
+            "       medsem encode --model DIR --manifest FILE [--out PREFIX] [options]\n"
+            "\n"
+            "Prints the L2-normalised embedding of one input, or encodes every item of a\n"
+            "JSONL manifest (one object per line: \"file\" relative to the manifest's folder,\n"
+            "\"kind\" image|volume|report, \"modality\", \"report\"; report items encode their\n"
+            "report text).  With --out, writes PREFIX.<space>.npy and PREFIX.<space>.jsonl per\n"
+            "space (image, volume, report), ready for 'medsem import'.\n"
+            "\n"
+            "  --model DIR        model directory (config.json, model.safetensors, vocab.txt)\n"
+            "  --modality M       CT, MR, CR, ... for --image/--volume (intensity mapping)\n"
+            "  --batch N          inputs per forward pass (default 8)\n"
+            "  --threads N        CPU threads (default: all cores)\n"
+            "  --strict           stop at the first bad manifest item (default: skip it)\n"
+            "  --json             JSON output\n"
+            "  --quiet            no progress bar\n");
+}
+
+static void print_vec(const char *kind, const enc_pipeline *p, const float *v, int json)
+{
+    int d = enc_pipeline_dim(p);
+    if (json) {
+        printf("{\"model\":");
+        cli_json_string(stdout, enc_pipeline_model_id(p));
+        printf(",\"arch\":\"%s\",\"kind\":\"%s\",\"dim\":%d,\"embedding\":[",
+               enc_model_arch(enc_pipeline_model(p)), kind, d);
+        for (int i = 0; i < d; i++)
+            printf("%s%.8g", i ? "," : "", (double)v[i]);
+        printf("]}\n");
+        return;
+    }
+    printf("%s embedding, %d dimensions (%s model %.12s)\n", kind, d,
+           enc_model_arch(enc_pipeline_model(p)), enc_pipeline_model_id(p));
+    for (int i = 0; i < d; i++)
+        printf("%s%.6f", i % 8 ? " " : (i ? "\n" : ""), (double)v[i]);
+    printf("\n");
+}
+
+/* ---- manifests ----------------------------------------------------------------- */
+
+enum { K_IMAGE, K_VOLUME, K_REPORT, NK };
+static const char *const kind_names[NK] = {"image", "volume", "report"};
+
+typedef struct item {
+    size_t line;
+    int kind;
+    char *path;     /* resolved file, or NULL for reports */
+    char *modality;
+    char *text;     /* report text for report items */
+    char *json;     /* the manifest line, as the item's metadata */
+} item;
+
+typedef struct outset {
+    float *v;
+    char **meta;
+    size_t n, cap;
+} outset;
+
+static int outset_push(outset *o, const float *v, int d, const char *meta)
+{
+    if (o->n == o->cap) {
+        size_t nc = o->cap ? 2 * o->cap : 256;
+        float *nv = realloc(o->v, nc * d * sizeof *nv);
+        if (!nv)
+            return -1;
+        o->v = nv;
+        char **nm = realloc(o->meta, nc * sizeof *nm);
+        if (!nm)
+            return -1;
+        o->meta = nm;
+        o->cap = nc;
+    }
+    memcpy(o->v + o->n * d, v, d * sizeof(float));
+    o->meta[o->n] = strdup(meta);
+    if (!o->meta[o->n])
+        return -1;
+    o->n++;
+    return 0;
+}
+
+static void item_clear(item *it)
+{
+    free(it->path);
+    free(it->modality);
+    free(it->text);
+    free(it->json);
+    memset(it, 0, sizeof *it);
+}
+
+static char *field(cJSON *j, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    return v && cJSON_IsString(v) ? strdup(v->valuestring) : NULL;
+}
+
+/* Parses one manifest line; returns 0, or -1 with a reason in err. */
+static int parse_item(const char *line, size_t lineno, const char *base, item *it, char *err,
+                      size_t errlen)
+{
+    memset(it, 0, sizeof *it);
+    it->line = lineno;
+    cJSON *j = cJSON_Parse(line);
+    if (!j || !cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        snprintf(err, errlen, "not a JSON object");
+        return -1;
+    }
+    char *kind = field(j, "kind");
+    char *file = field(j, "file");
+    it->modality = field(j, "modality");
+    it->text = field(j, "report");
+    it->json = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    int rc = 0;
+    it->kind = -1;
+    for (int k = 0; k < NK; k++)
+        if (kind && !strcmp(kind, kind_names[k]))
+            it->kind = k;
+    if (it->kind < 0) {
+        snprintf(err, errlen, "field 'kind' must be image, volume or report");
+        rc = -1;
+    } else if (it->kind == K_REPORT) {
+        if (!it->text || !*it->text) {
+            snprintf(err, errlen, "a report item needs a non-empty 'report'");
+            rc = -1;
+        }
+    } else if (!file || !*file) {
+        snprintf(err, errlen, "an %s item needs 'file'", kind_names[it->kind]);
+        rc = -1;
+    } else if (file[0] == '/') {
+        it->path = strdup(file);
+    } else if (asprintf(&it->path, "%s/%s", base, file) < 0) {
+        it->path = NULL;
+        snprintf(err, errlen, "out of memory");
+        rc = -1;
+    }
+    free(kind);
+    free(file);
+    return rc;
+}
+
+/* Encodes one batch of same-kind items; on failure retries them one by one
+ * so that only the bad ones are skipped.  Returns the number that failed,
+ * or -1 to stop. */
+static int run_batch(enc_worker *w, const enc_pipeline *p, item *b, int n, outset *outs,
+                     const char *manifest, int strict, FILE *jsonl_out)
+{
+    int d = enc_pipeline_dim(p);
+    float *v = malloc((size_t)n * d * sizeof *v);
+    const char **a = malloc((size_t)n * sizeof *a), **m = malloc((size_t)n * sizeof *m);
+    if (!v || !a || !m) {
+        free(v);
+        free(a);
+        free(m);
+        cli_error("out of memory");
+        return -1;
+    }
+    int bad = 0;
+    char err[1024];
+    for (int single = n == 1; single <= 1; single++) {
+        int step = single ? 1 : n;
+        int ok_all = 1;
+        for (int s = 0; s < n; s += step) {
+            for (int i = 0; i < step; i++) {
+                a[i] = b[s + i].kind == K_REPORT ? b[s + i].text : b[s + i].path;
+                m[i] = b[s + i].modality;
+            }
+            int rc = b[s].kind == K_REPORT ? enc_worker_text(w, a, step, v + (size_t)s * d, err, sizeof err)
+                     : b[s].kind == K_IMAGE ? enc_worker_images(w, a, m, step, v + (size_t)s * d, err, sizeof err)
+                                             : enc_worker_volumes(w, a, m, step, v + (size_t)s * d, err, sizeof err);
+            if (rc && !single) {
+                ok_all = 0;
+                break;
+            }
+            if (rc) {
+                cli_error("%s:%zu: %s", manifest, b[s].line, err);
+                b[s].kind = -1 - b[s].kind; /* mark failed */
+                bad++;
+                if (strict) {
+                    free(v);
+                    free(a);
+                    free(m);
+                    return -1;
+                }
+            }
+        }
+        if (ok_all || single)
+            break;
+    }
+    for (int i = 0; i < n; i++) {
+        int k = b[i].kind;
+        if (k < 0) {
+            b[i].kind = -1 - k;
+            continue;
+        }
+        if (jsonl_out) {
+            fprintf(jsonl_out, "{\"line\":%zu,\"kind\":\"%s\",\"embedding\":[", b[i].line,
+                    kind_names[k]);
+            for (int j = 0; j < d; j++)
+                fprintf(jsonl_out, "%s%.8g", j ? "," : "", (double)v[(size_t)i * d + j]);
+            fprintf(jsonl_out, "]}\n");
+        } else if (outset_push(&outs[k], v + (size_t)i * d, d, b[i].json)) {
+            cli_error("out of memory");
+            bad = -1;
+            break;
+        }
+    }
+    free(v);
+    free(a);
+    free(m);
+    return bad;
+}
+
+static int write_outputs(const char *prefix, outset *outs, int d)
+{
+    for (int k = 0; k < NK; k++) {
+        if (!outs[k].n)
+            continue;
+        char *np = NULL, *jp = NULL;
+        char err[512];
+        if (asprintf(&np, "%s.%s.npy", prefix, kind_names[k]) < 0 ||
+            asprintf(&jp, "%s.%s.jsonl", prefix, kind_names[k]) < 0) {
+            cli_error("out of memory");
+            return -1;
+        }
+        int rc = idx_npy_write(np, outs[k].v, outs[k].n, (size_t)d, err, sizeof err);
+        FILE *f = rc ? NULL : fopen(jp, "w");
+        if (rc)
+            cli_error("%s", err);
+        else if (!f)
+            cli_error("%s: %s", jp, strerror(errno));
+        for (size_t i = 0; f && i < outs[k].n; i++)
+            fprintf(f, "%s\n", outs[k].meta[i]);
+        if (f && fclose(f)) {
+            cli_error("%s: write error", jp);
+            f = NULL;
+            rc = -1;
+        }
+        if (!rc && f == NULL)
+            rc = -1;
+        if (!rc)
+            printf("wrote %zu %s embeddings to %s and %s\n", outs[k].n, kind_names[k], np, jp);
+        free(np);
+        free(jp);
+        if (rc)
+            return -1;
+    }
+    return 0;
+}
+
+static int encode_manifest(const enc_pipeline *p, enc_worker *w, int batch, const char *manifest,
+                           const char *prefix, int strict, int quiet)
+{
+    FILE *f = fopen(manifest, "r");
+    if (!f) {
+        cli_error("%s: %s", manifest, strerror(errno));
+        return CLI_BAD_INPUT;
+    }
+    char *mcopy = strdup(manifest);
+    const char *base = mcopy ? dirname(mcopy) : ".";
+    /* Count lines for the progress bar. */
+    size_t total = 0;
+    int ch, last = '\n';
+    while ((ch = fgetc(f)) != EOF) {
+        if (ch == '\n')
+            total++;
+        last = ch;
+    }
+    if (last != '\n')
+        total++;
+    rewind(f);
+    cli_progress pr;
+    cli_progress_start(&pr, "encode", total, quiet);
+    outset outs[NK];
+    memset(outs, 0, sizeof outs);
+    item *b = calloc((size_t)batch, sizeof *b);
+    char *line = NULL;
+    size_t cap = 0, lineno = 0, done = 0, ok = 0, failed = 0;
+    ssize_t len;
+    int nb = 0, stop = 0, broken = 0; /* broken: a batch failed under --strict */
+    while (!stop && b && (len = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = 0;
+        if (len == 0) {
+            done++;
+            continue;
+        }
+        item it;
+        char err[256];
+        if (parse_item(line, lineno, base, &it, err, sizeof err)) {
+            cli_error("%s:%zu: %s", manifest, lineno, err);
+            item_clear(&it);
+            failed++;
+            done++;
+            if (strict)
+                stop = 1;
+            continue;
+        }
+        /* A batch holds items of one kind. */
+        if (nb && (b[0].kind != it.kind || nb == batch)) {
+            int r = run_batch(w, p, b, nb, outs, manifest, strict, prefix ? NULL : stdout);
+            if (r < 0)
+                stop = broken = 1;
+            else {
+                failed += (size_t)r;
+                ok += (size_t)(nb - r);
+            }
+            done += (size_t)nb;
+            for (int i = 0; i < nb; i++)
+                item_clear(&b[i]);
+            nb = 0;
+            cli_progress_update(&pr, done);
+        }
+        if (stop) {
+            item_clear(&it);
+            break;
+        }
+        b[nb++] = it;
+    }
+    /* Items read before a bad line under --strict are still encoded. */
+    if (!broken && nb) {
+        int r = run_batch(w, p, b, nb, outs, manifest, strict, prefix ? NULL : stdout);
+        if (r < 0)
+            stop = broken = 1;
+        else {
+            failed += (size_t)r;
+            ok += (size_t)(nb - r);
+        }
+        done += (size_t)nb;
+    }
+    for (int i = 0; b && i < nb; i++)
+        item_clear(&b[i]);
+    cli_progress_finish(&pr, done);
+    free(line);
+    free(b);
+    free(mcopy);
+    fclose(f);
+    int rc = stop ? CLI_BAD_INPUT : CLI_OK;
+    if (!stop && prefix && write_outputs(prefix, outs, enc_pipeline_dim(p)))
+        rc = CLI_BAD_INPUT;
+    for (int k = 0; k < NK; k++) {
+        for (size_t i = 0; i < outs[k].n; i++)
+            free(outs[k].meta[i]);
+        free(outs[k].meta);
+        free(outs[k].v);
+    }
+    fprintf(stderr, "medsem: encoded %zu items, %zu skipped as bad input\n", ok, failed);
+    if (failed && rc == CLI_OK)
+        rc = CLI_BAD_INPUT;
+    return rc;
+}
+
+int cmd_encode(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},   {"text", required_argument, 0, 't'},
+        {"image", required_argument, 0, 'i'},   {"volume", required_argument, 0, 'v'},
+        {"modality", required_argument, 0, 'M'}, {"manifest", required_argument, 0, 'f'},
+        {"out", required_argument, 0, 'o'},     {"batch", required_argument, 0, 'b'},
+        {"threads", required_argument, 0, 'T'}, {"strict", no_argument, 0, 's'},
+        {"json", no_argument, 0, 'j'},          {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    const char *model = NULL, *text = NULL, *image = NULL, *volume = NULL, *modality = NULL;
+    const char *manifest = NULL, *prefix = NULL;
+    uint64_t batch = 8, threads = 0;
+    int json = 0, strict = 0, quiet = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 't': text = optarg; break;
+        case 'i': image = optarg; break;
+        case 'v': volume = optarg; break;
+        case 'M': modality = optarg; break;
+        case 'f': manifest = optarg; break;
+        case 'o': prefix = optarg; break;
+        case 's': strict = 1; break;
+        case 'j': json = 1; break;
+        case 'q': quiet = 1; break;
+        case 'b':
+            if (cli_parse_u64(optarg, 1, 4096, &batch)) {
+                cli_error("--batch '%s': expected an integer from 1 to 4096", optarg);
+                return CLI_BAD_INPUT;
+            }
+            break;
+        case 'T':
+            if (cli_parse_u64(optarg, 1, 1024, &threads)) {
+                cli_error("--threads '%s': expected an integer from 1 to 1024", optarg);
+                return CLI_BAD_INPUT;
+            }
+            break;
+        case 'h': usage(stdout); return CLI_OK;
+        default: usage(stderr); return CLI_USAGE;
+        }
+    }
+    int inputs = !!text + !!image + !!volume + !!manifest;
+    if (optind < argc || !model || inputs != 1) {
+        cli_error("encode needs --model and exactly one of --text, --image, --volume, --manifest");
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    if (prefix && !manifest) {
+        cli_error("--out goes with --manifest");
+        return CLI_USAGE;
+    }
+    char err[1024];
+    enc_pipeline *p = NULL;
+    enc_worker *w = NULL;
+    if (enc_pipeline_open(model, (int)threads, &p, err, sizeof err)) {
+        cli_error("%s", err);
+        return CLI_BAD_INPUT;
+    }
+    int rc = CLI_BAD_INPUT;
+    if (enc_worker_new(p, manifest ? (int)batch : 1, &w, err, sizeof err)) {
+        cli_error("%s", err);
+        goto out;
+    }
+    if (manifest) {
+        rc = encode_manifest(p, w, (int)batch, manifest, prefix, strict, quiet);
+        goto out;
+    }
+    float *v = malloc((size_t)enc_pipeline_dim(p) * sizeof *v);
+    if (!v) {
+        cli_error("out of memory");
+        goto out;
+    }
+    const char *mods[1] = {modality};
+    int e = text ? enc_worker_text(w, &text, 1, v, err, sizeof err)
+            : image ? enc_worker_images(w, &image, mods, 1, v, err, sizeof err)
+                    : enc_worker_volumes(w, &volume, mods, 1, v, err, sizeof err);
+    if (e)
+        cli_error("%s", err);
+    else
+        print_vec(text ? "text" : image ? "image" : "volume", p, v, json);
+    free(v);
+    rc = e ? CLI_BAD_INPUT : CLI_OK;
+out:
+    enc_worker_free(w);
+    enc_pipeline_close(p);
+    return rc;
+}

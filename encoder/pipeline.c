@@ -1,0 +1,335 @@
+/* pipeline.c - a model directory made ready to encode files and text:
+ * model + tokenizer + preprocessing from config.json, and per-thread workers. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "encoder/encoder.h"
+#include "encoder/model.h"
+#include "encoder/preprocess.h"
+#include "encoder/tokenizer.h"
+
+struct enc_pipeline {
+    enc_model *model;
+    enc_tok *tok; /* NULL when the model has no text tower */
+    enc_prep prep;
+    int max_len;
+    int has[3];
+};
+
+struct enc_worker {
+    const enc_pipeline *p;
+    int batch;
+    enc_state *st[3]; /* per kind, made on first use */
+    float *in;        /* preprocessed inputs of the current batch */
+    size_t in_cap;
+    int32_t *ids, *mask;
+};
+
+static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+{
+    if (errbuf && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errbuf, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static cJSON *read_json(const char *path, char *errbuf, size_t errlen, int *rc)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        *rc = fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    char chunk[8192];
+    size_t r;
+    while (m && (r = fread(chunk, 1, sizeof chunk, f)) > 0)
+        fwrite(chunk, 1, r, m);
+    fclose(f);
+    if (!m || fclose(m)) {
+        free(buf);
+        *rc = fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+        return NULL;
+    }
+    cJSON *j = cJSON_Parse(buf);
+    free(buf);
+    if (!j)
+        *rc = fail(errbuf, errlen, ENC_FORMAT, "%s: not valid JSON", path);
+    return j;
+}
+
+/* Reads n numbers from an array field into out; absent leaves out as is. */
+static int get_floats(const cJSON *obj, const char *key, float *out, int n, const char *path,
+                      char *errbuf, size_t errlen)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!a)
+        return ENC_OK;
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n)
+        return fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' must be an array of %d numbers", path,
+                    key, n);
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsNumber(e))
+            return fail(errbuf, errlen, ENC_FORMAT, "%s: '%s'[%d] must be a number", path, key, i);
+        out[i] = (float)e->valuedouble;
+    }
+    return ENC_OK;
+}
+
+static int get_bool(const cJSON *obj, const char *key, int dflt)
+{
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return b && cJSON_IsBool(b) ? cJSON_IsTrue(b) : dflt;
+}
+
+/* Preprocessing and tokenizer options by architecture (docs/encoder.md). */
+static int configure(enc_pipeline *p, const cJSON *cfg, const char *path, int *lower_case,
+                     char *errbuf, size_t errlen)
+{
+    const char *arch = enc_model_arch(p->model);
+    enc_prep d = ENC_PREP_INIT;
+    p->prep = d;
+    *lower_case = 1;
+    int rc = ENC_OK;
+    if (!strcmp(arch, "medsem")) {
+        const cJSON *pre = cJSON_GetObjectItemCaseSensitive(cfg, "preprocess");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(cfg, "text");
+        if (pre) {
+            rc = get_floats(pre, "spacing_3d", p->prep.vol_spacing, 3, path, errbuf, errlen);
+            if (!rc)
+                rc = get_floats(pre, "ct_window", p->prep.ct_window, 2, path, errbuf, errlen);
+            if (!rc)
+                rc = get_floats(pre, "mr_percentiles", p->prep.mr_pct, 2, path, errbuf, errlen);
+            if (!rc)
+                rc = get_floats(pre, "mean", p->prep.mean, 1, path, errbuf, errlen);
+            if (!rc)
+                rc = get_floats(pre, "std", p->prep.std, 1, path, errbuf, errlen);
+        }
+        if (text)
+            *lower_case = get_bool(text, "lower_case", 1);
+    } else if (!strcmp(arch, "m3d-clip")) {
+        /* M3D-CLIP's volumes are min-max normalised and resized whole. */
+        p->prep.fit = 1;
+        p->prep.no_window = 1;
+        p->prep.mr_pct[0] = 0;
+        p->prep.mr_pct[1] = 100;
+    } else { /* biomedclip */
+        const cJSON *pre = cJSON_GetObjectItemCaseSensitive(cfg, "preprocess_cfg");
+        if (pre) {
+            rc = get_floats(pre, "mean", p->prep.mean, 3, path, errbuf, errlen);
+            if (!rc)
+                rc = get_floats(pre, "std", p->prep.std, 3, path, errbuf, errlen);
+        }
+        const cJSON *mc = cJSON_GetObjectItemCaseSensitive(cfg, "model_cfg");
+        const cJSON *tc = mc ? cJSON_GetObjectItemCaseSensitive(mc, "text_cfg") : NULL;
+        if (tc)
+            *lower_case = get_bool(tc, "lower_case", 1);
+    }
+    if (rc)
+        return rc;
+    enc_input_geom g;
+    if (!enc_model_geom(p->model, ENC_IMAGE, &g)) {
+        p->prep.channels = g.channels;
+        p->prep.img_size[0] = g.size[1];
+        p->prep.img_size[1] = g.size[2];
+    }
+    if (!enc_model_geom(p->model, ENC_VOLUME, &g)) {
+        p->prep.channels = g.channels;
+        for (int i = 0; i < 3; i++)
+            p->prep.vol_size[i] = g.size[i];
+    }
+    if (!enc_model_geom(p->model, ENC_TEXT, &g))
+        p->max_len = g.tokens;
+    return ENC_OK;
+}
+
+int enc_pipeline_open(const char *dir, int nthreads, enc_pipeline **out, char *errbuf,
+                      size_t errlen)
+{
+    enc_pipeline *p = calloc(1, sizeof *p);
+    if (!p)
+        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+    enc_model_opts mo = {.nthreads = nthreads};
+    int rc = enc_model_load(dir, &mo, &p->model, errbuf, errlen);
+    if (rc)
+        goto bad;
+    for (int k = 0; k < 3; k++)
+        p->has[k] = enc_model_has(p->model, (enc_kind)k);
+    size_t n = strlen(dir) + 32;
+    char *path = malloc(n);
+    if (!path) {
+        rc = fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        goto bad;
+    }
+    snprintf(path, n, "%s/config.json", dir);
+    cJSON *cfg = read_json(path, errbuf, errlen, &rc);
+    int lower = 1;
+    if (cfg)
+        rc = configure(p, cfg, path, &lower, errbuf, errlen);
+    cJSON_Delete(cfg);
+    if (!rc && p->has[ENC_TEXT]) {
+        snprintf(path, n, "%s/vocab.txt", dir);
+        enc_tok_opts to = ENC_TOK_OPTS_INIT;
+        to.lower_case = lower;
+        rc = enc_tok_load(path, &to, &p->tok, errbuf, errlen);
+    }
+    free(path);
+    if (rc)
+        goto bad;
+    *out = p;
+    return ENC_OK;
+bad:
+    enc_pipeline_close(p);
+    return rc;
+}
+
+void enc_pipeline_close(enc_pipeline *p)
+{
+    if (!p)
+        return;
+    enc_tok_free(p->tok);
+    enc_model_free(p->model);
+    free(p);
+}
+
+const enc_model *enc_pipeline_model(const enc_pipeline *p) { return p->model; }
+const enc_tok *enc_pipeline_tokenizer(const enc_pipeline *p) { return p->tok; }
+const enc_prep *enc_pipeline_prep(const enc_pipeline *p) { return &p->prep; }
+int enc_pipeline_dim(const enc_pipeline *p) { return enc_model_embed_dim(p->model); }
+const char *enc_pipeline_model_id(const enc_pipeline *p) { return enc_model_id(p->model); }
+int enc_pipeline_has_image(const enc_pipeline *p) { return p->has[ENC_IMAGE]; }
+int enc_pipeline_has_volume(const enc_pipeline *p) { return p->has[ENC_VOLUME]; }
+int enc_pipeline_has_text(const enc_pipeline *p) { return p->has[ENC_TEXT]; }
+
+/* ---- workers ------------------------------------------------------------------ */
+
+int enc_worker_new(const enc_pipeline *p, int batch, enc_worker **out, char *errbuf,
+                   size_t errlen)
+{
+    if (batch < 1 || batch > 4096)
+        return fail(errbuf, errlen, ENC_INVAL, "batch must be 1 to 4096, not %d", batch);
+    enc_worker *w = calloc(1, sizeof *w);
+    if (!w)
+        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+    w->p = p;
+    w->batch = batch;
+    *out = w;
+    return ENC_OK;
+}
+
+void enc_worker_free(enc_worker *w)
+{
+    if (!w)
+        return;
+    for (int k = 0; k < 3; k++)
+        enc_state_free(w->st[k]);
+    free(w->in);
+    free(w->ids);
+    free(w->mask);
+    free(w);
+}
+
+static int state_for(enc_worker *w, enc_kind k, int n, char *errbuf, size_t errlen)
+{
+    static const char *const names[] = {"images", "volumes", "text"};
+    if (!w->p->has[k])
+        return fail(errbuf, errlen, ENC_UNSUPPORTED, "the %s model does not encode %s",
+                    enc_model_arch(w->p->model), names[k]);
+    if (n < 1 || n > w->batch)
+        return fail(errbuf, errlen, ENC_INVAL, "%d inputs for a worker of batch %d", n, w->batch);
+    if (!w->st[k])
+        return enc_state_new(w->p->model, k, w->batch, NULL, &w->st[k], errbuf, errlen);
+    return ENC_OK;
+}
+
+static int input_room(enc_worker *w, size_t count, char *errbuf, size_t errlen)
+{
+    if (count <= w->in_cap)
+        return ENC_OK;
+    float *in = realloc(w->in, count * sizeof *in);
+    if (!in)
+        return fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu input values", count);
+    w->in = in;
+    w->in_cap = count;
+    return ENC_OK;
+}
+
+int enc_worker_text(enc_worker *w, const char *const *texts, int n, float *out, char *errbuf,
+                    size_t errlen)
+{
+    int rc = state_for(w, ENC_TEXT, n, errbuf, errlen);
+    if (rc)
+        return rc;
+    size_t L = (size_t)w->p->max_len;
+    if (!w->ids) {
+        w->ids = malloc((size_t)w->batch * L * sizeof *w->ids);
+        w->mask = malloc((size_t)w->batch * L * sizeof *w->mask);
+        if (!w->ids || !w->mask)
+            return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        size_t got;
+        char e[384];
+        rc = enc_tok_encode(w->p->tok, texts[i] ? texts[i] : "", L, w->ids + i * L,
+                            w->mask + i * L, &got, e, sizeof e);
+        if (rc)
+            return fail(errbuf, errlen, rc, "text %d: %s", i, e);
+    }
+    rc = enc_encode_text(w->st[ENC_TEXT], w->ids, w->mask, n, (int)L, out);
+    if (rc)
+        return fail(errbuf, errlen, rc, "%s", enc_state_errmsg(w->st[ENC_TEXT]));
+    return ENC_OK;
+}
+
+static int encode_files(enc_worker *w, enc_kind k, const char *const *paths,
+                        const char *const *mods, int n, float *out, char *errbuf, size_t errlen)
+{
+    int rc = state_for(w, k, n, errbuf, errlen);
+    if (rc)
+        return rc;
+    const enc_prep *pp = &w->p->prep;
+    size_t per = k == ENC_IMAGE ? enc_prep_image_count(pp) : enc_prep_volume_count(pp);
+    rc = input_room(w, per * (size_t)n, errbuf, errlen);
+    if (rc)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        enc_modality m = enc_modality_parse(mods ? mods[i] : NULL);
+        rc = k == ENC_IMAGE ? enc_prep_image(paths[i], m, pp, w->in + per * i, errbuf, errlen)
+                            : enc_prep_volume(paths[i], m, pp, w->in + per * i, errbuf, errlen);
+        if (rc)
+            return rc;
+    }
+    rc = k == ENC_IMAGE ? enc_encode_image(w->st[k], w->in, n, out)
+                        : enc_encode_volume(w->st[k], w->in, n, out);
+    if (rc)
+        return fail(errbuf, errlen, rc, "%s", enc_state_errmsg(w->st[k]));
+    return ENC_OK;
+}
+
+int enc_worker_images(enc_worker *w, const char *const *paths, const char *const *modalities,
+                      int n, float *out, char *errbuf, size_t errlen)
+{
+    return encode_files(w, ENC_IMAGE, paths, modalities, n, out, errbuf, errlen);
+}
+
+int enc_worker_volumes(enc_worker *w, const char *const *paths, const char *const *modalities,
+                       int n, float *out, char *errbuf, size_t errlen)
+{
+    return encode_files(w, ENC_VOLUME, paths, modalities, n, out, errbuf, errlen);
+}

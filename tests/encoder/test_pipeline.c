@@ -1,0 +1,168 @@
+/* test_pipeline.c - model directory to embeddings: the pipeline equals its
+ * parts (preprocessing + tokenizer + model) and names bad inputs. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <libgen.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <nifti2_io.h>
+
+#include "encoder/encoder.h"
+#include "encoder/model.h"
+#include "encoder/preprocess.h"
+#include "encoder/tokenizer.h"
+#include "testutil.h"
+
+static char *fixture(const char *arch)
+{
+    const char *top = getenv("top_srcdir");
+    char *p = NULL;
+    if (top && asprintf(&p, "%s/tests/fixtures/models/%s", top, arch) >= 0)
+        return p;
+    if (asprintf(&p, "%s/../fixtures/models/%s", dirname(strdupa(__FILE__)), arch) >= 0)
+        return p;
+    return NULL;
+}
+
+static void write_ct(const char *path, int nx, int ny, int nz)
+{
+    int64_t dims[8] = {3, nx, ny, nz, 1, 1, 1, 1};
+    nifti_image *nim = nifti_make_new_nim(dims, DT_INT16, 1);
+    assert_non_null(nim);
+    int16_t *d = nim->data;
+    for (int i = 0; i < nx * ny * nz; i++)
+        d[i] = (int16_t)((i * 37) % 1400 - 1000);
+    nim->pixdim[1] = 1.2f;
+    nim->pixdim[2] = 1.2f;
+    nim->pixdim[3] = 2.5f;
+    nim->dx = 1.2f;
+    nim->dy = 1.2f;
+    nim->dz = 2.5f;
+    assert_int_equal(nifti_set_filenames(nim, path, 0, 1), 0);
+    nifti_image_write(nim);
+    nifti_image_free(nim);
+}
+
+static float maxdiff(const float *a, const float *b, size_t n)
+{
+    float m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmaxf(m, fabsf(a[i] - b[i]));
+    return m;
+}
+
+static void test_medsem_pipeline(void **state)
+{
+    char *dir = fixture("medsem");
+    char err[1024];
+    enc_pipeline *p = NULL;
+    assert_int_equal(enc_pipeline_open(dir, 1, &p, err, sizeof err), 0);
+    int d = enc_pipeline_dim(p);
+    assert_int_equal(d, 32);
+    assert_true(enc_pipeline_has_image(p) && enc_pipeline_has_volume(p) && enc_pipeline_has_text(p));
+    assert_int_equal(strlen(enc_pipeline_model_id(p)), 64);
+    enc_worker *w = NULL;
+    assert_int_equal(enc_worker_new(p, 2, &w, err, sizeof err), 0);
+
+    /* Text: the pipeline equals tokenizer + model. */
+    const char *texts[2] = {"8 mm nodule in the right upper lobe.", "No pleural effusion."};
+    float got[64], want[64];
+    assert_int_equal(enc_worker_text(w, texts, 2, got, err, sizeof err), 0);
+    const enc_model *m = enc_pipeline_model(p);
+    enc_input_geom g;
+    assert_int_equal(enc_model_geom(m, ENC_TEXT, &g), 0);
+    int32_t *ids = calloc(2 * (size_t)g.tokens, sizeof *ids), *mask = calloc(2 * (size_t)g.tokens, sizeof *mask);
+    size_t n;
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(enc_tok_encode(enc_pipeline_tokenizer(p), texts[i], (size_t)g.tokens,
+                                        ids + i * g.tokens, mask + i * g.tokens, &n, err, sizeof err), 0);
+    enc_state *s = NULL;
+    assert_int_equal(enc_state_new(m, ENC_TEXT, 2, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(enc_encode_text(s, ids, mask, 2, g.tokens, want), 0);
+    assert_true(maxdiff(got, want, 64) == 0);
+    enc_state_free(s);
+    free(ids);
+    free(mask);
+
+    /* Volume: the pipeline equals preprocessing + model. */
+    char *tmp = tu_mkdtemp();
+    char *ct = tu_path(tmp, "ct.nii.gz");
+    write_ct(ct, 20, 18, 6);
+    const char *paths[1] = {ct}, *mods[1] = {"CT"};
+    assert_int_equal(enc_worker_volumes(w, paths, mods, 1, got, err, sizeof err), 0);
+    const enc_prep *pp = enc_pipeline_prep(p);
+    float *x = malloc(enc_prep_volume_count(pp) * sizeof *x);
+    assert_int_equal(enc_prep_volume(ct, ENC_MOD_CT, pp, x, err, sizeof err), 0);
+    assert_int_equal(enc_state_new(m, ENC_VOLUME, 1, NULL, &s, err, sizeof err), 0);
+    assert_int_equal(enc_encode_volume(s, x, 1, want), 0);
+    assert_true(maxdiff(got, want, 32) == 0);
+    double norm = 0;
+    for (int i = 0; i < 32; i++)
+        norm += (double)got[i] * got[i];
+    assert_float_equal(norm, 1.0, 1e-5);
+    enc_state_free(s);
+    free(x);
+
+    /* A missing file is named; nothing is written to out. */
+    char *missing = tu_path(tmp, "missing.nii.gz");
+    const char *bad[1] = {missing};
+    float sentinel[32];
+    for (int i = 0; i < 32; i++)
+        sentinel[i] = got[i] = 7.0f;
+    assert_int_not_equal(enc_worker_volumes(w, bad, mods, 1, got, err, sizeof err), 0);
+    assert_non_null(strstr(err, "missing.nii.gz"));
+    assert_true(maxdiff(got, sentinel, 32) == 0);
+    /* Too many inputs for the worker. */
+    const char *three[3] = {"a", "b", "c"};
+    assert_int_equal(enc_worker_text(w, three, 3, got, err, sizeof err), ENC_INVAL);
+    free(missing);
+    free(ct);
+    tu_rmtree(tmp);
+    free(tmp);
+    enc_worker_free(w);
+    enc_pipeline_close(p);
+    free(dir);
+}
+
+static void test_kinds_and_errors(void **state)
+{
+    char err[1024];
+    enc_pipeline *p = NULL;
+    char *dir = fixture("m3d-clip");
+    assert_int_equal(enc_pipeline_open(dir, 1, &p, err, sizeof err), 0);
+    assert_false(enc_pipeline_has_image(p));
+    enc_worker *w = NULL;
+    assert_int_equal(enc_worker_new(p, 1, &w, err, sizeof err), 0);
+    const char *img[1] = {"x.png"};
+    float v[64];
+    assert_int_equal(enc_worker_images(w, img, NULL, 1, v, err, sizeof err), ENC_UNSUPPORTED);
+    assert_non_null(strstr(err, "does not encode images"));
+    enc_worker_free(w);
+    enc_pipeline_close(p);
+    free(dir);
+    /* A directory that is not a model. */
+    char *tmp = tu_mkdtemp();
+    assert_int_not_equal(enc_pipeline_open(tmp, 1, &p, err, sizeof err), 0);
+    assert_non_null(strstr(err, tmp));
+    tu_rmtree(tmp);
+    free(tmp);
+}
+
+int main(void)
+{
+    nifti_set_debug_level(0);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_medsem_pipeline),
+        cmocka_unit_test(test_kinds_and_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -3,8 +3,11 @@
  * (1 x 32 x 256 x 256, patch 4 x 16 x 16: 2048 patches) and BERT-base on
  * 128-token texts, next to the machine's measured sgemm peak.
  *
- *   make bench && bench/encode [--threads N] [--seconds S] [--no-3d]
+ *   make bench && bench/encode [--threads N] [--seconds S] [--no-3d] [--no-torch]
  *                              [--only image|volume|text]
+ *
+ * Then, where PyTorch is installed, bench/encode_torch.py prints PyTorch's
+ * throughput on the same shapes in the same run.
  *
  * The model is built in memory with random weights (enc_model_new_random,
  * medsem architecture: vision 768 wide, 12 layers, 12 heads, MLP 3072; text
@@ -150,9 +153,37 @@ static int run_case(const enc_model *m, const bcase *c, double seconds)
     return rc;
 }
 
+/* PyTorch's figures on the same shapes, side by side, when PyTorch is
+ * importable (bench/encode_torch.py, next to this program's source). */
+static int run_pytorch(int threads, double seconds, int no3d)
+{
+    /* The interpreter on PATH may be a private one without torch; Debian's
+     * python3-torch lives under /usr/bin/python3. */
+    const char *env = getenv("MEDSEM_BENCH_PYTHON");
+    const char *cands[] = {env ? env : "python3", "/usr/bin/python3"};
+    const char *py = NULL;
+    char cmd[4096];
+    for (size_t i = 0; i < (env ? 1u : 2u) && !py; i++) {
+        snprintf(cmd, sizeof cmd, "%s -c 'import torch' >/dev/null 2>&1", cands[i]);
+        if (system(cmd) == 0)
+            py = cands[i];
+    }
+    if (!py) {
+        printf("\nPyTorch: not importable (apt-get install python3-torch), skipped\n");
+        return 0;
+    }
+    const char *src = getenv("top_srcdir");
+    snprintf(cmd, sizeof cmd, "%s %s/bench/encode_torch.py --seconds %g --threads %d%s", py,
+             src ? src : MEDSEM_SRCDIR, seconds, threads > 0 ? threads : 0,
+             no3d ? " --no-3d" : "");
+    printf("\n");
+    fflush(stdout);
+    return system(cmd) == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
-    int threads = 0, no3d = 0, only = -1;
+    int threads = 0, no3d = 0, only = -1, no_torch = 0;
     double seconds = 3.0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
@@ -161,6 +192,8 @@ int main(int argc, char **argv)
             seconds = atof(argv[++i]);
         else if (strcmp(argv[i], "--no-3d") == 0)
             no3d = 1;
+        else if (strcmp(argv[i], "--no-torch") == 0)
+            no_torch = 1;
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
             i++;
             only = strcmp(argv[i], "image") == 0    ? ENC_IMAGE
@@ -171,7 +204,8 @@ int main(int argc, char **argv)
             only = -2;
         if (only == -2) {
             fprintf(stderr,
-                    "usage: %s [--threads N] [--seconds S] [--no-3d] [--only image|volume|text]\n",
+                    "usage: %s [--threads N] [--seconds S] [--no-3d] [--no-torch]"
+                    " [--only image|volume|text]\n",
                     argv[0]);
             return 2;
         }
@@ -228,7 +262,10 @@ int main(int argc, char **argv)
         rc = run_case(m, &cases[i], seconds);
         fflush(stdout);
     }
+    int nthreads = be->nthreads;
     enc_model_free(m);
     enc_backend_free(be);
+    if (rc == 0 && !no_torch)
+        rc = run_pytorch(nthreads, seconds, no3d);
     return rc ? 1 : 0;
 }

@@ -4,7 +4,11 @@
 #include "config.h"
 #endif
 
+#include <stdarg.h>
+#include <stdio.h>
+
 #include "encoder/encoder.h"
+#include "encoder/internal.h"
 
 const char *enc_strerror(int code)
 {
@@ -30,4 +34,15 @@ const char *enc_errname(int code)
     default:
         return "ENC_UNKNOWN";
     }
+}
+
+int enc__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+{
+    if (errbuf != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errbuf, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
 }

@@ -9,6 +9,7 @@
  * volume of a 4D file, so neither fits a library that must stay quiet and
  * bounded.
  */
+#include "encoder/internal.h"
 #include "encoder/image.h"
 
 #include <assert.h>
@@ -28,19 +29,6 @@
 #include <nifti2_io.h>
 #include <zlib.h>
 
-static int fail(char *eb, size_t el, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *eb, size_t el, int code, const char *fmt, ...)
-{
-    if (eb != NULL && el > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(eb, el, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 void enc_vol_free(enc_vol *v)
 {
@@ -202,7 +190,7 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
         for (int r = 0; r < 3; r++)
             for (int c = 0; c < 4; c++) {
                 if (!isfinite(h->srow[r][c]))
-                    return fail(eb, el, ENC_FORMAT, "%s: sform_code = %d but %s[%d] = %g", path,
+                    return enc__fail(eb, el, ENC_FORMAT, "%s: sform_code = %d but %s[%d] = %g", path,
                                 h->sform_code, SROW_NAME[r], c, h->srow[r][c]);
                 A[r][c] = h->srow[r][c];
             }
@@ -214,9 +202,9 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
             if (!(isfinite(d[a]) && d[a] > 0)) {
                 if (used[a]) {
                     if (h->qform_code > 0)
-                        return fail(eb, el, ENC_FORMAT, "%s: qform_code = %d but pixdim[%d] = %g",
+                        return enc__fail(eb, el, ENC_FORMAT, "%s: qform_code = %d but pixdim[%d] = %g",
                                     path, h->qform_code, a + 1, d[a]);
-                    return fail(eb, el, ENC_FORMAT,
+                    return enc__fail(eb, el, ENC_FORMAT,
                                 "%s: sform and qform are both unset and pixdim[%d] = %g", path,
                                 a + 1, d[a]);
                 }
@@ -228,10 +216,10 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
             static const char *const on[3] = {"qoffset_x", "qoffset_y", "qoffset_z"};
             for (int i = 0; i < 3; i++) {
                 if (!isfinite(h->quatern[i]))
-                    return fail(eb, el, ENC_FORMAT, "%s: qform_code = %d but %s = %g", path,
+                    return enc__fail(eb, el, ENC_FORMAT, "%s: qform_code = %d but %s = %g", path,
                                 h->qform_code, qn[i], h->quatern[i]);
                 if (!isfinite(h->qoffset[i]))
-                    return fail(eb, el, ENC_FORMAT, "%s: qform_code = %d but %s = %g", path,
+                    return enc__fail(eb, el, ENC_FORMAT, "%s: qform_code = %d but %s = %g", path,
                                 h->qform_code, on[i], h->qoffset[i]);
             }
             double b = h->quatern[0], c = h->quatern[1], q = h->quatern[2];
@@ -241,7 +229,7 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
              * sum a little over 1 (a = 0, a 180-degree rotation): renormalise
              * that, refuse anything clearly outside the unit ball. */
             if (s > 1.0 + 1e-3)
-                return fail(eb, el, ENC_FORMAT,
+                return enc__fail(eb, el, ENC_FORMAT,
                             "%s: qform quaternion (quatern_b, quatern_c, quatern_d) = "
                             "(%g, %g, %g) has norm > 1",
                             path, b, c, q);
@@ -275,7 +263,7 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
         if (n2 > 0 && isfinite(n2))
             continue;
         if (used[c])
-            return fail(eb, el, ENC_FORMAT,
+            return enc__fail(eb, el, ENC_FORMAT,
                         "%s: %s maps voxel axis %c to length %g (column %d of the affine)", path,
                         *src, "ijk"[c], sqrt(n2), c);
         /* 2D file: k is a formality; take the unit normal of the i-j
@@ -286,7 +274,7 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
                          u[0] * w[1] - u[1] * w[0]};
         double nn = sqrt(nrm[0] * nrm[0] + nrm[1] * nrm[1] + nrm[2] * nrm[2]);
         if (!(nn > 0))
-            return fail(eb, el, ENC_FORMAT,
+            return enc__fail(eb, el, ENC_FORMAT,
                         "%s: %s is degenerate (voxel axes i and j are parallel)", path, *src);
         for (int r = 0; r < 3; r++)
             A[r][2] = nrm[r] / nn;
@@ -308,7 +296,7 @@ static int nii_orient(const char *path, const char *src, double A[4][4], int per
             if (fabs(A[r][c]) > fabs(A[best][c]))
                 best = r;
         if (owner[best] >= 0)
-            return fail(eb, el, ENC_FORMAT,
+            return enc__fail(eb, el, ENC_FORMAT,
                         "%s: %s voxel axes %c and %c both point mostly along %s: inconsistent "
                         "orientation",
                         path, src, "ijk"[owner[best]], "ijk"[c], AXIS_NAME[best]);
@@ -326,7 +314,7 @@ static int nii_orient(const char *path, const char *src, double A[4][4], int per
                  N[0][1] * (N[1][0] * N[2][2] - N[1][2] * N[2][0]) +
                  N[0][2] * (N[1][0] * N[2][1] - N[1][1] * N[2][0]);
     if (!(fabs(det) > 1e-6))
-        return fail(eb, el, ENC_FORMAT, "%s: %s is singular (determinant %g)", path, src, det);
+        return enc__fail(eb, el, ENC_FORMAT, "%s: %s is singular (determinant %g)", path, src, det);
     for (int a = 0; a < 3; a++) {
         perm[a] = owner[a];
         flip[a] = A[a][owner[a]] < 0;
@@ -425,7 +413,7 @@ static int nii_read_voxels(const char *path, int version, int64_t vox_offset, vo
 {
     gzFile gz = gzopen(path, "rb");
     if (gz == NULL)
-        return fail(eb, el, ENC_IO, "%s: cannot reopen: %s", path,
+        return enc__fail(eb, el, ENC_IO, "%s: cannot reopen: %s", path,
                     errno ? strerror(errno) : "out of memory");
     gzbuffer(gz, 1u << 17);
     int rc = ENC_OK;
@@ -435,18 +423,18 @@ static int nii_read_voxels(const char *path, int version, int64_t vox_offset, vo
      * fail this first small read. */
     if (gzread(gz, &sz, sizeof sz) != (int)sizeof sz) {
         zm = gz_msg(gz, path);
-        rc = zm ? fail(eb, el, ENC_FORMAT, "%s: corrupt compressed stream (%s)", path, zm)
-                : fail(eb, el, ENC_FORMAT, "%s: file changed while being read", path);
+        rc = zm ? enc__fail(eb, el, ENC_FORMAT, "%s: corrupt compressed stream (%s)", path, zm)
+                : enc__fail(eb, el, ENC_FORMAT, "%s: file changed while being read", path);
         goto out;
     }
     uint32_t want = version == 1 ? 348 : 540;
     if (sz != want && bswap32(sz) != want) {
-        rc = fail(eb, el, ENC_FORMAT, "%s: file changed while being read", path);
+        rc = enc__fail(eb, el, ENC_FORMAT, "%s: file changed while being read", path);
         goto out;
     }
     if (gzseek(gz, (z_off_t)vox_offset, SEEK_SET) != (z_off_t)vox_offset) {
         zm = gz_msg(gz, path);
-        rc = fail(eb, el, ENC_FORMAT, "%s: cannot reach vox_offset %lld (%s)", path,
+        rc = enc__fail(eb, el, ENC_FORMAT, "%s: cannot reach vox_offset %lld (%s)", path,
                   (long long)vox_offset, zm ? zm : "file too short");
         goto out;
     }
@@ -459,7 +447,7 @@ static int nii_read_voxels(const char *path, int version, int64_t vox_offset, vo
             done += (size_t)got;
         if (got != (int)chunk) {
             zm = gz_msg(gz, path);
-            rc = fail(eb, el, ENC_FORMAT,
+            rc = enc__fail(eb, el, ENC_FORMAT,
                       "%s: voxel data ends after %zu of %zu bytes (%s): truncated or corrupt file",
                       path, done, bytes, zm ? zm : "end of file");
             goto out;
@@ -472,7 +460,7 @@ static int nii_read_voxels(const char *path, int version, int64_t vox_offset, vo
             ;
         zm = gz_msg(gz, path);
         if (got < 0 || zm != NULL) {
-            rc = fail(eb, el, ENC_FORMAT,
+            rc = enc__fail(eb, el, ENC_FORMAT,
                       "%s: compressed stream truncated or corrupt after the voxels (%s)", path,
                       zm ? zm : "read error");
             goto out;
@@ -494,10 +482,10 @@ static int nii_check(const char *path, const nii_hdr *h, const enc_img_limits *l
 {
     int64_t nd = h->dim[0];
     if (nd < 2 || nd > 7)
-        return fail(eb, el, ENC_FORMAT, "%s: dim[0] = %lld (must be 2..7)", path, (long long)nd);
+        return enc__fail(eb, el, ENC_FORMAT, "%s: dim[0] = %lld (must be 2..7)", path, (long long)nd);
     for (int i = 1; i <= nd; i++)
         if (h->dim[i] < 1)
-            return fail(eb, el, ENC_FORMAT, "%s: dim[%d] = %lld", path, i, (long long)h->dim[i]);
+            return enc__fail(eb, el, ENC_FORMAT, "%s: dim[%d] = %lld", path, i, (long long)h->dim[i]);
     n[0] = h->dim[1];
     n[1] = h->dim[2];
     n[2] = nd >= 3 ? h->dim[3] : 1;
@@ -508,20 +496,20 @@ static int nii_check(const char *path, const nii_hdr *h, const enc_img_limits *l
               (uint64_t)nvox > (uint64_t)maxv || n[0] > INT_MAX || n[1] > INT_MAX ||
               n[2] > INT_MAX;
     if (big)
-        return fail(eb, el, ENC_TOOBIG,
+        return enc__fail(eb, el, ENC_TOOBIG,
                     "%s: dims %lld x %lld x %lld = %.0f voxels exceed the limit of %zu", path,
                     (long long)n[0], (long long)n[1], (long long)n[2],
                     (double)n[0] * (double)n[1] * (double)n[2], maxv);
 
     int size = nii_type_size(h->datatype);
     if (size == 0)
-        return fail(eb, el, ENC_UNSUPPORTED, "%s: datatype = %d (%s) is not supported", path,
+        return enc__fail(eb, el, ENC_UNSUPPORTED, "%s: datatype = %d (%s) is not supported", path,
                     h->datatype, nii_type_name(h->datatype));
 
     int64_t minoff = h->version == 1 ? 352 : 544;
     if (!(h->vox_offset >= (double)minoff && h->vox_offset <= 9.0e18 &&
           h->vox_offset == floor(h->vox_offset)))
-        return fail(eb, el, ENC_FORMAT, "%s: vox_offset = %g (must be a whole number >= %lld)",
+        return enc__fail(eb, el, ENC_FORMAT, "%s: vox_offset = %g (must be a whole number >= %lld)",
                     path, h->vox_offset, (long long)minoff);
     int64_t off = (int64_t)h->vox_offset;
 
@@ -531,13 +519,13 @@ static int nii_check(const char *path, const nii_hdr *h, const enc_img_limits *l
     int64_t total = 1, bytes;
     for (int i = 1; i <= nd; i++)
         if (!mul_ok(total, h->dim[i], &total))
-            return fail(eb, el, ENC_TOOBIG, "%s: dim[1..%lld] multiply past 2^63 voxels", path,
+            return enc__fail(eb, el, ENC_TOOBIG, "%s: dim[1..%lld] multiply past 2^63 voxels", path,
                         (long long)nd);
     if (!mul_ok(total, size, &bytes) || bytes > INT64_MAX - off)
-        return fail(eb, el, ENC_TOOBIG, "%s: %lld voxels of %d bytes do not fit in a file", path,
+        return enc__fail(eb, el, ENC_TOOBIG, "%s: %lld voxels of %d bytes do not fit in a file", path,
                     (long long)total, size);
     if (!gz && (int64_t)st->st_size < off + bytes)
-        return fail(eb, el, ENC_FORMAT,
+        return enc__fail(eb, el, ENC_FORMAT,
                     "%s: file holds %lld bytes, the header needs %lld (vox_offset %lld + %lld "
                     "voxels x %d bytes): truncated file",
                     path, (long long)st->st_size, (long long)(off + bytes), (long long)off,
@@ -552,19 +540,19 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
     char *eb = errbuf;
     size_t el = errlen;
     if (path == NULL || out == NULL)
-        return fail(eb, el, ENC_INVAL, "enc_img_read_nifti: NULL argument");
+        return enc__fail(eb, el, ENC_INVAL, "enc_img_read_nifti: NULL argument");
     if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
-        return fail(eb, el, ENC_UNSUPPORTED, "%s: expected a .nii or .nii.gz file", path);
+        return enc__fail(eb, el, ENC_UNSUPPORTED, "%s: expected a .nii or .nii.gz file", path);
     struct stat st;
     if (stat(path, &st) != 0)
-        return fail(eb, el, ENC_IO, "%s: %s", path, strerror(errno));
+        return enc__fail(eb, el, ENC_IO, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return fail(eb, el, ENC_IO, "%s: not a regular file", path);
+        return enc__fail(eb, el, ENC_IO, "%s: not a regular file", path);
     /* Our own open first: libnifti would say nothing useful about errno,
      * and the first two bytes tell a gzip file (1f 8b) whatever its name. */
     FILE *probe = fopen(path, "rb");
     if (probe == NULL)
-        return fail(eb, el, ENC_IO, "%s: %s", path, strerror(errno));
+        return enc__fail(eb, el, ENC_IO, "%s: %s", path, strerror(errno));
     unsigned char m2[2] = {0, 0};
     int gz = fread(m2, 1, 2, probe) == 2 && m2[0] == 0x1f && m2[1] == 0x8b;
     fclose(probe);
@@ -587,7 +575,7 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
     }
     if (raw == NULL || (nver != 1 && nver != 2)) {
         free(raw);
-        return fail(eb, el, ENC_FORMAT,
+        return enc__fail(eb, el, ENC_FORMAT,
                     "%s: no NIfTI-1 or NIfTI-2 header (bad sizeof_hdr or magic, or the file is "
                     "too short)",
                     path);
@@ -597,11 +585,11 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
     nii_from_raw(raw, nver, &h, magic, sizeof magic - 1);
     free(raw);
     if (memcmp(magic, nver == 1 ? "ni1" : "ni2", 4) == 0)
-        return fail(eb, el, ENC_UNSUPPORTED,
+        return enc__fail(eb, el, ENC_UNSUPPORTED,
                     "%s: magic \"%s\" means a .hdr/.img pair; only single-file NIfTI is read",
                     path, magic);
     if (memcmp(magic, nver == 1 ? "n+1" : "n+2", 4) != 0)
-        return fail(eb, el, ENC_FORMAT, "%s: magic is not \"%s\" (not a NIfTI-%d file)", path,
+        return enc__fail(eb, el, ENC_FORMAT, "%s: magic is not \"%s\" (not a NIfTI-%d file)", path,
                     nver == 1 ? "n+1" : "n+2", nver);
 
     int64_t n[3], total = 0;
@@ -621,7 +609,7 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
      * valid slope with a broken intercept is a broken header. */
     int scale = h.scl_slope != 0 && isfinite(h.scl_slope);
     if (scale && !isfinite(h.scl_inter))
-        return fail(eb, el, ENC_FORMAT, "%s: scl_slope = %g but scl_inter = %g", path,
+        return enc__fail(eb, el, ENC_FORMAT, "%s: scl_slope = %g but scl_inter = %g", path,
                     h.scl_slope, h.scl_inter);
 
     /* 2. The first volume.  The float copy is made only once the bytes are
@@ -630,7 +618,7 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
     size_t nvox = (size_t)n[0] * (size_t)n[1] * (size_t)n[2];
     void *buf = malloc(nvox * (size_t)size);
     if (buf == NULL)
-        return fail(eb, el, ENC_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
+        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
     rc = nii_read_voxels(path, h.version, (int64_t)h.vox_offset, buf, nvox * (size_t)size, size,
                          gz && (uint64_t)total == (uint64_t)nvox, eb, el);
     if (rc != ENC_OK) {
@@ -640,13 +628,13 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
     float *f = malloc(nvox * sizeof *f);
     if (f == NULL) {
         free(buf);
-        return fail(eb, el, ENC_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
+        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
     }
     size_t bad = nii_to_float(buf, h.datatype, nvox, scale, h.scl_slope, h.scl_inter, f);
     free(buf);
     if (bad > 0) {
         free(f);
-        return fail(eb, el, ENC_FORMAT, "%s: %zu voxels are not finite%s", path, bad,
+        return enc__fail(eb, el, ENC_FORMAT, "%s: %zu voxels are not finite%s", path, bad,
                     scale ? " after scl_slope/scl_inter" : "");
     }
 
@@ -666,7 +654,7 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
         data = malloc(nvox * sizeof *data);
         if (data == NULL) {
             free(f);
-            return fail(eb, el, ENC_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
+            return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
         }
         size_t o = 0;
         for (int64_t k = 0; k < nout[2]; k++)
@@ -707,11 +695,11 @@ int enc_img_read_2d(const char *path, const enc_img_limits *lim, enc_vol *out, c
                     size_t errlen)
 {
     if (path == NULL || out == NULL)
-        return fail(errbuf, errlen, ENC_INVAL, "enc_img_read_2d: NULL argument");
+        return enc__fail(errbuf, errlen, ENC_INVAL, "enc_img_read_2d: NULL argument");
     if (ends_with(path, ".png"))
         return enc_img_read_png(path, lim, out, errbuf, errlen);
     if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
-        return fail(errbuf, errlen, ENC_UNSUPPORTED,
+        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
                     "%s: expected a .png, .nii or .nii.gz image", path);
     enc_vol v;
     int rc = enc_img_read_nifti(path, lim, &v, errbuf, errlen);
@@ -725,7 +713,7 @@ int enc_img_read_2d(const char *path, const enc_img_limits *lim, enc_vol *out, c
         if (single < 0) {
             int nx = v.nx, ny = v.ny, nz = v.nz;
             enc_vol_free(&v);
-            return fail(errbuf, errlen, ENC_INVAL,
+            return enc__fail(errbuf, errlen, ENC_INVAL,
                         "%s: a 3D volume (%d x %d x %d), not a 2D image", path, nx, ny, nz);
         }
         int order[3] = {single == 0 ? 1 : 0, 2, single};
@@ -779,24 +767,24 @@ int enc_img_resample(const enc_vol *in, const float target_spacing[3], int nx, i
     char *eb = errbuf;
     size_t el = errlen;
     if (in == NULL || in->data == NULL || target_spacing == NULL || out == NULL)
-        return fail(eb, el, ENC_INVAL, "resample: NULL argument");
+        return enc__fail(eb, el, ENC_INVAL, "resample: NULL argument");
     const int nin[3] = {in->nx, in->ny, in->nz}, nout[3] = {nx, ny, nz};
     for (int a = 0; a < 3; a++) {
         if (nin[a] < 1)
-            return fail(eb, el, ENC_INVAL, "resample: input size[%d] = %d", a, nin[a]);
+            return enc__fail(eb, el, ENC_INVAL, "resample: input size[%d] = %d", a, nin[a]);
         if (nout[a] < 1)
-            return fail(eb, el, ENC_INVAL, "resample: output size[%d] = %d", a, nout[a]);
+            return enc__fail(eb, el, ENC_INVAL, "resample: output size[%d] = %d", a, nout[a]);
         if (!(isfinite(in->spacing[a]) && in->spacing[a] > 0))
-            return fail(eb, el, ENC_INVAL, "resample: input spacing[%d] = %g", a,
+            return enc__fail(eb, el, ENC_INVAL, "resample: input spacing[%d] = %g", a,
                         (double)in->spacing[a]);
         if (!(isfinite(target_spacing[a]) && target_spacing[a] > 0))
-            return fail(eb, el, ENC_INVAL, "resample: target spacing[%d] = %g", a,
+            return enc__fail(eb, el, ENC_INVAL, "resample: target spacing[%d] = %g", a,
                         (double)target_spacing[a]);
     }
     size_t plane = (size_t)nx * (size_t)ny, total;
     if (plane / (size_t)nx != (size_t)ny || (total = plane * (size_t)nz) / plane != (size_t)nz ||
         total > SIZE_MAX / sizeof(float))
-        return fail(eb, el, ENC_TOOBIG, "resample: %d x %d x %d voxels overflow", nx, ny, nz);
+        return enc__fail(eb, el, ENC_TOOBIG, "resample: %d x %d x %d voxels overflow", nx, ny, nz);
 
     size_t nvin = (size_t)nin[0] * (size_t)nin[1] * (size_t)nin[2];
     float pad = INFINITY;
@@ -819,7 +807,7 @@ int enc_img_resample(const enc_vol *in, const float target_spacing[3], int nx, i
         free(m[0]);
         free(m[1]);
         free(m[2]);
-        return fail(eb, el, ENC_NOMEM, "resample: out of memory for %zu voxels", total);
+        return enc__fail(eb, el, ENC_NOMEM, "resample: out of memory for %zu voxels", total);
     }
     for (int a = 0; a < 3; a++)
         axis_plan(nin[a], nout[a], r[a], m[a]);

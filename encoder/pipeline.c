@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "encoder/internal.h"
 #include "encoder/encoder.h"
 #include "encoder/model.h"
 #include "encoder/preprocess.h"
@@ -33,24 +34,12 @@ struct enc_worker {
     int32_t *ids, *mask;
 };
 
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 static cJSON *read_json(const char *path, char *errbuf, size_t errlen, int *rc)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        *rc = fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
+        *rc = enc__fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
         return NULL;
     }
     char *buf = NULL;
@@ -63,13 +52,13 @@ static cJSON *read_json(const char *path, char *errbuf, size_t errlen, int *rc)
     fclose(f);
     if (!m || fclose(m)) {
         free(buf);
-        *rc = fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+        *rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
         return NULL;
     }
     cJSON *j = cJSON_Parse(buf);
     free(buf);
     if (!j)
-        *rc = fail(errbuf, errlen, ENC_FORMAT, "%s: not valid JSON", path);
+        *rc = enc__fail(errbuf, errlen, ENC_FORMAT, "%s: not valid JSON", path);
     return j;
 }
 
@@ -81,12 +70,12 @@ static int get_floats(const cJSON *obj, const char *key, float *out, int n, cons
     if (!a)
         return ENC_OK;
     if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n)
-        return fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' must be an array of %d numbers", path,
+        return enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' must be an array of %d numbers", path,
                     key, n);
     for (int i = 0; i < n; i++) {
         const cJSON *e = cJSON_GetArrayItem(a, i);
         if (!cJSON_IsNumber(e))
-            return fail(errbuf, errlen, ENC_FORMAT, "%s: '%s'[%d] must be a number", path, key, i);
+            return enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s'[%d] must be a number", path, key, i);
         out[i] = (float)e->valuedouble;
     }
     return ENC_OK;
@@ -164,7 +153,7 @@ int enc_pipeline_open(const char *dir, int nthreads, enc_pipeline **out, char *e
 {
     enc_pipeline *p = calloc(1, sizeof *p);
     if (!p)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     enc_model_opts mo = {.nthreads = nthreads};
     int rc = enc_model_load(dir, &mo, &p->model, errbuf, errlen);
     if (rc)
@@ -174,7 +163,7 @@ int enc_pipeline_open(const char *dir, int nthreads, enc_pipeline **out, char *e
     size_t n = strlen(dir) + 32;
     char *path = malloc(n);
     if (!path) {
-        rc = fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
         goto bad;
     }
     snprintf(path, n, "%s/config.json", dir);
@@ -223,10 +212,10 @@ int enc_worker_new(const enc_pipeline *p, int batch, enc_worker **out, char *err
                    size_t errlen)
 {
     if (batch < 1 || batch > 4096)
-        return fail(errbuf, errlen, ENC_INVAL, "batch must be 1 to 4096, not %d", batch);
+        return enc__fail(errbuf, errlen, ENC_INVAL, "batch must be 1 to 4096, not %d", batch);
     enc_worker *w = calloc(1, sizeof *w);
     if (!w)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     w->p = p;
     w->batch = batch;
     *out = w;
@@ -249,10 +238,10 @@ static int state_for(enc_worker *w, enc_kind k, int n, char *errbuf, size_t errl
 {
     static const char *const names[] = {"images", "volumes", "text"};
     if (!w->p->has[k])
-        return fail(errbuf, errlen, ENC_UNSUPPORTED, "the %s model does not encode %s",
+        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED, "the %s model does not encode %s",
                     enc_model_arch(w->p->model), names[k]);
     if (n < 1 || n > w->batch)
-        return fail(errbuf, errlen, ENC_INVAL, "%d inputs for a worker of batch %d", n, w->batch);
+        return enc__fail(errbuf, errlen, ENC_INVAL, "%d inputs for a worker of batch %d", n, w->batch);
     if (!w->st[k])
         return enc_state_new(w->p->model, k, w->batch, NULL, &w->st[k], errbuf, errlen);
     return ENC_OK;
@@ -264,7 +253,7 @@ static int input_room(enc_worker *w, size_t count, char *errbuf, size_t errlen)
         return ENC_OK;
     float *in = realloc(w->in, count * sizeof *in);
     if (!in)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu input values", count);
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu input values", count);
     w->in = in;
     w->in_cap = count;
     return ENC_OK;
@@ -281,7 +270,7 @@ int enc_worker_text(enc_worker *w, const char *const *texts, int n, float *out, 
         w->ids = malloc((size_t)w->batch * L * sizeof *w->ids);
         w->mask = malloc((size_t)w->batch * L * sizeof *w->mask);
         if (!w->ids || !w->mask)
-            return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+            return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     }
     for (int i = 0; i < n; i++) {
         size_t got;
@@ -289,11 +278,11 @@ int enc_worker_text(enc_worker *w, const char *const *texts, int n, float *out, 
         rc = enc_tok_encode(w->p->tok, texts[i] ? texts[i] : "", L, w->ids + i * L,
                             w->mask + i * L, &got, e, sizeof e);
         if (rc)
-            return fail(errbuf, errlen, rc, "text %d: %s", i, e);
+            return enc__fail(errbuf, errlen, rc, "text %d: %s", i, e);
     }
     rc = enc_encode_text(w->st[ENC_TEXT], w->ids, w->mask, n, (int)L, out);
     if (rc)
-        return fail(errbuf, errlen, rc, "%s", enc_state_errmsg(w->st[ENC_TEXT]));
+        return enc__fail(errbuf, errlen, rc, "%s", enc_state_errmsg(w->st[ENC_TEXT]));
     return ENC_OK;
 }
 
@@ -318,7 +307,7 @@ static int encode_files(enc_worker *w, enc_kind k, const char *const *paths,
     rc = k == ENC_IMAGE ? enc_encode_image(w->st[k], w->in, n, out)
                         : enc_encode_volume(w->st[k], w->in, n, out);
     if (rc)
-        return fail(errbuf, errlen, rc, "%s", enc_state_errmsg(w->st[k]));
+        return enc__fail(errbuf, errlen, rc, "%s", enc_state_errmsg(w->st[k]));
     return ENC_OK;
 }
 

@@ -5,6 +5,7 @@
  * longjmps back to enc_img_read_png, and the warning function drops
  * warnings, so a corrupt file is one ENC_FORMAT and never a print.
  */
+#include "encoder/internal.h"
 #include "encoder/image.h"
 
 #include <errno.h>
@@ -17,19 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static int fail(char *eb, size_t el, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *eb, size_t el, int code, const char *fmt, ...)
-{
-    if (eb != NULL && el > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(eb, el, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* Everything that changes between setjmp and a longjmp lives here, on the
  * heap: automatic variables changed after setjmp are indeterminate after
@@ -94,40 +82,40 @@ int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, 
     char *eb = errbuf;
     size_t el = errlen;
     if (path == NULL || out == NULL)
-        return fail(eb, el, ENC_INVAL, "enc_img_read_png: NULL argument");
+        return enc__fail(eb, el, ENC_INVAL, "enc_img_read_png: NULL argument");
     struct stat st;
     if (stat(path, &st) != 0)
-        return fail(eb, el, ENC_IO, "%s: %s", path, strerror(errno));
+        return enc__fail(eb, el, ENC_IO, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return fail(eb, el, ENC_IO, "%s: not a regular file", path);
+        return enc__fail(eb, el, ENC_IO, "%s: not a regular file", path);
 
     png_read_ctx *c = calloc(1, sizeof *c);
     if (c == NULL)
-        return fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
+        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
     c->fp = fopen(path, "rb");
     if (c->fp == NULL) {
         int e = errno;
         ctx_free(c);
-        return fail(eb, el, ENC_IO, "%s: %s", path, strerror(e));
+        return enc__fail(eb, el, ENC_IO, "%s: %s", path, strerror(e));
     }
     unsigned char sig[8];
     size_t got = fread(sig, 1, sizeof sig, c->fp);
     if (got != sizeof sig || png_sig_cmp(sig, 0, sizeof sig) != 0) {
         ctx_free(c);
-        return fail(eb, el, ENC_FORMAT, "%s: not a PNG file (bad signature)", path);
+        return enc__fail(eb, el, ENC_FORMAT, "%s: not a PNG file (bad signature)", path);
     }
     c->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, c, png_error_cb, png_warning_cb);
     if (c->png != NULL)
         c->info = png_create_info_struct(c->png);
     if (c->png == NULL || c->info == NULL) {
         ctx_free(c);
-        return fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
+        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
     }
     if (setjmp(png_jmpbuf(c->png))) {
         char msg[sizeof c->msg];
         memcpy(msg, c->msg, sizeof msg);
         ctx_free(c);
-        return fail(eb, el, ENC_FORMAT, "%s: corrupt or truncated PNG: %s", path, msg);
+        return enc__fail(eb, el, ENC_FORMAT, "%s: corrupt or truncated PNG: %s", path, msg);
     }
     png_init_io(c->png, c->fp);
     png_set_sig_bytes(c->png, (int)sizeof sig);
@@ -139,7 +127,7 @@ int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, 
     size_t maxp = lim && lim->max_pixels ? lim->max_pixels : ENC_IMG_MAX_PIXELS;
     if ((uint64_t)w * h > (uint64_t)maxp || w > INT32_MAX || h > INT32_MAX) {
         ctx_free(c);
-        return fail(eb, el, ENC_TOOBIG, "%s: %lu x %lu pixels exceed the limit of %zu", path,
+        return enc__fail(eb, el, ENC_TOOBIG, "%s: %lu x %lu pixels exceed the limit of %zu", path,
                     (unsigned long)w, (unsigned long)h, maxp);
     }
     /* Everything to 8 or 16 bits per sample, palette to RGB; transparency
@@ -156,7 +144,7 @@ int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, 
     if ((odepth != 8 && odepth != 16) || channels < 1 || channels > 4 ||
         rowbytes < (size_t)w * (size_t)channels * (size_t)(odepth / 8)) {
         ctx_free(c);
-        return fail(eb, el, ENC_UNSUPPORTED, "%s: unexpected PNG layout (%d bits, %d channels)",
+        return enc__fail(eb, el, ENC_UNSUPPORTED, "%s: unexpected PNG layout (%d bits, %d channels)",
                     path, odepth, channels);
     }
 
@@ -168,7 +156,7 @@ int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, 
     c->rowp = malloc(nrows * sizeof *c->rowp);
     if (c->data == NULL || c->rows == NULL || c->rowp == NULL) {
         ctx_free(c);
-        return fail(eb, el, ENC_NOMEM, "%s: out of memory for %lu x %lu pixels", path,
+        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory for %lu x %lu pixels", path,
                     (unsigned long)w, (unsigned long)h);
     }
     for (size_t y = 0; y < nrows; y++)

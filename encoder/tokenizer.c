@@ -16,6 +16,7 @@
  * after enc_tok_load, so sharing between threads needs no locks; encoding
  * state lives in a per-call tok_run.
  */
+#include "encoder/internal.h"
 #include "encoder/tokenizer.h"
 
 #include <assert.h>
@@ -32,17 +33,6 @@
 #define MAX_VOCAB_BYTES ((size_t)1 << 30)
 
 /* ---- errors ------------------------------------------------------------------ */
-
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    if (errbuf != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* ---- UTF-8 --------------------------------------------------------------------- */
 
@@ -451,7 +441,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *errbuf,
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL)
-        return fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
+        return enc__fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
     char *buf = NULL;
     size_t n = 0, cap = 0;
     for (;;) {
@@ -459,7 +449,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *errbuf,
             if (cap >= MAX_VOCAB_BYTES) {
                 free(buf);
                 fclose(f);
-                return fail(errbuf, errlen, ENC_TOOBIG, "%s: a vocabulary over %zu bytes", path,
+                return enc__fail(errbuf, errlen, ENC_TOOBIG, "%s: a vocabulary over %zu bytes", path,
                             MAX_VOCAB_BYTES);
             }
             size_t ncap = cap ? cap * 2 : (size_t)1 << 16;
@@ -467,7 +457,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *errbuf,
             if (p == NULL) {
                 free(buf);
                 fclose(f);
-                return fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+                return enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
             }
             buf = p;
             cap = ncap;
@@ -479,7 +469,7 @@ static int read_file(const char *path, char **out, size_t *outlen, char *errbuf,
                 int e = errno;
                 free(buf);
                 fclose(f);
-                return fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(e));
+                return enc__fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(e));
             }
             break;
         }
@@ -500,7 +490,7 @@ int enc_tok_load(const char *vocab_path, const enc_tok_opts *o, enc_tok **out, c
     if ((opts.lower_case != 0 && opts.lower_case != 1) ||
         (opts.strip_accents < -1 || opts.strip_accents > 1) ||
         (opts.tokenize_chinese_chars != 0 && opts.tokenize_chinese_chars != 1))
-        return fail(errbuf, errlen, ENC_INVAL,
+        return enc__fail(errbuf, errlen, ENC_INVAL,
                     "tokenizer options: lower_case %d, strip_accents %d, "
                     "tokenize_chinese_chars %d (want 0/1, -1/0/1, 0/1)",
                     opts.lower_case, opts.strip_accents, opts.tokenize_chinese_chars);
@@ -512,7 +502,7 @@ int enc_tok_load(const char *vocab_path, const enc_tok_opts *o, enc_tok **out, c
         return rc;
     if (size == 0) {
         free(text);
-        return fail(errbuf, errlen, ENC_FORMAT, "%s: empty vocabulary file", vocab_path);
+        return enc__fail(errbuf, errlen, ENC_FORMAT, "%s: empty vocabulary file", vocab_path);
     }
     text[size] = '\0';
 
@@ -527,7 +517,7 @@ int enc_tok_load(const char *vocab_path, const enc_tok_opts *o, enc_tok **out, c
         nlines++;
     if (nlines > INT32_MAX) {
         free(text);
-        return fail(errbuf, errlen, ENC_TOOBIG, "%s: over %d lines", vocab_path, INT32_MAX);
+        return enc__fail(errbuf, errlen, ENC_TOOBIG, "%s: over %d lines", vocab_path, INT32_MAX);
     }
 
     /* One block: the handle, off[n], len[n], slots[nslots] (load <= 1/2). */
@@ -538,7 +528,7 @@ int enc_tok_load(const char *vocab_path, const enc_tok_opts *o, enc_tok **out, c
     enc_tok *t = malloc(bytes);
     if (t == NULL) {
         free(text);
-        return fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", vocab_path);
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", vocab_path);
     }
     t->text = text;
     t->off = (uint32_t *)(t + 1);
@@ -558,9 +548,9 @@ int enc_tok_load(const char *vocab_path, const enc_tok_opts *o, enc_tok **out, c
         size_t bad = utf8_invalid_at((const unsigned char *)text + start, len);
         if (nul != NULL || bad < len) {
             rc = nul != NULL
-                     ? fail(errbuf, errlen, ENC_FORMAT, "%s:%zu: NUL byte in a token", vocab_path,
+                     ? enc__fail(errbuf, errlen, ENC_FORMAT, "%s:%zu: NUL byte in a token", vocab_path,
                             line + 1)
-                     : fail(errbuf, errlen, ENC_FORMAT,
+                     : enc__fail(errbuf, errlen, ENC_FORMAT,
                             "%s:%zu: invalid UTF-8 at byte %zu of the line", vocab_path, line + 1,
                             bad + 1);
             enc_tok_free(t);
@@ -582,7 +572,7 @@ int enc_tok_load(const char *vocab_path, const enc_tok_opts *o, enc_tok **out, c
         t->special[k] = vocab_find(t, "", 0, SPECIALS[k], strlen(SPECIALS[k]));
         if (t->special[k] < 0 && k != SP_MASK) {
             int bom = size >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0;
-            rc = fail(errbuf, errlen, ENC_MISSING, "%s: the vocabulary has no %s token%s",
+            rc = enc__fail(errbuf, errlen, ENC_MISSING, "%s: the vocabulary has no %s token%s",
                       vocab_path, SPECIALS[k],
                       bom ? " (the file starts with a byte-order mark, which belongs to the "
                             "first token)"
@@ -843,18 +833,18 @@ int enc_tok_encode(const enc_tok *t, const char *text, size_t max_len, int32_t *
 {
     assert(t != NULL && text != NULL && ids != NULL && mask != NULL && n != NULL);
     if (max_len < 2)
-        return fail(errbuf, errlen, ENC_INVAL, "max_len %zu: room for [CLS] and [SEP] needed",
+        return enc__fail(errbuf, errlen, ENC_INVAL, "max_len %zu: room for [CLS] and [SEP] needed",
                     max_len);
     size_t len = strlen(text);
     size_t bad = utf8_invalid_at((const unsigned char *)text, len);
     if (bad < len)
-        return fail(errbuf, errlen, ENC_INVAL, "invalid UTF-8 at byte offset %zu (0x%02X)", bad,
+        return enc__fail(errbuf, errlen, ENC_INVAL, "invalid UTF-8 at byte offset %zu (0x%02X)", bad,
                     (unsigned char)text[bad]);
 
     tok_run r = {.t = t, .cap = max_len - 2};
     if (r.cap > 0) {
         if (r.cap > SIZE_MAX / sizeof(int32_t) || (r.out = malloc(r.cap * sizeof(int32_t))) == NULL)
-            return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+            return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     }
     /* Special tokens are cut out before anything else sees the text, as
      * HF's added-token trie does; '[' is ASCII, so a byte scan is safe. */
@@ -880,7 +870,7 @@ int enc_tok_encode(const enc_tok *t, const char *text, size_t max_len, int32_t *
     free(r.tmp.p);
     if (rc) {
         free(r.out);
-        return fail(errbuf, errlen, rc, "out of memory");
+        return enc__fail(errbuf, errlen, rc, "out of memory");
     }
 
     ids[0] = t->special[SP_CLS];

@@ -210,4 +210,34 @@ static inline void tu_topk_ip(const float *base, size_t n, size_t d, const float
     }
 }
 
+
+/* tests/fixtures/<sub>/<name>: under $top_srcdir when make check sets it,
+ * else relative to the test's source file srcfile (pass __FILE__: builds
+ * in the source tree find their fixtures without make).  malloc'd. */
+static inline char *tu_fixture_at(const char *srcfile, const char *sub, const char *name)
+{
+    const char *top = getenv("top_srcdir");
+    char rel[512], *dir;
+    if (top != NULL && *top != '\0') {
+        snprintf(rel, sizeof rel, "tests/fixtures/%s", sub);
+        dir = tu_path(top, rel);
+    } else {
+        const char *slash = strrchr(srcfile, '/');
+        size_t n = slash ? (size_t)(slash - srcfile) : 1;
+        char here[4096];
+        if (n >= sizeof here)
+            n = sizeof here - 1;
+        memcpy(here, slash ? srcfile : ".", n);
+        here[n] = '\0';
+        snprintf(rel, sizeof rel, "../fixtures/%s", sub);
+        dir = tu_path(here, rel);
+    }
+    if (dir == NULL)
+        return NULL;
+    char *p = tu_path(dir, name);
+    free(dir);
+    return p;
+}
+#define tu_fixture(sub, name) tu_fixture_at(__FILE__, (sub), (name))
+
 #endif

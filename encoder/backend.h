@@ -17,6 +17,9 @@
  * (tests/encoder/test_backend.c checks them against double-precision loops).
  * A CUDA backend fills the same table with cuBLAS and its own kernels.
  *
+ * The backward twins of the ops, for training, are a second table in the
+ * same backend (be->train, enc_backend_train_i, below the first).
+ *
  * Module-internal (not part of encoder.h).  Shapes in comments are row-major;
  * "in place" means out may equal in.
  */
@@ -152,13 +155,126 @@ typedef struct enc_backend_i {
     void (*l2norm)(enc_backend *be, float *out, const float *in, int rows, int dim);
 } enc_backend_i;
 
-/* A backend: its table, its thread bound and its private context.  Handles
+/* The backward twins of the ops above, for training, and the forward ops
+ * that came with it.  A second table (enc_backend.train) rather than more
+ * slots in enc_backend_i: each backend fills both, the same way.
+ *
+ * Each twin takes the gradient of the op's output (dout) and the forward's
+ * inputs, in the forward's argument order, gradients first.  Two kinds of
+ * output, stated per op:
+ *   - parameter gradients (dw, db, dcls, dpos, dtable, ...) and din of the
+ *     ops that feed a residual stream ACCUMULATE (+=), so contributions from
+ *     several calls (q, k and v of BERT; a 2D and a 3D batch through one
+ *     ViT) sum; zero them first (zero below) for a fresh gradient;
+ *   - din of the element-wise ops (gelu, softmax, l2norm) and dqkv of
+ *     attention are WRITTEN, and gelu and softmax may work in place (din ==
+ *     dout).
+ * Any gradient argument documented "may be NULL" is then not computed.
+ * Where an op needs working memory its *_scratch function sizes it, as for
+ * the forward ops.  Reductions over rows (dw, db, dpos, the embedding table)
+ * are split by columns, never by rows, so results do not depend on the
+ * thread count. */
+typedef struct enc_backend_train_i {
+    /* Floats of scratch layernorm_backward and attention_backward need. */
+    size_t (*layernorm_backward_scratch)(enc_backend *be, int rows, int dim);
+    size_t (*attention_backward_scratch)(enc_backend *be, int B, int T, int H);
+
+    /* x [n] = 0 */
+    void (*zero)(enc_backend *be, float *x, size_t n);
+
+    /* Twin of matmul (out [rows, nout] = in [rows, nin] w [nout, nin]^T + bias):
+     *   din  [rows, nin]  += dout w          (may be NULL)
+     *   dw   [nout, nin]  += dout^T in       (may be NULL)
+     *   dbias [nout]      += sum over rows of dout (may be NULL)
+     * dout [rows, nout] has rows lddo floats apart (0 means nout), so the
+     * q, k and v columns of a fused [rows, 3D] gradient are read in place.
+     * din must not overlap dout, in or w. */
+    void (*matmul_backward)(enc_backend *be, float *din, float *dw, float *dbias,
+                            const float *dout, int lddo, const float *in, const float *w,
+                            int rows, int nin, int nout);
+
+    /* Twin of layernorm: with xhat = (in - mean) * rstd (recomputed from in),
+     *   din [rows, dim] += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * w
+     *   dw [dim] += sum over rows of dout * xhat;  db [dim] += sum of dout
+     * dw, db may be NULL.  din must not overlap dout or in.
+     * scratch: layernorm_backward_scratch(rows, dim) floats. */
+    void (*layernorm_backward)(enc_backend *be, float *din, float *dw, float *db,
+                               const float *dout, const float *in, const float *w, int rows,
+                               int dim, float eps, float *scratch);
+
+    /* Twin of gelu: din [n] = dout * gelu'(in), gelu'(x) = Phi(x) + x phi(x)
+     * (exact erf form).  Written; in place (din == dout) allowed. */
+    void (*gelu_backward)(enc_backend *be, float *din, const float *in, const float *dout,
+                          size_t n);
+
+    /* Twin of softmax, from its output: din [rows, cols] = out * (dout -
+     * sum(out * dout)) per row.  Written; in place (din == dout) allowed. */
+    void (*softmax_backward)(enc_backend *be, float *din, const float *out, const float *dout,
+                             int rows, int cols);
+
+    /* Twin of attention (same qkv, mask, B, T, D, H as the forward):
+     *   dqkv [B, T, 3D] = gradient of the loss wrt qkv, WRITTEN (every
+     *        element, so it needs no zeroing)
+     *   dout [B, T, D]  = gradient wrt the forward's out
+     * The probabilities are recomputed from qkv block by block (nothing of
+     * size T x T is kept between the passes).  Keys the mask removes get no
+     * score gradient: exact for the function computed, where a padded key's
+     * probability is 0 and a row with every key masked has scores that
+     * round to the same -FLT_MAX (so no gradient reaches its q or k).
+     * scratch: attention_backward_scratch(B, T, H) floats. */
+    void (*attention_backward)(enc_backend *be, float *dqkv, const float *dout,
+                               const float *qkv, const float *mask, float *scratch, int B, int T,
+                               int D, int H);
+
+    /* Twin of patch_embed (no input gradient: images are not trained):
+     *   dw [D, K] += sum over images of dout_b^T im2col(in_b);  dbias [D] +=
+     *   column sums of dout_b (may be NULL), dout_b at dout + b * dout_bstride,
+     *   N rows of D.  scratch: patch_scratch(g, B) floats. */
+    void (*patch_embed_backward)(enc_backend *be, float *dw, float *dbias, const float *dout,
+                                 size_t dout_bstride, const float *in, const enc_patch_geom *g,
+                                 int B, int D, float *scratch);
+
+    /* Twin of vit_tokens, from dx [B, 1 + N, D], the gradient of its output:
+     *   dcls [D] += sum over b of dx[b, 0]           (may be NULL)
+     *   dpos += sum over b of the rows pos was added to: [1 + N, D] when
+     *   pos_has_cls, else [N, D] from rows 1..N   (may be NULL)
+     * (the patch rows' gradient is dx itself, rows 1..N). */
+    void (*vit_tokens_backward)(enc_backend *be, float *dcls, float *dpos, const float *dx,
+                                int pos_has_cls, int B, int N, int D);
+
+    /* Twin of embedding: for every token r = (b, l),
+     *   dtable[ids[r]] += dout[r];  dpos[l] += dout[r];  dtype_row += dout[r]
+     * (a scatter-add: repeated ids sum).  dpos, dtype_row may be NULL. */
+    void (*embedding_backward)(enc_backend *be, float *dtable, float *dpos, float *dtype_row,
+                               const float *dout, const int32_t *ids, int B, int L, int D);
+
+    /* Twin of cls_pool: dx [B, T, D] at token 0 += dout [B, D]; the other
+     * tokens are left alone. */
+    void (*cls_pool_backward)(enc_backend *be, float *dx, const float *dout, int B, int T,
+                              int D);
+
+    /* Twin of l2norm, from its input: with n = max(||in||, 1e-12), y = in / n,
+     *   din [rows, dim] = (dout - y (y . dout)) / n   (= dout / 1e-12 where
+     *   the clamp holds).  Written; din may not overlap in or dout. */
+    void (*l2norm_backward)(enc_backend *be, float *din, const float *in, const float *dout,
+                            int rows, int dim);
+
+    /* [CLS] attention for slice selection, without the T x T probabilities:
+     *   out [B, T - j0] += alpha * sum over heads of P[b, h, 0, j0..T)
+     * where P is what attention computes for the same qkv and mask (row 0
+     * only is evaluated).  scratch: T floats. */
+    void (*cls_attention)(enc_backend *be, float *out, const float *qkv, const float *mask,
+                          float *scratch, int B, int T, int D, int H, int j0, float alpha);
+} enc_backend_train_i;
+
+/* A backend: its tables, its thread bound and its private context.  Handles
  * are created by a backend's constructor and destroyed by enc_backend_free. */
 struct enc_backend {
     enc_backend_i iface;
     int nthreads;
     void *context;
     void (*destroy)(enc_backend *be);
+    enc_backend_train_i train; /* backward twins (after the old fields: additive) */
 };
 
 /* The CPU backend: OpenBLAS sgemm for the products, our own loops for the

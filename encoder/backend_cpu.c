@@ -16,8 +16,8 @@
  * a quarter of the speed.
  *
  * Each kernel is a free function named cpu_<op> with its shapes in a
- * comment; the table at the bottom points at them.  The backward twins come
- * with training.
+ * comment; the tables at the bottom point at them.  The backward twins
+ * (enc_backend_train_i) follow the forward kernels, in the same order.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -572,6 +572,488 @@ static void cpu_l2norm(enc_backend *be, float *out, const float *in, int rows, i
     }
 }
 
+/* ---- backward twins ---------------------------------------------------------------
+ *
+ * Same rules as the forward kernels: shapes above each, OpenMP bounded by
+ * be->nthreads, sgemm single-threaded inside the team.  Sums over rows (the
+ * gradients of weights, biases, tables) are split by columns and taken in
+ * row order, in double inside a block of columns, so they come out the same
+ * for any thread count. */
+
+/* Column blocks of COLBLK for the reductions over rows: small enough for
+ * double accumulators on the stack, wide enough to vectorise. */
+#define COLBLK 64
+
+/* Blocks of len split across nt threads, multiples of 16; returns the
+ * count, *step the block length. */
+static int split16(int len, int nt, int *step)
+{
+    int s = (len + nt - 1) / nt;
+    s = (s + 15) / 16 * 16;
+    *step = s;
+    return (len + s - 1) / s;
+}
+
+/* x [n] = 0 */
+static void cpu_zero(enc_backend *be, float *x, size_t n)
+{
+    (void)be;
+    if (n)
+        memset(x, 0, n * sizeof(float));
+}
+
+/* acc [cols] += sum over rows r of x[r * ld + j], j < cols, in row order
+ * (cols <= COLBLK), accumulated in double. */
+static void colsum_block(float *restrict acc, const float *x, size_t ld, int rows, int cols)
+{
+    double s[COLBLK] = {0};
+    for (int r = 0; r < rows; r++) {
+        const float *restrict xr = x + (size_t)r * ld;
+        ENC__OMP(simd)
+        for (int j = 0; j < cols; j++)
+            s[j] += xr[j];
+    }
+    for (int j = 0; j < cols; j++)
+        acc[j] += (float)s[j];
+}
+
+/* Twin of matmul:
+ *   din [rows, nin] += dout [rows, nout] (row stride lddo) * w [nout, nin]
+ *   dw [nout, nin] += dout^T * in [rows, nin]
+ *   dbias [nout] += column sums of dout
+ * din is split by rows (or by its columns when rows are few), dw by its rows
+ * or columns, whichever is longer: the sum over rows (sgemm's k) is never
+ * split, so no two threads write one element. */
+static void cpu_matmul_backward(enc_backend *be, float *din, float *dw, float *dbias,
+                                const float *dout, int lddo, const float *in, const float *w,
+                                int rows, int nin, int nout)
+{
+    if (lddo == 0)
+        lddo = nout;
+    assert(rows >= 0 && nin > 0 && nout > 0 && lddo >= nout);
+    if (rows == 0)
+        return;
+    double work = (double)rows * nin * nout;
+    int nt = work < 1 << 18 ? 1 : be->nthreads;
+    if (din != NULL) {
+        assert(w != NULL);
+        int by_rows = rows >= nin, step;
+        int nb = split16(by_rows ? rows : nin, nt, &step);
+        ENC__PARALLEL_FOR(nb < nt ? nb : nt, static, 1)
+        for (int i = 0; i < nb; i++) {
+            int lo = i * step, len = by_rows ? rows : nin;
+            int n = len - lo < step ? len - lo : step;
+            if (by_rows)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, nin, nout, 1.0f,
+                            dout + (size_t)lo * lddo, lddo, w, nin, 1.0f,
+                            din + (size_t)lo * nin, nin);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, n, nout, 1.0f, dout,
+                            lddo, w + lo, nin, 1.0f, din + lo, nin);
+        }
+    }
+    if (dw != NULL) {
+        assert(in != NULL);
+        int by_out = nout >= nin, step;
+        int nb = split16(by_out ? nout : nin, nt, &step);
+        ENC__PARALLEL_FOR(nb < nt ? nb : nt, static, 1)
+        for (int i = 0; i < nb; i++) {
+            int lo = i * step, len = by_out ? nout : nin;
+            int n = len - lo < step ? len - lo : step;
+            if (by_out)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, nin, rows, 1.0f,
+                            dout + lo, lddo, in, nin, 1.0f, dw + (size_t)lo * nin, nin);
+            else
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nout, n, rows, 1.0f, dout,
+                            lddo, in + lo, nin, 1.0f, dw + lo, nin);
+        }
+    }
+    if (dbias != NULL) {
+        int nb = (nout + COLBLK - 1) / COLBLK;
+        ENC__PARALLEL_FOR(nth(be, (size_t)rows * nout) < nb ? nth(be, (size_t)rows * nout) : nb,
+                          static)
+        for (int i = 0; i < nb; i++) {
+            int lo = i * COLBLK, n = nout - lo < COLBLK ? nout - lo : COLBLK;
+            colsum_block(dbias + lo, dout + lo, (size_t)lddo, rows, n);
+        }
+    }
+}
+
+/* Per-row statistics (mean, rstd) in double: 2 per row. */
+static size_t cpu_layernorm_backward_scratch(enc_backend *be, int rows, int dim)
+{
+    (void)be;
+    (void)dim;
+    return 4 * (size_t)rows;
+}
+
+/* Twin of layernorm, in [rows, dim], dout [rows, dim]:
+ *   din += rstd * (g - mean(g) - xhat * mean(g xhat)),  g = dout * w
+ *   dw [dim] += sum_r dout * xhat;  db [dim] += sum_r dout
+ * Pass 1 (rows split over the team) recomputes mean and rstd as the
+ * forward does, in double, keeps them in scratch and writes din; pass 2
+ * (columns split) sums dw and db over the rows.  scratch: 4 * rows floats,
+ * used as 2 * rows doubles. */
+static void cpu_layernorm_backward(enc_backend *be, float *din, float *dw, float *db,
+                                   const float *dout, const float *in, const float *w, int rows,
+                                   int dim, float eps, float *scratch)
+{
+    assert(((uintptr_t)scratch & 7) == 0);
+    double *st = (double *)(void *)scratch;
+    size_t work = (size_t)rows * (size_t)dim;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (int r = 0; r < rows; r++) {
+        const float *x = in + (size_t)r * dim, *g = dout + (size_t)r * dim;
+        double s = 0.0;
+        ENC__OMP(simd reduction(+ : s))
+        for (int j = 0; j < dim; j++)
+            s += x[j];
+        double mean = s / dim, v = 0.0;
+        ENC__OMP(simd reduction(+ : v))
+        for (int j = 0; j < dim; j++) {
+            double d = (double)x[j] - mean;
+            v += d * d;
+        }
+        double rstd = 1.0 / sqrt(v / dim + eps);
+        st[2 * (size_t)r] = mean;
+        st[2 * (size_t)r + 1] = rstd;
+        if (din == NULL)
+            continue;
+        double a = 0.0, b = 0.0;
+        ENC__OMP(simd reduction(+ : a, b))
+        for (int j = 0; j < dim; j++) {
+            double gj = (double)g[j] * w[j];
+            a += gj;
+            b += gj * (((double)x[j] - mean) * rstd);
+        }
+        a /= dim;
+        b /= dim;
+        float *restrict o = din + (size_t)r * dim;
+        ENC__OMP(simd)
+        for (int j = 0; j < dim; j++) {
+            double xh = ((double)x[j] - mean) * rstd;
+            o[j] += (float)(rstd * ((double)g[j] * w[j] - a - xh * b));
+        }
+    }
+    if (dw == NULL && db == NULL)
+        return;
+    int nb = (dim + COLBLK - 1) / COLBLK;
+    int nt = nth(be, work) < nb ? nth(be, work) : nb;
+    ENC__PARALLEL_FOR(nt, static)
+    for (int i = 0; i < nb; i++) {
+        int lo = i * COLBLK, n = dim - lo < COLBLK ? dim - lo : COLBLK;
+        double sw[COLBLK] = {0}, sb[COLBLK] = {0};
+        for (int r = 0; r < rows; r++) {
+            const float *restrict x = in + (size_t)r * dim + lo;
+            const float *restrict g = dout + (size_t)r * dim + lo;
+            double mean = st[2 * (size_t)r], rstd = st[2 * (size_t)r + 1];
+            ENC__OMP(simd)
+            for (int j = 0; j < n; j++) {
+                sw[j] += (double)g[j] * (((double)x[j] - mean) * rstd);
+                sb[j] += g[j];
+            }
+        }
+        for (int j = 0; j < n; j++) {
+            if (dw != NULL)
+                dw[lo + j] += (float)sw[j];
+            if (db != NULL)
+                db[lo + j] += (float)sb[j];
+        }
+    }
+}
+
+/* din [n] = dout [n] * gelu'(in [n]), gelu'(x) = Phi(x) + x phi(x), with
+ * the forward's erf; in place allowed (each element read before its write). */
+ENC__CLONES static void gelu_backward_span(float *din, const float *in, const float *dout,
+                                           size_t n)
+{
+    ENC__OMP(simd)
+    for (size_t i = 0; i < n; i++) {
+        float x = in[i];
+        float e = erf_pos(fabsf(x) * 0.70710678118654752f);
+        e = copysignf(e, x);
+        float cdf = 0.5f * (1.0f + e);
+        float pdf = 0.39894228040143268f * exp_fast(-0.5f * x * x);
+        din[i] = dout[i] * (cdf + x * pdf);
+    }
+}
+
+static void cpu_gelu_backward(enc_backend *be, float *din, const float *in, const float *dout,
+                              size_t n)
+{
+    const size_t chunk = 4096;
+    size_t nchunks = (n + chunk - 1) / chunk;
+    ENC__PARALLEL_FOR(nth(be, n), static)
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        gelu_backward_span(din + lo, in + lo, dout + lo, hi - lo);
+    }
+}
+
+/* One row: din [n] = p * (d - sum(p * d)); din may be d. */
+static void softmax_backward_row(float *din, const float *restrict p, const float *d, int n)
+{
+    double s = 0.0;
+    ENC__OMP(simd reduction(+ : s))
+    for (int j = 0; j < n; j++)
+        s += (double)p[j] * d[j];
+    float sf = (float)s;
+    ENC__OMP(simd)
+    for (int j = 0; j < n; j++)
+        din[j] = p[j] * (d[j] - sf);
+}
+
+/* din [rows, cols] = out * (dout - rowsum(out * dout)), out = softmax(in) */
+static void cpu_softmax_backward(enc_backend *be, float *din, const float *out, const float *dout,
+                                 int rows, int cols)
+{
+    size_t work = (size_t)rows * (size_t)cols;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (int r = 0; r < rows; r++)
+        softmax_backward_row(din + (size_t)r * cols, out + (size_t)r * cols,
+                             dout + (size_t)r * cols, cols);
+}
+
+/* Two blocks per thread: probabilities and their gradient, [min(T, ATT_ROWS), T]. */
+static size_t cpu_attention_backward_scratch(enc_backend *be, int B, int T, int H)
+{
+    (void)B;
+    (void)H;
+    size_t rows = T < ATT_ROWS ? (size_t)T : ATT_ROWS;
+    return (size_t)be->nthreads * 2 * rows * (size_t)T;
+}
+
+/* Twin of attention, per batch b and head h (hd = D / H, scale = hd^-1/2),
+ * with Q, K, V [T, hd] the head's columns of qkv [B, T, 3D] and dO [T, hd]
+ * those of dout [B, T, D]; for each block of ATT_ROWS query rows:
+ *   P  = softmax(scale Q K^T + maskbias)     (recomputed, as the forward)
+ *   dV += P^T dO;   dP = dO V^T
+ *   dS = P * (dP - rowsum(P * dP)), 0 for masked keys
+ *   dQ = scale dS K;   dK += scale dS^T Q
+ * written into dqkv [B, T, 3D].  Tasks are (batch, head): dK and dV sum
+ * over every query row, so one task owns them. */
+static void cpu_attention_backward(enc_backend *be, float *dqkv, const float *dout,
+                                   const float *qkv, const float *mask, float *scratch, int B,
+                                   int T, int D, int H)
+{
+    assert(H > 0 && D % H == 0 && T > 0);
+    const int hd = D / H;
+    const int ld = 3 * D;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int rows = T < ATT_ROWS ? T : ATT_ROWS;
+    const int ntasks = B * H;
+    double work = (double)B * H * T * (double)T * hd;
+    ENC__PARALLEL_FOR(work >= (1 << 18) ? be->nthreads : 1, dynamic, 1)
+    for (int task = 0; task < ntasks; task++) {
+        int b = task / H, h = task % H;
+        const float *base = qkv + (size_t)b * T * ld;
+        const float *q = base + h * hd, *k = base + D + h * hd, *v = base + 2 * D + h * hd;
+        float *dbase = dqkv + (size_t)b * T * ld;
+        float *dq = dbase + h * hd, *dk = dbase + D + h * hd, *dv = dbase + 2 * D + h * hd;
+        const float *dO = dout + (size_t)b * T * D + h * hd;
+        const float *mb = mask ? mask + (size_t)b * T : NULL;
+        float *P = scratch + (size_t)thread_id() * 2 * rows * T, *dP = P + (size_t)rows * T;
+        for (int t = 0; t < T; t++) {
+            memset(dk + (size_t)t * ld, 0, (size_t)hd * sizeof(float));
+            memset(dv + (size_t)t * ld, 0, (size_t)hd * sizeof(float));
+        }
+        for (int i0 = 0; i0 < T; i0 += rows) {
+            int n = T - i0 < rows ? T - i0 : rows;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, scale,
+                        q + (size_t)i0 * ld, ld, k, ld, 0.0f, P, T);
+            for (int i = 0; i < n; i++) {
+                float *restrict s = P + (size_t)i * T;
+                if (mb != NULL) {
+                    ENC__OMP(simd)
+                    for (int j = 0; j < T; j++)
+                        s[j] += (1.0f - mb[j]) * -FLT_MAX;
+                }
+                softmax_row(s, T);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, 1.0f,
+                        dO + (size_t)i0 * D, D, v, ld, 0.0f, dP, T);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, n, 1.0f, P, T,
+                        dO + (size_t)i0 * D, D, 1.0f, dv, ld);
+            for (int i = 0; i < n; i++) {
+                float *ds = dP + (size_t)i * T;
+                softmax_backward_row(ds, P + (size_t)i * T, ds, T);
+                if (mb != NULL) {
+                    ENC__OMP(simd)
+                    for (int j = 0; j < T; j++)
+                        ds[j] = fsel(mb[j] != 1.0f, 0.0f, ds[j]);
+                }
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, T, scale, dP, T, k, ld,
+                        0.0f, dq + (size_t)i0 * ld, ld);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, n, scale, dP, T,
+                        q + (size_t)i0 * ld, ld, 1.0f, dk, ld);
+        }
+    }
+}
+
+/* Twin of patch_embed: for each image b,
+ *   dw [D, K] += dout_b^T [D, N] im2col(in_b) [N, K];  dbias [D] += column sums of dout_b
+ * with dout_b [N, D] at dout + b * dout_bstride. */
+static void cpu_patch_embed_backward(enc_backend *be, float *dw, float *dbias, const float *dout,
+                                     size_t dout_bstride, const float *in,
+                                     const enc_patch_geom *g, int B, int D, float *scratch)
+{
+    const size_t N = enc_patch_count(g), K = enc_patch_dim(g);
+    const size_t img = (size_t)g->channels * g->size[0] * g->size[1] * g->size[2];
+    assert(dout_bstride >= N * (size_t)D);
+    for (int b = 0; b < B; b++) {
+        im2col(be, scratch, in + (size_t)b * img, g);
+        cpu_matmul_backward(be, NULL, dw, dbias, dout + (size_t)b * dout_bstride, D, scratch,
+                            NULL, (int)N, (int)K, D);
+    }
+}
+
+/* Twin of vit_tokens, dx [B, 1 + N, D]:
+ *   dcls [D] += sum_b dx[b, 0];  dpos[t'] += sum_b dx[b, t] for the rows t
+ *   that pos row t' was added to (t' = t, or t - 1 without a [CLS] row).
+ * Split by token: each thread owns its rows of dpos. */
+static void cpu_vit_tokens_backward(enc_backend *be, float *dcls, float *dpos, const float *dx,
+                                    int pos_has_cls, int B, int N, int D)
+{
+    const int T = N + 1;
+    size_t work = (size_t)B * T * D;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (int t = 0; t < T; t++) {
+        float *restrict p = NULL;
+        if (dpos != NULL && pos_has_cls)
+            p = dpos + (size_t)t * D;
+        else if (dpos != NULL && t > 0)
+            p = dpos + (size_t)(t - 1) * D;
+        float *restrict c = t == 0 ? dcls : NULL;
+        for (int b = 0; b < B; b++) {
+            const float *restrict x = dx + ((size_t)b * T + t) * D;
+            if (p != NULL) {
+                ENC__OMP(simd)
+                for (int j = 0; j < D; j++)
+                    p[j] += x[j];
+            }
+            if (c != NULL) {
+                ENC__OMP(simd)
+                for (int j = 0; j < D; j++)
+                    c[j] += x[j];
+            }
+        }
+    }
+}
+
+/* Twin of embedding, dout [B, L, D], ids [B, L]:
+ *   dtable[ids[r]] += dout[r];  dpos[r % L] += dout[r];  dtype_row += dout[r]
+ * Repeated ids make this a scatter-add, so the team splits the columns
+ * (16-float blocks) and each thread walks every token in order. */
+static void cpu_embedding_backward(enc_backend *be, float *dtable, float *dpos, float *dtype_row,
+                                   const float *dout, const int32_t *ids, int B, int L, int D)
+{
+    size_t work = (size_t)B * L * D;
+    int step, nb = split16(D, nth(be, work), &step);
+    ENC__PARALLEL_FOR(nb, static, 1)
+    for (int i = 0; i < nb; i++) {
+        int lo = i * step, n = D - lo < step ? D - lo : step;
+        for (int r = 0; r < B * L; r++) {
+            const float *restrict g = dout + (size_t)r * D + lo;
+            float *restrict e = dtable + (size_t)ids[r] * D + lo;
+            ENC__OMP(simd)
+            for (int j = 0; j < n; j++)
+                e[j] += g[j];
+            if (dpos != NULL) {
+                float *restrict p = dpos + (size_t)(r % L) * D + lo;
+                ENC__OMP(simd)
+                for (int j = 0; j < n; j++)
+                    p[j] += g[j];
+            }
+            if (dtype_row != NULL) {
+                float *restrict ty = dtype_row + lo;
+                ENC__OMP(simd)
+                for (int j = 0; j < n; j++)
+                    ty[j] += g[j];
+            }
+        }
+    }
+}
+
+/* dx [B, T, D] at t = 0 += dout [B, D] */
+static void cpu_cls_pool_backward(enc_backend *be, float *dx, const float *dout, int B, int T,
+                                  int D)
+{
+    (void)be;
+    for (int b = 0; b < B; b++) {
+        float *restrict o = dx + (size_t)b * T * D;
+        const float *restrict g = dout + (size_t)b * D;
+        ENC__OMP(simd)
+        for (int j = 0; j < D; j++)
+            o[j] += g[j];
+    }
+}
+
+/* Twin of l2norm, in, dout [rows, dim]: n = max(||in||, 1e-12), y = in / n,
+ *   din = (dout - y (y . dout)) / n, or dout / 1e-12 where the clamp holds
+ * (the output is then in * 1e12, linear).  The norm is taken as the forward
+ * takes it, in float; the rest in double. */
+static void cpu_l2norm_backward(enc_backend *be, float *din, const float *in, const float *dout,
+                                int rows, int dim)
+{
+    size_t work = (size_t)rows * (size_t)dim;
+    ENC__PARALLEL_FOR(nth(be, work), static)
+    for (int r = 0; r < rows; r++) {
+        const float *x = in + (size_t)r * dim, *g = dout + (size_t)r * dim;
+        float *o = din + (size_t)r * dim;
+        float s = 0.0f;
+        ENC__OMP(simd reduction(+ : s))
+        for (int j = 0; j < dim; j++)
+            s += x[j] * x[j];
+        float nrm = sqrtf(s);
+        if (!(nrm > 1e-12f)) {
+            for (int j = 0; j < dim; j++)
+                o[j] = (float)((double)g[j] * 1e12);
+            continue;
+        }
+        double inv = 1.0 / nrm, dot = 0.0;
+        ENC__OMP(simd reduction(+ : dot))
+        for (int j = 0; j < dim; j++)
+            dot += (double)x[j] * g[j];
+        dot *= inv; /* y . dout */
+        ENC__OMP(simd)
+        for (int j = 0; j < dim; j++)
+            o[j] = (float)(((double)g[j] - (double)x[j] * inv * dot) * inv);
+    }
+}
+
+/* out [B, T - j0] += alpha * sum_h softmax(scale q_0 K^T + maskbias)[j0..T), per b:
+ * row 0 of each head's probabilities, as attention computes them, from one
+ * matrix-vector product.  scratch [T].  Serial: T * D per batch element is
+ * nothing next to the layer it reports on. */
+static void cpu_cls_attention(enc_backend *be, float *out, const float *qkv, const float *mask,
+                              float *scratch, int B, int T, int D, int H, int j0, float alpha)
+{
+    (void)be;
+    assert(H > 0 && D % H == 0 && j0 >= 0 && j0 <= T);
+    const int hd = D / H, ld = 3 * D, nk = T - j0;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int b = 0; b < B; b++) {
+        const float *base = qkv + (size_t)b * T * ld;
+        const float *mb = mask ? mask + (size_t)b * T : NULL;
+        float *restrict o = out + (size_t)b * nk;
+        for (int h = 0; h < H; h++) {
+            float *restrict s = scratch;
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, T, hd, scale, base + D + h * hd, ld,
+                        base + h * hd, 1, 0.0f, s, 1);
+            if (mb != NULL) {
+                ENC__OMP(simd)
+                for (int j = 0; j < T; j++)
+                    s[j] += (1.0f - mb[j]) * -FLT_MAX;
+            }
+            softmax_row(s, T);
+            ENC__OMP(simd)
+            for (int j = 0; j < nk; j++)
+                o[j] += alpha * s[j0 + j];
+        }
+    }
+}
+
 /* ---- the table ------------------------------------------------------------------- */
 
 static const enc_backend_i cpu_iface = {
@@ -598,6 +1080,23 @@ static const enc_backend_i cpu_iface = {
     /* .l2norm            = */ cpu_l2norm,
 };
 
+static const enc_backend_train_i cpu_train = {
+    /* .layernorm_backward_scratch = */ cpu_layernorm_backward_scratch,
+    /* .attention_backward_scratch = */ cpu_attention_backward_scratch,
+    /* .zero                       = */ cpu_zero,
+    /* .matmul_backward            = */ cpu_matmul_backward,
+    /* .layernorm_backward         = */ cpu_layernorm_backward,
+    /* .gelu_backward              = */ cpu_gelu_backward,
+    /* .softmax_backward           = */ cpu_softmax_backward,
+    /* .attention_backward         = */ cpu_attention_backward,
+    /* .patch_embed_backward       = */ cpu_patch_embed_backward,
+    /* .vit_tokens_backward        = */ cpu_vit_tokens_backward,
+    /* .embedding_backward         = */ cpu_embedding_backward,
+    /* .cls_pool_backward          = */ cpu_cls_pool_backward,
+    /* .l2norm_backward            = */ cpu_l2norm_backward,
+    /* .cls_attention              = */ cpu_cls_attention,
+};
+
 static void cpu_destroy(enc_backend *be)
 {
     free(be);
@@ -617,6 +1116,7 @@ enc_backend *enc_backend_cpu_new(int nthreads)
     if (be == NULL)
         return NULL;
     be->iface = cpu_iface;
+    be->train = cpu_train;
     be->nthreads = nthreads;
     be->destroy = cpu_destroy;
     openblas_set_num_threads(1); /* our team does the threading: see the top */

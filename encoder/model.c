@@ -13,11 +13,18 @@
  * safetensors file (or draws it, for random models) and records it in the
  * parameter table.  Activations are planned the same way per state
  * (state_plan): a table of {name, count} summed, one allocation, carved.
+ *
+ * Training (at the end): trainable models keep their weights in one arena
+ * in table order, so a gradient arena of the same layout maps weight to
+ * gradient by offset (gof); ENC_STATE_TRAIN states keep per-layer slices of
+ * what the forward computes, and vit_backward / bert_backward run the
+ * forward in reverse through the backend's twins.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
 
+#include <assert.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -96,6 +103,13 @@ struct enc_model {
     enc_param *params;
     size_t nparams;
     char *names; /* the parameters' names, back to back */
+    /* Training: every weight in one arena (host or dev), parameter i at
+     * params[i].data, in table order with align_up gaps, so a gradient
+     * arena of arena_floats has the same layout.  NULL when the weights
+     * stay in the file mapping. */
+    int trainable;
+    float *arena;
+    size_t arena_floats;
 };
 
 /* ---- errors --------------------------------------------------------------------- */
@@ -596,6 +610,7 @@ typedef struct wsrc {
     float *dev;   /* non-host backends: weights are uploaded here */
     size_t used;  /* floats carved so far */
     size_t nused; /* name bytes used */
+    int copy;     /* W_FILE into host: copy each tensor to host (trainable) */
     rng r;
 } wsrc;
 
@@ -659,6 +674,11 @@ static int wget(wsrc *w, const float **dst, int rank, const int64_t *shape, cons
         int rc = enc_st_get(m->st, name, rank, shape, &host, w->errbuf, w->errlen);
         if (rc)
             return rc;
+        if (w->copy) {
+            float *h = w->host + w->used;
+            memcpy(h, host, n * sizeof(float));
+            host = h;
+        }
     } else {
         float *h = w->host + w->used;
         draw(&w->r, name, rank, shape, h, n);
@@ -940,7 +960,9 @@ static int model_setup(enc_model *m, const enc_model_opts *o, int mode, uint64_t
     if (m->params == NULL || m->names == NULL)
         return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     size_t bytes = w.floats * sizeof(float);
-    if (mode == W_RANDOM && (m->host = m->be->iface.host_memory
+    m->trainable = o != NULL && o->trainable;
+    int copy = mode == W_FILE && m->trainable && m->be->iface.host_memory;
+    if ((mode == W_RANDOM || copy) && (m->host = m->be->iface.host_memory
                                            ? m->be->iface.alloc(m->be, bytes)
                                            : malloc(bytes ? bytes : 1)) == NULL)
         return fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu bytes of weights", bytes);
@@ -948,9 +970,11 @@ static int model_setup(enc_model *m, const enc_model_opts *o, int mode, uint64_t
         return fail(errbuf, errlen, ENC_NOMEM, "out of %s memory for %zu bytes of weights",
                     m->be->iface.name, bytes);
     wsrc f = {.mode = mode, .m = m, .errbuf = errbuf, .errlen = errlen, .host = m->host,
-              .dev = m->dev, .r = {seed}};
+              .dev = m->dev, .copy = copy, .r = {seed}};
     if ((rc = map_model(&f)))
         return rc;
+    m->arena = m->dev ? m->dev : m->host;
+    m->arena_floats = w.floats;
     if (m->dev && (rc = m->be->iface.sync(m->be)))
         return fail(errbuf, errlen, rc, "uploading weights to the %s backend failed",
                     m->be->iface.name);
@@ -1189,6 +1213,74 @@ void enc_model_param(const enc_model *m, size_t i, enc_param *p)
     *p = m->params[i];
 }
 
+float *enc_model_param_mut(enc_model *m, size_t i)
+{
+    if (!m->trainable || m->arena == NULL || i >= m->nparams)
+        return NULL;
+    return m->arena + (m->params[i].data - m->arena);
+}
+
+/* ---- gradients ---------------------------------------------------------------------------- */
+
+struct enc_grads {
+    const enc_model *m;
+    float *mem; /* arena_floats, the weights' layout */
+};
+
+int enc_grads_new(const enc_model *m, enc_grads **out)
+{
+    if (!m->trainable || m->arena == NULL)
+        return ENC_INVAL;
+    if (m->be->train.zero == NULL)
+        return ENC_UNSUPPORTED;
+    enc_grads *g = calloc(1, sizeof *g);
+    if (g == NULL)
+        return ENC_NOMEM;
+    g->m = m;
+    g->mem = m->be->iface.alloc(m->be, (m->arena_floats ? m->arena_floats : 1) * sizeof(float));
+    if (g->mem == NULL) {
+        free(g);
+        return ENC_NOMEM;
+    }
+    enc_grads_zero(g);
+    *out = g;
+    return ENC_OK;
+}
+
+void enc_grads_zero(enc_grads *g)
+{
+    g->m->be->train.zero(g->m->be, g->mem, g->m->arena_floats);
+}
+
+void enc_grads_free(enc_grads *g)
+{
+    if (g == NULL)
+        return;
+    g->m->be->iface.free(g->m->be, g->mem);
+    free(g);
+}
+
+float *enc_grads_data(enc_grads *g, size_t i)
+{
+    assert(i < g->m->nparams);
+    return g->mem + (g->m->params[i].data - g->m->arena);
+}
+
+size_t enc_grads_bytes(const enc_grads *g)
+{
+    return g->m->arena_floats * sizeof(float);
+}
+
+/* The gradient of the weight at w (a pointer into the model's arena), or
+ * NULL for an absent weight (a bias the layout does not have). */
+static float *gof(const enc_grads *g, const float *w)
+{
+    if (w == NULL)
+        return NULL;
+    assert(w >= g->m->arena && w < g->m->arena + g->m->arena_floats);
+    return g->mem + (w - g->m->arena);
+}
+
 /* ---- state ------------------------------------------------------------------------------ */
 
 struct enc_state {
@@ -1217,6 +1309,25 @@ struct enc_state {
     float *phid;    /* [batch, hidden] MLP projection */
     float *emb;     /* [batch, E] */
     float *hmask;   /* host [batch, Lmax] staging for the float mask */
+    /* ENC_STATE_CLSATT */
+    float *clsatt;  /* [batch, T - 1] used: [CLS] attention, layer and head mean */
+    float *cscr;    /* [T] its scratch */
+    /* ENC_STATE_TRAIN: qkv, att and fch then hold one slice per layer
+     * (slice()), hidden every layer; the rest is kept for the backward or
+     * is its scratch. */
+    int train;
+    int ready;      /* the last encode succeeded: it can be differentiated */
+    float *fch;     /* [nlayers][batch, T, M] fc1 / intermediate before GELU
+                       (NULL when not training: GELU runs in place on mlp) */
+    float *mid;     /* vision [nlayers][batch, T, D]: x + attention (norm2's input) */
+    float *r1, *r2; /* text [nlayers][batch, T, D]: the sums before each LayerNorm */
+    float *tok;     /* text [batch, T, D]: embeddings before their LayerNorm */
+    float *embpre;  /* [batch, E] before l2norm */
+    float *phpre;   /* [batch, hidden] MLP projection before GELU */
+    float *pooled_in;                     /* [batch, D] vision [CLS] before the norm */
+    float *dx, *dr, *datt, *dqkv, *dmlp;  /* [batch, T, D / D / D / 3D / M] */
+    float *demb, *dembpre, *dpool, *dpool2, *dphid;
+    float *lscr, *abscr; /* layernorm / attention backward scratch */
     char err[256];
 };
 
@@ -1244,9 +1355,24 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
     s->kind = kind;
     s->flags = o ? o->flags : 0;
     s->batch = batch;
+    s->train = (s->flags & ENC_STATE_TRAIN) != 0;
+    if (s->train)
+        s->flags |= ENC_STATE_HIDDEN; /* the backward reads every layer's input */
+    const enc_backend_train_i *tr = &m->be->train;
+    if ((s->flags & (ENC_STATE_TRAIN | ENC_STATE_CLSATT)) &&
+        (tr->matmul_backward == NULL || tr->cls_attention == NULL)) {
+        free(s);
+        return fail(errbuf, errlen, ENC_UNSUPPORTED, "the %s backend cannot train",
+                    m->be->iface.name);
+    }
+    if (s->train && !m->trainable) {
+        free(s);
+        return fail(errbuf, errlen, ENC_INVAL,
+                    "a training state needs a model made with opts.trainable");
+    }
     const size_t Bz = (size_t)batch;
     int keep = (s->flags & ENC_STATE_HIDDEN) != 0;
-    act plan[20];
+    act plan[48];
     int n = 0;
     size_t T, D, M, H, L, E = (size_t)m->E, ph = 0;
     float *ids_f = NULL;
@@ -1261,6 +1387,12 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
         ph = (size_t)t->head.hidden;
         plan[n++] = (act){"ids", Bz * T, &ids_f};
         plan[n++] = (act){"mask", Bz * T, &s->mask};
+        if (s->train) {
+            plan[n++] = (act){"tok", Bz * T * D, &s->tok};
+            plan[n++] = (act){"ln", Bz * T * D, &s->ln};
+            plan[n++] = (act){"r1", L * Bz * T * D, &s->r1};
+            plan[n++] = (act){"r2", L * Bz * T * D, &s->r2};
+        }
     } else {
         const vit *v = &m->v;
         const enc_patch_geom *g = kind == ENC_IMAGE ? &v->g2 : &v->g3;
@@ -1271,13 +1403,44 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
         plan[n++] = (act){"input", Bz * in, &s->input};
         plan[n++] = (act){"ln", Bz * T * D, &s->ln};
         plan[n++] = (act){"patch_scratch", s->be->iface.patch_scratch(s->be, g, batch), &s->pscr};
+        if (s->train) {
+            plan[n++] = (act){"mid", L * Bz * T * D, &s->mid};
+            plan[n++] = (act){"pooled_in", Bz * D, &s->pooled_in};
+        }
     }
     s->tokens_max = (int)T;
     s->nlayers = (int)L, s->D = (int)D, s->H = (int)H;
+    size_t per = s->train ? L : 1; /* slices of the per-layer activations */
     plan[n++] = (act){"hidden", (keep ? L + 1 : 1) * Bz * T * D, &s->hidden};
-    plan[n++] = (act){"qkv", Bz * T * 3 * D, &s->qkv};
-    plan[n++] = (act){"att", Bz * T * D, &s->att};
+    plan[n++] = (act){"qkv", per * Bz * T * 3 * D, &s->qkv};
+    plan[n++] = (act){"att", per * Bz * T * D, &s->att};
     plan[n++] = (act){"mlp", Bz * T * M, &s->mlp};
+    if (s->train) {
+        plan[n++] = (act){"fch", L * Bz * T * M, &s->fch};
+        plan[n++] = (act){"embed_pre", Bz * E, &s->embpre};
+        plan[n++] = (act){"proj_pre", Bz * ph, &s->phpre};
+        /* the backward's own */
+        plan[n++] = (act){"d_x", Bz * T * D, &s->dx};
+        plan[n++] = (act){"d_r", Bz * T * D, &s->dr};
+        plan[n++] = (act){"d_att", Bz * T * D, &s->datt};
+        plan[n++] = (act){"d_qkv", Bz * T * 3 * D, &s->dqkv};
+        plan[n++] = (act){"d_mlp", Bz * T * M, &s->dmlp};
+        plan[n++] = (act){"d_embed", Bz * E, &s->demb};
+        plan[n++] = (act){"d_embed_pre", Bz * E, &s->dembpre};
+        plan[n++] = (act){"d_pooled", Bz * D, &s->dpool};
+        plan[n++] = (act){"d_pooled_in", Bz * D, &s->dpool2};
+        plan[n++] = (act){"d_proj_hidden", Bz * ph, &s->dphid};
+        plan[n++] = (act){"ln_bwd_scratch",
+                          tr->layernorm_backward_scratch(s->be, batch * (int)T, (int)D),
+                          &s->lscr};
+        plan[n++] = (act){"attn_bwd_scratch",
+                          tr->attention_backward_scratch(s->be, batch, (int)T, (int)H),
+                          &s->abscr};
+    }
+    if (s->flags & ENC_STATE_CLSATT) {
+        plan[n++] = (act){"cls_attention", Bz * T, &s->clsatt};
+        plan[n++] = (act){"cls_attention_scratch", T, &s->cscr};
+    }
     if (s->flags & ENC_STATE_PROBS)
         plan[n++] = (act){"probs", L * Bz * H * T * T, &s->probs};
     else
@@ -1291,6 +1454,7 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
     size_t total = 0;
     for (int i = 0; i < n; i++)
         total += align_up(plan[i].count);
+    assert(n <= (int)(sizeof plan / sizeof plan[0]));
     s->bytes = total * sizeof(float);
     s->mem = s->be->iface.alloc(s->be, s->bytes);
     if (s->mem == NULL) {
@@ -1342,6 +1506,23 @@ const float *enc_state_hidden(const enc_state *s, int l)
     return hid(s, l);
 }
 
+/* Layer l's slice of a per-layer activation (qkv, att, fch, mid, r1, r2)
+ * of width floats per token: every layer has its own in a training state,
+ * all share one otherwise. */
+static float *slice(const enc_state *s, float *base, int l, size_t width)
+{
+    if (!s->train)
+        return base;
+    return base + (size_t)l * s->batch * s->tokens_max * width;
+}
+
+const float *enc_state_cls_attention(const enc_state *s)
+{
+    if (s->clsatt == NULL || s->B == 0)
+        return NULL;
+    return s->clsatt;
+}
+
 const float *enc_state_probs(const enc_state *s, int l)
 {
     if (s->probs == NULL || s->B == 0 || l < 0 || l >= s->nlayers)
@@ -1378,16 +1559,19 @@ static int state_fail(enc_state *s, int code, const char *fmt, ...)
 
 /* ---- forward passes ------------------------------------------------------------------ */
 
-/* out [B, h->out] = projection of in [B, h->in]; tmp [B, h->hidden]. */
+/* out [B, h->out] = projection of in [B, h->in]; tmp [B, h->hidden] gets
+ * the MLP's GELU output, pre [B, h->hidden] (training; NULL: GELU in place
+ * in tmp) its input. */
 static void proj_forward(enc_backend *be, const proj *h, float *out, const float *in, float *tmp,
-                         int B)
+                         float *pre, int B)
 {
     if (h->hidden == 0) {
         be->iface.matmul(be, out, 0, in, h->w1, h->b1, B, h->in, h->out, 0);
         return;
     }
-    be->iface.matmul(be, tmp, 0, in, h->w1, h->b1, B, h->in, h->hidden, 0);
-    be->iface.gelu(be, tmp, tmp, (size_t)B * h->hidden);
+    float *a = pre != NULL ? pre : tmp;
+    be->iface.matmul(be, a, 0, in, h->w1, h->b1, B, h->in, h->hidden, 0);
+    be->iface.gelu(be, tmp, a, (size_t)B * h->hidden);
     be->iface.matmul(be, out, 0, tmp, h->w2, h->b2, B, h->hidden, h->out, 0);
 }
 
@@ -1425,28 +1609,39 @@ static int vit_forward(enc_state *s, const float *in, int B, float *out)
     f->patch_embed(be, x + D, (size_t)T * D, s->input, is3d ? v->pw3 : v->pw2,
                    is3d ? v->pb3 : v->pb2, g, B, D, s->pscr);
     f->vit_tokens(be, x, v->cls, is3d ? v->pos3 : v->pos2, v->pos_has_cls, B, N, D);
+    if (s->clsatt != NULL)
+        be->train.zero(be, s->clsatt, (size_t)B * N);
     for (int l = 0; l < v->L; l++) {
         const vit_block *b = &v->blk[l];
         x = next_layer(s, l, BTD);
         float *probs = s->probs ? s->probs + (size_t)l * s->batch * H * s->tokens_max *
                                                  s->tokens_max
                                 : NULL;
+        float *qkv = slice(s, s->qkv, l, 3 * (size_t)D), *att = slice(s, s->att, l, D);
+        float *fch = s->train ? slice(s, s->fch, l, M) : s->mlp;
         f->layernorm(be, s->ln, x, b->ln1_w, b->ln1_b, R, D, v->eps);
-        f->matmul(be, s->qkv, 0, s->ln, b->qkv_w, b->qkv_b, R, D, 3 * D, 0);
-        f->attention(be, s->att, probs, s->qkv, NULL, s->ascr, B, T, D, H);
-        f->matmul(be, x, 0, s->att, b->out_w, b->out_b, R, D, D, 1);
+        f->matmul(be, qkv, 0, s->ln, b->qkv_w, b->qkv_b, R, D, 3 * D, 0);
+        f->attention(be, att, probs, qkv, NULL, s->ascr, B, T, D, H);
+        if (s->clsatt != NULL)
+            be->train.cls_attention(be, s->clsatt, qkv, NULL, s->cscr, B, T, D, H, 1,
+                                    1.0f / ((float)v->L * H));
+        f->matmul(be, x, 0, att, b->out_w, b->out_b, R, D, D, 1);
+        if (s->train)
+            f->copy(be, slice(s, s->mid, l, D), x, BTD);
         f->layernorm(be, s->ln, x, b->ln2_w, b->ln2_b, R, D, v->eps);
-        f->matmul(be, s->mlp, 0, s->ln, b->fc1_w, b->fc1_b, R, D, M, 0);
-        f->gelu(be, s->mlp, s->mlp, (size_t)R * M);
+        f->matmul(be, fch, 0, s->ln, b->fc1_w, b->fc1_b, R, D, M, 0);
+        f->gelu(be, s->mlp, fch, (size_t)R * M);
         f->matmul(be, x, 0, s->mlp, b->fc2_w, b->fc2_b, R, M, D, 1);
     }
     f->cls_pool(be, s->pooled, x, B, T, D);
     f->layernorm(be, s->pooled, s->pooled, v->norm_w, v->norm_b, B, D, v->eps);
-    proj_forward(be, &v->head, s->emb, s->pooled, s->phid, B);
-    f->l2norm(be, s->emb, s->emb, B, s->m->E);
+    float *e = s->train ? s->embpre : s->emb;
+    proj_forward(be, &v->head, e, s->pooled, s->phid, s->phpre, B);
+    f->l2norm(be, s->emb, e, B, s->m->E);
     if ((rc = f->download(be, out, s->emb, (size_t)B * s->m->E * sizeof(float))) ||
         (rc = f->sync(be)))
         return state_fail(s, rc, "the %s backend failed", f->name);
+    s->ready = 1;
     return ENC_OK;
 }
 
@@ -1464,32 +1659,46 @@ static int bert_forward(enc_state *s, int B, int Lt, float *out)
     s->B = B, s->T = Lt;
 
     float *x = hid(s, 0);
-    f->embedding(be, x, s->ids, t->word, t->pos, t->type, B, Lt, D);
-    f->layernorm(be, x, x, t->eln_w, t->eln_b, R, D, t->eps);
+    float *e0 = s->train ? s->tok : x; /* training keeps the sum before the LayerNorm */
+    f->embedding(be, e0, s->ids, t->word, t->pos, t->type, B, Lt, D);
+    f->layernorm(be, x, e0, t->eln_w, t->eln_b, R, D, t->eps);
+    if (s->clsatt != NULL)
+        be->train.zero(be, s->clsatt, (size_t)B * (Lt - 1));
     for (int l = 0; l < t->L; l++) {
         const bert_layer *y = &t->lay[l];
         x = next_layer(s, l, BTD);
         float *probs = s->probs ? s->probs + (size_t)l * s->batch * H * s->tokens_max *
                                                  s->tokens_max
                                 : NULL;
-        f->matmul(be, s->qkv, 3 * D, x, y->q_w, y->q_b, R, D, D, 0);
-        f->matmul(be, s->qkv + D, 3 * D, x, y->k_w, y->k_b, R, D, D, 0);
-        f->matmul(be, s->qkv + 2 * D, 3 * D, x, y->v_w, y->v_b, R, D, D, 0);
-        f->attention(be, s->att, probs, s->qkv, s->mask, s->ascr, B, Lt, D, H);
-        f->matmul(be, x, 0, s->att, y->o_w, y->o_b, R, D, D, 1);
+        float *qkv = slice(s, s->qkv, l, 3 * (size_t)D), *att = slice(s, s->att, l, D);
+        float *fch = s->train ? slice(s, s->fch, l, I) : s->mlp;
+        f->matmul(be, qkv, 3 * D, x, y->q_w, y->q_b, R, D, D, 0);
+        f->matmul(be, qkv + D, 3 * D, x, y->k_w, y->k_b, R, D, D, 0);
+        f->matmul(be, qkv + 2 * D, 3 * D, x, y->v_w, y->v_b, R, D, D, 0);
+        f->attention(be, att, probs, qkv, s->mask, s->ascr, B, Lt, D, H);
+        if (s->clsatt != NULL)
+            be->train.cls_attention(be, s->clsatt, qkv, s->mask, s->cscr, B, Lt, D, H, 1,
+                                    1.0f / ((float)t->L * H));
+        f->matmul(be, x, 0, att, y->o_w, y->o_b, R, D, D, 1);
+        if (s->train)
+            f->copy(be, slice(s, s->r1, l, D), x, BTD);
         f->layernorm(be, x, x, y->ln1_w, y->ln1_b, R, D, t->eps);
-        f->matmul(be, s->mlp, 0, x, y->i_w, y->i_b, R, D, I, 0);
-        f->gelu(be, s->mlp, s->mlp, (size_t)R * I);
+        f->matmul(be, fch, 0, x, y->i_w, y->i_b, R, D, I, 0);
+        f->gelu(be, s->mlp, fch, (size_t)R * I);
         f->matmul(be, x, 0, s->mlp, y->f_w, y->f_b, R, I, D, 1);
+        if (s->train)
+            f->copy(be, slice(s, s->r2, l, D), x, BTD);
         f->layernorm(be, x, x, y->ln2_w, y->ln2_b, R, D, t->eps);
     }
     f->cls_pool(be, s->pooled, x, B, Lt, D);
-    proj_forward(be, &t->head, s->emb, s->pooled, s->phid, B);
-    f->l2norm(be, s->emb, s->emb, B, s->m->E);
+    float *e = s->train ? s->embpre : s->emb;
+    proj_forward(be, &t->head, e, s->pooled, s->phid, s->phpre, B);
+    f->l2norm(be, s->emb, e, B, s->m->E);
     int rc;
     if ((rc = f->download(be, out, s->emb, (size_t)B * s->m->E * sizeof(float))) ||
         (rc = f->sync(be)))
         return state_fail(s, rc, "the %s backend failed", f->name);
+    s->ready = 1;
     return ENC_OK;
 }
 
@@ -1497,6 +1706,7 @@ static int check_call(enc_state *s, enc_kind kind, int B, const void *in, const 
 {
     static const char *const kinds[] = {"image", "volume", "text"};
     s->err[0] = '\0';
+    s->ready = 0;
     if (s->kind != kind)
         return state_fail(s, ENC_INVAL, "a %s state cannot encode %s", kinds[s->kind],
                           kinds[kind]);
@@ -1539,4 +1749,206 @@ int enc_encode_text(enc_state *s, const int32_t *ids, const int32_t *mask, int B
         (rc = be->iface.upload(be, s->mask, s->hmask, (size_t)B * L * sizeof(float))))
         return state_fail(s, rc, "upload to the %s backend failed", be->iface.name);
     return bert_forward(s, B, L, out);
+}
+
+/* ---- backward passes ---------------------------------------------------------------------
+ *
+ * The forward in reverse, op by op, each forward op answered by its twin
+ * (encoder/backend.h) in mirrored order.  What the forward does not keep is
+ * recomputed from what it does: LayerNorm outputs from their inputs, GELU
+ * outputs from fch, the probabilities inside attention_backward.  dx is the
+ * gradient of the residual stream, dr a second [B, T, D] gradient; parameter
+ * gradients go straight into g (gof maps a weight to its gradient). */
+
+/* Twin of proj_forward: din [B, h->in] += gradient of in, from dout
+ * [B, h->out]; in is the forward's input. */
+static void proj_backward(enc_state *s, const proj *h, enc_grads *g, float *din,
+                          const float *dout, const float *in, int B)
+{
+    enc_backend *be = s->be;
+    const enc_backend_train_i *t = &be->train;
+    if (h->hidden == 0) {
+        t->matmul_backward(be, din, gof(g, h->w1), gof(g, h->b1), dout, 0, in, h->w1, B, h->in,
+                           h->out);
+        return;
+    }
+    /* s->phid still holds gelu(phpre) from the forward */
+    t->zero(be, s->dphid, (size_t)B * h->hidden);
+    t->matmul_backward(be, s->dphid, gof(g, h->w2), gof(g, h->b2), dout, 0, s->phid, h->w2, B,
+                       h->hidden, h->out);
+    t->gelu_backward(be, s->dphid, s->phpre, s->dphid, (size_t)B * h->hidden);
+    t->matmul_backward(be, din, gof(g, h->w1), gof(g, h->b1), s->dphid, 0, in, h->w1, B, h->in,
+                       h->hidden);
+}
+
+static int check_backward(enc_state *s, enc_kind kind, const float *dembed, const enc_grads *g)
+{
+    static const char *const kinds[] = {"image", "volume", "text"};
+    s->err[0] = '\0';
+    if (s->kind != kind)
+        return state_fail(s, ENC_INVAL, "a %s state cannot differentiate %s", kinds[s->kind],
+                          kinds[kind]);
+    if (!s->train)
+        return state_fail(s, ENC_INVAL, "the state was not made with ENC_STATE_TRAIN");
+    if (!s->ready)
+        return state_fail(s, ENC_INVAL, "no successful encode to differentiate");
+    if (g == NULL || g->m != s->m)
+        return state_fail(s, ENC_INVAL, "gradients of another model");
+    if (dembed == NULL)
+        return state_fail(s, ENC_INVAL, "NULL gradient");
+    return ENC_OK;
+}
+
+/* l2norm, projection and the part of the tower after the last layer, from
+ * dembed (host) to the [CLS] row's gradient in pooled-space *dpool. */
+static int head_backward(enc_state *s, const proj *h, const float *dembed, enc_grads *g,
+                         int B)
+{
+    enc_backend *be = s->be;
+    const enc_backend_train_i *t = &be->train;
+    const int E = s->m->E;
+    int rc = be->iface.upload(be, s->demb, dembed, (size_t)B * E * sizeof(float));
+    if (rc)
+        return state_fail(s, rc, "upload to the %s backend failed", be->iface.name);
+    t->l2norm_backward(be, s->dembpre, s->embpre, s->demb, B, E);
+    t->zero(be, s->dpool, (size_t)B * h->in);
+    proj_backward(s, h, g, s->dpool, s->dembpre, s->pooled, B);
+    return ENC_OK;
+}
+
+/* Twin of vit_forward. */
+static int vit_backward(enc_state *s, const float *dembed, enc_grads *g)
+{
+    const vit *v = &s->m->v;
+    enc_backend *be = s->be;
+    const enc_backend_i *f = &be->iface;
+    const enc_backend_train_i *t = &be->train;
+    const int is3d = s->kind == ENC_VOLUME;
+    const enc_patch_geom *pg = is3d ? &v->g3 : &v->g2;
+    const int B = s->B, T = s->T, N = T - 1, D = v->D, H = v->H, M = v->M, R = B * T;
+    const size_t BTD = (size_t)R * D, BTM = (size_t)R * M;
+    int rc = head_backward(s, &v->head, dembed, g, B);
+    if (rc)
+        return rc;
+    /* pooled = norm(x_L[:, 0]) */
+    f->cls_pool(be, s->pooled_in, hid(s, v->L), B, T, D);
+    t->zero(be, s->dpool2, (size_t)B * D);
+    t->layernorm_backward(be, s->dpool2, gof(g, v->norm_w), gof(g, v->norm_b), s->dpool,
+                          s->pooled_in, v->norm_w, B, D, v->eps, s->lscr);
+    t->zero(be, s->dx, BTD);
+    t->cls_pool_backward(be, s->dx, s->dpool2, B, T, D);
+    for (int l = v->L - 1; l >= 0; l--) {
+        const vit_block *b = &v->blk[l];
+        const float *xl = hid(s, l), *mid = slice(s, s->mid, l, D);
+        const float *qkv = slice(s, s->qkv, l, 3 * (size_t)D), *att = slice(s, s->att, l, D);
+        const float *fch = slice(s, s->fch, l, M);
+        /* x_{l+1} = mid + fc2(gelu(fc1(norm2(mid)))): dx is also mid's */
+        f->gelu(be, s->mlp, fch, BTM);
+        t->zero(be, s->dmlp, BTM);
+        t->matmul_backward(be, s->dmlp, gof(g, b->fc2_w), gof(g, b->fc2_b), s->dx, 0, s->mlp,
+                           b->fc2_w, R, M, D);
+        t->gelu_backward(be, s->dmlp, fch, s->dmlp, BTM);
+        f->layernorm(be, s->ln, mid, b->ln2_w, b->ln2_b, R, D, v->eps);
+        t->zero(be, s->dr, BTD);
+        t->matmul_backward(be, s->dr, gof(g, b->fc1_w), gof(g, b->fc1_b), s->dmlp, 0, s->ln,
+                           b->fc1_w, R, D, M);
+        t->layernorm_backward(be, s->dx, gof(g, b->ln2_w), gof(g, b->ln2_b), s->dr, mid,
+                              b->ln2_w, R, D, v->eps, s->lscr);
+        /* mid = x_l + out(attn(qkv(norm1(x_l)))): dx is also x_l's */
+        t->zero(be, s->datt, BTD);
+        t->matmul_backward(be, s->datt, gof(g, b->out_w), gof(g, b->out_b), s->dx, 0, att,
+                           b->out_w, R, D, D);
+        t->attention_backward(be, s->dqkv, s->datt, qkv, NULL, s->abscr, B, T, D, H);
+        f->layernorm(be, s->ln, xl, b->ln1_w, b->ln1_b, R, D, v->eps);
+        t->zero(be, s->dr, BTD);
+        t->matmul_backward(be, s->dr, gof(g, b->qkv_w), gof(g, b->qkv_b), s->dqkv, 0, s->ln,
+                           b->qkv_w, R, D, 3 * D);
+        t->layernorm_backward(be, s->dx, gof(g, b->ln1_w), gof(g, b->ln1_b), s->dr, xl,
+                              b->ln1_w, R, D, v->eps, s->lscr);
+    }
+    /* x_0 = [cls, patch_embed(input)] + pos */
+    t->vit_tokens_backward(be, gof(g, v->cls), gof(g, is3d ? v->pos3 : v->pos2), s->dx,
+                           v->pos_has_cls, B, N, D);
+    t->patch_embed_backward(be, gof(g, is3d ? v->pw3 : v->pw2), gof(g, is3d ? v->pb3 : v->pb2),
+                            s->dx + D, (size_t)T * D, s->input, pg, B, D, s->pscr);
+    if ((rc = f->sync(be)))
+        return state_fail(s, rc, "the %s backend failed", f->name);
+    return ENC_OK;
+}
+
+/* Twin of bert_forward. */
+static int bert_backward(enc_state *s, const float *dembed, enc_grads *g)
+{
+    const bert *tb = &s->m->t;
+    enc_backend *be = s->be;
+    const enc_backend_i *f = &be->iface;
+    const enc_backend_train_i *t = &be->train;
+    const int B = s->B, Lt = s->T, D = tb->D, H = tb->H, I = tb->I, R = B * Lt;
+    const size_t BTD = (size_t)R * D, BTI = (size_t)R * I;
+    int rc = head_backward(s, &tb->head, dembed, g, B);
+    if (rc)
+        return rc;
+    t->zero(be, s->dx, BTD);
+    t->cls_pool_backward(be, s->dx, s->dpool, B, Lt, D);
+    for (int l = tb->L - 1; l >= 0; l--) {
+        const bert_layer *y = &tb->lay[l];
+        const float *xl = hid(s, l), *r1 = slice(s, s->r1, l, D), *r2 = slice(s, s->r2, l, D);
+        const float *qkv = slice(s, s->qkv, l, 3 * (size_t)D), *att = slice(s, s->att, l, D);
+        const float *fch = slice(s, s->fch, l, I);
+        /* x_{l+1} = LN2(r2), r2 = x1 + f(gelu(i(x1))), x1 = LN1(r1) */
+        t->zero(be, s->dr, BTD);
+        t->layernorm_backward(be, s->dr, gof(g, y->ln2_w), gof(g, y->ln2_b), s->dx, r2,
+                              y->ln2_w, R, D, tb->eps, s->lscr);
+        f->copy(be, s->dx, s->dr, BTD); /* the residual: dx is now x1's, in part */
+        f->layernorm(be, s->ln, r1, y->ln1_w, y->ln1_b, R, D, tb->eps);
+        f->gelu(be, s->mlp, fch, BTI);
+        t->zero(be, s->dmlp, BTI);
+        t->matmul_backward(be, s->dmlp, gof(g, y->f_w), gof(g, y->f_b), s->dr, 0, s->mlp, y->f_w,
+                           R, I, D);
+        t->gelu_backward(be, s->dmlp, fch, s->dmlp, BTI);
+        t->matmul_backward(be, s->dx, gof(g, y->i_w), gof(g, y->i_b), s->dmlp, 0, s->ln, y->i_w,
+                           R, D, I);
+        /* x1 = LN1(r1), r1 = x_l + o(attn(q, k, v of x_l)) */
+        t->zero(be, s->dr, BTD);
+        t->layernorm_backward(be, s->dr, gof(g, y->ln1_w), gof(g, y->ln1_b), s->dx, r1,
+                              y->ln1_w, R, D, tb->eps, s->lscr);
+        f->copy(be, s->dx, s->dr, BTD);
+        t->zero(be, s->datt, BTD);
+        t->matmul_backward(be, s->datt, gof(g, y->o_w), gof(g, y->o_b), s->dr, 0, att, y->o_w, R,
+                           D, D);
+        t->attention_backward(be, s->dqkv, s->datt, qkv, s->mask, s->abscr, B, Lt, D, H);
+        t->matmul_backward(be, s->dx, gof(g, y->q_w), gof(g, y->q_b), s->dqkv, 3 * D, xl, y->q_w,
+                           R, D, D);
+        t->matmul_backward(be, s->dx, gof(g, y->k_w), gof(g, y->k_b), s->dqkv + D, 3 * D, xl,
+                           y->k_w, R, D, D);
+        t->matmul_backward(be, s->dx, gof(g, y->v_w), gof(g, y->v_b), s->dqkv + 2 * D, 3 * D, xl,
+                           y->v_w, R, D, D);
+    }
+    /* x_0 = LN(word[ids] + pos + type[0]) */
+    t->zero(be, s->dr, BTD);
+    t->layernorm_backward(be, s->dr, gof(g, tb->eln_w), gof(g, tb->eln_b), s->dx, s->tok,
+                          tb->eln_w, R, D, tb->eps, s->lscr);
+    t->embedding_backward(be, gof(g, tb->word), gof(g, tb->pos), gof(g, tb->type), s->dr, s->ids,
+                          B, Lt, D);
+    if ((rc = f->sync(be)))
+        return state_fail(s, rc, "the %s backend failed", f->name);
+    return ENC_OK;
+}
+
+int enc_backward_image(enc_state *s, const float *dembed, enc_grads *g)
+{
+    int rc = check_backward(s, ENC_IMAGE, dembed, g);
+    return rc ? rc : vit_backward(s, dembed, g);
+}
+
+int enc_backward_volume(enc_state *s, const float *dembed, enc_grads *g)
+{
+    int rc = check_backward(s, ENC_VOLUME, dembed, g);
+    return rc ? rc : vit_backward(s, dembed, g);
+}
+
+int enc_backward_text(enc_state *s, const float *dembed, enc_grads *g)
+{
+    int rc = check_backward(s, ENC_TEXT, dembed, g);
+    return rc ? rc : bert_backward(s, dembed, g);
 }

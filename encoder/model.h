@@ -7,6 +7,11 @@
  *   enc_encode_text(s, ids, mask, 8, 32, vec);   (vec: 8 x enc_model_embed_dim(m) floats)
  *   enc_state_free(s);  enc_model_free(m);
  *
+ * Training (docs/encoder.md, "Training: backward passes"): load with
+ * opts.trainable = 1, make states with ENC_STATE_TRAIN, and after each
+ * encode call enc_backward_text(s, dL_dvec, g) to add the gradients to an
+ * enc_grads g; update enc_model_param_mut(m, i) from enc_grads_data(g, i).
+ *
  * An enc_model is read-only once loaded and may be shared by any number of
  * threads; each thread encodes through its own enc_state, which owns every
  * activation buffer (planned once, one allocation, nothing allocated while
@@ -39,6 +44,11 @@ typedef struct enc_model_opts {
      * reading the whole file again (~4 s per GB) in tools that never store
      * vectors. */
     int no_id;
+    /* 1: keep every weight in one writable arena (copied from the file when
+     * loading; random weights already are), laid out in parameter-table
+     * order, so enc_model_param_mut, enc_grads and the enc_backward_*
+     * functions can be used.  Costs a copy of the weights in memory. */
+    int trainable;
 } enc_model_opts;
 
 /* Loads the model directory dir (config.json, model.safetensors): parses the
@@ -121,11 +131,39 @@ size_t enc_model_param_count(const enc_model *m);
 /* Fills *p for parameter i < enc_model_param_count(m). */
 void enc_model_param(const enc_model *m, size_t i, enc_param *p);
 
+/* Parameter i's data, writable, or NULL unless the model was made with
+ * opts.trainable.  Backend memory; the model's forward reads it in place,
+ * so a change shows in the next encode (an optimizer step writes here).
+ * Do not write while a state of the model is encoding. */
+float *enc_model_param_mut(enc_model *m, size_t i);
+
+/* ---- gradients ------------------------------------------------------------------ */
+
+/* One arena of gradients laid out as the model's parameters (parameter i at
+ * enc_grads_data(g, i), enc_model_param(m, i).count floats), allocated once
+ * from the model's backend and zeroed.  The backward functions ACCUMULATE
+ * into it: zero it per step.  m must be trainable and outlive g.
+ * Codes: ENC_INVAL (m not trainable), ENC_NOMEM. */
+typedef struct enc_grads enc_grads;
+int enc_grads_new(const enc_model *m, enc_grads **out);
+void enc_grads_zero(enc_grads *g);
+void enc_grads_free(enc_grads *g); /* accepts NULL */
+/* Gradient of parameter i (backend memory, owned by g). */
+float *enc_grads_data(enc_grads *g, size_t i);
+/* Bytes of the arena. */
+size_t enc_grads_bytes(const enc_grads *g);
+
 /* ---- per-worker state ---------------------------------------------------------- */
 
 enum {
     ENC_STATE_HIDDEN = 1, /* keep the residual stream after every layer */
     ENC_STATE_PROBS = 2,  /* keep every layer's attention probabilities */
+    /* keep every activation the backward needs (implies ENC_STATE_HIDDEN),
+     * and plan the backward's scratch: enc_backward_* on the last encode */
+    ENC_STATE_TRAIN = 4,
+    /* accumulate the [CLS] -> token attention averaged over layers and heads
+     * (enc_state_cls_attention), without keeping the probabilities */
+    ENC_STATE_CLSATT = 8,
 };
 
 typedef struct enc_state_opts {
@@ -172,6 +210,28 @@ const float *enc_state_hidden(const enc_state *s, int l);
 /* The last encode's attention probabilities of layer l (0-based), [B, H, T, T],
  * or NULL unless the state was made with ENC_STATE_PROBS.  Same lifetime. */
 const float *enc_state_probs(const enc_state *s, int l);
+
+/* The last encode's attention of [CLS] to every other token, averaged over
+ * layers and heads: [B, T - 1] (for vision, [B, N_patches] in patch order),
+ * or NULL unless the state was made with ENC_STATE_CLSATT.  Row 0 of each
+ * layer's and head's probabilities is computed next to the attention and
+ * summed; nothing of size T x T is kept.  Same lifetime as
+ * enc_state_hidden. */
+const float *enc_state_cls_attention(const enc_state *s);
+
+/* Backward passes of the last encode of an ENC_STATE_TRAIN state, whose
+ * model is trainable: dembed [B, E] (host memory) is the gradient of a loss
+ * with respect to the L2-normalised output of that encode (B as given to
+ * it), and the gradient of the loss with respect to every parameter is
+ * ADDED to g (made for the same model), so image, volume and text batches
+ * can be summed into one g; the ViT that medsem shares between 2D and 3D
+ * collects both.  The state's saved activations are only read: the same
+ * encode can be differentiated again.  Codes: ENC_INVAL (wrong kind, not a
+ * training state, no successful encode, model not trainable, g of another
+ * model; see enc_state_errmsg), or a backend error. */
+int enc_backward_image(enc_state *s, const float *dembed, enc_grads *g);
+int enc_backward_volume(enc_state *s, const float *dembed, enc_grads *g);
+int enc_backward_text(enc_state *s, const float *dembed, enc_grads *g);
 
 /* B and T of the last encode (0 before the first). */
 int enc_state_batch(const enc_state *s);

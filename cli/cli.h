@@ -1,7 +1,6 @@
 /* cli.h - the medsem command: subcommands and their shared helpers.
  *
- *   int cmd_encode(int argc, char **argv);
-int cmd_import(int argc, char **argv);   // returns the exit status
+ *   int cmd_import(int argc, char **argv);   // returns the exit status
  *
  * Exit status: 0 success, 1 bad input (a one-line reason naming the file,
  * line or field), 2 usage error.  Only this module prints or exits.
@@ -18,10 +17,13 @@ int cmd_import(int argc, char **argv);   // returns the exit status
 enum { CLI_OK = 0, CLI_BAD_INPUT = 1, CLI_USAGE = 2 };
 
 int cmd_encode(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_search(int argc, char **argv);
 int cmd_dedup(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
 
 /* Prints "medsem: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

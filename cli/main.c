@@ -14,9 +14,12 @@ static const struct {
     const char *help;
 } cmds[] = {
     {"encode", cmd_encode, "embed a text, image or volume, or a manifest of them"},
+    {"eval", cmd_eval, "retrieval quality of a model on a labelled manifest"},
     {"import", cmd_import, "import embeddings (.npy + JSONL metadata) into a database"},
     {"search", cmd_search, "search a database by vector or by item"},
     {"dedup", cmd_dedup, "find exact and near-duplicate items"},
+    {"synth", cmd_synth, "write the synthetic chest benchmark (volumes, radiographs, reports)"},
+    {"train", cmd_train, "train a model on a manifest of images, volumes and reports"},
     {"info", cmd_info, "describe a database: dimension, model, spaces, indexes"},
 };
 

@@ -144,5 +144,18 @@ grep -q '"report":"' "$T/out" && ok "hits carry their reports" || bad "encoded s
 expect 1 "m.jsonl:3" "--strict stops at the first bad item" -- "$MEDSEM" encode --model "$MODEL" --manifest "$T/m.jsonl" --strict --quiet
 [ "$(grep -c embedding "$T/out")" = 2 ] && ok "--strict kept what came before" || bad "strict output: $(cat "$T/out")"
 
+# --- synth -> train -> eval -> encode, end to end on a tiny set ----------------------
+expect 0 "" "synth a tiny set" -- "$MEDSEM" synth --out "$T/syn" --volumes 10 --images 10 --seed 3 --size small --quiet
+[ "$(wc -l < "$T/syn/train.jsonl")" = 20 ] && ok "manifest has 20 items" || bad "synth manifest"
+expect 0 "" "train 2 steps" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/mod" --steps 2 --seed 1 --threads 1
+[ -s "$T/mod/model.safetensors" ] && [ -s "$T/mod/vocab.txt" ] && ok "model directory written" || bad "model dir"
+expect 0 "" "eval the trained model" -- "$MEDSEM" eval --model "$T/mod" --manifest "$T/syn/train.jsonl" --json --quiet
+for d in text-\>volume text-\>radiograph volume-\>report radiograph-\>report radiograph-\>volume; do
+    grep -q "\"$d\"" "$T/out" && ok "eval reports $d" || bad "eval lacks $d: $(cat "$T/out")"
+done
+expect 0 "" "encode a synthetic volume with it" -- "$MEDSEM" encode --model "$T/mod" --volume "$T/syn/$(sed -n 's/.*"file":"\([^"]*vol_[^"]*\)".*/\1/p' "$T/syn/train.jsonl" | head -n 1)" --modality CT --json
+expect 2 "needs --model and --manifest" "eval without a manifest" -- "$MEDSEM" eval --model "$T/mod"
+expect 2 "" "eval usage" -- "$MEDSEM" eval --bogus
+
 echo "1..$n"
 [ "$fails" -eq 0 ] || { echo "$fails of $n checks failed"; exit 1; }

@@ -1,0 +1,180 @@
+/* bench/train.c - training throughput of the default preset (`medsem train`'s
+ * built-in config) on the CPU, next to the machine's measured sgemm peak.
+ *
+ *   make bench && bench/train [--threads N] [--steps N] [--slice-k K]
+ *                             [--batch-volumes N] [--batch-images N]
+ *
+ * Everything is in memory: random volumes and radiographs (the preset's
+ * 16 x 64 x 64 and 64 x 64) paired with a few report texts, a vocabulary
+ * built from them (the embedding table's size does not change the cost of
+ * a step), random weights.  Each step is a full `medsem train` step (forward
+ * with [CLS] attention, slice selection, the losses, backward through the
+ * three towers, clipping, AdamW).  Samples/s counts visual inputs encoded
+ * (volumes + radiographs + selected slices); GFLOP/s counts the matrix
+ * products of forward and backward (enc_trainer_step_flops); the fraction
+ * of the peak compares it with one 2048^3 sgemm on the same threads.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "encoder/tokenizer.h"
+#include "encoder/train.h"
+#include "encoder/trainer.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static float frand(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (float)((double)(z >> 11) / 9007199254740992.0);
+}
+
+/* GFLOP/s of one n x n x n sgemm, best of reps (after a warm-up). */
+static double sgemm_peak(int n, int reps)
+{
+    float *a = malloc((size_t)n * n * sizeof(float)), *b = malloc((size_t)n * n * sizeof(float));
+    float *c = malloc((size_t)n * n * sizeof(float));
+    uint64_t s = 1;
+    if (a == NULL || b == NULL || c == NULL) {
+        free(a), free(b), free(c);
+        return 0;
+    }
+    for (size_t i = 0; i < (size_t)n * n; i++)
+        a[i] = frand(&s), b[i] = frand(&s), c[i] = 0;
+    double best = 1e30;
+    for (int r = 0; r < reps + 1; r++) {
+        double t = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
+                    n);
+        t = now() - t;
+        if (r > 0 && t < best)
+            best = t;
+    }
+    free(a), free(b), free(c);
+    return 2.0 * n * n * (double)n / best * 1e-9;
+}
+
+static const char *const REPORTS[] = {
+    "Findings: The lungs are clear. No pleural effusion or pneumothorax.\nImpression: Normal.",
+    "Findings: A 9 mm solid nodule in the right upper lobe. No focal consolidation.",
+    "Findings: Small left pleural effusion. The heart is mildly enlarged.\nImpression: "
+    "Cardiomegaly. Left effusion.",
+    "Findings: Emphysematous changes with upper lobe bullae. No pulmonary mass.",
+};
+
+int main(int argc, char **argv)
+{
+    enc_trainer_opts o = ENC_TRAINER_OPTS_INIT;
+    int steps = 10;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            o.threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--slice-k") && i + 1 < argc)
+            o.slice_k = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--batch-volumes") && i + 1 < argc)
+            o.batch_volumes = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--batch-images") && i + 1 < argc)
+            o.batch_images = atoi(argv[++i]);
+        else {
+            fprintf(stderr,
+                    "usage: %s [--threads N] [--steps N] [--slice-k K] [--batch-volumes N]"
+                    " [--batch-images N]\n",
+                    argv[0]);
+            return 2;
+        }
+    }
+    if (o.threads <= 0)
+        o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (steps < 1)
+        steps = 1;
+    char err[512], dir[] = "/tmp/medsem-bench-train-XXXXXX", path[600];
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/vocab.txt", dir);
+    char **tokens;
+    size_t ntok;
+    enc_tok *tok = NULL;
+    if (enc_vocab_build(REPORTS, 4, 200, NULL, &tokens, &ntok) ||
+        enc_vocab_write(path, (const char *const *)tokens, ntok, err, sizeof err) ||
+        enc_tok_load(path, NULL, &tok, err, sizeof err)) {
+        fprintf(stderr, "vocabulary: %s\n", err);
+        return 1;
+    }
+    enc_vocab_free(tokens, ntok);
+    remove(path);
+    rmdir(dir);
+    cJSON *cfg = cJSON_Parse(enc_trainer_default_config());
+    cJSON *text = cJSON_GetObjectItemCaseSensitive(cfg, "text");
+    cJSON_ReplaceItemInObjectCaseSensitive(text, "vocab_size",
+                                           cJSON_CreateNumber((double)enc_tok_vocab_size(tok)));
+    char *cfgtext = cJSON_PrintUnformatted(cfg);
+    cJSON_Delete(cfg);
+    enc_trainer *t;
+    if (enc_trainer_new(cfgtext, tok, &o, &t, err, sizeof err)) {
+        fprintf(stderr, "trainer: %s\n", err);
+        return 1;
+    }
+    free(cfgtext);
+    size_t np = enc_adamw_count(enc_trainer_optimizer(t));
+    float *x = malloc(16 * 64 * 64 * sizeof *x);
+    uint64_t s = 7;
+    for (int i = 0; i < 64; i++) {
+        for (int j = 0; j < 16 * 64 * 64; j++)
+            x[j] = frand(&s);
+        if (enc_trainer_add(t, ENC_VOLUME, x, REPORTS[i % 4], err, sizeof err) ||
+            enc_trainer_add(t, ENC_IMAGE, x, REPORTS[(i + 1) % 4], err, sizeof err)) {
+            fprintf(stderr, "items: %s\n", err);
+            return 1;
+        }
+    }
+    free(x);
+    printf("default preset: %.2fM parameters; batch %d volumes + %d radiographs + %d slices; "
+           "%d threads\n",
+           np * 1e-6, o.batch_volumes, o.batch_images, o.batch_volumes * o.slice_k, o.threads);
+    double flops = enc_trainer_step_flops(t);
+    enc_trainer_stats st;
+    if (enc_trainer_step(t, &st, err, sizeof err)) { /* warm-up: plans the states */
+        fprintf(stderr, "step: %s\n", err);
+        return 1;
+    }
+    double t0 = now();
+    for (int i = 0; i < steps; i++)
+        if (enc_trainer_step(t, &st, err, sizeof err)) {
+            fprintf(stderr, "step: %s\n", err);
+            return 1;
+        }
+    double el = now() - t0;
+    enc_trainer_free(t);
+    enc_tok_free(tok);
+    openblas_set_num_threads(o.threads);
+    double peak = sgemm_peak(2048, 3);
+    double gf = flops * steps / el * 1e-9;
+    printf("%d steps in %.2f s: %.3f s/step, %.1f samples/s, %.2f GFLOP/step, %.1f GFLOP/s\n",
+           steps, el, el / steps, st.samples * steps / el, flops * 1e-9, gf);
+    printf("sgemm peak (2048^3, OpenBLAS, %d threads, best of 3): %.1f GFLOP/s; training at "
+           "%.0f%% of it\n",
+           o.threads, peak, 100 * gf / peak);
+    return 0;
+}

@@ -1,0 +1,481 @@
+/* cmd_train.c - medsem train: contrastive pre-training on a manifest of
+ * (volume or radiograph, report) pairs into a model directory. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "encoder/encoder.h"
+#include "encoder/preprocess.h"
+#include "encoder/tokenizer.h"
+#include "encoder/train.h"
+#include "encoder/trainer.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: medsem train --manifest FILE --out MODEL_DIR [options]\n"
+            "\n"
+            "Trains a medsem dual encoder on a JSONL manifest of volumes and radiographs with\n"
+            "their reports (\"file\" relative to the manifest's folder, \"kind\" volume|image,\n"
+            "\"modality\", \"report\"; as 'medsem synth' writes) and writes MODEL_DIR/config.json,\n"
+            "model.safetensors and vocab.txt.  See docs/training.md.\n"
+            "\n"
+            "  --config FILE        model config.json (default: the built-in preset)\n"
+            "  --vocab FILE         vocab.txt to use (default: MODEL_DIR/vocab.txt if present,\n"
+            "                       else one built from the manifest's reports)\n"
+            "  --vocab-size N       tokens of a built vocabulary (default 1000)\n"
+            "  --steps N            optimizer steps (default 1000)\n"
+            "  --batch-volumes N    volumes per step (default 16)\n"
+            "  --batch-images N     radiographs per step (default 16)\n"
+            "  --slice-k K          slices picked per volume by attention (default 2; 0: off)\n"
+            "  --consistency W      weight of the 2D-3D consistency loss (default 0.5)\n"
+            "  --soft-alpha A       soft targets from report finding tags (default 0: off)\n"
+            "  --lr X               peak learning rate (default 3e-4)\n"
+            "  --weight-decay X     AdamW weight decay (default 0.05)\n"
+            "  --warmup N           warmup steps (default: 5%% of --steps)\n"
+            "  --clip X             gradient norm clip (default 1; 0: off)\n"
+            "  --seed S             weights and batch order (default 1)\n"
+            "  --threads N          CPU threads (default: all cores)\n"
+            "  --checkpoint FILE    resumable checkpoint (default MODEL_DIR/train.ckpt)\n"
+            "  --ckpt-every N       checkpoint every N steps (default 100; 0: only at the end)\n"
+            "  --resume             continue from the checkpoint\n"
+            "  --stop-after N       stop (with a checkpoint) once N steps are done\n"
+            "  --log-every N        log line every N steps (default 10)\n");
+}
+
+typedef struct titem {
+    int is_volume;
+    char *path, *modality, *report;
+} titem;
+
+static char *sfield(cJSON *j, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    return v && cJSON_IsString(v) ? strdup(v->valuestring) : NULL;
+}
+
+static int load_manifest(const char *manifest, titem **out, size_t *n)
+{
+    FILE *f = fopen(manifest, "r");
+    if (!f) {
+        cli_error("%s: %s", manifest, strerror(errno));
+        return -1;
+    }
+    char *mcopy = strdup(manifest);
+    const char *base = mcopy ? dirname(mcopy) : ".";
+    char *line = NULL;
+    size_t cap = 0, lineno = 0, icap = 0;
+    ssize_t len;
+    titem *it = NULL;
+    int rc = 0;
+    *n = 0;
+    while (!rc && (len = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        if (len <= 1)
+            continue;
+        cJSON *j = cJSON_Parse(line);
+        char *kind = j ? sfield(j, "kind") : NULL, *file = j ? sfield(j, "file") : NULL;
+        titem t = {0};
+        if (!j || !cJSON_IsObject(j)) {
+            cli_error("%s:%zu: not a JSON object", manifest, lineno);
+            rc = -1;
+        } else if (!kind || (strcmp(kind, "volume") && strcmp(kind, "image"))) {
+            /* report-only items: nothing to pair */
+        } else if (!file || !(t.report = sfield(j, "report")) || !*t.report) {
+            cli_error("%s:%zu: a training item needs 'file' and a non-empty 'report'", manifest,
+                      lineno);
+            rc = -1;
+        } else {
+            t.is_volume = !strcmp(kind, "volume");
+            t.modality = sfield(j, "modality");
+            if (file[0] == '/')
+                t.path = strdup(file);
+            else if (asprintf(&t.path, "%s/%s", base, file) < 0)
+                t.path = NULL;
+            if (*n == icap) {
+                icap = icap ? 2 * icap : 256;
+                titem *ni = realloc(it, icap * sizeof *ni);
+                if (ni)
+                    it = ni;
+                else
+                    rc = -1;
+            }
+            if (!t.path)
+                rc = -1;
+            if (!rc) {
+                it[(*n)++] = t;
+                t = (titem){0};
+            } else {
+                cli_error("%s:%zu: out of memory", manifest, lineno);
+            }
+        }
+        free(t.path);
+        free(t.modality);
+        free(t.report);
+        free(kind);
+        free(file);
+        cJSON_Delete(j);
+    }
+    free(line);
+    free(mcopy);
+    fclose(f);
+    *out = it;
+    return rc;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    char chunk[8192];
+    size_t r;
+    while (m && (r = fread(chunk, 1, sizeof chunk, f)) > 0)
+        fwrite(chunk, 1, r, m);
+    fclose(f);
+    if (!m || fclose(m)) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static int file_exists(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+/* Lines of a vocab.txt (its token count). */
+static long count_lines(const char *path)
+{
+    char *t = read_file(path);
+    if (!t)
+        return -1;
+    long n = 0;
+    for (char *p = t; *p; p++)
+        n += *p == '\n';
+    if (*t && t[strlen(t) - 1] != '\n')
+        n++;
+    free(t);
+    return n;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+    char *t = read_file(from);
+    if (!t)
+        return -1;
+    FILE *f = fopen(to, "wb");
+    int ok = f && fputs(t, f) >= 0;
+    if (f && fclose(f))
+        ok = 0;
+    free(t);
+    return ok ? 0 : -1;
+}
+
+static void fmt_time(double s, char *buf, size_t n)
+{
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, n, "%ldh%02ldm", t / 3600, t / 60 % 60);
+    else
+        snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+}
+
+int cmd_train(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"manifest", required_argument, 0, 'f'},   {"out", required_argument, 0, 'o'},
+        {"config", required_argument, 0, 'c'},     {"vocab", required_argument, 0, 'V'},
+        {"vocab-size", required_argument, 0, 'Z'}, {"steps", required_argument, 0, 's'},
+        {"batch-volumes", required_argument, 0, 'v'}, {"batch-images", required_argument, 0, 'i'},
+        {"slice-k", required_argument, 0, 'k'},    {"consistency", required_argument, 0, 'C'},
+        {"soft-alpha", required_argument, 0, 'a'}, {"lr", required_argument, 0, 'l'},
+        {"weight-decay", required_argument, 0, 'w'}, {"warmup", required_argument, 0, 'W'},
+        {"clip", required_argument, 0, 'g'},       {"seed", required_argument, 0, 'S'},
+        {"threads", required_argument, 0, 'T'},    {"checkpoint", required_argument, 0, 'K'},
+        {"ckpt-every", required_argument, 0, 'e'}, {"resume", no_argument, 0, 'r'},
+        {"stop-after", required_argument, 0, 'x'}, {"log-every", required_argument, 0, 'L'},
+        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+    const char *manifest = NULL, *outdir = NULL, *config = NULL, *vocab = NULL, *ckpt = NULL;
+    uint64_t steps = 1000, vocab_size = 1000, threads = 0, seed = 1, ckpt_every = 100,
+             log_every = 10, stop_after = 0, warmup = UINT64_MAX, u;
+    enc_trainer_opts to = ENC_TRAINER_OPTS_INIT;
+    int resume = 0, c;
+    double d;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'f': manifest = optarg; break;
+        case 'o': outdir = optarg; break;
+        case 'c': config = optarg; break;
+        case 'V': vocab = optarg; break;
+        case 'K': ckpt = optarg; break;
+        case 'r': resume = 1; break;
+        case 'Z': case 's': case 'v': case 'i': case 'k': case 'W': case 'S': case 'T':
+        case 'e': case 'x': case 'L':
+            if (cli_parse_u64(optarg, c == 'Z' || c == 's' || c == 'L' || c == 'T' ? 1 : 0,
+                              c == 'S' ? UINT64_MAX : 100000000, &u)) {
+                cli_error("--%s '%s': expected a non-negative integer",
+                          c == 'Z' ? "vocab-size" : c == 's' ? "steps" : "option", optarg);
+                return CLI_BAD_INPUT;
+            }
+            if (c == 'Z') vocab_size = u;
+            if (c == 's') steps = u;
+            if (c == 'v') to.batch_volumes = (int)u;
+            if (c == 'i') to.batch_images = (int)u;
+            if (c == 'k') to.slice_k = (int)u;
+            if (c == 'W') warmup = u;
+            if (c == 'S') seed = u;
+            if (c == 'T') threads = u;
+            if (c == 'e') ckpt_every = u;
+            if (c == 'x') stop_after = u;
+            if (c == 'L') log_every = u;
+            break;
+        case 'C': case 'a': case 'l': case 'w': case 'g':
+            if (cli_parse_double(optarg, &d) || !(d >= 0) || d > 1e6) {
+                cli_error("'%s': expected a non-negative number", optarg);
+                return CLI_BAD_INPUT;
+            }
+            if (c == 'C') to.consistency = (float)d;
+            if (c == 'a') to.soft_alpha = (float)d;
+            if (c == 'l') to.lr = d;
+            if (c == 'w') to.weight_decay = d;
+            if (c == 'g') to.clip = d;
+            break;
+        case 'h': usage(stdout); return CLI_OK;
+        default: usage(stderr); return CLI_USAGE;
+        }
+    }
+    if (optind < argc || !manifest || !outdir) {
+        cli_error("train needs --manifest and --out");
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    to.seed = seed;
+    to.threads = (int)threads;
+    to.total_steps = (int64_t)steps;
+    to.warmup = warmup == UINT64_MAX ? (int64_t)(steps / 20) : (int64_t)warmup;
+
+    int rc = CLI_BAD_INPUT;
+    titem *items = NULL;
+    size_t n = 0;
+    char *cfgtext = NULL, *vpath = NULL, *ckpath = NULL, err[1024];
+    cJSON *cfg = NULL;
+    enc_tok *tok = NULL;
+    enc_trainer *t = NULL;
+    enc_pipeline *pl = NULL;
+    float *buf = NULL;
+    int *bad = NULL;
+
+    if (load_manifest(manifest, &items, &n))
+        goto out;
+    if (n == 0) {
+        cli_error("%s: no volume or image items to train on", manifest);
+        goto out;
+    }
+    if (mkdir(outdir, 0777) && errno != EEXIST) {
+        cli_error("%s: %s", outdir, strerror(errno));
+        goto out;
+    }
+    /* the vocabulary */
+    if (asprintf(&vpath, "%s/vocab.txt", outdir) < 0) {
+        vpath = NULL;
+        goto oom;
+    }
+    if (vocab) {
+        if (copy_file(vocab, vpath)) {
+            cli_error("%s: cannot copy to %s: %s", vocab, vpath, strerror(errno));
+            goto out;
+        }
+    } else if (!file_exists(vpath)) {
+        const char **texts = malloc(n * sizeof *texts);
+        char **tokens = NULL;
+        size_t ntok = 0;
+        if (!texts)
+            goto oom;
+        for (size_t i = 0; i < n; i++)
+            texts[i] = items[i].report;
+        int e = enc_vocab_build(texts, n, (size_t)vocab_size, NULL, &tokens, &ntok);
+        free(texts);
+        if (e) {
+            cli_error("%s: building the vocabulary: %s", manifest, enc_strerror(e));
+            goto out;
+        }
+        e = enc_vocab_write(vpath, (const char *const *)tokens, ntok, err, sizeof err);
+        enc_vocab_free(tokens, ntok);
+        if (e) {
+            cli_error("%s", err);
+            goto out;
+        }
+    }
+    long nvocab = count_lines(vpath);
+    /* the config: vocab_size from the vocabulary */
+    if (config) {
+        if (!(cfgtext = read_file(config))) {
+            cli_error("%s: %s", config, strerror(errno));
+            goto out;
+        }
+    } else if (!(cfgtext = strdup(enc_trainer_default_config()))) {
+        goto oom;
+    }
+    cfg = cJSON_Parse(cfgtext);
+    cJSON *text = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "text") : NULL;
+    if (!cfg || !cJSON_IsObject(text)) {
+        cli_error("%s: not a medsem config.json (no 'text' object)", config ? config : "preset");
+        goto out;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(text, "vocab_size");
+    cJSON_AddNumberToObject(text, "vocab_size", (double)nvocab);
+    cJSON *lc = cJSON_GetObjectItemCaseSensitive(text, "lower_case");
+    int lower = !lc || !cJSON_IsBool(lc) || cJSON_IsTrue(lc);
+    free(cfgtext);
+    cfgtext = cJSON_PrintUnformatted(cfg);
+    if (!cfgtext)
+        goto oom;
+    enc_tok_opts tko = ENC_TOK_OPTS_INIT;
+    tko.lower_case = lower;
+    if (enc_tok_load(vpath, &tko, &tok, err, sizeof err) ||
+        enc_trainer_new(cfgtext, tok, &to, &t, err, sizeof err) ||
+        enc_trainer_save(t, outdir, err, sizeof err) ||
+        enc_pipeline_open(outdir, (int)threads, &pl, err, sizeof err)) {
+        cli_error("%s", err);
+        goto out;
+    }
+    /* Preprocess everything once, as the pipeline would at encode time. */
+    const enc_prep *pp = enc_pipeline_prep(pl);
+    size_t vc = enc_prep_volume_count(pp), ic = enc_prep_image_count(pp);
+    size_t per = vc > ic ? vc : ic;
+    buf = malloc(n * per * sizeof *buf);
+    bad = calloc(n, sizeof *bad);
+    if (!buf || !bad)
+        goto oom;
+    double t0 = cli_now();
+    int failed = 0;
+    int nth = threads ? (int)threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nth > 0 ? nth : 1)
+    for (size_t i = 0; i < n; i++) {
+        char e[1024];
+        enc_modality m = enc_modality_parse(items[i].modality);
+        int r = items[i].is_volume ? enc_prep_volume(items[i].path, m, pp, buf + i * per, e, sizeof e)
+                                   : enc_prep_image(items[i].path, m, pp, buf + i * per, e, sizeof e);
+        if (r) {
+#pragma omp critical
+            {
+                cli_error("%s", e);
+                failed = 1;
+            }
+            bad[i] = 1;
+        }
+    }
+    if (failed)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        if (enc_trainer_add(t, items[i].is_volume ? ENC_VOLUME : ENC_IMAGE, buf + i * per,
+                            items[i].report, err, sizeof err)) {
+            cli_error("%s: item %zu: %s", manifest, i + 1, err);
+            goto out;
+        }
+    free(buf);
+    buf = NULL;
+    enc_pipeline_close(pl);
+    pl = NULL;
+    fprintf(stderr, "medsem train: %zu volumes, %zu radiographs preprocessed in %.1f s; vocabulary %ld tokens\n",
+            enc_trainer_items(t, ENC_VOLUME), enc_trainer_items(t, ENC_IMAGE), cli_now() - t0,
+            nvocab);
+
+    if (ckpt)
+        ckpath = strdup(ckpt);
+    else if (asprintf(&ckpath, "%s/train.ckpt", outdir) < 0)
+        ckpath = NULL;
+    if (!ckpath)
+        goto oom;
+    if (resume) {
+        if (enc_trainer_ckpt_read(t, ckpath, err, sizeof err)) {
+            cli_error("%s", err);
+            goto out;
+        }
+        fprintf(stderr, "medsem train: resumed from %s at step %lld\n", ckpath,
+                (long long)enc_trainer_steps(t));
+    }
+    int64_t end = (int64_t)steps;
+    if (stop_after && (int64_t)stop_after < end)
+        end = (int64_t)stop_after;
+    double start = cli_now(), flops = enc_trainer_step_flops(t), samples = 0, lsum = 0;
+    int64_t first = enc_trainer_steps(t), nlog = 0;
+    while (enc_trainer_steps(t) < end) {
+        enc_trainer_stats st;
+        if (enc_trainer_step(t, &st, err, sizeof err)) {
+            cli_error("step %lld: %s", (long long)enc_trainer_steps(t) + 1, err);
+            goto out;
+        }
+        samples += st.samples;
+        lsum += st.loss;
+        nlog++;
+        if (st.skipped)
+            fprintf(stderr, "medsem train: step %lld: non-finite gradient, update skipped\n",
+                    (long long)st.step);
+        if (st.step % (int64_t)log_every == 0 || st.step == end) {
+            double el = cli_now() - start, rate = samples / (el > 0 ? el : 1e-9);
+            double sps = (double)(st.step - first) / (el > 0 ? el : 1e-9);
+            char eta[32];
+            fmt_time((double)((int64_t)steps - st.step) / (sps > 0 ? sps : 1e-9), eta, sizeof eta);
+            printf("step %6lld/%llu  loss %.4f (clip %.4f cons %.4f, mean %.4f)  lr %.2e  T %.4f  "
+                   "|g| %.3f  %.1f samples/s  %.1f GFLOP/s  ETA %s\n",
+                   (long long)st.step, (unsigned long long)steps, st.loss, st.clip_loss,
+                   st.cons_loss, lsum / (double)nlog, st.lr, st.temperature, st.grad_norm, rate,
+                   flops * (double)(st.step - first) / (el > 0 ? el : 1e-9) / 1e9, eta);
+            fflush(stdout);
+            lsum = 0;
+            nlog = 0;
+        }
+        if (ckpt_every && st.step % (int64_t)ckpt_every == 0 &&
+            enc_trainer_ckpt_write(t, ckpath, err, sizeof err)) {
+            cli_error("%s", err);
+            goto out;
+        }
+    }
+    if (enc_trainer_ckpt_write(t, ckpath, err, sizeof err) ||
+        enc_trainer_save(t, outdir, err, sizeof err)) {
+        cli_error("%s", err);
+        goto out;
+    }
+    fprintf(stderr, "medsem train: %lld steps; model written to %s\n",
+            (long long)enc_trainer_steps(t), outdir);
+    rc = CLI_OK;
+    goto out;
+oom:
+    cli_error("out of memory");
+out:
+    free(bad);
+    free(buf);
+    enc_pipeline_close(pl);
+    enc_trainer_free(t);
+    enc_tok_free(tok);
+    cJSON_Delete(cfg);
+    free(cfgtext);
+    free(vpath);
+    free(ckpath);
+    for (size_t i = 0; i < n; i++) {
+        free(items[i].path);
+        free(items[i].modality);
+        free(items[i].report);
+    }
+    free(items);
+    return rc;
+}

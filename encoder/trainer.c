@@ -1,0 +1,888 @@
+/* trainer.c - contrastive pre-training of a medsem model: batches of volumes,
+ * radiographs and UniMedI slice pseudo-images against their reports
+ * (encoder/trainer.h, docs/training.md). */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "encoder/internal.h"
+#include "encoder/safetensors.h"
+#include "encoder/trainer.h"
+
+/* ---- batch generator: xoshiro256** seeded through splitmix64 ---------------------- */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(uint64_t s[4])
+{
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+/* Uniform in [0, n), n > 0, without modulo bias (Lemire's rejection). */
+static size_t rng_below(uint64_t s[4], size_t n)
+{
+    uint64_t lim = UINT64_MAX - UINT64_MAX % n, r;
+    do
+        r = rng_next(s);
+    while (r >= lim);
+    return (size_t)(r % n);
+}
+
+/* The default preset (docs/training.md): a volume's axial slice is directly a
+ * 2D input (64 x 64), so slice selection needs no resampling.  The synthetic
+ * chest CTs cover ~370-440 mm across and ~260-310 mm along z: 64 x 6.5 mm and
+ * 16 x 17.5 mm hold the whole chest.  Inputs are centred ((x - 0.5) / 0.25
+ * after the [0, 1] mapping).  text.vocab_size is set from vocab.txt. */
+static const char DEFAULT_CONFIG[] =
+    "{\"architecture\":\"medsem\",\"embed_dim\":128,\"logit_scale\":2.6592,"
+    "\"vision\":{\"hidden_size\":128,\"num_layers\":4,\"num_heads\":4,\"mlp_dim\":256,"
+    "\"layer_norm_eps\":1e-6,\"in_channels\":1,\"image_size\":[64,64],\"patch_size\":[8,8],"
+    "\"volume_size\":[16,64,64],\"volume_patch_size\":[4,8,8]},"
+    "\"text\":{\"vocab_size\":1000,\"hidden_size\":128,\"num_layers\":2,\"num_heads\":4,"
+    "\"intermediate_size\":256,\"max_position_embeddings\":128,\"type_vocab_size\":2,"
+    "\"layer_norm_eps\":1e-12,\"max_len\":128,\"lower_case\":true},"
+    "\"preprocess\":{\"spacing_3d\":[6.5,6.5,17.5],\"ct_window\":[-1000,400],"
+    "\"mr_percentiles\":[0.5,99.5],\"mean\":[0.5],\"std\":[0.25]}}";
+
+const char *enc_trainer_default_config(void) { return DEFAULT_CONFIG; }
+
+/* ---- the trainer ------------------------------------------------------------------- */
+
+/* The items of one kind: inputs, token ids and finding tags, each in one
+ * growing array (items are only added before training). */
+typedef struct itemset {
+    float *x;
+    int32_t *ids, *mask;
+    int32_t *tags;
+    size_t *tag_off; /* n + 1 */
+    size_t n, cap, ntags, tagcap;
+} itemset;
+
+#define NRNG 5 /* the generator's 4 words and the count of skipped updates */
+
+struct enc_trainer {
+    enc_trainer_opts o;
+    char *config;
+    const enc_tok *tok;
+    enc_model *m;
+    enc_grads *g;
+    enc_adamw *opt;
+    size_t nparam; /* model tensors; the optimizer has one more: the log temperature */
+    float *P, *G;  /* flat parameter and gradient arenas in the optimizer's layout */
+    enc_input_geom gv, gi, gt;
+    int has_img, has_vol, E, L;
+    size_t vcount, icount; /* floats per volume / image input */
+    itemset set[2];        /* [ENC_IMAGE], [ENC_VOLUME] */
+    uint64_t rng[NRNG];
+    int started;
+    /* per-step buffers, planned at the first step */
+    enc_state *sv, *si, *st;
+    float *vin, *iin, *ev, *ei, *et, *a, *b, *da, *db, *det, *targets, *t0, *work;
+    int32_t *bids, *bmask, *btags;
+    size_t *btag_off, *src, *cnt, *pick_v, *pick_i;
+    int *slices;
+};
+
+static int vol_slice_ok(const enc_trainer *t, char *errbuf, size_t errlen)
+{
+    if (t->o.slice_k <= 0)
+        return ENC_OK;
+    if (!t->has_img || !t->has_vol)
+        return enc__fail(errbuf, errlen, ENC_INVAL, "slice selection needs a 2D and a 3D input");
+    if (t->gv.size[1] != t->gi.size[1] || t->gv.size[2] != t->gi.size[2] ||
+        t->gv.channels != t->gi.channels)
+        return enc__fail(errbuf, errlen, ENC_INVAL,
+                         "slice selection needs volume_size H, W (%d, %d) equal to image_size "
+                         "(%d, %d)",
+                         t->gv.size[1], t->gv.size[2], t->gi.size[1], t->gi.size[2]);
+    if (t->o.slice_k > t->gv.size[0])
+        return enc__fail(errbuf, errlen, ENC_INVAL, "slice_k %d is more than the volume's %d slices",
+                         t->o.slice_k, t->gv.size[0]);
+    return ENC_OK;
+}
+
+int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_trainer_opts *o,
+                    enc_trainer **out, char *errbuf, size_t errlen)
+{
+    enc_trainer_opts d = ENC_TRAINER_OPTS_INIT;
+    if (o == NULL)
+        o = &d;
+    if (o->batch_volumes < 0 || o->batch_images < 0 || o->batch_volumes + o->batch_images < 2 ||
+        o->slice_k < 0 || !(o->consistency >= 0) || !(o->soft_alpha >= 0) || !(o->lr >= 0) ||
+        !(o->clip >= 0) || o->warmup < 0 || o->total_steps < 0 || !(o->lr_floor >= 0) ||
+        o->lr_floor > 1)
+        return enc__fail(errbuf, errlen, ENC_INVAL,
+                         "trainer options out of range (batch sizes, slice_k, weights, lr)");
+    enc_trainer *t = calloc(1, sizeof *t);
+    if (!t)
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+    t->o = *o;
+    t->tok = tok;
+    int rc = ENC_OK;
+    enc_param *table = NULL;
+    t->config = strdup(config_json);
+    if (!t->config) {
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        goto bad;
+    }
+    enc_model_opts mo = {.nthreads = o->threads, .no_id = 1, .trainable = 1};
+    if ((rc = enc_model_new_random(config_json, o->seed, &mo, &t->m, errbuf, errlen)))
+        goto bad;
+    if (strcmp(enc_model_arch(t->m), "medsem")) {
+        rc = enc__fail(errbuf, errlen, ENC_INVAL, "the trainer makes medsem models, not %s",
+                       enc_model_arch(t->m));
+        goto bad;
+    }
+    t->has_img = !enc_model_geom(t->m, ENC_IMAGE, &t->gi);
+    t->has_vol = !enc_model_geom(t->m, ENC_VOLUME, &t->gv);
+    if (enc_model_geom(t->m, ENC_TEXT, &t->gt)) {
+        rc = enc__fail(errbuf, errlen, ENC_INVAL, "the model has no text encoder");
+        goto bad;
+    }
+    if (tok && enc_tok_vocab_size(tok) != (size_t)t->gt.vocab_size) {
+        rc = enc__fail(errbuf, errlen, ENC_INVAL,
+                       "the vocabulary has %zu tokens, the config's text.vocab_size %d",
+                       enc_tok_vocab_size(tok), t->gt.vocab_size);
+        goto bad;
+    }
+    if ((rc = vol_slice_ok(t, errbuf, errlen)))
+        goto bad;
+    t->E = enc_model_embed_dim(t->m);
+    t->L = t->gt.tokens;
+    t->vcount = t->has_vol ? (size_t)t->gv.channels * t->gv.size[0] * t->gv.size[1] * t->gv.size[2]
+                           : 0;
+    t->icount = t->has_img ? (size_t)t->gi.channels * t->gi.size[1] * t->gi.size[2] : 0;
+    if ((rc = enc_grads_new(t->m, &t->g))) {
+        rc = enc__fail(errbuf, errlen, rc, "cannot allocate the gradients");
+        goto bad;
+    }
+    t->nparam = enc_model_param_count(t->m);
+    table = calloc(t->nparam + 1, sizeof *table);
+    if (!table) {
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        goto bad;
+    }
+    for (size_t i = 0; i < t->nparam; i++)
+        enc_model_param(t->m, i, &table[i]);
+    table[t->nparam] = (enc_param){.name = "logit_scale", .rank = 1, .shape = {1}, .count = 1};
+    enc_adamw_opts ao = ENC_ADAMW_OPTS_INIT;
+    ao.weight_decay = o->weight_decay;
+    if ((rc = enc_adamw_new(table, t->nparam + 1, &ao, &t->opt, errbuf, errlen)))
+        goto bad;
+    size_t count = enc_adamw_count(t->opt);
+    t->P = malloc(count * sizeof *t->P);
+    t->G = calloc(count, sizeof *t->G);
+    if (!t->P || !t->G) {
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu parameters", count);
+        goto bad;
+    }
+    for (size_t i = 0; i < t->nparam; i++)
+        memcpy(t->P + enc_adamw_offset(t->opt, i), table[i].data, table[i].count * sizeof(float));
+    t->P[enc_adamw_offset(t->opt, t->nparam)] = enc_model_logit_scale(t->m);
+    uint64_t x = o->seed ^ 0x6d656473656d7472ULL; /* "medsemtr" */
+    for (int i = 0; i < 4; i++)
+        t->rng[i] = splitmix64(&x);
+    t->rng[4] = 0;
+    free(table);
+    *out = t;
+    return ENC_OK;
+bad:
+    free(table);
+    enc_trainer_free(t);
+    return rc;
+}
+
+static void itemset_free(itemset *s)
+{
+    free(s->x);
+    free(s->ids);
+    free(s->mask);
+    free(s->tags);
+    free(s->tag_off);
+}
+
+void enc_trainer_free(enc_trainer *t)
+{
+    if (!t)
+        return;
+    enc_state_free(t->sv);
+    enc_state_free(t->si);
+    enc_state_free(t->st);
+    float *fb[] = {t->vin, t->iin, t->ev, t->ei, t->et, t->a,       t->b,    t->da,
+                   t->db,  t->det, t->targets, t->t0, t->work, t->P, t->G};
+    for (size_t i = 0; i < sizeof fb / sizeof *fb; i++)
+        free(fb[i]);
+    free(t->bids);
+    free(t->bmask);
+    free(t->btags);
+    free(t->btag_off);
+    free(t->src);
+    free(t->cnt);
+    free(t->pick_v);
+    free(t->pick_i);
+    free(t->slices);
+    itemset_free(&t->set[0]);
+    itemset_free(&t->set[1]);
+    enc_adamw_free(t->opt);
+    enc_grads_free(t->g);
+    enc_model_free(t->m);
+    free(t->config);
+    free(t);
+}
+
+int enc_trainer_add(enc_trainer *t, enc_kind kind, const float *x, const char *report,
+                    char *errbuf, size_t errlen)
+{
+    if (t->started)
+        return enc__fail(errbuf, errlen, ENC_INVAL, "items cannot be added after training started");
+    if ((kind == ENC_IMAGE && !t->has_img) || (kind == ENC_VOLUME && !t->has_vol) ||
+        kind == ENC_TEXT)
+        return enc__fail(errbuf, errlen, ENC_INVAL, "the model does not take this kind of input");
+    if (!t->tok)
+        return enc__fail(errbuf, errlen, ENC_INVAL, "the trainer has no tokenizer");
+    itemset *s = &t->set[kind];
+    size_t per = kind == ENC_VOLUME ? t->vcount : t->icount, L = (size_t)t->L;
+    if (s->n == s->cap) {
+        size_t nc = s->cap ? 2 * s->cap : 64;
+        float *nx = realloc(s->x, nc * per * sizeof *nx);
+        if (nx)
+            s->x = nx;
+        int32_t *ni = realloc(s->ids, nc * L * sizeof *ni);
+        if (ni)
+            s->ids = ni;
+        int32_t *nm = realloc(s->mask, nc * L * sizeof *nm);
+        if (nm)
+            s->mask = nm;
+        size_t *no = realloc(s->tag_off, (nc + 1) * sizeof *no);
+        if (no)
+            s->tag_off = no;
+        if (!nx || !ni || !nm || !no)
+            return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items", nc);
+        s->cap = nc;
+        if (s->n == 0)
+            s->tag_off[0] = 0;
+    }
+    size_t got;
+    int rc = enc_tok_encode(t->tok, report ? report : "", L, s->ids + s->n * L,
+                            s->mask + s->n * L, &got, errbuf, errlen);
+    if (rc)
+        return rc;
+    int32_t tags[ENC_REPORT_MAX_TAGS];
+    int nt = enc_report_tags(report ? report : "", tags, ENC_REPORT_MAX_TAGS);
+    if (s->ntags + (size_t)nt > s->tagcap) {
+        size_t nc = s->tagcap ? 2 * s->tagcap : 256;
+        while (nc < s->ntags + (size_t)nt)
+            nc *= 2;
+        int32_t *ng = realloc(s->tags, nc * sizeof *ng);
+        if (!ng)
+            return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        s->tags = ng;
+        s->tagcap = nc;
+    }
+    memcpy(s->tags + s->ntags, tags, (size_t)nt * sizeof *tags);
+    s->ntags += (size_t)nt;
+    memcpy(s->x + s->n * per, x, per * sizeof *x);
+    s->n++;
+    s->tag_off[s->n] = s->ntags;
+    return ENC_OK;
+}
+
+size_t enc_trainer_items(const enc_trainer *t, enc_kind kind)
+{
+    return kind == ENC_TEXT ? 0 : t->set[kind].n;
+}
+
+int64_t enc_trainer_steps(const enc_trainer *t)
+{
+    return enc_adamw_steps(t->opt) + (int64_t)t->rng[4];
+}
+
+enc_model *enc_trainer_model(enc_trainer *t) { return t->m; }
+const float *enc_trainer_params(const enc_trainer *t) { return t->P; }
+const enc_adamw *enc_trainer_optimizer(const enc_trainer *t) { return t->opt; }
+
+/* Batch shape of the next step: volumes, radiographs, slices per volume. */
+static void batch_shape(const enc_trainer *t, int *nv, int *ni, int *k)
+{
+    *nv = t->set[ENC_VOLUME].n ? t->o.batch_volumes : 0;
+    *ni = t->set[ENC_IMAGE].n ? t->o.batch_images : 0;
+    *k = *nv ? t->o.slice_k : 0;
+}
+
+/* Plans the states and buffers of a step once: everything the hot loop uses. */
+static int plan(enc_trainer *t, char *errbuf, size_t errlen)
+{
+    int nv, ni, K;
+    batch_shape(t, &nv, &ni, &K);
+    int nb = nv + ni, nimg = ni + nv * K, N = nb + nv * K;
+    if (nb < 2)
+        return enc__fail(errbuf, errlen, ENC_INVAL,
+                         "a step needs at least two pairs (%d volumes, %d radiographs)", nv, ni);
+    int rc;
+    enc_state_opts vo = {.flags = ENC_STATE_TRAIN | (K ? ENC_STATE_CLSATT : 0)};
+    enc_state_opts so = {.flags = ENC_STATE_TRAIN};
+    if (nv && (rc = enc_state_new(t->m, ENC_VOLUME, nv, &vo, &t->sv, errbuf, errlen)))
+        return rc;
+    if (nimg && (rc = enc_state_new(t->m, ENC_IMAGE, nimg, &so, &t->si, errbuf, errlen)))
+        return rc;
+    if ((rc = enc_state_new(t->m, ENC_TEXT, nb, &so, &t->st, errbuf, errlen)))
+        return rc;
+    size_t E = (size_t)t->E, L = (size_t)t->L;
+    t->vin = malloc(((size_t)nv * t->vcount + 1) * sizeof(float));
+    t->iin = malloc(((size_t)nimg * t->icount + 1) * sizeof(float));
+    t->ev = malloc(((size_t)nv + 1) * E * sizeof(float));
+    t->ei = malloc(((size_t)nimg + 1) * E * sizeof(float));
+    t->et = malloc((size_t)nb * E * sizeof(float));
+    t->a = malloc((size_t)N * E * sizeof(float));
+    t->b = malloc((size_t)N * E * sizeof(float));
+    t->da = malloc((size_t)N * E * sizeof(float));
+    t->db = malloc((size_t)N * E * sizeof(float));
+    t->det = malloc((size_t)nb * E * sizeof(float));
+    t->targets = malloc((size_t)N * N * sizeof(float));
+    t->t0 = malloc((size_t)nb * nb * sizeof(float));
+    t->work = malloc(enc_loss_clip_work_floats(N) * sizeof(float));
+    t->bids = malloc((size_t)nb * L * sizeof(int32_t));
+    t->bmask = malloc((size_t)nb * L * sizeof(int32_t));
+    t->btags = malloc((size_t)nb * ENC_REPORT_MAX_TAGS * sizeof(int32_t));
+    t->btag_off = malloc(((size_t)nb + 1) * sizeof(size_t));
+    t->src = malloc((size_t)N * sizeof(size_t));
+    t->cnt = malloc((size_t)nb * sizeof(size_t));
+    t->pick_v = malloc(((size_t)nv + 1) * sizeof(size_t));
+    t->pick_i = malloc(((size_t)ni + 1) * sizeof(size_t));
+    t->slices = malloc(((size_t)nv * K + 1) * sizeof(int));
+    if (!t->vin || !t->iin || !t->ev || !t->ei || !t->et || !t->a || !t->b || !t->da || !t->db ||
+        !t->det || !t->targets || !t->t0 || !t->work || !t->bids || !t->bmask || !t->btags ||
+        !t->btag_off || !t->src || !t->cnt || !t->pick_v || !t->pick_i || !t->slices)
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for the step buffers");
+    t->started = 1;
+    return ENC_OK;
+}
+
+void enc_slice_select(const float *att, const int grid[3], int patch_d, int k, int *slices)
+{
+    int Dp = grid[0], per = grid[1] * grid[2];
+    /* Dp is small (a volume has at most a few hundred slices): rank the
+     * group scores by selection, ties to the lower group. */
+    double score[1024];
+    int rank[1024], used[1024];
+    if (Dp > 1024)
+        Dp = 1024;
+    for (int g = 0; g < Dp; g++) {
+        double s = 0;
+        for (int j = 0; j < per; j++)
+            s += att[(size_t)g * per + j];
+        score[g] = s;
+        used[g] = 0;
+    }
+    for (int r = 0; r < Dp; r++) {
+        int best = -1;
+        for (int g = 0; g < Dp; g++)
+            if (!used[g] && (best < 0 || score[g] > score[best]))
+                best = g;
+        used[best] = 1;
+        rank[r] = best;
+    }
+    for (int i = 0; i < k; i++) {
+        int g = rank[i % Dp], r = i / Dp;
+        /* offsets from the centre: 0, -1, +1, -2, +2, ... */
+        int off = patch_d / 2 + (r % 2 ? -(r + 1) / 2 : r / 2);
+        if (off < 0)
+            off += patch_d;
+        if (off >= patch_d)
+            off -= patch_d;
+        slices[i] = g * patch_d + off;
+    }
+}
+
+int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t errlen)
+{
+    int rc;
+    if (!t->started && (rc = plan(t, errbuf, errlen)))
+        return rc;
+    int nv, ni, K;
+    batch_shape(t, &nv, &ni, &K);
+    int nb = nv + ni, nimg = ni + nv * K, N = nb + nv * K, E = t->E, L = t->L;
+    itemset *V = &t->set[ENC_VOLUME], *I = &t->set[ENC_IMAGE];
+
+    /* 1. the batch */
+    for (int i = 0; i < nv; i++)
+        t->pick_v[i] = rng_below(t->rng, V->n);
+    for (int i = 0; i < ni; i++)
+        t->pick_i[i] = rng_below(t->rng, I->n);
+    size_t ntag = 0;
+    t->btag_off[0] = 0;
+    for (int r = 0; r < nb; r++) {
+        const itemset *s = r < nv ? V : I;
+        size_t j = r < nv ? t->pick_v[r] : t->pick_i[r - nv];
+        memcpy(t->bids + (size_t)r * L, s->ids + j * L, (size_t)L * sizeof(int32_t));
+        memcpy(t->bmask + (size_t)r * L, s->mask + j * L, (size_t)L * sizeof(int32_t));
+        size_t n = s->tag_off[j + 1] - s->tag_off[j];
+        memcpy(t->btags + ntag, s->tags + s->tag_off[j], n * sizeof(int32_t));
+        ntag += n;
+        t->btag_off[r + 1] = ntag;
+    }
+    for (int i = 0; i < nv; i++)
+        memcpy(t->vin + (size_t)i * t->vcount, V->x + t->pick_v[i] * t->vcount,
+               t->vcount * sizeof(float));
+    for (int i = 0; i < ni; i++)
+        memcpy(t->iin + (size_t)i * t->icount, I->x + t->pick_i[i] * t->icount,
+               t->icount * sizeof(float));
+
+    /* 2. volumes, then the slices their attention picks */
+    if (nv && (rc = enc_encode_volume(t->sv, t->vin, nv, t->ev)))
+        return enc__fail(errbuf, errlen, rc, "volumes: %s", enc_state_errmsg(t->sv));
+    if (K) {
+        const float *att = enc_state_cls_attention(t->sv);
+        int grid[3] = {t->gv.size[0] / t->gv.patch[0], t->gv.size[1] / t->gv.patch[1],
+                       t->gv.size[2] / t->gv.patch[2]};
+        size_t np = (size_t)grid[0] * grid[1] * grid[2], hw = (size_t)t->gv.size[1] * t->gv.size[2];
+        int D = t->gv.size[0];
+        for (int b = 0; b < nv; b++) {
+            enc_slice_select(att + b * np, grid, t->gv.patch[0], K, t->slices + b * K);
+            for (int k = 0; k < K; k++) {
+                float *dst = t->iin + ((size_t)ni + (size_t)b * K + k) * t->icount;
+                const float *vol = t->vin + (size_t)b * t->vcount;
+                for (int c = 0; c < t->gv.channels; c++)
+                    memcpy(dst + c * hw, vol + ((size_t)c * D + t->slices[b * K + k]) * hw,
+                           hw * sizeof(float));
+            }
+        }
+    }
+    if (nimg && (rc = enc_encode_image(t->si, t->iin, nimg, t->ei)))
+        return enc__fail(errbuf, errlen, rc, "images: %s", enc_state_errmsg(t->si));
+    if ((rc = enc_encode_text(t->st, t->bids, t->bmask, nb, L, t->et)))
+        return enc__fail(errbuf, errlen, rc, "reports: %s", enc_state_errmsg(t->st));
+
+    /* 3. the losses.  Rows: volumes, radiographs, slices (b, k) at nb + b K + k;
+     * src = the report each row is paired with. */
+    size_t es = (size_t)E * sizeof(float);
+    memcpy(t->a, t->ev, (size_t)nv * es);
+    memcpy(t->a + (size_t)nv * E, t->ei, (size_t)nimg * es);
+    for (int r = 0; r < nb; r++)
+        t->src[r] = (size_t)r;
+    for (int b = 0; b < nv; b++)
+        for (int k = 0; k < K; k++)
+            t->src[nb + b * K + k] = (size_t)b;
+    memset(t->cnt, 0, (size_t)nb * sizeof *t->cnt);
+    for (int r = 0; r < N; r++) {
+        t->cnt[t->src[r]]++;
+        memcpy(t->b + (size_t)r * E, t->et + t->src[r] * E, es);
+    }
+    const float *targets = NULL;
+    if (K || t->o.soft_alpha > 0) {
+        /* Rows sharing a report share its target mass: T'_ij = T_s(i)s(j) / n_s(j),
+         * which still sums to 1 over j. */
+        enc_loss_soft_targets(t->btags, t->btag_off, nb, t->o.soft_alpha, t->t0);
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++)
+                t->targets[(size_t)i * N + j] =
+                    t->t0[t->src[i] * nb + t->src[j]] / (float)t->cnt[t->src[j]];
+        targets = t->targets;
+    }
+    size_t ls_off = enc_adamw_offset(t->opt, t->nparam);
+    float log_scale = t->P[ls_off], dls = 0;
+    float clip_loss = enc_loss_clip_forward(t->a, t->b, N, E, log_scale, targets, t->work);
+    memset(t->da, 0, (size_t)N * es);
+    memset(t->db, 0, (size_t)N * es);
+    enc_loss_clip_backward(t->a, t->b, N, E, log_scale, targets, 1.0f, t->work, t->da, t->db,
+                           &dls);
+    float cons = 0;
+    if (K && t->o.consistency > 0) {
+        const float *sl = t->a + (size_t)nb * E;
+        cons = enc_loss_consistency_forward(t->a, sl, nv, K, E);
+        enc_loss_consistency_backward(t->a, sl, nv, K, E, t->o.consistency, t->da,
+                                      t->da + (size_t)nb * E);
+    }
+    memset(t->det, 0, (size_t)nb * es);
+    for (int r = 0; r < N; r++)
+        for (int e = 0; e < E; e++)
+            t->det[t->src[r] * E + e] += t->db[(size_t)r * E + e];
+
+    /* 4. backward, clip, update */
+    enc_grads_zero(t->g);
+    if (nv && (rc = enc_backward_volume(t->sv, t->da, t->g)))
+        return enc__fail(errbuf, errlen, rc, "volumes: %s", enc_state_errmsg(t->sv));
+    if (nimg && (rc = enc_backward_image(t->si, t->da + (size_t)nv * E, t->g)))
+        return enc__fail(errbuf, errlen, rc, "images: %s", enc_state_errmsg(t->si));
+    if ((rc = enc_backward_text(t->st, t->det, t->g)))
+        return enc__fail(errbuf, errlen, rc, "reports: %s", enc_state_errmsg(t->st));
+    for (size_t i = 0; i < t->nparam; i++) {
+        enc_param p;
+        enc_model_param(t->m, i, &p);
+        memcpy(t->G + enc_adamw_offset(t->opt, i), enc_grads_data(t->g, i),
+               p.count * sizeof(float));
+    }
+    t->G[ls_off] = dls;
+    float norm = enc_adamw_clip_grad_norm(t->opt, t->G, t->o.clip > 0 ? (float)t->o.clip : INFINITY);
+    enc_train_sched sched = {t->o.lr, t->o.warmup, t->o.total_steps, t->o.lr_floor};
+    double lr = enc_train_lr(&sched, enc_adamw_steps(t->opt));
+    int skipped = !isfinite(norm) || !isfinite(clip_loss) || !isfinite(cons);
+    if (skipped) {
+        t->rng[4]++;
+    } else {
+        enc_adamw_step(t->opt, t->P, t->G, lr);
+        for (size_t i = 0; i < t->nparam; i++) {
+            enc_param p;
+            enc_model_param(t->m, i, &p);
+            memcpy(enc_model_param_mut(t->m, i), t->P + enc_adamw_offset(t->opt, i),
+                   p.count * sizeof(float));
+        }
+    }
+    if (st) {
+        float s = expf(t->P[ls_off]);
+        *st = (enc_trainer_stats){
+            .step = enc_trainer_steps(t),
+            .loss = (double)clip_loss + t->o.consistency * (double)cons,
+            .clip_loss = clip_loss,
+            .cons_loss = cons,
+            .lr = lr,
+            .grad_norm = norm,
+            .temperature = 1.0 / (s > 100 ? 100 : s),
+            .samples = nv + nimg,
+            .skipped = skipped,
+        };
+    }
+    return ENC_OK;
+}
+
+/* Matrix-product FLOPs of one forward of a transformer tower over B inputs
+ * of T tokens (2 per multiply-add): qkv, projection, MLP, QK^T and PV. */
+static double tower_flops(const enc_input_geom *g, int mlp, double B, double T)
+{
+    double D = g->hidden_size, M = mlp;
+    return B * g->num_layers * (2 * T * (4 * D * D + 2 * D * M) + 4 * T * T * D);
+}
+
+double enc_trainer_step_flops(const enc_trainer *t)
+{
+    int nv, ni, K;
+    batch_shape(t, &nv, &ni, &K);
+    /* The MLP width is not in the geometry: read it from the parameter table
+     * (the first fc1 weight is [M, D]). */
+    int mv = 0, mt = 0;
+    for (size_t i = 0; i < t->nparam; i++) {
+        enc_param p;
+        enc_model_param(t->m, i, &p);
+        if (!mv && strstr(p.name, "vision.blocks.0.mlp.fc1.weight"))
+            mv = (int)p.shape[0];
+        if (!mt && strstr(p.name, "layer.0.intermediate.dense.weight"))
+            mt = (int)p.shape[0];
+    }
+    double f = 0, D = t->gv.hidden_size;
+    if (nv) {
+        double pv = (double)t->gv.channels * t->gv.patch[0] * t->gv.patch[1] * t->gv.patch[2];
+        f += tower_flops(&t->gv, mv, nv, t->gv.tokens) + 2.0 * nv * (t->gv.tokens - 1) * pv * D;
+    }
+    int nimg = ni + nv * K;
+    if (nimg) {
+        double pi = (double)t->gi.channels * t->gi.patch[1] * t->gi.patch[2];
+        f += tower_flops(&t->gi, mv, nimg, t->gi.tokens) + 2.0 * nimg * (t->gi.tokens - 1) * pi * D;
+    }
+    f += tower_flops(&t->gt, mt, nv + ni, t->L);
+    return 3 * f; /* forward + a backward of about twice its products */
+}
+
+/* ---- checkpoints and the model directory ------------------------------------------ */
+
+static char *hparams(const enc_trainer *t)
+{
+    char *s = NULL;
+    if (asprintf(&s,
+                 "{\"seed\":%llu,\"batch_volumes\":%d,\"batch_images\":%d,\"slice_k\":%d,"
+                 "\"consistency\":%.9g,\"soft_alpha\":%.9g,\"lr\":%.17g,\"weight_decay\":%.17g,"
+                 "\"clip\":%.17g,\"warmup\":%lld,\"total_steps\":%lld,\"lr_floor\":%.17g}",
+                 (unsigned long long)t->o.seed, t->o.batch_volumes, t->o.batch_images,
+                 t->o.slice_k, t->o.consistency, t->o.soft_alpha, t->o.lr, t->o.weight_decay,
+                 t->o.clip, (long long)t->o.warmup, (long long)t->o.total_steps,
+                 t->o.lr_floor) < 0)
+        return NULL;
+    return s;
+}
+
+int enc_trainer_ckpt_write(const enc_trainer *t, const char *path, char *errbuf, size_t errlen)
+{
+    char *hp = hparams(t);
+    if (!hp)
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+    int rc = enc_train_ckpt_write(path, t->opt, t->P, t->rng, NRNG, hp, errbuf, errlen);
+    free(hp);
+    return rc;
+}
+
+int enc_trainer_ckpt_read(enc_trainer *t, const char *path, char *errbuf, size_t errlen)
+{
+    int rc = enc_train_ckpt_read(path, t->opt, t->P, t->rng, NRNG, NULL, errbuf, errlen);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < t->nparam; i++) {
+        enc_param p;
+        enc_model_param(t->m, i, &p);
+        memcpy(enc_model_param_mut(t->m, i), t->P + enc_adamw_offset(t->opt, i),
+               p.count * sizeof(float));
+    }
+    return ENC_OK;
+}
+
+/* Writes text to path through a temporary file and a rename. */
+static int write_atomic(const char *path, const char *text, char *errbuf, size_t errlen)
+{
+    char *tmp = NULL;
+    if (asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0)
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fputs(text, f) >= 0;
+    if (f && fclose(f))
+        ok = 0;
+    if (!ok || rename(tmp, path)) {
+        int e = errno;
+        remove(tmp);
+        free(tmp);
+        return enc__fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(e));
+    }
+    free(tmp);
+    return ENC_OK;
+}
+
+int enc_trainer_save(const enc_trainer *t, const char *dir, char *errbuf, size_t errlen)
+{
+    size_t n = t->nparam + 1;
+    const char **names = calloc(n, sizeof *names);
+    int *ranks = calloc(n, sizeof *ranks);
+    int64_t(*shapes)[ENC_ST_MAX_RANK] = calloc(n, sizeof *shapes);
+    const float **data = calloc(n, sizeof *data);
+    char *path = NULL, *text = NULL;
+    cJSON *cfg = NULL;
+    int rc = ENC_NOMEM;
+    if (!names || !ranks || !shapes || !data ||
+        asprintf(&path, "%s/model.safetensors", dir) < 0) {
+        path = NULL;
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < t->nparam; i++) {
+        enc_param p;
+        enc_model_param(t->m, i, &p);
+        names[i] = p.name;
+        ranks[i] = p.rank;
+        for (int k = 0; k < p.rank && k < ENC_ST_MAX_RANK; k++)
+            shapes[i][k] = p.shape[k];
+        data[i] = t->P + enc_adamw_offset(t->opt, i);
+    }
+    size_t ls_off = enc_adamw_offset(t->opt, t->nparam);
+    names[t->nparam] = "logit_scale";
+    ranks[t->nparam] = 1;
+    shapes[t->nparam][0] = 1;
+    data[t->nparam] = t->P + ls_off;
+    if ((rc = enc_st_write(path, n, names, ranks, (const int64_t(*)[ENC_ST_MAX_RANK])shapes,
+                           data, errbuf, errlen)))
+        goto done;
+    cfg = cJSON_Parse(t->config);
+    if (!cfg) {
+        rc = enc__fail(errbuf, errlen, ENC_FORMAT, "the config is not JSON");
+        goto done;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(cfg, "logit_scale");
+    cJSON_AddNumberToObject(cfg, "logit_scale", (double)t->P[ls_off]);
+    text = cJSON_Print(cfg);
+    free(path);
+    if (!text || asprintf(&path, "%s/config.json", dir) < 0) {
+        path = NULL;
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        goto done;
+    }
+    size_t tl = strlen(text);
+    char *withnl = malloc(tl + 2);
+    if (!withnl) {
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        goto done;
+    }
+    memcpy(withnl, text, tl);
+    withnl[tl] = '\n';
+    withnl[tl + 1] = 0;
+    rc = write_atomic(path, withnl, errbuf, errlen);
+    free(withnl);
+done:
+    cJSON_Delete(cfg);
+    free(text);
+    free(path);
+    free(names);
+    free(ranks);
+    free(shapes);
+    free(data);
+    return rc;
+}
+
+/* ---- report finding tags ------------------------------------------------------------ */
+
+enum { F_NODULE = 1, F_MASS, F_EFFUSION, F_PTX, F_CONS, F_CARDIO, F_EMPH };
+enum { L_RUL = 0, L_RML, L_RLL, L_LUL, L_LLL, L_RIGHT, L_LEFT, L_BILAT = 100 };
+
+static const struct {
+    const char *word; /* matched at the start of a word */
+    int finding;
+} FINDING_WORDS[] = {
+    {"nodul", F_NODULE},        {"mass", F_MASS},
+    {"effusion", F_EFFUSION},   {"pleural fluid", F_EFFUSION},
+    {"pneumothora", F_PTX},     {"consolidat", F_CONS},
+    {"airspace opacit", F_CONS}, {"airspace disease", F_CONS},
+    {"cardiomegaly", F_CARDIO}, {"emphysem", F_EMPH},
+    {"bulla", F_EMPH},          {"hyperinflat", F_EMPH},
+};
+
+/* Longest first, so "right upper lobe" wins over "right". */
+static const struct {
+    const char *word;
+    int loc;
+} LOC_WORDS[] = {
+    {"right upper lobe", L_RUL},   {"right upper lung", L_RUL},  {"right middle lobe", L_RML},
+    {"right mid lung", L_RML},     {"right lower lobe", L_RLL},  {"right lower lung", L_RLL},
+    {"right lung base", L_RLL},    {"right base", L_RLL},        {"left upper lobe", L_LUL},
+    {"left upper lung", L_LUL},    {"left lower lobe", L_LLL},   {"left lower lung", L_LLL},
+    {"left lung base", L_LLL},     {"left base", L_LLL},         {"bilateral", L_BILAT},
+    {"right", L_RIGHT},            {"left", L_LEFT},
+};
+
+static const char *const NEG_CUES[] = {"no", "not", "without", "negative for", "free of",
+                                       "absence of"};
+static const char *const SCOPE_ENDS[] = {"but", "however"};
+
+/* Whether s[i..] starts word w (w may hold spaces) at a word boundary. */
+static int word_at(const char *s, size_t i, size_t n, const char *w, int whole)
+{
+    size_t l = strlen(w);
+    if (i + l > n || memcmp(s + i, w, l))
+        return 0;
+    if (i > 0 && isalnum((unsigned char)s[i - 1]))
+        return 0;
+    if (whole && i + l < n && isalnum((unsigned char)s[i + l]))
+        return 0;
+    return 1;
+}
+
+static int add_tag(int32_t *tags, int n, int cap, int32_t tag)
+{
+    for (int i = 0; i < n; i++)
+        if (tags[i] == tag)
+            return n;
+    if (n >= cap)
+        return n;
+    tags[n] = tag;
+    return n + 1;
+}
+
+/* One sentence s[0..n), lower-cased: its positive findings and locations. */
+static int sentence_tags(const char *s, size_t n, int32_t *tags, int nt, int cap, int *any)
+{
+    int found[16] = {0}, locs[8] = {0}, nloc = 0;
+    int heart = 0;
+    for (size_t i = 0; i < n; i++)
+        if (word_at(s, i, n, "heart", 0) || word_at(s, i, n, "cardiac", 0))
+            heart = 1;
+    for (size_t i = 0; i < n; i++) {
+        int f = 0;
+        for (size_t w = 0; w < sizeof FINDING_WORDS / sizeof *FINDING_WORDS && !f; w++)
+            if (word_at(s, i, n, FINDING_WORDS[w].word, 0))
+                f = FINDING_WORDS[w].finding;
+        if (!f && heart && word_at(s, i, n, "enlarge", 0))
+            f = F_CARDIO;
+        if (!f)
+            continue;
+        /* negated when a cue comes before it in the sentence with no scope
+         * end ("but", "however") in between */
+        int neg = 0;
+        for (size_t j = 0; j < i; j++) {
+            for (size_t c = 0; c < sizeof NEG_CUES / sizeof *NEG_CUES; c++)
+                if (word_at(s, j, n, NEG_CUES[c], 1))
+                    neg = 1;
+            for (size_t c = 0; c < sizeof SCOPE_ENDS / sizeof *SCOPE_ENDS; c++)
+                if (word_at(s, j, n, SCOPE_ENDS[c], 1))
+                    neg = 0;
+        }
+        if (!neg)
+            found[f] = 1;
+    }
+    for (size_t i = 0; i < n;) {
+        size_t adv = 1;
+        for (size_t w = 0; w < sizeof LOC_WORDS / sizeof *LOC_WORDS; w++)
+            if (word_at(s, i, n, LOC_WORDS[w].word, 1)) {
+                int l = LOC_WORDS[w].loc;
+                if (l == L_BILAT) {
+                    if (nloc < 7)
+                        locs[nloc++] = L_RIGHT;
+                    l = L_LEFT;
+                }
+                if (nloc < 8)
+                    locs[nloc++] = l;
+                adv = strlen(LOC_WORDS[w].word);
+                break;
+            }
+        i += adv;
+    }
+    for (int f = 1; f <= F_EMPH; f++) {
+        if (!found[f])
+            continue;
+        *any = 1;
+        nt = add_tag(tags, nt, cap, f);
+        /* cardiomegaly and emphysema have one place each: no location tag */
+        if (f == F_CARDIO || f == F_EMPH)
+            continue;
+        for (int l = 0; l < nloc; l++)
+            nt = add_tag(tags, nt, cap, 8 + 16 * f + locs[l]);
+    }
+    return nt;
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+int enc_report_tags(const char *text, int32_t *tags, int cap)
+{
+    char buf[1024];
+    int nt = 0, any = 0;
+    size_t n = 0;
+    for (const char *p = text;; p++) {
+        int end = !*p || *p == ';' || *p == '\n' ||
+                  (*p == '.' && (!p[1] || isspace((unsigned char)p[1])));
+        if (!end && n < sizeof buf - 1) {
+            buf[n++] = (char)tolower((unsigned char)*p);
+            continue;
+        }
+        if (end) {
+            nt = sentence_tags(buf, n, tags, nt, cap, &any);
+            n = 0;
+            if (!*p)
+                break;
+        }
+    }
+    if (!any)
+        nt = add_tag(tags, nt, cap, 0);
+    qsort(tags, (size_t)nt, sizeof *tags, cmp_i32);
+    return nt;
+}

@@ -1,0 +1,369 @@
+/* test_trainer.c - the contrastive trainer (encoder/trainer.h).
+ *
+ * A tiny medsem model (ViT 16 wide, 2 layers; image 8x8 / patch 4, volume
+ * 4x8x8 / patch 2x4x4, so a volume's axial slice is an image input; BERT 16
+ * wide; embedding 8) and a tiny in-memory dataset: four classes, each a
+ * bright blob in its own place and a report naming it, as volumes and
+ * radiographs.  Checks: training lowers the loss; a run stopped, written to
+ * a checkpoint and resumed gives bit for bit the parameters and optimizer
+ * state of an uninterrupted one (one thread, fixed seed); the saved model
+ * directory loads and encodes as the trainer's model; slice selection
+ * follows the attention; the report tag parser, negations included.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "encoder/model.h"
+#include "encoder/tokenizer.h"
+#include "encoder/train.h"
+#include "encoder/trainer.h"
+#include "testutil.h"
+
+static const char *const REPORTS[4] = {
+    "Findings: The lungs are clear. No pleural effusion.\nImpression: Normal chest.",
+    "Findings: A 12 mm nodule in the right upper lobe. No pneumothorax.",
+    "Findings: Small left pleural effusion. No focal consolidation.",
+    "Findings: The heart is enlarged. No nodule.\nImpression: Cardiomegaly.",
+};
+
+typedef struct fixture {
+    char *dir;
+    enc_tok *tok;
+    char config[1024];
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    f->dir = tu_mkdtemp();
+    assert_non_null(f->dir);
+    char **tokens;
+    size_t ntok;
+    assert_int_equal(enc_vocab_build((const char *const *)REPORTS, 4, 120, NULL, &tokens, &ntok),
+                     ENC_OK);
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/vocab.txt", f->dir);
+    assert_int_equal(enc_vocab_write(path, (const char *const *)tokens, ntok, err, sizeof err),
+                     ENC_OK);
+    enc_vocab_free(tokens, ntok);
+    assert_int_equal(enc_tok_load(path, NULL, &f->tok, err, sizeof err), ENC_OK);
+    snprintf(f->config, sizeof f->config,
+             "{\"architecture\":\"medsem\",\"embed_dim\":8,\"logit_scale\":2.6592,"
+             "\"vision\":{\"hidden_size\":16,\"num_layers\":2,\"num_heads\":2,\"mlp_dim\":24,"
+             "\"layer_norm_eps\":1e-6,\"in_channels\":1,\"image_size\":[8,8],"
+             "\"patch_size\":[4,4],\"volume_size\":[4,8,8],\"volume_patch_size\":[2,4,4]},"
+             "\"text\":{\"vocab_size\":%zu,\"hidden_size\":16,\"num_layers\":2,\"num_heads\":2,"
+             "\"intermediate_size\":24,\"max_position_embeddings\":32,\"type_vocab_size\":2,"
+             "\"layer_norm_eps\":1e-12,\"max_len\":32}}",
+             enc_tok_vocab_size(f->tok));
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    enc_tok_free(f->tok);
+    tu_rmtree(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+/* Class c's inputs: a blob in quadrant c (and, for volumes, in the lower or
+ * upper half along z), plus noise from r. */
+static void make_image(int c, tu_rng *r, float *x)
+{
+    for (int y = 0; y < 8; y++)
+        for (int xx = 0; xx < 8; xx++) {
+            int q = (y >= 4) * 2 + (xx >= 4);
+            x[y * 8 + xx] = (q == c ? 1.0f : 0.0f) + 0.1f * (float)tu_rng_normal(r);
+        }
+}
+
+static void make_volume(int c, tu_rng *r, float *x)
+{
+    for (int z = 0; z < 4; z++)
+        make_image(z >= 2 ? c : (c + 1) % 4, r, x + z * 64);
+}
+
+static enc_trainer *make_trainer(fixture *f, const enc_trainer_opts *o)
+{
+    enc_trainer *t;
+    char err[512];
+    int rc = enc_trainer_new(f->config, f->tok, o, &t, err, sizeof err);
+    if (rc)
+        fail_msg("enc_trainer_new: %s", err);
+    tu_rng r;
+    tu_rng_seed(&r, 7);
+    float x[256];
+    for (int i = 0; i < 16; i++) {
+        make_volume(i % 4, &r, x);
+        assert_int_equal(enc_trainer_add(t, ENC_VOLUME, x, REPORTS[i % 4], err, sizeof err), 0);
+        make_image(i % 4, &r, x);
+        assert_int_equal(enc_trainer_add(t, ENC_IMAGE, x, REPORTS[i % 4], err, sizeof err), 0);
+    }
+    assert_int_equal(enc_trainer_items(t, ENC_VOLUME), 16);
+    assert_int_equal(enc_trainer_items(t, ENC_IMAGE), 16);
+    return t;
+}
+
+static enc_trainer_opts tiny_opts(void)
+{
+    enc_trainer_opts o = ENC_TRAINER_OPTS_INIT;
+    o.seed = 5;
+    o.threads = 1;
+    o.batch_volumes = 6;
+    o.batch_images = 6;
+    o.slice_k = 2;
+    o.soft_alpha = 0.5f;
+    o.lr = 3e-3;
+    o.warmup = 3;
+    o.total_steps = 60;
+    return o;
+}
+
+static void test_loss_decreases(void **state)
+{
+    fixture *f = *state;
+    enc_trainer_opts o = tiny_opts();
+    enc_trainer *t = make_trainer(f, &o);
+    char err[512];
+    double first = 0, last = 0;
+    for (int s = 0; s < 60; s++) {
+        enc_trainer_stats st;
+        int rc = enc_trainer_step(t, &st, err, sizeof err);
+        if (rc)
+            fail_msg("step %d: %s", s, err);
+        assert_int_equal(st.skipped, 0);
+        assert_int_equal(st.samples, 6 + 6 + 12);
+        assert_true(isfinite(st.loss));
+        if (s < 8)
+            first += st.loss / 8;
+        if (s >= 52)
+            last += st.loss / 8;
+    }
+    printf("# mean loss of steps 1-8 %.4f, of steps 53-60 %.4f\n", first, last);
+    assert_true(last < 0.8 * first);
+    assert_int_equal(enc_trainer_steps(t), 60);
+    assert_true(enc_trainer_step_flops(t) > 0);
+    enc_trainer_free(t);
+}
+
+static void test_resume_exact(void **state)
+{
+    fixture *f = *state;
+    enc_trainer_opts o = tiny_opts();
+    char err[512], ck[600];
+    snprintf(ck, sizeof ck, "%s/train.ckpt", f->dir);
+    enc_trainer *a = make_trainer(f, &o), *b = make_trainer(f, &o);
+    for (int s = 0; s < 8; s++)
+        assert_int_equal(enc_trainer_step(a, NULL, err, sizeof err), 0);
+    for (int s = 0; s < 4; s++)
+        assert_int_equal(enc_trainer_step(b, NULL, err, sizeof err), 0);
+    assert_int_equal(enc_trainer_ckpt_write(b, ck, err, sizeof err), 0);
+    enc_trainer_free(b);
+    enc_trainer *c = make_trainer(f, &o);
+    assert_int_equal(enc_trainer_ckpt_read(c, ck, err, sizeof err), 0);
+    assert_int_equal(enc_trainer_steps(c), 4);
+    for (int s = 0; s < 4; s++)
+        assert_int_equal(enc_trainer_step(c, NULL, err, sizeof err), 0);
+    const enc_adamw *oa = enc_trainer_optimizer(a), *oc = enc_trainer_optimizer(c);
+    size_t n = enc_adamw_count(oa);
+    assert_int_equal(n, enc_adamw_count(oc));
+    assert_int_equal(enc_adamw_steps(oa), enc_adamw_steps(oc));
+    assert_memory_equal(enc_trainer_params(a), enc_trainer_params(c), n * sizeof(float));
+    assert_memory_equal(enc_adamw_m(oa), enc_adamw_m(oc), n * sizeof(float));
+    assert_memory_equal(enc_adamw_v(oa), enc_adamw_v(oc), n * sizeof(float));
+    /* and the model's own weights follow the arena */
+    enc_model *ma = enc_trainer_model(a), *mc = enc_trainer_model(c);
+    for (size_t i = 0; i < enc_model_param_count(ma); i++) {
+        enc_param pa, pc;
+        enc_model_param(ma, i, &pa);
+        enc_model_param(mc, i, &pc);
+        assert_memory_equal(pa.data, pc.data, pa.count * sizeof(float));
+    }
+    /* a different seed gives a different run */
+    enc_trainer_opts o2 = o;
+    o2.seed = 6;
+    enc_trainer *d = make_trainer(f, &o2);
+    assert_int_equal(enc_trainer_step(d, NULL, err, sizeof err), 0);
+    assert_true(memcmp(enc_trainer_params(a), enc_trainer_params(d), n * sizeof(float)) != 0);
+    enc_trainer_free(a);
+    enc_trainer_free(c);
+    enc_trainer_free(d);
+}
+
+/* The saved directory loads with enc_model_load and encodes as the trainer. */
+static void test_save_loads(void **state)
+{
+    fixture *f = *state;
+    enc_trainer_opts o = tiny_opts();
+    enc_trainer *t = make_trainer(f, &o);
+    char err[512];
+    for (int s = 0; s < 3; s++)
+        assert_int_equal(enc_trainer_step(t, NULL, err, sizeof err), 0);
+    assert_int_equal(enc_trainer_save(t, f->dir, err, sizeof err), 0);
+    enc_model *m;
+    enc_model_opts mo = {.nthreads = 1};
+    int rc = enc_model_load(f->dir, &mo, &m, err, sizeof err);
+    if (rc)
+        fail_msg("enc_model_load: %s", err);
+    const float *P = enc_trainer_params(t);
+    const enc_adamw *opt = enc_trainer_optimizer(t);
+    size_t np = enc_model_param_count(m);
+    assert_float_equal(enc_model_logit_scale(m), P[enc_adamw_offset(opt, np)], 0);
+    tu_rng r;
+    tu_rng_seed(&r, 3);
+    float vol[256], e1[8], e2[8];
+    make_volume(2, &r, vol);
+    enc_state *s1, *s2;
+    assert_int_equal(enc_state_new(m, ENC_VOLUME, 1, NULL, &s1, err, sizeof err), 0);
+    assert_int_equal(enc_state_new(enc_trainer_model(t), ENC_VOLUME, 1, NULL, &s2, err, sizeof err),
+                     0);
+    assert_int_equal(enc_encode_volume(s1, vol, 1, e1), 0);
+    assert_int_equal(enc_encode_volume(s2, vol, 1, e2), 0);
+    assert_memory_equal(e1, e2, sizeof e1);
+    enc_state_free(s1);
+    enc_state_free(s2);
+    enc_model_free(m);
+    enc_trainer_free(t);
+}
+
+static void test_trainer_refusals(void **state)
+{
+    fixture *f = *state;
+    enc_trainer *t;
+    char err[512];
+    enc_trainer_opts o = tiny_opts();
+    o.slice_k = 5; /* the volume has 4 slices */
+    assert_int_equal(enc_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
+    assert_non_null(strstr(err, "slice"));
+    o = tiny_opts();
+    o.batch_volumes = 1;
+    o.batch_images = 0;
+    assert_int_equal(enc_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
+    /* a step needs items */
+    o = tiny_opts();
+    assert_int_equal(enc_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), 0);
+    assert_int_equal(enc_trainer_step(t, NULL, err, sizeof err), ENC_INVAL);
+    enc_trainer_free(t);
+}
+
+static void test_slice_select(void **state)
+{
+    (void)state;
+    /* 4 patch-depth groups of 2 x 2 patches, Pd = 3 (12 slices).  The
+     * attention sits in group 2, then group 0 (spread thin over more
+     * patches), then group 3. */
+    float att[16] = {0};
+    att[2 * 4 + 1] = 0.5f;
+    att[0 * 4 + 0] = 0.1f, att[0 * 4 + 1] = 0.1f, att[0 * 4 + 3] = 0.1f;
+    att[3 * 4 + 2] = 0.15f;
+    att[1 * 4 + 3] = 0.05f;
+    int grid[3] = {4, 2, 2}, s[8];
+    enc_slice_select(att, grid, 3, 1, s);
+    assert_int_equal(s[0], 7); /* group 2's centre slice: 2 * 3 + 1 */
+    enc_slice_select(att, grid, 3, 3, s);
+    assert_int_equal(s[0], 7);
+    assert_int_equal(s[1], 1);  /* group 0 (0.3) */
+    assert_int_equal(s[2], 10); /* group 3 (0.15) */
+    /* more picks than groups: the next round takes the neighbours */
+    enc_slice_select(att, grid, 3, 6, s);
+    assert_int_equal(s[3], 4); /* group 1 */
+    assert_int_equal(s[4], 6); /* group 2, centre - 1 */
+    assert_int_equal(s[5], 0); /* group 0, centre - 1 */
+    /* ties go to the lower group */
+    float flat[16];
+    for (int i = 0; i < 16; i++)
+        flat[i] = 1.0f / 16;
+    enc_slice_select(flat, grid, 3, 2, s);
+    assert_int_equal(s[0], 1);
+    assert_int_equal(s[1], 4);
+}
+
+static int tags_of(const char *text, int32_t *t) { return enc_report_tags(text, t, 32); }
+
+static int has(const int32_t *t, int n, int32_t v)
+{
+    for (int i = 0; i < n; i++)
+        if (t[i] == v)
+            return 1;
+    return 0;
+}
+
+static void test_report_tags(void **state)
+{
+    (void)state;
+    int32_t t[32];
+    int n;
+    /* tags: 1 nodule, 2 mass, 3 effusion, 4 pneumothorax, 5 consolidation,
+     * 6 cardiomegaly, 7 emphysema; 8 + 16 f + loc (RUL 0 .. LLL 4, right 5,
+     * left 6) */
+    n = tags_of("The lungs are clear. No pleural effusion or pneumothorax.", t);
+    assert_int_equal(n, 1);
+    assert_int_equal(t[0], 0);
+    n = tags_of("There is a 9 mm nodule in the right upper lobe.", t);
+    assert_int_equal(n, 2);
+    assert_int_equal(t[0], 1);
+    assert_int_equal(t[1], 8 + 16 * 1 + 0);
+    n = tags_of("No effusion on the left. Small right pleural effusion layering dependently.", t);
+    assert_int_equal(n, 2);
+    assert_true(has(t, n, 3) && has(t, n, 8 + 16 * 3 + 5));
+    assert_false(has(t, n, 8 + 16 * 3 + 6));
+    n = tags_of("Right pleural effusion without pneumothorax.", t);
+    assert_true(has(t, n, 3) && !has(t, n, 4));
+    n = tags_of("Negative for pneumothorax. Free of consolidation; absence of nodules.", t);
+    assert_int_equal(n, 1);
+    assert_int_equal(t[0], 0);
+    n = tags_of("No nodule, but there is a mass in the left lower lobe measuring 4.2 cm.", t);
+    assert_true(has(t, n, 2) && has(t, n, 8 + 16 * 2 + 4) && !has(t, n, 1));
+    n = tags_of("The heart is not enlarged. Heart size is normal.", t);
+    assert_int_equal(t[0], 0);
+    n = tags_of("The cardiac silhouette is moderately enlarged.", t);
+    assert_int_equal(n, 1);
+    assert_int_equal(t[0], 6);
+    n = tags_of("Hyperinflated lungs with flattened hemidiaphragms.\nBilateral small pleural "
+                "effusions.",
+                t);
+    assert_true(has(t, n, 7) && has(t, n, 3) && has(t, n, 8 + 16 * 3 + 5) &&
+                has(t, n, 8 + 16 * 3 + 6));
+    n = tags_of("Patchy airspace opacity in the left lung base.", t);
+    assert_true(has(t, n, 5) && has(t, n, 8 + 16 * 5 + 4));
+    n = tags_of("", t);
+    assert_int_equal(n, 1);
+    assert_int_equal(t[0], 0);
+    /* sorted and distinct; cap respected */
+    n = tags_of("Nodule in the right upper lobe. Another nodule in the right upper lobe. "
+                "Left pneumothorax.",
+                t);
+    for (int i = 1; i < n; i++)
+        assert_true(t[i - 1] < t[i]);
+    assert_int_equal(enc_report_tags("Left pneumothorax. Right mass.", t, 1), 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_slice_select),
+        cmocka_unit_test(test_report_tags),
+        cmocka_unit_test_setup_teardown(test_trainer_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loss_decreases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_save_loads, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -52,6 +52,13 @@ void cli_progress_update(cli_progress *p, size_t done);
 void cli_progress_finish(cli_progress *p, size_t done);
 double cli_now(void);
 
+/* Manifest helpers: a copy of object j's string field k (NULL when absent
+ * or not a string; free() it), and a manifest's file resolved against the
+ * manifest's folder base (absolute paths kept; NULL when out of memory). */
+struct cJSON;
+char *cli_json_strdup(const struct cJSON *j, const char *k);
+char *cli_manifest_path(const char *base, const char *file);
+
 /* Writes s as a JSON string literal (quotes and escapes) to f. */
 void cli_json_string(FILE *f, const char *s);
 

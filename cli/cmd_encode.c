@@ -108,12 +108,6 @@ static void item_clear(item *it)
     memset(it, 0, sizeof *it);
 }
 
-static char *field(cJSON *j, const char *k)
-{
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
-    return v && cJSON_IsString(v) ? strdup(v->valuestring) : NULL;
-}
-
 /* Parses one manifest line; returns 0, or -1 with a reason in err. */
 static int parse_item(const char *line, size_t lineno, const char *base, item *it, char *err,
                       size_t errlen)
@@ -126,10 +120,10 @@ static int parse_item(const char *line, size_t lineno, const char *base, item *i
         snprintf(err, errlen, "not a JSON object");
         return -1;
     }
-    char *kind = field(j, "kind");
-    char *file = field(j, "file");
-    it->modality = field(j, "modality");
-    it->text = field(j, "report");
+    char *kind = cli_json_strdup(j, "kind");
+    char *file = cli_json_strdup(j, "file");
+    it->modality = cli_json_strdup(j, "modality");
+    it->text = cli_json_strdup(j, "report");
     it->json = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     int rc = 0;
@@ -148,10 +142,7 @@ static int parse_item(const char *line, size_t lineno, const char *base, item *i
     } else if (!file || !*file) {
         snprintf(err, errlen, "an %s item needs 'file'", kind_names[it->kind]);
         rc = -1;
-    } else if (file[0] == '/') {
-        it->path = strdup(file);
-    } else if (asprintf(&it->path, "%s/%s", base, file) < 0) {
-        it->path = NULL;
+    } else if (!(it->path = cli_manifest_path(base, file))) {
         snprintf(err, errlen, "out of memory");
         rc = -1;
     }

@@ -104,12 +104,6 @@ typedef struct eset {
     dict studies, labkeys;
 } eset;
 
-static char *sfield(cJSON *j, const char *k)
-{
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
-    return v && cJSON_IsString(v) ? strdup(v->valuestring) : NULL;
-}
-
 static int push_label(eset *s, int32_t id)
 {
     if (s->nlab == s->labcap) {
@@ -143,8 +137,8 @@ static int load(const char *manifest, eset *s)
         if (len <= 1)
             continue;
         cJSON *j = cJSON_Parse(line);
-        char *kind = j ? sfield(j, "kind") : NULL, *file = j ? sfield(j, "file") : NULL;
-        char *study = j ? sfield(j, "study") : NULL, *pair = j ? sfield(j, "pair") : NULL;
+        char *kind = j ? cli_json_strdup(j, "kind") : NULL, *file = j ? cli_json_strdup(j, "file") : NULL;
+        char *study = j ? cli_json_strdup(j, "study") : NULL, *pair = j ? cli_json_strdup(j, "pair") : NULL;
         eitem it = {0};
         it.pair = -1;
         if (!j || !cJSON_IsObject(j)) {
@@ -152,17 +146,14 @@ static int load(const char *manifest, eset *s)
             rc = -1;
         } else if (!kind || (strcmp(kind, "volume") && strcmp(kind, "image"))) {
             /* report-only items have no image to rank: skipped */
-        } else if (!file || !(it.report = sfield(j, "report")) || !*it.report) {
+        } else if (!file || !(it.report = cli_json_strdup(j, "report")) || !*it.report) {
             cli_error("%s:%zu: an evaluated item needs 'file' and a non-empty 'report'", manifest,
                       lineno);
             rc = -1;
         } else {
             it.is_volume = !strcmp(kind, "volume");
-            it.modality = sfield(j, "modality");
-            if (file[0] == '/')
-                it.path = strdup(file);
-            else if (asprintf(&it.path, "%s/%s", base, file) < 0)
-                it.path = NULL;
+            it.modality = cli_json_strdup(j, "modality");
+            it.path = cli_manifest_path(base, file);
             char own[32];
             snprintf(own, sizeof own, "#line%zu", lineno);
             it.study = dict_id(&s->studies, study ? study : own);
@@ -171,7 +162,7 @@ static int load(const char *manifest, eset *s)
             cJSON *labs = cJSON_GetObjectItemCaseSensitive(j, "labels"), *l;
             cJSON_ArrayForEach(l, labs)
             {
-                char *fnd = sfield(l, "finding"), *loc = sfield(l, "location");
+                char *fnd = cli_json_strdup(l, "finding"), *loc = cli_json_strdup(l, "location");
                 char key[512];
                 snprintf(key, sizeof key, "%s|%s", fnd ? fnd : "", loc ? loc : "");
                 int64_t id = dict_id(&s->labkeys, key);

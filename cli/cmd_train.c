@@ -59,12 +59,6 @@ typedef struct titem {
     char *path, *modality, *report;
 } titem;
 
-static char *sfield(cJSON *j, const char *k)
-{
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
-    return v && cJSON_IsString(v) ? strdup(v->valuestring) : NULL;
-}
-
 static int load_manifest(const char *manifest, titem **out, size_t *n)
 {
     FILE *f = fopen(manifest, "r");
@@ -85,24 +79,21 @@ static int load_manifest(const char *manifest, titem **out, size_t *n)
         if (len <= 1)
             continue;
         cJSON *j = cJSON_Parse(line);
-        char *kind = j ? sfield(j, "kind") : NULL, *file = j ? sfield(j, "file") : NULL;
+        char *kind = j ? cli_json_strdup(j, "kind") : NULL, *file = j ? cli_json_strdup(j, "file") : NULL;
         titem t = {0};
         if (!j || !cJSON_IsObject(j)) {
             cli_error("%s:%zu: not a JSON object", manifest, lineno);
             rc = -1;
         } else if (!kind || (strcmp(kind, "volume") && strcmp(kind, "image"))) {
             /* report-only items: nothing to pair */
-        } else if (!file || !(t.report = sfield(j, "report")) || !*t.report) {
+        } else if (!file || !(t.report = cli_json_strdup(j, "report")) || !*t.report) {
             cli_error("%s:%zu: a training item needs 'file' and a non-empty 'report'", manifest,
                       lineno);
             rc = -1;
         } else {
             t.is_volume = !strcmp(kind, "volume");
-            t.modality = sfield(j, "modality");
-            if (file[0] == '/')
-                t.path = strdup(file);
-            else if (asprintf(&t.path, "%s/%s", base, file) < 0)
-                t.path = NULL;
+            t.modality = cli_json_strdup(j, "modality");
+            t.path = cli_manifest_path(base, file);
             if (*n == icap) {
                 icap = icap ? 2 * icap : 256;
                 titem *ni = realloc(it, icap * sizeof *ni);

@@ -3,6 +3,7 @@
 #include "config.h"
 #endif
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -179,4 +180,18 @@ void cli_json_string(FILE *f, const char *s)
         }
     }
     fputc('"', f);
+}
+
+char *cli_json_strdup(const cJSON *j, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    return v && cJSON_IsString(v) ? strdup(v->valuestring) : NULL;
+}
+
+char *cli_manifest_path(const char *base, const char *file)
+{
+    char *p = NULL;
+    if (file[0] == '/')
+        return strdup(file);
+    return asprintf(&p, "%s/%s", base, file) < 0 ? NULL : p;
 }

@@ -36,25 +36,8 @@
  * next to this source file.  malloc'd. */
 static char *fixture_path(const char *name)
 {
-    const char *top = getenv("top_srcdir");
-    char *dir;
-    if (top != NULL && *top != '\0') {
-        dir = tu_path(top, "tests/fixtures/train");
-    } else {
-        const char *file = __FILE__;
-        const char *slash = strrchr(file, '/');
-        size_t n = slash ? (size_t)(slash - file) : 1;
-        char *here = malloc(n + 1);
-        assert_non_null(here);
-        memcpy(here, slash ? file : ".", n);
-        here[n] = '\0';
-        dir = tu_path(here, "../fixtures/train");
-        free(here);
-    }
-    assert_non_null(dir);
-    char *p = tu_path(dir, name);
+    char *p = tu_fixture("train", name);
     assert_non_null(p);
-    free(dir);
     return p;
 }
 

@@ -41,6 +41,10 @@ static void usage(FILE *f)
             "  --slice-k K          slices picked per volume by attention (default 2; 0: off)\n"
             "  --consistency W      weight of the 2D-3D consistency loss (default 0.5)\n"
             "  --soft-alpha A       soft targets from report finding tags (default 0: off)\n"
+            "  --soft-start N       step from which soft targets apply (default 0)\n"
+            "  --tag-weight W       weight of the report-tag prediction loss (default 0: off)\n"
+            "  --augment A          per-sample shifts, gain, offset and noise of strength A\n"
+            "                       (default 0: off; 1: shifts up to 2 pixels, gain 1+-0.1)\n"
             "  --lr X               peak learning rate (default 3e-4)\n"
             "  --weight-decay X     AdamW weight decay (default 0.05)\n"
             "  --warmup N           warmup steps (default: 5%% of --steps)\n"
@@ -197,6 +201,8 @@ int cmd_train(int argc, char **argv)
         {"batch-volumes", required_argument, 0, 'v'}, {"batch-images", required_argument, 0, 'i'},
         {"slice-k", required_argument, 0, 'k'},    {"consistency", required_argument, 0, 'C'},
         {"soft-alpha", required_argument, 0, 'a'}, {"lr", required_argument, 0, 'l'},
+        {"soft-start", required_argument, 0, 'j'}, {"augment", required_argument, 0, 'A'},
+        {"tag-weight", required_argument, 0, 'G'},
         {"weight-decay", required_argument, 0, 'w'}, {"warmup", required_argument, 0, 'W'},
         {"clip", required_argument, 0, 'g'},       {"seed", required_argument, 0, 'S'},
         {"threads", required_argument, 0, 'T'},    {"checkpoint", required_argument, 0, 'K'},
@@ -219,7 +225,7 @@ int cmd_train(int argc, char **argv)
         case 'K': ckpt = optarg; break;
         case 'r': resume = 1; break;
         case 'Z': case 's': case 'v': case 'i': case 'k': case 'W': case 'S': case 'T':
-        case 'e': case 'x': case 'L':
+        case 'e': case 'x': case 'L': case 'j':
             if (cli_parse_u64(optarg, c == 'Z' || c == 's' || c == 'L' || c == 'T' ? 1 : 0,
                               c == 'S' ? UINT64_MAX : 100000000, &u)) {
                 cli_error("--%s '%s': expected a non-negative integer",
@@ -237,8 +243,9 @@ int cmd_train(int argc, char **argv)
             if (c == 'e') ckpt_every = u;
             if (c == 'x') stop_after = u;
             if (c == 'L') log_every = u;
+            if (c == 'j') to.soft_start = (int64_t)u;
             break;
-        case 'C': case 'a': case 'l': case 'w': case 'g':
+        case 'C': case 'a': case 'l': case 'w': case 'g': case 'A': case 'G':
             if (cli_parse_double(optarg, &d) || !(d >= 0) || d > 1e6) {
                 cli_error("'%s': expected a non-negative number", optarg);
                 return CLI_BAD_INPUT;
@@ -248,6 +255,14 @@ int cmd_train(int argc, char **argv)
             if (c == 'l') to.lr = d;
             if (c == 'w') to.weight_decay = d;
             if (c == 'g') to.clip = d;
+            if (c == 'G') to.tag_weight = (float)d;
+            if (c == 'A') {
+                if (d > 10) {
+                    cli_error("--augment '%s': expected a number from 0 to 10", optarg);
+                    return CLI_BAD_INPUT;
+                }
+                to.augment = (float)d;
+            }
             break;
         case 'h': usage(stdout); return CLI_OK;
         default: usage(stderr); return CLI_USAGE;
@@ -426,10 +441,10 @@ int cmd_train(int argc, char **argv)
             double sps = (double)(st.step - first) / (el > 0 ? el : 1e-9);
             char eta[32];
             fmt_time((double)((int64_t)steps - st.step) / (sps > 0 ? sps : 1e-9), eta, sizeof eta);
-            printf("step %6lld/%llu  loss %.4f (clip %.4f cons %.4f, mean %.4f)  lr %.2e  T %.4f  "
+            printf("step %6lld/%llu  loss %.4f (clip %.4f cons %.4f tag %.4f, mean %.4f)  lr %.2e  T %.4f  "
                    "|g| %.3f  %.1f samples/s  %.1f GFLOP/s  ETA %s\n",
                    (long long)st.step, (unsigned long long)steps, st.loss, st.clip_loss,
-                   st.cons_loss, lsum / (double)nlog, st.lr, st.temperature, st.grad_norm, rate,
+                   st.cons_loss, st.tag_loss, lsum / (double)nlog, st.lr, st.temperature, st.grad_norm, rate,
                    flops * (double)(st.step - first) / (el > 0 ? el : 1e-9) / 1e9, eta);
             fflush(stdout);
             lsum = 0;

@@ -52,6 +52,36 @@ static size_t rng_below(uint64_t s[4], size_t n)
     return (size_t)(r % n);
 }
 
+/* Uniform in [-1, 1). */
+static double rng_sym(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * 0x1p-52 - 1.0; }
+
+/* Augments one input in place: C planes of depth D, each H x W.  An in-plane
+ * integer shift (edge values repeated), an intensity gain and offset, and
+ * uniform noise, all drawn from s.  No flips: left and right are findings. */
+static void augment(float *x, int C, int D, int H, int W, float a, uint64_t s[4], float *tmp)
+{
+    int r = (int)lrint(2.0 * a);
+    int dy = r ? (int)rng_below(s, (size_t)(2 * r + 1)) - r : 0;
+    int dx = r ? (int)rng_below(s, (size_t)(2 * r + 1)) - r : 0;
+    float gain = (float)(1.0 + 0.1 * a * rng_sym(s)), off = (float)(0.1 * a * rng_sym(s));
+    float amp = (float)(0.05 * a * 1.7320508075688772);
+    size_t hw = (size_t)H * W;
+    for (int p = 0; p < C * D; p++) {
+        float *pl = x + (size_t)p * hw;
+        memcpy(tmp, pl, hw * sizeof(float));
+        for (int y = 0; y < H; y++) {
+            int sy = y - dy < 0 ? 0 : y - dy >= H ? H - 1 : y - dy;
+            for (int xx = 0; xx < W; xx++) {
+                int sx = xx - dx < 0 ? 0 : xx - dx >= W ? W - 1 : xx - dx;
+                float v = tmp[(size_t)sy * W + sx] * gain + off;
+                if (amp > 0)
+                    v += amp * (float)rng_sym(s);
+                pl[(size_t)y * W + xx] = v;
+            }
+        }
+    }
+}
+
 /* The default preset (docs/training.md): a volume's axial slice is directly a
  * 2D input (64 x 64), so slice selection needs no resampling.  The synthetic
  * chest CTs cover ~370-440 mm across and ~260-310 mm along z: 64 x 6.5 mm and
@@ -102,6 +132,7 @@ struct enc_trainer {
     /* per-step buffers, planned at the first step */
     enc_state *sv, *si, *st;
     float *vin, *iin, *ev, *ei, *et, *a, *b, *da, *db, *det, *targets, *t0, *work;
+    float *augtmp; /* one H x W plane for augment() */
     int32_t *bids, *bmask, *btags;
     size_t *btag_off, *src, *cnt, *pick_v, *pick_i;
     int *slices;
@@ -134,7 +165,8 @@ int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_train
     if (o->batch_volumes < 0 || o->batch_images < 0 || o->batch_volumes + o->batch_images < 2 ||
         o->slice_k < 0 || !(o->consistency >= 0) || !(o->soft_alpha >= 0) || !(o->lr >= 0) ||
         !(o->clip >= 0) || o->warmup < 0 || o->total_steps < 0 || !(o->lr_floor >= 0) ||
-        o->lr_floor > 1)
+        o->lr_floor > 1 || o->soft_start < 0 || !(o->augment >= 0) || o->augment > 10 ||
+        !(o->tag_weight >= 0))
         return enc__fail(errbuf, errlen, ENC_INVAL,
                          "trainer options out of range (batch sizes, slice_k, weights, lr)");
     enc_trainer *t = calloc(1, sizeof *t);
@@ -181,7 +213,7 @@ int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_train
         goto bad;
     }
     t->nparam = enc_model_param_count(t->m);
-    table = calloc(t->nparam + 1, sizeof *table);
+    table = calloc(t->nparam + 3, sizeof *table);
     if (!table) {
         rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
         goto bad;
@@ -189,9 +221,18 @@ int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_train
     for (size_t i = 0; i < t->nparam; i++)
         enc_model_param(t->m, i, &table[i]);
     table[t->nparam] = (enc_param){.name = "logit_scale", .rank = 1, .shape = {1}, .count = 1};
+    size_t ntab = t->nparam + 1;
+    if (o->tag_weight > 0) {
+        table[ntab++] = (enc_param){.name = "tag_head.weight", .rank = 2,
+                                    .shape = {ENC_REPORT_TAG_SLOTS, t->E},
+                                    .count = (size_t)ENC_REPORT_TAG_SLOTS * t->E};
+        table[ntab++] = (enc_param){.name = "tag_head.bias", .rank = 1,
+                                    .shape = {ENC_REPORT_TAG_SLOTS},
+                                    .count = ENC_REPORT_TAG_SLOTS};
+    }
     enc_adamw_opts ao = ENC_ADAMW_OPTS_INIT;
     ao.weight_decay = o->weight_decay;
-    if ((rc = enc_adamw_new(table, t->nparam + 1, &ao, &t->opt, errbuf, errlen)))
+    if ((rc = enc_adamw_new(table, ntab, &ao, &t->opt, errbuf, errlen)))
         goto bad;
     size_t count = enc_adamw_count(t->opt);
     t->P = malloc(count * sizeof *t->P);
@@ -203,6 +244,16 @@ int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_train
     for (size_t i = 0; i < t->nparam; i++)
         memcpy(t->P + enc_adamw_offset(t->opt, i), table[i].data, table[i].count * sizeof(float));
     t->P[enc_adamw_offset(t->opt, t->nparam)] = enc_model_logit_scale(t->m);
+    if (o->tag_weight > 0) {
+        /* the head: weights uniform with SD 0.1, bias 0 */
+        uint64_t h = o->seed ^ 0x7461672d68656164ULL; /* "tag-head" */
+        float *w = t->P + enc_adamw_offset(t->opt, t->nparam + 1);
+        for (size_t i = 0; i < (size_t)ENC_REPORT_TAG_SLOTS * t->E; i++)
+            w[i] = (float)(0.1 * 1.7320508075688772 *
+                           ((double)(splitmix64(&h) >> 11) * 0x1p-52 - 1.0));
+        memset(t->P + enc_adamw_offset(t->opt, t->nparam + 2), 0,
+               ENC_REPORT_TAG_SLOTS * sizeof(float));
+    }
     uint64_t x = o->seed ^ 0x6d656473656d7472ULL; /* "medsemtr" */
     for (int i = 0; i < 4; i++)
         t->rng[i] = splitmix64(&x);
@@ -233,7 +284,7 @@ void enc_trainer_free(enc_trainer *t)
     enc_state_free(t->si);
     enc_state_free(t->st);
     float *fb[] = {t->vin, t->iin, t->ev, t->ei, t->et, t->a,       t->b,    t->da,
-                   t->db,  t->det, t->targets, t->t0, t->work, t->P, t->G};
+                   t->db,  t->det, t->targets, t->t0, t->work, t->augtmp, t->P, t->G};
     for (size_t i = 0; i < sizeof fb / sizeof *fb; i++)
         free(fb[i]);
     free(t->bids);
@@ -365,6 +416,10 @@ static int plan(enc_trainer *t, char *errbuf, size_t errlen)
     t->targets = malloc((size_t)N * N * sizeof(float));
     t->t0 = malloc((size_t)nb * nb * sizeof(float));
     t->work = malloc(enc_loss_clip_work_floats(N) * sizeof(float));
+    size_t plane = (size_t)t->gv.size[1] * t->gv.size[2];
+    if ((size_t)t->gi.size[0] * t->gi.size[1] > plane)
+        plane = (size_t)t->gi.size[0] * t->gi.size[1];
+    t->augtmp = malloc((plane + 1) * sizeof(float));
     t->bids = malloc((size_t)nb * L * sizeof(int32_t));
     t->bmask = malloc((size_t)nb * L * sizeof(int32_t));
     t->btags = malloc((size_t)nb * ENC_REPORT_MAX_TAGS * sizeof(int32_t));
@@ -375,7 +430,7 @@ static int plan(enc_trainer *t, char *errbuf, size_t errlen)
     t->pick_i = malloc(((size_t)ni + 1) * sizeof(size_t));
     t->slices = malloc(((size_t)nv * K + 1) * sizeof(int));
     if (!t->vin || !t->iin || !t->ev || !t->ei || !t->et || !t->a || !t->b || !t->da || !t->db ||
-        !t->det || !t->targets || !t->t0 || !t->work || !t->bids || !t->bmask || !t->btags ||
+        !t->det || !t->targets || !t->t0 || !t->work || !t->augtmp || !t->bids || !t->bmask || !t->btags ||
         !t->btag_off || !t->src || !t->cnt || !t->pick_v || !t->pick_i || !t->slices)
         return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for the step buffers");
     t->started = 1;
@@ -418,6 +473,64 @@ void enc_slice_select(const float *att, const int grid[3], int patch_d, int k, i
     }
 }
 
+/* The report-tag head (tag_weight > 0): every visual row and every report
+ * predicts its report's finding tags through one shared linear map,
+ * z = 10 W e + b over ENC_REPORT_TAG_SLOTS classes, with a softmax
+ * cross-entropy against the tags spread evenly (knowledge-enhanced
+ * pre-training from the report text alone, never the labels).  Sharing W
+ * puts the tags on the same axes in both towers.  Adds the weighted
+ * gradients to da (visual rows) and det (reports) and writes the head's
+ * gradients into G; returns the mean loss over the rows. */
+#define TAG_HEAD_SCALE 10.0
+static float tag_head(enc_trainer *t, int N, int nb, float *G)
+{
+    const int E = t->E, C = ENC_REPORT_TAG_SLOTS, R = N + nb;
+    const float *W = t->P + enc_adamw_offset(t->opt, t->nparam + 1);
+    const float *bias = t->P + enc_adamw_offset(t->opt, t->nparam + 2);
+    float *gW = G + enc_adamw_offset(t->opt, t->nparam + 1);
+    float *gb = G + enc_adamw_offset(t->opt, t->nparam + 2);
+    memset(gW, 0, (size_t)C * E * sizeof(float));
+    memset(gb, 0, (size_t)C * sizeof(float));
+    double z[ENC_REPORT_TAG_SLOTS], loss = 0, w = (double)t->o.tag_weight / R;
+    for (int r = 0; r < R; r++) {
+        int vis = r < N;
+        size_t src = vis ? t->src[r] : (size_t)(r - N);
+        const float *e = vis ? t->a + (size_t)r * E : t->et + (size_t)(r - N) * E;
+        float *de = vis ? t->da + (size_t)r * E : t->det + (size_t)(r - N) * E;
+        const int32_t *tg = t->btags + t->btag_off[src];
+        size_t nt = t->btag_off[src + 1] - t->btag_off[src];
+        if (nt == 0)
+            continue;
+        double mx = -INFINITY, sum = 0;
+        for (int c = 0; c < C; c++) {
+            double acc = 0;
+            for (int k = 0; k < E; k++)
+                acc += (double)W[(size_t)c * E + k] * e[k];
+            z[c] = TAG_HEAD_SCALE * acc + bias[c];
+            if (z[c] > mx)
+                mx = z[c];
+        }
+        for (int c = 0; c < C; c++)
+            sum += exp(z[c] - mx);
+        double lse = mx + log(sum), y = 1.0 / (double)nt;
+        for (size_t q = 0; q < nt; q++)
+            loss -= y * (z[tg[q]] - lse);
+        for (int c = 0; c < C; c++)
+            z[c] = exp(z[c] - lse); /* now the softmax */
+        for (size_t q = 0; q < nt; q++)
+            z[tg[q]] -= y;
+        for (int c = 0; c < C; c++) {
+            double g = w * z[c];
+            gb[c] += (float)g;
+            for (int k = 0; k < E; k++) {
+                gW[(size_t)c * E + k] += (float)(TAG_HEAD_SCALE * g * e[k]);
+                de[k] += (float)(TAG_HEAD_SCALE * g * W[(size_t)c * E + k]);
+            }
+        }
+    }
+    return (float)(loss / R);
+}
+
 int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t errlen)
 {
     int rc;
@@ -451,6 +564,14 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
     for (int i = 0; i < ni; i++)
         memcpy(t->iin + (size_t)i * t->icount, I->x + t->pick_i[i] * t->icount,
                t->icount * sizeof(float));
+    if (t->o.augment > 0) {
+        for (int i = 0; i < nv; i++)
+            augment(t->vin + (size_t)i * t->vcount, t->gv.channels, t->gv.size[0], t->gv.size[1],
+                    t->gv.size[2], t->o.augment, t->rng, t->augtmp);
+        for (int i = 0; i < ni; i++)
+            augment(t->iin + (size_t)i * t->icount, t->gi.channels, 1, t->gi.size[0],
+                    t->gi.size[1], t->o.augment, t->rng, t->augtmp);
+    }
 
     /* 2. volumes, then the slices their attention picks */
     if (nv && (rc = enc_encode_volume(t->sv, t->vin, nv, t->ev)))
@@ -493,10 +614,13 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
         memcpy(t->b + (size_t)r * E, t->et + t->src[r] * E, es);
     }
     const float *targets = NULL;
-    if (K || t->o.soft_alpha > 0) {
+    float alpha = enc_adamw_steps(t->opt) + (int64_t)t->rng[4] >= t->o.soft_start
+                      ? t->o.soft_alpha
+                      : 0.0f;
+    if (K || alpha > 0) {
         /* Rows sharing a report share its target mass: T'_ij = T_s(i)s(j) / n_s(j),
          * which still sums to 1 over j. */
-        enc_loss_soft_targets(t->btags, t->btag_off, nb, t->o.soft_alpha, t->t0);
+        enc_loss_soft_targets(t->btags, t->btag_off, nb, alpha, t->t0);
         for (int i = 0; i < N; i++)
             for (int j = 0; j < N; j++)
                 t->targets[(size_t)i * N + j] =
@@ -521,6 +645,7 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
     for (int r = 0; r < N; r++)
         for (int e = 0; e < E; e++)
             t->det[t->src[r] * E + e] += t->db[(size_t)r * E + e];
+    float tagl = t->o.tag_weight > 0 ? tag_head(t, N, nb, t->G) : 0.0f;
 
     /* 4. backward, clip, update */
     enc_grads_zero(t->g);
@@ -540,7 +665,7 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
     float norm = enc_adamw_clip_grad_norm(t->opt, t->G, t->o.clip > 0 ? (float)t->o.clip : INFINITY);
     enc_train_sched sched = {t->o.lr, t->o.warmup, t->o.total_steps, t->o.lr_floor};
     double lr = enc_train_lr(&sched, enc_adamw_steps(t->opt));
-    int skipped = !isfinite(norm) || !isfinite(clip_loss) || !isfinite(cons);
+    int skipped = !isfinite(norm) || !isfinite(clip_loss) || !isfinite(cons) || !isfinite(tagl);
     if (skipped) {
         t->rng[4]++;
     } else {
@@ -556,9 +681,11 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
         float s = expf(t->P[ls_off]);
         *st = (enc_trainer_stats){
             .step = enc_trainer_steps(t),
-            .loss = (double)clip_loss + t->o.consistency * (double)cons,
+            .loss = (double)clip_loss + t->o.consistency * (double)cons +
+                    t->o.tag_weight * (double)tagl,
             .clip_loss = clip_loss,
             .cons_loss = cons,
+            .tag_loss = tagl,
             .lr = lr,
             .grad_norm = norm,
             .temperature = 1.0 / (s > 100 ? 100 : s),
@@ -614,11 +741,13 @@ static char *hparams(const enc_trainer *t)
     if (asprintf(&s,
                  "{\"seed\":%llu,\"batch_volumes\":%d,\"batch_images\":%d,\"slice_k\":%d,"
                  "\"consistency\":%.9g,\"soft_alpha\":%.9g,\"lr\":%.17g,\"weight_decay\":%.17g,"
-                 "\"clip\":%.17g,\"warmup\":%lld,\"total_steps\":%lld,\"lr_floor\":%.17g}",
+                 "\"clip\":%.17g,\"warmup\":%lld,\"total_steps\":%lld,\"lr_floor\":%.17g,"
+                 "\"soft_start\":%lld,\"augment\":%.9g,\"tag_weight\":%.9g}",
                  (unsigned long long)t->o.seed, t->o.batch_volumes, t->o.batch_images,
                  t->o.slice_k, t->o.consistency, t->o.soft_alpha, t->o.lr, t->o.weight_decay,
                  t->o.clip, (long long)t->o.warmup, (long long)t->o.total_steps,
-                 t->o.lr_floor) < 0)
+                 t->o.lr_floor, (long long)t->o.soft_start, t->o.augment,
+                 t->o.tag_weight) < 0)
         return NULL;
     return s;
 }

@@ -57,15 +57,22 @@ typedef struct enc_trainer_opts {
     int64_t warmup;      /* linear warmup steps */
     int64_t total_steps; /* where the cosine reaches lr_floor * lr */
     double lr_floor;     /* final learning rate as a fraction of lr */
+    int64_t soft_start;  /* soft targets apply from this step on (hard before it) */
+    float augment;       /* 0: off; else the strength of per-sample augmentation:
+                            shifts of up to round(2 * augment) pixels in-plane,
+                            gain 1 +- 0.1 augment, offset +- 0.1 augment, noise
+                            SD 0.05 augment (in normalised units) */
+    float tag_weight;    /* weight of the report-tag prediction loss; 0: off */
 } enc_trainer_opts;
 
-#define ENC_TRAINER_OPTS_INIT {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05}
+#define ENC_TRAINER_OPTS_INIT {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f}
 
 /* What one step did. */
 typedef struct enc_trainer_stats {
     int64_t step;          /* updates taken so far (after this one) */
     double loss;           /* clip + consistency * cons */
     double clip_loss, cons_loss;
+    double tag_loss;       /* report-tag prediction (0 when off) */
     double lr;             /* the learning rate this update used */
     double grad_norm;      /* before clipping */
     double temperature;    /* 1 / min(exp(log_scale), 100) after the update */
@@ -158,6 +165,8 @@ void enc_slice_select(const float *att, const int grid[3], int patch_d, int k, i
 /* ---- report finding tags (ASG soft targets) ------------------------------- */
 
 #define ENC_REPORT_MAX_TAGS 32
+/* Tag values are below this: findings 0..7, (finding, location) 8 + 16 f + loc. */
+#define ENC_REPORT_TAG_SLOTS 136
 
 /* Parses finding tags out of a report's text (never its labels): the text
  * is split into sentences ('.', ';', '\n'); in each, finding keywords and

@@ -24,6 +24,8 @@ int cmd_dedup(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_ingest(int argc, char **argv);
 
 /* Prints "medsem: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

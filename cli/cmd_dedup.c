@@ -20,35 +20,62 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: medsem dedup --db DIR [--threshold T] [--space S] [--json]\n"
             "\n"
-            "Exact duplicates share their data hash; near duplicates are items whose cosine\n"
-            "similarity is at least T (default %.2f), joined transitively into clusters.\n",
+            "Exact duplicates share their data hash (the same file bytes, report text or\n"
+            "vector); near duplicates are items whose cosine similarity in one space is at\n"
+            "least T (default %.2f), joined transitively into clusters.  Without --space, the\n"
+            "image and volume spaces of an ingested database are each searched (or the only\n"
+            "space holding vectors).\n",
             DEFAULT_THRESHOLD);
 }
 
-static void print_clusters(const char *name, const srch_cluster *c, size_t n, int json)
+static void print_clusters(store *s, const char *name, const char *space, const srch_cluster *c,
+                           size_t n, int json, int *first)
 {
-    if (json) {
-        printf("\"%s\":[", name);
-        for (size_t i = 0; i < n; i++) {
-            printf("%s{\"ids\":[", i ? "," : "");
+    for (size_t i = 0; i < n; i++) {
+        if (json) {
+            printf("%s{", *first ? "" : ",");
+            *first = 0;
+            if (space)
+                printf("\"space\":\"%s\",", space);
+            printf("\"ids\":[");
             for (size_t j = 0; j < c[i].n; j++)
                 printf("%s%" PRIu64, j ? "," : "", c[i].ids[j]);
+            printf("],\"sources\":[");
+            for (size_t j = 0; j < c[i].n; j++) {
+                store_item *it = NULL;
+                store_item_get(s, c[i].ids[j], &it);
+                printf("%s", j ? "," : "");
+                if (it && it->source)
+                    cli_json_string(stdout, it->source);
+                else
+                    printf("null");
+                store_item_free(it);
+            }
             printf("],\"min_score\":%.6f,\"max_score\":%.6f}", (double)c[i].min_score,
                    (double)c[i].max_score);
+            continue;
         }
-        printf("]");
-        return;
-    }
-    printf("%s duplicates: %zu cluster%s\n", name, n, n == 1 ? "" : "s");
-    for (size_t i = 0; i < n; i++) {
         printf("  [%zu items", c[i].n);
         if (c[i].min_score < 1)
             printf(", similarity %.4f-%.4f", (double)c[i].min_score, (double)c[i].max_score);
         printf("]");
-        for (size_t j = 0; j < c[i].n; j++)
-            printf(" %" PRIu64, c[i].ids[j]);
+        /* A table line stays readable: the first 8 members, then a count. */
+        for (size_t j = 0; j < c[i].n && j < 8; j++) {
+            store_item *it = NULL;
+            store_item_get(s, c[i].ids[j], &it);
+            const char *src = it && it->source ? strrchr(it->source, '/') : NULL;
+            src = src ? src + 1 : it ? it->source : NULL;
+            if (src)
+                printf(" %" PRIu64 " (%s)", c[i].ids[j], src);
+            else
+                printf(" %" PRIu64, c[i].ids[j]);
+            store_item_free(it);
+        }
+        if (c[i].n > 8)
+            printf(" ... and %zu more (--json lists all)", c[i].n - 8);
         printf("\n");
     }
+    (void)name;
 }
 
 int cmd_dedup(int argc, char **argv)
@@ -85,34 +112,76 @@ int cmd_dedup(int argc, char **argv)
     if (!s)
         return CLI_BAD_INPUT;
     int rc = CLI_BAD_INPUT;
-    idx_space *x = NULL;
-    srch_dedup_result *r = NULL;
+    srch_dedup_result *r[STORE_NSPACES] = {0};
+    store_space sps[STORE_NSPACES];
+    size_t nsp = 0;
     char err[1024];
-    store_space sp;
-    if (cli_pick_space(s, space, &sp))
-        goto out;
-    if (idx_space_open(s, sp, NULL, &x, err, sizeof err) ||
-        srch_dedup(s, x, (float)thr, &r, err, sizeof err)) {
-        cli_error("%s", err);
-        goto out;
-    }
-    if (json) {
-        printf("{\"space\":\"%s\",\"threshold\":%.6f,\"scanned\":%zu,\"near_pairs\":%zu,",
-               store_space_name(sp), thr, r->scanned, r->pairs);
-        print_clusters("exact", r->exact, r->nexact, 1);
-        printf(",");
-        print_clusters("near", r->near, r->nnear, 1);
-        printf("}\n");
+    /* Which spaces: the named one; else image and volume when either holds
+     * vectors (an ingested database); else the only space with vectors. */
+    if (space) {
+        if (cli_pick_space(s, space, &sps[0]))
+            goto out;
+        nsp = 1;
     } else {
-        printf("scanned %zu %s vectors at threshold %.4f: %zu near pairs\n", r->scanned,
-               store_space_name(sp), thr, r->pairs);
-        print_clusters("exact", r->exact, r->nexact, 0);
-        print_clusters("near", r->near, r->nnear, 0);
+        for (int sp = STORE_SPACE_IMAGE; sp <= STORE_SPACE_VOLUME; sp++) {
+            store_space_stat st;
+            if (store_space_stat_get(s, (store_space)sp, &st)) {
+                cli_error("%s", store_errmsg(s));
+                goto out;
+            }
+            if (st.count)
+                sps[nsp++] = (store_space)sp;
+        }
+        if (nsp == 0) {
+            if (cli_pick_space(s, NULL, &sps[0]))
+                goto out;
+            nsp = 1;
+        }
+    }
+    size_t scanned = 0, pairs = 0;
+    for (size_t i = 0; i < nsp; i++) {
+        idx_space *x = NULL;
+        int e = idx_space_open(s, sps[i], NULL, &x, err, sizeof err) ||
+                srch_dedup(s, x, (float)thr, &r[i], err, sizeof err);
+        idx_space_free(x);
+        if (e) {
+            cli_error("%s", err);
+            goto out;
+        }
+        scanned += r[i]->scanned;
+        pairs += r[i]->pairs;
+    }
+    /* Exact duplicates come from the data hashes of all items: take them once. */
+    int first = 1;
+    if (json) {
+        printf("{\"space\":\"%s\",\"spaces\":[", store_space_name(sps[0]));
+        for (size_t i = 0; i < nsp; i++)
+            printf("%s\"%s\"", i ? "," : "", store_space_name(sps[i]));
+        printf("],\"threshold\":%.6f,\"scanned\":%zu,\"near_pairs\":%zu,\"exact\":[", thr, scanned,
+               pairs);
+        print_clusters(s, "exact", NULL, r[0]->exact, r[0]->nexact, 1, &first);
+        printf("],\"near\":[");
+        first = 1;
+        for (size_t i = 0; i < nsp; i++)
+            print_clusters(s, "near", store_space_name(sps[i]), r[i]->near, r[i]->nnear, 1, &first);
+        printf("]}\n");
+    } else {
+        printf("scanned %zu vectors (", scanned);
+        for (size_t i = 0; i < nsp; i++)
+            printf("%s%s %zu", i ? ", " : "", store_space_name(sps[i]), r[i]->scanned);
+        printf(") at threshold %.4f: %zu near pairs\n", thr, pairs);
+        printf("exact duplicates: %zu cluster%s\n", r[0]->nexact, r[0]->nexact == 1 ? "" : "s");
+        print_clusters(s, "exact", NULL, r[0]->exact, r[0]->nexact, 0, &first);
+        for (size_t i = 0; i < nsp; i++) {
+            printf("near duplicates (%s): %zu cluster%s\n", store_space_name(sps[i]), r[i]->nnear,
+                   r[i]->nnear == 1 ? "" : "s");
+            print_clusters(s, "near", NULL, r[i]->near, r[i]->nnear, 0, &first);
+        }
     }
     rc = CLI_OK;
 out:
-    srch_dedup_free(r);
-    idx_space_free(x);
+    for (size_t i = 0; i < STORE_NSPACES; i++)
+        srch_dedup_free(r[i]);
     store_close(s);
     return rc;
 }

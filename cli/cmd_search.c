@@ -1,4 +1,4 @@
-/* cmd_search.c - medsem search: by query vectors or by a stored item. */
+/* cmd_search.c - medsem search: by text, image, volume, query vectors or a stored item. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "encoder/encoder.h"
 #include "indexer/indexer.h"
 #include "searcher/searcher.h"
 
@@ -18,84 +19,214 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: medsem search --db DIR (--vector-file Q.npy | --item ID) [options]\n"
+            "usage: medsem search --db DIR (--text STR | --image FILE | --volume FILE | --item ID\n"
+            "                     | --vector-file Q.npy) [options]\n"
             "\n"
             "  --db DIR             database directory\n"
+            "  --text STR           query by report-like text (encoded with the database's model)\n"
+            "  --image FILE         query by a 2D image (PNG or 2-D NIfTI)\n"
+            "  --volume FILE        query by a 3D volume (NIfTI)\n"
+            "  --item ID            use a stored item's vector as the query (the item itself is\n"
+            "                       left out of the results)\n"
             "  --vector-file FILE   query vectors (.npy, one query per row)\n"
-            "  --item ID            use a stored item's vector as the query (the item itself\n"
-            "                       is left out of the results)\n"
-            "  --space S            image, volume, report or slice (default: the only space\n"
-            "                       holding vectors)\n"
+            "  --target S           volume, image, report or slice: what to search (default:\n"
+            "                       volume for --text, the query's own space otherwise, or the\n"
+            "                       only space holding vectors); --space is the same\n"
             "  --k N                results per query, 1 to %d (default 10)\n"
             "  --filter EXPR        KEY=VALUE, KEY>=N, KEY>N, KEY<=N or KEY<N on payload keys;\n"
             "                       repeat to combine (all must hold)\n"
-            "  --json               JSON output: each hit with id, score and payload\n",
+            "  --slices N           best-matching slices shown per volume hit of a text or image\n"
+            "                       query (default 3; 0: none)\n"
+            "  --model DIR          model for --text/--image/--volume (default: the one the\n"
+            "                       database was ingested with); must be the database's model\n"
+            "  --modality M         intensity mapping of --image/--volume (default CR / CT)\n"
+            "  --json               JSON output: each hit with rank, id, score, kind, modality,\n"
+            "                       source, report, payload and best slices\n",
             SRCH_K_MAX);
 }
 
-/* A short one-line summary of an item for the table. */
-static void describe(const store_item *it, char *buf, size_t len)
+/* One line of text for a table cell: the impression when the report has one
+ * (its most telling part), whitespace folded, cut to fit. */
+static void snippet(const char *src, char *buf, size_t len)
 {
-    const char *src = it->source ? it->source : it->report ? it->report : it->payload_json;
-    snprintf(buf, len, "%s", src ? src : "");
-    for (char *c = buf; *c; c++)
-        if (*c == '\n' || *c == '\t')
-            *c = ' ';
-    if (strlen(buf) >= 60)
-        strcpy(buf + 56, "...");
+    if (!src)
+        src = "";
+    const char *imp = strstr(src, "Impression:");
+    if (imp && imp[11])
+        src = imp + 11;
+    size_t o = 0;
+    int space = 1;
+    for (const char *c = src; *c && o + 1 < len; c++) {
+        int ws = *c == '\n' || *c == '\t' || *c == ' ' || *c == '\r';
+        if (ws && space)
+            continue;
+        buf[o++] = ws ? ' ' : *c;
+        space = ws;
+    }
+    while (o && buf[o - 1] == ' ')
+        o--;
+    buf[o] = 0;
+    if (len > 4 && strlen(buf) == len - 1)
+        strcpy(buf + len - 4, "...");
 }
 
-static void print_hits(store *s, const srch_hit *h, size_t n, int json, size_t qi, size_t nq,
-                       const srch_stats *st)
+/* The file name of a source path, cut from the left to fit. */
+static void short_source(const char *src, char *buf, size_t len)
 {
-    if (json) {
+    if (!src || !*src) {
+        snprintf(buf, len, "-");
+        return;
+    }
+    const char *b = strrchr(src, '/');
+    b = b && b[1] ? b + 1 : src;
+    size_t n = strlen(b);
+    if (n < len)
+        snprintf(buf, len, "%s", b);
+    else
+        snprintf(buf, len, "...%s", b + n - (len - 4));
+}
+
+typedef struct qctx {
+    store *s;
+    store_space target;
+    const float *q; /* the query vector, for best slices */
+    size_t nslices; /* best slices per volume hit; 0: none */
+    int json;
+} qctx;
+
+static int print_hits(const qctx *c, const srch_hit *h, size_t n, size_t qi, size_t nq,
+                      const srch_stats *st)
+{
+    srch_slice sl[64];
+    char err[512];
+    int slice_space = c->target == STORE_SPACE_SLICE;
+    if (c->json) {
         printf("%s{\"query\":%zu,\"plan\":", qi ? "," : "", qi);
         cli_json_string(stdout, st->plan);
         printf(",\"exact\":%s,\"hits\":[", st->exact ? "true" : "false");
-        for (size_t i = 0; i < n; i++) {
-            store_item *it = NULL;
-            store_item_get(s, (uint64_t)h[i].id, &it);
-            printf("%s{\"id\":%" PRId64 ",\"score\":%.6f", i ? "," : "", h[i].id,
+    } else {
+        if (nq > 1)
+            printf("%squery %zu\n", qi ? "\n" : "", qi);
+        printf("%4s  %7s  %8s  %-6s  %-22s  %-44s  %s\n", "rank", "score", "id", "kind", "source",
+               slice_space ? "report (slice)" : "report", c->nslices ? "best slices (z: score)" : "");
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t id = slice_space ? STORE_SLICE_ITEM(h[i].id) : (uint64_t)h[i].id;
+        store_item *it = NULL;
+        store_item_get(c->s, id, &it);
+        size_t ns = 0;
+        if (it && it->kind == STORE_KIND_VOLUME && c->nslices && !slice_space &&
+            srch_best_slices(c->s, id, c->q, c->nslices, sl, &ns, err, sizeof err)) {
+            cli_error("%s", err);
+            store_item_free(it);
+            return -1;
+        }
+        if (c->json) {
+            printf("%s{\"rank\":%zu,\"id\":%" PRIu64 ",\"score\":%.6f", i ? "," : "", i + 1, id,
                    (double)h[i].score);
+            if (slice_space)
+                printf(",\"slice\":%u", STORE_SLICE_Z(h[i].id));
             if (it) {
                 printf(",\"kind\":");
                 cli_json_string(stdout, store_kind_name(it->kind));
+                printf(",\"modality\":");
+                if (it->modality)
+                    cli_json_string(stdout, it->modality);
+                else
+                    printf("null");
+                printf(",\"source\":");
+                if (it->source)
+                    cli_json_string(stdout, it->source);
+                else
+                    printf("null");
+                printf(",\"report\":");
+                if (it->report)
+                    cli_json_string(stdout, it->report);
+                else
+                    printf("null");
                 printf(",\"payload\":%s", it->payload_json ? it->payload_json : "{}");
+                if (it->kind == STORE_KIND_VOLUME && c->nslices && !slice_space) {
+                    printf(",\"slices\":[");
+                    for (size_t k = 0; k < ns; k++)
+                        printf("%s{\"z\":%u,\"score\":%.6f}", k ? "," : "", sl[k].z,
+                               (double)sl[k].score);
+                    printf("]");
+                }
             }
             printf("}");
-            store_item_free(it);
+        } else {
+            char src[23], rep[45], best[160] = "";
+            short_source(it ? it->source : NULL, src, sizeof src);
+            if (slice_space) {
+                char tmp[34];
+                snippet(it ? it->report : NULL, tmp, sizeof tmp);
+                snprintf(rep, sizeof rep, "(z %u) %.33s", STORE_SLICE_Z(h[i].id) % 10000, tmp);
+            } else {
+                snippet(it ? (it->report ? it->report : it->payload_json) : NULL, rep, sizeof rep);
+            }
+            size_t o = 0;
+            for (size_t k = 0; k < ns && o < sizeof best - 24; k++)
+                o += (size_t)snprintf(best + o, sizeof best - o, "%sz%u: %.3f", k ? ", " : "",
+                                      sl[k].z, (double)sl[k].score);
+            printf("%4zu  %7.4f  %8" PRIu64 "  %-6s  %-22s  %-44s  %s\n", i + 1, (double)h[i].score,
+                   id, it ? store_kind_name(it->kind) : "?", src, rep, best);
         }
-        printf("]}");
-        return;
-    }
-    if (nq > 1)
-        printf("%squery %zu\n", qi ? "\n" : "", qi);
-    printf("%4s  %8s  %10s  %-7s  %s\n", "rank", "score", "id", "kind", "item");
-    for (size_t i = 0; i < n; i++) {
-        store_item *it = NULL;
-        char desc[64] = "";
-        if (!store_item_get(s, (uint64_t)h[i].id, &it))
-            describe(it, desc, sizeof desc);
-        printf("%4zu  %8.4f  %10" PRId64 "  %-7s  %s\n", i + 1, (double)h[i].score, h[i].id,
-               it ? store_kind_name(it->kind) : "?", desc);
         store_item_free(it);
     }
-    if (n == 0)
+    if (c->json)
+        printf("]}");
+    else if (n == 0)
         printf("(no results)\n");
+    return 0;
+}
+
+/* Opens the model for an encoded query: --model or the database's record,
+ * which must be the model that made the database's vectors. */
+static enc_pipeline *open_model(store *s, const char *db, const char *model)
+{
+    char *rec = NULL, err[1024];
+    if (!model) {
+        int r = store_attr_get(s, "model_dir", &rec);
+        if (r == STORE_NOTFOUND) {
+            cli_error("%s records no model (its vectors were imported); give --model DIR", db);
+            return NULL;
+        }
+        if (r) {
+            cli_error("%s", store_errmsg(s));
+            return NULL;
+        }
+        model = rec;
+    }
+    enc_pipeline *p = NULL;
+    if (enc_pipeline_open(model, 1, &p, err, sizeof err)) {
+        cli_error("%s%s", err, rec ? " (the model directory recorded in the database; --model "
+                                     "DIR overrides it)" : "");
+    } else if (strcmp(enc_pipeline_model_id(p), store_model_id(s))) {
+        cli_error("model %s (%.16s) is not the model of %s (%.16s): its vectors would not be "
+                  "comparable", model, enc_pipeline_model_id(p), db, store_model_id(s));
+        enc_pipeline_close(p);
+        p = NULL;
+    }
+    free(rec);
+    return p;
 }
 
 int cmd_search(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"db", required_argument, 0, 'd'},    {"vector-file", required_argument, 0, 'v'},
-        {"item", required_argument, 0, 'i'},  {"space", required_argument, 0, 's'},
-        {"k", required_argument, 0, 'k'},     {"filter", required_argument, 0, 'f'},
-        {"json", no_argument, 0, 'j'},        {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
-    const char *db = NULL, *vfile = NULL, *space = NULL, *item = NULL;
+        {"db", required_argument, 0, 'd'},     {"vector-file", required_argument, 0, 'v'},
+        {"item", required_argument, 0, 'i'},   {"space", required_argument, 0, 's'},
+        {"target", required_argument, 0, 's'}, {"k", required_argument, 0, 'k'},
+        {"filter", required_argument, 0, 'f'}, {"json", no_argument, 0, 'j'},
+        {"text", required_argument, 0, 'T'},   {"image", required_argument, 0, 'I'},
+        {"volume", required_argument, 0, 'V'}, {"model", required_argument, 0, 'm'},
+        {"modality", required_argument, 0, 'M'}, {"slices", required_argument, 0, 'S'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    const char *db = NULL, *vfile = NULL, *space = NULL, *item = NULL, *text = NULL;
+    const char *image = NULL, *volume = NULL, *model = NULL, *modality = NULL;
     const char *fexpr[MAX_FILTERS];
     size_t nf = 0;
-    uint64_t k = 10, item_id = 0;
+    uint64_t k = 10, item_id = 0, nslices = 3;
     int json = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -105,9 +236,20 @@ int cmd_search(int argc, char **argv)
         case 'i': item = optarg; break;
         case 's': space = optarg; break;
         case 'j': json = 1; break;
+        case 'T': text = optarg; break;
+        case 'I': image = optarg; break;
+        case 'V': volume = optarg; break;
+        case 'm': model = optarg; break;
+        case 'M': modality = optarg; break;
         case 'k':
             if (cli_parse_u64(optarg, 1, SRCH_K_MAX, &k)) {
                 cli_error("--k '%s': expected an integer from 1 to %d", optarg, SRCH_K_MAX);
+                return CLI_BAD_INPUT;
+            }
+            break;
+        case 'S':
+            if (cli_parse_u64(optarg, 0, 64, &nslices)) {
+                cli_error("--slices '%s': expected an integer from 0 to 64", optarg);
                 return CLI_BAD_INPUT;
             }
             break;
@@ -126,13 +268,18 @@ int cmd_search(int argc, char **argv)
         cli_error("search: unexpected argument '%s'", argv[optind]);
         return CLI_USAGE;
     }
-    if (!db || (!vfile == !item)) {
-        cli_error("search needs --db and one of --vector-file or --item");
+    int nqueries = !!vfile + !!item + !!text + !!image + !!volume;
+    if (!db || nqueries != 1) {
+        cli_error("search needs --db and one of --text, --image, --volume, --item or --vector-file");
         usage(stderr);
         return CLI_USAGE;
     }
     if (item && cli_parse_u64(item, 0, INT64_MAX, &item_id)) {
         cli_error("--item '%s': expected an item id (a non-negative integer)", item);
+        return CLI_BAD_INPUT;
+    }
+    if (text && !*text) {
+        cli_error("--text: the query text is empty");
         return CLI_BAD_INPUT;
     }
 
@@ -143,9 +290,12 @@ int cmd_search(int argc, char **argv)
     store *s = NULL;
     idx_space *x = NULL;
     idx_npy *qm = NULL;
+    enc_pipeline *p = NULL;
+    enc_worker *w = NULL;
     float *q = NULL;
     srch_hit *hits = NULL;
     size_t nq = 1;
+    store_item *qit = NULL;
     for (; nparsed < nf; nparsed++)
         if (srch_filter_parse(fexpr[nparsed], &filters[nparsed], err, sizeof err)) {
             cli_error("%s", err);
@@ -154,9 +304,39 @@ int cmd_search(int argc, char **argv)
     if (!(s = cli_open_db(db)))
         goto out;
     uint32_t dim = store_dim(s);
-    store_space sp;
-    if (cli_pick_space(s, space, &sp))
-        goto out;
+    /* The query's own space: what --item reads and the default target. */
+    store_space qsp = STORE_SPACE_VOLUME, sp;
+    if (item) {
+        int g = store_item_get(s, item_id, &qit);
+        if (g == STORE_NOTFOUND) {
+            cli_error("--item %" PRIu64 ": no such item in %s", item_id, db);
+            goto out;
+        } else if (g) {
+            cli_error("%s", store_errmsg(s));
+            goto out;
+        }
+        if (qit->kind == STORE_KIND_VECTOR) {
+            if (cli_pick_space(s, space, &qsp))
+                goto out;
+        } else {
+            qsp = qit->kind == STORE_KIND_IMAGE    ? STORE_SPACE_IMAGE
+                  : qit->kind == STORE_KIND_VOLUME ? STORE_SPACE_VOLUME
+                                                   : STORE_SPACE_REPORT;
+        }
+    } else if (image) {
+        qsp = STORE_SPACE_IMAGE;
+    } else if (volume) {
+        qsp = STORE_SPACE_VOLUME;
+    }
+    if (space) {
+        if (cli_pick_space(s, space, &sp))
+            goto out;
+    } else if (vfile) {
+        if (cli_pick_space(s, NULL, &sp))
+            goto out;
+    } else {
+        sp = qsp;
+    }
     if (vfile) {
         if (idx_npy_open(vfile, &qm, err, sizeof err)) {
             cli_error("%s", err);
@@ -193,19 +373,30 @@ int cmd_search(int argc, char **argv)
                 goto out;
             }
         }
-    } else {
-        int g = store_vector_get(s, sp, item_id, q);
+    } else if (item) {
+        int g = store_vector_get(s, qsp, item_id, q);
         if (g == STORE_NOTFOUND) {
-            store_item *it = NULL;
-            if (store_item_get(s, item_id, &it))
-                cli_error("--item %" PRIu64 ": no such item in %s", item_id, db);
-            else
-                cli_error("--item %" PRIu64 ": the item has no vector in the %s space", item_id,
-                          store_space_name(sp));
-            store_item_free(it);
+            cli_error("--item %" PRIu64 ": the item has no vector in the %s space", item_id,
+                      store_space_name(qsp));
             goto out;
         } else if (g) {
             cli_error("%s", store_errmsg(s));
+            goto out;
+        }
+    } else {
+        if (!(p = open_model(s, db, model)))
+            goto out;
+        if (enc_worker_new(p, 1, &w, err, sizeof err)) {
+            cli_error("%s", err);
+            goto out;
+        }
+        const char *in = text ? text : image ? image : volume;
+        const char *mod = modality ? modality : image ? "CR" : "CT";
+        int e = text    ? enc_worker_text(w, &in, 1, q, err, sizeof err)
+                : image ? enc_worker_images(w, &in, &mod, 1, q, err, sizeof err)
+                        : enc_worker_volumes(w, &in, &mod, 1, q, err, sizeof err);
+        if (e) {
+            cli_error("%s", err);
             goto out;
         }
     }
@@ -222,8 +413,22 @@ int cmd_search(int argc, char **argv)
             fprintf(stderr, "medsem: warning: could not save the index: %s\n",
                     idx_space_errmsg(x));
     }
-    if (json)
-        printf("{\"space\":\"%s\",\"results\":[", store_space_name(sp));
+    /* Best slices answer "where in the volume" for volume hits of queries
+     * from the 2D and text side, whose space the slice vectors share. */
+    qctx qc = {.s = s, .target = sp, .json = json,
+               .nslices = sp == STORE_SPACE_VOLUME &&
+                                  (text || image || (item && qsp != STORE_SPACE_VOLUME))
+                              ? (size_t)nslices
+                              : 0};
+    if (json) {
+        printf("{\"space\":\"%s\",\"target\":\"%s\",\"query_kind\":\"%s\",\"results\":[",
+               store_space_name(sp), store_space_name(sp),
+               text ? "text" : image ? "image" : volume ? "volume" : item ? "item" : "vector");
+    } else if (!vfile) {
+        printf("%s -> %s, top %" PRIu64 "%s\n",
+               text ? "text" : image ? "image" : volume ? "volume" : store_space_name(qsp),
+               store_space_name(sp), k, item ? " (the query item left out)" : "");
+    }
     for (size_t i = 0; i < nq; i++) {
         srch_query qq = {.vec = q + i * dim, .k = (size_t)k, .filters = filters,
                          .nfilters = nf, .exclude_id = item ? (int64_t)item_id : -1};
@@ -235,7 +440,12 @@ int cmd_search(int argc, char **argv)
             cli_error("%s", err);
             goto out;
         }
-        print_hits(s, hits, n, json, i, nq, &st);
+        qc.q = q + i * dim;
+        if (print_hits(&qc, hits, n, i, nq, &st)) {
+            if (json)
+                printf("]}\n");
+            goto out;
+        }
     }
     if (json)
         printf("]}\n");
@@ -243,8 +453,11 @@ int cmd_search(int argc, char **argv)
 out:
     for (size_t i = 0; i < nparsed; i++)
         srch_filter_clear(&filters[i]);
+    store_item_free(qit);
     idx_space_free(x);
     idx_npy_close(qm);
+    enc_worker_free(w);
+    enc_pipeline_close(p);
     store_close(s);
     free(q);
     free(hits);

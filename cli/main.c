@@ -15,11 +15,13 @@ static const struct {
 } cmds[] = {
     {"encode", cmd_encode, "embed a text, image or volume, or a manifest of them"},
     {"eval", cmd_eval, "retrieval quality of a model on a labelled manifest"},
+    {"ingest", cmd_ingest, "encode a manifest of volumes, images and reports into a database"},
     {"import", cmd_import, "import embeddings (.npy + JSONL metadata) into a database"},
-    {"search", cmd_search, "search a database by vector or by item"},
+    {"search", cmd_search, "search a database by text, image, volume, vector or item"},
     {"dedup", cmd_dedup, "find exact and near-duplicate items"},
     {"synth", cmd_synth, "write the synthetic chest benchmark (volumes, radiographs, reports)"},
     {"train", cmd_train, "train a model on a manifest of images, volumes and reports"},
+    {"serve", cmd_serve, "serve the HTTP/JSON API and the search page"},
     {"info", cmd_info, "describe a database: dimension, model, spaces, indexes"},
 };
 

@@ -80,4 +80,23 @@ int enc_worker_images(enc_worker *w, const char *const *paths, const char *const
 int enc_worker_volumes(enc_worker *w, const char *const *paths, const char *const *modalities,
                        int n, float *out, char *errbuf, size_t errlen);
 
+/* Axial slices per volume that enc_worker_volume_slices encodes: the
+ * volume input's depth D, when an axial plane of the preprocessed volume is
+ * exactly an image input (same H, W and channels; the default preset's
+ * 16 x 64 x 64 volumes and 64 x 64 images), the cut the trainer's slice
+ * selection makes.  0 when the model's geometry does not allow it, with
+ * the reason in errbuf (may be NULL). */
+int enc_pipeline_slices(const enc_pipeline *p, char *errbuf, size_t errlen);
+
+/* Encodes n <= batch volumes like enc_worker_volumes into vol_out (n rows)
+ * and every axial slice z of each preprocessed volume through the image
+ * tower (the 2D patch embedding on the plane [C, z, :, :]) into slice_out
+ * (n * D rows, volume i's slice z at row i * D + z; D =
+ * enc_pipeline_slices).  Each file is read and preprocessed once.
+ * ENC_UNSUPPORTED when the model cannot encode slices (errbuf says why);
+ * other failures name the file and write nothing. */
+int enc_worker_volume_slices(enc_worker *w, const char *const *paths,
+                             const char *const *modalities, int n, float *vol_out,
+                             float *slice_out, char *errbuf, size_t errlen);
+
 #endif

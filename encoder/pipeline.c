@@ -32,6 +32,7 @@ struct enc_worker {
     float *in;        /* preprocessed inputs of the current batch */
     size_t in_cap;
     int32_t *ids, *mask;
+    float *slice_in; /* batch axial slices cut from w->in */
 };
 
 
@@ -229,6 +230,7 @@ void enc_worker_free(enc_worker *w)
     for (int k = 0; k < 3; k++)
         enc_state_free(w->st[k]);
     free(w->in);
+    free(w->slice_in);
     free(w->ids);
     free(w->mask);
     free(w);
@@ -321,4 +323,65 @@ int enc_worker_volumes(enc_worker *w, const char *const *paths, const char *cons
                        int n, float *out, char *errbuf, size_t errlen)
 {
     return encode_files(w, ENC_VOLUME, paths, modalities, n, out, errbuf, errlen);
+}
+
+/* ---- volumes with their axial slices ---------------------------------------------- */
+
+int enc_pipeline_slices(const enc_pipeline *p, char *errbuf, size_t errlen)
+{
+    enc_input_geom gv, gi;
+    if (!p->has[ENC_VOLUME] || !p->has[ENC_IMAGE]) {
+        enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
+                  "the %s model cannot encode slices: it needs both a 3D and a 2D input",
+                  enc_model_arch(p->model));
+        return 0;
+    }
+    enc_model_geom(p->model, ENC_VOLUME, &gv);
+    enc_model_geom(p->model, ENC_IMAGE, &gi);
+    if (gv.size[1] != gi.size[1] || gv.size[2] != gi.size[2] || gv.channels != gi.channels) {
+        enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
+                  "the model cannot encode slices: an axial slice of its %d x %d x %d x %d "
+                  "volume input is not its %d x %d x %d image input",
+                  gv.channels, gv.size[0], gv.size[1], gv.size[2], gi.channels, gi.size[1],
+                  gi.size[2]);
+        return 0;
+    }
+    return gv.size[0];
+}
+
+int enc_worker_volume_slices(enc_worker *w, const char *const *paths,
+                             const char *const *modalities, int n, float *vol_out,
+                             float *slice_out, char *errbuf, size_t errlen)
+{
+    const enc_pipeline *p = w->p;
+    int D = enc_pipeline_slices(p, errbuf, errlen);
+    if (!D)
+        return ENC_UNSUPPORTED;
+    int rc = encode_files(w, ENC_VOLUME, paths, modalities, n, vol_out, errbuf, errlen);
+    if (rc)
+        return rc;
+    /* w->in still holds the n preprocessed volumes [C, D, H, W]; slice z of
+     * volume i is the C planes at z, as the trainer cuts them. */
+    const enc_prep *pp = &p->prep;
+    size_t hw = (size_t)pp->vol_size[1] * pp->vol_size[2], per_img = hw * pp->channels;
+    size_t per_vol = enc_prep_volume_count(pp);
+    if (!w->slice_in && !(w->slice_in = malloc((size_t)w->batch * per_img * sizeof(float))))
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for %d slices", w->batch);
+    int d = enc_pipeline_dim(p);
+    size_t total = (size_t)n * D;
+    for (size_t s0 = 0; s0 < total; s0 += (size_t)w->batch) {
+        int m = total - s0 < (size_t)w->batch ? (int)(total - s0) : w->batch;
+        for (int j = 0; j < m; j++) {
+            size_t vi = (s0 + j) / D, z = (s0 + j) % D;
+            const float *vol = w->in + vi * per_vol;
+            for (int c = 0; c < pp->channels; c++)
+                memcpy(w->slice_in + j * per_img + c * hw, vol + ((size_t)c * D + z) * hw,
+                       hw * sizeof(float));
+        }
+        if ((rc = state_for(w, ENC_IMAGE, m, errbuf, errlen)))
+            return rc;
+        if ((rc = enc_encode_image(w->st[ENC_IMAGE], w->slice_in, m, slice_out + s0 * d)))
+            return enc__fail(errbuf, errlen, rc, "slices: %s", enc_state_errmsg(w->st[ENC_IMAGE]));
+    }
+    return ENC_OK;
 }

@@ -12,7 +12,11 @@ shift || true
 
 pkgs=(build-essential autoconf automake pkg-config
       libfaiss-dev liblapack-dev libopenblas-dev liblmdb-dev libcjson-dev zlib1g-dev
-      libuv1-dev libpng-dev libnifti2-dev libhttp-parser-dev libcmocka-dev lmdb-utils)
+      libuv1-dev libpng-dev libnifti2-dev libhttp-parser-dev libcmocka-dev lmdb-utils
+      python3)
+# python3 (standard library only) drives the server's integration test;
+# wrk (bench/serve.sh) and chromium (tests/net/test_browser.sh, which
+# installs it itself when missing) are optional and not installed here.
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -117,6 +117,16 @@ void srch_filter_clear(srch_filter *f)
 
 /* ---- exact scan over ids ------------------------------------------------------- */
 
+/* Whether a result is the query item (in the slice space: any of its slices). */
+static int excluded(store_space sp, int64_t id, int64_t exclude_id)
+{
+    if (exclude_id < 0)
+        return 0;
+    if (sp == STORE_SPACE_SLICE)
+        return STORE_SLICE_ITEM(id) == (uint64_t)exclude_id;
+    return id == exclude_id;
+}
+
 int srch_exact_ids(store *s, store_space sp, const float *q, const uint64_t *ids, size_t n,
                    size_t k, int64_t exclude_id, srch_hit *hits, size_t *nhits, char *errbuf,
                    size_t errlen)
@@ -135,7 +145,7 @@ int srch_exact_ids(store *s, store_space sp, const float *q, const uint64_t *ids
     idx_topk_init(&t, k, sc, id);
     int rc = SRCH_OK;
     for (size_t i = 0; i < n; i++) {
-        if ((int64_t)ids[i] == exclude_id)
+        if (excluded(sp, (int64_t)ids[i], exclude_id))
             continue;
         int r = store_vector_get(s, sp, ids[i], v);
         if (r == STORE_NOTFOUND)
@@ -175,6 +185,7 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
                     q->k);
     idx_info info;
     idx_space_info(x, &info);
+    store_space sp = idx_space_which(x);
     uint64_t *allowed = NULL;
     size_t nallowed = 0;
     int rc = SRCH_OK;
@@ -188,6 +199,17 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
         free(fs);
         if (r)
             return srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+        /* The slice space is keyed by slice labels: the items' slices. */
+        if (sp == STORE_SPACE_SLICE) {
+            uint64_t *labels = NULL;
+            size_t nl = 0;
+            r = store_slice_labels(s, allowed, nallowed, &labels, &nl);
+            free(allowed);
+            if (r)
+                return srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+            allowed = labels;
+            nallowed = nl;
+        }
         st->matching = nallowed;
         /* A small matching set is scanned exactly: cheaper than a selector
          * pass over a large index, and exact whatever the index kind. */
@@ -195,14 +217,21 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
         if (nallowed <= emax || (info.exact && 4 * nallowed < info.ntotal)) {
             st->plan = "exact-scan";
             st->exact = 1;
-            rc = srch_exact_ids(s, idx_space_which(x), q->vec, allowed, nallowed, q->k,
+            rc = srch_exact_ids(s, sp, q->vec, allowed, nallowed, q->k,
                                 q->exclude_id, hits, nhits, errbuf, errlen);
             free(allowed);
             return rc;
         }
     }
-    /* One extra result in case the query item itself comes back. */
+    /* One extra result in case the query item itself comes back (in the
+     * slice space, one per slice of it). */
     size_t kk = q->k + (q->exclude_id >= 0);
+    if (q->exclude_id >= 0 && sp == STORE_SPACE_SLICE) {
+        size_t nsl = 0;
+        if (store_slices_get(s, (uint64_t)q->exclude_id, NULL, NULL, 0, &nsl))
+            return srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+        kk = q->k + nsl;
+    }
     float *sc = malloc(kk * sizeof *sc);
     int64_t *id = malloc(kk * sizeof *id);
     if (!sc || !id) {
@@ -218,7 +247,7 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
     st->exact = info.exact;
     size_t m = 0;
     for (size_t i = 0; i < kk && m < q->k; i++) {
-        if (id[i] < 0 || id[i] == q->exclude_id)
+        if (id[i] < 0 || excluded(sp, id[i], q->exclude_id))
             continue;
         hits[m++] = (srch_hit){.id = id[i], .score = sc[i]};
     }
@@ -228,12 +257,55 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
     if (allowed && m < q->k && m < nallowed) {
         st->plan = "exact-scan";
         st->exact = 1;
-        rc = srch_exact_ids(s, idx_space_which(x), q->vec, allowed, nallowed, q->k, q->exclude_id,
+        rc = srch_exact_ids(s, sp, q->vec, allowed, nallowed, q->k, q->exclude_id,
                             hits, nhits, errbuf, errlen);
     }
 out:
     free(sc);
     free(id);
     free(allowed);
+    return rc;
+}
+
+/* ---- best slices --------------------------------------------------------------- */
+
+int srch_best_slices(store *s, uint64_t id, const float *q, size_t k, srch_slice *out, size_t *n,
+                     char *errbuf, size_t errlen)
+{
+    uint32_t dim = store_dim(s);
+    size_t ns = 0;
+    *n = 0;
+    if (k == 0)
+        return SRCH_OK;
+    if (store_slices_get(s, id, NULL, NULL, 0, &ns))
+        return srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+    if (ns == 0)
+        return SRCH_OK;
+    float *v = malloc(ns * dim * sizeof *v), *sc = malloc(k * sizeof *sc);
+    uint32_t *zs = malloc(ns * sizeof *zs);
+    int64_t *zi = malloc(k * sizeof *zi);
+    int rc = SRCH_OK;
+    if (!v || !sc || !zs || !zi) {
+        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+    } else if (store_slices_get(s, id, v, zs, ns, &ns)) {
+        rc = srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+    } else {
+        idx_topk t;
+        idx_topk_init(&t, k, sc, zi);
+        for (size_t i = 0; i < ns; i++) {
+            float dot = 0;
+            for (uint32_t d = 0; d < dim; d++)
+                dot += q[d] * v[i * dim + d];
+            idx_topk_push(&t, dot, (int64_t)zs[i]);
+        }
+        size_t m = idx_topk_finish(&t);
+        for (size_t i = 0; i < m; i++)
+            out[i] = (srch_slice){.z = (uint32_t)zi[i], .score = sc[i]};
+        *n = m;
+    }
+    free(v);
+    free(sc);
+    free(zs);
+    free(zi);
     return rc;
 }

@@ -89,6 +89,24 @@ int srch_exact_ids(store *s, store_space sp, const float *q, const uint64_t *ids
                    size_t k, int64_t exclude_id, srch_hit *hits, size_t *nhits, char *errbuf,
                    size_t errlen);
 
+/* ---- slices ----------------------------------------------------------------- */
+
+/* In the slice space hits are slice labels (STORE_SLICE_LABEL: item id and
+ * z); filters select items and so all their slices, and exclude_id leaves out
+ * every slice of that item. */
+
+typedef struct srch_slice {
+    uint32_t z;  /* axial slice index, 0 = the most inferior */
+    float score; /* cosine similarity to the query */
+} srch_slice;
+
+/* The k slices of item id that best match the query q (L2-normalised, dim
+ * floats), best first (ties to the lower z): UniMedI's slice ranking at
+ * query time, over the slice vectors stored with the volume.  *n gets how
+ * many (0 when the item has no slices). */
+int srch_best_slices(store *s, uint64_t id, const float *q, size_t k, srch_slice *out, size_t *n,
+                     char *errbuf, size_t errlen);
+
 /* ---- dedup ----------------------------------------------------------------- */
 
 typedef struct srch_cluster {

@@ -303,6 +303,42 @@ static int hash_is_zero(const uint8_t h[STORE_HASH_SIZE])
     return 1;
 }
 
+/* Where a vector lives: `vectors` under space + id, or for the slice space
+ * `slices` under id + z (the label split).  Returns the key length. */
+static size_t vec_key(uint8_t *k, store_space sp, uint64_t label)
+{
+    if (sp == STORE_SPACE_SLICE) {
+        put_u64be(k, STORE_SLICE_ITEM(label));
+        put_u32be(k + 8, STORE_SLICE_Z(label));
+        return SLICE_KEY;
+    }
+    k[0] = (uint8_t)sp;
+    put_u64be(k + 1, label);
+    return VEC_KEY;
+}
+
+static int vec_db(store_space sp) { return sp == STORE_SPACE_SLICE ? DB_SLICES : DB_VECTORS; }
+
+/* The label of a key of sp's database, or -1 when the key is not of sp. */
+static int vec_label(store_space sp, const MDB_val *k, uint64_t *label)
+{
+    const uint8_t *p = k->mv_data;
+    if (sp == STORE_SPACE_SLICE) {
+        if (k->mv_size != SLICE_KEY)
+            return -1;
+        uint64_t id = get_u64be(p);
+        uint32_t z = (uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 | (uint32_t)p[10] << 8 | p[11];
+        if (id >= STORE_SLICE_ID_LIMIT || z >= STORE_SLICE_MAX)
+            return -1;
+        *label = STORE_SLICE_LABEL(id, z);
+        return 0;
+    }
+    if (k->mv_size != VEC_KEY || p[0] != sp)
+        return -1;
+    *label = get_u64be(p + 1);
+    return 0;
+}
+
 /* ---- transactions and map growth ------------------------------------------ */
 
 /* Another process grew the map: adopt its size (needs no open txn here). */
@@ -1055,18 +1091,23 @@ static int put_one(store *s, MDB_txn *txn, put_args *a, size_t i, uint64_t id, s
         return lmdb_fail(s, rc, "writing item %llu", (unsigned long long)id);
     item_encode(it, v.mv_data);
 
-    if (p->has_vector) {
-        uint8_t vk[VEC_KEY];
-        vk[0] = (uint8_t)p->space;
-        put_u64be(vk + 1, id);
-        k = mval(vk, VEC_KEY);
+    for (size_t j = 0; j < p->nvecs + (p->has_vector != 0); j++) {
+        store_vec one = {p->space, 0, p->vector};
+        const store_vec *e = j < p->nvecs ? &p->vecs[j] : &one;
+        uint8_t vk[SLICE_KEY];
+        size_t klen = vec_key(vk, e->space, e->space == STORE_SPACE_SLICE ? STORE_SLICE_LABEL(id, e->z) : id);
+        if (e->space == STORE_SPACE_SLICE && id >= STORE_SLICE_ID_LIMIT)
+            return fail(s, STORE_INVAL, "item %llu: ids from 2^%d on cannot have slices",
+                        (unsigned long long)id, 63 - STORE_SLICE_BITS);
+        k = mval(vk, klen);
         v = mval(NULL, 8 + (size_t)s->dim * 4);
-        if ((rc = mdb_put(txn, s->dbi[DB_VECTORS], &k, &v, MDB_RESERVE)))
-            return lmdb_fail(s, rc, "writing the vector of item %llu", (unsigned long long)id);
-        assert(bumped[p->space]);
-        put_u64le(v.mv_data, sm[p->space].gen);
-        put_floats((uint8_t *)v.mv_data + 8, p->vector, s->dim);
-        sm[p->space].count++;
+        if ((rc = mdb_put(txn, s->dbi[vec_db(e->space)], &k, &v, MDB_RESERVE)))
+            return lmdb_fail(s, rc, "writing the %s vector of item %llu", space_names[e->space],
+                             (unsigned long long)id);
+        assert(bumped[e->space]);
+        put_u64le(v.mv_data, sm[e->space].gen);
+        put_floats((uint8_t *)v.mv_data + 8, e->vector, s->dim);
+        sm[e->space].count++;
     }
 
     k = mval(it->content_hash, STORE_HASH_SIZE);
@@ -1108,9 +1149,13 @@ static int put_body(store *s, MDB_txn *txn, void *arg)
         }
         if (rc != MDB_NOTFOUND)
             return lmdb_fail(s, rc, "looking up the content hash of batch item %zu", i);
-        if (a->puts[i].has_vector && !bumped[a->puts[i].space]) {
-            sm[a->puts[i].space].gen++;
-            bumped[a->puts[i].space] = 1;
+        const store_put *p = &a->puts[i];
+        for (size_t j = 0; j < p->nvecs + (p->has_vector != 0); j++) {
+            store_space sp = j < p->nvecs ? p->vecs[j].space : p->space;
+            if (!bumped[sp]) {
+                sm[sp].gen++;
+                bumped[sp] = 1;
+            }
         }
         if ((r = put_one(s, txn, a, i, next, sm, bumped)))
             return r;
@@ -1141,16 +1186,38 @@ static int put_validate(store *s, const store_put *puts, size_t n, cJSON **paylo
         for (int f = 0; f < ITEM_NSTR; f++)
             if (item_str(it, f) && strlen(item_str(it, f)) >= STR_NULL)
                 return fail(s, STORE_INVAL, "batch item %zu: %s is too long", i, str_field_names[f]);
-        if (p->has_vector) {
-            if ((unsigned)p->space >= STORE_NSPACES)
+        if (p->nvecs && !p->vecs)
+            return fail(s, STORE_INVAL, "batch item %zu: nvecs is %zu but vecs is NULL", i, p->nvecs);
+        /* At most one vector per space, one per slice z. */
+        uint8_t seen[STORE_NSPACES] = {0}, zseen[STORE_SLICE_MAX / 8] = {0};
+        for (size_t j = 0; j < p->nvecs + (p->has_vector != 0); j++) {
+            store_vec one = {p->space, 0, p->vector};
+            const store_vec *e = j < p->nvecs ? &p->vecs[j] : &one;
+            if ((unsigned)e->space >= STORE_NSPACES)
                 return fail(s, STORE_INVAL, "batch item %zu: vector space %d out of range", i,
-                            (int)p->space);
-            if (!p->vector)
-                return fail(s, STORE_INVAL, "batch item %zu: has_vector is set but vector is NULL", i);
-            for (uint32_t j = 0; j < s->dim; j++)
-                if (!isfinite(p->vector[j]))
+                            (int)e->space);
+            if (!e->vector)
+                return fail(s, STORE_INVAL, "batch item %zu: a %s vector is NULL", i,
+                            space_names[e->space]);
+            if (e->space == STORE_SPACE_SLICE) {
+                if (e->z >= STORE_SLICE_MAX)
+                    return fail(s, STORE_INVAL, "batch item %zu: slice %u is not below %u", i, e->z,
+                                STORE_SLICE_MAX);
+                if (zseen[e->z / 8] & (1u << (e->z % 8)))
+                    return fail(s, STORE_INVAL, "batch item %zu: two vectors for slice %u", i, e->z);
+                zseen[e->z / 8] |= (uint8_t)(1u << (e->z % 8));
+            } else {
+                if (e->z)
+                    return fail(s, STORE_INVAL, "batch item %zu: z %u given for a %s vector", i,
+                                e->z, space_names[e->space]);
+                if (seen[e->space]++)
+                    return fail(s, STORE_INVAL, "batch item %zu: two %s vectors", i,
+                                space_names[e->space]);
+            }
+            for (uint32_t d = 0; d < s->dim; d++)
+                if (!isfinite(e->vector[d]))
                     return fail(s, STORE_INVAL, "batch item %zu: %s vector value %u is not finite", i,
-                                space_names[p->space], j);
+                                space_names[e->space], d);
         }
         if (it->payload_json) {
             const char *end = NULL;
@@ -1199,8 +1266,10 @@ int store_put_batch(store *s, const store_put *puts, size_t n, uint64_t *ids, in
 
 /* Deletes every key of dbi that starts with pfx.  Seeks afresh after each
  * delete rather than relying on cursor position after mdb_cursor_del. */
-static int delete_prefix(store *s, MDB_txn *txn, MDB_dbi dbi, const uint8_t *pfx, size_t plen)
+static int delete_prefix(store *s, MDB_txn *txn, MDB_dbi dbi, const uint8_t *pfx, size_t plen,
+                         size_t *ndel)
 {
+    *ndel = 0;
     MDB_cursor *c;
     int rc = mdb_cursor_open(txn, dbi, &c);
     if (rc)
@@ -1214,6 +1283,7 @@ static int delete_prefix(store *s, MDB_txn *txn, MDB_dbi dbi, const uint8_t *pfx
         }
         if (rc || (rc = mdb_cursor_del(c, 0)))
             break;
+        ++*ndel;
     }
     mdb_cursor_close(c);
     return rc ? lmdb_fail(s, rc, "deleting a key range") : STORE_OK;
@@ -1266,6 +1336,8 @@ static int delete_body(store *s, MDB_txn *txn, void *arg)
     free(copy);
 
     for (int sp = 0; sp < STORE_NSPACES && !r; sp++) {
+        if (sp == STORE_SPACE_SLICE)
+            continue; /* in `slices`, below */
         uint8_t vk[VEC_KEY];
         vk[0] = (uint8_t)sp;
         memcpy(vk + 1, idb, 8);
@@ -1285,8 +1357,16 @@ static int delete_body(store *s, MDB_txn *txn, void *arg)
             r = space_put(s, txn, sp, &m);
         }
     }
-    if (!r)
-        r = delete_prefix(s, txn, s->dbi[DB_SLICES], idb, 8);
+    if (!r) {
+        size_t nsl = 0;
+        r = delete_prefix(s, txn, s->dbi[DB_SLICES], idb, 8, &nsl);
+        space_meta m;
+        if (!r && nsl && !(r = space_get(s, txn, STORE_SPACE_SLICE, &m))) {
+            m.del_gen++;
+            m.count = m.count >= nsl ? m.count - nsl : 0;
+            r = space_put(s, txn, STORE_SPACE_SLICE, &m);
+        }
+    }
     return r;
 }
 
@@ -1361,12 +1441,13 @@ int store_vector_get(store *s, store_space sp, uint64_t id, float *out)
     int r = read_begin(s, &txn);
     if (r)
         return r;
-    uint8_t vk[VEC_KEY];
-    vk[0] = (uint8_t)sp;
-    put_u64be(vk + 1, id);
-    MDB_val k = mval(vk, VEC_KEY), v;
-    int rc = mdb_get(txn, s->dbi[DB_VECTORS], &k, &v);
-    if (rc == MDB_NOTFOUND)
+    uint8_t vk[SLICE_KEY];
+    MDB_val k = mval(vk, vec_key(vk, sp, id)), v;
+    int rc = mdb_get(txn, s->dbi[vec_db(sp)], &k, &v);
+    if (rc == MDB_NOTFOUND && sp == STORE_SPACE_SLICE)
+        r = fail(s, STORE_NOTFOUND, "item %llu has no slice %u", (unsigned long long)STORE_SLICE_ITEM(id),
+                 STORE_SLICE_Z(id));
+    else if (rc == MDB_NOTFOUND)
         r = fail(s, STORE_NOTFOUND, "item %llu has no %s vector", (unsigned long long)id, space_names[sp]);
     else if (rc)
         r = lmdb_fail(s, rc, "reading the %s vector of item %llu", space_names[sp], (unsigned long long)id);
@@ -1394,12 +1475,15 @@ int store_vectors_scan(store *s, store_space sp, uint64_t after_gen, store_vecto
         free(buf);
         return r;
     }
-    int rc = mdb_cursor_open(txn, s->dbi[DB_VECTORS], &c);
+    int rc = mdb_cursor_open(txn, s->dbi[vec_db(sp)], &c);
     if (rc) {
         r = lmdb_fail(s, rc, "opening a cursor on vectors");
         goto out;
     }
-    uint8_t start[VEC_KEY] = {(uint8_t)sp};
+    uint8_t start[SLICE_KEY];
+    size_t klen = vec_key(start, sp, 0);
+    uint64_t last = sp == STORE_SPACE_SLICE ? STORE_SLICE_LABEL(STORE_SLICE_ID_LIMIT - 1, STORE_SLICE_MAX - 1)
+                                            : UINT64_MAX;
     MDB_val k, v;
     /* Ids are assigned in commit order and a space's generation grows with
      * each commit that adds to it, and vectors are only written together
@@ -1407,15 +1491,16 @@ int store_vectors_scan(store *s, store_space sp, uint64_t after_gen, store_vecto
      * the first vector newer than after_gen is found by bisection over ids
      * instead of a scan of the whole space (this is what makes catch-up
      * after each import batch cheap). */
+    /* The same holds for slices: labels order as (item id, z) keys, and all
+     * slices of an item are written with it. */
     if (after_gen > 0) {
-        uint64_t lo = 0, hi = UINT64_MAX;
+        uint64_t lo = 0, hi = last;
         while (lo < hi) {
-            uint64_t mid = lo + (hi - lo) / 2;
-            put_u64be(start + 1, mid);
-            k = mval(start, VEC_KEY);
+            uint64_t mid = lo + (hi - lo) / 2, id;
+            vec_key(start, sp, mid);
+            k = mval(start, klen);
             rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-            if (rc == MDB_NOTFOUND || (rc == 0 && (k.mv_size != VEC_KEY ||
-                                                   ((const uint8_t *)k.mv_data)[0] != sp))) {
+            if (rc == MDB_NOTFOUND || (rc == 0 && vec_label(sp, &k, &id))) {
                 hi = mid;
                 continue;
             }
@@ -1428,22 +1513,20 @@ int store_vectors_scan(store *s, store_space sp, uint64_t after_gen, store_vecto
                          v.mv_size);
                 goto out;
             }
-            uint64_t id = get_u64be((const uint8_t *)k.mv_data + 1);
             if (get_u64le(v.mv_data) > after_gen)
                 hi = mid;
-            else if (id == UINT64_MAX)
+            else if (id >= last)
                 goto out; /* the last possible id is old: nothing newer */
             else
                 lo = id + 1;
         }
-        put_u64be(start + 1, lo);
+        vec_key(start, sp, lo);
     }
-    k = mval(start, VEC_KEY);
+    k = mval(start, klen);
     for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        const uint8_t *kp = k.mv_data;
-        if (k.mv_size != VEC_KEY || kp[0] != sp)
+        uint64_t id;
+        if (vec_label(sp, &k, &id))
             break;
-        uint64_t id = get_u64be(kp + 1);
         if (v.mv_size != 8 + (size_t)s->dim * 4) {
             r = fail(s, STORE_CORRUPT, "the %s vector of item %llu is %zu bytes, not %zu",
                      space_names[sp], (unsigned long long)id, v.mv_size, 8 + (size_t)s->dim * 4);
@@ -1463,6 +1546,196 @@ out:
         mdb_cursor_close(c);
     read_end(s, txn);
     free(buf);
+    return r;
+}
+
+/* Walks the slices of item id (a cursor on `slices` from (id, 0)); calls
+ * fn for each with its z and value. */
+typedef int (*slice_fn)(store *s, void *ctx, uint32_t z, const MDB_val *v);
+
+static int slices_walk(store *s, MDB_cursor *c, uint64_t id, slice_fn fn, void *ctx)
+{
+    uint8_t kb[SLICE_KEY];
+    vec_key(kb, STORE_SPACE_SLICE, STORE_SLICE_LABEL(id, 0));
+    MDB_val k = mval(kb, SLICE_KEY), v;
+    int rc, r;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        uint64_t label;
+        if (k.mv_size < 8 || memcmp(k.mv_data, kb, 8))
+            break;
+        if (vec_label(STORE_SPACE_SLICE, &k, &label) || v.mv_size != 8 + (size_t)s->dim * 4)
+            return fail(s, STORE_CORRUPT, "a slice record of item %llu is malformed",
+                        (unsigned long long)id);
+        if ((r = fn(s, ctx, STORE_SLICE_Z(label), &v)))
+            return r;
+    }
+    return rc && rc != MDB_NOTFOUND ? lmdb_fail(s, rc, "reading the slices of item %llu",
+                                                 (unsigned long long)id)
+                                    : STORE_OK;
+}
+
+typedef struct {
+    float *out;
+    uint32_t *zs;
+    size_t max, n;
+} slices_acc;
+
+static int slices_get_fn(store *s, void *ctx, uint32_t z, const MDB_val *v)
+{
+    slices_acc *a = ctx;
+    if (a->n < a->max) {
+        get_floats(a->out + a->n * s->dim, (const uint8_t *)v->mv_data + 8, s->dim);
+        if (a->zs)
+            a->zs[a->n] = z;
+    }
+    a->n++;
+    return STORE_OK;
+}
+
+int store_slices_get(store *s, uint64_t id, float *out, uint32_t *zs, size_t max, size_t *n)
+{
+    assert(s && n && (out || max == 0));
+    if (id >= STORE_SLICE_ID_LIMIT) {
+        *n = 0;
+        return STORE_OK;
+    }
+    MDB_txn *txn;
+    MDB_cursor *c = NULL;
+    int r = read_begin(s, &txn);
+    if (r)
+        return r;
+    int rc = mdb_cursor_open(txn, s->dbi[DB_SLICES], &c);
+    slices_acc a = {out, zs, max, 0};
+    if (rc)
+        r = lmdb_fail(s, rc, "opening a cursor on slices");
+    else if (!(r = slices_walk(s, c, id, slices_get_fn, &a)))
+        *n = a.n;
+    if (c)
+        mdb_cursor_close(c);
+    read_end(s, txn);
+    return r;
+}
+
+typedef struct {
+    uint64_t id;
+    uint64_t *v;
+    size_t n, cap;
+} label_acc;
+
+static int labels_fn(store *s, void *ctx, uint32_t z, const MDB_val *v)
+{
+    label_acc *a = ctx;
+    if (a->n == a->cap) {
+        size_t nc = a->cap ? 2 * a->cap : 1024;
+        uint64_t *nv = realloc(a->v, nc * sizeof *nv);
+        if (!nv)
+            return fail(s, STORE_NOMEM, "out of memory for %zu slice labels", nc);
+        a->v = nv;
+        a->cap = nc;
+    }
+    a->v[a->n++] = STORE_SLICE_LABEL(a->id, z);
+    return STORE_OK;
+}
+
+int store_slice_labels(store *s, const uint64_t *ids, size_t nids, uint64_t **labels, size_t *n)
+{
+    assert(s && labels && n && (ids || nids == 0));
+    MDB_txn *txn;
+    MDB_cursor *c = NULL;
+    int r = read_begin(s, &txn);
+    if (r)
+        return r;
+    label_acc a = {0};
+    int rc = mdb_cursor_open(txn, s->dbi[DB_SLICES], &c);
+    if (rc)
+        r = lmdb_fail(s, rc, "opening a cursor on slices");
+    for (size_t i = 0; i < nids && !r; i++) {
+        if (ids[i] >= STORE_SLICE_ID_LIMIT)
+            break; /* sorted: none further can have slices */
+        a.id = ids[i];
+        r = slices_walk(s, c, ids[i], labels_fn, &a);
+    }
+    if (c)
+        mdb_cursor_close(c);
+    read_end(s, txn);
+    if (r) {
+        free(a.v);
+        return r;
+    }
+    *labels = a.v;
+    *n = a.n;
+    return STORE_OK;
+}
+
+/* ---- attributes ------------------------------------------------------------------------ */
+
+#define ATTR_NAME_MAX 64
+#define ATTR_VALUE_MAX 4096
+
+static int attr_key(store *s, const char *name, char *key, size_t len)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > ATTR_NAME_MAX || strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_.") != n)
+        return fail(s, STORE_INVAL, "attribute name '%s': expected 1 to %d of [a-z0-9_.]",
+                    name ? name : "", ATTR_NAME_MAX);
+    snprintf(key, len, "attr.%s", name);
+    return STORE_OK;
+}
+
+typedef struct {
+    const char *key, *value;
+} attr_args;
+
+static int attr_put_body(store *s, MDB_txn *txn, void *arg)
+{
+    const attr_args *a = arg;
+    return meta_put(s, txn, a->key, a->value, strlen(a->value));
+}
+
+int store_attr_put(store *s, const char *name, const char *value)
+{
+    assert(s && value);
+    char key[ATTR_NAME_MAX + 8];
+    int r = attr_key(s, name, key, sizeof key);
+    if (r)
+        return r;
+    if (strlen(value) > ATTR_VALUE_MAX)
+        return fail(s, STORE_INVAL, "attribute '%s': value longer than %d bytes", name, ATTR_VALUE_MAX);
+    if (s->readonly)
+        return fail(s, STORE_READONLY, "the database is opened read-only");
+    attr_args a = {key, value};
+    return write_txn(s, attr_put_body, &a);
+}
+
+int store_attr_get(store *s, const char *name, char **value)
+{
+    assert(s && value);
+    char key[ATTR_NAME_MAX + 8];
+    int r = attr_key(s, name, key, sizeof key);
+    if (r)
+        return r;
+    MDB_txn *txn;
+    if ((r = read_begin(s, &txn)))
+        return r;
+    MDB_val k = mval(key, strlen(key)), v;
+    int rc = mdb_get(txn, s->dbi[DB_META], &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        r = fail(s, STORE_NOTFOUND, "attribute '%s' is not set", name);
+    } else if (rc) {
+        r = lmdb_fail(s, rc, "reading attribute '%s'", name);
+    } else if (v.mv_size > ATTR_VALUE_MAX || memchr(v.mv_data, 0, v.mv_size)) {
+        r = fail(s, STORE_CORRUPT, "attribute '%s' is malformed", name);
+    } else {
+        char *c = malloc(v.mv_size + 1);
+        if (!c) {
+            r = fail(s, STORE_NOMEM, "out of memory reading attribute '%s'", name);
+        } else {
+            memcpy(c, v.mv_data, v.mv_size);
+            c[v.mv_size] = 0;
+            *value = c;
+        }
+    }
+    read_end(s, txn);
     return r;
 }
 
@@ -1822,7 +2095,8 @@ static int index_put_body(store *s, MDB_txn *txn, void *arg)
 {
     const index_args *a = arg;
     uint8_t pfx = (uint8_t)a->sp;
-    int r = delete_prefix(s, txn, s->dbi[DB_INDEX], &pfx, 1);
+    size_t nd;
+    int r = delete_prefix(s, txn, s->dbi[DB_INDEX], &pfx, 1, &nd);
     if (r)
         return r;
     uint64_t nchunks = a->len / INDEX_CHUNK + (a->len % INDEX_CHUNK != 0);
@@ -1965,7 +2239,8 @@ out:
 static int index_drop_body(store *s, MDB_txn *txn, void *arg)
 {
     uint8_t pfx = (uint8_t) * (const store_space *)arg;
-    return delete_prefix(s, txn, s->dbi[DB_INDEX], &pfx, 1);
+    size_t nd;
+    return delete_prefix(s, txn, s->dbi[DB_INDEX], &pfx, 1, &nd);
 }
 
 int store_index_drop(store *s, store_space sp)

@@ -63,6 +63,19 @@ typedef enum {
     STORE_NSPACES = 4
 } store_space;
 
+/* The slice space holds one vector per axial slice z of a volume item, in
+ * the `slices` database keyed by (item id, z).  Its index, scans and
+ * store_vector_get name a slice by one label: (item id << 12) | z, so z is
+ * below 4096 and an item with slices has an id below 2^51 (labels fit in
+ * FAISS's int64 ids).  A single vector put in the slice space (import) is
+ * slice 0 of its item. */
+#define STORE_SLICE_BITS 12
+#define STORE_SLICE_MAX (1u << STORE_SLICE_BITS)
+#define STORE_SLICE_ID_LIMIT ((uint64_t)1 << (63 - STORE_SLICE_BITS))
+#define STORE_SLICE_LABEL(id, z) (((uint64_t)(id) << STORE_SLICE_BITS) | (uint64_t)(z))
+#define STORE_SLICE_ITEM(label) ((uint64_t)(label) >> STORE_SLICE_BITS)
+#define STORE_SLICE_Z(label) ((uint32_t)((uint64_t)(label) & (STORE_SLICE_MAX - 1)))
+
 /* "image", "volume", "report", "slice"; NULL for an out-of-range value. */
 const char *store_space_name(store_space sp);
 /* Returns 0 and sets *out, or -1 for an unknown name. */
@@ -129,18 +142,31 @@ typedef struct store_item {
 
 void store_item_free(store_item *it);
 
-/* One item to write with at most one vector. */
+/* One more vector of an item: z is the slice index in the slice space
+ * (< STORE_SLICE_MAX) and must be 0 in the others. */
+typedef struct store_vec {
+    store_space space;
+    uint32_t z;
+    const float *vector; /* dim floats, finite */
+} store_vec;
+
+/* One item to write with its vectors: the single vector (has_vector), and
+ * nvecs more in vecs (may be NULL when 0).  An item has at most one vector
+ * in the image, volume and report spaces and at most one per slice z. */
 typedef struct store_put {
     const store_item *item; /* id ignored: the store assigns ids */
     int has_vector;
     store_space space;
     const float *vector; /* dim floats, finite */
+    const store_vec *vecs;
+    size_t nvecs;
 } store_put;
 
 /* Writes n items in one transaction.  An item whose content_hash is already
  * present is skipped: ids[i] gets the existing id and existed[i] = 1.  New
  * items get fresh ids (monotonic, never reused), existed[i] = 0.  ids and
- * existed may be NULL.  Vectors carry the space's new generation.
+ * existed may be NULL.  Vectors carry the space's new generation (each
+ * space's gen grows once per batch that adds to it).
  * Payload keys are indexed for store_filter_ids. */
 int store_put_batch(store *s, const store_put *puts, size_t n, uint64_t *ids, int *existed);
 
@@ -152,12 +178,23 @@ int store_item_delete(store *s, uint64_t id);
 int store_item_get(store *s, uint64_t id, store_item **out);
 int store_hash_lookup(store *s, const uint8_t hash[STORE_HASH_SIZE], uint64_t *id);
 
-/* Copies the vector into out (dim floats).  STORE_NOTFOUND if absent. */
+/* Copies the vector into out (dim floats).  STORE_NOTFOUND if absent.  In
+ * the slice space id is a slice label (STORE_SLICE_LABEL). */
 int store_vector_get(store *s, store_space sp, uint64_t id, float *out);
 
+/* The slice vectors of item id, in z order: up to max of them into out
+ * (max * dim floats) and their z into zs (max entries; may be NULL); *n gets
+ * how many the item has (which may exceed max).  0 slices is not an error. */
+int store_slices_get(store *s, uint64_t id, float *out, uint32_t *zs, size_t max, size_t *n);
+
+/* The slice labels of the given items (ids sorted ascending), in label
+ * order: *labels is malloc'd (free() it), *n may be 0. */
+int store_slice_labels(store *s, const uint64_t *ids, size_t nids, uint64_t **labels, size_t *n);
+
 /* Calls cb for every vector of sp whose generation is > after_gen, in id
- * order, with an aligned copy of the vector (valid during the call).  cb
- * returning non-zero stops the scan and that value is returned. */
+ * order (label order in the slice space, cb's id being the label), with an
+ * aligned copy of the vector (valid during the call).  cb returning non-zero
+ * stops the scan and that value is returned. */
 typedef int (*store_vector_cb)(void *ctx, uint64_t id, uint64_t gen, const float *vec);
 int store_vectors_scan(store *s, store_space sp, uint64_t after_gen, store_vector_cb cb, void *ctx);
 
@@ -170,6 +207,13 @@ typedef struct store_space_stat {
     uint64_t count;
 } store_space_stat;
 int store_space_stat_get(store *s, store_space sp, store_space_stat *st);
+/* Named text attributes of the database (in `meta` as "attr.NAME"), e.g.
+ * the model directory an ingest used.  name: 1..64 characters of [a-z0-9_.];
+ * value: up to 4096 bytes without NUL.  store_attr_get gives a malloc'd
+ * copy (free() it), STORE_NOTFOUND when unset. */
+int store_attr_put(store *s, const char *name, const char *value);
+int store_attr_get(store *s, const char *name, char **value);
+
 /* Total number of items. */
 int store_item_count(store *s, uint64_t *n);
 

@@ -114,7 +114,7 @@ static store_item mkitem(uint64_t n, const char *payload)
 static uint64_t put1(store *s, const store_item *it, int has_vec, store_space sp, const float *v,
                      int *existed)
 {
-    store_put p = {it, has_vec, sp, v};
+    store_put p = {it, has_vec, sp, v, NULL, 0};
     uint64_t id = 0;
     int ex = -1;
     int r = store_put_batch(s, &p, 1, &id, &ex);
@@ -349,7 +349,7 @@ static void test_open_create_reopen(void **state)
     assert_int_equal(store_vector_get(s, STORE_SPACE_IMAGE, 1, got), STORE_OK);
     assert_memory_equal(got, v, sizeof v);
     store_item it2 = mkitem(2, NULL);
-    store_put p = {&it2, 0, 0, NULL};
+    store_put p = {&it2, 0, 0, NULL, NULL, 0};
     assert_int_equal(store_put_batch(s, &p, 1, NULL, NULL), STORE_READONLY);
     assert_non_null(strstr(store_errmsg(s), dir));
     assert_int_equal(store_item_delete(s, 1), STORE_READONLY);
@@ -493,7 +493,7 @@ static void test_put_ids(void **state)
     for (int i = 0; i < 3; i++) {
         fill_vec(v[i], 4, (uint64_t)i);
         it[i] = mkitem((uint64_t)i, NULL);
-        p[i] = (store_put){&it[i], 1, (store_space)i, v[i]};
+        p[i] = (store_put){&it[i], 1, (store_space)i, v[i], NULL, 0};
     }
     uint64_t ids[3];
     int ex[3];
@@ -519,7 +519,7 @@ static void test_put_ids(void **state)
 
     /* A batch with the same new item twice gets one id; ids never go back. */
     store_item a = mkitem(10, NULL), b = mkitem(11, NULL);
-    store_put q[3] = {{&a, 0, 0, NULL}, {&b, 0, 0, NULL}, {&a, 0, 0, NULL}};
+    store_put q[3] = {{&a, 0, 0, NULL, NULL, 0}, {&b, 0, 0, NULL, NULL, 0}, {&a, 0, 0, NULL, NULL, 0}};
     assert_int_equal(store_put_batch(s, q, 3, ids, ex), STORE_OK);
     assert_int_equal(ids[0], 4);
     assert_int_equal(ids[1], 5);
@@ -612,7 +612,7 @@ static void test_item_roundtrip(void **state)
     /* Invalid items write nothing. */
     store_item badkind = mkitem(3, NULL);
     badkind.kind = (store_kind)9;
-    store_put p = {&badkind, 0, 0, NULL};
+    store_put p = {&badkind, 0, 0, NULL, NULL, 0};
     assert_int_equal(store_put_batch(s, &p, 1, NULL, NULL), STORE_INVAL);
     store_item baddim = mkitem(3, NULL);
     baddim.ndim = 5;
@@ -662,11 +662,11 @@ static void test_vectors_gens(void **state)
     /* Batch 1: three image vectors.  Batch 2: one image, one volume, one
      * item without a vector. */
     for (int i = 0; i < 3; i++)
-        p[i] = (store_put){&it[i], 1, STORE_SPACE_IMAGE, v[i]};
+        p[i] = (store_put){&it[i], 1, STORE_SPACE_IMAGE, v[i], NULL, 0};
     assert_int_equal(store_put_batch(s, p, 3, NULL, NULL), STORE_OK);
-    p[3] = (store_put){&it[3], 1, STORE_SPACE_IMAGE, v[3]};
-    p[4] = (store_put){&it[4], 1, STORE_SPACE_VOLUME, v[4]};
-    p[5] = (store_put){&it[5], 0, 0, NULL};
+    p[3] = (store_put){&it[3], 1, STORE_SPACE_IMAGE, v[3], NULL, 0};
+    p[4] = (store_put){&it[4], 1, STORE_SPACE_VOLUME, v[4], NULL, 0};
+    p[5] = (store_put){&it[5], 0, 0, NULL, NULL, 0};
     assert_int_equal(store_put_batch(s, p + 3, 3, NULL, NULL), STORE_OK);
 
     store_space_stat st;
@@ -714,21 +714,21 @@ static void test_vectors_gens(void **state)
     float bad[DIM];
     fill_vec(bad, DIM, 9);
     bad[7] = NAN;
-    store_put q[2] = {{&n1, 1, STORE_SPACE_IMAGE, v[0]}, {&n2, 1, STORE_SPACE_IMAGE, bad}};
+    store_put q[2] = {{&n1, 1, STORE_SPACE_IMAGE, v[0], NULL, 0}, {&n2, 1, STORE_SPACE_IMAGE, bad, NULL, 0}};
     assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
     assert_non_null(strstr(store_errmsg(s), "batch item 1"));
     bad[7] = INFINITY;
     assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
-    q[1] = (store_put){&n2, 1, (store_space)4, v[1]};
+    q[1] = (store_put){&n2, 1, (store_space)4, v[1], NULL, 0};
     assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
     assert_non_null(strstr(store_errmsg(s), "batch item 1"));
-    q[1] = (store_put){&n2, 1, STORE_SPACE_IMAGE, NULL};
+    q[1] = (store_put){&n2, 1, STORE_SPACE_IMAGE, NULL, NULL, 0};
     assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
     /* Payloads that are not JSON objects. */
     const char *badjson[] = {"{\"a\": ", "", "[1,2]", "{\"a\":1} trailing", "42"};
     for (size_t i = 0; i < sizeof badjson / sizeof *badjson; i++) {
         n2.payload_json = (char *)badjson[i];
-        q[1] = (store_put){&n2, 0, 0, NULL};
+        q[1] = (store_put){&n2, 0, 0, NULL, NULL, 0};
         assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
         assert_non_null(strstr(store_errmsg(s), "batch item 1"));
     }
@@ -1007,7 +1007,7 @@ static int put_range(store *s, uint64_t from, uint64_t to, size_t batch)
             it[n] = mkitem(i, pl[n]);
             hash_of("d", i % 1000, it[n].data_hash);
             fill_vec(v + n * GDIM, GDIM, i);
-            p[n] = (store_put){&it[n], 1, (store_space)(i % 3), v + n * GDIM};
+            p[n] = (store_put){&it[n], 1, (store_space)(i % 3), v + n * GDIM, NULL, 0};
         }
         r = store_put_batch(s, p, n, NULL, NULL);
     }

@@ -1,0 +1,883 @@
+/* api.c - routes, authorisation and the JSON shapes of the HTTP API.
+ *
+ * Shapes follow Qdrant: a success is {"result": ..., "status": "ok",
+ * "time": seconds}, a failure {"status": {"error": "..."}, "time": seconds}.
+ * Request fields are checked one by one and an error names the field
+ * ("query.text: expected a string").  docs/http.md is the reference. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "net/internal.h"
+
+#define SEARCH_LIMIT_MAX 1000
+#define SLICES_MAX 32
+#define FILTERS_MAX 32
+#define PUT_ITEMS_MAX 256
+
+static const char json_type[] = "application/json";
+
+/* ---- responses ------------------------------------------------------------------ */
+
+static void resp_begin(net_call *c, int status, const char *type)
+{
+    c->resp.status = status;
+    c->resp.content_type = type;
+    c->resp.body.len = 0;
+    c->resp.body.toobig = c->resp.body.nomem = 0;
+}
+
+void net_api_error(net_call *c, int status, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    resp_begin(c, status, json_type);
+    net_buf *b = &c->resp.body;
+    net_buf_puts(b, "{\"status\":{\"error\":");
+    net_buf_json_str(b, msg);
+    net_buf_printf(b, "},\"time\":%.6f}", net_now() - c->t0);
+}
+
+static int http_status(int rc)
+{
+    switch (rc) {
+    case NET_INVAL: case NET_UNSUPPORTED: return 400;
+    case NET_NOTFOUND: return 404;
+    case NET_TOOBIG: return 413;
+    case NET_NOMEM: return 503;
+    default: return 500;
+    }
+}
+
+/* Opens {"result": ...; the caller writes the result, then ok_end. */
+static net_buf *ok_begin(net_call *c)
+{
+    resp_begin(c, 200, json_type);
+    net_buf_puts(&c->resp.body, "{\"result\":");
+    return &c->resp.body;
+}
+
+static void ok_end(net_call *c)
+{
+    net_buf_printf(&c->resp.body, ",\"status\":\"ok\",\"time\":%.6f}", net_now() - c->t0);
+    if (c->resp.body.toobig || c->resp.body.nomem)
+        net_api_error(c, 500, "the response exceeds the size limit");
+}
+
+/* ---- routing --------------------------------------------------------------------- */
+
+/* Parses the decimal id at *p (no sign, no leading zeros beyond "0", at most
+ * 2^63 - 1) and advances *p past it. */
+static int parse_id(const char **p, uint64_t *id)
+{
+    const char *s = *p;
+    if (*s < '0' || *s > '9' || (s[0] == '0' && s[1] >= '0' && s[1] <= '9'))
+        return -1;
+    uint64_t v = 0;
+    while (*s >= '0' && *s <= '9') {
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (UINT64_C(0x7fffffffffffffff) - d) / 10)
+            return -1;
+        v = v * 10 + d;
+        s++;
+    }
+    *p = s;
+    *id = v;
+    return 0;
+}
+
+int net_api_access(const net_keys *keys, const net_req *r)
+{
+    if (!keys)
+        return NET_ACCESS_RW;
+    const char *k = net_req_header(r, "api-key");
+    const char *auth = net_req_header(r, "authorization");
+    if (!k && auth && !strncasecmp(auth, "Bearer ", 7)) {
+        k = auth + 7;
+        while (*k == ' ')
+            k++;
+    }
+    if (!k)
+        return NET_ACCESS_NONE;
+    return net_keys_check(keys, k, strlen(k));
+}
+
+static int method_ok(net_call *c, int m1, int m2, const char *allow)
+{
+    int m = c->req->method;
+    if (m == m1 || m == m2)
+        return 1;
+    net_api_error(c, 405, "%s %s: method not allowed (allowed: %s)",
+                  http_method_str((enum http_method)m), c->req->path, allow);
+    c->resp.extra_headers = allow[0] == 'G' && !strcmp(allow, "GET")          ? "Allow: GET\r\n"
+                            : !strcmp(allow, "POST")                          ? "Allow: POST\r\n"
+                            : !strcmp(allow, "PUT")                           ? "Allow: PUT\r\n"
+                                                                              : "Allow: GET, DELETE\r\n";
+    return 0;
+}
+
+int net_api_route(net_call *c, int access)
+{
+    const char *path = c->req->path;
+    int m = c->req->method;
+    c->t0 = net_now();
+    c->resp.extra_headers = NULL;
+    int write = 0, open = 0;
+    if (!strcmp(path, "/") || !strcmp(path, "/index.html")) {
+        c->route = NET_ROUTE_PAGE;
+        open = 1;
+    } else if (!strcmp(path, "/healthz")) {
+        c->route = NET_ROUTE_HEALTHZ;
+        open = 1;
+    } else if (!strcmp(path, "/readyz")) {
+        c->route = NET_ROUTE_READYZ;
+        open = 1;
+    } else if (!strcmp(path, "/metrics"))
+        c->route = NET_ROUTE_METRICS;
+    else if (!strcmp(path, "/v1/search"))
+        c->route = NET_ROUTE_SEARCH;
+    else if (!strcmp(path, "/v1/dedup"))
+        c->route = NET_ROUTE_DEDUP;
+    else if (!strcmp(path, "/v1/items")) {
+        c->route = NET_ROUTE_ITEMS;
+        write = 1;
+    } else if (!strncmp(path, "/v1/items/", 10)) {
+        const char *p = path + 10;
+        if (parse_id(&p, &c->id)) {
+            c->route = NET_ROUTE_OTHER;
+            net_api_error(c, 404, "%s: not found (item ids are decimal integers)", path);
+            return NET_RUN_LOOP;
+        }
+        if (!*p)
+            c->route = NET_ROUTE_ITEM;
+        else if (!strcmp(p, "/preview.png"))
+            c->route = NET_ROUTE_PREVIEW;
+        else {
+            c->route = NET_ROUTE_OTHER;
+            net_api_error(c, 404, "%s: not found", path);
+            return NET_RUN_LOOP;
+        }
+        write = c->route == NET_ROUTE_ITEM && m == HTTP_DELETE;
+    } else {
+        c->route = NET_ROUTE_OTHER;
+        net_api_error(c, 404, "%s: not found", path);
+        return NET_RUN_LOOP;
+    }
+
+    /* Methods before keys: a 405 tells nothing about the data. */
+    int ok;
+    switch (c->route) {
+    case NET_ROUTE_SEARCH: case NET_ROUTE_DEDUP: ok = method_ok(c, HTTP_POST, HTTP_POST, "POST"); break;
+    case NET_ROUTE_ITEMS: ok = method_ok(c, HTTP_PUT, HTTP_PUT, "PUT"); break;
+    case NET_ROUTE_ITEM: ok = method_ok(c, HTTP_GET, HTTP_DELETE, "GET, DELETE"); break;
+    default: ok = method_ok(c, HTTP_GET, HTTP_GET, "GET"); break;
+    }
+    if (!ok)
+        return NET_RUN_LOOP;
+    if (!open && access == NET_ACCESS_NONE) {
+        net_api_error(c, 401, "an API key is required (header 'api-key' or "
+                              "'Authorization: Bearer')");
+        c->resp.extra_headers = "WWW-Authenticate: Bearer\r\n";
+        return NET_RUN_LOOP;
+    }
+    if (write && access != NET_ACCESS_RW) {
+        net_api_error(c, 403, "this API key is read-only");
+        return NET_RUN_LOOP;
+    }
+    switch (c->route) {
+    case NET_ROUTE_PAGE:
+        resp_begin(c, 200, "text/html; charset=utf-8");
+        net_buf_add(&c->resp.body, net_page_html, net_page_html_len);
+        c->resp.extra_headers = "Cache-Control: no-cache\r\n"
+                                "Content-Security-Policy: default-src 'self'; img-src 'self' "
+                                "data: blob:; style-src 'unsafe-inline'; script-src "
+                                "'unsafe-inline'\r\n";
+        return NET_RUN_LOOP;
+    case NET_ROUTE_HEALTHZ:
+        net_buf_puts(ok_begin(c), "\"alive\"");
+        ok_end(c);
+        return NET_RUN_LOOP;
+    case NET_ROUTE_READYZ:
+        if (net__ctx_ready(c->ctx)) {
+            net_buf_puts(ok_begin(c), "\"ready\"");
+            ok_end(c);
+        } else
+            net_api_error(c, 503, "shutting down");
+        return NET_RUN_LOOP;
+    case NET_ROUTE_METRICS:
+        net__ctx_metrics(c->ctx, c);
+        return NET_RUN_LOOP;
+    default:
+        return NET_RUN_POOL;
+    }
+}
+
+/* ---- request bodies ---------------------------------------------------------------- */
+
+static void json_free(void *p) { cJSON_Delete(p); }
+
+/* The body as a JSON object, or NULL with an error response set. */
+static cJSON *body_object(net_call *c)
+{
+    if (!c->req->body_len) {
+        net_api_error(c, 400, "the request needs a JSON body");
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(c->req->body, c->req->body_len, &end, 0);
+    if (!j) {
+        size_t at = end && end >= c->req->body ? (size_t)(end - c->req->body) : 0;
+        net_api_error(c, 400, "malformed JSON at byte %zu", at);
+        return NULL;
+    }
+    net_arena_defer(c->arena, json_free, j);
+    /* Only whitespace may follow the value. */
+    for (; end && (size_t)(end - c->req->body) < c->req->body_len; end++)
+        if (*end != ' ' && *end != '\n' && *end != '\r' && *end != '\t') {
+            net_api_error(c, 400, "malformed JSON at byte %zu: data after the value",
+                          (size_t)(end - c->req->body));
+            return NULL;
+        }
+    if (!cJSON_IsObject(j)) {
+        net_api_error(c, 400, "the body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+/* Field checks: each sets an error response naming the field and returns -1. */
+static int get_string(net_call *c, const cJSON *o, const char *field, const char *name,
+                      const char **out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, field);
+    *out = NULL;
+    if (!v || cJSON_IsNull(v))
+        return 0;
+    if (!cJSON_IsString(v)) {
+        net_api_error(c, 400, "%s: expected a string", name);
+        return -1;
+    }
+    *out = v->valuestring;
+    return 0;
+}
+
+/* An integer field in [lo, hi] (dflt when absent). */
+static int get_int(net_call *c, const cJSON *o, const char *field, const char *name, long lo,
+                   long hi, long dflt, long *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, field);
+    if (!v || cJSON_IsNull(v)) {
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
+        v->valuedouble < (double)lo || v->valuedouble > (double)hi) {
+        net_api_error(c, 400, "%s: expected an integer from %ld to %ld", name, lo, hi);
+        return -1;
+    }
+    *out = (long)v->valuedouble;
+    return 0;
+}
+
+static int get_space(net_call *c, const cJSON *o, const char *field, store_space *sp,
+                     int *given)
+{
+    const char *name;
+    if (get_string(c, o, field, field, &name))
+        return -1;
+    *given = name != NULL;
+    if (name && store_space_parse(name, sp)) {
+        net_api_error(c, 400, "%s: '%.64s' is not one of image, volume, report, slice", field,
+                      name);
+        return -1;
+    }
+    return 0;
+}
+
+/* Decodes a base64 field into the arena. */
+static int get_blob(net_call *c, const cJSON *v, const char *name, unsigned char **data,
+                    size_t *len)
+{
+    if (!cJSON_IsString(v)) {
+        net_api_error(c, 400, "%s: expected a base64 string", name);
+        return -1;
+    }
+    if (net_base64_decode(c->arena, v->valuestring, strlen(v->valuestring), data, len)) {
+        net_api_error(c, 400, "%s: not valid base64", name);
+        return -1;
+    }
+    if (*len == 0) {
+        net_api_error(c, 400, "%s: empty", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* "filter": {"key": "text" | number | true | {"gte"|"gt"|"lte"|"lt": number, ...}} */
+static int get_filters(net_call *c, const cJSON *o, srch_filter *f, size_t *nf)
+{
+    const cJSON *fo = cJSON_GetObjectItemCaseSensitive(o, "filter");
+    *nf = 0;
+    if (!fo || cJSON_IsNull(fo))
+        return 0;
+    if (!cJSON_IsObject(fo)) {
+        net_api_error(c, 400, "filter: expected an object of payload keys");
+        return -1;
+    }
+    const cJSON *kv;
+    cJSON_ArrayForEach(kv, fo)
+    {
+        static const struct {
+            const char *name;
+            store_op op;
+        } ops[] = {{"eq", STORE_OP_EQ}, {"gte", STORE_OP_GE}, {"gt", STORE_OP_GT},
+                   {"lte", STORE_OP_LE}, {"lt", STORE_OP_LT}};
+        const char *key = kv->string;
+        if (!*key) {
+            net_api_error(c, 400, "filter: empty key");
+            return -1;
+        }
+        const cJSON *conds[5] = {0};
+        store_op cops[5];
+        size_t nc = 0;
+        if (cJSON_IsObject(kv)) {
+            const cJSON *cv;
+            cJSON_ArrayForEach(cv, kv)
+            {
+                size_t i = 0;
+                while (i < 5 && strcmp(cv->string, ops[i].name))
+                    i++;
+                if (i == 5 || nc == 5) {
+                    net_api_error(c, 400, "filter.%.64s: '%.32s' is not one of eq, gte, gt, "
+                                          "lte, lt", key, cv->string);
+                    return -1;
+                }
+                if (ops[i].op != STORE_OP_EQ && !cJSON_IsNumber(cv)) {
+                    net_api_error(c, 400, "filter.%.64s.%s: expected a number", key,
+                                  ops[i].name);
+                    return -1;
+                }
+                conds[nc] = cv;
+                cops[nc++] = ops[i].op;
+            }
+            if (!nc) {
+                net_api_error(c, 400, "filter.%.64s: empty condition", key);
+                return -1;
+            }
+        } else {
+            conds[0] = kv;
+            cops[0] = STORE_OP_EQ;
+            nc = 1;
+        }
+        for (size_t i = 0; i < nc; i++) {
+            const cJSON *v = conds[i];
+            if (*nf == FILTERS_MAX) {
+                net_api_error(c, 400, "filter: at most %d conditions", FILTERS_MAX);
+                return -1;
+            }
+            srch_filter *sf = &f[(*nf)++];
+            memset(sf, 0, sizeof *sf);
+            char num[64];
+            const char *text;
+            if (cJSON_IsString(v))
+                text = v->valuestring;
+            else if (cJSON_IsBool(v))
+                text = cJSON_IsTrue(v) ? "true" : "false";
+            else if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) {
+                snprintf(num, sizeof num, "%.17g", v->valuedouble);
+                text = num;
+                sf->f.num_valid = 1;
+                sf->f.num = v->valuedouble;
+            } else {
+                net_api_error(c, 400, "filter.%.64s: expected a string, number, boolean or "
+                                      "condition object", key);
+                return -1;
+            }
+            if (cJSON_IsString(v)) {
+                char *endp;
+                errno = 0;
+                double d = strtod(text, &endp);
+                if (*text && !*endp && !errno && isfinite(d)) {
+                    sf->f.num_valid = 1;
+                    sf->f.num = d;
+                }
+            }
+            sf->key = net_arena_strndup(c->arena, key, strlen(key));
+            sf->text = net_arena_strndup(c->arena, text, strlen(text));
+            if (!sf->key || !sf->text) {
+                net_api_error(c, 503, "out of memory");
+                return -1;
+            }
+            sf->f.key = sf->key;
+            sf->f.text = sf->text;
+            sf->f.op = cops[i];
+        }
+    }
+    return 0;
+}
+
+/* ---- item output --------------------------------------------------------------------- */
+
+static void item_fields(net_buf *b, const store_item *it)
+{
+    net_buf_puts(b, ",\"kind\":");
+    net_buf_json_str(b, store_kind_name(it->kind));
+    net_buf_puts(b, ",\"modality\":");
+    net_buf_json_str(b, it->modality);
+    net_buf_puts(b, ",\"dataset\":");
+    net_buf_json_str(b, it->dataset);
+    net_buf_puts(b, ",\"report\":");
+    net_buf_json_str(b, it->report);
+    net_buf_printf(b, ",\"payload\":%s", it->payload_json ? it->payload_json : "{}");
+    net_buf_puts(b, ",\"shape\":[");
+    for (uint32_t i = 0; i < it->ndim; i++)
+        net_buf_printf(b, "%s%u", i ? "," : "", it->shape[i]);
+    net_buf_puts(b, "],\"spacing\":[");
+    for (uint32_t i = 0; i < it->ndim; i++) {
+        net_buf_puts(b, i ? "," : "");
+        net_buf_json_num(b, it->spacing[i]);
+    }
+    net_buf_puts(b, "]");
+    int pv = (it->kind == STORE_KIND_IMAGE || it->kind == STORE_KIND_VOLUME) && it->source;
+    net_buf_printf(b, ",\"preview\":%s", pv ? "true" : "false");
+}
+
+/* ---- handlers ------------------------------------------------------------------------ */
+
+static void fail_rc(net_call *c, int rc, const char *err)
+{
+    net_api_error(c, http_status(rc), "%s", err);
+}
+
+/* The first space holding vectors, in the order volume, image, report, slice. */
+static int default_target(net_call *c, store_space *sp)
+{
+    static const store_space order[] = {STORE_SPACE_VOLUME, STORE_SPACE_IMAGE,
+                                        STORE_SPACE_REPORT, STORE_SPACE_SLICE};
+    uint64_t counts[STORE_NSPACES];
+    if (net_engine_counts(c->engine, counts))
+        return -1;
+    for (size_t i = 0; i < 4; i++)
+        if (counts[order[i]]) {
+            *sp = order[i];
+            return 0;
+        }
+    *sp = STORE_SPACE_VOLUME;
+    return 0;
+}
+
+static void do_search(net_call *c)
+{
+    cJSON *j = body_object(c);
+    if (!j)
+        return;
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "query");
+    if (!cJSON_IsObject(q)) {
+        net_api_error(c, 400, "query: expected an object with one of text, id, image, volume");
+        return;
+    }
+    const cJSON *qt = cJSON_GetObjectItemCaseSensitive(q, "text");
+    const cJSON *qi = cJSON_GetObjectItemCaseSensitive(q, "id");
+    const cJSON *qimg = cJSON_GetObjectItemCaseSensitive(q, "image");
+    const cJSON *qvol = cJSON_GetObjectItemCaseSensitive(q, "volume");
+    if (!!qt + !!qi + !!qimg + !!qvol != 1) {
+        net_api_error(c, 400, "query: expected exactly one of text, id, image, volume");
+        return;
+    }
+    store_space target;
+    int given;
+    long limit, nslices;
+    const char *modality;
+    srch_filter filters[FILTERS_MAX];
+    size_t nf;
+    if (get_space(c, j, "target", &target, &given) ||
+        get_int(c, j, "limit", "limit", 1, SEARCH_LIMIT_MAX, 10, &limit) ||
+        get_int(c, j, "with_slices", "with_slices", 0, SLICES_MAX, 0, &nslices) ||
+        get_string(c, q, "modality", "query.modality", &modality) || get_filters(c, j, filters, &nf))
+        return;
+    const cJSON *wp = cJSON_GetObjectItemCaseSensitive(j, "with_payload");
+    if (wp && !cJSON_IsBool(wp)) {
+        net_api_error(c, 400, "with_payload: expected true or false");
+        return;
+    }
+    int with_payload = !wp || cJSON_IsTrue(wp);
+    if (!given && default_target(c, &target)) {
+        net_api_error(c, 500, "reading the database");
+        return;
+    }
+    uint32_t dim = net_engine_dim(c->engine);
+    float *vec = net_arena_alloc(c->arena, dim * sizeof *vec);
+    srch_hit *hits = net_arena_alloc(c->arena, (size_t)limit * sizeof *hits);
+    net_slice *slices = net_arena_alloc(c->arena, SLICES_MAX * sizeof *slices);
+    if (!vec || !hits || !slices) {
+        net_api_error(c, 503, "out of memory");
+        return;
+    }
+    char err[1024];
+    int rc;
+    int64_t exclude = -1;
+    double t = net_now();
+    if (qt) {
+        if (!cJSON_IsString(qt) || !*qt->valuestring) {
+            net_api_error(c, 400, "query.text: expected a non-empty string");
+            return;
+        }
+        rc = net_engine_encode(c->engine, NET_INPUT_TEXT, qt->valuestring,
+                               strlen(qt->valuestring), NULL, vec, err, sizeof err);
+        c->t_encode = net_now() - t;
+    } else if (qi) {
+        if (!cJSON_IsNumber(qi) || qi->valuedouble != floor(qi->valuedouble) ||
+            qi->valuedouble < 0 || qi->valuedouble > 9007199254740992.0) {
+            net_api_error(c, 400, "query.id: expected an item id (a non-negative integer)");
+            return;
+        }
+        uint64_t id = (uint64_t)qi->valuedouble;
+        store_space from;
+        rc = net_engine_item_vector(c->engine, id, vec, &from, err, sizeof err);
+        exclude = (int64_t)id;
+    } else {
+        unsigned char *data;
+        size_t len;
+        int img = qimg != NULL;
+        if (get_blob(c, img ? qimg : qvol, img ? "query.image" : "query.volume", &data, &len))
+            return;
+        rc = net_engine_encode(c->engine, img ? NET_INPUT_IMAGE : NET_INPUT_VOLUME, data, len,
+                               modality, vec, err, sizeof err);
+        c->t_encode = net_now() - t;
+    }
+    if (rc) {
+        if (!qi && rc == NET_INVAL) {
+            char msg[1100];
+            snprintf(msg, sizeof msg, "%s: %s", qt ? "query.text" : qimg ? "query.image"
+                                                                        : "query.volume", err);
+            fail_rc(c, rc, msg);
+        } else
+            fail_rc(c, rc, err);
+        return;
+    }
+    srch_query sq = {.vec = vec, .k = (size_t)limit, .filters = filters, .nfilters = nf,
+                     .exclude_id = exclude};
+    size_t nhits = 0;
+    srch_stats st;
+    t = net_now();
+    rc = net_engine_search(c->engine, target, &sq, hits, &nhits, &st, err, sizeof err);
+    c->t_search = net_now() - t;
+    if (rc) {
+        fail_rc(c, rc, err);
+        return;
+    }
+    net_buf *b = ok_begin(c);
+    net_buf_puts(b, "[");
+    for (size_t i = 0; i < nhits; i++) {
+        /* In the slice space a hit is a slice label: the item and its z. */
+        uint64_t id = (uint64_t)hits[i].id;
+        if (target == STORE_SPACE_SLICE) {
+            id = STORE_SLICE_ITEM(hits[i].id);
+            net_buf_printf(b, "%s{\"id\":%" PRIu64 ",\"slice\":%u,\"score\":", i ? "," : "",
+                           id, STORE_SLICE_Z(hits[i].id));
+        } else
+            net_buf_printf(b, "%s{\"id\":%" PRIu64 ",\"score\":", i ? "," : "", id);
+        net_buf_json_num(b, hits[i].score);
+        store_item *it = NULL;
+        if (!net_engine_item_get(c->engine, id, &it, NULL, 0)) {
+            if (with_payload)
+                item_fields(b, it);
+            else {
+                net_buf_puts(b, ",\"kind\":");
+                net_buf_json_str(b, store_kind_name(it->kind));
+            }
+            if (nslices > 0 && it->kind == STORE_KIND_VOLUME) {
+                size_t ns = 0;
+                net_engine_best_slices(c->engine, id, vec, (size_t)nslices, slices, &ns);
+                net_buf_puts(b, ",\"slices\":[");
+                for (size_t k = 0; k < ns; k++) {
+                    net_buf_printf(b, "%s{\"z\":%d,\"slice\":%u,\"score\":", k ? "," : "",
+                                   net_engine_slice_z(c->engine, it, slices[k].z), slices[k].z);
+                    net_buf_json_num(b, slices[k].score);
+                    net_buf_puts(b, "}");
+                }
+                net_buf_puts(b, "]");
+            }
+            store_item_free(it);
+        }
+        net_buf_puts(b, "}");
+    }
+    net_buf_puts(b, "],\"target\":");
+    net_buf_json_str(b, store_space_name(target));
+    net_buf_puts(b, ",\"plan\":");
+    net_buf_json_str(b, st.plan);
+    net_buf_printf(b, ",\"exact\":%s", st.exact ? "true" : "false");
+    ok_end(c);
+}
+
+/* The stored payload: the item's "payload" object with modality and dataset
+ * added (when given and not already there) so that filters can use them. */
+static char *put_payload(net_call *c, const cJSON *it, const char *name, const char *modality,
+                         const char *dataset)
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(it, "payload");
+    if (p && !cJSON_IsNull(p) && !cJSON_IsObject(p)) {
+        net_api_error(c, 400, "%s.payload: expected an object", name);
+        return NULL;
+    }
+    cJSON *o = p && cJSON_IsObject(p) ? cJSON_Duplicate(p, 1) : cJSON_CreateObject();
+    if (!o) {
+        net_api_error(c, 503, "out of memory");
+        return NULL;
+    }
+    net_arena_defer(c->arena, json_free, o);
+    if (modality && !cJSON_GetObjectItemCaseSensitive(o, "modality"))
+        cJSON_AddStringToObject(o, "modality", modality);
+    if (dataset && !cJSON_GetObjectItemCaseSensitive(o, "dataset"))
+        cJSON_AddStringToObject(o, "dataset", dataset);
+    char *s = cJSON_PrintUnformatted(o);
+    if (!s) {
+        net_api_error(c, 503, "out of memory");
+        return NULL;
+    }
+    net_arena_defer(c->arena, free, s);
+    return s;
+}
+
+static void do_put(net_call *c)
+{
+    cJSON *j = body_object(c);
+    if (!j)
+        return;
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "items");
+    if (!cJSON_IsArray(arr) || !cJSON_GetArraySize(arr)) {
+        net_api_error(c, 400, "items: expected a non-empty array of items");
+        return;
+    }
+    int n = cJSON_GetArraySize(arr);
+    if (n > PUT_ITEMS_MAX) {
+        net_api_error(c, 400, "items: at most %d items per request", PUT_ITEMS_MAX);
+        return;
+    }
+    net_put_item *items = net_arena_alloc(c->arena, (size_t)n * sizeof *items);
+    uint64_t *ids = net_arena_alloc(c->arena, (size_t)n * sizeof *ids);
+    int *existed = net_arena_alloc(c->arena, (size_t)n * sizeof *existed);
+    if (!items || !ids || !existed) {
+        net_api_error(c, 503, "out of memory");
+        return;
+    }
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr)
+    {
+        char name[32];
+        snprintf(name, sizeof name, "items[%d]", i);
+        net_put_item *pi = &items[i++];
+        memset(pi, 0, sizeof *pi);
+        if (!cJSON_IsObject(it)) {
+            net_api_error(c, 400, "%s: expected an object", name);
+            return;
+        }
+        char fname[64];
+        snprintf(fname, sizeof fname, "%s.report", name);
+        if (get_string(c, it, "report", fname, &pi->report))
+            return;
+        snprintf(fname, sizeof fname, "%s.modality", name);
+        if (get_string(c, it, "modality", fname, &pi->modality))
+            return;
+        snprintf(fname, sizeof fname, "%s.dataset", name);
+        if (get_string(c, it, "dataset", fname, &pi->dataset))
+            return;
+        const cJSON *img = cJSON_GetObjectItemCaseSensitive(it, "image");
+        const cJSON *vol = cJSON_GetObjectItemCaseSensitive(it, "volume");
+        if (img && vol) {
+            net_api_error(c, 400, "%s: an item has an image or a volume, not both", name);
+            return;
+        }
+        if (img || vol) {
+            snprintf(fname, sizeof fname, "%s.%s", name, img ? "image" : "volume");
+            unsigned char *d;
+            size_t len;
+            if (get_blob(c, img ? img : vol, fname, &d, &len))
+                return;
+            pi->input = img ? NET_INPUT_IMAGE : NET_INPUT_VOLUME;
+            pi->data = d;
+            pi->len = len;
+        } else {
+            if (!pi->report || !*pi->report) {
+                net_api_error(c, 400, "%s: expected an image, a volume or a non-empty report",
+                              name);
+                return;
+            }
+            pi->input = NET_INPUT_TEXT;
+        }
+        if (!(pi->payload_json = put_payload(c, it, name, pi->modality, pi->dataset)))
+            return;
+    }
+    char err[1024];
+    double t = net_now();
+    int rc = net_engine_put(c->engine, items, (size_t)n, ids, existed, err, sizeof err);
+    c->t_encode = net_now() - t;
+    if (rc) {
+        fail_rc(c, rc, err);
+        return;
+    }
+    c->counts_changed = !net_engine_counts(c->engine, c->counts);
+    net_buf *b = ok_begin(c);
+    net_buf_puts(b, "{\"ids\":[");
+    for (int k = 0; k < n; k++)
+        net_buf_printf(b, "%s%" PRIu64, k ? "," : "", ids[k]);
+    net_buf_puts(b, "],\"existed\":[");
+    for (int k = 0; k < n; k++)
+        net_buf_printf(b, "%s%s", k ? "," : "", existed[k] ? "true" : "false");
+    net_buf_puts(b, "]}");
+    ok_end(c);
+}
+
+static void do_item(net_call *c)
+{
+    char err[1024];
+    int rc;
+    if (c->req->method == HTTP_DELETE) {
+        rc = net_engine_item_delete(c->engine, c->id, err, sizeof err);
+        if (rc) {
+            fail_rc(c, rc, err);
+            return;
+        }
+        c->counts_changed = !net_engine_counts(c->engine, c->counts);
+        net_buf_printf(ok_begin(c), "{\"id\":%" PRIu64 ",\"deleted\":true}", c->id);
+        ok_end(c);
+        return;
+    }
+    store_item *it = NULL;
+    if ((rc = net_engine_item_get(c->engine, c->id, &it, err, sizeof err))) {
+        fail_rc(c, rc, err);
+        return;
+    }
+    net_buf *b = ok_begin(c);
+    net_buf_printf(b, "{\"id\":%" PRIu64, c->id);
+    item_fields(b, it);
+    net_buf_puts(b, "}");
+    store_item_free(it);
+    ok_end(c);
+}
+
+/* An integer query parameter in [lo, hi]; dflt when absent. */
+static int query_int(net_call *c, const char *key, long lo, long hi, long dflt, long *out)
+{
+    char *v = net_query_get(c->arena, c->req->query, key);
+    if (!v) {
+        *out = dflt;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || errno || x < lo || x > hi) {
+        net_api_error(c, 400, "%s: expected an integer from %ld to %ld", key, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static void do_preview(net_call *c)
+{
+    long z, size;
+    if (query_int(c, "z", 0, 1 << 20, -1, &z) || query_int(c, "size", 8, 4096, 0, &size))
+        return;
+    void *png;
+    size_t len;
+    char err[1024];
+    int rc = net_engine_preview(c->engine, c->id, (int)z, (int)size, c->arena, &png, &len, err,
+                                sizeof err);
+    if (rc) {
+        fail_rc(c, rc, err);
+        return;
+    }
+    resp_begin(c, 200, "image/png");
+    c->resp.extra_headers = "Cache-Control: private, max-age=3600\r\n";
+    net_buf_add(&c->resp.body, png, len);
+}
+
+static void cluster_list(net_buf *b, const srch_cluster *cl, size_t n, int scores)
+{
+    net_buf_puts(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        net_buf_puts(b, i ? ",{\"ids\":[" : "{\"ids\":[");
+        for (size_t k = 0; k < cl[i].n; k++)
+            net_buf_printf(b, "%s%" PRIu64, k ? "," : "", cl[i].ids[k]);
+        net_buf_puts(b, "]");
+        if (scores) {
+            net_buf_puts(b, ",\"min_score\":");
+            net_buf_json_num(b, cl[i].min_score);
+            net_buf_puts(b, ",\"max_score\":");
+            net_buf_json_num(b, cl[i].max_score);
+        }
+        net_buf_puts(b, "}");
+    }
+    net_buf_puts(b, "]");
+}
+
+static void do_dedup(net_call *c)
+{
+    cJSON *j = body_object(c);
+    if (!j)
+        return;
+    store_space sp;
+    int given;
+    if (get_space(c, j, "target", &sp, &given))
+        return;
+    if (!given && default_target(c, &sp)) {
+        net_api_error(c, 500, "reading the database");
+        return;
+    }
+    double thr = 0.95;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "threshold");
+    if (t && !cJSON_IsNull(t)) {
+        if (!cJSON_IsNumber(t) || !(t->valuedouble > 0) || t->valuedouble > 1) {
+            net_api_error(c, 400, "threshold: expected a number in (0, 1]");
+            return;
+        }
+        thr = t->valuedouble;
+    }
+    srch_dedup_result *r = NULL;
+    char err[1024];
+    double t0 = net_now();
+    int rc = net_engine_dedup(c->engine, sp, (float)thr, &r, err, sizeof err);
+    c->t_search = net_now() - t0;
+    if (rc) {
+        fail_rc(c, rc, err);
+        return;
+    }
+    net_buf *b = ok_begin(c);
+    net_buf_puts(b, "{\"target\":");
+    net_buf_json_str(b, store_space_name(sp));
+    net_buf_puts(b, ",\"threshold\":");
+    net_buf_json_num(b, thr);
+    net_buf_puts(b, ",\"exact\":");
+    cluster_list(b, r->exact, r->nexact, 0);
+    net_buf_puts(b, ",\"near\":");
+    cluster_list(b, r->near, r->nnear, 1);
+    net_buf_printf(b, ",\"pairs\":%zu,\"scanned\":%zu}", r->pairs, r->scanned);
+    srch_dedup_free(r);
+    ok_end(c);
+}
+
+void net_api_work(net_call *c)
+{
+    switch (c->route) {
+    case NET_ROUTE_SEARCH: do_search(c); break;
+    case NET_ROUTE_ITEMS: do_put(c); break;
+    case NET_ROUTE_ITEM: do_item(c); break;
+    case NET_ROUTE_PREVIEW: do_preview(c); break;
+    case NET_ROUTE_DEDUP: do_dedup(c); break;
+    default: net_api_error(c, 500, "no handler for this route"); break;
+    }
+}

@@ -1,0 +1,744 @@
+/* engine.c - the server's adapter to the store, the indexes, the searcher and
+ * the encoder.
+ *
+ * This is the one file of net/ that calls store_*, idx_*, srch_* and enc_*:
+ * when ingestion and slice ranking move into library functions (medsem
+ * ingest), only this file changes.  Every function below open/close runs on
+ * libuv pool threads, concurrently:
+ * - the store handle is shared (LMDB serialises writers);
+ * - each space's index has a rwlock: searches share it, syncs after writes
+ *   take it alone;
+ * - each job borrows one encoder worker from a pool (workers are per
+ *   thread state; the model's weights are shared).
+ * Uploaded files never take a name from the request: temporaries are
+ * mkstemp'd in DB/tmp/, kept uploads are DB/blobs/<sha256>.<ext>. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "encoder/encoder.h"
+#include "encoder/image.h"
+#include "encoder/preprocess.h"
+#include "indexer/indexer.h"
+#include "net/internal.h"
+
+struct net_engine {
+    store *s;
+    char *db, *tmpdir, *blobdir;
+    enc_pipeline *p; /* NULL without a model */
+    idx_space *x[STORE_NSPACES];
+    pthread_rwlock_t lk[STORE_NSPACES];
+    enc_worker **w;
+    int nw, nfree;
+    int *freelist;
+    pthread_mutex_t wm;
+    pthread_cond_t wc;
+};
+
+static char *join(const char *a, const char *b)
+{
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", a, b);
+    return p;
+}
+
+static int ensure_dir(const char *path, char *errbuf, size_t errlen)
+{
+    if (mkdir(path, 0700) && errno != EEXIST)
+        return net__fail(errbuf, errlen, NET_IO, "%s: %s", path, strerror(errno));
+    return NET_OK;
+}
+
+int net_engine_open(const char *db_dir, const char *model_dir, int workers, int create,
+                    net_engine **out, char *errbuf, size_t errlen)
+{
+    net_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+    for (int i = 0; i < STORE_NSPACES; i++)
+        pthread_rwlock_init(&e->lk[i], NULL);
+    pthread_mutex_init(&e->wm, NULL);
+    pthread_cond_init(&e->wc, NULL);
+    int rc = NET_OK;
+    char err[1024];
+    if (model_dir) {
+        /* One CPU thread per worker: concurrency comes from the workers. */
+        if (enc_pipeline_open(model_dir, 1, &e->p, err, sizeof err)) {
+            rc = net__fail(errbuf, errlen, NET_INVAL, "%s", err);
+            goto fail;
+        }
+    }
+    store_opts so = {0};
+    if (create) {
+        if (!e->p) {
+            rc = net__fail(errbuf, errlen, NET_INVAL, "creating a database needs a model");
+            goto fail;
+        }
+        so.create = 1;
+        so.dim = (uint32_t)enc_pipeline_dim(e->p);
+        so.model_id = enc_pipeline_model_id(e->p);
+    }
+    if (store_open(db_dir, &so, &e->s, err, sizeof err)) {
+        rc = net__fail(errbuf, errlen, NET_INVAL, "%s", err);
+        goto fail;
+    }
+    if (e->p) {
+        const char *mid = enc_pipeline_model_id(e->p);
+        if ((uint32_t)enc_pipeline_dim(e->p) != store_dim(e->s) ||
+            strcmp(mid, store_model_id(e->s))) {
+            rc = net__fail(errbuf, errlen, NET_INVAL,
+                           "%s: the database holds vectors of model '%s' (dimension %u), not of "
+                           "%s ('%s', dimension %d)",
+                           db_dir, store_model_id(e->s), store_dim(e->s), model_dir, mid,
+                           enc_pipeline_dim(e->p));
+            goto fail;
+        }
+    }
+    if (!(e->db = strdup(db_dir)) || !(e->tmpdir = join(db_dir, "tmp")) ||
+        !(e->blobdir = join(db_dir, "blobs"))) {
+        rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = ensure_dir(e->tmpdir, errbuf, errlen)) ||
+        (rc = ensure_dir(e->blobdir, errbuf, errlen)))
+        goto fail;
+    for (int sp = 0; sp < STORE_NSPACES; sp++) {
+        if (idx_space_open(e->s, (store_space)sp, NULL, &e->x[sp], err, sizeof err)) {
+            rc = net__fail(errbuf, errlen, NET_ENGINE, "%s index: %s",
+                           store_space_name((store_space)sp), err);
+            goto fail;
+        }
+        idx_info info;
+        idx_space_info(e->x[sp], &info);
+        if (!strncmp(info.loaded, "rebuilt", 7))
+            idx_space_save(e->x[sp]);
+    }
+    e->nw = workers > 0 ? workers : 4;
+    e->w = calloc((size_t)e->nw, sizeof *e->w);
+    e->freelist = calloc((size_t)e->nw, sizeof *e->freelist);
+    if (!e->w || !e->freelist) {
+        rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < e->nw; i++) {
+        if (e->p && enc_worker_new(e->p, 1, &e->w[i], err, sizeof err)) {
+            rc = net__fail(errbuf, errlen, NET_NOMEM, "%s", err);
+            goto fail;
+        }
+        e->freelist[e->nfree++] = i;
+    }
+    *out = e;
+    return NET_OK;
+fail:
+    net_engine_close(e);
+    return rc;
+}
+
+void net_engine_close(net_engine *e)
+{
+    if (!e)
+        return;
+    for (int sp = 0; sp < STORE_NSPACES; sp++) {
+        if (e->x[sp]) {
+            idx_space_save(e->x[sp]);
+            idx_space_free(e->x[sp]);
+        }
+        pthread_rwlock_destroy(&e->lk[sp]);
+    }
+    for (int i = 0; e->w && i < e->nw; i++)
+        enc_worker_free(e->w[i]);
+    free(e->w);
+    free(e->freelist);
+    enc_pipeline_close(e->p);
+    store_close(e->s);
+    pthread_mutex_destroy(&e->wm);
+    pthread_cond_destroy(&e->wc);
+    free(e->db);
+    free(e->tmpdir);
+    free(e->blobdir);
+    free(e);
+}
+
+uint32_t net_engine_dim(const net_engine *e) { return store_dim(e->s); }
+int net_engine_has_model(const net_engine *e) { return e->p != NULL; }
+const char *net_engine_db(const net_engine *e) { return e->db; }
+
+int net_engine_counts(net_engine *e, uint64_t counts[STORE_NSPACES])
+{
+    for (int sp = 0; sp < STORE_NSPACES; sp++) {
+        store_space_stat st;
+        if (store_space_stat_get(e->s, (store_space)sp, &st))
+            return NET_ENGINE;
+        counts[sp] = st.count;
+    }
+    return NET_OK;
+}
+
+/* ---- encoder workers ---------------------------------------------------------- */
+
+static int worker_take(net_engine *e)
+{
+    pthread_mutex_lock(&e->wm);
+    while (!e->nfree)
+        pthread_cond_wait(&e->wc, &e->wm);
+    int i = e->freelist[--e->nfree];
+    pthread_mutex_unlock(&e->wm);
+    return i;
+}
+
+static void worker_give(net_engine *e, int i)
+{
+    pthread_mutex_lock(&e->wm);
+    e->freelist[e->nfree++] = i;
+    pthread_cond_signal(&e->wc);
+    pthread_mutex_unlock(&e->wm);
+}
+
+static int is_gzip(const unsigned char *d, size_t n) { return n >= 2 && d[0] == 0x1f && d[1] == 0x8b; }
+static int is_png(const unsigned char *d, size_t n)
+{
+    return n >= 8 && !memcmp(d, "\x89PNG\r\n\x1a\n", 8);
+}
+
+/* The file extension the readers dispatch on, from the bytes themselves. */
+static const char *upload_ext(int input, const unsigned char *d, size_t n)
+{
+    if (input == NET_INPUT_IMAGE && is_png(d, n))
+        return ".png";
+    return is_gzip(d, n) ? ".nii.gz" : ".nii";
+}
+
+static int write_all(int fd, const unsigned char *d, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, d, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        d += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Writes the bytes to a fresh private file DB/tmp/upload-XXXXXX<ext>;
+ * *path is malloc'd. */
+static int write_temp(net_engine *e, const char *ext, const unsigned char *d, size_t n,
+                      char **path, char *errbuf, size_t errlen)
+{
+    size_t len = strlen(e->tmpdir) + strlen(ext) + 32;
+    char *p = malloc(len);
+    if (!p)
+        return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+    snprintf(p, len, "%s/upload-XXXXXX%s", e->tmpdir, ext);
+    int fd = mkstemps(p, (int)strlen(ext));
+    if (fd < 0) {
+        int rc = net__fail(errbuf, errlen, NET_IO, "temporary file in %s: %s", e->tmpdir,
+                           strerror(errno));
+        free(p);
+        return rc;
+    }
+    int bad = write_all(fd, d, n);
+    if (close(fd) || bad) {
+        unlink(p);
+        free(p);
+        return net__fail(errbuf, errlen, NET_IO, "writing a temporary file in %s", e->tmpdir);
+    }
+    *path = p;
+    return NET_OK;
+}
+
+/* Maps an encoder failure: bad input is the client's (400), the rest ours. */
+static int enc_code(int rc)
+{
+    switch (rc) {
+    case ENC_FORMAT: case ENC_UNSUPPORTED: case ENC_INVAL: case ENC_MISSING: case ENC_SHAPE:
+        return NET_INVAL;
+    case ENC_TOOBIG: return NET_TOOBIG;
+    case ENC_NOMEM: return NET_NOMEM;
+    default: return NET_ENGINE;
+    }
+}
+
+/* Encodes one input through worker wi.  path is a file for images and
+ * volumes, the text otherwise. */
+static int encode_one(net_engine *e, int wi, int input, const char *path, const char *modality,
+                      float *out, char *errbuf, size_t errlen)
+{
+    char err[1024];
+    int rc;
+    if (input == NET_INPUT_TEXT) {
+        if (!enc_pipeline_has_text(e->p))
+            return net__fail(errbuf, errlen, NET_UNSUPPORTED, "the model has no text encoder");
+        rc = enc_worker_text(e->w[wi], &path, 1, out, err, sizeof err);
+    } else if (input == NET_INPUT_IMAGE) {
+        if (!enc_pipeline_has_image(e->p))
+            return net__fail(errbuf, errlen, NET_UNSUPPORTED, "the model has no image encoder");
+        rc = enc_worker_images(e->w[wi], &path, &modality, 1, out, err, sizeof err);
+    } else {
+        if (!enc_pipeline_has_volume(e->p))
+            return net__fail(errbuf, errlen, NET_UNSUPPORTED, "the model has no volume encoder");
+        rc = enc_worker_volumes(e->w[wi], &path, &modality, 1, out, err, sizeof err);
+    }
+    if (rc) {
+        /* The encoder's message starts with the file path: a temporary name
+         * means nothing to the client, so drop it. */
+        const char *msg = err;
+        if (input != NET_INPUT_TEXT && !strncmp(err, path, strlen(path))) {
+            msg = err + strlen(path);
+            while (*msg == ':' || *msg == ' ')
+                msg++;
+        }
+        return net__fail(errbuf, errlen, enc_code(rc), "%s", msg);
+    }
+    return NET_OK;
+}
+
+int net_engine_encode(net_engine *e, int input, const void *data, size_t len,
+                      const char *modality, float *out, char *errbuf, size_t errlen)
+{
+    if (!e->p)
+        return net__fail(errbuf, errlen, NET_UNSUPPORTED,
+                         "the server runs without a model (--model): only searches by item");
+    char *path = NULL;
+    if (input != NET_INPUT_TEXT) {
+        int rc = write_temp(e, upload_ext(input, data, len), data, len, &path, errbuf, errlen);
+        if (rc)
+            return rc;
+    }
+    int wi = worker_take(e);
+    int rc = encode_one(e, wi, input, path ? path : data, modality, out, errbuf, errlen);
+    worker_give(e, wi);
+    if (path) {
+        unlink(path);
+        free(path);
+    }
+    return rc;
+}
+
+static store_space kind_space(store_kind k)
+{
+    switch (k) {
+    case STORE_KIND_VOLUME: return STORE_SPACE_VOLUME;
+    case STORE_KIND_REPORT: return STORE_SPACE_REPORT;
+    default: return STORE_SPACE_IMAGE;
+    }
+}
+
+int net_engine_item_vector(net_engine *e, uint64_t id, float *out, store_space *sp,
+                           char *errbuf, size_t errlen)
+{
+    store_item *it = NULL;
+    int g = store_item_get(e->s, id, &it);
+    if (g == STORE_NOTFOUND)
+        return net__fail(errbuf, errlen, NET_NOTFOUND, "item %llu: no such item",
+                         (unsigned long long)id);
+    if (g)
+        return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+    /* Its own space first; an imported vector may sit in any space. */
+    store_space first = kind_space(it->kind);
+    store_item_free(it);
+    for (int i = -1; i < STORE_NSPACES; i++) {
+        store_space s = i < 0 ? first : (store_space)i;
+        if ((i >= 0 && s == first) || s == STORE_SPACE_SLICE)
+            continue; /* slice vectors are named by labels, not item ids */
+        int r = store_vector_get(e->s, s, id, out);
+        if (!r) {
+            *sp = s;
+            return NET_OK;
+        }
+        if (r != STORE_NOTFOUND)
+            return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+    }
+    return net__fail(errbuf, errlen, NET_NOTFOUND, "item %llu has no vector",
+                     (unsigned long long)id);
+}
+
+int net_engine_search(net_engine *e, store_space target, const srch_query *q, srch_hit *hits,
+                      size_t *nhits, srch_stats *st, char *errbuf, size_t errlen)
+{
+    char err[1024];
+    pthread_rwlock_rdlock(&e->lk[target]);
+    int rc = srch_search(e->s, e->x[target], q, hits, nhits, st, err, sizeof err);
+    pthread_rwlock_unlock(&e->lk[target]);
+    if (rc)
+        return net__fail(errbuf, errlen, rc == SRCH_INVAL ? NET_INVAL : NET_ENGINE, "%s", err);
+    return NET_OK;
+}
+
+int net_engine_best_slices(net_engine *e, uint64_t volume_id, const float *q, size_t n,
+                           net_slice *out, size_t *nout)
+{
+    srch_slice sl[64];
+    size_t k = n < 64 ? n : 64, got = 0;
+    *nout = 0;
+    if (srch_best_slices(e->s, volume_id, q, k, sl, &got, NULL, 0))
+        return NET_ENGINE;
+    for (size_t i = 0; i < got && i < k; i++) {
+        out[i].z = sl[i].z;
+        out[i].score = sl[i].score;
+    }
+    *nout = got < k ? got : k;
+    return NET_OK;
+}
+
+int net_engine_slice_z(const net_engine *e, const store_item *it, uint32_t slice)
+{
+    if (!e->p || it->ndim < 3 || !it->shape[2])
+        return (int)slice;
+    /* The model's slice grid is the volume resampled to the model's z
+     * spacing with centres aligned (encoder/image.h, enc_img_resample), or
+     * the whole field of view stretched to D slices (fit). */
+    const enc_prep *pp = enc_pipeline_prep(e->p);
+    double n = it->shape[2], D = pp->vol_size[0];
+    double s = it->spacing[2] > 0 ? it->spacing[2] : 1, t = pp->fit ? n * s / D : pp->vol_spacing[2];
+    double c = (n - 1) / 2 + ((double)slice - (D - 1) / 2) * t / s;
+    long z = lround(c);
+    return (int)(z < 0 ? 0 : z > (long)n - 1 ? (long)n - 1 : z);
+}
+
+int net_engine_item_get(net_engine *e, uint64_t id, store_item **out, char *errbuf,
+                        size_t errlen)
+{
+    int g = store_item_get(e->s, id, out);
+    if (g == STORE_NOTFOUND)
+        return net__fail(errbuf, errlen, NET_NOTFOUND, "item %llu: no such item",
+                         (unsigned long long)id);
+    if (g)
+        return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+    return NET_OK;
+}
+
+/* Brings every index up to date with the store (after our own writes). */
+static int sync_all(net_engine *e, char *errbuf, size_t errlen)
+{
+    int rc = NET_OK;
+    for (int sp = 0; sp < STORE_NSPACES; sp++) {
+        pthread_rwlock_wrlock(&e->lk[sp]);
+        if (idx_space_sync(e->x[sp]))
+            rc = net__fail(errbuf, errlen, NET_ENGINE, "%s index: %s",
+                           store_space_name((store_space)sp), idx_space_errmsg(e->x[sp]));
+        pthread_rwlock_unlock(&e->lk[sp]);
+    }
+    return rc;
+}
+
+int net_engine_item_delete(net_engine *e, uint64_t id, char *errbuf, size_t errlen)
+{
+    int g = store_item_delete(e->s, id);
+    if (g == STORE_NOTFOUND)
+        return net__fail(errbuf, errlen, NET_NOTFOUND, "item %llu: no such item",
+                         (unsigned long long)id);
+    if (g)
+        return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+    return sync_all(e, errbuf, errlen);
+}
+
+/* Moves the upload into DB/blobs/<sha256><ext> (atomically; an existing blob
+ * of the same content is kept).  *path is malloc'd. */
+static int keep_blob(net_engine *e, const net_put_item *it, const uint8_t hash[STORE_HASH_SIZE],
+                     char **path, char *errbuf, size_t errlen)
+{
+    char hex[2 * STORE_HASH_SIZE + 1];
+    store_hash_hex(hash, hex);
+    const char *ext = upload_ext(it->input, it->data, it->len);
+    size_t len = strlen(e->blobdir) + sizeof hex + strlen(ext) + 2;
+    char *p = malloc(len);
+    if (!p)
+        return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+    snprintf(p, len, "%s/%s%s", e->blobdir, hex, ext);
+    struct stat sb;
+    if (stat(p, &sb) == 0 && (size_t)sb.st_size == it->len) {
+        *path = p;
+        return NET_OK;
+    }
+    char *tmp = NULL;
+    int rc = write_temp(e, ext, it->data, it->len, &tmp, errbuf, errlen);
+    if (!rc && rename(tmp, p)) {
+        rc = net__fail(errbuf, errlen, NET_IO, "%s: %s", p, strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    if (rc) {
+        free(p);
+        return rc;
+    }
+    *path = p;
+    return NET_OK;
+}
+
+/* Fills the record's shape and spacing from the file (best effort). */
+static void read_geometry(store_item *rec, int input, const char *path)
+{
+    enc_vol v = {0};
+    int rc = input == NET_INPUT_IMAGE ? enc_img_read_2d(path, NULL, &v, NULL, 0)
+                                      : enc_img_read_nifti(path, NULL, &v, NULL, 0);
+    if (rc)
+        return;
+    rec->ndim = input == NET_INPUT_IMAGE ? 2 : 3;
+    rec->shape[0] = (uint32_t)v.nx;
+    rec->shape[1] = (uint32_t)v.ny;
+    rec->shape[2] = (uint32_t)v.nz;
+    for (int i = 0; i < 3; i++)
+        rec->spacing[i] = v.spacing[i];
+    enc_vol_free(&v);
+}
+
+static void hash_field(store_sha256_ctx *c, const char *s)
+{
+    /* A length prefix keeps ("ab","c") and ("a","bc") apart; -1 marks NULL. */
+    int64_t n = s ? (int64_t)strlen(s) : -1;
+    store_sha256_update(c, &n, sizeof n);
+    if (s)
+        store_sha256_update(c, s, (size_t)n);
+}
+
+int net_engine_put(net_engine *e, const net_put_item *items, size_t n, uint64_t *ids,
+                   int *existed, char *errbuf, size_t errlen)
+{
+    if (!e->p)
+        return net__fail(errbuf, errlen, NET_UNSUPPORTED,
+                         "the server runs without a model (--model): it cannot encode items");
+    uint32_t dim = store_dim(e->s);
+    /* Like medsem ingest: each item's own vector, a report vector for an
+     * image or volume with a report, and one slice vector per axial slice
+     * of a volume when the model can encode slices (D > 0). */
+    int D = enc_pipeline_slices(e->p, NULL, 0);
+    if (D < 0 || D > (int)STORE_SLICE_MAX)
+        D = 0;
+    size_t per = 1 + 1 + (size_t)D; /* own, report, slices */
+    store_item *recs = calloc(n, sizeof *recs);
+    store_put *puts = calloc(n, sizeof *puts);
+    float *vecs = malloc(n * per * dim * sizeof *vecs);
+    store_vec *more = calloc(n * (1 + (size_t)D), sizeof *more);
+    char **paths = calloc(n, sizeof *paths);
+    int rc = NET_OK;
+    if (!recs || !puts || !vecs || !more || !paths) {
+        rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+        goto out;
+    }
+    int wi = worker_take(e);
+    for (size_t i = 0; i < n && !rc; i++) {
+        const net_put_item *it = &items[i];
+        store_item *r = &recs[i];
+        uint8_t dh[STORE_HASH_SIZE];
+        if (it->input == NET_INPUT_TEXT)
+            store_sha256(it->report, strlen(it->report), dh);
+        else
+            store_sha256(it->data, it->len, dh);
+        memcpy(r->data_hash, dh, sizeof dh);
+        store_sha256_ctx c;
+        store_sha256_init(&c);
+        store_sha256_update(&c, "medsem-http-item-1", 18);
+        store_sha256_update(&c, &it->input, sizeof it->input);
+        store_sha256_update(&c, dh, sizeof dh);
+        hash_field(&c, it->report);
+        hash_field(&c, it->modality);
+        hash_field(&c, it->dataset);
+        hash_field(&c, it->payload_json);
+        store_sha256_final(&c, r->content_hash);
+        r->kind = it->input == NET_INPUT_IMAGE    ? STORE_KIND_IMAGE
+                  : it->input == NET_INPUT_VOLUME ? STORE_KIND_VOLUME
+                                                  : STORE_KIND_REPORT;
+        r->modality = (char *)it->modality;
+        r->dataset = (char *)it->dataset;
+        r->report = (char *)it->report;
+        r->payload_json = (char *)it->payload_json;
+        char err[1024];
+        if (it->input != NET_INPUT_TEXT) {
+            if ((rc = keep_blob(e, it, dh, &paths[i], err, sizeof err))) {
+                net__fail(errbuf, errlen, rc, "items[%zu]: %s", i, err);
+                break;
+            }
+            r->source = paths[i];
+            read_geometry(r, it->input, paths[i]);
+        }
+        float *own = vecs + i * per * dim, *rep = own + dim, *sl = rep + dim;
+        store_vec *mv = more + i * (1 + (size_t)D);
+        size_t nmv = 0;
+        if (it->input == NET_INPUT_VOLUME && D > 0) {
+            const char *path = paths[i];
+            rc = enc_worker_volume_slices(e->w[wi], &path, &it->modality, 1, own, sl, err,
+                                          sizeof err);
+            if (rc) {
+                net__fail(errbuf, errlen, enc_code(rc), "items[%zu]: %s", i, err);
+                break;
+            }
+            for (int z = 0; z < D; z++)
+                mv[nmv++] = (store_vec){.space = STORE_SPACE_SLICE, .z = (uint32_t)z,
+                                        .vector = sl + (size_t)z * dim};
+        } else {
+            rc = encode_one(e, wi, it->input,
+                            it->input == NET_INPUT_TEXT ? it->report : paths[i], it->modality,
+                            own, err, sizeof err);
+            if (rc) {
+                net__fail(errbuf, errlen, rc, "items[%zu]: %s", i, err);
+                break;
+            }
+        }
+        if (it->input != NET_INPUT_TEXT && it->report && *it->report &&
+            enc_pipeline_has_text(e->p)) {
+            if ((rc = encode_one(e, wi, NET_INPUT_TEXT, it->report, NULL, rep, err, sizeof err))) {
+                net__fail(errbuf, errlen, rc, "items[%zu].report: %s", i, err);
+                break;
+            }
+            mv[nmv++] = (store_vec){.space = STORE_SPACE_REPORT, .vector = rep};
+        }
+        puts[i].item = r;
+        puts[i].has_vector = 1;
+        puts[i].space = kind_space(r->kind);
+        puts[i].vector = own;
+        puts[i].vecs = nmv ? mv : NULL;
+        puts[i].nvecs = nmv;
+    }
+    worker_give(e, wi);
+    if (rc)
+        goto out;
+    if (store_put_batch(e->s, puts, n, ids, existed)) {
+        rc = net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+        goto out;
+    }
+    rc = sync_all(e, errbuf, errlen);
+out:
+    /* A blob whose item failed stays: it is named by its content, and a
+     * retry of the same upload reuses it. */
+    for (size_t i = 0; paths && i < n; i++)
+        free(paths[i]);
+    free(paths);
+    free(recs);
+    free(puts);
+    free(vecs);
+    free(more);
+    return rc;
+}
+
+/* ---- previews ----------------------------------------------------------------- */
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* lo/hi: the p_lo and p_hi percentiles of n values (a sorted copy). */
+static int percentiles(const float *v, size_t n, float *lo, float *hi)
+{
+    float *c = malloc(n * sizeof *c);
+    if (!c)
+        return -1;
+    memcpy(c, v, n * sizeof *c);
+    qsort(c, n, sizeof *c, cmp_float);
+    *lo = c[(size_t)((double)(n - 1) * 0.005)];
+    *hi = c[(size_t)((double)(n - 1) * 0.995)];
+    free(c);
+    return 0;
+}
+
+int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_arena *a,
+                       void **png, size_t *len, char *errbuf, size_t errlen)
+{
+    store_item *it = NULL;
+    int rc = net_engine_item_get(e, id, &it, errbuf, errlen);
+    if (rc)
+        return rc;
+    if ((it->kind != STORE_KIND_IMAGE && it->kind != STORE_KIND_VOLUME) || !it->source) {
+        store_item_free(it);
+        return net__fail(errbuf, errlen, NET_NOTFOUND, "item %llu has no image to preview",
+                         (unsigned long long)id);
+    }
+    /* The only file a request reaches: the stored source of an existing
+     * item, written by ingestion, never a name from the request. */
+    enc_vol v = {0};
+    char err[1024];
+    int vol = it->kind == STORE_KIND_VOLUME;
+    int r = vol ? enc_img_read_nifti(it->source, NULL, &v, err, sizeof err)
+                : enc_img_read_2d(it->source, NULL, &v, err, sizeof err);
+    int ct = it->modality && !strcasecmp(it->modality, "CT");
+    store_item_free(it);
+    if (r)
+        return net__fail(errbuf, errlen, NET_ENGINE, "item %llu: its source cannot be read",
+                         (unsigned long long)id);
+    if (z < 0)
+        z = v.nz / 2;
+    if (z >= v.nz) {
+        rc = net__fail(errbuf, errlen, NET_INVAL, "z: %d is out of range (the item has %d slices)",
+                       z, v.nz);
+        enc_vol_free(&v);
+        return rc;
+    }
+    int w = v.nx, h = v.ny;
+    const float *sl = v.data + (size_t)z * (size_t)w * (size_t)h;
+    float lo = 0, hi = 1;
+    if (ct && vol) {
+        lo = -1000;
+        hi = 400;
+    } else {
+        float mn = INFINITY, mx = -INFINITY;
+        for (size_t i = 0; i < (size_t)w * h; i++) {
+            mn = sl[i] < mn ? sl[i] : mn;
+            mx = sl[i] > mx ? sl[i] : mx;
+        }
+        if (!(mn >= 0 && mx <= 1) && percentiles(sl, (size_t)w * h, &lo, &hi)) {
+            enc_vol_free(&v);
+            return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+        }
+    }
+    if (!(hi > lo))
+        hi = lo + 1;
+    int ow = w, oh = h;
+    if (max_side > 0 && (w > max_side || h > max_side)) {
+        double s = (double)max_side / (w > h ? w : h);
+        ow = (int)(w * s) > 0 ? (int)(w * s) : 1;
+        oh = (int)(h * s) > 0 ? (int)(h * s) : 1;
+    }
+    uint8_t *px = net_arena_alloc(a, (size_t)ow * oh);
+    if (!px) {
+        enc_vol_free(&v);
+        return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+    }
+    for (int y = 0; y < oh; y++) {
+        int sy = (int)((y + 0.5) * h / oh);
+        for (int x = 0; x < ow; x++) {
+            int sx = (int)((x + 0.5) * w / ow);
+            /* Volumes are RAS: anterior at the top and the patient's right on
+             * the viewer's left (radiological convention).  Images are in
+             * picture order already. */
+            int i = vol ? w - 1 - sx : sx, j = vol ? h - 1 - sy : sy;
+            float t = (sl[(size_t)j * w + i] - lo) / (hi - lo);
+            t = t < 0 ? 0 : t > 1 ? 1 : t;
+            px[(size_t)y * ow + x] = (uint8_t)lrintf(t * 255.0f);
+        }
+    }
+    enc_vol_free(&v);
+    rc = net_png_grey8(a, px, (uint32_t)ow, (uint32_t)oh, png, len);
+    if (rc)
+        return net__fail(errbuf, errlen, rc, "encoding the PNG: %s", net_strerror(rc));
+    return NET_OK;
+}
+
+int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_result **out,
+                     char *errbuf, size_t errlen)
+{
+    char err[1024];
+    pthread_rwlock_rdlock(&e->lk[sp]);
+    int rc = srch_dedup(e->s, e->x[sp], threshold, out, err, sizeof err);
+    pthread_rwlock_unlock(&e->lk[sp]);
+    if (rc)
+        return net__fail(errbuf, errlen, rc == SRCH_INVAL ? NET_INVAL : NET_ENGINE, "%s", err);
+    return NET_OK;
+}

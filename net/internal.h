@@ -1,0 +1,324 @@
+/* internal.h - net/ module internals shared by its files and its tests.
+ *
+ * Not API: nothing outside net/ and tests/net/ includes this header.
+ *
+ *   arena.c    per-request arena, capped buffers, JSON string output, base64,
+ *              query strings, constant-time comparison
+ *   http.c     HTTP/1.1 request parsing over http-parser with caps
+ *   keys.c     the API key file
+ *   metrics.c  Prometheus counters and histograms (loop thread only)
+ *   pngw.c     8-bit grey PNG writer
+ *   engine.c   the adapter to store/indexer/searcher/encoder (pool threads)
+ *   api.c      routes and JSON request/response shapes
+ *   page.c     the web page
+ *   server.c   libuv: listening, connections, timers, jobs, signals
+ */
+#ifndef MEDSEM_NET_INTERNAL_H
+#define MEDSEM_NET_INTERNAL_H
+
+#include <http_parser.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net/net.h"
+#include "searcher/searcher.h"
+#include "store/store.h"
+
+/* Writes a message to errbuf (may be NULL) and returns code. */
+int net__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ---- arena ------------------------------------------------------------------
+ * A bump allocator over a chain of chunks, with a hard cap on the bytes it
+ * hands out.  Everything a request needs (parsed URL and headers, body,
+ * response) comes from its arena; net_arena_reset frees it all at once and
+ * runs the deferred cleanups (cJSON trees, malloc'd results) in reverse
+ * order.  One thread at a time. */
+typedef struct net_arena net_arena;
+
+/* cap: bytes the arena may hand out in all (0 = unlimited). */
+int net_arena_new(size_t cap, net_arena **out);
+void net_arena_free(net_arena *a); /* accepts NULL; runs the cleanups */
+void net_arena_reset(net_arena *a);
+/* 16-byte aligned; NULL when the cap would be passed or memory is out. */
+void *net_arena_alloc(net_arena *a, size_t n);
+char *net_arena_strndup(net_arena *a, const char *s, size_t n);
+/* Registers fn(p) to run at reset/free.  On failure runs fn(p) at once and
+ * returns -1. */
+int net_arena_defer(net_arena *a, void (*fn)(void *), void *p);
+size_t net_arena_used(const net_arena *a);
+
+/* A growable byte buffer in an arena, capped at max bytes.  After a failed
+ * append, toobig (cap) or nomem is set and later appends do nothing. */
+typedef struct net_buf {
+    net_arena *a;
+    char *p;
+    size_t len, cap, max;
+    int toobig, nomem;
+} net_buf;
+
+void net_buf_init(net_buf *b, net_arena *a, size_t max);
+int net_buf_add(net_buf *b, const void *data, size_t n);
+int net_buf_puts(net_buf *b, const char *s);
+int net_buf_printf(net_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A JSON string literal: quotes, escapes, control characters as \u00XX;
+ * invalid UTF-8 bytes become U+FFFD so the output is always valid JSON.
+ * NULL writes null. */
+int net_buf_json_str(net_buf *b, const char *s);
+/* A float as JSON (non-finite values as null). */
+int net_buf_json_num(net_buf *b, double v);
+
+/* Base64 (RFC 4648, '=' padding optional, whitespace ignored; also accepts
+ * a "data:...;base64," prefix).  *out is from the arena; -1 on bad input. */
+int net_base64_decode(net_arena *a, const char *in, size_t len, unsigned char **out,
+                      size_t *outlen);
+
+/* The value of key in a query string "a=1&b=x%20y" (percent- and
+ * plus-decoded, from the arena), or NULL when absent or badly encoded. */
+char *net_query_get(net_arena *a, const char *query, const char *key);
+
+/* 1 when the n bytes at a and b are equal; time independent of the data. */
+int net_ct_equal(const void *a, const void *b, size_t n);
+
+/* Monotonic seconds. */
+double net_now(void);
+
+/* ---- HTTP requests ------------------------------------------------------------ */
+
+typedef struct net_header {
+    char *name; /* lower-cased */
+    char *value;
+} net_header;
+
+#define NET_MAX_HEADERS 64
+
+typedef struct net_req {
+    int method;         /* enum http_method */
+    char *url;          /* as sent */
+    char *path;         /* the URL's path (not decoded) */
+    char *query;        /* after '?', or "" */
+    net_header headers[NET_MAX_HEADERS];
+    size_t nheaders;
+    char *body;         /* NUL-terminated for convenience; body_len bytes */
+    size_t body_len;
+    int keep_alive;     /* the client allows keep-alive */
+    double t_start;     /* first byte seen */
+} net_req;
+
+/* Outcome of feeding bytes. */
+enum {
+    NET_HTTP_MORE = 0,  /* need more bytes */
+    NET_HTTP_READY = 1, /* a whole request is in h->req; the parser is paused */
+    NET_HTTP_ERROR = 2  /* h->status (400, 413, 431, 505) and h->error say why */
+};
+
+typedef struct net_http {
+    http_parser parser;
+    net_arena *arena; /* the current request's */
+    size_t max_header, max_body;
+    net_req req;
+    size_t header_bytes;
+    int in_value;       /* last header callback was a value */
+    int started, ready; /* a request has begun / completed */
+    int expect_continue; /* the client sent Expect: 100-continue */
+    int status;         /* on NET_HTTP_ERROR */
+    const char *error;
+    net_buf url, hname, hval; /* pieces while they arrive */
+    net_buf body;
+} net_http;
+
+void net_http_init(net_http *h, size_t max_header, size_t max_body);
+/* Starts the next request in arena a (after the previous was answered). */
+void net_http_next(net_http *h, net_arena *a);
+/* Feeds len bytes; *used gets how many were consumed (the rest belong to the
+ * next, pipelined, request). */
+int net_http_feed(net_http *h, const char *data, size_t len, size_t *used);
+/* The value of a header (name lower-case), or NULL. */
+const char *net_req_header(const net_req *r, const char *name);
+const char *net_http_reason(int status);
+
+/* ---- API keys -------------------------------------------------------------------- */
+
+enum { NET_ACCESS_NONE = 0, NET_ACCESS_RO = 1, NET_ACCESS_RW = 2 };
+
+typedef struct net_keys net_keys;
+
+/* Lines "rw KEY" or "ro KEY"; blank lines and '#' comments skipped.  Keys
+ * are 16..256 printable non-space ASCII characters.  Errors name the line. */
+int net_keys_parse(const char *text, size_t len, const char *name, net_keys **out,
+                   char *errbuf, size_t errlen);
+int net_keys_load(const char *path, net_keys **out, char *errbuf, size_t errlen);
+void net_keys_free(net_keys *k);
+size_t net_keys_count(const net_keys *k);
+/* The access a presented key grants.  Every stored key is compared, each
+ * through its SHA-256 in constant time, so the time does not depend on
+ * which key (or how much of one) matched. */
+int net_keys_check(const net_keys *k, const char *key, size_t len);
+
+/* ---- metrics (loop thread only) -------------------------------------------------- */
+
+enum {
+    NET_ROUTE_PAGE, NET_ROUTE_SEARCH, NET_ROUTE_ITEMS, NET_ROUTE_ITEM, NET_ROUTE_PREVIEW,
+    NET_ROUTE_DEDUP, NET_ROUTE_HEALTHZ, NET_ROUTE_READYZ, NET_ROUTE_METRICS, NET_ROUTE_OTHER,
+    NET_NROUTES
+};
+const char *net_route_name(int route);
+
+#define NET_NBUCKETS 14
+#define NET_NSTATUS 16
+
+typedef struct net_hist {
+    uint64_t counts[NET_NBUCKETS + 1]; /* the last is +Inf */
+    double sum;
+    uint64_t n;
+} net_hist;
+
+typedef struct net_metrics {
+    uint64_t requests[NET_NROUTES][NET_NSTATUS];
+    int status_codes[NET_NSTATUS]; /* the statuses seen, in order of first sight */
+    int nstatus;
+    net_hist latency[NET_NROUTES];
+    net_hist encode, search;
+    uint64_t rejected; /* 503 for a full queue */
+    uint64_t bytes_out;
+} net_metrics;
+
+void net_metrics_request(net_metrics *m, int route, int status, double seconds, size_t bytes);
+void net_hist_observe(net_hist *h, double seconds);
+/* Prometheus text exposition format 0.0.4. */
+int net_metrics_write(const net_metrics *m, size_t queue_depth, size_t queue_max,
+                      size_t connections, const uint64_t items[STORE_NSPACES], net_buf *out);
+
+/* ---- PNG ---------------------------------------------------------------------------- */
+
+/* An 8-bit greyscale PNG of w x h pixels (row-major, top row first) in the
+ * arena. */
+int net_png_grey8(net_arena *a, const uint8_t *px, uint32_t w, uint32_t h, void **out,
+                  size_t *len);
+
+/* ---- engine ------------------------------------------------------------------------
+ * Everything that touches the store, the indexes or the encoder.  Every
+ * function but open/close runs on pool threads, concurrently; the engine
+ * serialises what must be (index writes, one encoder worker per job). */
+typedef struct net_engine net_engine;
+
+/* create: make the database (with the model's dimension and id) when the
+ * directory holds none. */
+int net_engine_open(const char *db_dir, const char *model_dir, int workers, int create,
+                    net_engine **out, char *errbuf, size_t errlen);
+void net_engine_close(net_engine *e); /* saves the indexes; accepts NULL */
+uint32_t net_engine_dim(const net_engine *e);
+int net_engine_has_model(const net_engine *e);
+const char *net_engine_db(const net_engine *e);
+/* Items per space (vectors in each space), read in one snapshot. */
+int net_engine_counts(net_engine *e, uint64_t counts[STORE_NSPACES]);
+
+enum { NET_INPUT_TEXT, NET_INPUT_IMAGE, NET_INPUT_VOLUME };
+
+/* Encodes a text, or an uploaded image (PNG or NIfTI bytes) or volume
+ * (NIfTI, .nii or gzip'd) into out (dim floats).  Uploads go through a
+ * private temporary file in the database's tmp/ folder. */
+int net_engine_encode(net_engine *e, int input, const void *data, size_t len,
+                      const char *modality, float *out, char *errbuf, size_t errlen);
+/* A stored item's vector and the space it is in. */
+int net_engine_item_vector(net_engine *e, uint64_t id, float *out, store_space *sp,
+                           char *errbuf, size_t errlen);
+int net_engine_search(net_engine *e, store_space target, const srch_query *q, srch_hit *hits,
+                      size_t *nhits, srch_stats *st, char *errbuf, size_t errlen);
+
+typedef struct net_slice {
+    uint32_t z;
+    float score;
+} net_slice;
+/* The up to n slices of a volume that best match q, best first (0 when the
+ * database holds no slice vectors for it). */
+int net_engine_best_slices(net_engine *e, uint64_t volume_id, const float *q, size_t n,
+                           net_slice *out, size_t *nout);
+
+/* The axial index in the item's own volume (what previews take) of slice
+ * `slice` of the model's grid (what slice vectors are numbered by). */
+int net_engine_slice_z(const net_engine *e, const store_item *it, uint32_t slice);
+
+/* The record (store_item_free it). */
+int net_engine_item_get(net_engine *e, uint64_t id, store_item **out, char *errbuf,
+                        size_t errlen);
+int net_engine_item_delete(net_engine *e, uint64_t id, char *errbuf, size_t errlen);
+
+/* One item to ingest.  Exactly one of text-only (a report), image or volume
+ * data.  Strings may be NULL. */
+typedef struct net_put_item {
+    int input;                /* NET_INPUT_*: what data holds, or TEXT for a report-only item */
+    const unsigned char *data; /* image/volume bytes */
+    size_t len;
+    const char *report;
+    const char *modality;
+    const char *dataset;
+    const char *payload_json; /* a JSON object, or NULL */
+} net_put_item;
+
+/* Encodes and writes n items in one transaction; ids[i] and existed[i] as
+ * store_put_batch.  Uploads are kept in the database's blobs/ folder (named
+ * by their SHA-256) so that previews can read them.  Errors name the item
+ * ("items[3]: ..."). */
+int net_engine_put(net_engine *e, const net_put_item *items, size_t n, uint64_t *ids,
+                   int *existed, char *errbuf, size_t errlen);
+
+/* A windowed 8-bit preview of an image item, or of axial slice z of a volume
+ * item (z < 0: the middle one), at most max_side pixels on its long side (0:
+ * full size), as a PNG in the arena.  Reads only the item's stored source. */
+int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_arena *a,
+                       void **png, size_t *len, char *errbuf, size_t errlen);
+
+int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_result **out,
+                     char *errbuf, size_t errlen);
+
+/* ---- API (api.c) ----------------------------------------------------------------- */
+
+/* A response being built: status, content type, extra headers, body. */
+typedef struct net_resp {
+    int status;
+    const char *content_type;
+    const char *extra_headers; /* "Name: value\r\n"..., or NULL */
+    net_buf body;
+    int close;                 /* close the connection after this response */
+} net_resp;
+
+/* What a route needs. */
+enum { NET_RUN_LOOP, NET_RUN_POOL };
+
+typedef struct net_ctx net_ctx; /* server state visible to handlers (server.c) */
+
+typedef struct net_call {
+    net_ctx *ctx;
+    net_engine *engine;
+    net_req *req;
+    net_arena *arena;
+    net_resp resp;
+    int route;
+    double t0;            /* routing began (for "time") */
+    uint64_t id;          /* from the path, for item routes */
+    double t_encode, t_search; /* seconds spent, for the metrics (0 = none) */
+    int counts_changed;   /* items were written or deleted */
+    uint64_t counts[STORE_NSPACES];
+} net_call;
+
+/* Routes the request: sets call->route and call->id, and either answers it
+ * at once (auth, 404, 405, loop routes: returns NET_RUN_LOOP with resp set)
+ * or returns NET_RUN_POOL for net_api_work to run on a pool thread. */
+int net_api_route(net_call *c, int access);
+void net_api_work(net_call *c);
+/* Sets an error response {"status":{"error":msg},"time":...}. */
+void net_api_error(net_call *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The access the request's key grants (NET_ACCESS_RW without a key file). */
+int net_api_access(const net_keys *keys, const net_req *r);
+
+/* Loop-side answers that need server state (server.c). */
+void net__ctx_metrics(net_ctx *ctx, net_call *c);
+int net__ctx_ready(net_ctx *ctx);
+
+extern const char net_page_html[];
+extern const size_t net_page_html_len;
+
+#endif

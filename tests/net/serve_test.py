@@ -1,0 +1,548 @@
+#!/usr/bin/env python3
+"""Integration test of `medsem serve`: starts the real server on an ephemeral
+port and speaks real HTTP to it (Python standard library only).
+
+Every endpoint and error class, malformed and truncated requests, oversized
+headers and bodies, a slow client, pipelining, many concurrent clients, an
+overloaded queue, API keys, and a request arriving during shutdown; the
+server must stay up and correct through all of them.  TAP-style output.
+
+  serve_test.py            the whole test (run by tests/net/test_serve.sh)
+  serve_test.py --ingest-only DB PORTFILE   start a server on DB, fill it
+                           with synthetic items and leave it running (the
+                           browser test and bench/serve.sh use this); prints
+                           the server's pid
+"""
+import base64
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BUILD = os.environ.get("top_builddir") or os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+SRC = os.environ.get("top_srcdir") or os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+MEDSEM = os.path.join(BUILD, "medsem")
+MODEL = os.path.join(SRC, "tests/fixtures/models/medsem")
+TIMEOUT = 60  # generous: CI machines are slow and loaded
+
+n = 0
+fails = 0
+
+
+def ok(cond, what, detail=""):
+    global n, fails
+    n += 1
+    if cond:
+        print("ok %d - %s" % (n, what))
+    else:
+        fails += 1
+        print("not ok %d - %s" % (n, what))
+        for line in str(detail).splitlines()[:20]:
+            print("#   " + line)
+    sys.stdout.flush()
+    return cond
+
+
+class Server:
+    def __init__(self, tmp, db, *extra, create=True):
+        self.portfile = os.path.join(tmp, "port.%d" % time.monotonic_ns())
+        self.log = open(os.path.join(tmp, "serve.log"), "ab")
+        args = [MEDSEM, "serve", "--db", db, "--model", MODEL, "--listen", "127.0.0.1:0",
+                "--port-file", self.portfile] + (["--create"] if create else []) + list(extra)
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        t0 = time.monotonic()
+        while not os.path.exists(self.portfile):
+            if self.p.poll() is not None or time.monotonic() - t0 > TIMEOUT:
+                raise RuntimeError("the server did not start (exit %s)" % self.p.poll())
+            time.sleep(0.05)
+        self.port = int(open(self.portfile).read())
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+        try:
+            return self.p.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return "timeout"
+
+
+def request(port, method, path, body=None, headers=None, raw_body=None):
+    """(status, headers dict lower-cased, body bytes)"""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    h = dict(headers or {})
+    data = raw_body
+    if body is not None:
+        data = json.dumps(body).encode()
+        h["Content-Type"] = "application/json"
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    out = (r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    c.close()
+    return out
+
+
+def jreq(port, method, path, body=None, **kw):
+    s, h, b = request(port, method, path, body, **kw)
+    try:
+        j = json.loads(b)
+    except ValueError:
+        j = None
+    return s, h, j
+
+
+def raw(port, data, timeout=15, shut=False):
+    """Sends bytes on a fresh connection and reads until the server closes
+    it (or the timeout).  Returns the bytes received."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    got = b""
+    try:
+        s.sendall(data)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    return got
+
+
+def read_responses(sock, count):
+    """Reads count HTTP responses (Content-Length framed) from sock."""
+    buf = b""
+    out = []
+    while len(out) < count:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return out
+            buf += chunk
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for ln in lines[1:]:
+            k, _, v = ln.partition(":")
+            if k.strip().lower() == "content-length":
+                length = int(v)
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return out
+            rest += chunk
+        out.append((status, rest[:length]))
+        buf = rest[length:]
+    return out
+
+
+def synth_items(tmp):
+    syn = os.path.join(tmp, "syn")
+    subprocess.run([MEDSEM, "synth", "--out", syn, "--volumes", "4", "--images", "4", "--seed", "3",
+                    "--split", "train", "--size", "small", "--quiet"], check=True,
+                   stdout=subprocess.DEVNULL)
+    items = []
+    for line in open(os.path.join(syn, "train.jsonl")):
+        j = json.loads(line)
+        it = {"modality": j.get("modality"), "report": j.get("report"), "dataset": "synth",
+              "payload": {"patient": j.get("patient"), "split": "train"}}
+        if j.get("file"):
+            with open(os.path.join(syn, j["file"]), "rb") as f:
+                it[j["kind"]] = base64.b64encode(f.read()).decode()
+        items.append(it)
+    items.append({"report": "A report without images: small left pleural effusion.",
+                  "modality": "CT", "payload": {"tags": ["effusion"]}})
+    return items
+
+
+def main_test():
+    tmp = tempfile.mkdtemp(prefix="medsem-serve.")
+    db = os.path.join(tmp, "db")
+    try:
+        run_all(tmp, db)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("1..%d" % n)
+    return 1 if fails else 0
+
+
+def run_all(tmp, db):
+    items = synth_items(tmp)
+    srv = Server(tmp, db, "--workers", "2", "--queue", "3", "--max-body-mb", "2",
+                 "--read-timeout", "2", "--idle-timeout", "20", "--quiet")
+    P = srv.port
+    try:
+        endpoints(P, items)
+        errors(P)
+        robustness(P)
+        concurrency(P)
+        shutdown(srv, P)
+    finally:
+        srv.stop(signal.SIGKILL)
+    keys_and_restart(tmp, db)
+
+
+def endpoints(P, items):
+    s, h, j = jreq(P, "GET", "/healthz")
+    ok(s == 200 and j["status"] == "ok", "GET /healthz")
+    s, h, j = jreq(P, "GET", "/readyz")
+    ok(s == 200 and j["result"] == "ready", "GET /readyz")
+    s, h, b = request(P, "GET", "/")
+    ok(s == 200 and h["content-type"].startswith("text/html") and b"<!DOCTYPE html>" in b
+       and b"http://" not in b and b"https://" not in b, "GET / is one self-contained page")
+
+    s, h, j = jreq(P, "PUT", "/v1/items", {"items": items})
+    ok(s == 200 and len(j["result"]["ids"]) == len(items) and not any(j["result"]["existed"]),
+       "PUT /v1/items ingests %d items" % len(items), j)
+    ids = j["result"]["ids"]
+    s, h, j = jreq(P, "PUT", "/v1/items", {"items": items[:3]})
+    ok(s == 200 and j["result"]["ids"] == ids[:3] and all(j["result"]["existed"]),
+       "PUT /v1/items again is idempotent", j)
+    global VOL, IMG, REP
+    VOL, IMG, REP = None, None, ids[-1]
+    for i, it in zip(ids, items):
+        if "volume" in it and VOL is None:
+            VOL = i
+        if "image" in it and IMG is None:
+            IMG = i
+
+    s, h, j = jreq(P, "GET", "/v1/items/%d" % VOL)
+    ok(s == 200 and j["result"]["kind"] == "volume" and j["result"]["modality"] == "CT"
+       and j["result"]["payload"]["patient"] and len(j["result"]["shape"]) == 3
+       and j["result"]["preview"] is True and "source" not in j["result"],
+       "GET /v1/items/{id}", j)
+
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "pleural effusion"}, "target": "volume",
+                                             "limit": 3, "with_slices": 2})
+    ok(s == 200 and 0 < len(j["result"]) <= 3 and all(r["kind"] == "volume" for r in j["result"])
+       and isinstance(j["time"], float) and all("slices" in r and "report" in r for r in j["result"]),
+       "POST /v1/search by text", j)
+    ok(all(len(r["slices"]) == 2 and r["slices"][0]["score"] >= r["slices"][1]["score"]
+           and all(0 <= sl["z"] < r["shape"][2] for sl in r["slices"]) for r in j["result"]),
+       "volume results carry their 2 best slices, z within the volume", j)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}, "target": "slice", "limit": 5})
+    ok(s == 200 and len(j["result"]) == 5 and all("slice" in r and r["kind"] == "volume" for r in j["result"]),
+       "search the slice space: hits name the volume and the slice", j)
+    scores = [r["score"] for r in j["result"]]
+    ok(scores == sorted(scores, reverse=True), "results best first")
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}, "target": "image",
+                                             "filter": {"modality": "CR", "split": "train"}})
+    ok(s == 200 and j["result"] and all(r["modality"] == "CR" for r in j["result"]),
+       "search with a payload filter", j)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}, "target": "image",
+                                             "filter": {"modality": "MR"}})
+    ok(s == 200 and j["result"] == [], "a filter matching nothing gives no results", j)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "effusion"}, "target": "report",
+                                             "filter": {"tags": "effusion"}})
+    ok(s == 200 and [r["id"] for r in j["result"]] == [REP], "filter on an array payload key", j)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"id": VOL}, "target": "volume", "limit": 10})
+    ok(s == 200 and VOL not in [r["id"] for r in j["result"]] and j["result"],
+       "search by item leaves the item out", j)
+    img = next(it["image"] for it in items if "image" in it)
+    vol = next(it["volume"] for it in items if "volume" in it)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"image": img, "modality": "CR"}, "target": "image"})
+    ok(s == 200 and j["result"] and j["result"][0]["id"] == IMG and j["result"][0]["score"] > 0.99,
+       "search by an uploaded image finds it first", j)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"volume": "data:application/gzip;base64," + vol,
+                                                       "modality": "CT"}, "target": "volume"})
+    ok(s == 200 and j["result"] and j["result"][0]["id"] == VOL, "search by an uploaded volume", j)
+
+    s, h, b = request(P, "GET", "/v1/items/%d/preview.png" % VOL)
+    ok(s == 200 and h["content-type"] == "image/png" and b[:8] == b"\x89PNG\r\n\x1a\n",
+       "GET preview.png of a volume (middle slice)")
+    s, h, b = request(P, "GET", "/v1/items/%d/preview.png?z=0&size=32" % VOL)
+    ok(s == 200 and b[:4] == b"\x89PNG" and max(int.from_bytes(b[16:20], "big"),
+                                                 int.from_bytes(b[20:24], "big")) == 32,
+       "preview with z and size")
+    s, h, b = request(P, "GET", "/v1/items/%d/preview.png" % IMG)
+    ok(s == 200 and b[:4] == b"\x89PNG", "GET preview.png of a radiograph")
+    s, h, j = jreq(P, "GET", "/v1/items/%d/preview.png?z=100000" % VOL)
+    ok(s == 400 and "z" in j["status"]["error"], "preview z out of range is 400", j)
+    s, h, j = jreq(P, "GET", "/v1/items/%d/preview.png?z=abc" % VOL)
+    ok(s == 400 and "z:" in j["status"]["error"], "preview z not a number is 400", j)
+    s, h, j = jreq(P, "GET", "/v1/items/%d/preview.png" % REP)
+    ok(s == 404, "a report has no preview: 404", j)
+
+    s, h, j = jreq(P, "POST", "/v1/dedup", {"target": "image", "threshold": 0.999})
+    ok(s == 200 and "exact" in j["result"] and "near" in j["result"], "POST /v1/dedup", j)
+
+    s, h, j = jreq(P, "DELETE", "/v1/items/%d" % REP)
+    ok(s == 200 and j["result"]["deleted"], "DELETE /v1/items/{id}", j)
+    s, h, j = jreq(P, "GET", "/v1/items/%d" % REP)
+    ok(s == 404 and "no such item" in j["status"]["error"], "a deleted item is gone", j)
+    s, h, j = jreq(P, "DELETE", "/v1/items/%d" % REP)
+    ok(s == 404, "DELETE again is 404", j)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "effusion"}, "target": "report"})
+    ok(s == 200 and REP not in [r["id"] for r in j["result"]], "a deleted item is not found", j)
+
+    s, h, b = request(P, "GET", "/metrics")
+    t = b.decode()
+    ok(s == 200 and 'medsem_http_requests_total{route="/v1/search",status="200"}' in t
+       and 'medsem_items{space="volume"} 4' in t and 'medsem_items{space="slice"} 0' not in t and "medsem_queue_depth" in t
+       and "medsem_encode_seconds_bucket" in t and "medsem_search_seconds_count" in t,
+       "GET /metrics (Prometheus text)", t[:2000])
+
+
+def errors(P):
+    def bad(body, field, what, status=400, path="/v1/search", method="POST"):
+        s, h, j = jreq(P, method, path, body)
+        ok(s == status and j and field in j["status"]["error"], what, (s, j))
+
+    bad({"query": {"text": "x"}, "limit": 0}, "limit", "limit 0 is 400 naming the field")
+    bad({"query": {"text": "x"}, "limit": "3"}, "limit", "limit as a string is 400")
+    bad({"query": {"text": "x"}, "target": "bogus"}, "target", "an unknown target is 400")
+    bad({"limit": 3}, "query", "a missing query is 400")
+    bad({"query": {"text": "x", "id": 1}}, "exactly one", "two queries at once is 400")
+    bad({"query": {"text": ""}}, "query.text", "an empty text is 400")
+    bad({"query": {"id": -1}}, "query.id", "a negative id is 400")
+    bad({"query": {"id": 999999}}, "no such item", "search by a missing item is 404", status=404)
+    bad({"query": {"text": "x"}, "filter": {"age": {"between": 3}}}, "filter.age", "a bad filter op is 400")
+    bad({"query": {"text": "x"}, "filter": {"age": {"gte": "x"}}}, "filter.age.gte", "a range on text is 400")
+    bad({"query": {"image": "@@@"}}, "query.image", "bad base64 is 400")
+    bad({"query": {"image": base64.b64encode(b"not an image at all").decode()}}, "query.image",
+        "bytes that are no image are 400")
+    bad({"query": {"volume": base64.b64encode(b"\x1f\x8b garbage").decode()}}, "query.volume",
+        "a corrupt volume is 400")
+    bad({"items": []}, "items", "PUT without items is 400", path="/v1/items", method="PUT")
+    bad({"items": [{"modality": "CT"}]}, "items[0]", "an item without data is 400", path="/v1/items", method="PUT")
+    bad({"items": [{"report": "x", "payload": [1]}]}, "items[0].payload", "a payload that is no object is 400",
+        path="/v1/items", method="PUT")
+    bad({"items": [{"image": "aGk=", "volume": "aGk="}]}, "items[0]", "image and volume at once is 400",
+        path="/v1/items", method="PUT")
+    bad({"threshold": 2}, "threshold", "a dedup threshold above 1 is 400", path="/v1/dedup")
+    for body, what in ((b"{", "truncated JSON"), (b"{\"query\": }", "malformed JSON"),
+                       (b"[1,2]", "a JSON array"), (b"", "an empty body"), (b"{} x", "trailing data"),
+                       (b"\xff\xfe", "binary junk")):
+        s, h, j = jreq(P, "POST", "/v1/search", raw_body=body)
+        ok(s == 400 and j and "error" in j["status"], "%s is 400 with an error object" % what, (s, j))
+    for path in ("/nope", "/v1/items/abc", "/v1/items/01", "/v1/items/1/../../../etc/passwd",
+                 "/v1/items/1/preview.png/x", "/v1/items/99999999999999999999999"):
+        s, h, j = jreq(P, "GET", path)
+        ok(s == 404 and j and "error" in j["status"], "GET %s is 404" % path, (s, j))
+    s, h, j = jreq(P, "GET", "/v1/search")
+    ok(s == 405 and h.get("allow") == "POST", "GET /v1/search is 405 with Allow", (s, h))
+    s, h, j = jreq(P, "PATCH", "/v1/items/1")
+    ok(s == 405 and h.get("allow") == "GET, DELETE", "PATCH /v1/items/1 is 405", (s, h))
+    s, h, j = jreq(P, "DELETE", "/healthz")
+    ok(s == 405, "DELETE /healthz is 405", (s, h))
+
+
+def robustness(P):
+    got = raw(P, b"THIS IS NOT HTTP\r\n\r\n")
+    ok(got.startswith(b"HTTP/1.1 400") and b"Connection: close" in got, "a malformed request line is 400", got)
+    got = raw(P, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n")
+    ok(got.startswith(b"HTTP/1.1 431"), "oversized headers are 431", got[:200])
+    got = raw(P, b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\n\r\n")
+    ok(got.startswith(b"HTTP/1.1 414") or got.startswith(b"HTTP/1.1 431"), "an oversized URL is 414", got[:200])
+    got = raw(P, b"POST /v1/search HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 100000)
+    ok(got.startswith(b"HTTP/1.1 413"), "a body over the limit (Content-Length) is 413", got[:200])
+    chunk = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"
+    got = raw(P, b"PUT /v1/items HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3)
+    ok(got.startswith(b"HTTP/1.1 413"), "a chunked body over the limit is 413", got[:200])
+    got = raw(P, b"GET /healthz HTTP/2.0\r\n\r\n")
+    ok(got.startswith(b"HTTP/1.1 505") or got.startswith(b"HTTP/1.1 400"), "HTTP/2.0 over HTTP/1 text is refused", got[:100])
+    # truncated requests, then the client goes away
+    for cut in (b"POS", b"POST /v1/search HTTP/1.1\r\nContent-Le", b"POST /v1/search HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"q"):
+        got = raw(P, cut, timeout=0.3, shut=True)
+    ok(jreq(P, "GET", "/healthz")[0] == 200, "truncated requests leave the server up")
+    # a slow client: half a request, then nothing (read timeout 2 s)
+    t0 = time.monotonic()
+    got = raw(P, b"POST /v1/search HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", timeout=30)
+    ok(got.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 25, "a slow client gets 408", got[:200])
+    # a slow-loris trickle is bounded by the same timer, not reset per byte
+    s = socket.create_connection(("127.0.0.1", P), timeout=30)
+    t0 = time.monotonic()
+    got = b""
+    try:
+        for ch in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+            s.sendall(bytes([ch]))
+            time.sleep(0.1)
+            if time.monotonic() - t0 > 8:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    try:
+        got = s.recv(4096)
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    ok(got.startswith(b"HTTP/1.1 408"), "a trickling client gets 408 after the read timeout", got[:200])
+    # keep-alive and pipelining: four requests in one write, four answers in order
+    s = socket.create_connection(("127.0.0.1", P), timeout=TIMEOUT)
+    body = json.dumps({"query": {"text": "nodule"}, "limit": 2}).encode()
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+              b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n" % (len(body), body))
+    rs = read_responses(s, 4)
+    ok([r[0] for r in rs] == [200, 200, 404, 200] and b'"result":[' in rs[1][1],
+       "pipelined requests are answered in order on one connection", rs)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    rs = read_responses(s, 1)
+    ok(rs and rs[0][0] == 200, "the connection stays open (keep-alive)")
+    s.close()
+    # Expect: 100-continue
+    s = socket.create_connection(("127.0.0.1", P), timeout=TIMEOUT)
+    s.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    first = s.recv(100)
+    s.sendall(body)
+    rs = read_responses(s, 1)
+    ok(first.startswith(b"HTTP/1.1 100") and rs and rs[0][0] == 200, "Expect: 100-continue", (first, rs))
+    s.close()
+    ok(jreq(P, "GET", "/healthz")[0] == 200, "the server is up after the robustness tests")
+
+
+def concurrency(P):
+    statuses = []
+    errs = []
+    lock = threading.Lock()
+
+    def client(k):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", P, timeout=TIMEOUT)
+            for i in range(8):
+                q = {"query": {"text": "finding %d %d" % (k, i)}, "limit": 5} if i % 4 else \
+                    {"query": {"id": 1}, "target": "image"}
+                c.request("POST", "/v1/search", body=json.dumps(q), headers={"Content-Type": "application/json"})
+                r = c.getresponse()
+                b = r.read()
+                with lock:
+                    statuses.append((r.status, r.getheader("Retry-After"), b[:200]))
+                if r.getheader("Connection", "").lower() == "close":
+                    c.close()
+                    c = http.client.HTTPConnection("127.0.0.1", P, timeout=TIMEOUT)
+            c.close()
+        except Exception as e:  # noqa: BLE001 - any failure is a test failure
+            with lock:
+                errs.append(repr(e))
+
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(32)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(TIMEOUT * 2)
+    codes = sorted(set(s for s, _, _ in statuses))
+    ok(not errs and len(statuses) == 32 * 8, "32 concurrent clients x 8 requests all answered",
+       "\n".join(errs[:5]))
+    ok(set(codes) <= {200, 503} and 200 in codes, "answers are 200 or 503 (queue of 3): %s" % codes)
+    ok(all(ra == "1" and b'"error"' in b for s, ra, b in statuses if s == 503),
+       "every 503 carries Retry-After and an error object")
+    # Overload on purpose: many uploads at once against a queue of 3.
+    vol_statuses = []
+
+    def burst():
+        try:
+            s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "x " * 200}, "limit": 50})
+            with lock:
+                vol_statuses.append(s)
+        except Exception as e:  # noqa: BLE001
+            with lock:
+                errs.append(repr(e))
+    ts = [threading.Thread(target=burst) for _ in range(64)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(TIMEOUT * 2)
+    ok(not errs and set(vol_statuses) <= {200, 503}, "a burst of 64 gets only 200 and 503: %s"
+       % sorted(set(vol_statuses)), errs[:3])
+    print("# burst: %d x 200, %d x 503" % (vol_statuses.count(200), vol_statuses.count(503)))
+    s, h, b = request(P, "GET", "/metrics")
+    ok(s == 200 and b"medsem_queue_rejected_total" in b, "metrics count rejections")
+    ok(jreq(P, "GET", "/healthz")[0] == 200, "the server is up after the load")
+
+
+def shutdown(srv, P):
+    # A connection with half a request in it when the signal comes.
+    late = socket.create_connection(("127.0.0.1", P), timeout=TIMEOUT)
+    body = json.dumps({"query": {"text": "effusion"}}).encode()
+    late.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+    # And a keep-alive connection that has finished a request.
+    idle = http.client.HTTPConnection("127.0.0.1", P, timeout=TIMEOUT)
+    idle.request("GET", "/healthz")
+    idle.getresponse().read()
+    time.sleep(0.2)
+    srv.p.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    ok(srv.p.poll() is None, "the server waits for the half-received request")
+    try:
+        socket.create_connection(("127.0.0.1", P), timeout=5).close()
+        refused = False
+    except OSError:
+        refused = True
+    ok(refused, "no new connections after SIGTERM")
+    late.sendall(body)
+    rs = read_responses(late, 1)
+    ok(rs and rs[0][0] == 503 and b"shutting down" in rs[0][1],
+       "a request completed during shutdown is answered 503", rs)
+    late.close()
+    code = srv.stop()
+    ok(code == 0, "the server exits 0 after SIGTERM (exit %s)" % code)
+
+
+def keys_and_restart(tmp, db):
+    ok(subprocess.run([MEDSEM, "serve", "--db", db, "--listen", "0.0.0.0:0"], capture_output=True).returncode == 1,
+       "listening beyond loopback without --api-key-file is refused")
+    kf = os.path.join(tmp, "keys")
+    with open(kf, "w") as f:
+        f.write("# test keys\nrw rw-key-0123456789abcdef\nro ro-key-0123456789abcdef\n")
+    srv = Server(tmp, db, "--api-key-file", kf, "--quiet", create=False)
+    P = srv.port
+    try:
+        s, h, j = jreq(P, "GET", "/v1/items/%d" % VOL)
+        ok(s == 401 and h.get("www-authenticate") == "Bearer", "no key: 401", (s, j))
+        s, h, j = jreq(P, "GET", "/v1/items/%d" % VOL, headers={"api-key": "rw-key-0123456789abcdeX"})
+        ok(s == 401, "a wrong key: 401", (s, j))
+        s, h, j = jreq(P, "GET", "/v1/items/%d" % VOL, headers={"api-key": "ro-key-0123456789abcdef"})
+        ok(s == 200 and j["result"]["kind"] == "volume", "the items survived a restart (read-only key)", (s, j))
+        s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}},
+                       headers={"Authorization": "Bearer ro-key-0123456789abcdef"})
+        ok(s == 200, "a read-only key searches (Authorization: Bearer)", (s, j))
+        s, h, j = jreq(P, "DELETE", "/v1/items/%d" % VOL, headers={"api-key": "ro-key-0123456789abcdef"})
+        ok(s == 403, "a read-only key cannot delete: 403", (s, j))
+        s, h, j = jreq(P, "PUT", "/v1/items", {"items": [{"report": "Normal chest."}]},
+                       headers={"api-key": "rw-key-0123456789abcdef"})
+        ok(s == 200 and j["result"]["ids"], "a read-write key ingests", (s, j))
+        s, h, j = jreq(P, "GET", "/healthz")
+        ok(s == 200, "/healthz needs no key")
+        s, h, b = request(P, "GET", "/metrics")
+        ok(s == 401, "/metrics needs a key")
+    finally:
+        code = srv.stop(signal.SIGINT)
+    ok(code == 0, "SIGINT stops the server cleanly (exit %s)" % code)
+
+
+def ingest_only(db, portfile):
+    tmp = tempfile.mkdtemp(prefix="medsem-serve.")
+    items = synth_items(tmp)
+    args = [MEDSEM, "serve", "--db", db, "--model", MODEL, "--create", "--listen", "127.0.0.1:0",
+            "--port-file", portfile, "--quiet"]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while not os.path.exists(portfile):
+        if p.poll() is not None or time.monotonic() - t0 > TIMEOUT:
+            sys.exit("the server did not start")
+        time.sleep(0.05)
+    port = int(open(portfile).read())
+    s, h, j = jreq(port, "PUT", "/v1/items", {"items": items})
+    shutil.rmtree(tmp, ignore_errors=True)
+    if s != 200:
+        p.kill()
+        sys.exit("ingest failed: %s %s" % (s, j))
+    print(p.pid)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--ingest-only":
+        ingest_only(sys.argv[2], sys.argv[3])
+        sys.exit(0)
+    sys.exit(main_test())

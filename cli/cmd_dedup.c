@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "encoder/fingerprint.h"
 #include "indexer/indexer.h"
 #include "searcher/searcher.h"
 
@@ -21,11 +22,13 @@ static void usage(FILE *f)
             "usage: medsem dedup --db DIR [--threshold T] [--space S] [--json]\n"
             "\n"
             "Exact duplicates share their data hash (the same file bytes, report text or\n"
-            "vector); near duplicates are items whose cosine similarity in one space is at\n"
-            "least T (default %.2f), joined transitively into clusters.  Without --space, the\n"
-            "image and volume spaces of an ingested database are each searched (or the only\n"
-            "space holding vectors).\n",
-            DEFAULT_THRESHOLD);
+            "vector).  Near duplicates (rescans) are volumes whose acquisition fingerprints\n"
+            "(computed at ingest) have a cosine similarity of at least T (default %.4f),\n"
+            "joined transitively into clusters.  --space S uses the model's embeddings of\n"
+            "space S instead (default T %.2f): they group findings rather than patients.\n"
+            "A database without fingerprints (ingested before them, or imported vectors)\n"
+            "falls back to the image and volume spaces, or the only space with vectors.\n",
+            (double)ENC_FP_THRESHOLD, DEFAULT_THRESHOLD);
 }
 
 static void print_clusters(store *s, const char *name, const char *space, const srch_cluster *c,
@@ -86,7 +89,7 @@ int cmd_dedup(int argc, char **argv)
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *db = NULL, *space = NULL;
     double thr = DEFAULT_THRESHOLD;
-    int json = 0, c;
+    int json = 0, c, thr_set = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
@@ -98,6 +101,7 @@ int cmd_dedup(int argc, char **argv)
                 cli_error("--threshold '%s': expected a similarity in (0, 1]", optarg);
                 return CLI_BAD_INPUT;
             }
+            thr_set = 1;
             break;
         case 'h': usage(stdout); return CLI_OK;
         default: usage(stderr); return CLI_USAGE;
@@ -116,9 +120,41 @@ int cmd_dedup(int argc, char **argv)
     store_space sps[STORE_NSPACES];
     size_t nsp = 0;
     char err[1024];
+    int fp = 0; /* near duplicates from fingerprints */
+    if (!space) {
+        srch_dedup_result *fr = NULL;
+        double t = thr_set ? thr : ENC_FP_THRESHOLD;
+        if (srch_dedup_fingerprints(s, ENC_FP_TAG, ENC_FP_VOLUME_DIM, (float)t, &fr, err,
+                                    sizeof err)) {
+            cli_error("%s", err);
+            goto out;
+        }
+        store_space_stat vst;
+        if (store_space_stat_get(s, STORE_SPACE_VOLUME, &vst)) {
+            srch_dedup_free(fr);
+            cli_error("%s", store_errmsg(s));
+            goto out;
+        }
+        if (fr->scanned) {
+            r[0] = fr;
+            nsp = 1;
+            fp = 1;
+            thr = t;
+        } else {
+            srch_dedup_free(fr);
+            if (vst.count)
+                fprintf(stderr, "medsem dedup: %s has no volume fingerprints (it was ingested "
+                        "before medsem computed them, or with another fingerprint version); near "
+                        "duplicates below come from the model's embeddings, which group findings, "
+                        "not patients.  Ingest the manifest into a new database to get "
+                        "fingerprints.\n", db);
+        }
+    }
     /* Which spaces: the named one; else image and volume when either holds
      * vectors (an ingested database); else the only space with vectors. */
-    if (space) {
+    if (fp) {
+        /* done above */
+    } else if (space) {
         if (cli_pick_space(s, space, &sps[0]))
             goto out;
         nsp = 1;
@@ -139,7 +175,11 @@ int cmd_dedup(int argc, char **argv)
         }
     }
     size_t scanned = 0, pairs = 0;
-    for (size_t i = 0; i < nsp; i++) {
+    for (size_t i = 0; i < nsp && fp; i++) {
+        scanned += r[i]->scanned;
+        pairs += r[i]->pairs;
+    }
+    for (size_t i = 0; i < nsp && !fp; i++) {
         idx_space *x = NULL;
         int e = idx_space_open(s, sps[i], NULL, &x, err, sizeof err) ||
                 srch_dedup(s, x, (float)thr, &r[i], err, sizeof err);
@@ -154,26 +194,29 @@ int cmd_dedup(int argc, char **argv)
     /* Exact duplicates come from the data hashes of all items: take them once. */
     int first = 1;
     if (json) {
-        printf("{\"space\":\"%s\",\"spaces\":[", store_space_name(sps[0]));
+        printf("{\"space\":\"%s\",\"spaces\":[", fp ? "fingerprint" : store_space_name(sps[0]));
         for (size_t i = 0; i < nsp; i++)
-            printf("%s\"%s\"", i ? "," : "", store_space_name(sps[i]));
+            printf("%s\"%s\"", i ? "," : "", fp ? "fingerprint" : store_space_name(sps[i]));
         printf("],\"threshold\":%.6f,\"scanned\":%zu,\"near_pairs\":%zu,\"exact\":[", thr, scanned,
                pairs);
         print_clusters(s, "exact", NULL, r[0]->exact, r[0]->nexact, 1, &first);
         printf("],\"near\":[");
         first = 1;
         for (size_t i = 0; i < nsp; i++)
-            print_clusters(s, "near", store_space_name(sps[i]), r[i]->near, r[i]->nnear, 1, &first);
+            print_clusters(s, "near", fp ? "fingerprint" : store_space_name(sps[i]), r[i]->near,
+                           r[i]->nnear, 1, &first);
         printf("]}\n");
     } else {
-        printf("scanned %zu vectors (", scanned);
+        printf("scanned %zu %s (", scanned, fp ? "fingerprints" : "vectors");
         for (size_t i = 0; i < nsp; i++)
-            printf("%s%s %zu", i ? ", " : "", store_space_name(sps[i]), r[i]->scanned);
+            printf("%s%s %zu", i ? ", " : "", fp ? "volume" : store_space_name(sps[i]),
+                   r[i]->scanned);
         printf(") at threshold %.4f: %zu near pairs\n", thr, pairs);
         printf("exact duplicates: %zu cluster%s\n", r[0]->nexact, r[0]->nexact == 1 ? "" : "s");
         print_clusters(s, "exact", NULL, r[0]->exact, r[0]->nexact, 0, &first);
         for (size_t i = 0; i < nsp; i++) {
-            printf("near duplicates (%s): %zu cluster%s\n", store_space_name(sps[i]), r[i]->nnear,
+            printf("near duplicates (%s): %zu cluster%s\n",
+                   fp ? "volume fingerprints" : store_space_name(sps[i]), r[i]->nnear,
                    r[i]->nnear == 1 ? "" : "s");
             print_clusters(s, "near", NULL, r[i]->near, r[i]->nnear, 0, &first);
         }

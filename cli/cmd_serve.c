@@ -34,7 +34,9 @@ static void usage(FILE *f)
             "  --read-timeout S     seconds to receive a request (default 30)\n"
             "  --idle-timeout S     seconds a keep-alive connection may idle (default 60)\n"
             "  --port-file FILE     write the bound port to FILE once listening\n"
-            "  --access-log FILE    one line per request (default: stderr)\n"
+            "  --access-log FILE    one line per request (default: stderr), written by a\n"
+            "                       thread of its own\n"
+            "  --preview-cache-mb N decoded images/volumes kept for previews (default 64)\n"
             "  --quiet              no access log\n",
             NET_DEFAULT_LISTEN);
 }
@@ -68,6 +70,7 @@ int cmd_serve(int argc, char **argv)
         {"read-timeout", required_argument, 0, 'r'}, {"idle-timeout", required_argument, 0, 'i'},
         {"port-file", required_argument, 0, 'p'},    {"access-log", required_argument, 0, 'a'},
         {"quiet", no_argument, 0, 'q'},              {"help", no_argument, 0, 'h'},
+        {"preview-cache-mb", required_argument, 0, 'P'},
         {0, 0, 0, 0}};
     net_opts o = {0};
     const char *port_file = NULL, *access = NULL;
@@ -98,6 +101,13 @@ int cmd_serve(int argc, char **argv)
                 return CLI_BAD_INPUT;
             }
             o.queue_max = (size_t)u;
+            break;
+        case 'P':
+            if (cli_parse_u64(optarg, 1, 1 << 16, &u)) {
+                cli_error("--preview-cache-mb '%s': expected an integer from 1 to 65536", optarg);
+                return CLI_BAD_INPUT;
+            }
+            o.preview_cache = (size_t)u << 20;
             break;
         case 'B':
             if (cli_parse_u64(optarg, 1, 1024, &u)) {

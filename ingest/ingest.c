@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "encoder/image.h"
+#include "encoder/fingerprint.h"
 #include "ingest/ingest.h"
 
 #define DEFAULT_BATCH 8
@@ -443,6 +444,7 @@ typedef struct job {
     float *vis;    /* n x d: volume or image vectors */
     float *rep;    /* n x d: report vectors */
     float *slices; /* n x D x d */
+    float *fp;     /* n x ENC_FP_VOLUME_DIM: volume fingerprints (NULL: none) */
     uint64_t *id;  /* n: the id of an item already present */
     struct geo {
         uint32_t ndim, shape[3];
@@ -487,6 +489,8 @@ static void job_free(job *j)
     free(j->vis);
     free(j->rep);
     free(j->slices);
+    free(j->fp);
+    j->fp = NULL;
     free(j->id);
     free(j->geo);
     j->id = NULL;
@@ -624,6 +628,35 @@ static void read_geometry(const pitem *it, struct geo *g)
     enc_vol_free(&v);
 }
 
+/* The acquisition fingerprints of the new volumes among sel[0..m) (only
+ * when writing to a store).  A file the encoder read but this cannot is
+ * the item's fault.  Returns 0 or a fatal ingest_errno. */
+static int fingerprint_sel(run *r, job *j, const size_t *sel, size_t m, char *msg, size_t mlen)
+{
+    const pitem *items = r->pl->it + j->first;
+    if (!r->s || !m || items[0].kind != STORE_KIND_VOLUME)
+        return 0;
+    if (!j->fp && !(j->fp = malloc(j->n * ENC_FP_VOLUME_DIM * sizeof *j->fp))) {
+        snprintf(msg, mlen, "out of memory");
+        return INGEST_NOMEM;
+    }
+    for (size_t k = 0; k < m; k++) {
+        size_t i = sel[k];
+        if (j->state[i] != IT_NEW)
+            continue;
+        char err[1024];
+        int rc = enc_fingerprint_volume(items[i].path, enc_modality_parse(items[i].modality),
+                                        j->fp + i * ENC_FP_VOLUME_DIM, err, sizeof err);
+        if (rc == ENC_NOMEM) {
+            snprintf(msg, mlen, "%.200s:%zu: %.800s", r->pl->manifest, items[i].line, err);
+            return INGEST_NOMEM;
+        }
+        if (rc)
+            set_bad(r, j, i, err);
+    }
+    return 0;
+}
+
 /* Hash, look up, encode one job.  Returns 0 or a fatal ingest_errno. */
 static int process_job(run *r, enc_worker *w, job *j, char *msg, size_t mlen)
 {
@@ -670,6 +703,8 @@ static int process_job(run *r, enc_worker *w, job *j, char *msg, size_t mlen)
     }
     int rc = encode_sel(r, w, j, sel, m, 0, msg, mlen);
     if (rc)
+        return rc;
+    if ((rc = fingerprint_sel(r, j, sel, m, msg, mlen)))
         return rc;
     for (size_t k = 0; r->o->read_geometry && k < m; k++)
         if (j->state[sel[k]] == IT_NEW)
@@ -823,6 +858,11 @@ static int pending_add(run *r, pending *pd, job *j, size_t i)
     }
     p->vecs = NULL;
     p->nvecs = nv;
+    if (j->fp && it->kind == STORE_KIND_VOLUME) {
+        p->fingerprint = j->fp + i * ENC_FP_VOLUME_DIM;
+        p->fp_dim = ENC_FP_VOLUME_DIM;
+        p->fp_tag = ENC_FP_TAG;
+    }
     pd->voff[pd->n] = pd->nvecs;
     pd->line[pd->n] = it->line;
     pd->nvecs += nv;

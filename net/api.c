@@ -666,9 +666,8 @@ static void do_put(net_call *c)
         return;
     }
     net_put_item *items = net_arena_alloc(c->arena, (size_t)n * sizeof *items);
-    uint64_t *ids = net_arena_alloc(c->arena, (size_t)n * sizeof *ids);
-    int *existed = net_arena_alloc(c->arena, (size_t)n * sizeof *existed);
-    if (!items || !ids || !existed) {
+    net_put_result *res = net_arena_alloc(c->arena, (size_t)n * sizeof *res);
+    if (!items || !res) {
         net_api_error(c, 503, "out of memory");
         return;
     }
@@ -722,21 +721,47 @@ static void do_put(net_call *c)
     }
     char err[1024];
     double t = net_now();
-    int rc = net_engine_put(c->engine, items, (size_t)n, ids, existed, err, sizeof err);
+    int rc = net_engine_put(c->engine, items, (size_t)n, res, err, sizeof err);
     c->t_encode = net_now() - t;
+    c->counts_changed = !net_engine_counts(c->engine, c->counts);
     if (rc) {
         fail_rc(c, rc, err);
         return;
     }
-    c->counts_changed = !net_engine_counts(c->engine, c->counts);
+    /* Like `medsem ingest`, a bad item is skipped and the rest committed;
+     * when none could be taken the request as a whole is bad. */
+    int nbad = 0, first_bad = -1;
+    for (int k = 0; k < n; k++)
+        if (res[k].status == NET_PUT_BAD && !nbad++)
+            first_bad = k;
+    if (nbad == n) {
+        fail_rc(c, res[first_bad].code, res[first_bad].error);
+        return;
+    }
     net_buf *b = ok_begin(c);
     net_buf_puts(b, "{\"ids\":[");
-    for (int k = 0; k < n; k++)
-        net_buf_printf(b, "%s%" PRIu64, k ? "," : "", ids[k]);
+    for (int k = 0; k < n; k++) {
+        if (res[k].status == NET_PUT_BAD)
+            net_buf_printf(b, "%snull", k ? "," : "");
+        else
+            net_buf_printf(b, "%s%" PRIu64, k ? "," : "", res[k].id);
+    }
     net_buf_puts(b, "],\"existed\":[");
     for (int k = 0; k < n; k++)
-        net_buf_printf(b, "%s%s", k ? "," : "", existed[k] ? "true" : "false");
-    net_buf_puts(b, "]}");
+        net_buf_printf(b, "%s%s", k ? "," : "", res[k].status == NET_PUT_EXISTED ? "true" : "false");
+    net_buf_puts(b, "]");
+    if (nbad) {
+        net_buf_puts(b, ",\"errors\":[");
+        for (int k = 0, m = 0; k < n; k++) {
+            if (res[k].status != NET_PUT_BAD)
+                continue;
+            net_buf_printf(b, "%s{\"index\":%d,\"error\":", m++ ? "," : "", k);
+            net_buf_json_str(b, res[k].error);
+            net_buf_puts(b, "}");
+        }
+        net_buf_puts(b, "]");
+    }
+    net_buf_puts(b, "}");
     ok_end(c);
 }
 

@@ -1,13 +1,18 @@
 /* engine.c - the server's adapter to the store, the indexes, the searcher and
  * the encoder.
  *
- * This is the one file of net/ that calls store_*, idx_*, srch_* and enc_*:
- * when ingestion and slice ranking move into library functions (medsem
- * ingest), only this file changes.  Every function below open/close runs on
- * libuv pool threads, concurrently:
- * - the store handle is shared (LMDB serialises writers);
+ * This is the one file of net/ that calls store_*, idx_*, srch_*, enc_* and
+ * ingest_*.  Items are written by ingest_items, the code path of `medsem
+ * ingest`.  Every function below open/close runs on libuv pool threads,
+ * concurrently:
+ * - the store handle is shared (LMDB serialises writers, also those of
+ *   other processes);
  * - each space's index has a rwlock: searches share it, syncs after writes
- *   take it alone;
+ *   take it alone.  A search first compares the space's generations in the
+ *   store with those the index last took in (one read transaction), so
+ *   writes by other processes are searchable at the next search;
+ * - decoded volumes and images for previews are kept in a bounded LRU
+ *   cache (net/cache.c);
  * - each job borrows one encoder worker from a pool (workers are per
  *   thread state; the model's weights are shared).
  * Uploaded files never take a name from the request: temporaries are
@@ -31,6 +36,7 @@
 #include "encoder/image.h"
 #include "encoder/preprocess.h"
 #include "indexer/indexer.h"
+#include "ingest/ingest.h"
 #include "net/internal.h"
 
 struct net_engine {
@@ -39,6 +45,8 @@ struct net_engine {
     enc_pipeline *p; /* NULL without a model */
     idx_space *x[STORE_NSPACES];
     pthread_rwlock_t lk[STORE_NSPACES];
+    store_space_stat seen[STORE_NSPACES]; /* generations x[sp] took in (under lk[sp]) */
+    net_cache *cache;                     /* decoded previews; NULL: none */
     enc_worker **w;
     int nw, nfree;
     int *freelist;
@@ -63,7 +71,7 @@ static int ensure_dir(const char *path, char *errbuf, size_t errlen)
 }
 
 int net_engine_open(const char *db_dir, const char *model_dir, int workers, int create,
-                    net_engine **out, char *errbuf, size_t errlen)
+                    size_t preview_cache, net_engine **out, char *errbuf, size_t errlen)
 {
     net_engine *e = calloc(1, sizeof *e);
     if (!e)
@@ -115,7 +123,23 @@ int net_engine_open(const char *db_dir, const char *model_dir, int workers, int 
     if ((rc = ensure_dir(e->tmpdir, errbuf, errlen)) ||
         (rc = ensure_dir(e->blobdir, errbuf, errlen)))
         goto fail;
+    /* Kept uploads are items' sources: absolute, like a manifest's files. */
+    char *abs = realpath(e->blobdir, NULL);
+    if (abs) {
+        free(e->blobdir);
+        e->blobdir = abs;
+    }
+    if (preview_cache && net_cache_new(preview_cache, 4096, &e->cache)) {
+        rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+        goto fail;
+    }
     for (int sp = 0; sp < STORE_NSPACES; sp++) {
+        /* Read before the index opens: a write in between is taken in at
+         * the first search rather than missed. */
+        if (store_space_stat_get(e->s, (store_space)sp, &e->seen[sp])) {
+            rc = net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+            goto fail;
+        }
         if (idx_space_open(e->s, (store_space)sp, NULL, &e->x[sp], err, sizeof err)) {
             rc = net__fail(errbuf, errlen, NET_ENGINE, "%s index: %s",
                            store_space_name((store_space)sp), err);
@@ -164,6 +188,7 @@ void net_engine_close(net_engine *e)
     free(e->freelist);
     enc_pipeline_close(e->p);
     store_close(e->s);
+    net_cache_free(e->cache);
     pthread_mutex_destroy(&e->wm);
     pthread_cond_destroy(&e->wc);
     free(e->db);
@@ -369,10 +394,53 @@ int net_engine_item_vector(net_engine *e, uint64_t id, float *out, store_space *
                      (unsigned long long)id);
 }
 
+/* Syncs x[sp] with the store; the caller holds lk[sp] for writing. */
+static int sync_locked(net_engine *e, store_space sp, char *errbuf, size_t errlen)
+{
+    /* The stat read first: what lands between it and the sync is taken in
+     * by the sync anyway, and seen again (cheaply) next time. */
+    store_space_stat st;
+    if (store_space_stat_get(e->s, sp, &st))
+        return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+    if (idx_space_sync(e->x[sp]))
+        return net__fail(errbuf, errlen, NET_ENGINE, "%s index: %s", store_space_name(sp),
+                         idx_space_errmsg(e->x[sp]));
+    e->seen[sp] = st;
+    return NET_OK;
+}
+
+int net_engine_catch_up(net_engine *e, store_space sp, int *synced, char *errbuf,
+                        size_t errlen)
+{
+    if (synced)
+        *synced = 0;
+    store_space_stat st;
+    if (store_space_stat_get(e->s, sp, &st))
+        return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+    pthread_rwlock_rdlock(&e->lk[sp]);
+    int fresh = st.gen == e->seen[sp].gen && st.del_gen == e->seen[sp].del_gen;
+    pthread_rwlock_unlock(&e->lk[sp]);
+    if (fresh)
+        return NET_OK;
+    pthread_rwlock_wrlock(&e->lk[sp]);
+    int rc = NET_OK;
+    /* Another search may have caught up while this one waited. */
+    if (st.gen != e->seen[sp].gen || st.del_gen != e->seen[sp].del_gen) {
+        rc = sync_locked(e, sp, errbuf, errlen);
+        if (!rc && synced)
+            *synced = 1;
+    }
+    pthread_rwlock_unlock(&e->lk[sp]);
+    return rc;
+}
+
 int net_engine_search(net_engine *e, store_space target, const srch_query *q, srch_hit *hits,
                       size_t *nhits, srch_stats *st, char *errbuf, size_t errlen)
 {
     char err[1024];
+    int cu = net_engine_catch_up(e, target, NULL, errbuf, errlen);
+    if (cu)
+        return cu;
     pthread_rwlock_rdlock(&e->lk[target]);
     int rc = srch_search(e->s, e->x[target], q, hits, nhits, st, err, sizeof err);
     pthread_rwlock_unlock(&e->lk[target]);
@@ -430,9 +498,8 @@ static int sync_all(net_engine *e, char *errbuf, size_t errlen)
     int rc = NET_OK;
     for (int sp = 0; sp < STORE_NSPACES; sp++) {
         pthread_rwlock_wrlock(&e->lk[sp]);
-        if (idx_space_sync(e->x[sp]))
-            rc = net__fail(errbuf, errlen, NET_ENGINE, "%s index: %s",
-                           store_space_name((store_space)sp), idx_space_errmsg(e->x[sp]));
+        int r = sync_locked(e, (store_space)sp, errbuf, errlen);
+        rc = rc ? rc : r;
         pthread_rwlock_unlock(&e->lk[sp]);
     }
     return rc;
@@ -446,6 +513,8 @@ int net_engine_item_delete(net_engine *e, uint64_t id, char *errbuf, size_t errl
                          (unsigned long long)id);
     if (g)
         return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+    if (e->cache)
+        net_cache_drop(e->cache, id);
     return sync_all(e, errbuf, errlen);
 }
 
@@ -482,148 +551,100 @@ static int keep_blob(net_engine *e, const net_put_item *it, const uint8_t hash[S
     return NET_OK;
 }
 
-/* Fills the record's shape and spacing from the file (best effort). */
-static void read_geometry(store_item *rec, int input, const char *path)
+/* The message of a bad item without the server's own path for the upload
+ * ("items[3]: /db/blobs/ab...nii.gz: not gzip" -> "items[3]: not gzip"). */
+static void strip_path(char *msg, const char *path)
 {
-    enc_vol v = {0};
-    int rc = input == NET_INPUT_IMAGE ? enc_img_read_2d(path, NULL, &v, NULL, 0)
-                                      : enc_img_read_nifti(path, NULL, &v, NULL, 0);
-    if (rc)
+    size_t pl = strlen(path);
+    char *p = path[0] ? strstr(msg, path) : NULL;
+    if (!p)
         return;
-    rec->ndim = input == NET_INPUT_IMAGE ? 2 : 3;
-    rec->shape[0] = (uint32_t)v.nx;
-    rec->shape[1] = (uint32_t)v.ny;
-    rec->shape[2] = (uint32_t)v.nz;
-    for (int i = 0; i < 3; i++)
-        rec->spacing[i] = v.spacing[i];
-    enc_vol_free(&v);
+    char *rest = p + pl;
+    while (*rest == ':' || *rest == ' ')
+        rest++;
+    memmove(p, rest, strlen(rest) + 1);
 }
 
-static void hash_field(store_sha256_ctx *c, const char *s)
+int net_engine_put(net_engine *e, const net_put_item *items, size_t n, net_put_result *res,
+                   char *errbuf, size_t errlen)
 {
-    /* A length prefix keeps ("ab","c") and ("a","bc") apart; -1 marks NULL. */
-    int64_t n = s ? (int64_t)strlen(s) : -1;
-    store_sha256_update(c, &n, sizeof n);
-    if (s)
-        store_sha256_update(c, s, (size_t)n);
-}
-
-int net_engine_put(net_engine *e, const net_put_item *items, size_t n, uint64_t *ids,
-                   int *existed, char *errbuf, size_t errlen)
-{
+    for (size_t i = 0; i < n; i++)
+        res[i] = (net_put_result){.status = NET_PUT_BAD, .code = NET_ENGINE};
     if (!e->p)
         return net__fail(errbuf, errlen, NET_UNSUPPORTED,
                          "the server runs without a model (--model): it cannot encode items");
-    uint32_t dim = store_dim(e->s);
-    /* Like medsem ingest: each item's own vector, a report vector for an
-     * image or volume with a report, and one slice vector per axial slice
-     * of a volume when the model can encode slices (D > 0). */
-    int D = enc_pipeline_slices(e->p, NULL, 0);
-    if (D < 0 || D > (int)STORE_SLICE_MAX)
-        D = 0;
-    size_t per = 1 + 1 + (size_t)D; /* own, report, slices */
-    store_item *recs = calloc(n, sizeof *recs);
-    store_put *puts = calloc(n, sizeof *puts);
-    float *vecs = malloc(n * per * dim * sizeof *vecs);
-    store_vec *more = calloc(n * (1 + (size_t)D), sizeof *more);
+    ingest_item *in = calloc(n, sizeof *in);
+    ingest_result *ir = calloc(n, sizeof *ir);
     char **paths = calloc(n, sizeof *paths);
     int rc = NET_OK;
-    if (!recs || !puts || !vecs || !more || !paths) {
+    if (!in || !ir || !paths) {
         rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
         goto out;
     }
-    int wi = worker_take(e);
     for (size_t i = 0; i < n && !rc; i++) {
         const net_put_item *it = &items[i];
-        store_item *r = &recs[i];
-        uint8_t dh[STORE_HASH_SIZE];
+        in[i] = (ingest_item){.kind = it->input == NET_INPUT_IMAGE    ? STORE_KIND_IMAGE
+                                      : it->input == NET_INPUT_VOLUME ? STORE_KIND_VOLUME
+                                                                      : STORE_KIND_REPORT,
+                              .modality = it->modality,
+                              .report = it->report,
+                              .dataset = it->dataset,
+                              .payload_json = it->payload_json};
         if (it->input == NET_INPUT_TEXT)
-            store_sha256(it->report, strlen(it->report), dh);
-        else
-            store_sha256(it->data, it->len, dh);
-        memcpy(r->data_hash, dh, sizeof dh);
-        store_sha256_ctx c;
-        store_sha256_init(&c);
-        store_sha256_update(&c, "medsem-http-item-1", 18);
-        store_sha256_update(&c, &it->input, sizeof it->input);
-        store_sha256_update(&c, dh, sizeof dh);
-        hash_field(&c, it->report);
-        hash_field(&c, it->modality);
-        hash_field(&c, it->dataset);
-        hash_field(&c, it->payload_json);
-        store_sha256_final(&c, r->content_hash);
-        r->kind = it->input == NET_INPUT_IMAGE    ? STORE_KIND_IMAGE
-                  : it->input == NET_INPUT_VOLUME ? STORE_KIND_VOLUME
-                                                  : STORE_KIND_REPORT;
-        r->modality = (char *)it->modality;
-        r->dataset = (char *)it->dataset;
-        r->report = (char *)it->report;
-        r->payload_json = (char *)it->payload_json;
+            continue;
+        /* The upload becomes a file under its content's name, as a manifest
+         * names one; ingest reads, hashes and encodes it from there. */
+        uint8_t dh[STORE_HASH_SIZE];
         char err[1024];
-        if (it->input != NET_INPUT_TEXT) {
-            if ((rc = keep_blob(e, it, dh, &paths[i], err, sizeof err))) {
-                net__fail(errbuf, errlen, rc, "items[%zu]: %s", i, err);
-                break;
-            }
-            r->source = paths[i];
-            read_geometry(r, it->input, paths[i]);
-        }
-        float *own = vecs + i * per * dim, *rep = own + dim, *sl = rep + dim;
-        store_vec *mv = more + i * (1 + (size_t)D);
-        size_t nmv = 0;
-        if (it->input == NET_INPUT_VOLUME && D > 0) {
-            const char *path = paths[i];
-            rc = enc_worker_volume_slices(e->w[wi], &path, &it->modality, 1, own, sl, err,
-                                          sizeof err);
-            if (rc) {
-                net__fail(errbuf, errlen, enc_code(rc), "items[%zu]: %s", i, err);
-                break;
-            }
-            for (int z = 0; z < D; z++)
-                mv[nmv++] = (store_vec){.space = STORE_SPACE_SLICE, .z = (uint32_t)z,
-                                        .vector = sl + (size_t)z * dim};
-        } else {
-            rc = encode_one(e, wi, it->input,
-                            it->input == NET_INPUT_TEXT ? it->report : paths[i], it->modality,
-                            own, err, sizeof err);
-            if (rc) {
-                net__fail(errbuf, errlen, rc, "items[%zu]: %s", i, err);
-                break;
-            }
-        }
-        if (it->input != NET_INPUT_TEXT && it->report && *it->report &&
-            enc_pipeline_has_text(e->p)) {
-            if ((rc = encode_one(e, wi, NET_INPUT_TEXT, it->report, NULL, rep, err, sizeof err))) {
-                net__fail(errbuf, errlen, rc, "items[%zu].report: %s", i, err);
-                break;
-            }
-            mv[nmv++] = (store_vec){.space = STORE_SPACE_REPORT, .vector = rep};
-        }
-        puts[i].item = r;
-        puts[i].has_vector = 1;
-        puts[i].space = kind_space(r->kind);
-        puts[i].vector = own;
-        puts[i].vecs = nmv ? mv : NULL;
-        puts[i].nvecs = nmv;
+        store_sha256(it->data, it->len, dh);
+        if ((rc = keep_blob(e, it, dh, &paths[i], err, sizeof err)))
+            net__fail(errbuf, errlen, rc, "items[%zu]: %s", i, err);
+        in[i].path = paths[i];
     }
-    worker_give(e, wi);
     if (rc)
         goto out;
-    if (store_put_batch(e->s, puts, n, ids, existed)) {
-        rc = net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
-        goto out;
+    char err[1024];
+    int wi = worker_take(e);
+    /* On this pool thread with the borrowed worker (made for batches of 1);
+     * the indexes are ours, synced below under their locks. */
+    ingest_opts o = {.workers = 1, .batch = 1, .commit = n, .worker = e->w[wi],
+                     .no_index = 1, .read_geometry = 1};
+    int ir_rc = ingest_items(in, n, "items", e->p, e->s, &o, ir, NULL, err, sizeof err);
+    worker_give(e, wi);
+    for (size_t i = 0; i < n; i++) {
+        res[i].id = ir[i].id;
+        res[i].status = ir[i].status == INGEST_ITEM_ADDED     ? NET_PUT_ADDED
+                        : ir[i].status == INGEST_ITEM_EXISTED ? NET_PUT_EXISTED
+                                                              : NET_PUT_BAD;
+        /* ingest reports as bad only what is the item's own fault. */
+        res[i].code = res[i].status == NET_PUT_BAD ? NET_INVAL : NET_OK;
+        snprintf(res[i].error, sizeof res[i].error, "%s", ir[i].error);
+        if (paths[i])
+            strip_path(res[i].error, paths[i]);
     }
-    rc = sync_all(e, errbuf, errlen);
+    if (ir_rc) {
+        for (size_t i = 0; i < n; i++)
+            if (paths[i])
+                strip_path(err, paths[i]);
+        rc = net__fail(errbuf, errlen,
+                       ir_rc == INGEST_NOMEM  ? NET_NOMEM
+                       : ir_rc == INGEST_INPUT ? NET_INVAL
+                                               : NET_ENGINE,
+                       "%s", err);
+    }
+    /* What was committed is searchable, failure or not. */
+    char serr[512];
+    int sr = sync_all(e, serr, sizeof serr);
+    if (sr && !rc)
+        rc = net__fail(errbuf, errlen, sr, "%s", serr);
 out:
     /* A blob whose item failed stays: it is named by its content, and a
      * retry of the same upload reuses it. */
     for (size_t i = 0; paths && i < n; i++)
         free(paths[i]);
     free(paths);
-    free(recs);
-    free(puts);
-    free(vecs);
-    free(more);
+    free(in);
+    free(ir);
     return rc;
 }
 
@@ -649,6 +670,53 @@ static int percentiles(const float *v, size_t n, float *lo, float *hi)
     return 0;
 }
 
+static void vol_destroy(void *p)
+{
+    enc_vol_free(p);
+    free(p);
+}
+
+/* The decoded source of an image or volume item, from the cache or read
+ * (and cached).  *ref is the cache reference to release, or NULL when the
+ * caller owns the volume (vol_destroy it). */
+static int preview_source(net_engine *e, uint64_t id, const store_item *it, enc_vol **out,
+                          net_cache_ref **ref, char *errbuf, size_t errlen)
+{
+    *ref = e->cache ? net_cache_get(e->cache, id) : NULL;
+    if (*ref) {
+        *out = net_cache_val(*ref);
+        return NET_OK;
+    }
+    enc_vol *v = calloc(1, sizeof *v);
+    if (!v)
+        return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+    /* The only file a request reaches: the stored source of an existing
+     * item, written by ingestion, never a name from the request. */
+    int r = it->kind == STORE_KIND_VOLUME ? enc_img_read_nifti(it->source, NULL, v, NULL, 0)
+                                          : enc_img_read_2d(it->source, NULL, v, NULL, 0);
+    if (r) {
+        free(v);
+        return net__fail(errbuf, errlen, NET_ENGINE, "item %llu: its source cannot be read",
+                         (unsigned long long)id);
+    }
+    if (e->cache) {
+        size_t bytes = sizeof *v + (size_t)v->nx * v->ny * v->nz * sizeof *v->data;
+        if (!(*ref = net_cache_put(e->cache, id, v, bytes, vol_destroy)))
+            return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+        v = net_cache_val(*ref);
+    }
+    *out = v;
+    return NET_OK;
+}
+
+void net_engine_cache_stats(net_engine *e, net_cache_stat *st)
+{
+    if (e->cache)
+        net_cache_stats(e->cache, st);
+    else
+        memset(st, 0, sizeof *st);
+}
+
 int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_arena *a,
                        void **png, size_t *len, char *errbuf, size_t errlen)
 {
@@ -661,29 +729,27 @@ int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_aren
         return net__fail(errbuf, errlen, NET_NOTFOUND, "item %llu has no image to preview",
                          (unsigned long long)id);
     }
-    /* The only file a request reaches: the stored source of an existing
-     * item, written by ingestion, never a name from the request. */
-    enc_vol v = {0};
-    char err[1024];
     int vol = it->kind == STORE_KIND_VOLUME;
-    int r = vol ? enc_img_read_nifti(it->source, NULL, &v, err, sizeof err)
-                : enc_img_read_2d(it->source, NULL, &v, err, sizeof err);
     int ct = it->modality && !strcasecmp(it->modality, "CT");
+    enc_vol *v = NULL;
+    net_cache_ref *ref = NULL;
+    rc = preview_source(e, id, it, &v, &ref, errbuf, errlen);
     store_item_free(it);
-    if (r)
-        return net__fail(errbuf, errlen, NET_ENGINE, "item %llu: its source cannot be read",
-                         (unsigned long long)id);
-    if (z < 0)
-        z = v.nz / 2;
-    if (z >= v.nz) {
-        rc = net__fail(errbuf, errlen, NET_INVAL, "z: %d is out of range (the item has %d slices)",
-                       z, v.nz);
-        enc_vol_free(&v);
+    if (rc)
         return rc;
-    }
-    int w = v.nx, h = v.ny;
-    const float *sl = v.data + (size_t)z * (size_t)w * (size_t)h;
+    if (z < 0)
+        z = v->nz / 2;
+    int w = v->nx, h = v->ny;
+    const float *sl = NULL;
     float lo = 0, hi = 1;
+    int ow = w, oh = h;
+    uint8_t *px = NULL;
+    if (z >= v->nz) {
+        rc = net__fail(errbuf, errlen, NET_INVAL, "z: %d is out of range (the item has %d slices)",
+                       z, v->nz);
+        goto done;
+    }
+    sl = v->data + (size_t)z * (size_t)w * (size_t)h;
     if (ct && vol) {
         lo = -1000;
         hi = 400;
@@ -694,22 +760,20 @@ int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_aren
             mx = sl[i] > mx ? sl[i] : mx;
         }
         if (!(mn >= 0 && mx <= 1) && percentiles(sl, (size_t)w * h, &lo, &hi)) {
-            enc_vol_free(&v);
-            return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+            rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+            goto done;
         }
     }
     if (!(hi > lo))
         hi = lo + 1;
-    int ow = w, oh = h;
     if (max_side > 0 && (w > max_side || h > max_side)) {
         double s = (double)max_side / (w > h ? w : h);
         ow = (int)(w * s) > 0 ? (int)(w * s) : 1;
         oh = (int)(h * s) > 0 ? (int)(h * s) : 1;
     }
-    uint8_t *px = net_arena_alloc(a, (size_t)ow * oh);
-    if (!px) {
-        enc_vol_free(&v);
-        return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+    if (!(px = net_arena_alloc(a, (size_t)ow * oh))) {
+        rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+        goto done;
     }
     for (int y = 0; y < oh; y++) {
         int sy = (int)((y + 0.5) * h / oh);
@@ -724,17 +788,24 @@ int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_aren
             px[(size_t)y * ow + x] = (uint8_t)lrintf(t * 255.0f);
         }
     }
-    enc_vol_free(&v);
     rc = net_png_grey8(a, px, (uint32_t)ow, (uint32_t)oh, png, len);
     if (rc)
-        return net__fail(errbuf, errlen, rc, "encoding the PNG: %s", net_strerror(rc));
-    return NET_OK;
+        rc = net__fail(errbuf, errlen, rc, "encoding the PNG: %s", net_strerror(rc));
+done:
+    if (ref)
+        net_cache_release(e->cache, ref);
+    else
+        vol_destroy(v);
+    return rc;
 }
 
 int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_result **out,
                      char *errbuf, size_t errlen)
 {
     char err[1024];
+    int cu = net_engine_catch_up(e, sp, NULL, errbuf, errlen);
+    if (cu)
+        return cu;
     pthread_rwlock_rdlock(&e->lk[sp]);
     int rc = srch_dedup(e->s, e->x[sp], threshold, out, err, sizeof err);
     pthread_rwlock_unlock(&e->lk[sp]);

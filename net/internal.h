@@ -8,6 +8,8 @@
  *   keys.c     the API key file
  *   metrics.c  Prometheus counters and histograms (loop thread only)
  *   pngw.c     8-bit grey PNG writer
+ *   cache.c    the LRU cache of decoded previews (pool threads)
+ *   alog.c     the access log's writer thread
  *   engine.c   the adapter to store/indexer/searcher/encoder (pool threads)
  *   api.c      routes and JSON request/response shapes
  *   page.c     the web page
@@ -197,6 +199,49 @@ int net_metrics_write(const net_metrics *m, size_t queue_depth, size_t queue_max
 int net_png_grey8(net_arena *a, const uint8_t *px, uint32_t w, uint32_t h, void **out,
                   size_t *len);
 
+/* ---- preview cache (any thread) ------------------------------------------------------
+ * Values by 64-bit key, least recently used evicted first once the cached
+ * bytes would pass max_bytes (or the entries max_entries).  A value handed
+ * out stays valid until its reference is released, even when evicted
+ * meanwhile; memory held is thus the cap plus what requests are using. */
+typedef struct net_cache net_cache;
+typedef struct net_cache_ref net_cache_ref;
+
+typedef struct net_cache_stat {
+    uint64_t hits, misses, evictions;
+    size_t bytes, entries;
+} net_cache_stat;
+
+int net_cache_new(size_t max_bytes, size_t max_entries, net_cache **out);
+void net_cache_free(net_cache *c); /* accepts NULL; every reference must be released */
+/* A reference to key's value (release it), or NULL when not cached. */
+net_cache_ref *net_cache_get(net_cache *c, uint64_t key);
+/* Caches val (bytes big, freed by free_fn) under key and returns a
+ * reference to it; when key is cached already the existing value is
+ * returned and val freed at once.  A value bigger than the cache is not
+ * cached: the reference is its only owner.  NULL (val freed) when out of
+ * memory. */
+net_cache_ref *net_cache_put(net_cache *c, uint64_t key, void *val, size_t bytes,
+                             void (*free_fn)(void *));
+void *net_cache_val(const net_cache_ref *r);
+void net_cache_release(net_cache *c, net_cache_ref *r); /* accepts NULL */
+void net_cache_drop(net_cache *c, uint64_t key);
+void net_cache_stats(net_cache *c, net_cache_stat *st);
+
+/* ---- access log ----------------------------------------------------------------------
+ * Lines are copied into a bounded buffer (cap bytes; 0 = 1 MiB) by the
+ * caller and written to f by a thread of the log's own, in order.  When the
+ * buffer is full a line is dropped and counted (a note says how many), so
+ * the caller never waits on f. */
+typedef struct net_alog net_alog;
+
+int net_alog_new(FILE *f, size_t cap, net_alog **out);
+/* One line (the format ends in "\n"; at most 1 KiB, cut beyond). */
+void net_alog_printf(net_alog *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+uint64_t net_alog_dropped(net_alog *l);
+/* Writes everything queued, stops the thread.  Accepts NULL; does not close f. */
+void net_alog_free(net_alog *l);
+
 /* ---- engine ------------------------------------------------------------------------
  * Everything that touches the store, the indexes or the encoder.  Every
  * function but open/close runs on pool threads, concurrently; the engine
@@ -204,9 +249,10 @@ int net_png_grey8(net_arena *a, const uint8_t *px, uint32_t w, uint32_t h, void 
 typedef struct net_engine net_engine;
 
 /* create: make the database (with the model's dimension and id) when the
- * directory holds none. */
+ * directory holds none.  preview_cache: bytes of decoded volumes and images
+ * kept for previews (0 = none). */
 int net_engine_open(const char *db_dir, const char *model_dir, int workers, int create,
-                    net_engine **out, char *errbuf, size_t errlen);
+                    size_t preview_cache, net_engine **out, char *errbuf, size_t errlen);
 void net_engine_close(net_engine *e); /* saves the indexes; accepts NULL */
 uint32_t net_engine_dim(const net_engine *e);
 int net_engine_has_model(const net_engine *e);
@@ -257,12 +303,24 @@ typedef struct net_put_item {
     const char *payload_json; /* a JSON object, or NULL */
 } net_put_item;
 
-/* Encodes and writes n items in one transaction; ids[i] and existed[i] as
- * store_put_batch.  Uploads are kept in the database's blobs/ folder (named
- * by their SHA-256) so that previews can read them.  Errors name the item
- * ("items[3]: ..."). */
-int net_engine_put(net_engine *e, const net_put_item *items, size_t n, uint64_t *ids,
-                   int *existed, char *errbuf, size_t errlen);
+enum { NET_PUT_ADDED, NET_PUT_EXISTED, NET_PUT_BAD };
+
+typedef struct net_put_result {
+    uint64_t id;     /* 0 when bad */
+    int status;      /* NET_PUT_* */
+    int code;        /* a bad item's net_errno (NET_INVAL: the client's input) */
+    char error[512]; /* a bad item's "items[3]: reason" */
+} net_put_result;
+
+/* Ingests n items through ingest_items (docs/ingest.md): the same content
+ * hash, vectors (slices included) and checks as `medsem ingest`, so an item
+ * ingested both ways is one item.  Uploads are kept in the database's
+ * blobs/ folder (named by their SHA-256) so that previews can read them.
+ * res[i] says what became of each; a bad item is skipped, the others are
+ * committed.  Returns NET_OK unless the run itself failed (errbuf says
+ * why); even then res[] tells which items were committed. */
+int net_engine_put(net_engine *e, const net_put_item *items, size_t n, net_put_result *res,
+                   char *errbuf, size_t errlen);
 
 /* A windowed 8-bit preview of an image item, or of axial slice z of a volume
  * item (z < 0: the middle one), at most max_side pixels on its long side (0:
@@ -272,6 +330,17 @@ int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_aren
 
 int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_result **out,
                      char *errbuf, size_t errlen);
+
+/* Brings sp's index up to date when the store holds writes it has not
+ * seen (another process's `medsem ingest`, say): one read of the space's
+ * generations, and a sync under the index's write lock only when they
+ * moved.  Search and dedup call it first.  *synced (may be NULL) is set
+ * when vectors were taken in. */
+int net_engine_catch_up(net_engine *e, store_space sp, int *synced, char *errbuf,
+                        size_t errlen);
+/* The preview cache's counts (zero without a cache); any thread (the
+ * loop's /metrics). */
+void net_engine_cache_stats(net_engine *e, net_cache_stat *st);
 
 /* ---- API (api.c) ----------------------------------------------------------------- */
 

@@ -61,7 +61,10 @@ typedef struct net_opts {
     double read_timeout;      /* seconds from a request's first byte to its last (408); 0 = 30 */
     double idle_timeout;      /* seconds a keep-alive connection may sit idle; 0 = 60 */
     size_t max_conns;         /* open connections; more are closed at once; 0 = 1024 */
-    FILE *access_log;         /* one line per request; NULL = none */
+    FILE *access_log;         /* one line per request, written by a thread of its own (the
+                                 loop never waits on it); NULL = none */
+    size_t preview_cache;     /* bytes of decoded images/volumes kept for previews;
+                                 0 = 64 MiB */
     FILE *log;                /* start/stop messages; NULL = none */
 } net_opts;
 

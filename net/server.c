@@ -42,6 +42,7 @@ struct net_ctx {
     net_engine *engine;
     net_keys *keys;
     net_metrics metrics;
+    net_alog *alog; /* NULL: no access log */
     uint64_t counts[STORE_NSPACES];
     size_t inflight, nconns;
     conn *conns; /* doubly linked */
@@ -127,10 +128,11 @@ static void access_log(conn *c, size_t bytes)
     net_call *call = &c->call;
     double secs = net_now() - (c->http.req.t_start > 0 ? c->http.req.t_start : call->t0);
     net_metrics_request(&ctx->metrics, call->route, call->resp.status, secs, bytes);
-    if (ctx->o.access_log) {
+    if (ctx->alog) {
+        /* Copied into the log's buffer here; its thread does the writing. */
         const char *path = c->http.req.path ? c->http.req.path : "-";
-        fprintf(ctx->o.access_log, "%s %.200s %d %zu %.3fms\n", c->method, path,
-                call->resp.status, bytes, secs * 1000.0);
+        net_alog_printf(ctx->alog, "%s %.200s %d %zu %.3fms\n", c->method, path,
+                        call->resp.status, bytes, secs * 1000.0);
     }
 }
 
@@ -513,7 +515,31 @@ void net__ctx_metrics(net_ctx *ctx, net_call *c)
     c->resp.status = 200;
     c->resp.content_type = "text/plain; version=0.0.4; charset=utf-8";
     if (net_metrics_write(&ctx->metrics, ctx->inflight, ctx->o.queue_max, ctx->nconns,
-                          ctx->counts, &c->resp.body))
+                          ctx->counts, &c->resp.body)) {
+        net_api_error(c, 500, "the metrics exceed the size limit");
+        return;
+    }
+    /* The preview cache and the access log keep their own counts (behind
+     * their locks): a short wait at most. */
+    net_cache_stat cs;
+    net_engine_cache_stats(ctx->engine, &cs);
+    net_buf *b = &c->resp.body;
+    net_buf_printf(b,
+                   "# HELP medsem_preview_cache_hits_total Previews served from decoded sources in memory.\n"
+                   "# TYPE medsem_preview_cache_hits_total counter\n"
+                   "medsem_preview_cache_hits_total %llu\n"
+                   "# HELP medsem_preview_cache_misses_total Previews that read their source.\n"
+                   "# TYPE medsem_preview_cache_misses_total counter\n"
+                   "medsem_preview_cache_misses_total %llu\n"
+                   "# HELP medsem_preview_cache_bytes Bytes of decoded sources cached.\n"
+                   "# TYPE medsem_preview_cache_bytes gauge\n"
+                   "medsem_preview_cache_bytes %zu\n"
+                   "# HELP medsem_access_log_dropped_total Access log lines dropped while its writer was behind.\n"
+                   "# TYPE medsem_access_log_dropped_total counter\n"
+                   "medsem_access_log_dropped_total %llu\n",
+                   (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.bytes,
+                   (unsigned long long)(ctx->alog ? net_alog_dropped(ctx->alog) : 0));
+    if (b->toobig || b->nomem)
         net_api_error(c, 500, "the metrics exceed the size limit");
 }
 
@@ -591,10 +617,16 @@ int net_server_new(const net_opts *o, net_server **out, char *errbuf, size_t err
         ctx->o.idle_timeout = 60;
     if (!ctx->o.max_conns)
         ctx->o.max_conns = 1024;
+    if (!ctx->o.preview_cache)
+        ctx->o.preview_cache = (size_t)64 << 20;
+    if (o->access_log && net_alog_new(o->access_log, 0, &ctx->alog)) {
+        rc = net__fail(errbuf, errlen, NET_NOMEM, "cannot start the access log's thread");
+        goto fail;
+    }
     if (o->api_key_file && (rc = net_keys_load(o->api_key_file, &ctx->keys, errbuf, errlen)))
         goto fail;
-    if ((rc = net_engine_open(o->db_dir, o->model_dir, ctx->o.workers, o->create, &ctx->engine,
-                              errbuf, errlen)))
+    if ((rc = net_engine_open(o->db_dir, o->model_dir, ctx->o.workers, o->create,
+                              ctx->o.preview_cache, &ctx->engine, errbuf, errlen)))
         goto fail;
     if (net_engine_counts(ctx->engine, ctx->counts)) {
         rc = net__fail(errbuf, errlen, NET_ENGINE, "%s: cannot read the space counts",
@@ -676,5 +708,6 @@ void net_server_free(net_server *srv)
     }
     net_engine_close(ctx->engine);
     net_keys_free(ctx->keys);
+    net_alog_free(ctx->alog); /* writes the lines still queued */
     free(srv);
 }

@@ -4,6 +4,7 @@
 #include "config.h"
 #endif
 
+#include <cblas.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -168,6 +169,47 @@ static int exact_cb(void *ctx, const uint64_t *ids, size_t n)
     return push_cluster(ctx, ids, n, 1.0f, 1.0f);
 }
 
+/* Appends the connected components of two or more items to g, each with its
+ * ids in order.  Roots are the lowest slot of their component, so clusters
+ * come out in id order.  -1 when out of memory. */
+static int components(uf *u, groups *g)
+{
+    size_t *count = calloc(u->n ? u->n : 1, sizeof *count);
+    uint64_t *ids = malloc((u->n ? u->n : 1) * sizeof *ids);
+    int rc = 0;
+    if (!count || !ids) {
+        rc = -1;
+        goto out;
+    }
+    for (size_t i = 0; i < u->n; i++)
+        count[uf_find(u, i)]++;
+    /* Bucket start offsets, then stable fill. */
+    size_t off = 0;
+    for (size_t i = 0; i < u->n; i++) {
+        size_t c = count[i];
+        count[i] = off;
+        off += c;
+    }
+    for (size_t i = 0; i < u->n; i++)
+        ids[count[uf_find(u, i)]++] = u->ids[i];
+    off = 0;
+    for (size_t i = 0; i < u->n && !rc; i++) {
+        if (u->parent[i] != i)
+            continue;
+        /* Buckets are laid out in slot order and only roots have members,
+         * so root i's bucket spans [end of the previous root's, count[i]). */
+        size_t end = count[i], start = off;
+        off = end;
+        if (end - start >= 2 && push_cluster(g, ids + start, end - start, u->minlink[i],
+                                             u->maxlink[i]))
+            rc = -1;
+    }
+out:
+    free(count);
+    free(ids);
+    return rc;
+}
+
 void srch_dedup_free(srch_dedup_result *r)
 {
     if (!r)
@@ -192,7 +234,6 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
     scan s = {.x = x, .u = &u, .dim = store_dim(st), .thr = threshold, .errbuf = errbuf,
               .errlen = errlen};
     groups ex = {0}, ne = {0};
-    uint64_t *members = NULL;
     int rc = SRCH_OK;
     if (!r) {
         rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
@@ -236,43 +277,10 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
         rc = srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
         goto out;
     }
-    /* Components of size >= 2, each listed with its ids in order.  Roots are
-     * the lowest slot of their component, so clusters come out in id order. */
-    members = malloc((u.n ? u.n : 1) * sizeof *members);
-    size_t *count = calloc(u.n ? u.n : 1, sizeof *count);
-    if (!members || !count) {
-        free(count);
+    if (components(&u, &ne)) {
         rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < u.n; i++)
-        count[uf_find(&u, i)]++;
-    /* Bucket start offsets, then stable fill. */
-    size_t off = 0;
-    for (size_t i = 0; i < u.n; i++) {
-        size_t c = count[i];
-        count[i] = off;
-        off += c;
-    }
-    for (size_t i = 0; i < u.n; i++)
-        members[count[uf_find(&u, i)]++] = u.ids[i];
-    off = 0;
-    for (size_t i = 0; i < u.n; i++) {
-        if (u.parent[i] != i)
-            continue;
-        /* Buckets are laid out in slot order and only roots have members,
-         * so root i's bucket spans [end of the previous root's, count[i]). */
-        size_t end = count[i];
-        size_t start = off;
-        off = end;
-        if (end - start >= 2 && push_cluster(&ne, members + start, end - start, u.minlink[i],
-                                             u.maxlink[i])) {
-            free(count);
-            rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
-            goto out;
-        }
-    }
-    free(count);
     r->exact = ex.c;
     r->nexact = ex.n;
     r->near = ne.c;
@@ -297,6 +305,128 @@ out:
     free(u.maxlink);
     free(s.v);
     free(s.qid);
-    free(members);
+    return rc;
+}
+
+/* ---- fingerprints ------------------------------------------------------------ */
+
+typedef struct fpset {
+    uint32_t tag, dim;
+    float *v; /* n x dim */
+    uint64_t *ids;
+    size_t n, cap;
+    size_t other; /* fingerprints of another tag or dimension, skipped */
+} fpset;
+
+static int fp_collect(void *ctx, uint64_t id, uint32_t tag, uint32_t dim, const float *fp)
+{
+    fpset *f = ctx;
+    if (tag != f->tag || dim != f->dim) {
+        f->other++;
+        return 0;
+    }
+    if (f->n == f->cap) {
+        size_t nc = f->cap ? 2 * f->cap : 1024;
+        float *nv = realloc(f->v, nc * dim * sizeof *nv);
+        if (nv)
+            f->v = nv;
+        uint64_t *ni = realloc(f->ids, nc * sizeof *ni);
+        if (ni)
+            f->ids = ni;
+        if (!nv || !ni)
+            return -1;
+        f->cap = nc;
+    }
+    memcpy(f->v + f->n * dim, fp, dim * sizeof *fp);
+    f->ids[f->n++] = id;
+    return 0;
+}
+
+int srch_dedup_fingerprints(store *st, uint32_t tag, uint32_t dim, float threshold,
+                            srch_dedup_result **out, char *errbuf, size_t errlen)
+{
+    if (!(threshold > 0 && threshold <= 1))
+        return srch__fail(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
+                          (double)threshold);
+    if (!dim)
+        return srch__fail(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0");
+    srch_dedup_result *r = calloc(1, sizeof *r);
+    fpset f = {.tag = tag, .dim = dim};
+    uf u = {0};
+    groups ex = {0}, ne = {0};
+    float *sc = NULL;
+    int rc = SRCH_OK;
+    if (!r) {
+        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    int sr = store_datahash_groups(st, exact_cb, &ex);
+    if (!sr)
+        sr = store_fingerprints_scan(st, fp_collect, &f);
+    if (sr) {
+        rc = sr < 0 ? srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
+                    : srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        goto out;
+    }
+    /* Fingerprints come in id order: they are the union-find's slots. */
+    u.ids = f.ids;
+    u.n = f.n;
+    f.ids = NULL;
+    u.parent = malloc((u.n ? u.n : 1) * sizeof *u.parent);
+    u.minlink = malloc((u.n ? u.n : 1) * sizeof *u.minlink);
+    u.maxlink = malloc((u.n ? u.n : 1) * sizeof *u.maxlink);
+    sc = malloc((size_t)DEDUP_BLOCK * (u.n ? u.n : 1) * sizeof *sc);
+    if (!u.parent || !u.minlink || !u.maxlink || !sc) {
+        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < u.n; i++) {
+        u.parent[i] = i;
+        u.minlink[i] = 2.0f;
+        u.maxlink[i] = -2.0f;
+    }
+    /* Exact all-pairs inner products, a block of rows at a time against
+     * the rows after the block's first (each unordered pair once). */
+    for (size_t b0 = 0; b0 < u.n; b0 += DEDUP_BLOCK) {
+        size_t nb = u.n - b0 < DEDUP_BLOCK ? u.n - b0 : DEDUP_BLOCK, ncol = u.n - b0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)ncol, (int)dim, 1.0f,
+                    f.v + b0 * dim, (int)dim, f.v + b0 * dim, (int)dim, 0.0f, sc, (int)ncol);
+        for (size_t i = 0; i < nb; i++)
+            for (size_t j = i + 1; j < ncol; j++) {
+                float s = sc[i * ncol + j];
+                if (s >= threshold) {
+                    r->pairs++;
+                    uf_union(&u, b0 + i, b0 + j, s > 1 ? 1 : s);
+                }
+            }
+    }
+    if (components(&u, &ne)) {
+        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    r->exact = ex.c;
+    r->nexact = ex.n;
+    r->near = ne.c;
+    r->nnear = ne.n;
+    r->scanned = u.n;
+    ex.c = ne.c = NULL;
+    ex.n = ne.n = 0;
+    *out = r;
+    r = NULL;
+out:
+    for (size_t i = 0; i < ex.n; i++)
+        free(ex.c[i].ids);
+    for (size_t i = 0; i < ne.n; i++)
+        free(ne.c[i].ids);
+    free(ex.c);
+    free(ne.c);
+    srch_dedup_free(r);
+    free(f.v);
+    free(f.ids);
+    free(u.ids);
+    free(u.parent);
+    free(u.minlink);
+    free(u.maxlink);
+    free(sc);
     return rc;
 }

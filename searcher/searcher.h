@@ -131,4 +131,13 @@ int srch_dedup(store *s, idx_space *x, float threshold, srch_dedup_result **out,
                size_t errlen);
 void srch_dedup_free(srch_dedup_result *r);
 
+/* Exact duplicates as above; near duplicates from the items' acquisition
+ * fingerprints (encoder/fingerprint.h) of this tag and dimension instead
+ * of a model space: every pair whose cosine similarity is >= threshold,
+ * found exactly (all pairs, BLAS), joined by union-find.  Fingerprints of
+ * another tag or dimension are ignored.  r->scanned counts the
+ * fingerprints compared (0 in a database made before fingerprints). */
+int srch_dedup_fingerprints(store *s, uint32_t tag, uint32_t dim, float threshold,
+                            srch_dedup_result **out, char *errbuf, size_t errlen);
+
 #endif

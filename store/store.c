@@ -59,7 +59,8 @@
 /* Internal code: a write body hit MDB_MAP_FULL; grow the map and retry. */
 #define STORE__GROW (-1)
 
-enum { DB_META, DB_ITEMS, DB_VECTORS, DB_SLICES, DB_HASHES, DB_DATAHASH, DB_PAYLOAD, DB_INDEX, NDBS };
+enum { DB_META, DB_ITEMS, DB_VECTORS, DB_SLICES, DB_HASHES, DB_DATAHASH, DB_PAYLOAD, DB_INDEX,
+       DB_FPRINT, NDBS };
 
 static const struct {
     const char *name;
@@ -73,12 +74,14 @@ static const struct {
     [DB_DATAHASH] = {"datahash", MDB_DUPSORT | MDB_DUPFIXED},
     [DB_PAYLOAD] = {"payload", MDB_DUPSORT | MDB_DUPFIXED},
     [DB_INDEX] = {"index", 0},
+    [DB_FPRINT] = {"fprints", 0}, /* added later: absent in older databases */
 };
 
 struct store {
     MDB_env *env;
     MDB_dbi dbi[NDBS];
     int readonly;
+    int has_fprints; /* the `fprints` db exists (a read-only open of an older database) */
     uint32_t dim;
     size_t maxkey; /* payload key limit: min(LMDB's, 511), the same for every build */
     char *dir;
@@ -810,6 +813,11 @@ static int open_dbs(store *s, MDB_txn *txn, int create)
     for (int i = 0; i < NDBS; i++) {
         unsigned flags = dbdefs[i].flags | (create ? MDB_CREATE : 0), got;
         int rc = mdb_dbi_open(txn, dbdefs[i].name, flags, &s->dbi[i]);
+        if (i == DB_FPRINT) {
+            s->has_fprints = rc == 0;
+            if (rc == MDB_NOTFOUND)
+                continue; /* a read-only open of a database older than fingerprints */
+        }
         if (rc == MDB_NOTFOUND)
             return fail(s, STORE_CORRUPT, "named database '%s' is missing", dbdefs[i].name);
         if (rc)
@@ -1110,6 +1118,16 @@ static int put_one(store *s, MDB_txn *txn, put_args *a, size_t i, uint64_t id, s
         sm[e->space].count++;
     }
 
+    if (p->fingerprint) {
+        k = mval(idb, 8);
+        v = mval(NULL, 8 + (size_t)p->fp_dim * 4);
+        if ((rc = mdb_put(txn, s->dbi[DB_FPRINT], &k, &v, MDB_RESERVE)))
+            return lmdb_fail(s, rc, "writing the fingerprint of item %llu", (unsigned long long)id);
+        put_u32le(v.mv_data, p->fp_tag);
+        put_u32le((uint8_t *)v.mv_data + 4, p->fp_dim);
+        put_floats((uint8_t *)v.mv_data + 8, p->fingerprint, p->fp_dim);
+    }
+
     k = mval(it->content_hash, STORE_HASH_SIZE);
     v = mval(idb, 8);
     if ((rc = mdb_put(txn, s->dbi[DB_HASHES], &k, &v, 0)))
@@ -1218,6 +1236,17 @@ static int put_validate(store *s, const store_put *puts, size_t n, cJSON **paylo
                 if (!isfinite(e->vector[d]))
                     return fail(s, STORE_INVAL, "batch item %zu: %s vector value %u is not finite", i,
                                 space_names[e->space], d);
+        }
+        if (p->fingerprint) {
+            if (!p->fp_dim || p->fp_dim > STORE_FP_DIM_MAX)
+                return fail(s, STORE_INVAL, "batch item %zu: fingerprint dimension %u not in 1..%u",
+                            i, p->fp_dim, STORE_FP_DIM_MAX);
+            if (s->readonly || !s->has_fprints)
+                return fail(s, STORE_INVAL, "batch item %zu: this handle cannot write fingerprints", i);
+            for (uint32_t d = 0; d < p->fp_dim; d++)
+                if (!isfinite(p->fingerprint[d]))
+                    return fail(s, STORE_INVAL, "batch item %zu: fingerprint value %u is not finite",
+                                i, d);
         }
         if (it->payload_json) {
             const char *end = NULL;
@@ -1332,6 +1361,12 @@ static int delete_body(store *s, MDB_txn *txn, void *arg)
     }
     if (!r && payload)
         r = payload_apply(s, txn, payload, id, 1);
+    if (!r && s->has_fprints) {
+        MDB_val fk = mval(idb, 8);
+        rc = mdb_del(txn, s->dbi[DB_FPRINT], &fk, NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            r = lmdb_fail(s, rc, "deleting the fingerprint of item %llu", (unsigned long long)id);
+    }
     cJSON_Delete(payload);
     free(copy);
 
@@ -1877,6 +1912,61 @@ static void idvec_intersect(idvec *a, const idvec *b)
         }
     }
     a->n = w;
+}
+
+/* ---- fingerprints ----------------------------------------------------------------------------- */
+
+int store_fingerprints_scan(store *s, store_fprint_cb cb, void *ctx)
+{
+    assert(s && cb);
+    if (!s->has_fprints)
+        return STORE_OK;
+    MDB_txn *txn;
+    int r = read_begin(s, &txn);
+    if (r)
+        return r;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->dbi[DB_FPRINT], &cur);
+    if (rc) {
+        r = lmdb_fail(s, rc, "opening a cursor on fprints");
+        read_end(s, txn);
+        return r;
+    }
+    MDB_val k, v;
+    float *buf = NULL;
+    size_t cap = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); !rc && !r;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 8 || v.mv_size < 8) {
+            r = fail(s, STORE_CORRUPT, "a fingerprint entry has a %zu-byte key and %zu-byte value",
+                     k.mv_size, v.mv_size);
+            break;
+        }
+        uint64_t id = get_u64be(k.mv_data);
+        uint32_t tag = get_u32le(v.mv_data), dim = get_u32le((const uint8_t *)v.mv_data + 4);
+        if (!dim || dim > STORE_FP_DIM_MAX || v.mv_size != 8 + (size_t)dim * 4) {
+            r = fail(s, STORE_CORRUPT, "the fingerprint of item %llu is malformed",
+                     (unsigned long long)id);
+            break;
+        }
+        if (dim > cap) {
+            float *nb = realloc(buf, (size_t)dim * sizeof *nb);
+            if (!nb) {
+                r = fail(s, STORE_NOMEM, "out of memory reading fingerprints");
+                break;
+            }
+            buf = nb;
+            cap = dim;
+        }
+        get_floats(buf, (const uint8_t *)v.mv_data + 8, dim);
+        r = cb(ctx, id, tag, dim, buf);
+    }
+    if (!r && rc && rc != MDB_NOTFOUND)
+        r = lmdb_fail(s, rc, "scanning fprints");
+    free(buf);
+    mdb_cursor_close(cur);
+    read_end(s, txn);
+    return r;
 }
 
 /* ---- datahash groups ------------------------------------------------------------------------ */

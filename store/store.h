@@ -7,7 +7,7 @@
  *   ... store_put_batch(s, puts, n, ids, existed); ... store_close(s);
  *
  * One LMDB environment per database directory, with the named databases
- * meta, items, vectors, slices, hashes, datahash, payload and index (see
+ * meta, items, vectors, slices, hashes, datahash, payload, index and fprints (see
  * docs/store.md for the byte layouts).  Every write function is one
  * transaction: it either lands whole or not at all, and MDB_MAP_FULL grows
  * the map and retries the transaction.  Functions return a store_errno; the
@@ -160,7 +160,15 @@ typedef struct store_put {
     const float *vector; /* dim floats, finite */
     const store_vec *vecs;
     size_t nvecs;
+    /* An acquisition fingerprint (encoder/fingerprint.h), or NULL: fp_dim
+     * (1..STORE_FP_DIM_MAX) finite floats, with its own dimension, not the
+     * database's; fp_tag names the method (opaque to the store). */
+    const float *fingerprint;
+    uint32_t fp_dim;
+    uint32_t fp_tag;
 } store_put;
+
+#define STORE_FP_DIM_MAX 65536
 
 /* Writes n items in one transaction.  An item whose content_hash is already
  * present is skipped: ids[i] gets the existing id and existed[i] = 1.  New
@@ -220,6 +228,14 @@ int store_item_count(store *s, uint64_t *n);
 /* Calls cb for every item in id order (the record is valid during the call). */
 typedef int (*store_item_cb)(void *ctx, const store_item *it);
 int store_items_scan(store *s, store_item_cb cb, void *ctx);
+
+/* Calls cb for every item's fingerprint, in id order, with an aligned copy
+ * (valid during the call).  A database made before fingerprints has none
+ * (not an error).  Runs inside a read transaction: cb must not write to s.
+ * cb returning non-zero stops the scan and that value is returned. */
+typedef int (*store_fprint_cb)(void *ctx, uint64_t id, uint32_t tag, uint32_t dim,
+                               const float *fp);
+int store_fingerprints_scan(store *s, store_fprint_cb cb, void *ctx);
 
 /* Groups of items sharing a data hash (exact duplicates): cb gets each group
  * of n >= 2 ids, sorted. */

@@ -81,7 +81,10 @@ echo '{"kind":"volume","file":"copy.nii.gz","modality":"CT","study":"COPY"}' > "
 expect 0 "" "ingest an exact copy" -- "$MEDSEM" ingest --db "$T/db" --model "$MODEL" --manifest "$T/syn/copy.jsonl"
 expect 0 "" "dedup --json" -- "$MEDSEM" dedup --db "$T/db" --json
 grep -q '"exact":\[{"ids":\[' "$T/out" && grep -q 'copy.nii.gz' "$T/out" && ok "the copy is an exact duplicate" || bad "dedup: $(cat "$T/out")"
-grep -q '"spaces":\["image","volume"\]' "$T/out" && ok "image and volume spaces searched" || bad "spaces: $(cat "$T/out")"
+grep -q '"spaces":\["fingerprint"\]' "$T/out" && ok "near duplicates from fingerprints by default" || bad "spaces: $(cat "$T/out")"
+grep -q '"threshold":0\.9975' "$T/out" && ok "the fingerprint threshold by default" || bad "threshold: $(cat "$T/out")"
+expect 0 "" "dedup --space volume" -- "$MEDSEM" dedup --db "$T/db" --json --space volume
+grep -q '"spaces":\["volume"\]' "$T/out" && grep -q '"threshold":0\.95' "$T/out" && ok "--space uses the model's embeddings" || bad "space: $(cat "$T/out")"
 expect 0 "" "dedup table" -- "$MEDSEM" dedup --db "$T/db"
 
 echo "1..$n"

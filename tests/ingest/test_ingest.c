@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <cmocka.h>
 
 #include "encoder/encoder.h"
@@ -542,6 +543,178 @@ static void test_ingest_run(void **state)
     enc_pipeline_close(p);
 }
 
+/* ---- items in memory (the HTTP server's path) -------------------------------------- */
+
+/* The manifest's first volume line as an in-memory item: the line's keys
+ * but file, kind, modality and report go to the payload.  Strings are
+ * malloc'd into *keep (freed by the caller). */
+static ingest_item item_from_line(const fixture *f, char *keep[3])
+{
+    FILE *mf = fopen(f->manifest, "r");
+    char line[65536];
+    cJSON *j = NULL;
+    while (fgets(line, sizeof line, mf) && !j) {
+        j = cJSON_Parse(line);
+        const cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "kind");
+        if (!cJSON_IsString(k) || strcmp(k->valuestring, "volume")) {
+            cJSON_Delete(j);
+            j = NULL;
+        }
+    }
+    fclose(mf);
+    assert_non_null(j);
+    char *syn = strdup(f->manifest);
+    *strrchr(syn, '/') = '\0';
+    keep[0] = tu_path(syn, cJSON_GetObjectItemCaseSensitive(j, "file")->valuestring);
+    free(syn);
+    keep[1] = strdup(cJSON_GetObjectItemCaseSensitive(j, "modality")->valuestring);
+    keep[2] = strdup(cJSON_GetObjectItemCaseSensitive(j, "report")->valuestring);
+    /* Another key order than the manifest's, and a dataset key: neither is
+     * part of the identity. */
+    cJSON *pay = cJSON_CreateObject();
+    cJSON_AddStringToObject(pay, "dataset", "over-http");
+    for (cJSON *c = j->child; c; c = c->next)
+        if (strcmp(c->string, "file") && strcmp(c->string, "kind") &&
+            strcmp(c->string, "modality") && strcmp(c->string, "report"))
+            cJSON_AddItemToObject(pay, c->string, cJSON_Duplicate(c, 1));
+    char *pj = cJSON_PrintUnformatted(pay);
+    cJSON_Delete(pay);
+    cJSON_Delete(j);
+    return (ingest_item){.kind = STORE_KIND_VOLUME, .path = keep[0], .modality = keep[1],
+                         .report = keep[2], .dataset = "over-http", .payload_json = pj};
+}
+
+static void test_ingest_items(void **state)
+{
+    fixture *f = *state;
+    enc_pipeline *p = NULL;
+    open_model(f, &p);
+    int D = enc_pipeline_slices(p, NULL, 0);
+    char err[1024];
+    ingest_plan *pl = NULL;
+    ingest_opts mo = {.workers = 1, .batch = 4};
+    assert_int_equal(ingest_plan_read(f->manifest, &mo, &pl, err, sizeof err), 0);
+    store *s = new_store(f->db, (uint32_t)enc_pipeline_dim(p), enc_pipeline_model_id(p));
+    assert_int_equal(ingest_run(pl, p, s, &mo, NULL, err, sizeof err), 0);
+    ingest_plan_free(pl);
+    uint64_t before = 0;
+    assert_int_equal(store_item_count(s, &before), 0);
+
+    char *keep[3];
+    ingest_item same = item_from_line(f, keep);
+    char *syn = strdup(f->manifest);
+    *strrchr(syn, '/') = '\0';
+    char *junk = tu_path(syn, "junk.nii.gz");
+    free(syn);
+    ingest_item items[] = {
+        same,
+        {.kind = STORE_KIND_VOLUME, .path = junk, .modality = "CT", .report = "junk"},
+        {.kind = STORE_KIND_REPORT, .report = "A new report over HTTP.", .dataset = "d",
+         .payload_json = "{\"tags\":[\"x\"]}"},
+        /* the same bytes with other metadata: a new item, with slices and geometry */
+        {.kind = STORE_KIND_VOLUME, .path = same.path, .modality = same.modality,
+         .report = "Another report.", .payload_json = "{\"copy\":1}"},
+        {.kind = STORE_KIND_REPORT, .report = "   "},
+    };
+    size_t n = sizeof items / sizeof *items;
+    ingest_result res[5];
+    enc_worker *w = NULL;
+    assert_int_equal(enc_worker_new(p, 1, &w, err, sizeof err), 0);
+    badlog bl = {0};
+    ingest_opts o = {.batch = 1, .worker = w, .no_index = 1, .read_geometry = 1,
+                     .on_bad = log_bad, .ctx = &bl};
+    ingest_stats st;
+    assert_int_equal(ingest_items(items, n, "items", p, s, &o, res, &st, err, sizeof err), 0);
+
+    /* The manifest's item, found by content: same id, nothing encoded. */
+    assert_int_equal(res[0].status, INGEST_ITEM_EXISTED);
+    uint64_t want = 0;
+    for (uint64_t id = 1; id <= before && !want; id++) {
+        store_item *it = NULL;
+        if (store_item_get(s, id, &it))
+            continue;
+        if (it->source && !strcmp(it->source, keep[0]) && it->report && !strcmp(it->report, keep[2]) &&
+            !strstr(it->payload_json, "\"n\""))
+            want = id;
+        store_item_free(it);
+    }
+    assert_int_equal(res[0].id, want);
+    assert_int_equal(res[1].status, INGEST_ITEM_BAD);
+    assert_int_equal(res[1].id, 0);
+    assert_non_null(strstr(res[1].error, "items[1]: "));
+    assert_int_equal(res[2].status, INGEST_ITEM_ADDED);
+    assert_int_equal(res[3].status, INGEST_ITEM_ADDED);
+    assert_int_equal(res[4].status, INGEST_ITEM_BAD);
+    assert_non_null(strstr(res[4].error, "items[4]: empty 'report'"));
+    assert_int_equal(bl.n, 2);
+    assert_int_equal(st.added, 2);
+    assert_int_equal(st.existing, 1);
+    assert_int_equal(st.bad, 2);
+    assert_int_equal(st.vectors[STORE_SPACE_SLICE], (size_t)D);
+
+    store_item *it = NULL;
+    assert_int_equal(store_item_get(s, res[3].id, &it), 0);
+    assert_int_equal(it->ndim, 3);
+    assert_true(it->shape[2] > 0 && it->spacing[2] > 0);
+    assert_non_null(strstr(it->payload_json, "\"kind\":\"volume\""));
+    store_item_free(it);
+    assert_int_equal(store_item_get(s, res[2].id, &it), 0);
+    assert_string_equal(it->dataset, "d");
+    assert_int_equal(it->kind, STORE_KIND_REPORT);
+    store_item_free(it);
+    /* Again: everything good is there already. */
+    assert_int_equal(ingest_items(items, 4, NULL, p, s, &o, res, &st, err, sizeof err), 0);
+    assert_int_equal(res[0].status, INGEST_ITEM_EXISTED);
+    assert_int_equal(res[2].status, INGEST_ITEM_EXISTED);
+    assert_int_equal(res[3].status, INGEST_ITEM_EXISTED);
+    assert_int_equal(st.added, 0);
+    /* Indexes left alone (no_index) catch up on open: all consistent. */
+    assert_int_equal(check_db(f, s, D), before + 2);
+
+    /* strict: the bad item fails the call before anything is written. */
+    o.strict = 1;
+    assert_int_equal(ingest_items(items + 1, 2, "x", p, s, &o, res, &st, err, sizeof err),
+                     INGEST_INPUT);
+    assert_int_equal(res[0].status, INGEST_ITEM_BAD);
+    assert_int_equal(res[1].status, INGEST_ITEM_BAD);
+    store_close(s);
+
+    /* A database from before medsem-ingest-2: its hash is found too. */
+    char *db4 = tu_path(f->dir, "db4"), *m4 = tu_path(f->dir, "legacy.jsonl");
+    s = new_store(db4, (uint32_t)enc_pipeline_dim(p), enc_pipeline_model_id(p));
+    const char *line = "{\"kind\":\"report\",\"report\":\"Legacy.\"}";
+    store_item old = {.kind = STORE_KIND_REPORT, .report = "Legacy.", .payload_json = (char *)line};
+    store_sha256("Legacy.", 7, old.data_hash);
+    store_sha256_ctx hc;
+    uint8_t kb = STORE_KIND_REPORT;
+    store_sha256_init(&hc);
+    store_sha256_update(&hc, "medsem-ingest-1", 16);
+    store_sha256_update(&hc, &kb, 1);
+    store_sha256_update(&hc, old.data_hash, STORE_HASH_SIZE);
+    store_sha256_update(&hc, line, strlen(line));
+    store_sha256_final(&hc, old.content_hash);
+    store_put sp = {.item = &old};
+    assert_int_equal(store_put_batch(s, &sp, 1, NULL, NULL), 0);
+    FILE *lf = fopen(m4, "w");
+    fprintf(lf, "%s\n", line);
+    fclose(lf);
+    assert_int_equal(ingest_plan_read(m4, &mo, &pl, err, sizeof err), 0);
+    assert_int_equal(ingest_run(pl, p, s, &mo, &st, err, sizeof err), 0);
+    assert_int_equal(st.existing, 1);
+    assert_int_equal(st.added, 0);
+    ingest_plan_free(pl);
+    store_close(s);
+    free(db4);
+    free(m4);
+
+    enc_worker_free(w);
+    free((char *)same.payload_json);
+    for (int i = 0; i < 3; i++)
+        free(keep[i]);
+    free(junk);
+    enc_pipeline_close(p);
+}
+
 /* ---- SIGKILL at random points ----------------------------------------------------- */
 
 static int child_main(const char *model, const char *manifest, const char *db)
@@ -651,6 +824,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_store_slices),
         cmocka_unit_test(test_best_slices),
         cmocka_unit_test_setup_teardown(test_ingest_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ingest_items, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill_ingest, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -17,6 +17,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -183,6 +184,7 @@ def run_all(tmp, db):
     P = srv.port
     try:
         endpoints(P, items)
+        cross_process(P, tmp, db)
         errors(P)
         robustness(P)
         concurrency(P)
@@ -208,6 +210,16 @@ def endpoints(P, items):
     s, h, j = jreq(P, "PUT", "/v1/items", {"items": items[:3]})
     ok(s == 200 and j["result"]["ids"] == ids[:3] and all(j["result"]["existed"]),
        "PUT /v1/items again is idempotent", j)
+    junk = base64.b64encode(b"\x1f\x8b garbage").decode()
+    s, h, j = jreq(P, "PUT", "/v1/items", {"items": [{"report": "Partial batch: a good report."},
+                                                    {"volume": junk, "modality": "CT"}]})
+    ok(s == 200 and j["result"]["ids"][0] and j["result"]["ids"][1] is None
+       and j["result"]["existed"] == [False, False] and len(j["result"]["errors"]) == 1
+       and j["result"]["errors"][0]["index"] == 1 and j["result"]["errors"][0]["error"].startswith("items[1]: ")
+       and "blobs" not in j["result"]["errors"][0]["error"],
+       "a bad item is skipped, the others committed, the error names the item", j)
+    s, h, j = jreq(P, "PUT", "/v1/items", {"items": [{"volume": junk, "modality": "CT"}]})
+    ok(s == 400 and j["status"]["error"].startswith("items[0]: "), "a request of only bad items is 400", j)
     global VOL, IMG, REP
     VOL, IMG, REP = None, None, ids[-1]
     for i, it in zip(ids, items):
@@ -287,10 +299,44 @@ def endpoints(P, items):
 
     s, h, b = request(P, "GET", "/metrics")
     t = b.decode()
+    m = re.search(r"^medsem_preview_cache_hits_total (\d+)$", t, re.M)
+    ok(m and int(m.group(1)) >= 1, "previews of one volume decode it once (cache hits in /metrics)",
+       t[-800:])
     ok(s == 200 and 'medsem_http_requests_total{route="/v1/search",status="200"}' in t
        and 'medsem_items{space="volume"} 4' in t and 'medsem_items{space="slice"} 0' not in t and "medsem_queue_depth" in t
        and "medsem_encode_seconds_bucket" in t and "medsem_search_seconds_count" in t,
        "GET /metrics (Prometheus text)", t[:2000])
+
+
+def cross_process(P, tmp, db):
+    """`medsem ingest` into the database while the server runs: the server's
+    next search sees the new item, and the same file over HTTP is the same
+    item (one content hash for both paths)."""
+    syn = os.path.join(tmp, "syn2")
+    subprocess.run([MEDSEM, "synth", "--out", syn, "--volumes", "1", "--images", "0", "--seed", "11",
+                    "--split", "train", "--size", "small", "--quiet"], check=True,
+                   stdout=subprocess.DEVNULL)
+    man = os.path.join(syn, "train.jsonl")
+    r = subprocess.run([MEDSEM, "ingest", "--db", db, "--model", MODEL, "--manifest", man,
+                        "--workers", "1", "--quiet"], capture_output=True, timeout=TIMEOUT * 2)
+    ok(r.returncode == 0, "medsem ingest into the database being served", r.stderr.decode())
+    line = json.loads(open(man).readline())
+    with open(os.path.join(syn, line["file"]), "rb") as f:
+        data = base64.b64encode(f.read()).decode()
+    # No filter: only the server's index can find it, so it must have caught up.
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"volume": data, "modality": "CT"},
+                                             "target": "volume", "limit": 1, "with_slices": 1})
+    hit = j["result"][0] if s == 200 and j["result"] else {}
+    ok(hit.get("score", 0) > 0.99 and hit.get("report") == line["report"] and len(hit.get("slices", [])) == 1,
+       "a search finds the item another process ingested (with its slices)", j)
+    payload = {k: v for k, v in line.items() if k not in ("file", "kind", "modality", "report")}
+    s, h, j = jreq(P, "PUT", "/v1/items", {"items": [{"volume": data, "modality": line["modality"],
+                                                     "report": line["report"], "dataset": "over-http",
+                                                     "payload": payload}]})
+    ok(s == 200 and hit and j["result"]["ids"] == [hit["id"]] and j["result"]["existed"] == [True],
+       "the file ingested by the CLI, sent over HTTP, is the same item (existed)", (hit.get("id"), j))
+    s, h, b = request(P, "GET", "/v1/items/%d/preview.png" % hit.get("id", 0))
+    ok(s == 200 and b[:4] == b"\x89PNG", "preview of the CLI's item")
 
 
 def errors(P):
@@ -485,7 +531,12 @@ def shutdown(srv, P):
     ok(rs and rs[0][0] == 503 and b"shutting down" in rs[0][1],
        "a request completed during shutdown is answered 503", rs)
     late.close()
-    code = srv.stop()
+    # Wait rather than signal again: a second SIGTERM while the indexes are
+    # being saved would (rightly) end the process at once.
+    try:
+        code = srv.p.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+        code = srv.stop(signal.SIGKILL)
     ok(code == 0, "the server exits 0 after SIGTERM (exit %s)" % code)
 
 
@@ -495,7 +546,8 @@ def keys_and_restart(tmp, db):
     kf = os.path.join(tmp, "keys")
     with open(kf, "w") as f:
         f.write("# test keys\nrw rw-key-0123456789abcdef\nro ro-key-0123456789abcdef\n")
-    srv = Server(tmp, db, "--api-key-file", kf, "--quiet", create=False)
+    alog = os.path.join(tmp, "access.log")
+    srv = Server(tmp, db, "--api-key-file", kf, "--access-log", alog, create=False)
     P = srv.port
     try:
         s, h, j = jreq(P, "GET", "/v1/items/%d" % VOL)
@@ -519,6 +571,12 @@ def keys_and_restart(tmp, db):
     finally:
         code = srv.stop(signal.SIGINT)
     ok(code == 0, "SIGINT stops the server cleanly (exit %s)" % code)
+    lines = open(alog).read().splitlines()
+    pat = re.compile(r"^(GET|POST|PUT|DELETE) /\S* (\d{3}) \d+ \d+\.\d{3}ms$")
+    got = [int(m.group(2)) for m in map(pat.match, lines) if m]
+    ok(len(got) == len(lines) and got == [401, 401, 200, 200, 403, 200, 200, 401],
+       "the access log has one line per request, in order (method path status bytes time)",
+       "\n".join(lines))
 
 
 def ingest_only(db, portfile):

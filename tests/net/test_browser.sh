@@ -4,17 +4,61 @@
 # checks that result cards rendered, and saves a screenshot in the build tree
 # (tests/net/browser.png).  Installs Debian's chromium when missing (as root);
 # skips (77) with the reason when it cannot be installed or started.
+#
+# Every step that can stall (apt, the server, chromium) runs under `timeout`
+# and the whole test under a budget (MEDSEM_BROWSER_BUDGET seconds, default
+# 150): a stalled mirror, a held dpkg lock or a hung browser ends in a skip
+# with the reason, never in a hang.
 set -u
 B=${top_builddir:-$(cd "$(dirname "$0")/../.." && pwd)}
 S=${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
+BUDGET=${MEDSEM_BROWSER_BUDGET:-150}
+START=$SECONDS
 skip() { echo "# SKIP: $*"; exit 77; }
 
+# Seconds left for a step: at most $1, and what remains of the budget.
+left() {
+    local rest=$((BUDGET - (SECONDS - START)))
+    [ "$rest" -lt "$1" ] && echo "$rest" || echo "$1"
+}
+# timeout with a step cap; kills the whole process group (chromium's
+# helpers too) and, if that is ignored, SIGKILLs 5 s later.
+bounded() {
+    local cap t
+    cap=$1
+    shift
+    t=$(left "$cap")
+    [ "$t" -gt 0 ] || return 124
+    timeout -k 5 "$t" "$@"
+}
+
+command -v timeout >/dev/null || skip "timeout (coreutils) not found"
 find_chromium() { command -v chromium || command -v chromium-browser || command -v google-chrome || true; }
 CHROME=$(find_chromium)
 if [ -z "$CHROME" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-    echo "# installing chromium"
+    echo "# installing chromium (apt, at most $(left 110) s)"
     export DEBIAN_FRONTEND=noninteractive
-    { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1
+    # A lock held by another apt fails at once rather than waiting; slow
+    # mirrors are cut by the per-step timeouts.
+    apt_opts=(-o DPkg::Lock::Timeout=0 -o Acquire::http::Timeout=20 -o Acquire::Retries=0)
+    bounded 45 apt-get "${apt_opts[@]}" update -qq >"${TMPDIR:-/tmp}/medsem-apt.$$" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        tail -n 5 "${TMPDIR:-/tmp}/medsem-apt.$$" | sed 's/^/#   /'
+        rm -f "${TMPDIR:-/tmp}/medsem-apt.$$"
+        [ $rc -eq 124 ] || [ $rc -eq 137 ] && skip "apt-get update timed out (chromium not installed)"
+        skip "apt-get update failed (exit $rc; chromium not installed)"
+    fi
+    bounded 65 apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends chromium \
+        >"${TMPDIR:-/tmp}/medsem-apt.$$" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        tail -n 5 "${TMPDIR:-/tmp}/medsem-apt.$$" | sed 's/^/#   /'
+        rm -f "${TMPDIR:-/tmp}/medsem-apt.$$"
+        [ $rc -eq 124 ] || [ $rc -eq 137 ] && skip "apt-get install chromium timed out"
+        skip "apt-get install chromium failed (exit $rc)"
+    fi
+    rm -f "${TMPDIR:-/tmp}/medsem-apt.$$"
     CHROME=$(find_chromium)
 fi
 [ -n "$CHROME" ] || skip "chromium is not installed and could not be installed (apt-get install chromium)"
@@ -22,10 +66,23 @@ command -v python3 >/dev/null || skip "python3 not found"
 
 T=$(mktemp -d /tmp/medsem-browser.XXXXXX)
 PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$T"; }
+cleanup() {
+    if [ -n "$PID" ]; then
+        kill "$PID" 2>/dev/null
+        # The server drains and saves its indexes: give it a moment, then make sure.
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$PID" 2>/dev/null || break; sleep 0.5; done
+        kill -9 "$PID" 2>/dev/null
+    fi
+    rm -rf "$T"
+}
 trap cleanup EXIT
-PID=$(top_builddir=$B top_srcdir=$S python3 "$S/tests/net/serve_test.py" --ingest-only "$T/db" "$T/port") ||
-    { echo "not ok 1 - could not start and fill the server"; exit 1; }
+PID=$(top_builddir=$B top_srcdir=$S bounded 90 python3 "$S/tests/net/serve_test.py" --ingest-only "$T/db" "$T/port")
+rc=$?
+if [ $rc -ne 0 ]; then
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && { echo "not ok 1 - starting and filling the server timed out"; exit 1; }
+    echo "not ok 1 - could not start and fill the server"
+    exit 1
+fi
 PORT=$(cat "$T/port")
 URL="http://127.0.0.1:$PORT/?q=pleural%20effusion&target=volume"
 mkdir -p "$B/tests/net"
@@ -35,11 +92,12 @@ flags=(--headless --disable-gpu --no-first-run --no-default-browser-check --disa
        --window-size=1280,1000)
 [ "$(id -u)" -eq 0 ] && flags+=(--no-sandbox)
 
-run_chrome() { timeout 120 "$CHROME" "${flags[@]}" "$@" 2>"$T/chrome.err"; }
+run_chrome() { bounded 40 "$CHROME" "${flags[@]}" "$@" 2>"$T/chrome.err"; }
 run_chrome --dump-dom "$URL" >"$T/dom.html"
 rc=$?
 if [ $rc -ne 0 ] || ! grep -q "<html" "$T/dom.html"; then
     sed 's/^/#   /' "$T/chrome.err" | tail -n 15
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && skip "chromium did not finish in time (hung or too slow here)"
     skip "chromium could not start here (exit $rc)"
 fi
 fails=0
@@ -51,7 +109,9 @@ if grep -q 'data-results="' "$T/dom.html" && grep -q 'result(s) for' "$T/dom.htm
 if grep -q 'class="report"' "$T/dom.html"; then echo "ok 3 - results show report text"; else
     echo "not ok 3 - no report text"; fails=1; fi
 run_chrome --screenshot="$SHOT" "$URL" >/dev/null
-if [ -s "$SHOT" ]; then echo "ok 4 - screenshot saved to $SHOT"; else
+rc=$?
+if [ -s "$SHOT" ]; then echo "ok 4 - screenshot saved to $SHOT"; elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    echo "ok 4 # SKIP the screenshot run did not finish in time"; else
     echo "not ok 4 - no screenshot"; fails=1; fi
 echo "1..4"
 exit $fails

@@ -1,14 +1,16 @@
 /* test_net.c - the server's parts without sockets: arena, buffers, JSON
  * strings, base64, query strings, HTTP parsing with its caps, API keys,
- * the PNG writer and the metrics text. */
+ * the PNG writer, the metrics text, the preview cache and the access log. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "encoder/image.h"
@@ -396,6 +398,189 @@ static void test_metrics(void **st)
     net_arena_free(a);
 }
 
+/* ---- preview cache ---------------------------------------------------------------- */
+
+static int freed_vals;
+static void val_free(void *p)
+{
+    freed_vals++;
+    free(p);
+}
+
+static net_cache_ref *put_n(net_cache *c, uint64_t key, size_t bytes)
+{
+    int *v = malloc(sizeof *v);
+    *v = (int)key;
+    return net_cache_put(c, key, v, bytes, val_free);
+}
+
+static void test_cache(void **st)
+{
+    (void)st;
+    freed_vals = 0;
+    net_cache *c;
+    assert_int_equal(net_cache_new(100, 3, &c), NET_OK);
+    assert_null(net_cache_get(c, 1));
+    net_cache_release(c, put_n(c, 1, 40));
+    net_cache_release(c, put_n(c, 2, 40));
+    net_cache_ref *r = net_cache_get(c, 1); /* 1 is now the most recent */
+    assert_non_null(r);
+    assert_int_equal(*(int *)net_cache_val(r), 1);
+    net_cache_release(c, r);
+    net_cache_release(c, put_n(c, 3, 40)); /* 120 > 100 bytes: 2 goes */
+    assert_null(net_cache_get(c, 2));
+    assert_int_equal(freed_vals, 1);
+    /* A held value survives its eviction and is freed at its release. */
+    net_cache_ref *held = net_cache_get(c, 1);
+    net_cache_release(c, put_n(c, 4, 90)); /* evicts 3 and 1 */
+    assert_null(net_cache_get(c, 3));
+    assert_int_equal(freed_vals, 2);
+    assert_int_equal(*(int *)net_cache_val(held), 1);
+    net_cache_release(c, held);
+    assert_int_equal(freed_vals, 3);
+    /* Putting a cached key keeps the cached value and frees the new one. */
+    net_cache_ref *dup = put_n(c, 4, 90);
+    assert_int_equal(freed_vals, 4);
+    net_cache_release(c, dup);
+    /* Bigger than the cache: handed out, never cached. */
+    net_cache_ref *big = put_n(c, 5, 1000);
+    assert_non_null(big);
+    assert_null(net_cache_get(c, 5));
+    net_cache_release(c, big);
+    assert_int_equal(freed_vals, 5);
+    /* The entry cap. */
+    net_cache_drop(c, 4);
+    for (uint64_t k = 10; k < 20; k++)
+        net_cache_release(c, put_n(c, k, 1));
+    net_cache_stat cs;
+    net_cache_stats(c, &cs);
+    assert_int_equal(cs.entries, 3);
+    assert_int_equal(cs.bytes, 3);
+    assert_true(cs.hits >= 2 && cs.misses >= 3);
+    net_cache_free(c);
+    assert_int_equal(freed_vals, 16);
+}
+
+static void *cache_hammer(void *arg)
+{
+    net_cache *c = arg;
+    unsigned seed = (unsigned)(uintptr_t)pthread_self();
+    for (int i = 0; i < 20000; i++) {
+        uint64_t key = (uint64_t)(rand_r(&seed) % 40);
+        net_cache_ref *r = net_cache_get(c, key);
+        if (!r)
+            r = put_n(c, key, 10 + key);
+        assert_non_null(r);
+        if (*(int *)net_cache_val(r) != (int)key)
+            return (void *)1;
+        if (i % 97 == 0)
+            net_cache_drop(c, key);
+        net_cache_release(c, r);
+    }
+    return NULL;
+}
+
+static void test_cache_threads(void **st)
+{
+    (void)st;
+    net_cache *c;
+    assert_int_equal(net_cache_new(200, 64, &c), NET_OK);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, cache_hammer, c), 0);
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(th[i], &r);
+        assert_null(r);
+    }
+    net_cache_stat cs;
+    net_cache_stats(c, &cs);
+    assert_true(cs.bytes <= 200);
+    net_cache_free(c);
+}
+
+/* ---- access log ------------------------------------------------------------------- */
+
+static void test_alog_order(void **st)
+{
+    (void)st;
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    net_alog *l;
+    assert_int_equal(net_alog_new(f, 0, &l), NET_OK);
+    for (int i = 0; i < 5000; i++)
+        net_alog_printf(l, "GET /v1/items/%d 200 %d 0.1ms\n", i, i * 3);
+    assert_int_equal(net_alog_dropped(l), 0);
+    net_alog_free(l);
+    rewind(f);
+    char line[256];
+    int i = 0;
+    while (fgets(line, sizeof line, f)) {
+        char want[64];
+        snprintf(want, sizeof want, "GET /v1/items/%d 200 %d 0.1ms\n", i, i * 3);
+        assert_string_equal(line, want);
+        i++;
+    }
+    assert_int_equal(i, 5000);
+    fclose(f);
+}
+
+typedef struct drain {
+    int fd;
+    size_t lines, notes;
+    long last; /* the last line's number: must grow */
+    int disorder;
+} drain;
+
+static void *drain_main(void *arg)
+{
+    drain *d = arg;
+    FILE *f = fdopen(d->fd, "r");
+    char line[256];
+    d->last = -1;
+    while (fgets(line, sizeof line, f)) {
+        long k;
+        if (sscanf(line, "GET /%ld ", &k) == 1) {
+            d->disorder |= k <= d->last;
+            d->last = k;
+            d->lines++;
+        } else if (strstr(line, "dropped")) {
+            d->notes++;
+        }
+    }
+    fclose(f);
+    return NULL;
+}
+
+/* A log whose file is a pipe nobody reads: the writer thread blocks, the
+ * caller does not (lines are dropped and counted), and once the pipe is
+ * read again everything queued arrives in order with a note. */
+static void test_alog_stalled(void **st)
+{
+    (void)st;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    FILE *w = fdopen(fds[1], "w");
+    net_alog *l;
+    assert_int_equal(net_alog_new(w, 4096, &l), NET_OK);
+    double t0 = net_now();
+    for (long i = 0; i < 200000; i++)
+        net_alog_printf(l, "GET /%ld 200 10 0.1ms\n", i);
+    double took = net_now() - t0;
+    uint64_t dropped = net_alog_dropped(l);
+    assert_true(dropped > 0);
+    assert_true(took < 10); /* it never waited on the pipe */
+    drain d = {.fd = fds[0]};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, drain_main, &d), 0);
+    net_alog_free(l);
+    fclose(w);
+    pthread_join(th, NULL);
+    assert_int_equal(d.disorder, 0);
+    assert_int_equal(d.lines + dropped, 200000);
+    assert_true(d.notes >= 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -411,6 +596,10 @@ int main(void)
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_png_roundtrip),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_cache_threads),
+        cmocka_unit_test(test_alog_order),
+        cmocka_unit_test(test_alog_stalled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

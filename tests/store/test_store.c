@@ -114,7 +114,7 @@ static store_item mkitem(uint64_t n, const char *payload)
 static uint64_t put1(store *s, const store_item *it, int has_vec, store_space sp, const float *v,
                      int *existed)
 {
-    store_put p = {it, has_vec, sp, v, NULL, 0};
+    store_put p = {it, has_vec, sp, v, NULL, 0, NULL, 0, 0};
     uint64_t id = 0;
     int ex = -1;
     int r = store_put_batch(s, &p, 1, &id, &ex);
@@ -349,7 +349,7 @@ static void test_open_create_reopen(void **state)
     assert_int_equal(store_vector_get(s, STORE_SPACE_IMAGE, 1, got), STORE_OK);
     assert_memory_equal(got, v, sizeof v);
     store_item it2 = mkitem(2, NULL);
-    store_put p = {&it2, 0, 0, NULL, NULL, 0};
+    store_put p = {&it2, 0, 0, NULL, NULL, 0, NULL, 0, 0};
     assert_int_equal(store_put_batch(s, &p, 1, NULL, NULL), STORE_READONLY);
     assert_non_null(strstr(store_errmsg(s), dir));
     assert_int_equal(store_item_delete(s, 1), STORE_READONLY);
@@ -493,7 +493,7 @@ static void test_put_ids(void **state)
     for (int i = 0; i < 3; i++) {
         fill_vec(v[i], 4, (uint64_t)i);
         it[i] = mkitem((uint64_t)i, NULL);
-        p[i] = (store_put){&it[i], 1, (store_space)i, v[i], NULL, 0};
+        p[i] = (store_put){&it[i], 1, (store_space)i, v[i], NULL, 0, NULL, 0, 0};
     }
     uint64_t ids[3];
     int ex[3];
@@ -519,7 +519,7 @@ static void test_put_ids(void **state)
 
     /* A batch with the same new item twice gets one id; ids never go back. */
     store_item a = mkitem(10, NULL), b = mkitem(11, NULL);
-    store_put q[3] = {{&a, 0, 0, NULL, NULL, 0}, {&b, 0, 0, NULL, NULL, 0}, {&a, 0, 0, NULL, NULL, 0}};
+    store_put q[3] = {{&a, 0, 0, NULL, NULL, 0, NULL, 0, 0}, {&b, 0, 0, NULL, NULL, 0, NULL, 0, 0}, {&a, 0, 0, NULL, NULL, 0, NULL, 0, 0}};
     assert_int_equal(store_put_batch(s, q, 3, ids, ex), STORE_OK);
     assert_int_equal(ids[0], 4);
     assert_int_equal(ids[1], 5);
@@ -612,7 +612,7 @@ static void test_item_roundtrip(void **state)
     /* Invalid items write nothing. */
     store_item badkind = mkitem(3, NULL);
     badkind.kind = (store_kind)9;
-    store_put p = {&badkind, 0, 0, NULL, NULL, 0};
+    store_put p = {&badkind, 0, 0, NULL, NULL, 0, NULL, 0, 0};
     assert_int_equal(store_put_batch(s, &p, 1, NULL, NULL), STORE_INVAL);
     store_item baddim = mkitem(3, NULL);
     baddim.ndim = 5;
@@ -662,11 +662,11 @@ static void test_vectors_gens(void **state)
     /* Batch 1: three image vectors.  Batch 2: one image, one volume, one
      * item without a vector. */
     for (int i = 0; i < 3; i++)
-        p[i] = (store_put){&it[i], 1, STORE_SPACE_IMAGE, v[i], NULL, 0};
+        p[i] = (store_put){&it[i], 1, STORE_SPACE_IMAGE, v[i], NULL, 0, NULL, 0, 0};
     assert_int_equal(store_put_batch(s, p, 3, NULL, NULL), STORE_OK);
-    p[3] = (store_put){&it[3], 1, STORE_SPACE_IMAGE, v[3], NULL, 0};
-    p[4] = (store_put){&it[4], 1, STORE_SPACE_VOLUME, v[4], NULL, 0};
-    p[5] = (store_put){&it[5], 0, 0, NULL, NULL, 0};
+    p[3] = (store_put){&it[3], 1, STORE_SPACE_IMAGE, v[3], NULL, 0, NULL, 0, 0};
+    p[4] = (store_put){&it[4], 1, STORE_SPACE_VOLUME, v[4], NULL, 0, NULL, 0, 0};
+    p[5] = (store_put){&it[5], 0, 0, NULL, NULL, 0, NULL, 0, 0};
     assert_int_equal(store_put_batch(s, p + 3, 3, NULL, NULL), STORE_OK);
 
     store_space_stat st;
@@ -714,21 +714,21 @@ static void test_vectors_gens(void **state)
     float bad[DIM];
     fill_vec(bad, DIM, 9);
     bad[7] = NAN;
-    store_put q[2] = {{&n1, 1, STORE_SPACE_IMAGE, v[0], NULL, 0}, {&n2, 1, STORE_SPACE_IMAGE, bad, NULL, 0}};
+    store_put q[2] = {{&n1, 1, STORE_SPACE_IMAGE, v[0], NULL, 0, NULL, 0, 0}, {&n2, 1, STORE_SPACE_IMAGE, bad, NULL, 0, NULL, 0, 0}};
     assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
     assert_non_null(strstr(store_errmsg(s), "batch item 1"));
     bad[7] = INFINITY;
     assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
-    q[1] = (store_put){&n2, 1, (store_space)4, v[1], NULL, 0};
+    q[1] = (store_put){&n2, 1, (store_space)4, v[1], NULL, 0, NULL, 0, 0};
     assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
     assert_non_null(strstr(store_errmsg(s), "batch item 1"));
-    q[1] = (store_put){&n2, 1, STORE_SPACE_IMAGE, NULL, NULL, 0};
+    q[1] = (store_put){&n2, 1, STORE_SPACE_IMAGE, NULL, NULL, 0, NULL, 0, 0};
     assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
     /* Payloads that are not JSON objects. */
     const char *badjson[] = {"{\"a\": ", "", "[1,2]", "{\"a\":1} trailing", "42"};
     for (size_t i = 0; i < sizeof badjson / sizeof *badjson; i++) {
         n2.payload_json = (char *)badjson[i];
-        q[1] = (store_put){&n2, 0, 0, NULL, NULL, 0};
+        q[1] = (store_put){&n2, 0, 0, NULL, NULL, 0, NULL, 0, 0};
         assert_int_equal(store_put_batch(s, q, 2, NULL, NULL), STORE_INVAL);
         assert_non_null(strstr(store_errmsg(s), "batch item 1"));
     }
@@ -1007,7 +1007,7 @@ static int put_range(store *s, uint64_t from, uint64_t to, size_t batch)
             it[n] = mkitem(i, pl[n]);
             hash_of("d", i % 1000, it[n].data_hash);
             fill_vec(v + n * GDIM, GDIM, i);
-            p[n] = (store_put){&it[n], 1, (store_space)(i % 3), v + n * GDIM, NULL, 0};
+            p[n] = (store_put){&it[n], 1, (store_space)(i % 3), v + n * GDIM, NULL, 0, NULL, 0, 0};
         }
         r = store_put_batch(s, p, n, NULL, NULL);
     }
@@ -1427,9 +1427,62 @@ static void test_corrupt_item(void **state)
     rmdb(dir);
 }
 
+/* Fingerprints: written with their item, scanned in id order with their tag
+ * and dimension, deleted with the item, rejected when not finite. */
+static int fp_count(void *ctx, uint64_t id, uint32_t tag, uint32_t dim, const float *fp)
+{
+    uint64_t *seen = ctx;
+    assert_int_equal(tag, 77);
+    assert_int_equal(dim, 5);
+    assert_true(fp[0] == (float)id);
+    seen[0]++;
+    seen[1] = id;
+    return 0;
+}
+
+static void test_fingerprints(void **state)
+{
+    char *dir = tmpdb(state);
+    store *s;
+    store_opts o = {.create = 1, .dim = 4, .model_id = "fp"};
+    assert_int_equal(store_open(dir, &o, &s, NULL, 0), STORE_OK);
+    store_item a = {.kind = STORE_KIND_VOLUME}, b = {.kind = STORE_KIND_VOLUME};
+    a.content_hash[0] = 1;
+    b.content_hash[0] = 2;
+    float v[4] = {1, 0, 0, 0}, f1[5] = {1, 2, 3, 4, 5}, f2[5] = {2, 0, 0, 0, 0};
+    store_put p[2] = {{.item = &a, .has_vector = 1, .space = STORE_SPACE_VOLUME, .vector = v,
+                       .fingerprint = f1, .fp_dim = 5, .fp_tag = 77},
+                      {.item = &b, .has_vector = 1, .space = STORE_SPACE_VOLUME, .vector = v,
+                       .fingerprint = f2, .fp_dim = 5, .fp_tag = 77}};
+    uint64_t ids[2];
+    assert_int_equal(store_put_batch(s, p, 2, ids, NULL), STORE_OK);
+    uint64_t seen[2] = {0};
+    assert_int_equal(store_fingerprints_scan(s, fp_count, seen), STORE_OK);
+    assert_int_equal(seen[0], 2);
+    assert_int_equal(seen[1], 2);
+    float nan[5] = {NAN, 0, 0, 0, 0};
+    store_item c = {.kind = STORE_KIND_VOLUME};
+    c.content_hash[0] = 3;
+    store_put q = {.item = &c, .fingerprint = nan, .fp_dim = 5, .fp_tag = 77};
+    assert_int_equal(store_put_batch(s, &q, 1, NULL, NULL), STORE_INVAL);
+    assert_int_equal(store_item_delete(s, ids[0]), STORE_OK);
+    seen[0] = 0;
+    assert_int_equal(store_fingerprints_scan(s, fp_count, seen), STORE_OK);
+    assert_int_equal(seen[0], 1);
+    store_close(s);
+    store_opts ro = {.readonly = 1};
+    assert_int_equal(store_open(dir, &ro, &s, NULL, 0), STORE_OK);
+    seen[0] = 0;
+    assert_int_equal(store_fingerprints_scan(s, fp_count, seen), STORE_OK);
+    assert_int_equal(seen[0], 1);
+    store_close(s);
+    rmdb(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_fingerprints, setup_dir, teardown_dir),
         cmocka_unit_test(test_errnos),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_sha256),

@@ -1,0 +1,276 @@
+/* fingerprint.c - acquisition-invariant fingerprints (see fingerprint.h).
+ *
+ * Volumes.  Read in RAS with the affine (so LPS storage, slice order and
+ * the oblique grid are undone by the world coordinates), intensities to
+ * [0, 1] (CT: the HU window -1000..400, which is calibrated; others:
+ * percentile scaling).  The body is what is brighter than air; the air
+ * inside it along each left-right row (lungs, airways) gives the anchor:
+ * its centroid fixes the translation (a table offset, the patient's shift)
+ * and the principal axis of its axial spread the rotation about z (the
+ * patient turned on the table).  Every voxel is then splatted trilinearly
+ * by its world position, relative to that frame, into a coarse grid of
+ * cells; a cell's value is the weighted mean intensity, blurred [1 2 1]
+ * along each axis, which averages the noise out and tolerates the few
+ * millimetres a small rotation moves.  Cells that no voxel reached (out of
+ * the field of view) read as air.  The grid is then made zero-mean and
+ * unit-length, which removes what is left of gain and offset.
+ *
+ * The parameters below were chosen on synthetic rescans (docs/dedup.md):
+ * extra channels (fat and bone fractions), a high-pass, finer cells or a
+ * wider box all separated rescans from other patients less well.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "encoder/fingerprint.h"
+#include "encoder/image.h"
+
+typedef struct fp_params {
+    int nx, ny, nz;
+    float cell;      /* mm (volumes) */
+    float body_thr;  /* [0, 1] intensity above which a voxel is body */
+    int rotate;      /* align the axial principal axis */
+    int blur;        /* [1 2 1] passes */
+    int hp;          /* high-pass: subtract this many more [1 2 1] passes */
+    int nch;         /* volume channels: intensity, then fat, bone fractions */
+    float chw[3];    /* channel weights */
+} fp_params;
+
+static const fp_params FP_DEFAULT = {ENC_FP_VOL_NX, ENC_FP_VOL_NY, ENC_FP_VOL_NZ, ENC_FP_VOL_CELL,
+                                     0.35f, 1, 1, 0, 1, {1, 1, 1}};
+
+/* Blurs a grid in place with [1 2 1] / 4 along each axis (edges repeat). */
+static void blur3(float *g, int nx, int ny, int nz, float *tmp)
+{
+    int n[3] = {nx, ny, nz};
+    size_t st[3] = {1, (size_t)nx, (size_t)nx * ny};
+    size_t tot = (size_t)nx * ny * nz;
+    for (int a = 0; a < 3; a++) {
+        if (n[a] < 2)
+            continue;
+        memcpy(tmp, g, tot * sizeof *g);
+        for (size_t p = 0; p < tot; p++) {
+            int c = (int)((p / st[a]) % (size_t)n[a]);
+            float l = tmp[c > 0 ? p - st[a] : p], r = tmp[c + 1 < n[a] ? p + st[a] : p];
+            g[p] = 0.25f * l + 0.5f * tmp[p] + 0.25f * r;
+        }
+    }
+}
+
+/* g minus g blurred by `passes` more [1 2 1] passes: keeps the local
+ * detail, drops the gross shape every patient shares.  tmp: 2 grids. */
+static void highpass(float *g, int nx, int ny, int nz, int passes, float *tmp)
+{
+    if (passes <= 0)
+        return;
+    size_t n = (size_t)nx * ny * nz;
+    float *lo = tmp + n;
+    memcpy(lo, g, n * sizeof *g);
+    for (int b = 0; b < passes; b++)
+        blur3(lo, nx, ny, nz, tmp);
+    for (size_t i = 0; i < n; i++)
+        g[i] -= lo[i];
+}
+
+/* Zero mean, unit length; a constant grid becomes all zeros but for a
+ * unit first element, so that the vector is still normalised. */
+static void normalise(float *g, size_t n)
+{
+    double m = 0, s = 0;
+    for (size_t i = 0; i < n; i++)
+        m += g[i];
+    m /= (double)n;
+    for (size_t i = 0; i < n; i++) {
+        g[i] = (float)(g[i] - m);
+        s += (double)g[i] * g[i];
+    }
+    if (s < 1e-20) {
+        memset(g, 0, n * sizeof *g);
+        g[0] = 1;
+        return;
+    }
+    float inv = (float)(1 / sqrt(s));
+    for (size_t i = 0; i < n; i++)
+        g[i] *= inv;
+}
+
+/* Trilinear splat of nch values v at continuous cell coordinates (gx, gy,
+ * gz): acc holds nch grids of ng cells, wt the weights. */
+static void splatn(float *acc, float *wt, int nx, int ny, int nz, double gx, double gy, double gz,
+                   const float *v, int nch, size_t ng)
+{
+    int x0 = (int)floor(gx), y0 = (int)floor(gy), z0 = (int)floor(gz);
+    float fx = (float)(gx - x0), fy = (float)(gy - y0), fz = (float)(gz - z0);
+    for (int dz = 0; dz < 2; dz++) {
+        int z = z0 + dz;
+        if (z < 0 || z >= nz)
+            continue;
+        float wz = dz ? fz : 1 - fz;
+        for (int dy = 0; dy < 2; dy++) {
+            int y = y0 + dy;
+            if (y < 0 || y >= ny)
+                continue;
+            float wy = wz * (dy ? fy : 1 - fy);
+            for (int dx = 0; dx < 2; dx++) {
+                int x = x0 + dx;
+                if (x < 0 || x >= nx)
+                    continue;
+                float w = wy * (dx ? fx : 1 - fx);
+                size_t c = ((size_t)z * ny + y) * nx + x;
+                for (int ch = 0; ch < nch; ch++)
+                    acc[ch * ng + c] += w * v[ch];
+                wt[c] += w;
+            }
+        }
+    }
+}
+
+static int scale_intensities(enc_vol *v, enc_modality mod, const char *path, char *errbuf,
+                             size_t errlen)
+{
+    if (mod == ENC_MOD_CT) {
+        enc_img_ct_window(v, -1000.0f, 400.0f);
+        return ENC_OK;
+    }
+    int rc = enc_img_mr_scale(v, 0.5f, 99.5f);
+    if (rc && errbuf)
+        snprintf(errbuf, errlen, "%s: cannot scale intensities: %s", path, enc_strerror(rc));
+    return rc;
+}
+
+int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
+                              char *errbuf, size_t errlen);
+int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
+                              char *errbuf, size_t errlen)
+{
+    enc_vol v = {0};
+    int rc = enc_img_read_nifti(path, NULL, &v, errbuf, errlen);
+    if (rc)
+        return rc;
+    if ((rc = scale_intensities(&v, mod, path, errbuf, errlen))) {
+        enc_vol_free(&v);
+        return rc;
+    }
+    const int nx = v.nx, ny = v.ny, nz = v.nz;
+    const double(*A)[4] = v.affine;
+    const float thr = pr->body_thr;
+
+    /* The anchor: air inside the body along each row, else the body, else
+     * everything. */
+    double s1[3] = {0}, sxx = 0, syy = 0, sxy = 0, cnt = 0;
+    double b1[3] = {0}, bcnt = 0;
+    for (int k = 0; k < nz; k++)
+        for (int j = 0; j < ny; j++) {
+            const float *row = v.data + ((size_t)k * ny + j) * nx;
+            int i0 = -1, i1 = -1;
+            for (int i = 0; i < nx; i++)
+                if (row[i] > thr) {
+                    if (i0 < 0)
+                        i0 = i;
+                    i1 = i;
+                }
+            for (int i = 0; i < nx; i++) {
+                double w[3];
+                for (int a = 0; a < 3; a++)
+                    w[a] = A[a][0] * i + A[a][1] * j + A[a][2] * k + A[a][3];
+                if (row[i] > thr) {
+                    for (int a = 0; a < 3; a++)
+                        b1[a] += w[a];
+                    bcnt++;
+                } else if (i0 >= 0 && i > i0 && i < i1) {
+                    for (int a = 0; a < 3; a++)
+                        s1[a] += w[a];
+                    sxx += w[0] * w[0];
+                    syy += w[1] * w[1];
+                    sxy += w[0] * w[1];
+                    cnt++;
+                }
+            }
+        }
+    double c[3] = {0}, th = 0;
+    if (cnt >= 8) {
+        for (int a = 0; a < 3; a++)
+            c[a] = s1[a] / cnt;
+        double cxx = sxx / cnt - c[0] * c[0], cyy = syy / cnt - c[1] * c[1],
+               cxy = sxy / cnt - c[0] * c[1];
+        if (pr->rotate && cxx > cyy)
+            th = 0.5 * atan2(2 * cxy, cxx - cyy);
+        if (th > 0.35)
+            th = 0.35;
+        if (th < -0.35)
+            th = -0.35;
+    } else if (bcnt >= 1) {
+        for (int a = 0; a < 3; a++)
+            c[a] = b1[a] / bcnt;
+    } else {
+        double mid[3] = {(nx - 1) / 2.0, (ny - 1) / 2.0, (nz - 1) / 2.0};
+        for (int a = 0; a < 3; a++)
+            c[a] = A[a][0] * mid[0] + A[a][1] * mid[1] + A[a][2] * mid[2] + A[a][3];
+    }
+
+    const int gx = pr->nx, gy = pr->ny, gz = pr->nz, nch = pr->nch;
+    size_t ng = (size_t)gx * gy * gz;
+    float *acc = calloc(ng * nch, sizeof *acc), *wt = calloc(2 * ng, sizeof *wt);
+    if (!acc || !wt) {
+        free(acc);
+        free(wt);
+        enc_vol_free(&v);
+        if (errbuf)
+            snprintf(errbuf, errlen, "%s: out of memory", path);
+        return ENC_NOMEM;
+    }
+    /* World -> grid: subtract the anchor, rotate by -th about z, scale to
+     * cells with the anchor in the middle of the grid. */
+    const double ct = cos(th), sn = sin(th), inv = 1.0 / pr->cell;
+    const double ox = (gx - 1) / 2.0, oy = (gy - 1) / 2.0, oz = (gz - 1) / 2.0;
+    /* fat -150..-50 HU, bone above 250 HU, in the window's [0, 1] */
+    const float fat_lo = 850.0f / 1400, fat_hi = 950.0f / 1400, bone = 1250.0f / 1400;
+    for (int k = 0; k < nz; k++)
+        for (int j = 0; j < ny; j++) {
+            const float *row = v.data + ((size_t)k * ny + j) * nx;
+            for (int i = 0; i < nx; i++) {
+                double w[3];
+                for (int a = 0; a < 3; a++)
+                    w[a] = A[a][0] * i + A[a][1] * j + A[a][2] * k + A[a][3] - c[a];
+                double px = ct * w[0] + sn * w[1], py = -sn * w[0] + ct * w[1];
+                float val[3] = {row[i], row[i] >= fat_lo && row[i] <= fat_hi ? 1.0f : 0.0f,
+                                row[i] > bone ? 1.0f : 0.0f};
+                splatn(acc, wt, gx, gy, gz, px * inv + ox, py * inv + oy, w[2] * inv + oz, val,
+                       nch, ng);
+            }
+        }
+    enc_vol_free(&v);
+    for (int ch = 0; ch < nch; ch++) {
+        float *g = acc + ch * ng;
+        for (size_t p = 0; p < ng; p++)
+            g[p] = wt[p] > 0.05f ? g[p] / wt[p] : 0.0f;
+    }
+    double wsum = 0;
+    for (int ch = 0; ch < nch; ch++)
+        wsum += (double)pr->chw[ch] * pr->chw[ch];
+    for (int ch = 0; ch < nch; ch++) {
+        float *g = acc + ch * ng;
+        for (int b = 0; b < pr->blur; b++)
+            blur3(g, gx, gy, gz, wt);
+        highpass(g, gx, gy, gz, pr->hp, wt);
+        normalise(g, ng);
+        float f = (float)(pr->chw[ch] / sqrt(wsum));
+        for (size_t p = 0; p < ng; p++)
+            out[ch * ng + p] = g[p] * f;
+    }
+    free(acc);
+    free(wt);
+    return ENC_OK;
+}
+
+int enc_fingerprint_volume(const char *path, enc_modality mod, float *out, char *errbuf,
+                           size_t errlen)
+{
+    return enc__fingerprint_volume_p(path, mod, &FP_DEFAULT, out, errbuf, errlen);
+}

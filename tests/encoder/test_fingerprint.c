@@ -1,0 +1,101 @@
+/* test_fingerprint.c - acquisition fingerprints: a rescan of a synthetic
+ * phantom scores above the default threshold, another phantom below. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "encoder/fingerprint.h"
+#include "encoder/synth.h"
+#include "testutil.h"
+
+/* Writes the CT of (patient, acquisition) with the given storage order to
+ * dir/name and fingerprints it. */
+static void fp_of(const char *dir, const char *name, uint64_t patient, uint64_t acq, int storage,
+                  float *fp)
+{
+    enc_synth_opts o = {.size = ENC_SYNTH_SIZE_SMALL};
+    enc_synth_req rq = {.patient_seed = patient, .acq_seed = acq, .kinds = ENC_SYNTH_VOLUME,
+                        .storage = storage};
+    enc_synth_study st;
+    char err[512], *path = tu_path(dir, name);
+    assert_int_equal(enc_synth_study_make(&o, &rq, &st, err, sizeof err), ENC_OK);
+    assert_int_equal(enc_synth_write_nifti(&st, path, err, sizeof err), ENC_OK);
+    int rc = enc_fingerprint_volume(path, ENC_MOD_CT, fp, err, sizeof err);
+    if (rc)
+        fail_msg("%s", err);
+    enc_synth_study_free(&st);
+    free(path);
+}
+
+static double dot(const float *a, const float *b)
+{
+    double s = 0;
+    for (int i = 0; i < ENC_FP_VOLUME_DIM; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+static void test_rescan_and_other(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    assert_non_null(dir);
+    float *a = malloc(4 * ENC_FP_VOLUME_DIM * sizeof *a);
+    assert_non_null(a);
+    float *b = a + ENC_FP_VOLUME_DIM, *c = b + ENC_FP_VOLUME_DIM, *d = c + ENC_FP_VOLUME_DIM;
+    fp_of(dir, "a.nii.gz", 7, 100, ENC_SYNTH_STORE_RAS, a);
+    fp_of(dir, "b.nii.gz", 7, 101, ENC_SYNTH_STORE_LPS, b); /* rescan, stored LPS */
+    fp_of(dir, "c.nii.gz", 8, 100, ENC_SYNTH_STORE_RAS, c); /* another patient */
+    fp_of(dir, "d.nii", 7, 100, ENC_SYNTH_STORE_RAS, d);    /* same scan, uncompressed */
+    /* unit length, zero mean */
+    double m = 0;
+    for (int i = 0; i < ENC_FP_VOLUME_DIM; i++)
+        m += a[i];
+    assert_true(fabs(dot(a, a) - 1) < 1e-4);
+    assert_true(fabs(m) < 1e-3);
+    /* deterministic: the same voxels give the same vector */
+    assert_memory_equal(a, d, ENC_FP_VOLUME_DIM * sizeof *a);
+    double same = dot(a, b), other = dot(a, c);
+    print_message("rescan %.5f, other patient %.5f, threshold %.4f\n", same, other,
+                  (double)ENC_FP_THRESHOLD);
+    assert_true(same >= ENC_FP_THRESHOLD);
+    assert_true(other < ENC_FP_THRESHOLD);
+    free(a);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_bad_file(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp(), *path = tu_path(dir, "junk.nii");
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs("not a nifti file at all", f);
+    fclose(f);
+    float fp[ENC_FP_VOLUME_DIM];
+    char err[512] = "";
+    fp[0] = 42;
+    assert_int_not_equal(enc_fingerprint_volume(path, ENC_MOD_CT, fp, err, sizeof err), ENC_OK);
+    assert_non_null(strstr(err, "junk.nii"));
+    assert_true(fp[0] == 42); /* out untouched on failure */
+    free(path);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rescan_and_other),
+        cmocka_unit_test(test_bad_file),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

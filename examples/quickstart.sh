@@ -44,7 +44,7 @@ RADIOGRAPH=$(ls "$W/data/test/"img_*.png | head -n 1)
 say "Radiograph -> report ($(basename "$RADIOGRAPH"): $(grep -o "\"file\":\"test/$(basename "$RADIOGRAPH")\".*\"report\":\"[^\"]*" "$W/data/test.jsonl" | sed 's/.*Impression: //' | head -c 80))"
 "$B/medsem" search --db "$W/db" --image "$RADIOGRAPH" --target report --k 3
 
-say "Dedup: exact copies by content hash, near duplicates by embedding similarity"
+say "Dedup: exact copies by content hash, rescans by acquisition fingerprints"
 "$B/medsem" dedup --db "$W/db" | head -n 12
 
 say "Ingesting again adds nothing"

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The shipped default model end to end through the real CLI: a held-out synthetic
+# set (a seed never used in training) is ingested with models/default, every
+# volume's report is sent to 'medsem search --text --target volume', and the label
+# precision@10 of those searches must equal what 'medsem eval' reports for the
+# same model and manifest (the search path ranks like the evaluation), and beat
+# the random ranking clearly.  Skips (77) when models/default is absent.
+set -u
+B=${top_builddir:-$(cd "$(dirname "$0")/../.." && pwd)}
+SRC=${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
+MEDSEM="$B/medsem"
+MODEL=${MEDSEM_MODEL:-$SRC/models/default}
+NVOL=${MEDSEM_TEST_VOLUMES:-120}
+if [ ! -s "$MODEL/model.safetensors" ]; then
+    echo "SKIP: no default model in $MODEL"
+    exit 77
+fi
+command -v python3 >/dev/null || { echo "SKIP: python3 is not installed"; exit 77; }
+T=$(mktemp -d /tmp/medsem-default.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+
+"$MEDSEM" synth --out "$T/syn" --volumes "$NVOL" --images 20 --seed 4242 --split test \
+    --size small --quiet || { echo "synth failed"; exit 1; }
+M="$T/syn/test.jsonl"
+"$MEDSEM" ingest --db "$T/db" --model "$MODEL" --manifest "$M" --quiet || { echo "ingest failed"; exit 1; }
+"$MEDSEM" eval --model "$MODEL" --manifest "$M" --json --quiet > "$T/eval.json" || { echo "eval failed"; exit 1; }
+
+python3 - "$MEDSEM" "$T/db" "$M" "$T/eval.json" <<'PY'
+import json, subprocess, sys
+medsem, db, manifest, evalf = sys.argv[1:5]
+def labels(d):
+    return frozenset((l["finding"], l["location"]) for l in d.get("labels", []))
+vols = [json.loads(l) for l in open(manifest) if json.loads(l)["kind"] == "volume"]
+ev = json.load(open(evalf))["directions"]["text->volume"]
+fails, n, total = 0, 0, 0.0
+for q in vols:
+    out = subprocess.run([medsem, "search", "--db", db, "--text", q["report"],
+                          "--target", "volume", "--k", "10", "--json"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        print("not ok - search failed:", out.stderr.strip()); sys.exit(1)
+    hits = json.loads(out.stdout)["results"][0]["hits"]
+    if len(hits) != 10:
+        print("not ok - %d hits, want 10" % len(hits)); sys.exit(1)
+    if any(not h.get("slices") for h in hits):
+        fails += 1
+    total += sum(labels(h["payload"]) == labels(q) for h in hits) / 10.0
+    n += 1
+p10 = total / n
+want, rnd = ev["label_precision_at_10"], ev["random"]["label_precision_at_10"]
+print("# %d text->volume searches: label P@10 %.4f; medsem eval %.4f; random %.4f"
+      % (n, p10, want, rnd))
+ok = True
+if fails:
+    print("not ok 1 - %d searches returned volumes without best slices" % fails); ok = False
+else:
+    print("ok 1 - every text->volume hit carries its best slices")
+if abs(p10 - want) > 0.02:
+    print("not ok 2 - search P@10 %.4f differs from eval's %.4f" % (p10, want)); ok = False
+else:
+    print("ok 2 - search reaches the precision eval reports")
+if not p10 >= rnd + 0.05:
+    print("not ok 3 - P@10 %.4f is not clearly above random %.4f" % (p10, rnd)); ok = False
+else:
+    print("ok 3 - the default model beats the random ranking")
+sys.exit(0 if ok else 1)
+PY

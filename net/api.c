@@ -16,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "encoder/fingerprint.h"
 #include "net/internal.h"
 
 #define SEARCH_LIMIT_MAX 1000
@@ -863,7 +864,7 @@ static void do_dedup(net_call *c)
         net_api_error(c, 500, "reading the database");
         return;
     }
-    double thr = 0.95;
+    double thr = 0;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "threshold");
     if (t && !cJSON_IsNull(t)) {
         if (!cJSON_IsNumber(t) || !(t->valuedouble > 0) || t->valuedouble > 1) {
@@ -875,7 +876,26 @@ static void do_dedup(net_call *c)
     srch_dedup_result *r = NULL;
     char err[1024];
     double t0 = net_now();
-    int rc = net_engine_dedup(c->engine, sp, (float)thr, &r, err, sizeof err);
+    int rc = NET_OK, fp = 0;
+    if (!given) {
+        /* like medsem dedup: rescans by the volume fingerprints when the
+         * database has them, else the model's embeddings of the default target */
+        rc = net_engine_dedup_fp(c->engine, thr > 0 ? (float)thr : ENC_FP_THRESHOLD, &r, err,
+                                 sizeof err);
+        if (!rc && r->scanned) {
+            fp = 1;
+            if (!(thr > 0))
+                thr = ENC_FP_THRESHOLD;
+        } else if (!rc) {
+            srch_dedup_free(r);
+            r = NULL;
+        }
+    }
+    if (!rc && !fp) {
+        if (!(thr > 0))
+            thr = 0.95;
+        rc = net_engine_dedup(c->engine, sp, (float)thr, &r, err, sizeof err);
+    }
     c->t_search = net_now() - t0;
     if (rc) {
         fail_rc(c, rc, err);
@@ -883,7 +903,7 @@ static void do_dedup(net_call *c)
     }
     net_buf *b = ok_begin(c);
     net_buf_puts(b, "{\"target\":");
-    net_buf_json_str(b, store_space_name(sp));
+    net_buf_json_str(b, fp ? "fingerprint" : store_space_name(sp));
     net_buf_puts(b, ",\"threshold\":");
     net_buf_json_num(b, thr);
     net_buf_puts(b, ",\"exact\":");

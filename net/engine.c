@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "encoder/encoder.h"
+#include "encoder/fingerprint.h"
 #include "encoder/image.h"
 #include "encoder/preprocess.h"
 #include "indexer/indexer.h"
@@ -797,6 +798,17 @@ done:
     else
         vol_destroy(v);
     return rc;
+}
+
+int net_engine_dedup_fp(net_engine *e, float threshold, srch_dedup_result **out, char *errbuf,
+                        size_t errlen)
+{
+    char err[1024];
+    int rc = srch_dedup_fingerprints(e->s, ENC_FP_TAG, ENC_FP_VOLUME_DIM, threshold, out, err,
+                                     sizeof err);
+    if (rc)
+        return net__fail(errbuf, errlen, rc == SRCH_INVAL ? NET_INVAL : NET_ENGINE, "%s", err);
+    return NET_OK;
 }
 
 int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_result **out,

@@ -328,6 +328,10 @@ int net_engine_put(net_engine *e, const net_put_item *items, size_t n, net_put_r
 int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_arena *a,
                        void **png, size_t *len, char *errbuf, size_t errlen);
 
+/* Near duplicates from the volume fingerprints stored at ingest (no index
+ * involved; docs/dedup.md).  (*out)->scanned == 0 when the database has none. */
+int net_engine_dedup_fp(net_engine *e, float threshold, srch_dedup_result **out, char *errbuf,
+                        size_t errlen);
 int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_result **out,
                      char *errbuf, size_t errlen);
 

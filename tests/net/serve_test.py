@@ -287,6 +287,10 @@ def endpoints(P, items):
 
     s, h, j = jreq(P, "POST", "/v1/dedup", {"target": "image", "threshold": 0.999})
     ok(s == 200 and "exact" in j["result"] and "near" in j["result"], "POST /v1/dedup", j)
+    s, h, j = jreq(P, "POST", "/v1/dedup", {})
+    ok(s == 200 and j["result"]["target"] == "fingerprint" and j["result"]["scanned"] >= 1
+       and j["result"]["threshold"] == 0.9975,
+       "POST /v1/dedup without a target uses the volume fingerprints, like medsem dedup", j)
 
     s, h, j = jreq(P, "DELETE", "/v1/items/%d" % REP)
     ok(s == 200 and j["result"]["deleted"], "DELETE /v1/items/{id}", j)

@@ -31,13 +31,7 @@
 #include <cblas.h>
 
 #include "encoder/model.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "bench/bench_util.h"
 
 static uint64_t rng_state = 1;
 static float frand(void)
@@ -47,30 +41,6 @@ static float frand(void)
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     z ^= z >> 31;
     return (float)((double)(z >> 11) * (2.0 / 9007199254740992.0) - 1.0);
-}
-
-/* GFLOP/s of one n x n x n sgemm, best of reps. */
-static double sgemm_peak(int n, int reps)
-{
-    float *a = malloc((size_t)n * n * sizeof(float)), *b = malloc((size_t)n * n * sizeof(float));
-    float *c = malloc((size_t)n * n * sizeof(float));
-    if (a == NULL || b == NULL || c == NULL) {
-        free(a), free(b), free(c);
-        return 0;
-    }
-    for (size_t i = 0; i < (size_t)n * n; i++)
-        a[i] = frand(), b[i] = frand(), c[i] = 0;
-    double best = 1e30;
-    for (int r = 0; r < reps + 1; r++) { /* the first is a warm-up */
-        double t = now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
-                    n);
-        t = now() - t;
-        if (r > 0 && t < best)
-            best = t;
-    }
-    free(a), free(b), free(c);
-    return 2.0 * n * n * (double)n / best * 1e-9;
 }
 
 /* Matrix-product flops of one input through a transformer of L layers,
@@ -134,11 +104,11 @@ static int run_case(const enc_model *m, const bcase *c, double seconds)
             break;
         }
         if (t0 == 0) { /* the warm-up run: first touch of the arena */
-            t0 = now();
+            t0 = bench_now();
             continue;
         }
         runs++;
-        elapsed = now() - t0;
+        elapsed = bench_now() - t0;
         if (elapsed >= seconds)
             break;
     }
@@ -219,7 +189,7 @@ int main(int argc, char **argv)
         " \"text\": {\"vocab_size\": 30522, \"hidden_size\": 768, \"num_layers\": 12,"
         "  \"num_heads\": 12, \"intermediate_size\": 3072, \"max_position_embeddings\": 512,"
         "  \"type_vocab_size\": 2, \"layer_norm_eps\": 1e-12, \"max_len\": 128}}";
-    double t = now();
+    double t = bench_now();
     enc_backend *be = enc_backend_cpu_new(threads);
     if (be == NULL) {
         fprintf(stderr, "out of memory\n");
@@ -239,11 +209,11 @@ int main(int argc, char **argv)
         params += p.count;
     }
     printf("random medsem model: %.1fM parameters, built in %.1f s; %d threads\n", params * 1e-6,
-           now() - t, be->nthreads);
+           bench_now() - t, be->nthreads);
     /* the peak with OpenBLAS's own threads, then back to the backend's setting */
     openblas_set_num_threads(be->nthreads);
     printf("sgemm peak (2048^3, OpenBLAS, %d threads, best of 3): %.1f GFLOP/s\n\n",
-           be->nthreads, sgemm_peak(2048, 3));
+           be->nthreads, bench_sgemm_peak(2048, 3));
     openblas_set_num_threads(1);
     printf("%-34s %5s %6s %10s %10s %9s %8s\n", "case", "batch", "runs", "items/s", "ms/item",
            "GFLOP/s", "arena MB");

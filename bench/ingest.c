@@ -33,13 +33,7 @@
 #include "ingest/ingest.h"
 #include "searcher/searcher.h"
 #include "store/store.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "bench/bench_util.h"
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -94,12 +88,12 @@ static int throughput(const char *model, const char *dir, size_t nv, size_t ni, 
     ingest_stats st;
     /* A warm-up pass (page cache, allocator) so both timed runs start alike. */
     ingest_run(pl, p, NULL, &o, &st, err, sizeof err);
-    double t0 = now();
+    double t0 = bench_now();
     if (ingest_run(pl, p, NULL, &o, &st, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    double enc = now() - t0;
+    double enc = bench_now() - t0;
     snprintf(path, sizeof path, "%s/db-ingest", dir);
     store *s = NULL;
     store_opts sto = {.create = 1, .dim = (uint32_t)enc_pipeline_dim(p),
@@ -108,12 +102,12 @@ static int throughput(const char *model, const char *dir, size_t nv, size_t ni, 
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    t0 = now();
+    t0 = bench_now();
     if (ingest_run(pl, p, s, &o, &st, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    double full = now() - t0;
+    double full = bench_now() - t0;
     printf("ingest of %zu items (%zu volumes with %d slices each, %zu radiographs, reports), "
            "%d workers:\n", n, nv, st.slices, ni, workers);
     printf("  encode only   %6.2f s  %7.1f items/s\n", enc, n / enc);
@@ -145,7 +139,7 @@ static int latency(const char *model, const char *dir, size_t N, int nq)
     }
     uint64_t have = 0;
     store_item_count(s, &have);
-    double t0 = now();
+    double t0 = bench_now();
     const size_t B = 2000;
     float *v = malloc(B * (SLICES + 2) * d * sizeof *v);
     store_item *it = calloc(B, sizeof *it);
@@ -181,7 +175,7 @@ static int latency(const char *model, const char *dir, size_t N, int nq)
         fprintf(stderr, "index: %s\n", x ? idx_space_errmsg(x) : err);
         return 1;
     }
-    double build = now() - t0;
+    double build = bench_now() - t0;
     idx_info info;
     idx_space_info(x, &info);
     enc_worker *w = NULL;
@@ -196,7 +190,7 @@ static int latency(const char *model, const char *dir, size_t N, int nq)
     srch_hit hits[10];
     srch_slice best[3];
     for (int i = 0; i < nq + 5; i++) {
-        double a = now();
+        double a = bench_now();
         const char *t = texts[i % 8];
         size_t nh = 0, nb;
         srch_query qq = {.vec = q, .k = 10, .exclude_id = -1};
@@ -212,7 +206,7 @@ static int latency(const char *model, const char *dir, size_t N, int nq)
             srch_best_slices(s, (uint64_t)hits[h].id, q, 3, best, &nb, err, sizeof err);
         }
         if (i >= 5) /* the first few warm caches up */
-            lat[i - 5] = (now() - a) * 1e3;
+            lat[i - 5] = (bench_now() - a) * 1e3;
     }
     qsort(lat, (size_t)nq, sizeof *lat, cmp_d);
     printf("text -> volume (k 10, 3 best slices per hit) over %zu volumes (%zu slice vectors; "

@@ -23,13 +23,7 @@
 
 #include "indexer/faiss_ext.h"
 #include "indexer/indexer.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "bench/bench_util.h"
 
 static uint64_t rng_state;
 static uint64_t rnd(void)
@@ -89,19 +83,19 @@ static void measure(const char *name, search_fn fn, void *ctx, const float *q, s
 {
     float *s = malloc(nq * 10 * sizeof *s);
     int64_t *l = malloc(nq * 10 * sizeof *l);
-    double t0 = now();
+    double t0 = bench_now();
     if (fn(ctx, q, nq, 10, s, l)) {
         printf("  %-22s search failed\n", name);
         goto out;
     }
-    double batch = now() - t0;
+    double batch = bench_now() - t0;
     size_t singles = 0;
-    t0 = now();
-    while (singles < nq && (now() - t0 < seconds || singles < 5)) {
+    t0 = bench_now();
+    while (singles < nq && (bench_now() - t0 < seconds || singles < 5)) {
         fn(ctx, q + singles * d, 1, 10, s, l + 0);
         singles++;
     }
-    double single = now() - t0;
+    double single = bench_now() - t0;
     /* Re-run the batch for the recall (single runs overwrote the first row). */
     fn(ctx, q, nq, 10, s, l);
     printf("  %-22s %12.0f %12.1f %10.2f %9.4f  %s\n", name, (double)nq / batch,
@@ -186,9 +180,9 @@ int main(int argc, char **argv)
 
             FaissIndex *flat = NULL;
             faiss_index_factory(&flat, (int)d, "Flat", METRIC_INNER_PRODUCT);
-            double t0 = now();
+            double t0 = bench_now();
             faiss_Index_add(flat, (idx_t)n, x);
-            double tadd = now() - t0;
+            double tadd = bench_now() - t0;
             faiss_Index_search(flat, (idx_t)nq, q, 10, gs, gt);
             char note[160];
             snprintf(note, sizeof note, "add %.1f s (ground truth)", tadd);
@@ -198,22 +192,22 @@ int main(int argc, char **argv)
             char err[512];
             idx_space *ex = NULL;
             idx_opts eo = {.factory = "Flat"};
-            t0 = now();
+            t0 = bench_now();
             if (idx_space_build(x, ids, n, (uint32_t)d, &eo, &ex, err, sizeof err)) {
                 fprintf(stderr, "%s\n", err);
                 return 1;
             }
-            snprintf(note, sizeof note, "IDMap2,Flat, build %.1f s", now() - t0);
+            snprintf(note, sizeof note, "IDMap2,Flat, build %.1f s", bench_now() - t0);
             measure("medsem exact", ours_search, ex, q, nq, d, seconds, gt, note);
             idx_space_free(ex);
 
             idx_space *ann = NULL;
-            t0 = now();
+            t0 = bench_now();
             if (idx_space_build(x, ids, n, (uint32_t)d, NULL, &ann, err, sizeof err)) {
                 fprintf(stderr, "%s\n", err);
                 return 1;
             }
-            double tb = now() - t0;
+            double tb = bench_now() - t0;
             idx_info in;
             idx_space_info(ann, &in);
             snprintf(note, sizeof note, "%s nprobe=%d, tuned recall %.3f, build+train+tune %.1f s",

@@ -30,47 +30,7 @@
 #include "encoder/tokenizer.h"
 #include "encoder/train.h"
 #include "encoder/trainer.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static float frand(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    return (float)((double)(z >> 11) / 9007199254740992.0);
-}
-
-/* GFLOP/s of one n x n x n sgemm, best of reps (after a warm-up). */
-static double sgemm_peak(int n, int reps)
-{
-    float *a = malloc((size_t)n * n * sizeof(float)), *b = malloc((size_t)n * n * sizeof(float));
-    float *c = malloc((size_t)n * n * sizeof(float));
-    uint64_t s = 1;
-    if (a == NULL || b == NULL || c == NULL) {
-        free(a), free(b), free(c);
-        return 0;
-    }
-    for (size_t i = 0; i < (size_t)n * n; i++)
-        a[i] = frand(&s), b[i] = frand(&s), c[i] = 0;
-    double best = 1e30;
-    for (int r = 0; r < reps + 1; r++) {
-        double t = now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
-                    n);
-        t = now() - t;
-        if (r > 0 && t < best)
-            best = t;
-    }
-    free(a), free(b), free(c);
-    return 2.0 * n * n * (double)n / best * 1e-9;
-}
+#include "bench/bench_util.h"
 
 static const char *const REPORTS[] = {
     "Findings: The lungs are clear. No pleural effusion or pneumothorax.\nImpression: Normal.",
@@ -142,7 +102,7 @@ int main(int argc, char **argv)
     uint64_t s = 7;
     for (int i = 0; i < 64; i++) {
         for (int j = 0; j < 16 * 64 * 64; j++)
-            x[j] = frand(&s);
+            x[j] = bench_frand01(&s);
         if (enc_trainer_add(t, ENC_VOLUME, x, REPORTS[i % 4], err, sizeof err) ||
             enc_trainer_add(t, ENC_IMAGE, x, REPORTS[(i + 1) % 4], err, sizeof err)) {
             fprintf(stderr, "items: %s\n", err);
@@ -159,17 +119,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "step: %s\n", err);
         return 1;
     }
-    double t0 = now();
+    double t0 = bench_now();
     for (int i = 0; i < steps; i++)
         if (enc_trainer_step(t, &st, err, sizeof err)) {
             fprintf(stderr, "step: %s\n", err);
             return 1;
         }
-    double el = now() - t0;
+    double el = bench_now() - t0;
     enc_trainer_free(t);
     enc_tok_free(tok);
     openblas_set_num_threads(o.threads);
-    double peak = sgemm_peak(2048, 3);
+    double peak = bench_sgemm_peak(2048, 3);
     double gf = flops * steps / el * 1e-9;
     printf("%d steps in %.2f s: %.3f s/step, %.1f samples/s, %.2f GFLOP/step, %.1f GFLOP/s\n",
            steps, el, el / steps, st.samples * steps / el, flops * 1e-9, gf);

@@ -34,6 +34,12 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
 int cli_parse_double(const char *s, double *out);
 
+/* An option's value, parsed as above; on failure prints "--NAME 'ARG':
+ * expected an integer from MIN to MAX" (or "a number in (0, 1]") and
+ * returns -1, leaving *out alone.  name is the long option without "--". */
+int cli_opt_u64(const char *name, const char *arg, uint64_t min, uint64_t max, uint64_t *out);
+int cli_opt_fraction(const char *name, const char *arg, double *out);
+
 /* Opens an existing database (never creates one); prints the reason and
  * returns NULL on failure. */
 store *cli_open_db(const char *dir);

@@ -62,17 +62,12 @@ int cmd_import(int argc, char **argv)
         case 'M': model = optarg; break;
         case 'q': quiet = 1; break;
         case 'r':
-            if (cli_parse_double(optarg, &o.index.target_recall) || o.index.target_recall <= 0 ||
-                o.index.target_recall > 1) {
-                cli_error("--target-recall '%s': expected a number in (0, 1]", optarg);
+            if (cli_opt_fraction("target-recall", optarg, &o.index.target_recall))
                 return CLI_BAD_INPUT;
-            }
             break;
         case 'b':
-            if (cli_parse_u64(optarg, 1, 1 << 20, &u)) {
-                cli_error("--batch '%s': expected an integer from 1 to 1048576", optarg);
+            if (cli_opt_u64("batch", optarg, 1, 1 << 20, &u))
                 return CLI_BAD_INPUT;
-            }
             o.batch = (size_t)u;
             break;
         case 'h': usage(stdout); return CLI_OK;

@@ -80,32 +80,23 @@ int cmd_ingest(int argc, char **argv)
         case 'q': quiet = 1; break;
         case 'i': o.index.factory = optarg; break;
         case 'w':
-            if (cli_parse_u64(optarg, 1, 256, &u)) {
-                cli_error("--workers '%s': expected an integer from 1 to 256", optarg);
+            if (cli_opt_u64("workers", optarg, 1, 256, &u))
                 return CLI_BAD_INPUT;
-            }
             o.workers = (int)u;
             break;
         case 'b':
-            if (cli_parse_u64(optarg, 1, 4096, &u)) {
-                cli_error("--batch '%s': expected an integer from 1 to 4096", optarg);
+            if (cli_opt_u64("batch", optarg, 1, 4096, &u))
                 return CLI_BAD_INPUT;
-            }
             o.batch = (int)u;
             break;
         case 'c':
-            if (cli_parse_u64(optarg, 1, 1 << 20, &u)) {
-                cli_error("--commit '%s': expected an integer from 1 to 1048576", optarg);
+            if (cli_opt_u64("commit", optarg, 1, 1 << 20, &u))
                 return CLI_BAD_INPUT;
-            }
             o.commit = (size_t)u;
             break;
         case 'r':
-            if (cli_parse_double(optarg, &o.index.target_recall) || o.index.target_recall <= 0 ||
-                o.index.target_recall > 1) {
-                cli_error("--target-recall '%s': expected a number in (0, 1]", optarg);
+            if (cli_opt_fraction("target-recall", optarg, &o.index.target_recall))
                 return CLI_BAD_INPUT;
-            }
             break;
         case 'h': usage(stdout); return CLI_OK;
         default: usage(stderr); return CLI_USAGE;

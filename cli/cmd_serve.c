@@ -89,31 +89,23 @@ int cmd_serve(int argc, char **argv)
         case 'a': access = optarg; break;
         case 'q': quiet = 1; break;
         case 'w':
-            if (cli_parse_u64(optarg, 1, 256, &u)) {
-                cli_error("--workers '%s': expected an integer from 1 to 256", optarg);
+            if (cli_opt_u64("workers", optarg, 1, 256, &u))
                 return CLI_BAD_INPUT;
-            }
             o.workers = (int)u;
             break;
         case 'Q':
-            if (cli_parse_u64(optarg, 1, 1 << 20, &u)) {
-                cli_error("--queue '%s': expected an integer from 1 to 1048576", optarg);
+            if (cli_opt_u64("queue", optarg, 1, 1 << 20, &u))
                 return CLI_BAD_INPUT;
-            }
             o.queue_max = (size_t)u;
             break;
         case 'P':
-            if (cli_parse_u64(optarg, 1, 1 << 16, &u)) {
-                cli_error("--preview-cache-mb '%s': expected an integer from 1 to 65536", optarg);
+            if (cli_opt_u64("preview-cache-mb", optarg, 1, 1 << 16, &u))
                 return CLI_BAD_INPUT;
-            }
             o.preview_cache = (size_t)u << 20;
             break;
         case 'B':
-            if (cli_parse_u64(optarg, 1, 1024, &u)) {
-                cli_error("--max-body-mb '%s': expected an integer from 1 to 1024", optarg);
+            if (cli_opt_u64("max-body-mb", optarg, 1, 1024, &u))
                 return CLI_BAD_INPUT;
-            }
             o.max_body = (size_t)u << 20;
             break;
         case 'r':

@@ -52,6 +52,26 @@ int cli_parse_double(const char *s, double *out)
     return 0;
 }
 
+int cli_opt_u64(const char *name, const char *arg, uint64_t min, uint64_t max, uint64_t *out)
+{
+    if (!cli_parse_u64(arg, min, max, out))
+        return 0;
+    cli_error("--%s '%s': expected an integer from %llu to %llu", name, arg,
+              (unsigned long long)min, (unsigned long long)max);
+    return -1;
+}
+
+int cli_opt_fraction(const char *name, const char *arg, double *out)
+{
+    double d;
+    if (!cli_parse_double(arg, &d) && d > 0 && d <= 1) {
+        *out = d;
+        return 0;
+    }
+    cli_error("--%s '%s': expected a number in (0, 1]", name, arg);
+    return -1;
+}
+
 store *cli_open_db(const char *dir)
 {
     store *s = NULL;

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "indexer/indexer.h"
+#include "util/util.h"
 
 struct idx_import {
     idx_import_opts o;
@@ -27,19 +28,6 @@ struct idx_import {
     uint32_t dim;
 };
 
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 static const char *const string_fields[] = {"kind", "modality", "file", "source", "dataset",
                                             "report"};
 
@@ -48,13 +36,13 @@ static int slurp(const char *path, char **out, size_t *len, char *errbuf, size_t
 {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return fail(errbuf, errlen, IDX_IO, "%s: %s", path, strerror(errno));
+        return util_errf(errbuf, errlen, IDX_IO, "%s: %s", path, strerror(errno));
     size_t cap = 1 << 16, n = 0;
     char *b = malloc(cap + 1);
     for (;;) {
         if (!b) {
             fclose(f);
-            return fail(errbuf, errlen, IDX_NOMEM, "%s: out of memory", path);
+            return util_errf(errbuf, errlen, IDX_NOMEM, "%s: out of memory", path);
         }
         size_t r = fread(b + n, 1, cap - n, f);
         n += r;
@@ -70,7 +58,7 @@ static int slurp(const char *path, char **out, size_t *len, char *errbuf, size_t
     fclose(f);
     if (bad) {
         free(b);
-        return fail(errbuf, errlen, IDX_IO, "%s: read error", path);
+        return util_errf(errbuf, errlen, IDX_IO, "%s: read error", path);
     }
     b[n] = 0;
     *out = b;
@@ -83,34 +71,38 @@ static int check_line(const char *path, size_t lineno, const char *line, char *e
                       size_t errlen)
 {
     if (!*line)
-        return fail(errbuf, errlen, IDX_FORMAT, "%s: line %zu: empty line (expected a JSON object)",
-                    path, lineno);
+        return util_errf(errbuf, errlen, IDX_FORMAT,
+                         "%s: line %zu: empty line (expected a JSON object)",
+                         path, lineno);
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithOpts(line, &end, 1);
     if (!j) {
         size_t col = end && end >= line ? (size_t)(end - line) + 1 : 1;
-        return fail(errbuf, errlen, IDX_FORMAT, "%s: line %zu: invalid JSON near column %zu", path,
-                    lineno, col);
+        return util_errf(errbuf, errlen, IDX_FORMAT,
+                         "%s: line %zu: invalid JSON near column %zu", path,
+                         lineno, col);
     }
     int rc = IDX_OK;
     if (!cJSON_IsObject(j)) {
-        rc = fail(errbuf, errlen, IDX_FORMAT, "%s: line %zu: expected a JSON object", path, lineno);
+        rc = util_errf(errbuf, errlen, IDX_FORMAT,
+                       "%s: line %zu: expected a JSON object", path, lineno);
         goto out;
     }
     for (size_t i = 0; i < sizeof string_fields / sizeof *string_fields; i++) {
         cJSON *v = cJSON_GetObjectItemCaseSensitive(j, string_fields[i]);
         if (v && !cJSON_IsString(v)) {
-            rc = fail(errbuf, errlen, IDX_FORMAT, "%s: line %zu: field '%s' must be a string", path,
-                      lineno, string_fields[i]);
+            rc = util_errf(errbuf, errlen, IDX_FORMAT,
+                           "%s: line %zu: field '%s' must be a string", path,
+                           lineno, string_fields[i]);
             goto out;
         }
     }
     cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "kind");
     store_kind kind;
     if (k && store_kind_parse(k->valuestring, &kind))
-        rc = fail(errbuf, errlen, IDX_FORMAT,
-                  "%s: line %zu: field 'kind' is '%s'; expected vector, image, volume or report",
-                  path, lineno, k->valuestring);
+        rc = util_errf(errbuf, errlen, IDX_FORMAT,
+                       "%s: line %zu: field 'kind' is '%s'; expected vector, image, volume or report",
+                       path, lineno, k->valuestring);
 out:
     cJSON_Delete(j);
     return rc;
@@ -119,12 +111,12 @@ out:
 int idx_import_prepare(const idx_import_opts *o, idx_import **out, char *errbuf, size_t errlen)
 {
     if (!o->vectors_path || !o->meta_path)
-        return fail(errbuf, errlen, IDX_INVAL, "import needs --vectors and --meta");
+        return util_errf(errbuf, errlen, IDX_INVAL, "import needs --vectors and --meta");
     if (!store_space_name(o->space))
-        return fail(errbuf, errlen, IDX_INVAL, "unknown space");
+        return util_errf(errbuf, errlen, IDX_INVAL, "unknown space");
     idx_import *im = calloc(1, sizeof *im);
     if (!im)
-        return fail(errbuf, errlen, IDX_NOMEM, "out of memory");
+        return util_errf(errbuf, errlen, IDX_NOMEM, "out of memory");
     im->o = *o;
     if (!im->o.batch)
         im->o.batch = 1024;
@@ -134,12 +126,13 @@ int idx_import_prepare(const idx_import_opts *o, idx_import **out, char *errbuf,
     im->rows = idx_npy_rows(im->npy);
     size_t cols = idx_npy_cols(im->npy);
     if (im->rows == 0) {
-        rc = fail(errbuf, errlen, IDX_FORMAT, "%s: the matrix has no rows", o->vectors_path);
+        rc = util_errf(errbuf, errlen, IDX_FORMAT, "%s: the matrix has no rows", o->vectors_path);
         goto bad;
     }
     if (cols == 0 || cols > 65536) {
-        rc = fail(errbuf, errlen, IDX_FORMAT, "%s: %zu columns; a vector has 1 to 65536 dimensions",
-                  o->vectors_path, cols);
+        rc = util_errf(errbuf, errlen, IDX_FORMAT,
+                       "%s: %zu columns; a vector has 1 to 65536 dimensions",
+                       o->vectors_path, cols);
         goto bad;
     }
     im->dim = (uint32_t)cols;
@@ -154,7 +147,7 @@ int idx_import_prepare(const idx_import_opts *o, idx_import **out, char *errbuf,
         goto bad;
     im->line_off = malloc(im->rows * sizeof *im->line_off);
     if (!im->line_off) {
-        rc = fail(errbuf, errlen, IDX_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, IDX_NOMEM, "out of memory");
         goto bad;
     }
     size_t nlines = 0, pos = 0;
@@ -166,8 +159,9 @@ int idx_import_prepare(const idx_import_opts *o, idx_import **out, char *errbuf,
             llen--;
         im->text[pos + llen] = 0;
         if (strlen(im->text + pos) != llen) {
-            rc = fail(errbuf, errlen, IDX_FORMAT, "%s: line %zu: contains a NUL byte", o->meta_path,
-                      nlines + 1);
+            rc = util_errf(errbuf, errlen, IDX_FORMAT,
+                           "%s: line %zu: contains a NUL byte", o->meta_path,
+                           nlines + 1);
             goto bad;
         }
         if (nlines < im->rows)
@@ -176,8 +170,9 @@ int idx_import_prepare(const idx_import_opts *o, idx_import **out, char *errbuf,
         pos = end + 1;
     }
     if (nlines != im->rows) {
-        rc = fail(errbuf, errlen, IDX_FORMAT, "%s has %zu lines but %s has %zu rows", o->meta_path,
-                  nlines, o->vectors_path, im->rows);
+        rc = util_errf(errbuf, errlen, IDX_FORMAT,
+                       "%s has %zu lines but %s has %zu rows", o->meta_path,
+                       nlines, o->vectors_path, im->rows);
         goto bad;
     }
     for (size_t i = 0; i < im->rows; i++) {
@@ -189,20 +184,21 @@ int idx_import_prepare(const idx_import_opts *o, idx_import **out, char *errbuf,
     /* Every value finite, every row of non-zero norm. */
     float *row = malloc(cols * sizeof *row);
     if (!row) {
-        rc = fail(errbuf, errlen, IDX_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, IDX_NOMEM, "out of memory");
         goto bad;
     }
     for (size_t i = 0; i < im->rows && !rc; i++) {
         idx_npy_row(im->npy, i, row);
         size_t c = idx_first_nonfinite(row, cols);
         if (c < cols)
-            rc = fail(errbuf, errlen, IDX_FORMAT, "%s: row %zu, column %zu is %s (line %zu of %s)",
-                      o->vectors_path, i, c, row[c] != row[c] ? "NaN" : "infinite", i + 1,
-                      o->meta_path);
+            rc = util_errf(errbuf, errlen, IDX_FORMAT,
+                           "%s: row %zu, column %zu is %s (line %zu of %s)",
+                           o->vectors_path, i, c, row[c] != row[c] ? "NaN" : "infinite", i + 1,
+                           o->meta_path);
         else if (idx_l2_normalize(row, cols))
-            rc = fail(errbuf, errlen, IDX_FORMAT,
-                      "%s: row %zu has zero norm and cannot be compared by cosine similarity",
-                      o->vectors_path, i);
+            rc = util_errf(errbuf, errlen, IDX_FORMAT,
+                           "%s: row %zu has zero norm and cannot be compared by cosine similarity",
+                           o->vectors_path, i);
     }
     free(row);
     if (rc)
@@ -293,8 +289,9 @@ int idx_import_run(idx_import *im, store *s, idx_import_stats *st, char *errbuf,
     if (st)
         *st = (idx_import_stats){.rows = im->rows};
     if (store_dim(s) != im->dim)
-        return fail(errbuf, errlen, IDX_INVAL, "%s: vectors have %u dimensions, the database %u",
-                    im->o.vectors_path, im->dim, store_dim(s));
+        return util_errf(errbuf, errlen, IDX_INVAL,
+                         "%s: vectors have %u dimensions, the database %u",
+                         im->o.vectors_path, im->dim, store_dim(s));
     idx_space *x = NULL;
     int rc = idx_space_open(s, im->o.space, &im->o.index, &x, errbuf, errlen);
     if (rc)
@@ -308,7 +305,7 @@ int idx_import_run(idx_import *im, store *s, idx_import_stats *st, char *errbuf,
     idx_import_stats acc = {.rows = im->rows};
     size_t batches = 0;
     if (!vecs || !items || !puts || !ids || !existed) {
-        rc = fail(errbuf, errlen, IDX_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, IDX_NOMEM, "out of memory");
         goto out;
     }
     for (size_t start = 0; start < im->rows; start += b) {
@@ -319,7 +316,7 @@ int idx_import_run(idx_import *im, store *s, idx_import_stats *st, char *errbuf,
             idx_l2_normalize(v, im->dim);
             rc = make_item(im, start + i, v, &items[i]);
             if (rc) {
-                fail(errbuf, errlen, rc, "out of memory");
+                util_errf(errbuf, errlen, rc, "out of memory");
                 goto out;
             }
             puts[i] = (store_put){.item = &items[i], .has_vector = 1, .space = im->o.space,
@@ -329,8 +326,8 @@ int idx_import_run(idx_import *im, store *s, idx_import_stats *st, char *errbuf,
         for (size_t i = 0; i < n; i++)
             clear_item(&items[i]);
         if (s_rc) {
-            rc = fail(errbuf, errlen, IDX_STORE, "writing rows %zu-%zu: %s", start,
-                      start + n - 1, store_errmsg(s));
+            rc = util_errf(errbuf, errlen, IDX_STORE, "writing rows %zu-%zu: %s", start,
+                           start + n - 1, store_errmsg(s));
             goto out;
         }
         for (size_t i = 0; i < n; i++) {
@@ -341,12 +338,12 @@ int idx_import_run(idx_import *im, store *s, idx_import_stats *st, char *errbuf,
         }
         rc = idx_space_sync(x);
         if (rc) {
-            fail(errbuf, errlen, rc, "%s", idx_space_errmsg(x));
+            util_errf(errbuf, errlen, rc, "%s", idx_space_errmsg(x));
             goto out;
         }
         batches++;
         if (im->o.save_every && batches % im->o.save_every == 0 && (rc = idx_space_save(x))) {
-            fail(errbuf, errlen, rc, "%s", idx_space_errmsg(x));
+            util_errf(errbuf, errlen, rc, "%s", idx_space_errmsg(x));
             goto out;
         }
         if (im->o.on_commit)
@@ -354,7 +351,7 @@ int idx_import_run(idx_import *im, store *s, idx_import_stats *st, char *errbuf,
     }
     rc = idx_space_save(x);
     if (rc)
-        fail(errbuf, errlen, rc, "%s", idx_space_errmsg(x));
+        util_errf(errbuf, errlen, rc, "%s", idx_space_errmsg(x));
     idx_space_info(x, &acc.index);
     acc.index.loaded = NULL;
 out:

@@ -30,6 +30,7 @@
 #include "encoder/image.h"
 #include "encoder/fingerprint.h"
 #include "ingest/ingest.h"
+#include "util/util.h"
 
 #define DEFAULT_BATCH 8
 #define DEFAULT_COMMIT 256
@@ -54,26 +55,6 @@ const char *ingest_strerror(int code)
 const char *ingest_errname(int code)
 {
     return code >= 0 && code < INGEST_NERR ? ingest_names[code] : "INGEST_UNKNOWN";
-}
-
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* ---- the plan ------------------------------------------------------------------ */
@@ -144,6 +125,63 @@ static int str_field(const cJSON *j, const char *k, char **out)
     return (*out = strdup(v->valuestring)) ? 0 : -2;
 }
 
+/* The checks a manifest line and an in-memory item share once their fields
+ * are in *it: a report must not be blank, a report item needs one, and any
+ * other item needs a readable regular file, kept (resolved) in it->path.
+ * file is taken relative to base unless absolute or base is NULL; what names
+ * the missing field in the message.  Returns 0, 1 (bad: reason in why) or -1
+ * (out of memory). */
+static int check_item(pitem *it, const char *base, const char *file, const char *what,
+                      char *why, size_t wlen)
+{
+    if (it->report && blank(it->report)) {
+        snprintf(why, wlen, "empty 'report'");
+        return 1;
+    }
+    if (it->kind == STORE_KIND_REPORT) {
+        if (!it->report) {
+            snprintf(why, wlen, "a report item needs a non-empty 'report'");
+            return 1;
+        }
+        return 0;
+    }
+    if (!file || !*file) {
+        snprintf(why, wlen, "a%s %s item needs %s", it->kind == STORE_KIND_IMAGE ? "n" : "",
+                 store_kind_name(it->kind), what);
+        return 1;
+    }
+    struct stat sb;
+    char *p = NULL;
+    int rc = 0;
+    if (base && file[0] != '/' && asprintf(&p, "%s/%s", base, file) < 0)
+        return -1;
+    const char *f = p ? p : file;
+    if (stat(f, &sb) || access(f, R_OK)) {
+        snprintf(why, wlen, "%s: %s", f, strerror(errno));
+        rc = 1;
+    } else if (!S_ISREG(sb.st_mode)) {
+        snprintf(why, wlen, "%s: not a regular file", f);
+        rc = 1;
+    } else if (!(it->path = realpath(f, NULL)) && !(it->path = strdup(f))) {
+        rc = -1;
+    }
+    free(p);
+    return rc;
+}
+
+/* The end of both checks: the payload as canonical JSON when all went well,
+ * a cleared item (but for its line) when not.  Returns rc, or -1 when the
+ * JSON cannot be printed. */
+static int finish_item(pitem *it, const cJSON *j, size_t line, int rc)
+{
+    if (!rc && !(it->json = cJSON_PrintUnformatted(j)))
+        rc = -1;
+    if (rc)
+        pitem_clear(it);
+    it->line = line;
+    return rc;
+}
+
 /* Checks one line into *it; returns 0, 1 (bad: reason in why) or -1 (out
  * of memory). */
 static int parse_line(const char *line, size_t lineno, const char *base, pitem *it, char *why,
@@ -191,49 +229,9 @@ static int parse_line(const char *line, size_t lineno, const char *base, pitem *
             rc = 1;
         }
     }
-    if (!rc && it->report && blank(it->report)) {
-        snprintf(why, wlen, "empty 'report'");
-        rc = 1;
-    } else if (!rc && it->kind == STORE_KIND_REPORT) {
-        if (!it->report) {
-            snprintf(why, wlen, "a report item needs a non-empty 'report'");
-            rc = 1;
-        }
-    } else if (!rc) {
-        struct stat sb;
-        char *p = NULL;
-        if (!file || !*file) {
-            snprintf(why, wlen, "a%s %s item needs 'file'", it->kind == STORE_KIND_IMAGE ? "n" : "",
-                     store_kind_name(it->kind));
-            rc = 1;
-        } else if (file[0] != '/' && asprintf(&p, "%s/%s", base, file) < 0) {
-            rc = -1;
-        } else if (!p && !(p = strdup(file))) {
-            rc = -1;
-        } else if (stat(p, &sb) || access(p, R_OK)) {
-            snprintf(why, wlen, "%s: %s", p, strerror(errno));
-            rc = 1;
-        } else if (!S_ISREG(sb.st_mode)) {
-            snprintf(why, wlen, "%s: not a regular file", p);
-            rc = 1;
-        } else {
-            char *abs = realpath(p, NULL);
-            if (abs) {
-                free(p);
-                p = abs;
-            }
-        }
-        if (!rc) {
-            it->path = p;
-            p = NULL;
-        }
-        free(p);
-    }
-    if (!rc && !(it->json = cJSON_PrintUnformatted(j)))
-        rc = -1;
-    if (rc)
-        pitem_clear(it);
-    it->line = lineno;
+    if (!rc)
+        rc = check_item(it, base, file, "'file'", why, wlen);
+    rc = finish_item(it, j, lineno, rc);
     free(kind);
     free(file);
     cJSON_Delete(j);
@@ -245,7 +243,7 @@ int ingest_plan_read(const char *manifest, const ingest_opts *o, ingest_plan **o
 {
     FILE *f = fopen(manifest, "r");
     if (!f)
-        return fail(errbuf, errlen, INGEST_IO, "%s: %s", manifest, strerror(errno));
+        return util_errf(errbuf, errlen, INGEST_IO, "%s: %s", manifest, strerror(errno));
     ingest_plan *pl = calloc(1, sizeof *pl);
     char *mcopy = strdup(manifest), *mcopy2 = strdup(manifest);
     if (!pl || !mcopy || !mcopy2 || !(pl->manifest = strdup(manifest))) {
@@ -253,7 +251,7 @@ int ingest_plan_read(const char *manifest, const ingest_opts *o, ingest_plan **o
         free(mcopy);
         free(mcopy2);
         ingest_plan_free(pl);
-        return fail(errbuf, errlen, INGEST_NOMEM, "out of memory");
+        return util_errf(errbuf, errlen, INGEST_NOMEM, "out of memory");
     }
     const char *base = dirname(mcopy);
     const char *name = basename(mcopy2);
@@ -300,14 +298,14 @@ int ingest_plan_read(const char *manifest, const ingest_opts *o, ingest_plan **o
         if (o && o->on_bad)
             o->on_bad(o->ctx, lineno, msg);
         if (o && o->strict) {
-            rc = fail(errbuf, errlen, INGEST_INPUT, "%s", msg);
+            rc = util_errf(errbuf, errlen, INGEST_INPUT, "%s", msg);
             break;
         }
     }
     if (!rc && ferror(f))
-        rc = fail(errbuf, errlen, INGEST_IO, "%s: read error", manifest);
+        rc = util_errf(errbuf, errlen, INGEST_IO, "%s: read error", manifest);
     else if (rc == INGEST_NOMEM)
-        fail(errbuf, errlen, rc, "%s: out of memory at line %zu", manifest, lineno);
+        util_errf(errbuf, errlen, rc, "%s: out of memory at line %zu", manifest, lineno);
     free(line);
     free(mcopy);
     free(mcopy2);
@@ -882,8 +880,8 @@ static int flush(run *r, pending *pd, idx_space **x, ingest_stats *st, char *err
         pd->puts[i].vecs = pd->puts[i].nvecs ? pd->vecs + pd->voff[i] : NULL;
     }
     if (store_put_batch(r->s, pd->puts, pd->n, pd->ids, pd->existed))
-        return fail(errbuf, errlen, INGEST_STORE, "committing %zu items: %s", pd->n,
-                    store_errmsg(r->s));
+        return util_errf(errbuf, errlen, INGEST_STORE, "committing %zu items: %s", pd->n,
+                         store_errmsg(r->s));
     int touched[STORE_NSPACES] = {0};
     for (size_t i = 0; i < pd->n; i++) {
         if (r->res) {
@@ -908,14 +906,14 @@ static int flush(run *r, pending *pd, idx_space **x, ingest_stats *st, char *err
     pd->n = pd->nvecs = 0;
     for (int sp = 0; sp < STORE_NSPACES; sp++)
         if (touched[sp] && x[sp] && idx_space_sync(x[sp]))
-            return fail(errbuf, errlen, INGEST_INDEX, "%s index: %s", store_space_name(sp),
-                        idx_space_errmsg(x[sp]));
+            return util_errf(errbuf, errlen, INGEST_INDEX, "%s index: %s", store_space_name(sp),
+                             idx_space_errmsg(x[sp]));
     if (r->o->save_every && !r->o->no_index && ++pd->since_save >= r->o->save_every) {
         pd->since_save = 0;
         for (int sp = 0; sp < STORE_NSPACES; sp++)
             if (idx_space_save(x[sp]))
-                return fail(errbuf, errlen, INGEST_INDEX, "%s index: %s", store_space_name(sp),
-                            idx_space_errmsg(x[sp]));
+                return util_errf(errbuf, errlen, INGEST_INDEX, "%s index: %s", store_space_name(sp),
+                                 idx_space_errmsg(x[sp]));
     }
     return INGEST_OK;
 }
@@ -930,7 +928,7 @@ static int run_plan(const ingest_plan *pl, const enc_pipeline *p, store *s, cons
     memset(st, 0, sizeof *st);
     st->items = pl->n;
     st->bad = pl->bad;
-    double t0 = now_s();
+    double t0 = util_now();
     ingest_opts oo = o ? *o : (ingest_opts){0};
     if (oo.workers <= 0)
         oo.workers = 1;
@@ -947,18 +945,19 @@ static int run_plan(const ingest_plan *pl, const enc_pipeline *p, store *s, cons
     if (r.D >= (int)STORE_SLICE_MAX)
         r.D = st->slices = 0;
     if (s && store_dim(s) != (uint32_t)r.d)
-        return fail(errbuf, errlen, INGEST_MODEL,
-                    "the model makes %d-dimensional vectors, the database %s holds %u", r.d,
-                    store_dir(s), store_dim(s));
+        return util_errf(errbuf, errlen, INGEST_MODEL,
+                         "the model makes %d-dimensional vectors, the database %s holds %u", r.d,
+                         store_dir(s), store_dim(s));
     if (s && strcmp(store_model_id(s), enc_pipeline_model_id(p)))
-        return fail(errbuf, errlen, INGEST_MODEL, "the database %s holds vectors of model %.16s, "
-                    "not of this model (%.16s)", store_dir(s), store_model_id(s),
-                    enc_pipeline_model_id(p));
+        return util_errf(errbuf, errlen, INGEST_MODEL,
+                         "the database %s holds vectors of model %.16s, "
+                         "not of this model (%.16s)", store_dir(s), store_model_id(s),
+                         enc_pipeline_model_id(p));
 
     /* Jobs: runs of up to batch consecutive items of one kind. */
     r.jobs = calloc(pl->n ? pl->n : 1, sizeof *r.jobs);
     if (!r.jobs)
-        return fail(errbuf, errlen, INGEST_NOMEM, "out of memory");
+        return util_errf(errbuf, errlen, INGEST_NOMEM, "out of memory");
     for (size_t i = 0; i < pl->n;) {
         size_t k = 1;
         while (i + k < pl->n && k < (size_t)oo.batch && pl->it[i + k].kind == pl->it[i].kind)
@@ -986,7 +985,7 @@ static int run_plan(const ingest_plan *pl, const enc_pipeline *p, store *s, cons
     wctx *wc = calloc((size_t)oo.workers, sizeof *wc);
     int nth = 0;
     if (!th || !wc)
-        rc = fail(errbuf, errlen, INGEST_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, INGEST_NOMEM, "out of memory");
     /* A lent worker encodes on this thread, job by job, in the loop below. */
     for (int i = 0; i < oo.workers && !rc && !oo.worker; i++) {
         wc[i].r = &r;
@@ -995,7 +994,7 @@ static int run_plan(const ingest_plan *pl, const enc_pipeline *p, store *s, cons
             break;
         }
         if (pthread_create(&th[i], NULL, worker_main, &wc[i])) {
-            rc = fail(errbuf, errlen, INGEST_NOMEM, "cannot start worker thread %d", i);
+            rc = util_errf(errbuf, errlen, INGEST_NOMEM, "cannot start worker thread %d", i);
             break;
         }
         nth++;
@@ -1020,7 +1019,7 @@ static int run_plan(const ingest_plan *pl, const enc_pipeline *p, store *s, cons
         int fatal = r.jobs[ji].done ? r.jobs[ji].fatal : r.fatal;
         pthread_mutex_unlock(&r.mu);
         if (fatal) {
-            rc = fail(errbuf, errlen, fatal, "%s", r.fatal_msg);
+            rc = util_errf(errbuf, errlen, fatal, "%s", r.fatal_msg);
             break;
         }
         job *j = &r.jobs[ji];
@@ -1038,7 +1037,8 @@ static int run_plan(const ingest_plan *pl, const enc_pipeline *p, store *s, cons
                 if (oo.on_bad)
                     oo.on_bad(oo.ctx, pl->it[j->first + i].line, j->err[i] ? j->err[i] : "bad item");
                 if (oo.strict) {
-                    rc = fail(errbuf, errlen, INGEST_INPUT, "%s", j->err[i] ? j->err[i] : "bad item");
+                    rc = util_errf(errbuf, errlen, INGEST_INPUT,
+                                   "%s", j->err[i] ? j->err[i] : "bad item");
                     stop = 1;
                 }
                 break;
@@ -1053,7 +1053,7 @@ static int run_plan(const ingest_plan *pl, const enc_pipeline *p, store *s, cons
                 break;
             default:
                 if (s && pending_add(&r, &pd, j, i))
-                    rc = fail(errbuf, errlen, INGEST_NOMEM, "out of memory");
+                    rc = util_errf(errbuf, errlen, INGEST_NOMEM, "out of memory");
                 else if (!s)
                     st->added++;
             }
@@ -1103,11 +1103,11 @@ static int run_plan(const ingest_plan *pl, const enc_pipeline *p, store *s, cons
         idx_space_info(x[sp], &info);
         if ((st->vectors[sp] || strcmp(info.loaded, "snapshot")) && info.ntotal &&
             idx_space_save(x[sp]) && !rc)
-            rc = fail(errbuf, errlen, INGEST_INDEX, "%s index: %s", store_space_name(sp),
-                      idx_space_errmsg(x[sp]));
+            rc = util_errf(errbuf, errlen, INGEST_INDEX, "%s index: %s", store_space_name(sp),
+                           idx_space_errmsg(x[sp]));
         idx_space_free(x[sp]);
     }
-    st->seconds = now_s() - t0;
+    st->seconds = util_now() - t0;
     return rc;
 }
 
@@ -1163,37 +1163,11 @@ static int mem_item(const ingest_item *in, size_t i, pitem *it, char *why, size_
             rc = 1;
         }
     }
-    if (!rc && it->report && blank(it->report)) {
-        snprintf(why, wlen, "empty 'report'");
-        rc = 1;
-    } else if (!rc && it->kind == STORE_KIND_REPORT) {
-        if (!it->report) {
-            snprintf(why, wlen, "a report item needs a non-empty 'report'");
-            rc = 1;
-        }
-    } else if (!rc) {
-        struct stat sb;
-        if (!in->path || !*in->path) {
-            snprintf(why, wlen, "a%s %s item needs a file", it->kind == STORE_KIND_IMAGE ? "n" : "",
-                     kname);
-            rc = 1;
-        } else if (stat(in->path, &sb) || access(in->path, R_OK)) {
-            snprintf(why, wlen, "%s: %s", in->path, strerror(errno));
-            rc = 1;
-        } else if (!S_ISREG(sb.st_mode)) {
-            snprintf(why, wlen, "%s: not a regular file", in->path);
-            rc = 1;
-        } else if (!(it->path = realpath(in->path, NULL)) && !(it->path = strdup(in->path))) {
-            rc = -1;
-        }
-    }
+    if (!rc)
+        rc = check_item(it, NULL, in->path, "a file", why, wlen);
     if (!rc && in->dataset && !(it->dataset = strdup(in->dataset)))
         rc = -1;
-    if (!rc && !(it->json = cJSON_PrintUnformatted(j)))
-        rc = -1;
-    if (rc)
-        pitem_clear(it);
-    it->line = i;
+    rc = finish_item(it, j, i, rc);
     cJSON_Delete(j);
     return rc;
 }
@@ -1211,11 +1185,11 @@ int ingest_items(const ingest_item *items, size_t n, const char *name, const enc
                  "%.200s[%zu]: not ingested: the run stopped before this item", name, i);
     }
     if (!s)
-        return fail(errbuf, errlen, INGEST_INVAL, "ingest_items needs a database");
+        return util_errf(errbuf, errlen, INGEST_INVAL, "ingest_items needs a database");
     ingest_plan *pl = calloc(1, sizeof *pl);
     if (!pl || !(pl->manifest = strdup(name)) || !(pl->it = calloc(n ? n : 1, sizeof *pl->it))) {
         ingest_plan_free(pl);
-        return fail(errbuf, errlen, INGEST_NOMEM, "out of memory");
+        return util_errf(errbuf, errlen, INGEST_NOMEM, "out of memory");
     }
     pl->indexed = 1;
     pl->cap = n;
@@ -1225,7 +1199,7 @@ int ingest_items(const ingest_item *items, size_t n, const char *name, const enc
         pl->lines++;
         int r = mem_item(&items[i], i, &pl->it[pl->n], why, sizeof why);
         if (r < 0) {
-            rc = fail(errbuf, errlen, INGEST_NOMEM, "%s[%zu]: out of memory", name, i);
+            rc = util_errf(errbuf, errlen, INGEST_NOMEM, "%s[%zu]: out of memory", name, i);
         } else if (r == 0) {
             pl->n++;
         } else {
@@ -1234,7 +1208,7 @@ int ingest_items(const ingest_item *items, size_t n, const char *name, const enc
             if (o && o->on_bad)
                 o->on_bad(o->ctx, i, res[i].error);
             if (o && o->strict)
-                rc = fail(errbuf, errlen, INGEST_INPUT, "%s", res[i].error);
+                rc = util_errf(errbuf, errlen, INGEST_INPUT, "%s", res[i].error);
         }
     }
     if (!rc)

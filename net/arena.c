@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "net/internal.h"
+#include "util/util.h"
 
 const char *net_strerror(int code)
 {
@@ -34,12 +35,10 @@ const char *net_errname(int code)
 
 int net__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
 {
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    util_verrf(errbuf, errlen, code, fmt, ap);
+    va_end(ap);
     return code;
 }
 

@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "searcher/internal.h"
 #include "searcher/searcher.h"
+#include "util/util.h"
 
 #define DEDUP_BLOCK 256
 
@@ -57,6 +57,32 @@ static void uf_union(uf *u, size_t a, size_t b, float score)
     }
     u->minlink[a] = mn;
     u->maxlink[a] = mx;
+}
+
+/* Gives each of u->n slots its own set; -1 when out of memory (uf_free
+ * then frees what was allocated). */
+static int uf_init(uf *u)
+{
+    size_t n = u->n ? u->n : 1;
+    u->parent = malloc(n * sizeof *u->parent);
+    u->minlink = malloc(n * sizeof *u->minlink);
+    u->maxlink = malloc(n * sizeof *u->maxlink);
+    if (!u->parent || !u->minlink || !u->maxlink)
+        return -1;
+    for (size_t i = 0; i < u->n; i++) {
+        u->parent[i] = i;
+        u->minlink[i] = 2.0f;
+        u->maxlink[i] = -2.0f;
+    }
+    return 0;
+}
+
+static void uf_free(uf *u)
+{
+    free(u->ids);
+    free(u->parent);
+    free(u->minlink);
+    free(u->maxlink);
 }
 
 static long uf_slot(const uf *u, uint64_t id)
@@ -110,7 +136,7 @@ static int flush(scan *s)
     int64_t *ids = NULL;
     float *sc = NULL;
     if (idx_space_range(s->x, s->v, s->n, s->thr, lims, &ids, &sc)) {
-        s->rc = srch__fail(s->errbuf, s->errlen, SRCH_INDEX, "%s", idx_space_errmsg(s->x));
+        s->rc = util_errf(s->errbuf, s->errlen, SRCH_INDEX, "%s", idx_space_errmsg(s->x));
         return -1;
     }
     for (size_t i = 0; i < s->n; i++) {
@@ -210,6 +236,36 @@ out:
     return rc;
 }
 
+static void groups_free(groups *g)
+{
+    for (size_t i = 0; i < g->n; i++)
+        free(g->c[i].ids);
+    free(g->c);
+}
+
+/* Both searches end alike: the near clusters from the union-find, then the
+ * exact and near groups handed over to r.  -1 when out of memory. */
+static int dedup_finish(uf *u, groups *ex, groups *ne, srch_dedup_result *r)
+{
+    if (components(u, ne))
+        return -1;
+    r->exact = ex->c;
+    r->nexact = ex->n;
+    r->near = ne->c;
+    r->nnear = ne->n;
+    ex->c = ne->c = NULL;
+    ex->n = ne->n = 0;
+    return 0;
+}
+
+/* A store call's failure: sr < 0 is out of memory, anything else the
+ * store's own error. */
+static int store_fail(store *st, int sr, char *errbuf, size_t errlen)
+{
+    return sr < 0 ? util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory")
+                  : util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+}
+
 void srch_dedup_free(srch_dedup_result *r)
 {
     if (!r)
@@ -227,8 +283,8 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
                size_t errlen)
 {
     if (!(threshold > 0 && threshold <= 1))
-        return srch__fail(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
-                    (double)threshold);
+        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
+                   (double)threshold);
     srch_dedup_result *r = calloc(1, sizeof *r);
     uf u = {0};
     scan s = {.x = x, .u = &u, .dim = store_dim(st), .thr = threshold, .errbuf = errbuf,
@@ -236,35 +292,25 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
     groups ex = {0}, ne = {0};
     int rc = SRCH_OK;
     if (!r) {
-        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
     int sr = store_datahash_groups(st, exact_cb, &ex);
     if (sr) {
-        rc = sr < 0 ? srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
-                    : srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        rc = store_fail(st, sr, errbuf, errlen);
         goto out;
     }
     store_space sp = idx_space_which(x);
     sr = store_vectors_scan(st, sp, 0, collect_ids, &u);
     if (sr) {
-        rc = sr < 0 ? srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
-                    : srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        rc = store_fail(st, sr, errbuf, errlen);
         goto out;
     }
-    u.parent = malloc((u.n ? u.n : 1) * sizeof *u.parent);
-    u.minlink = malloc((u.n ? u.n : 1) * sizeof *u.minlink);
-    u.maxlink = malloc((u.n ? u.n : 1) * sizeof *u.maxlink);
     s.v = malloc((size_t)DEDUP_BLOCK * s.dim * sizeof *s.v);
     s.qid = malloc(DEDUP_BLOCK * sizeof *s.qid);
-    if (!u.parent || !u.minlink || !u.maxlink || !s.v || !s.qid) {
-        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+    if (uf_init(&u) || !s.v || !s.qid) {
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
-    }
-    for (size_t i = 0; i < u.n; i++) {
-        u.parent[i] = i;
-        u.minlink[i] = 2.0f;
-        u.maxlink[i] = -2.0f;
     }
     sr = store_vectors_scan(st, sp, 0, scan_cb, &s);
     if (!sr && !s.rc)
@@ -274,35 +320,22 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
         goto out;
     }
     if (sr) {
-        rc = srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        rc = util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
         goto out;
     }
-    if (components(&u, &ne)) {
-        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+    if (dedup_finish(&u, &ex, &ne, r)) {
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
-    r->exact = ex.c;
-    r->nexact = ex.n;
-    r->near = ne.c;
-    r->nnear = ne.n;
     r->pairs = s.pairs;
     r->scanned = s.scanned;
-    ex.c = ne.c = NULL;
-    ex.n = ne.n = 0;
     *out = r;
     r = NULL;
 out:
-    for (size_t i = 0; i < ex.n; i++)
-        free(ex.c[i].ids);
-    for (size_t i = 0; i < ne.n; i++)
-        free(ne.c[i].ids);
-    free(ex.c);
-    free(ne.c);
+    groups_free(&ex);
+    groups_free(&ne);
     srch_dedup_free(r);
-    free(u.ids);
-    free(u.parent);
-    free(u.minlink);
-    free(u.maxlink);
+    uf_free(&u);
     free(s.v);
     free(s.qid);
     return rc;
@@ -346,10 +379,10 @@ int srch_dedup_fingerprints(store *st, uint32_t tag, uint32_t dim, float thresho
                             srch_dedup_result **out, char *errbuf, size_t errlen)
 {
     if (!(threshold > 0 && threshold <= 1))
-        return srch__fail(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
-                          (double)threshold);
+        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
+                         (double)threshold);
     if (!dim)
-        return srch__fail(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0");
+        return util_errf(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0");
     srch_dedup_result *r = calloc(1, sizeof *r);
     fpset f = {.tag = tag, .dim = dim};
     uf u = {0};
@@ -357,33 +390,24 @@ int srch_dedup_fingerprints(store *st, uint32_t tag, uint32_t dim, float thresho
     float *sc = NULL;
     int rc = SRCH_OK;
     if (!r) {
-        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
     int sr = store_datahash_groups(st, exact_cb, &ex);
     if (!sr)
         sr = store_fingerprints_scan(st, fp_collect, &f);
     if (sr) {
-        rc = sr < 0 ? srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory")
-                    : srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        rc = store_fail(st, sr, errbuf, errlen);
         goto out;
     }
     /* Fingerprints come in id order: they are the union-find's slots. */
     u.ids = f.ids;
     u.n = f.n;
     f.ids = NULL;
-    u.parent = malloc((u.n ? u.n : 1) * sizeof *u.parent);
-    u.minlink = malloc((u.n ? u.n : 1) * sizeof *u.minlink);
-    u.maxlink = malloc((u.n ? u.n : 1) * sizeof *u.maxlink);
     sc = malloc((size_t)DEDUP_BLOCK * (u.n ? u.n : 1) * sizeof *sc);
-    if (!u.parent || !u.minlink || !u.maxlink || !sc) {
-        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+    if (uf_init(&u) || !sc) {
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
-    }
-    for (size_t i = 0; i < u.n; i++) {
-        u.parent[i] = i;
-        u.minlink[i] = 2.0f;
-        u.maxlink[i] = -2.0f;
     }
     /* Exact all-pairs inner products, a block of rows at a time against
      * the rows after the block's first (each unordered pair once). */
@@ -400,33 +424,20 @@ int srch_dedup_fingerprints(store *st, uint32_t tag, uint32_t dim, float thresho
                 }
             }
     }
-    if (components(&u, &ne)) {
-        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+    if (dedup_finish(&u, &ex, &ne, r)) {
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
-    r->exact = ex.c;
-    r->nexact = ex.n;
-    r->near = ne.c;
-    r->nnear = ne.n;
     r->scanned = u.n;
-    ex.c = ne.c = NULL;
-    ex.n = ne.n = 0;
     *out = r;
     r = NULL;
 out:
-    for (size_t i = 0; i < ex.n; i++)
-        free(ex.c[i].ids);
-    for (size_t i = 0; i < ne.n; i++)
-        free(ne.c[i].ids);
-    free(ex.c);
-    free(ne.c);
+    groups_free(&ex);
+    groups_free(&ne);
     srch_dedup_free(r);
     free(f.v);
     free(f.ids);
-    free(u.ids);
-    free(u.parent);
-    free(u.minlink);
-    free(u.maxlink);
+    uf_free(&u);
     free(sc);
     return rc;
 }

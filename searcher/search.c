@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "searcher/internal.h"
 #include "searcher/searcher.h"
+#include "util/util.h"
 
 static const char *const srch_msgs[] = {
 #define SRCH__MSG(name, msg) msg,
@@ -33,17 +33,6 @@ const char *srch_strerror(int code)
 const char *srch_errname(int code)
 {
     return code >= 0 && code < SRCH_NERR ? srch_names[code] : "SRCH_UNKNOWN";
-}
-
-int srch__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    if (errbuf && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 /* ---- filters ----------------------------------------------------------------- */
@@ -71,11 +60,11 @@ int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t e
     /* The first operator character splits key and value. */
     size_t klen = strcspn(expr, "<>=");
     if (!expr[klen])
-        return srch__fail(errbuf, errlen, SRCH_INVAL,
-                    "filter '%s': expected KEY=VALUE, KEY>=N, KEY>N, KEY<=N or KEY<N", expr);
+        return util_errf(errbuf, errlen, SRCH_INVAL,
+                   "filter '%s': expected KEY=VALUE, KEY>=N, KEY>N, KEY<=N or KEY<N", expr);
     if (klen == 0)
-        return srch__fail(errbuf, errlen, SRCH_INVAL, "filter '%s': missing key before the operator",
-                    expr);
+        return util_errf(errbuf, errlen, SRCH_INVAL, "filter '%s': missing key before the operator",
+                   expr);
     store_op op = STORE_OP_EQ;
     size_t olen = 0;
     for (size_t i = 0; i < sizeof ops / sizeof *ops; i++)
@@ -85,14 +74,14 @@ int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t e
             break;
         }
     if (!olen)
-        return srch__fail(errbuf, errlen, SRCH_INVAL, "filter '%s': unknown operator", expr);
+        return util_errf(errbuf, errlen, SRCH_INVAL, "filter '%s': unknown operator", expr);
     srch_filter f;
     memset(&f, 0, sizeof f);
     f.key = strndup(expr, klen);
     f.text = strdup(expr + klen + olen);
     if (!f.key || !f.text) {
         srch_filter_clear(&f);
-        return srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        return util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
     }
     f.f.key = f.key;
     f.f.op = op;
@@ -100,7 +89,7 @@ int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t e
     f.f.num_valid = parse_number(f.text, &f.f.num) == 0;
     if (op != STORE_OP_EQ && !f.f.num_valid) {
         srch_filter_clear(&f);
-        return srch__fail(errbuf, errlen, SRCH_INVAL, "filter '%s': a range needs a finite number", expr);
+        return util_errf(errbuf, errlen, SRCH_INVAL, "filter '%s': a range needs a finite number", expr);
     }
     *out = f;
     return SRCH_OK;
@@ -139,7 +128,7 @@ int srch_exact_ids(store *s, store_space sp, const float *q, const uint64_t *ids
         free(v);
         free(sc);
         free(id);
-        return srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        return util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
     }
     idx_topk t;
     idx_topk_init(&t, k, sc, id);
@@ -151,7 +140,7 @@ int srch_exact_ids(store *s, store_space sp, const float *q, const uint64_t *ids
         if (r == STORE_NOTFOUND)
             continue; /* an item without a vector in this space */
         if (r) {
-            rc = srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+            rc = util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
             break;
         }
         float dot = 0;
@@ -181,8 +170,8 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
         st = &dummy;
     memset(st, 0, sizeof *st);
     if (q->k < 1 || q->k > SRCH_K_MAX)
-        return srch__fail(errbuf, errlen, SRCH_INVAL, "k must be between 1 and %d, not %zu", SRCH_K_MAX,
-                    q->k);
+        return util_errf(errbuf, errlen, SRCH_INVAL, "k must be between 1 and %d, not %zu", SRCH_K_MAX,
+                   q->k);
     idx_info info;
     idx_space_info(x, &info);
     store_space sp = idx_space_which(x);
@@ -192,13 +181,13 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
     if (q->nfilters) {
         store_filter *fs = malloc(q->nfilters * sizeof *fs);
         if (!fs)
-            return srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+            return util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         for (size_t i = 0; i < q->nfilters; i++)
             fs[i] = q->filters[i].f;
         int r = store_filter_ids(s, fs, q->nfilters, &allowed, &nallowed);
         free(fs);
         if (r)
-            return srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+            return util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
         /* The slice space is keyed by slice labels: the items' slices. */
         if (sp == STORE_SPACE_SLICE) {
             uint64_t *labels = NULL;
@@ -206,7 +195,7 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
             r = store_slice_labels(s, allowed, nallowed, &labels, &nl);
             free(allowed);
             if (r)
-                return srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+                return util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
             allowed = labels;
             nallowed = nl;
         }
@@ -229,18 +218,18 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
     if (q->exclude_id >= 0 && sp == STORE_SPACE_SLICE) {
         size_t nsl = 0;
         if (store_slices_get(s, (uint64_t)q->exclude_id, NULL, NULL, 0, &nsl))
-            return srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+            return util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
         kk = q->k + nsl;
     }
     float *sc = malloc(kk * sizeof *sc);
     int64_t *id = malloc(kk * sizeof *id);
     if (!sc || !id) {
-        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
     int r = idx_space_search(x, q->vec, 1, kk, allowed, nallowed, sc, id);
     if (r) {
-        rc = srch__fail(errbuf, errlen, SRCH_INDEX, "%s", idx_space_errmsg(x));
+        rc = util_errf(errbuf, errlen, SRCH_INDEX, "%s", idx_space_errmsg(x));
         goto out;
     }
     st->plan = allowed ? "index+selector" : "index";
@@ -278,7 +267,7 @@ int srch_best_slices(store *s, uint64_t id, const float *q, size_t k, srch_slice
     if (k == 0)
         return SRCH_OK;
     if (store_slices_get(s, id, NULL, NULL, 0, &ns))
-        return srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+        return util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
     if (ns == 0)
         return SRCH_OK;
     float *v = malloc(ns * dim * sizeof *v), *sc = malloc(k * sizeof *sc);
@@ -286,9 +275,9 @@ int srch_best_slices(store *s, uint64_t id, const float *q, size_t k, srch_slice
     int64_t *zi = malloc(k * sizeof *zi);
     int rc = SRCH_OK;
     if (!v || !sc || !zs || !zi) {
-        rc = srch__fail(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
     } else if (store_slices_get(s, id, v, zs, ns, &ns)) {
-        rc = srch__fail(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+        rc = util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
     } else {
         idx_topk t;
         idx_topk_init(&t, k, sc, zi);

@@ -18,6 +18,7 @@
  * (docs/store.md); store_datahash_groups runs its callback after its
  * transaction and has no such limit. */
 #include "store/store.h"
+#include "util/util.h"
 
 #include <assert.h>
 #include <cjson/cJSON.h>
@@ -756,18 +757,6 @@ static int payload_apply(store *s, MDB_txn *txn, const cJSON *obj, uint64_t id, 
 
 /* ---- open / close -------------------------------------------------------------- */
 
-__attribute__((format(printf, 4, 5))) static int open_fail(char *buf, size_t len, int code,
-                                                           const char *fmt, ...)
-{
-    if (buf && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(buf, len, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 static int mkdir_p(const char *dir)
 {
     char *p = strdup(dir);
@@ -954,57 +943,57 @@ int store_open(const char *dir, const store_opts *o, store **out, char *errbuf, 
     if (!o)
         o = &defaults;
     if (o->create && o->readonly)
-        return open_fail(errbuf, errlen, STORE_INVAL, "%s: create and readonly exclude each other", dir);
+        return util_errf(errbuf, errlen, STORE_INVAL, "%s: create and readonly exclude each other", dir);
 
     struct stat st;
     int fresh = 0;
     if (stat(dir, &st) != 0) {
         if (errno != ENOENT)
-            return open_fail(errbuf, errlen, STORE_IO, "%s: %s", dir, strerror(errno));
+            return util_errf(errbuf, errlen, STORE_IO, "%s: %s", dir, strerror(errno));
         if (!o->create)
-            return open_fail(errbuf, errlen, STORE_NODB, "no medsem database at %s", dir);
+            return util_errf(errbuf, errlen, STORE_NODB, "no medsem database at %s", dir);
         fresh = 1;
     } else if (!S_ISDIR(st.st_mode)) {
         if (o->create)
-            return open_fail(errbuf, errlen, STORE_FOREIGN, "%s exists and is not a directory", dir);
-        return open_fail(errbuf, errlen, STORE_NODB, "no medsem database at %s (not a directory)", dir);
+            return util_errf(errbuf, errlen, STORE_FOREIGN, "%s exists and is not a directory", dir);
+        return util_errf(errbuf, errlen, STORE_NODB, "no medsem database at %s (not a directory)", dir);
     } else {
         char *path;
         if (asprintf(&path, "%s/data.mdb", dir) < 0)
-            return open_fail(errbuf, errlen, STORE_NOMEM, "%s: out of memory", dir);
+            return util_errf(errbuf, errlen, STORE_NOMEM, "%s: out of memory", dir);
         int have = stat(path, &st) == 0;
         int e = errno;
         free(path);
         if (!have && e != ENOENT)
-            return open_fail(errbuf, errlen, STORE_IO, "%s/data.mdb: %s", dir, strerror(e));
+            return util_errf(errbuf, errlen, STORE_IO, "%s/data.mdb: %s", dir, strerror(e));
         if (!have) {
             if (!o->create)
-                return open_fail(errbuf, errlen, STORE_NODB, "no medsem database at %s", dir);
+                return util_errf(errbuf, errlen, STORE_NODB, "no medsem database at %s", dir);
             int f = dir_has_files(dir);
             if (f < 0)
-                return open_fail(errbuf, errlen, STORE_IO, "%s: %s", dir, strerror(-f));
+                return util_errf(errbuf, errlen, STORE_IO, "%s: %s", dir, strerror(-f));
             if (f)
-                return open_fail(errbuf, errlen, STORE_FOREIGN,
+                return util_errf(errbuf, errlen, STORE_FOREIGN,
                                  "%s holds other files and no medsem database; not creating one there",
                                  dir);
             fresh = 1;
         }
     }
     if (fresh && !create_params_ok(o))
-        return open_fail(errbuf, errlen, STORE_INVAL,
+        return util_errf(errbuf, errlen, STORE_INVAL,
                          "%s: creating a database needs a dimension > 0 and a model id of 1..%d "
                          "characters", dir, STORE_MODEL_ID_MAX);
     if (fresh) {
         int e = mkdir_p(dir);
         if (e)
-            return open_fail(errbuf, errlen, e == ENOMEM ? STORE_NOMEM : STORE_IO,
+            return util_errf(errbuf, errlen, e == ENOMEM ? STORE_NOMEM : STORE_IO,
                              "%s: cannot create the directory: %s", dir, strerror(e));
     }
 
     store *s = calloc(1, sizeof *s);
     if (!s || !(s->dir = strdup(dir))) {
         free(s);
-        return open_fail(errbuf, errlen, STORE_NOMEM, "%s: out of memory", dir);
+        return util_errf(errbuf, errlen, STORE_NOMEM, "%s: out of memory", dir);
     }
     s->readonly = o->readonly != 0;
     /* Reader-preferring (glibc's default, made explicit): a read function

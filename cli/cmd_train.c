@@ -20,6 +20,7 @@
 #include "encoder/tokenizer.h"
 #include "encoder/train.h"
 #include "encoder/trainer.h"
+#include "util/util.h"
 
 static void usage(FILE *f)
 {
@@ -129,26 +130,6 @@ static int load_manifest(const char *manifest, titem **out, size_t *n)
     return rc;
 }
 
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    char chunk[8192];
-    size_t r;
-    while (m && (r = fread(chunk, 1, sizeof chunk, f)) > 0)
-        fwrite(chunk, 1, r, m);
-    fclose(f);
-    if (!m || fclose(m)) {
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
 static int file_exists(const char *p)
 {
     struct stat sb;
@@ -158,7 +139,7 @@ static int file_exists(const char *p)
 /* Lines of a vocab.txt (its token count). */
 static long count_lines(const char *path)
 {
-    char *t = read_file(path);
+    char *t = util_read_file(path, NULL);
     if (!t)
         return -1;
     long n = 0;
@@ -172,7 +153,7 @@ static long count_lines(const char *path)
 
 static int copy_file(const char *from, const char *to)
 {
-    char *t = read_file(from);
+    char *t = util_read_file(from, NULL);
     if (!t)
         return -1;
     FILE *f = fopen(to, "wb");
@@ -333,7 +314,7 @@ int cmd_train(int argc, char **argv)
     long nvocab = count_lines(vpath);
     /* the config: vocab_size from the vocabulary */
     if (config) {
-        if (!(cfgtext = read_file(config))) {
+        if (!(cfgtext = util_read_file(config, NULL))) {
             cli_error("%s: %s", config, strerror(errno));
             goto out;
         }

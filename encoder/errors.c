@@ -9,6 +9,7 @@
 
 #include "encoder/encoder.h"
 #include "encoder/internal.h"
+#include "util/util.h"
 
 const char *enc_strerror(int code)
 {
@@ -38,11 +39,9 @@ const char *enc_errname(int code)
 
 int enc__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
 {
-    if (errbuf != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    util_verrf(errbuf, errlen, code, fmt, ap);
+    va_end(ap);
     return code;
 }

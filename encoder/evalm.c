@@ -8,7 +8,6 @@
 #include <assert.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,7 @@
 
 #include <cblas.h>
 
+#include "encoder/internal.h"
 #include "encoder/train.h"
 
 /* Queries scored per sgemm: the score block is at most QBLOCK x ng floats,
@@ -26,16 +26,6 @@
 static const size_t KS[ENC_EVAL_NK] = {1, 5, 10};
 #define PREC_K 10
 
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    if (errbuf != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 double enc_eval_chance_recall(size_t n, size_t m, size_t k)
 {
@@ -176,14 +166,14 @@ int enc_eval_retrieval(const enc_eval_set *queries, const enc_eval_set *gallery,
     assert((q->n == 0 || (q->emb != NULL && q->pair != NULL)) &&
            (g->n == 0 || (g->emb != NULL && g->pair != NULL)));
     if (E < 1)
-        return fail(errbuf, errlen, ENC_INVAL, "eval: embedding size %d", E);
+        return enc__fail(errbuf, errlen, ENC_INVAL, "eval: embedding size %d", E);
     if ((q->label_off == NULL) != (g->label_off == NULL))
-        return fail(errbuf, errlen, ENC_INVAL,
+        return enc__fail(errbuf, errlen, ENC_INVAL,
                     "eval: the %s have labels and the %s do not",
                     q->label_off ? "queries" : "gallery items",
                     q->label_off ? "gallery items" : "queries");
     if (g->n > INT_MAX) /* BLAS dimensions are int */
-        return fail(errbuf, errlen, ENC_INVAL, "eval: gallery of %zu items (at most %d)", g->n,
+        return enc__fail(errbuf, errlen, ENC_INVAL, "eval: gallery of %zu items (at most %d)", g->n,
                     INT_MAX);
     int labelled = q->label_off != NULL;
     int self = q->item != NULL && g->item != NULL;
@@ -197,7 +187,7 @@ int enc_eval_retrieval(const enc_eval_set *queries, const enc_eval_set *gallery,
     int rc = ENC_OK;
     if (cls == NULL || S == NULL || c == NULL ||
         (labelled && label_classes(q, g, cls) != ENC_OK)) {
-        rc = fail(errbuf, errlen, ENC_NOMEM, "eval: out of memory (%zu gallery items)", g->n);
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "eval: out of memory (%zu gallery items)", g->n);
         goto done;
     }
     const size_t *qcls = cls, *gcls = cls + q->n;

@@ -34,6 +34,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "encoder/internal.h"
 #include "encoder/model.h"
 #include "encoder/safetensors.h"
 #include "store/store.h"
@@ -114,19 +115,6 @@ struct enc_model {
 
 /* ---- errors --------------------------------------------------------------------- */
 
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    if (errbuf != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* ---- config.json -------------------------------------------------------------------
  *
@@ -167,13 +155,13 @@ static int cfg_int(cfgx *x, const cJSON *o, const char *path, const char *const 
     const cJSON *c = jfind(o, keys, &k);
     if (c == NULL) {
         if (def < 0)
-            return fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %s%s: missing", x->file, path, k);
+            return enc__fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %s%s: missing", x->file, path, k);
         *out = def;
         return ENC_OK;
     }
     double d = cJSON_IsNumber(c) ? c->valuedouble : NAN;
     if (!(d >= min && d <= 1 << 30) || d != floor(d))
-        return fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%s: expected an integer >= %d",
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%s: expected an integer >= %d",
                     x->file, path, k, min);
     *out = (int)d;
     return ENC_OK;
@@ -189,7 +177,7 @@ static int cfg_float(cfgx *x, const cJSON *o, const char *path, const char *cons
         return ENC_OK;
     }
     if (!cJSON_IsNumber(c) || !isfinite(c->valuedouble))
-        return fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%s: expected a number", x->file, path,
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%s: expected a number", x->file, path,
                     k);
     *out = (float)c->valuedouble;
     return ENC_OK;
@@ -207,7 +195,7 @@ static int cfg_ints(cfgx *x, const cJSON *o, const char *path, const char *const
     if (c == NULL) {
         if (found)
             return ENC_OK;
-        return fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %s%s: missing", x->file, path, k);
+        return enc__fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %s%s: missing", x->file, path, k);
     }
     int v[3];
     if (cJSON_IsNumber(c)) {
@@ -230,7 +218,7 @@ static int cfg_ints(cfgx *x, const cJSON *o, const char *path, const char *const
     memcpy(out, v, (size_t)n * sizeof(int));
     return ENC_OK;
 bad:
-    return fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%s: expected %d positive integer%s",
+    return enc__fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%s: expected %d positive integer%s",
                 x->file, path, k, n, n > 1 ? "s" : "");
 }
 
@@ -246,21 +234,21 @@ static const char *cfg_str(const cJSON *o, const char *const *keys)
 static int check_vit(cfgx *x, const vit *v, const char *path)
 {
     if (v->D % v->H != 0)
-        return fail(x->errbuf, x->errlen, ENC_INVAL,
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
                     "%s: %shidden_size (%d) is not a multiple of num_heads (%d)",
                     x->file, path, v->D, v->H);
     const enc_patch_geom *g[2] = {v->has2d ? &v->g2 : NULL, v->has3d ? &v->g3 : NULL};
     for (int i = 0; i < 2; i++)
         for (int a = 0; g[i] && a < 3; a++)
             if (g[i]->size[a] % g[i]->patch[a] != 0)
-                return fail(x->errbuf, x->errlen, ENC_INVAL,
+                return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
                             "%s: %s%s size %d is not a multiple of the patch size %d", x->file,
                             path, i ? "volume" : "image", g[i]->size[a], g[i]->patch[a]);
     if (!v->has2d && !v->has3d)
-        return fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %sno image or volume size", x->file,
+        return enc__fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %sno image or volume size", x->file,
                     path);
     if (v->L > MAX_LAYERS)
-        return fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%d layers (at most %d)", x->file,
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%d layers (at most %d)", x->file,
                     path, v->L, MAX_LAYERS);
     return ENC_OK;
 }
@@ -268,11 +256,11 @@ static int check_vit(cfgx *x, const vit *v, const char *path)
 static int check_bert(cfgx *x, const bert *t, const char *path)
 {
     if (t->D % t->H != 0)
-        return fail(x->errbuf, x->errlen, ENC_INVAL,
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
                     "%s: %shidden_size (%d) is not a multiple of num_heads (%d)",
                     x->file, path, t->D, t->H);
     if (t->L > MAX_LAYERS)
-        return fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%d layers (at most %d)", x->file,
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%d layers (at most %d)", x->file,
                     path, t->L, MAX_LAYERS);
     return ENC_OK;
 }
@@ -307,7 +295,7 @@ static int cfg_medsem(cfgx *x, const cJSON *root, enc_model *m)
         return rc;
     const cJSON *vo = jobj(root, "vision"), *to = jobj(root, "text");
     if (vo == NULL && to == NULL)
-        return fail(x->errbuf, x->errlen, ENC_MISSING, "%s: neither vision nor text", x->file);
+        return enc__fail(x->errbuf, x->errlen, ENC_MISSING, "%s: neither vision nor text", x->file);
     if (vo != NULL) {
         v->present = 1;
         int C;
@@ -384,7 +372,7 @@ static int cfg_m3d(cfgx *x, const cJSON *root, enc_model *m)
     if ((rc = cfg_int(x, root, "", K("spatial_dims"), 3, 1, &sd)))
         return rc;
     if (sd != 3)
-        return fail(x->errbuf, x->errlen, ENC_UNSUPPORTED, "%s: spatial_dims %d (only 3)",
+        return enc__fail(x->errbuf, x->errlen, ENC_UNSUPPORTED, "%s: spatial_dims %d (only 3)",
                     x->file, sd);
     v->g3 = (enc_patch_geom){C, {0, 0, 0}, {0, 0, 0}, ENC_PATCH_CLAST};
     if ((rc = cfg_ints(x, root, "", K("img_size"), 3, v->g3.size, NULL)) ||
@@ -394,7 +382,7 @@ static int cfg_m3d(cfgx *x, const cJSON *root, enc_model *m)
     if (pe != NULL && strcmp(pe, "conv") == 0)
         v->g3.order = ENC_PATCH_CONV;
     else if (pe != NULL && strcmp(pe, "perceptron") != 0)
-        return fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
+        return enc__fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
                     "%s: pos_embed \"%s\" (perceptron or conv)", x->file, pe);
     v->pos_has_cls = 0;
     v->qkv_bias = 0;
@@ -417,7 +405,7 @@ static int cfg_m3d(cfgx *x, const cJSON *root, enc_model *m)
         (rc = cfg_int(x, root, "", K("max_text_len"), 128, 1, &t->max_len)))
         return rc;
     if (t->D != v->D)
-        return fail(x->errbuf, x->errlen, ENC_INVAL,
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
                     "%s: text hidden size %d differs from hidden_size %d (the mm projections "
                     "are square)",
                     x->file, t->D, v->D);
@@ -456,7 +444,7 @@ static int cfg_biomedclip(cfgx *x, const cJSON *root, enc_model *m)
     v->present = vc != NULL;
     t->present = tc != NULL;
     if (!v->present && !t->present)
-        return fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %svision_cfg: missing", x->file, mp);
+        return enc__fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %svision_cfg: missing", x->file, mp);
     if (v->present) {
         snprintf(path, sizeof path, "%svision_cfg.", mp);
         int D = 768, L = 12, H = 12, P = 16, S = 224, C;
@@ -464,7 +452,7 @@ static int cfg_biomedclip(cfgx *x, const cJSON *root, enc_model *m)
         if (tm != NULL) {
             char size[16];
             if (sscanf(tm, "vit_%15[a-z]_patch%d_%d", size, &P, &S) != 3)
-                return fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
+                return enc__fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
                             "%s: %stimm_model_name \"%s\" (a vit_<size>_patch<P>_<S>)", x->file,
                             path, tm);
             if (strcmp(size, "tiny") == 0)
@@ -476,7 +464,7 @@ static int cfg_biomedclip(cfgx *x, const cJSON *root, enc_model *m)
             else if (strcmp(size, "large") == 0)
                 D = 1024, L = 24, H = 16;
             else
-                return fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
+                return enc__fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
                             "%s: %stimm_model_name \"%s\": unknown size", x->file, path, tm);
         }
         float ratio;
@@ -511,7 +499,7 @@ static int cfg_biomedclip(cfgx *x, const cJSON *root, enc_model *m)
         else if (strcmp(hp, "mlp") == 0)
             v->head = (proj){v->D, 2 * m->E, m->E, NULL, NULL, NULL, NULL};
         else
-            return fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
+            return enc__fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
                         "%s: %stimm_proj \"%s\" (linear or mlp)", x->file, path, hp);
     }
     if (t->present) {
@@ -532,7 +520,7 @@ static int cfg_biomedclip(cfgx *x, const cJSON *root, enc_model *m)
         else if (strcmp(pt, "linear") == 0)
             t->head = (proj){t->D, 0, m->E, NULL, NULL, NULL, NULL};
         else
-            return fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
+            return enc__fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
                         "%s: %shf_proj_type \"%s\" (mlp or linear)", x->file, path, pt);
         if ((rc = check_bert(x, t, path)))
             return rc;
@@ -547,7 +535,7 @@ static int parse_config(const char *text, const char *file, enc_model *m, char *
     cJSON *root = cJSON_Parse(text);
     if (root == NULL || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return fail(errbuf, errlen, ENC_FORMAT, "%s: not a JSON object", file);
+        return enc__fail(errbuf, errlen, ENC_FORMAT, "%s: not a JSON object", file);
     }
     int rc;
     const char *a = cfg_str(root, K("architecture"));
@@ -563,10 +551,10 @@ static int parse_config(const char *text, const char *file, enc_model *m, char *
         m->arch = ARCH_BIOMEDCLIP;
         rc = cfg_biomedclip(&x, root, m);
     } else if (a != NULL) {
-        rc = fail(errbuf, errlen, ENC_UNSUPPORTED,
+        rc = enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
                   "%s: architecture \"%s\" (medsem, m3d-clip or biomedclip)", file, a);
     } else {
-        rc = fail(errbuf, errlen, ENC_MISSING,
+        rc = enc__fail(errbuf, errlen, ENC_MISSING,
                   "%s: architecture: missing (and no model_type \"m3d_clip\")", file);
     }
     cJSON_Delete(root);
@@ -657,7 +645,7 @@ static int wget(wsrc *w, const float **dst, int rank, const int64_t *shape, cons
     int nn = vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
     if (nn < 0 || (size_t)nn >= sizeof name)
-        return fail(w->errbuf, w->errlen, ENC_INVAL, "tensor name too long: %s", name);
+        return enc__fail(w->errbuf, w->errlen, ENC_INVAL, "tensor name too long: %s", name);
     size_t n = 1;
     for (int i = 0; i < rank; i++)
         n *= (size_t)shape[i];
@@ -689,7 +677,7 @@ static int wget(wsrc *w, const float **dst, int rank, const int64_t *shape, cons
         float *d = w->dev + w->used;
         int rc = m->be->iface.upload(m->be, d, host, n * sizeof(float));
         if (rc)
-            return fail(w->errbuf, w->errlen, rc, "uploading %s to the %s backend failed", name,
+            return enc__fail(w->errbuf, w->errlen, rc, "uploading %s to the %s backend failed", name,
                         m->be->iface.name);
         data = d;
     }
@@ -934,22 +922,22 @@ static int model_setup(enc_model *m, const enc_model_opts *o, int mode, uint64_t
         resolve_rows(m->st, name, t->D, &t->types);
     }
     if (t->present && t->max_len > t->P)
-        return fail(errbuf, errlen, ENC_INVAL,
+        return enc__fail(errbuf, errlen, ENC_INVAL,
                     "text max length %d exceeds the %d position embeddings", t->max_len, t->P);
     if (o != NULL && o->backend != NULL) {
         m->be = o->backend;
     } else {
         m->be = enc_backend_cpu_new(o ? o->nthreads : 0);
         if (m->be == NULL)
-            return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+            return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
         m->own_be = 1;
     }
     if (m->v.present && m->v.L > 0 &&
         (m->v.blk = calloc((size_t)m->v.L, sizeof *m->v.blk)) == NULL)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     if (m->t.present && m->t.L > 0 &&
         (m->t.lay = calloc((size_t)m->t.L, sizeof *m->t.lay)) == NULL)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
 
     wsrc w = {.mode = W_COUNT, .m = m, .errbuf = errbuf, .errlen = errlen};
     int rc = map_model(&w);
@@ -958,16 +946,16 @@ static int model_setup(enc_model *m, const enc_model_opts *o, int mode, uint64_t
     m->params = calloc(w.count ? w.count : 1, sizeof *m->params);
     m->names = malloc(w.name_bytes ? w.name_bytes : 1);
     if (m->params == NULL || m->names == NULL)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     size_t bytes = w.floats * sizeof(float);
     m->trainable = o != NULL && o->trainable;
     int copy = mode == W_FILE && m->trainable && m->be->iface.host_memory;
     if ((mode == W_RANDOM || copy) && (m->host = m->be->iface.host_memory
                                            ? m->be->iface.alloc(m->be, bytes)
                                            : malloc(bytes ? bytes : 1)) == NULL)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu bytes of weights", bytes);
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu bytes of weights", bytes);
     if (!m->be->iface.host_memory && (m->dev = m->be->iface.alloc(m->be, bytes)) == NULL)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of %s memory for %zu bytes of weights",
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of %s memory for %zu bytes of weights",
                     m->be->iface.name, bytes);
     wsrc f = {.mode = mode, .m = m, .errbuf = errbuf, .errlen = errlen, .host = m->host,
               .dev = m->dev, .copy = copy, .r = {seed}};
@@ -976,7 +964,7 @@ static int model_setup(enc_model *m, const enc_model_opts *o, int mode, uint64_t
     m->arena = m->dev ? m->dev : m->host;
     m->arena_floats = w.floats;
     if (m->dev && (rc = m->be->iface.sync(m->be)))
-        return fail(errbuf, errlen, rc, "uploading weights to the %s backend failed",
+        return enc__fail(errbuf, errlen, rc, "uploading weights to the %s backend failed",
                     m->be->iface.name);
     return ENC_OK;
 }
@@ -987,12 +975,12 @@ static int hash_file(const char *path, char hex[2 * STORE_HASH_SIZE + 1], char *
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL)
-        return fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
+        return enc__fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
     size_t cap = 1 << 20;
     unsigned char *buf = malloc(cap);
     if (buf == NULL) {
         fclose(f);
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     }
     store_sha256_ctx c;
     store_sha256_init(&c);
@@ -1003,7 +991,7 @@ static int hash_file(const char *path, char hex[2 * STORE_HASH_SIZE + 1], char *
     fclose(f);
     free(buf);
     if (bad)
-        return fail(errbuf, errlen, ENC_IO, "%s: read error", path);
+        return enc__fail(errbuf, errlen, ENC_IO, "%s: read error", path);
     uint8_t h[STORE_HASH_SIZE];
     store_sha256_final(&c, h);
     store_hash_hex(h, hex);
@@ -1014,7 +1002,7 @@ static char *read_text(const char *path, int *code, char *errbuf, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
-        *code = fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
+        *code = enc__fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
         return NULL;
     }
     size_t cap = 4096, n = 0;
@@ -1026,7 +1014,7 @@ static char *read_text(const char *path, int *code, char *errbuf, size_t errlen)
         if (cap >= (size_t)16 << 20) {
             free(s);
             fclose(f);
-            *code = fail(errbuf, errlen, ENC_TOOBIG, "%s: larger than 16 MiB", path);
+            *code = enc__fail(errbuf, errlen, ENC_TOOBIG, "%s: larger than 16 MiB", path);
             return NULL;
         }
         char *t = realloc(s, cap * 2);
@@ -1041,12 +1029,12 @@ static char *read_text(const char *path, int *code, char *errbuf, size_t errlen)
     int bad = s != NULL && ferror(f);
     fclose(f);
     if (s == NULL) {
-        *code = fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        *code = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
         return NULL;
     }
     if (bad) {
         free(s);
-        *code = fail(errbuf, errlen, ENC_IO, "%s: read error", path);
+        *code = enc__fail(errbuf, errlen, ENC_IO, "%s: read error", path);
         return NULL;
     }
     s[n] = '\0';
@@ -1061,7 +1049,7 @@ int enc_model_load(const char *dir, const enc_model_opts *o, enc_model **out, ch
     enc_model *m = calloc(1, sizeof *m);
     int rc;
     if (cfg_path == NULL || st_path == NULL || m == NULL) {
-        rc = fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
         goto done;
     }
     snprintf(cfg_path, dl + 32, "%s/config.json", dir);
@@ -1101,7 +1089,7 @@ int enc_model_new_random(const char *config_json, uint64_t seed, const enc_model
 {
     enc_model *m = calloc(1, sizeof *m);
     if (m == NULL)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     int rc = parse_config(config_json, "config", m, errbuf, errlen);
     if (rc == ENC_OK)
         rc = model_setup(m, o, W_RANDOM, seed, errbuf, errlen);
@@ -1342,14 +1330,14 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
                   enc_state **out, char *errbuf, size_t errlen)
 {
     if (!enc_model_has(m, kind))
-        return fail(errbuf, errlen, ENC_UNSUPPORTED, "%s model has no %s encoder",
+        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED, "%s model has no %s encoder",
                     arch_names[m->arch],
                     kind == ENC_IMAGE ? "image" : kind == ENC_VOLUME ? "volume" : "text");
     if (batch < 1 || batch > 1 << 16)
-        return fail(errbuf, errlen, ENC_INVAL, "batch size %d out of range", batch);
+        return enc__fail(errbuf, errlen, ENC_INVAL, "batch size %d out of range", batch);
     enc_state *s = calloc(1, sizeof *s);
     if (s == NULL)
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     s->m = m;
     s->be = m->be;
     s->kind = kind;
@@ -1362,12 +1350,12 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
     if ((s->flags & (ENC_STATE_TRAIN | ENC_STATE_CLSATT)) &&
         (tr->matmul_backward == NULL || tr->cls_attention == NULL)) {
         free(s);
-        return fail(errbuf, errlen, ENC_UNSUPPORTED, "the %s backend cannot train",
+        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED, "the %s backend cannot train",
                     m->be->iface.name);
     }
     if (s->train && !m->trainable) {
         free(s);
-        return fail(errbuf, errlen, ENC_INVAL,
+        return enc__fail(errbuf, errlen, ENC_INVAL,
                     "a training state needs a model made with opts.trainable");
     }
     const size_t Bz = (size_t)batch;
@@ -1381,7 +1369,7 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
         int Lmax = o && o->max_len ? o->max_len : t->max_len;
         if (Lmax < 1 || Lmax > t->P) {
             free(s);
-            return fail(errbuf, errlen, ENC_INVAL, "max_len %d out of range 1..%d", Lmax, t->P);
+            return enc__fail(errbuf, errlen, ENC_INVAL, "max_len %d out of range 1..%d", Lmax, t->P);
         }
         T = (size_t)Lmax, D = (size_t)t->D, M = (size_t)t->I, H = (size_t)t->H, L = (size_t)t->L;
         ph = (size_t)t->head.hidden;
@@ -1459,7 +1447,7 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
     s->mem = s->be->iface.alloc(s->be, s->bytes);
     if (s->mem == NULL) {
         free(s);
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu bytes of activations",
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu bytes of activations",
                     total * sizeof(float));
     }
     float *p = s->mem;
@@ -1470,7 +1458,7 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
     s->ids = (int32_t *)(void *)ids_f;
     if (kind == ENC_TEXT && (s->hmask = malloc(Bz * T * sizeof(float))) == NULL) {
         enc_state_free(s);
-        return fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     }
     *out = s;
     return ENC_OK;

@@ -6,7 +6,6 @@
 
 #include <assert.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "encoder/internal.h"
 #include "encoder/safetensors.h"
 #include "encoder/train.h"
 
@@ -38,16 +38,6 @@ struct enc_adamw {
     char *names;  /* every tensor name, NUL-separated, one allocation */
 };
 
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    if (errbuf != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 int enc_adamw_default_decay(const char *name, int rank, void *ctx)
 {
@@ -71,30 +61,30 @@ int enc_adamw_new(const enc_param *table, size_t n, const enc_adamw_opts *o, enc
     if (o == NULL)
         o = &defaults;
     if (n == 0)
-        return fail(errbuf, errlen, ENC_INVAL, "adamw: no parameters");
+        return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: no parameters");
     if (!(o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 && o->beta2 < 1))
-        return fail(errbuf, errlen, ENC_INVAL, "adamw: betas (%g, %g) outside [0, 1)", o->beta1,
+        return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: betas (%g, %g) outside [0, 1)", o->beta1,
                     o->beta2);
     if (!(o->eps >= 0 && o->weight_decay >= 0))
-        return fail(errbuf, errlen, ENC_INVAL, "adamw: eps %g, weight_decay %g: negative", o->eps,
+        return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: eps %g, weight_decay %g: negative", o->eps,
                     o->weight_decay);
     size_t total = 0, namebytes = 0;
     for (size_t i = 0; i < n; i++) {
         const enc_param *p = &table[i];
         if (p->name == NULL || p->rank < 0 || p->rank > MAX_RANK)
-            return fail(errbuf, errlen, ENC_INVAL, "adamw: parameter %zu: bad name or rank", i);
+            return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: parameter %zu: bad name or rank", i);
         size_t c = 1;
         for (int d = 0; d < p->rank; d++) {
             if (p->shape[d] < 0 || (p->shape[d] > 0 && c > SIZE_MAX / (uint64_t)p->shape[d]))
-                return fail(errbuf, errlen, ENC_INVAL, "adamw: %s: bad shape", p->name);
+                return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: %s: bad shape", p->name);
             c *= (size_t)p->shape[d];
         }
         if (c != p->count)
-            return fail(errbuf, errlen, ENC_INVAL, "adamw: %s: count %zu, shape says %zu",
+            return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: %s: count %zu, shape says %zu",
                         p->name, p->count, c);
         const size_t most = SIZE_MAX / 2 / sizeof(float); /* m and v in one block */
         if (c > most || total > most - c)
-            return fail(errbuf, errlen, ENC_NOMEM, "adamw: too many parameters");
+            return enc__fail(errbuf, errlen, ENC_NOMEM, "adamw: too many parameters");
         total += c;
         namebytes += strlen(p->name) + 1;
     }
@@ -106,7 +96,7 @@ int enc_adamw_new(const enc_param *table, size_t n, const enc_adamw_opts *o, enc
     }
     if (a == NULL || a->t == NULL || a->names == NULL || a->state == NULL) {
         enc_adamw_free(a);
-        return fail(errbuf, errlen, ENC_NOMEM, "adamw: out of memory (%zu floats of state)",
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "adamw: out of memory (%zu floats of state)",
                     2 * total);
     }
     a->o = *o;
@@ -308,7 +298,7 @@ int enc_train_ckpt_write(const char *path, const enc_adamw *opt, const float *pa
         hparams_json = "{}";
     cJSON *js = cJSON_Parse(hparams_json);
     if (js == NULL)
-        return fail(errbuf, errlen, ENC_INVAL, "%s: hyper-parameters are not JSON", path);
+        return enc__fail(errbuf, errlen, ENC_INVAL, "%s: hyper-parameters are not JSON", path);
     cJSON_Delete(js);
 
     size_t nt = 3 * opt->n + 3, hlen = strlen(hparams_json);
@@ -321,7 +311,7 @@ int enc_train_ckpt_write(const char *path, const enc_adamw *opt, const float *pa
     int rc = ENC_OK;
     if (names == NULL || ranks == NULL || shapes == NULL || data == NULL || owned == NULL ||
         extra == NULL) {
-        rc = fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
         goto done;
     }
     const float *m = enc_adamw_m(opt), *v = enc_adamw_v(opt);
@@ -330,7 +320,7 @@ int enc_train_ckpt_write(const char *path, const enc_adamw *opt, const float *pa
         owned[2 * i] = prefixed(CK_PREFIX_M, t->name);
         owned[2 * i + 1] = prefixed(CK_PREFIX_V, t->name);
         if (owned[2 * i] == NULL || owned[2 * i + 1] == NULL) {
-            rc = fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+            rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
             goto done;
         }
         const char *nm[3] = {t->name, owned[2 * i], owned[2 * i + 1]};
@@ -385,10 +375,10 @@ static int ck_get(enc_st *st, const char *path, const char *name, int rank,
 {
     enc_st_info info;
     if (enc_st_info_get(st, name, &info) != ENC_OK)
-        return fail(errbuf, errlen, ENC_MISSING, "%s: no tensor '%s'", path, name);
+        return enc__fail(errbuf, errlen, ENC_MISSING, "%s: no tensor '%s'", path, name);
     /* Converted F16/BF16 copies would not be bit-exact state. */
     if (info.dtype != ENC_ST_F32)
-        return fail(errbuf, errlen, ENC_UNSUPPORTED, "%s: tensor '%s' is not F32", path, name);
+        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED, "%s: tensor '%s' is not F32", path, name);
     return enc_st_get(st, name, rank, shape, out, errbuf, errlen);
 }
 
@@ -404,7 +394,7 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
     uint64_t *rngtmp = malloc((nrng > 0 ? nrng : 1) * sizeof *rngtmp);
     char *hp = NULL, *name = NULL;
     if (src == NULL || rngtmp == NULL) {
-        rc = fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
         goto done;
     }
     /* Check everything first: nothing is written unless all of it is good. */
@@ -414,7 +404,7 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
         for (int k = 0; k < 3 && rc == ENC_OK; k++) {
             free(name);
             if ((name = prefixed(pre[k], t->name)) == NULL)
-                rc = fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+                rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
             else
                 rc = ck_get(st, path, name, t->rank, t->shape, &src[3 * i + (size_t)k], errbuf,
                             errlen);
@@ -428,16 +418,16 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
     if ((rc = ck_get(st, path, CK_STEP, 1, &four, &stepv, errbuf, errlen)))
         goto done;
     if (u64_get(stepv, &step) || step > INT64_MAX) {
-        rc = fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' is not a step count", path, CK_STEP);
+        rc = enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' is not a step count", path, CK_STEP);
         goto done;
     }
     enc_st_info info;
     if (enc_st_info_get(st, CK_RNG, &info) != ENC_OK) {
-        rc = fail(errbuf, errlen, ENC_MISSING, "%s: no tensor '%s'", path, CK_RNG);
+        rc = enc__fail(errbuf, errlen, ENC_MISSING, "%s: no tensor '%s'", path, CK_RNG);
         goto done;
     }
     if (info.rank != 2 || info.shape[1] != 4 || (uint64_t)info.shape[0] != nrng) {
-        rc = fail(errbuf, errlen, ENC_SHAPE, "%s: '%s' does not hold %zu 64-bit words", path,
+        rc = enc__fail(errbuf, errlen, ENC_SHAPE, "%s: '%s' does not hold %zu 64-bit words", path,
                   CK_RNG, nrng);
         goto done;
     }
@@ -446,25 +436,25 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
         goto done;
     for (size_t i = 0; i < nrng; i++) {
         if (u64_get(rngv + 4 * i, &rngtmp[i])) {
-            rc = fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' word %zu is not 4 16-bit limbs",
+            rc = enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' word %zu is not 4 16-bit limbs",
                       path, CK_RNG, i);
             goto done;
         }
     }
     if (enc_st_info_get(st, CK_HPARAMS, &info) != ENC_OK || info.rank != 1) {
-        rc = fail(errbuf, errlen, ENC_MISSING, "%s: no 1-D tensor '%s'", path, CK_HPARAMS);
+        rc = enc__fail(errbuf, errlen, ENC_MISSING, "%s: no 1-D tensor '%s'", path, CK_HPARAMS);
         goto done;
     }
     if ((rc = ck_get(st, path, CK_HPARAMS, 1, info.shape, &hpv, errbuf, errlen)))
         goto done;
     if ((hp = malloc(info.nelem + 1)) == NULL) {
-        rc = fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
         goto done;
     }
     for (size_t i = 0; i < info.nelem; i++) {
         float f = hpv[i];
         if (!(f >= 1 && f <= 255) || f != floorf(f)) {
-            rc = fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' byte %zu is not a byte", path,
+            rc = enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' byte %zu is not a byte", path,
                       CK_HPARAMS, i);
             goto done;
         }
@@ -473,7 +463,7 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
     hp[info.nelem] = '\0';
     cJSON *js = cJSON_Parse(hp);
     if (js == NULL) {
-        rc = fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' is not JSON", path, CK_HPARAMS);
+        rc = enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' is not JSON", path, CK_HPARAMS);
         goto done;
     }
     cJSON_Delete(js);

@@ -16,6 +16,7 @@
 #include "encoder/model.h"
 #include "encoder/preprocess.h"
 #include "encoder/tokenizer.h"
+#include "util/util.h"
 
 struct enc_pipeline {
     enc_model *model;
@@ -38,22 +39,10 @@ struct enc_worker {
 
 static cJSON *read_json(const char *path, char *errbuf, size_t errlen, int *rc)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *rc = enc__fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    char chunk[8192];
-    size_t r;
-    while (m && (r = fread(chunk, 1, sizeof chunk, f)) > 0)
-        fwrite(chunk, 1, r, m);
-    fclose(f);
-    if (!m || fclose(m)) {
-        free(buf);
-        *rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+    char *buf = util_read_file(path, NULL);
+    if (!buf) {
+        *rc = errno == ENOMEM ? enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path)
+                              : enc__fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(errno));
         return NULL;
     }
     cJSON *j = cJSON_Parse(buf);

@@ -47,44 +47,23 @@
 
 /* ---- random numbers ------------------------------------------------------- */
 
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 /* A seed for stream b of a: every (seed, stream, index) chain gets its own
  * well-mixed 64-bit value. */
 static uint64_t mix(uint64_t a, uint64_t b)
 {
     uint64_t x = a ^ (b * 0xd1342543de82ef95ULL + 0x632be59bd9b4e019ULL);
-    splitmix64(&x);
-    return splitmix64(&x);
+    enc__splitmix64(&x);
+    return enc__splitmix64(&x);
 }
-
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 void enc_synth_rng_seed(enc_synth_rng *r, uint64_t seed)
 {
     uint64_t x = seed;
     for (int i = 0; i < 4; i++)
-        r->s[i] = splitmix64(&x);
+        r->s[i] = enc__splitmix64(&x);
 }
 
-uint64_t enc_synth_rng_u64(enc_synth_rng *r)
-{
-    uint64_t *s = r->s;
-    uint64_t out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return out;
-}
+uint64_t enc_synth_rng_u64(enc_synth_rng *r) { return enc__xoshiro_next(r->s); }
 
 double enc_synth_rng_uniform(enc_synth_rng *r)
 {

@@ -20,27 +20,7 @@
 
 /* ---- batch generator: xoshiro256** seeded through splitmix64 ---------------------- */
 
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(uint64_t s[4])
-{
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
-}
+static uint64_t rng_next(uint64_t s[4]) { return enc__xoshiro_next(s); }
 
 /* Uniform in [0, n), n > 0, without modulo bias (Lemire's rejection). */
 static size_t rng_below(uint64_t s[4], size_t n)
@@ -250,13 +230,13 @@ int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_train
         float *w = t->P + enc_adamw_offset(t->opt, t->nparam + 1);
         for (size_t i = 0; i < (size_t)ENC_REPORT_TAG_SLOTS * t->E; i++)
             w[i] = (float)(0.1 * 1.7320508075688772 *
-                           ((double)(splitmix64(&h) >> 11) * 0x1p-52 - 1.0));
+                           ((double)(enc__splitmix64(&h) >> 11) * 0x1p-52 - 1.0));
         memset(t->P + enc_adamw_offset(t->opt, t->nparam + 2), 0,
                ENC_REPORT_TAG_SLOTS * sizeof(float));
     }
     uint64_t x = o->seed ^ 0x6d656473656d7472ULL; /* "medsemtr" */
     for (int i = 0; i < 4; i++)
-        t->rng[i] = splitmix64(&x);
+        t->rng[i] = enc__splitmix64(&x);
     t->rng[4] = 0;
     free(table);
     *out = t;

@@ -3,7 +3,9 @@
 #include "config.h"
 #endif
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "util/util.h"
@@ -29,4 +31,29 @@ double util_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+char *util_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *m = open_memstream(&buf, &n);
+    char chunk[8192];
+    size_t r;
+    while (m && (r = fread(chunk, 1, sizeof chunk, f)) > 0)
+        if (fwrite(chunk, 1, r, m) != r)
+            break;
+    int bad = ferror(f);
+    fclose(f);
+    if (!m || fclose(m) || bad) {
+        free(buf);
+        errno = bad ? EIO : ENOMEM;
+        return NULL;
+    }
+    if (len)
+        *len = n;
+    return buf;
 }

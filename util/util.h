@@ -19,6 +19,11 @@ int util_errf(char *errbuf, size_t errlen, int code, const char *fmt, ...)
 int util_verrf(char *errbuf, size_t errlen, int code, const char *fmt, va_list ap)
     __attribute__((format(printf, 4, 0)));
 
+/* The whole of a file, NUL-terminated (*len, may be NULL, gets its size without
+ * the NUL); NULL with errno set when it cannot be opened or read, or on
+ * running out of memory (ENOMEM).  Free with free(). */
+char *util_read_file(const char *path, size_t *len);
+
 /* Seconds on the monotonic clock: for durations only. */
 double util_now(void);
 

@@ -67,6 +67,22 @@ struct cJSON;
 char *cli_json_strdup(const struct cJSON *j, const char *k);
 char *cli_manifest_path(const char *base, const char *file);
 
+/* A manifest line that names an image or a volume with its report, as train
+ * and eval read it.  Strings owned; cli_vitem_free clears them. */
+typedef struct cli_vitem {
+    int is_volume;
+    char *path;     /* resolved against the manifest's folder */
+    char *modality; /* NULL when absent */
+    char *report;   /* non-empty */
+} cli_vitem;
+/* Parses line lineno of manifest (parsed as j, NULL when it was not JSON):
+ * 1 with *out filled, 0 for a line without an image or volume (a report-only
+ * item; nothing to do), -1 after printing "MANIFEST:LINE: reason" (what names
+ * the item in the message, e.g. "a training item"). */
+int cli_manifest_vitem(const struct cJSON *j, const char *manifest, size_t lineno,
+                       const char *base, const char *what, cli_vitem *out);
+void cli_vitem_free(cli_vitem *v);
+
 /* Writes s as a JSON string literal (quotes and escapes) to f. */
 void cli_json_string(FILE *f, const char *s);
 

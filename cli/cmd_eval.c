@@ -137,23 +137,19 @@ static int load(const char *manifest, eset *s)
         if (len <= 1)
             continue;
         cJSON *j = cJSON_Parse(line);
-        char *kind = j ? cli_json_strdup(j, "kind") : NULL, *file = j ? cli_json_strdup(j, "file") : NULL;
-        char *study = j ? cli_json_strdup(j, "study") : NULL, *pair = j ? cli_json_strdup(j, "pair") : NULL;
+        cli_vitem v;
+        int got = cli_manifest_vitem(j, manifest, lineno, base, "an evaluated item", &v);
+        char *study = got > 0 ? cli_json_strdup(j, "study") : NULL;
+        char *pair = got > 0 ? cli_json_strdup(j, "pair") : NULL;
         eitem it = {0};
         it.pair = -1;
-        if (!j || !cJSON_IsObject(j)) {
-            cli_error("%s:%zu: not a JSON object", manifest, lineno);
+        if (got < 0) {
             rc = -1;
-        } else if (!kind || (strcmp(kind, "volume") && strcmp(kind, "image"))) {
-            /* report-only items have no image to rank: skipped */
-        } else if (!file || !(it.report = cli_json_strdup(j, "report")) || !*it.report) {
-            cli_error("%s:%zu: an evaluated item needs 'file' and a non-empty 'report'", manifest,
-                      lineno);
-            rc = -1;
-        } else {
-            it.is_volume = !strcmp(kind, "volume");
-            it.modality = cli_json_strdup(j, "modality");
-            it.path = cli_manifest_path(base, file);
+        } else if (got > 0) {
+            it.is_volume = v.is_volume;
+            it.modality = v.modality;
+            it.path = v.path;
+            it.report = v.report;
             char own[32];
             snprintf(own, sizeof own, "#line%zu", lineno);
             it.study = dict_id(&s->studies, study ? study : own);
@@ -172,7 +168,7 @@ static int load(const char *manifest, eset *s)
                 free(loc);
             }
             it.lab_n = s->nlab - it.lab_start;
-            if (!it.path || it.study < 0)
+            if (it.study < 0)
                 rc = -1;
             if (s->n == s->cap) {
                 size_t nc = s->cap ? 2 * s->cap : 256;
@@ -194,8 +190,6 @@ static int load(const char *manifest, eset *s)
         free(it.path);
         free(it.modality);
         free(it.report);
-        free(kind);
-        free(file);
         free(study);
         free(pair);
         cJSON_Delete(j);

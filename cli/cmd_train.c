@@ -59,12 +59,7 @@ static void usage(FILE *f)
             "  --log-every N        log line every N steps (default 10)\n");
 }
 
-typedef struct titem {
-    int is_volume;
-    char *path, *modality, *report;
-} titem;
-
-static int load_manifest(const char *manifest, titem **out, size_t *n)
+static int load_manifest(const char *manifest, cli_vitem **out, size_t *n)
 {
     FILE *f = fopen(manifest, "r");
     if (!f) {
@@ -76,7 +71,7 @@ static int load_manifest(const char *manifest, titem **out, size_t *n)
     char *line = NULL;
     size_t cap = 0, lineno = 0, icap = 0;
     ssize_t len;
-    titem *it = NULL;
+    cli_vitem *it = NULL;
     int rc = 0;
     *n = 0;
     while (!rc && (len = getline(&line, &cap, f)) >= 0) {
@@ -84,43 +79,24 @@ static int load_manifest(const char *manifest, titem **out, size_t *n)
         if (len <= 1)
             continue;
         cJSON *j = cJSON_Parse(line);
-        char *kind = j ? cli_json_strdup(j, "kind") : NULL, *file = j ? cli_json_strdup(j, "file") : NULL;
-        titem t = {0};
-        if (!j || !cJSON_IsObject(j)) {
-            cli_error("%s:%zu: not a JSON object", manifest, lineno);
+        cli_vitem t;
+        int got = cli_manifest_vitem(j, manifest, lineno, base, "a training item", &t);
+        if (got < 0)
             rc = -1;
-        } else if (!kind || (strcmp(kind, "volume") && strcmp(kind, "image"))) {
-            /* report-only items: nothing to pair */
-        } else if (!file || !(t.report = cli_json_strdup(j, "report")) || !*t.report) {
-            cli_error("%s:%zu: a training item needs 'file' and a non-empty 'report'", manifest,
-                      lineno);
-            rc = -1;
-        } else {
-            t.is_volume = !strcmp(kind, "volume");
-            t.modality = cli_json_strdup(j, "modality");
-            t.path = cli_manifest_path(base, file);
-            if (*n == icap) {
-                icap = icap ? 2 * icap : 256;
-                titem *ni = realloc(it, icap * sizeof *ni);
-                if (ni)
-                    it = ni;
-                else
-                    rc = -1;
-            }
-            if (!t.path)
-                rc = -1;
-            if (!rc) {
-                it[(*n)++] = t;
-                t = (titem){0};
+        if (got > 0 && *n == icap) {
+            icap = icap ? 2 * icap : 256;
+            cli_vitem *ni = realloc(it, icap * sizeof *ni);
+            if (ni) {
+                it = ni;
             } else {
                 cli_error("%s:%zu: out of memory", manifest, lineno);
+                rc = -1;
             }
         }
-        free(t.path);
-        free(t.modality);
-        free(t.report);
-        free(kind);
-        free(file);
+        if (got > 0 && !rc)
+            it[(*n)++] = t;
+        else if (got > 0)
+            cli_vitem_free(&t);
         cJSON_Delete(j);
     }
     free(line);
@@ -260,7 +236,7 @@ int cmd_train(int argc, char **argv)
     to.warmup = warmup == UINT64_MAX ? (int64_t)(steps / 20) : (int64_t)warmup;
 
     int rc = CLI_BAD_INPUT;
-    titem *items = NULL;
+    cli_vitem *items = NULL;
     size_t n = 0;
     char *cfgtext = NULL, *vpath = NULL, *ckpath = NULL, err[1024];
     cJSON *cfg = NULL;
@@ -459,9 +435,7 @@ out:
     free(vpath);
     free(ckpath);
     for (size_t i = 0; i < n; i++) {
-        free(items[i].path);
-        free(items[i].modality);
-        free(items[i].report);
+        cli_vitem_free(&items[i]);
     }
     free(items);
     return rc;

@@ -215,3 +215,41 @@ char *cli_manifest_path(const char *base, const char *file)
         return strdup(file);
     return asprintf(&p, "%s/%s", base, file) < 0 ? NULL : p;
 }
+
+int cli_manifest_vitem(const cJSON *j, const char *manifest, size_t lineno, const char *base,
+                       const char *what, cli_vitem *out)
+{
+    *out = (cli_vitem){0};
+    if (!j || !cJSON_IsObject(j)) {
+        cli_error("%s:%zu: not a JSON object", manifest, lineno);
+        return -1;
+    }
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j, "kind");
+    const cJSON *file = cJSON_GetObjectItemCaseSensitive(j, "file");
+    const cJSON *report = cJSON_GetObjectItemCaseSensitive(j, "report");
+    if (!cJSON_IsString(kind) ||
+        (strcmp(kind->valuestring, "volume") && strcmp(kind->valuestring, "image")))
+        return 0;
+    if (!cJSON_IsString(file) || !cJSON_IsString(report) || !*report->valuestring) {
+        cli_error("%s:%zu: %s needs 'file' and a non-empty 'report'", manifest, lineno, what);
+        return -1;
+    }
+    out->is_volume = !strcmp(kind->valuestring, "volume");
+    out->path = cli_manifest_path(base, file->valuestring);
+    out->report = strdup(report->valuestring);
+    out->modality = cli_json_strdup(j, "modality");
+    if (!out->path || !out->report) {
+        cli_vitem_free(out);
+        cli_error("%s:%zu: out of memory", manifest, lineno);
+        return -1;
+    }
+    return 1;
+}
+
+void cli_vitem_free(cli_vitem *v)
+{
+    free(v->path);
+    free(v->modality);
+    free(v->report);
+    *v = (cli_vitem){0};
+}

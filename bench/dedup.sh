@@ -4,9 +4,9 @@
 #   bench/dedup.sh MODEL_DIR [VOLUMES] [IMAGES] [RESCANS]    (run from the build dir)
 #
 # Two synthetic sets (seeds 11 and 12) are ingested.  Seed 11 picks the
-# fingerprint threshold (the best F1 over a sweep); seed 12 reports precision
-# and recall at it and at the CLI default, for volumes (the pairs fingerprints
-# cover) and for all pairs (radiograph rescans included), then the model's
+# volume and radiograph fingerprint thresholds (the best F1 over a sweep
+# each); seed 12 reports precision and recall at them and at the CLI
+# defaults, for volumes, radiographs and all pairs, then the model's
 # embeddings (--space) at 0.95 for comparison.  Needs python3 for
 # bench/dedup_eval.py.
 set -eu
@@ -18,21 +18,35 @@ for seed in 11 12; do
     "$B/medsem" ingest --db "$T/db$seed" --model "$MODEL" --manifest "$T/s$seed/train.jsonl" --quiet >/dev/null
 done
 def=$("$B/medsem" dedup --help | sed -n 's/.*(default \([0-9.]*\)).*/\1/p' | head -1)
+idef=$("$B/medsem" dedup --help | sed -n 's/.*--image-threshold (default \([0-9.]*\).*/\1/p' | head -1)
+f1() { awk '{p=$(NF-2); r=$NF; print (p + r > 0) ? 2 * p * r / (p + r) : 0}'; }
 best=$def; bestf=-1
 for t in 0.990 0.993 0.995 0.996 0.997 0.9975 0.998 0.9985 0.999; do
-    "$B/medsem" dedup --db "$T/db11" --json --threshold "$t" > "$T/d.json"
+    "$B/medsem" dedup --db "$T/db11" --json --kind volume --threshold "$t" > "$T/d.json"
     line=$(python3 "$SRC/bench/dedup_eval.py" --kind volume "$T/s11/train.jsonl" "$T/d.json")
-    echo "seed 11 (choose): $line"
-    f=$(echo "$line" | awk '{p=$(NF-2); r=$NF; print (p + r > 0) ? 2 * p * r / (p + r) : 0}')
+    echo "seed 11 (choose), volumes: $line"
+    f=$(echo "$line" | f1)
     if awk "BEGIN{exit !($f > $bestf)}"; then bestf=$f; best=$t; fi
 done
-echo "chosen threshold $best (volume F1 $bestf on seed 11); CLI default $def"
-for t in "$best" "$def"; do
-    "$B/medsem" dedup --db "$T/db12" --json --threshold "$t" > "$T/d.json"
-    echo "seed 12 (report), volumes:   $(python3 "$SRC/bench/dedup_eval.py" --kind volume "$T/s12/train.jsonl" "$T/d.json")"
-    echo "seed 12 (report), all pairs: $(python3 "$SRC/bench/dedup_eval.py" "$T/s12/train.jsonl" "$T/d.json")"
+ibest=$idef; ibestf=-1
+for t in 0.92 0.93 0.94 0.95 0.96; do
+    "$B/medsem" dedup --db "$T/db11" --json --kind image --image-threshold "$t" > "$T/d.json"
+    line=$(python3 "$SRC/bench/dedup_eval.py" --kind image "$T/s11/train.jsonl" "$T/d.json")
+    echo "seed 11 (choose), radiographs: $line"
+    f=$(echo "$line" | f1)
+    if awk "BEGIN{exit !($f > $ibestf)}"; then ibestf=$f; ibest=$t; fi
 done
+echo "chosen thresholds: volumes $best (F1 $bestf on seed 11), radiographs $ibest (F1 $ibestf); CLI defaults $def, $idef"
+for t in "$best $ibest" "$def $idef"; do
+    set -- $t
+    "$B/medsem" dedup --db "$T/db12" --json --threshold "$1" --image-threshold "$2" > "$T/d.json"
+    echo "seed 12 (report), volumes:     $(python3 "$SRC/bench/dedup_eval.py" --kind volume "$T/s12/train.jsonl" "$T/d.json")"
+    echo "seed 12 (report), radiographs: $(python3 "$SRC/bench/dedup_eval.py" --kind image "$T/s12/train.jsonl" "$T/d.json")"
+    echo "seed 12 (report), all pairs:   $(python3 "$SRC/bench/dedup_eval.py" "$T/s12/train.jsonl" "$T/d.json")"
+done
+s0=$(date +%s.%N)
 "$B/medsem" dedup --db "$T/db12" --json > "$T/d.json"
-echo "seed 12, default command, volumes: $(python3 "$SRC/bench/dedup_eval.py" --kind volume "$T/s12/train.jsonl" "$T/d.json")"
+s1=$(date +%s.%N)
+echo "seed 12, default command ($(awk "BEGIN{printf \"%.1f\", $s1 - $s0}") s), all pairs: $(python3 "$SRC/bench/dedup_eval.py" "$T/s12/train.jsonl" "$T/d.json")"
 "$B/medsem" dedup --db "$T/db12" --json --space volume --threshold 0.95 > "$T/d.json"
 echo "seed 12, model embeddings (--space volume, 0.95), volumes: $(python3 "$SRC/bench/dedup_eval.py" --kind volume "$T/s12/train.jsonl" "$T/d.json")"

@@ -44,7 +44,8 @@ def main():
         tp = len(pred & truth)
         p = tp / len(pred) if pred else 1.0
         r = tp / len(truth) if truth else 1.0
-        print(f"threshold {d['threshold']:.4f}: predicted {len(pred)} pairs, true {len(truth)}, "
+        thr = d.get("image_threshold", d["threshold"]) if kind == "image" else d["threshold"]
+        print(f"threshold {thr:.4f}: predicted {len(pred)} pairs, true {len(truth)}, "
               f"correct {tp}: precision {p:.3f} recall {r:.3f}")
 
 main()

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "encoder/fingerprint.h"
@@ -19,16 +20,21 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: medsem dedup --db DIR [--threshold T] [--space S] [--json]\n"
+            "usage: medsem dedup --db DIR [--threshold T] [--image-threshold T] [--space S]\n"
+            "                    [--kind volume|image|all] [--threads N] [--json]\n"
             "\n"
             "Exact duplicates share their data hash (the same file bytes, report text or\n"
-            "vector).  Near duplicates (rescans) are volumes whose acquisition fingerprints\n"
-            "(computed at ingest) have a cosine similarity of at least T (default %.4f),\n"
-            "joined transitively into clusters.  --space S uses the model's embeddings of\n"
-            "space S instead (default T %.2f): they group findings rather than patients.\n"
-            "A database without fingerprints (ingested before them, or imported vectors)\n"
-            "falls back to the image and volume spaces, or the only space with vectors.\n",
-            (double)ENC_FP_THRESHOLD, DEFAULT_THRESHOLD);
+            "vector).  Near duplicates (rescans) come from the acquisition fingerprints\n"
+            "computed at ingest: volumes whose fingerprints have a cosine similarity of at\n"
+            "least --threshold (default %.4f), radiographs whose fingerprints align with\n"
+            "a score of at least --image-threshold (default %.2f; every pair is aligned,\n"
+            "on --threads threads, default all cores), joined transitively into clusters.\n"
+            "--space S uses the model's embeddings of space S instead (default T %.2f):\n"
+            "they group findings rather than patients.  --kind compares only the volume or\n"
+            "only the radiograph fingerprints.  A database without fingerprints\n"
+            "(ingested before them, or imported vectors) falls back to the image and\n"
+            "volume spaces, or the only space with vectors.\n",
+            (double)ENC_FP_THRESHOLD, (double)ENC_FP_IMAGE_THRESHOLD, DEFAULT_THRESHOLD);
 }
 
 static void print_clusters(store *s, const char *name, const char *space, const srch_cluster *c,
@@ -81,14 +87,25 @@ static void print_clusters(store *s, const char *name, const char *space, const 
     (void)name;
 }
 
+static float image_score(const float *a, const float *b, float floor_, void *ctx)
+{
+    (void)ctx;
+    return enc_fingerprint_image_score(a, b, floor_);
+}
+
 int cmd_dedup(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"db", required_argument, 0, 'd'},    {"threshold", required_argument, 0, 't'},
         {"space", required_argument, 0, 's'}, {"json", no_argument, 0, 'j'},
+        {"image-threshold", required_argument, 0, 'i'},
+        {"threads", required_argument, 0, 'n'},
+        {"kind", required_argument, 0, 'k'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *db = NULL, *space = NULL;
-    double thr = DEFAULT_THRESHOLD;
+    double thr = DEFAULT_THRESHOLD, ithr = ENC_FP_IMAGE_THRESHOLD;
+    long threads = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *kind = "all"; /* which fingerprints */
     int json = 0, c, thr_set = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -103,6 +120,28 @@ int cmd_dedup(int argc, char **argv)
             }
             thr_set = 1;
             break;
+        case 'i':
+            if (cli_parse_double(optarg, &ithr) || ithr <= -1 || ithr > 1) {
+                cli_error("--image-threshold '%s': expected a score in (-1, 1]", optarg);
+                return CLI_BAD_INPUT;
+            }
+            break;
+        case 'n': {
+            uint64_t nt;
+            if (cli_parse_u64(optarg, 1, 64, &nt)) {
+                cli_error("--threads '%s': expected 1 to 64", optarg);
+                return CLI_BAD_INPUT;
+            }
+            threads = (long)nt;
+            break;
+        }
+        case 'k':
+            if (!strcmp(optarg, "volume") || !strcmp(optarg, "image") || !strcmp(optarg, "all")) {
+                kind = optarg;
+                break;
+            }
+            cli_error("--kind '%s': expected volume, image or all", optarg);
+            return CLI_BAD_INPUT;
         case 'h': usage(stdout); return CLI_OK;
         default: usage(stderr); return CLI_USAGE;
         }
@@ -121,12 +160,27 @@ int cmd_dedup(int argc, char **argv)
     size_t nsp = 0;
     char err[1024];
     int fp = 0; /* near duplicates from fingerprints */
+    size_t nvol = 0, nimg = 0; /* volume and image fingerprints compared */
     if (!space) {
         srch_dedup_result *fr = NULL;
         double t = thr_set ? thr : ENC_FP_THRESHOLD;
-        if (srch_dedup_fingerprints(s, ENC_FP_TAG, ENC_FP_VOLUME_DIM, (float)t, &fr, err,
-                                    sizeof err)) {
+        srch_dedup_result *fi = NULL;
+        /* a kind left out: no fingerprint has tag 0 */
+        uint32_t vtag = strcmp(kind, "image") ? ENC_FP_TAG : 0;
+        uint32_t itag = strcmp(kind, "volume") ? ENC_FP_IMAGE_TAG : 0;
+        if (srch_dedup_fingerprints(s, vtag, ENC_FP_VOLUME_DIM, (float)t, &fr, err, sizeof err) ||
+            srch_dedup_fingerprints_scored(s, itag, ENC_FP_IMAGE_DIM, (float)ithr, image_score,
+                                           NULL, threads < 1 ? 1 : (int)threads, &fi, err,
+                                           sizeof err)) {
+            srch_dedup_free(fr);
             cli_error("%s", err);
+            goto out;
+        }
+        nvol = fr->scanned;
+        nimg = fi->scanned;
+        if (srch_dedup_merge(fr, fi)) {
+            srch_dedup_free(fr);
+            cli_error("out of memory");
             goto out;
         }
         store_space_stat vst;
@@ -143,7 +197,7 @@ int cmd_dedup(int argc, char **argv)
         } else {
             srch_dedup_free(fr);
             if (vst.count)
-                fprintf(stderr, "medsem dedup: %s has no volume fingerprints (it was ingested "
+                fprintf(stderr, "medsem dedup: %s has no fingerprints (it was ingested "
                         "before medsem computed them, or with another fingerprint version); near "
                         "duplicates below come from the model's embeddings, which group findings, "
                         "not patients.  Ingest the manifest into a new database to get "
@@ -197,8 +251,11 @@ int cmd_dedup(int argc, char **argv)
         printf("{\"space\":\"%s\",\"spaces\":[", fp ? "fingerprint" : store_space_name(sps[0]));
         for (size_t i = 0; i < nsp; i++)
             printf("%s\"%s\"", i ? "," : "", fp ? "fingerprint" : store_space_name(sps[i]));
-        printf("],\"threshold\":%.6f,\"scanned\":%zu,\"near_pairs\":%zu,\"exact\":[", thr, scanned,
-               pairs);
+        printf("],\"threshold\":%.6f,", thr);
+        if (fp)
+            printf("\"image_threshold\":%.6f,\"fingerprints\":{\"volume\":%zu,\"image\":%zu},",
+                   ithr, nvol, nimg);
+        printf("\"scanned\":%zu,\"near_pairs\":%zu,\"exact\":[", scanned, pairs);
         print_clusters(s, "exact", NULL, r[0]->exact, r[0]->nexact, 1, &first);
         printf("],\"near\":[");
         first = 1;
@@ -207,16 +264,20 @@ int cmd_dedup(int argc, char **argv)
                            r[i]->nnear, 1, &first);
         printf("]}\n");
     } else {
-        printf("scanned %zu %s (", scanned, fp ? "fingerprints" : "vectors");
-        for (size_t i = 0; i < nsp; i++)
-            printf("%s%s %zu", i ? ", " : "", fp ? "volume" : store_space_name(sps[i]),
-                   r[i]->scanned);
-        printf(") at threshold %.4f: %zu near pairs\n", thr, pairs);
+        if (fp) {
+            printf("scanned %zu fingerprints (volume %zu at threshold %.4f, image %zu at %.4f): "
+                   "%zu near pairs\n", scanned, nvol, thr, nimg, ithr, pairs);
+        } else {
+            printf("scanned %zu vectors (", scanned);
+            for (size_t i = 0; i < nsp; i++)
+                printf("%s%s %zu", i ? ", " : "", store_space_name(sps[i]), r[i]->scanned);
+            printf(") at threshold %.4f: %zu near pairs\n", thr, pairs);
+        }
         printf("exact duplicates: %zu cluster%s\n", r[0]->nexact, r[0]->nexact == 1 ? "" : "s");
         print_clusters(s, "exact", NULL, r[0]->exact, r[0]->nexact, 0, &first);
         for (size_t i = 0; i < nsp; i++) {
             printf("near duplicates (%s): %zu cluster%s\n",
-                   fp ? "volume fingerprints" : store_space_name(sps[i]), r[i]->nnear,
+                   fp ? "fingerprints" : store_space_name(sps[i]), r[i]->nnear,
                    r[i]->nnear == 1 ? "" : "s");
             print_clusters(s, "near", NULL, r[i]->near, r[i]->nnear, 0, &first);
         }

@@ -11,10 +11,11 @@
  * the same vector, two patients with the same findings do not.  It is
  * deterministic, needs no model, and is L2-normalised and zero-mean, so the
  * cosine similarity of two fingerprints of one kind is their inner product.
- * Only volumes have one so far: radiographs (projections, cut by the frame
- * at the top and bottom, shown through unknown display curves) need another
- * method, which the ones tried here did not give.  Compare only fingerprints
- * of the same version (ENC_FP_TAG).  See
+ * Volume fingerprints are compared by their inner product; radiographs
+ * (projections, cut by the frame at the top and bottom, shown through
+ * unknown display curves) have no world frame and are compared by an
+ * alignment search instead (enc_fingerprint_image_score).  Compare only
+ * fingerprints of the same tag (ENC_FP_TAG, ENC_FP_IMAGE_TAG).  See
  * docs/dedup.md for the method and the measured threshold.  Cosines of
  * fingerprints run close to 1 (every chest shares its gross shape), so
  * thresholds are like 0.997, not 0.9.
@@ -56,5 +57,29 @@
 /* The fingerprint of a volume file (NIfTI): ENC_FP_VOLUME_DIM floats. */
 int enc_fingerprint_volume(const char *path, enc_modality mod, float *out, char *errbuf,
                            size_t errlen);
+
+/* Radiographs (and any 2D image): a 64 x 64 band-passed picture of the
+ * intensity ranks, compared by alignment (enc_fingerprint_image_score),
+ * not by a plain inner product.  Versioned on its own. */
+#define ENC_FP_IMAGE_VERSION 1
+#define ENC_FP_IMAGE_TAG (0x69504600u + ENC_FP_IMAGE_VERSION) /* "FPi" + version */
+#define ENC_FP_IMG_N 64
+#define ENC_FP_IMAGE_DIM (ENC_FP_IMG_N * ENC_FP_IMG_N)
+
+/* Default score above which two radiographs are rescans of one patient
+ * (docs/dedup.md). */
+#define ENC_FP_IMAGE_THRESHOLD 0.94f
+
+/* The fingerprint of a 2D image file (.png, or a NIfTI with one axis of
+ * length 1): ENC_FP_IMAGE_DIM floats. */
+int enc_fingerprint_image(const char *path, float *out, char *errbuf, size_t errlen);
+
+/* The alignment score of two image fingerprints, in [-1, 1]: the best
+ * normalised cross-correlation over rotations of +-8 degrees and shifts of
+ * +-8 rows and +-4 columns (of 64), searched on a 32 x 32 level and refined
+ * at 64 x 64 (about 1 ms a pair on one core).  floor_ is accepted for
+ * srch_fp_score and not used: every pair is searched in full.  Symmetric
+ * up to the search grid. */
+float enc_fingerprint_image_score(const float *a, const float *b, float floor_);
 
 #endif

@@ -847,18 +847,23 @@ static void build_anatomy(phantom *ph, enc_synth_rng *r)
     ph->mid = 8 * sc[0];
 
     /* lungs: an ellipsoid each inside the cavity, above a diaphragm dome
-     * (higher on the right, flattened by emphysema) */
+     * (higher on the right, flattened by emphysema).  Each patient's lungs,
+     * domes, heart, ribs and clavicles vary on their own, about as much as
+     * adults' do (lung height ~10%, dome level ~1 interspace), beyond the
+     * overall size in sc: a rescan must not look like another patient of the
+     * same build (docs/dedup.md). */
     static const double lc[2][3] = {{70, -4, 15}, {-72, -6, 10}};
     static const double la[2][3] = {{60, 80, 125}, {55, 77, 118}};
     static const double db[2] = {-105, -112}, dh[2] = {45, 38};
     for (int s = 0; s < 2; s++) {
         lungdef *L = &ph->lung[s];
-        P(ph, lc[s][0] * U(r, 0.97, 1.03), lc[s][1] + U(r, -3, 3), lc[s][2] + U(r, -4, 4), L->c);
+        double jx = U(r, 0.94, 1.06), jy = U(r, -5, 5), jz = U(r, -8, 8);
+        P(ph, lc[s][0] * jx, lc[s][1] + jy, lc[s][2] + jz, L->c);
         for (int m = 0; m < 3; m++)
-            L->a[m] = la[s][m] * sc[m] * U(r, 0.96, 1.04);
+            L->a[m] = la[s][m] * sc[m] * U(r, 0.9, 1.1);
         L->a[2] += 6 * emph * sc[2];
-        L->dome_base = (db[s] - 10 * emph + U(r, -4, 4)) * sc[2];
-        L->dome_h = dh[s] * (1 - 0.22 * emph) * sc[2];
+        L->dome_base = (db[s] - 10 * emph + U(r, -12, 12)) * sc[2];
+        L->dome_h = dh[s] * (1 - 0.22 * emph) * sc[2] * U(r, 0.8, 1.2);
         lung_box(ph, s, lo, hi);
         add_pred(ph, OP_LUNG, s ? L_LUNG_L : L_LUNG_R, LB(L_MUSCLE), s, lo, hi);
     }
@@ -900,10 +905,11 @@ static void build_anatomy(phantom *ph, enc_synth_rng *r)
 
     /* heart in its pericardial fat; cardiomegaly widens it to the left */
     double f = cm ? 1 + 0.12 * (cm->grade + 1.3) : 1;
-    P(ph, -26 - 40 * (f - 1), 26 + U(r, -3, 3), -42 - 8 * (f - 1), ph->heart_c);
-    ph->heart_a[0] = 58 * sc[0] * f * U(r, 0.95, 1.05);
-    ph->heart_a[1] = 46 * sc[1] * (1 + 0.5 * (f - 1)) * U(r, 0.95, 1.05);
-    ph->heart_a[2] = 50 * sc[2] * (1 + 0.4 * (f - 1)) * U(r, 0.95, 1.05);
+    double hx = U(r, -8, 8), hy = U(r, -5, 5), hz = U(r, -10, 10);
+    P(ph, -26 - 40 * (f - 1) + hx, 26 + hy, -42 - 8 * (f - 1) + hz, ph->heart_c);
+    ph->heart_a[0] = 58 * sc[0] * f * U(r, 0.9, 1.1);
+    ph->heart_a[1] = 46 * sc[1] * (1 + 0.5 * (f - 1)) * U(r, 0.9, 1.1);
+    ph->heart_a[2] = 50 * sc[2] * (1 + 0.4 * (f - 1)) * U(r, 0.9, 1.1);
     uint32_t mh = M_SOFT | M_LUNG;
     double pa[3] = {ph->heart_a[0] + 4, ph->heart_a[1] + 4, ph->heart_a[2] + 4};
     add_ellipsoid(ph, L_FAT, mh, ph->heart_c, pa);
@@ -961,8 +967,9 @@ static void build_anatomy(phantom *ph, enc_synth_rng *r)
     /* ribs: eleven pairs of arcs around the chest wall, sloping down toward
      * the front; the upper ones shorter and on a narrower ellipse */
     double rx = ph->cav[0] + 9 * sr, ry = ph->cav[1] + 9 * sr;
+    const double slope = 90 * U(r, 0.8, 1.2), pitch = 21 * U(r, 0.93, 1.07);
     for (int k = 0; k < 11; k++) {
-        double zk = (122 - 21 * k + U(r, -2, 2)) * sc[2];
+        double zk = (122 - pitch * k + U(r, -4, 4)) * sc[2];
         double wk = 0.78 + 0.22 * fmin(1.0, k / 3.0);
         double tend = (k == 0 ? 0.55 : k == 1 ? 0.68 : 0.80) * M_PI;
         for (int s = 0; s < 2; s++) {
@@ -972,7 +979,7 @@ static void build_anatomy(phantom *ph, enc_synth_rng *r)
                 double t = 0.10 * M_PI + (tend - 0.10 * M_PI) * i / SEG;
                 double fr = (t - 0.10 * M_PI) / (0.70 * M_PI);
                 double p[3] = {side_sign(s) * rx * wk * sin(t), -ry * wk * cos(t),
-                               zk - 90 * sc[2] * fr * fr};
+                               zk - slope * sc[2] * fr * fr};
                 if (i)
                     add_caps(ph, L_BONE, M_SOFT, prev, p, 5 * sr);
                 memcpy(prev, p, sizeof p);
@@ -983,8 +990,10 @@ static void build_anatomy(phantom *ph, enc_synth_rng *r)
     P(ph, 0, 0, 0, c);
     c[1] = ph->cav[1] + 9 * sr;
     add_quad(ph, L_BONE, M_SOFT, c, 15 * sc[0], 6 * sc[1], 0, -70 * sc[2], 95 * sc[2]);
-    caps_ref(ph, L_BONE, M_SOFT, 22, 60, 150, 135, 15, 168, 7);
-    caps_ref(ph, L_BONE, M_SOFT, -22, 60, 150, -135, 15, 168, 7);
+    for (int s = 0; s < 2; s++) {
+        double zm = 150 + U(r, -5, 5), zl = 168 + U(r, -14, 14);
+        caps_ref(ph, L_BONE, M_SOFT, side_sign(s) * 22, 60, zm, side_sign(s) * 135, 15, zl, 7);
+    }
 }
 
 static void build_findings(phantom *ph, enc_synth_rng *r)
@@ -1553,14 +1562,21 @@ static int render_ct(const phantom *ph, const geom_size *gs, const enc_synth_req
 
     /* scanner coordinates: a table offset; the patient shifted and turned a
      * little on the table; the field of view centred near the lungs */
-    double off[3] = {U(r, -30, 30), U(r, -30, 30), U(r, -400, 400)};
+    /* (one draw per statement: the order of evaluation inside an argument
+     * or initialiser list is unspecified, and another compiler must draw
+     * the same phantom) */
+    double off[3];
+    for (int m = 0; m < 3; m++)
+        off[m] = m < 2 ? U(r, -30, 30) : U(r, -400, 400);
     pose ps;
     rot_xyz(0, 0, U(r, -3, 3) * M_PI / 180, ps.R);
     ps.t[0] = off[0] + U(r, -15, 15);
     ps.t[1] = off[1] + U(r, -15, 15);
     ps.t[2] = off[2] + U(r, -10, 10);
-    double cg[3] = {off[0] + U(r, -5, 5), off[1] + U(r, -5, 5),
-                    off[2] + 12 * ph->sc[2] + U(r, -8, 8)};
+    double cg[3];
+    cg[0] = off[0] + U(r, -5, 5);
+    cg[1] = off[1] + U(r, -5, 5);
+    cg[2] = off[2] + 12 * ph->sc[2] + U(r, -8, 8);
     double half[3] = {(n[0] - 1) / 2.0, (n[1] - 1) / 2.0, (n[2] - 1) / 2.0}, a0[3];
     mat_vec(A, half, a0);
     for (int m = 0; m < 3; m++)
@@ -1654,7 +1670,8 @@ static int render_cr(const phantom *ph, const geom_size *gs, enc_synth_rng *r, u
     /* column -> patient's left (-x), row -> inferior (-z), depth -> anterior */
     double A[3][3] = {{-px, 0, 0}, {0, 0, dy}, {0, -px, 0}};
     pose ps;
-    rot_xyz(U(r, -3, 3) * M_PI / 180, U(r, -4, 4) * M_PI / 180, U(r, -5, 5) * M_PI / 180, ps.R);
+    double rx = U(r, -3, 3), ry = U(r, -4, 4), rz = U(r, -5, 5);
+    rot_xyz(rx * M_PI / 180, ry * M_PI / 180, rz * M_PI / 180, ps.R);
     ps.t[0] = U(r, -15, 15);
     ps.t[1] = U(r, -10, 10);
     ps.t[2] = U(r, -20, 20);

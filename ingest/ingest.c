@@ -432,6 +432,9 @@ static int hash_file(const char *path, uint8_t out[STORE_HASH_SIZE])
 
 enum { IT_NEW = 0, IT_PRESENT, IT_BAD };
 
+/* Room for one fingerprint of either kind. */
+#define FP_STRIDE (ENC_FP_VOLUME_DIM > ENC_FP_IMAGE_DIM ? ENC_FP_VOLUME_DIM : ENC_FP_IMAGE_DIM)
+
 typedef struct job {
     size_t first, n; /* plan items [first, first + n), all of one kind */
     int done;
@@ -442,7 +445,7 @@ typedef struct job {
     float *vis;    /* n x d: volume or image vectors */
     float *rep;    /* n x d: report vectors */
     float *slices; /* n x D x d */
-    float *fp;     /* n x ENC_FP_VOLUME_DIM: volume fingerprints (NULL: none) */
+    float *fp;     /* n x FP_STRIDE: volume or image fingerprints (NULL: none) */
     uint64_t *id;  /* n: the id of an item already present */
     struct geo {
         uint32_t ndim, shape[3];
@@ -626,15 +629,15 @@ static void read_geometry(const pitem *it, struct geo *g)
     enc_vol_free(&v);
 }
 
-/* The acquisition fingerprints of the new volumes among sel[0..m) (only
- * when writing to a store).  A file the encoder read but this cannot is
- * the item's fault.  Returns 0 or a fatal ingest_errno. */
+/* The acquisition fingerprints of the new volumes or images among
+ * sel[0..m) (only when writing to a store).  A file the encoder read but
+ * this cannot is the item's fault.  Returns 0 or a fatal ingest_errno. */
 static int fingerprint_sel(run *r, job *j, const size_t *sel, size_t m, char *msg, size_t mlen)
 {
     const pitem *items = r->pl->it + j->first;
-    if (!r->s || !m || items[0].kind != STORE_KIND_VOLUME)
+    if (!r->s || !m || items[0].kind == STORE_KIND_REPORT)
         return 0;
-    if (!j->fp && !(j->fp = malloc(j->n * ENC_FP_VOLUME_DIM * sizeof *j->fp))) {
+    if (!j->fp && !(j->fp = malloc(j->n * FP_STRIDE * sizeof *j->fp))) {
         snprintf(msg, mlen, "out of memory");
         return INGEST_NOMEM;
     }
@@ -643,8 +646,11 @@ static int fingerprint_sel(run *r, job *j, const size_t *sel, size_t m, char *ms
         if (j->state[i] != IT_NEW)
             continue;
         char err[1024];
-        int rc = enc_fingerprint_volume(items[i].path, enc_modality_parse(items[i].modality),
-                                        j->fp + i * ENC_FP_VOLUME_DIM, err, sizeof err);
+        float *fp = j->fp + i * FP_STRIDE;
+        int rc = items[i].kind == STORE_KIND_VOLUME
+                     ? enc_fingerprint_volume(items[i].path, enc_modality_parse(items[i].modality),
+                                              fp, err, sizeof err)
+                     : enc_fingerprint_image(items[i].path, fp, err, sizeof err);
         if (rc == ENC_NOMEM) {
             snprintf(msg, mlen, "%.200s:%zu: %.800s", r->pl->manifest, items[i].line, err);
             return INGEST_NOMEM;
@@ -857,9 +863,13 @@ static int pending_add(run *r, pending *pd, job *j, size_t i)
     p->vecs = NULL;
     p->nvecs = nv;
     if (j->fp && it->kind == STORE_KIND_VOLUME) {
-        p->fingerprint = j->fp + i * ENC_FP_VOLUME_DIM;
+        p->fingerprint = j->fp + i * FP_STRIDE;
         p->fp_dim = ENC_FP_VOLUME_DIM;
         p->fp_tag = ENC_FP_TAG;
+    } else if (j->fp && it->kind == STORE_KIND_IMAGE) {
+        p->fingerprint = j->fp + i * FP_STRIDE;
+        p->fp_dim = ENC_FP_IMAGE_DIM;
+        p->fp_tag = ENC_FP_IMAGE_TAG;
     }
     pd->voff[pd->n] = pd->nvecs;
     pd->line[pd->n] = it->line;

@@ -873,15 +873,25 @@ static void do_dedup(net_call *c)
         }
         thr = t->valuedouble;
     }
+    double ithr = ENC_FP_IMAGE_THRESHOLD;
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, "image_threshold");
+    if (it && !cJSON_IsNull(it)) {
+        if (!cJSON_IsNumber(it) || !(it->valuedouble > -1) || it->valuedouble > 1) {
+            net_api_error(c, 400, "image_threshold: expected a number in (-1, 1]");
+            return;
+        }
+        ithr = it->valuedouble;
+    }
     srch_dedup_result *r = NULL;
     char err[1024];
     double t0 = net_now();
     int rc = NET_OK, fp = 0;
+    size_t nvol = 0, nimg = 0;
     if (!given) {
-        /* like medsem dedup: rescans by the volume fingerprints when the
-         * database has them, else the model's embeddings of the default target */
-        rc = net_engine_dedup_fp(c->engine, thr > 0 ? (float)thr : ENC_FP_THRESHOLD, &r, err,
-                                 sizeof err);
+        /* like medsem dedup: rescans by the fingerprints when the database
+         * has them, else the model's embeddings of the default target */
+        rc = net_engine_dedup_fp(c->engine, thr > 0 ? (float)thr : ENC_FP_THRESHOLD,
+                                 (float)ithr, &r, &nvol, &nimg, err, sizeof err);
         if (!rc && r->scanned) {
             fp = 1;
             if (!(thr > 0))
@@ -906,6 +916,11 @@ static void do_dedup(net_call *c)
     net_buf_json_str(b, fp ? "fingerprint" : store_space_name(sp));
     net_buf_puts(b, ",\"threshold\":");
     net_buf_json_num(b, thr);
+    if (fp) {
+        net_buf_puts(b, ",\"image_threshold\":");
+        net_buf_json_num(b, ithr);
+        net_buf_printf(b, ",\"fingerprints\":{\"volume\":%zu,\"image\":%zu}", nvol, nimg);
+    }
     net_buf_puts(b, ",\"exact\":");
     cluster_list(b, r->exact, r->nexact, 0);
     net_buf_puts(b, ",\"near\":");

@@ -800,14 +800,39 @@ done:
     return rc;
 }
 
-int net_engine_dedup_fp(net_engine *e, float threshold, srch_dedup_result **out, char *errbuf,
+static float engine_image_score(const float *a, const float *b, float floor_, void *ctx)
+{
+    (void)ctx;
+    return enc_fingerprint_image_score(a, b, floor_);
+}
+
+int net_engine_dedup_fp(net_engine *e, float threshold, float image_threshold,
+                        srch_dedup_result **out, size_t *nvol, size_t *nimg, char *errbuf,
                         size_t errlen)
 {
     char err[1024];
-    int rc = srch_dedup_fingerprints(e->s, ENC_FP_TAG, ENC_FP_VOLUME_DIM, threshold, out, err,
+    srch_dedup_result *r = NULL, *ri = NULL;
+    long nc = sysconf(_SC_NPROCESSORS_ONLN);
+    int rc = srch_dedup_fingerprints(e->s, ENC_FP_TAG, ENC_FP_VOLUME_DIM, threshold, &r, err,
                                      sizeof err);
-    if (rc)
+    if (!rc)
+        rc = srch_dedup_fingerprints_scored(e->s, ENC_FP_IMAGE_TAG, ENC_FP_IMAGE_DIM,
+                                            image_threshold, engine_image_score, NULL,
+                                            nc < 1 ? 1 : nc > 16 ? 16 : (int)nc, &ri, err,
+                                            sizeof err);
+    if (rc) {
+        srch_dedup_free(r);
         return net__fail(errbuf, errlen, rc == SRCH_INVAL ? NET_INVAL : NET_ENGINE, "%s", err);
+    }
+    if (nvol)
+        *nvol = r->scanned;
+    if (nimg)
+        *nimg = ri->scanned;
+    if (srch_dedup_merge(r, ri)) {
+        srch_dedup_free(r);
+        return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+    }
+    *out = r;
     return NET_OK;
 }
 

@@ -328,9 +328,12 @@ int net_engine_put(net_engine *e, const net_put_item *items, size_t n, net_put_r
 int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_arena *a,
                        void **png, size_t *len, char *errbuf, size_t errlen);
 
-/* Near duplicates from the volume fingerprints stored at ingest (no index
- * involved; docs/dedup.md).  (*out)->scanned == 0 when the database has none. */
-int net_engine_dedup_fp(net_engine *e, float threshold, srch_dedup_result **out, char *errbuf,
+/* Near duplicates from the fingerprints stored at ingest (no index
+ * involved; docs/dedup.md): volumes at threshold, radiographs at
+ * image_threshold.  (*out)->scanned == 0 when the database has none;
+ * *nvol and *nimg (may be NULL) get how many of each were compared. */
+int net_engine_dedup_fp(net_engine *e, float threshold, float image_threshold,
+                        srch_dedup_result **out, size_t *nvol, size_t *nimg, char *errbuf,
                         size_t errlen);
 int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_result **out,
                      char *errbuf, size_t errlen);

@@ -5,6 +5,7 @@
 #endif
 
 #include <cblas.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -279,6 +280,37 @@ void srch_dedup_free(srch_dedup_result *r)
     free(r);
 }
 
+static int cluster_first_cmp(const void *a, const void *b)
+{
+    const srch_cluster *x = a, *y = b;
+    uint64_t p = x->n ? x->ids[0] : 0, q = y->n ? y->ids[0] : 0;
+    return p < q ? -1 : p > q;
+}
+
+int srch_dedup_merge(srch_dedup_result *into, srch_dedup_result *from)
+{
+    if (!from)
+        return SRCH_OK;
+    if (from->nnear) {
+        srch_cluster *n = realloc(into->near, (into->nnear + from->nnear) * sizeof *n);
+        if (!n) {
+            srch_dedup_free(from);
+            return SRCH_NOMEM;
+        }
+        memcpy(n + into->nnear, from->near, from->nnear * sizeof *n);
+        into->near = n;
+        into->nnear += from->nnear;
+        free(from->near);
+        from->near = NULL;
+        from->nnear = 0;
+        qsort(into->near, into->nnear, sizeof *into->near, cluster_first_cmp);
+    }
+    into->pairs += from->pairs;
+    into->scanned += from->scanned;
+    srch_dedup_free(from);
+    return SRCH_OK;
+}
+
 int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out, char *errbuf,
                size_t errlen)
 {
@@ -439,5 +471,136 @@ out:
     free(f.ids);
     uf_free(&u);
     free(sc);
+    return rc;
+}
+
+/* ---- fingerprints compared by a scorer (radiographs) ------------------------------ */
+
+typedef struct scored_pair {
+    size_t a, b;
+    float s;
+} scored_pair;
+
+typedef struct scored_job {
+    const fpset *f;
+    srch_fp_score score;
+    void *ctx;
+    float threshold;
+    size_t t, nt; /* rows t, t + nt, ... */
+    scored_pair *p;
+    size_t n, cap;
+    int nomem;
+} scored_job;
+
+static void *scored_rows(void *arg)
+{
+    scored_job *j = arg;
+    const fpset *f = j->f;
+    for (size_t i = j->t; i < f->n && !j->nomem; i += j->nt)
+        for (size_t k = i + 1; k < f->n; k++) {
+            float s = j->score(f->v + i * f->dim, f->v + k * f->dim, j->threshold, j->ctx);
+            if (!(s >= j->threshold))
+                continue;
+            if (j->n == j->cap) {
+                size_t nc = j->cap ? 2 * j->cap : 256;
+                scored_pair *np = realloc(j->p, nc * sizeof *np);
+                if (!np) {
+                    j->nomem = 1;
+                    break;
+                }
+                j->p = np;
+                j->cap = nc;
+            }
+            j->p[j->n++] = (scored_pair){i, k, s > 1 ? 1 : s};
+        }
+    return NULL;
+}
+
+int srch_dedup_fingerprints_scored(store *st, uint32_t tag, uint32_t dim, float threshold,
+                                   srch_fp_score score, void *ctx, int threads,
+                                   srch_dedup_result **out, char *errbuf, size_t errlen)
+{
+    if (!(threshold > -1 && threshold <= 1))
+        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (-1, 1], not %g",
+                         (double)threshold);
+    if (!dim || !score)
+        return util_errf(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0 or no scorer");
+    if (threads < 1)
+        threads = 1;
+    if (threads > 64)
+        threads = 64;
+    srch_dedup_result *r = calloc(1, sizeof *r);
+    fpset f = {.tag = tag, .dim = dim};
+    uf u = {0};
+    groups ex = {0}, ne = {0};
+    scored_job *jobs = calloc((size_t)threads, sizeof *jobs);
+    pthread_t *th = calloc((size_t)threads, sizeof *th);
+    int rc = SRCH_OK;
+    if (!r || !jobs || !th) {
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    int sr = store_datahash_groups(st, exact_cb, &ex);
+    if (!sr)
+        sr = store_fingerprints_scan(st, fp_collect, &f);
+    if (sr) {
+        rc = store_fail(st, sr, errbuf, errlen);
+        goto out;
+    }
+    u.ids = f.ids;
+    u.n = f.n;
+    f.ids = NULL;
+    if (uf_init(&u)) {
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    /* Every unordered pair once, rows dealt round-robin to the threads
+     * (later rows have fewer pairs); pairs are joined in a fixed order
+     * afterwards, so the clusters do not depend on the thread count. */
+    int *running = calloc((size_t)threads, sizeof *running);
+    if (!running) {
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    for (int t = 0; t < threads; t++)
+        jobs[t] = (scored_job){&f, score, ctx, threshold, (size_t)t, (size_t)threads, NULL, 0, 0, 0};
+    for (int t = 1; t < threads; t++)
+        running[t] = !pthread_create(&th[t], NULL, scored_rows, &jobs[t]);
+    scored_rows(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (running[t])
+            pthread_join(th[t], NULL);
+        else
+            scored_rows(&jobs[t]); /* a thread that could not start: its rows here */
+    }
+    free(running);
+    for (int t = 0; t < threads; t++) {
+        if (jobs[t].nomem) {
+            rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t k = 0; k < jobs[t].n; k++) {
+            r->pairs++;
+            uf_union(&u, jobs[t].p[k].a, jobs[t].p[k].b, jobs[t].p[k].s);
+        }
+    }
+    if (dedup_finish(&u, &ex, &ne, r)) {
+        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        goto out;
+    }
+    r->scanned = u.n;
+    *out = r;
+    r = NULL;
+out:
+    for (int t = 0; jobs && t < threads; t++)
+        free(jobs[t].p);
+    free(jobs);
+    free(th);
+    groups_free(&ex);
+    groups_free(&ne);
+    srch_dedup_free(r);
+    free(f.v);
+    free(f.ids);
+    uf_free(&u);
     return rc;
 }

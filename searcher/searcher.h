@@ -131,6 +131,12 @@ int srch_dedup(store *s, idx_space *x, float threshold, srch_dedup_result **out,
                size_t errlen);
 void srch_dedup_free(srch_dedup_result *r);
 
+/* Moves from's near clusters into `into` (kept sorted by their first id)
+ * and adds its pair and scan counts; from's exact clusters are dropped
+ * (they come from the same data hashes).  Frees from, also on failure
+ * (SRCH_NOMEM, which leaves `into` as it was). */
+int srch_dedup_merge(srch_dedup_result *into, srch_dedup_result *from);
+
 /* Exact duplicates as above; near duplicates from the items' acquisition
  * fingerprints (encoder/fingerprint.h) of this tag and dimension instead
  * of a model space: every pair whose cosine similarity is >= threshold,
@@ -139,5 +145,19 @@ void srch_dedup_free(srch_dedup_result *r);
  * fingerprints compared (0 in a database made before fingerprints). */
 int srch_dedup_fingerprints(store *s, uint32_t tag, uint32_t dim, float threshold,
                             srch_dedup_result **out, char *errbuf, size_t errlen);
+
+/* The score of two fingerprints of one tag (higher: more alike).  It may
+ * return early with any value below floor once the pair surely scores
+ * below it.  Called from several threads at once. */
+typedef float (*srch_fp_score)(const float *a, const float *b, float floor, void *ctx);
+
+/* As srch_dedup_fingerprints, for fingerprints that are compared by a
+ * scorer instead of an inner product (radiographs: an alignment search,
+ * encoder/fingerprint.h): every pair is scored, on `threads` threads, and
+ * pairs scoring >= threshold (in (-1, 1]) are joined.  Quadratic in the
+ * number of fingerprints. */
+int srch_dedup_fingerprints_scored(store *s, uint32_t tag, uint32_t dim, float threshold,
+                                   srch_fp_score score, void *ctx, int threads,
+                                   srch_dedup_result **out, char *errbuf, size_t errlen);
 
 #endif

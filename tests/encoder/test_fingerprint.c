@@ -1,5 +1,6 @@
 /* test_fingerprint.c - acquisition fingerprints: a rescan of a synthetic
- * phantom scores above the default threshold, another phantom below. */
+ * phantom scores above the default threshold, another phantom below; for
+ * volumes (inner product) and radiographs (alignment score). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -91,11 +92,91 @@ static void test_bad_file(void **state)
     free(dir);
 }
 
+/* Writes the radiograph of (patient, acquisition) to dir/name and
+ * fingerprints it. */
+static void ifp_of(const char *dir, const char *name, uint64_t patient, uint64_t acq, float *fp)
+{
+    enc_synth_opts o = {.size = ENC_SYNTH_SIZE_SMALL};
+    enc_synth_req rq = {.patient_seed = patient, .acq_seed = acq, .kinds = ENC_SYNTH_IMAGE};
+    enc_synth_study st;
+    char err[512], *path = tu_path(dir, name);
+    assert_int_equal(enc_synth_study_make(&o, &rq, &st, err, sizeof err), ENC_OK);
+    assert_int_equal(enc_synth_write_png(&st, path, err, sizeof err), ENC_OK);
+    int rc = enc_fingerprint_image(path, fp, err, sizeof err);
+    if (rc)
+        fail_msg("%s", err);
+    enc_synth_study_free(&st);
+    free(path);
+}
+
+static void test_image_rescan_and_other(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    assert_non_null(dir);
+    enum { D = ENC_FP_IMAGE_DIM, N = ENC_FP_IMG_N };
+    float *a = malloc(5 * D * sizeof *a);
+    assert_non_null(a);
+    float *b = a + D, *c = b + D, *d = c + D, *m = d + D;
+    ifp_of(dir, "a.png", 7, 100, a);
+    ifp_of(dir, "b.png", 7, 101, b); /* rescan: new pose, exposure, display curve */
+    ifp_of(dir, "c.png", 8, 100, c); /* another patient, the same acquisition draws */
+    ifp_of(dir, "d.png", 7, 100, d); /* the same image again */
+    double n2 = 0, mean = 0;
+    for (int i = 0; i < D; i++) {
+        n2 += (double)a[i] * a[i];
+        mean += a[i];
+    }
+    assert_true(fabs(n2 - 1) < 1e-4);
+    assert_true(fabs(mean) < 1e-3);
+    assert_memory_equal(a, d, D * sizeof *a);
+    assert_true(enc_fingerprint_image_score(a, d, -1) > 0.999f);
+    /* a copy moved 3 cells down and 2 across is found by the search */
+    memset(m, 0, D * sizeof *m);
+    for (int y = 3; y < N; y++)
+        for (int x = 2; x < N; x++)
+            m[y * N + x] = a[(y - 3) * N + x - 2];
+    float moved = enc_fingerprint_image_score(a, m, -1);
+    float same = enc_fingerprint_image_score(a, b, -1), other = enc_fingerprint_image_score(a, c, -1);
+    print_message("moved copy %.4f, rescan %.4f, other patient %.4f, threshold %.2f\n", moved,
+                  same, other, (double)ENC_FP_IMAGE_THRESHOLD);
+    assert_true(moved > 0.99f);
+    assert_true(same >= ENC_FP_IMAGE_THRESHOLD);
+    assert_true(other < ENC_FP_IMAGE_THRESHOLD);
+    assert_true(other < same);
+    free(a);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_image_bad_file(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp(), *path = tu_path(dir, "cut.png");
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fwrite("\x89PNG\r\n\x1a\n\0\0\0\rIHDR", 1, 16, f); /* a PNG cut off in its header */
+    fclose(f);
+    float *fp = malloc(ENC_FP_IMAGE_DIM * sizeof *fp);
+    char err[512] = "";
+    assert_non_null(fp);
+    fp[0] = 42;
+    assert_int_not_equal(enc_fingerprint_image(path, fp, err, sizeof err), ENC_OK);
+    assert_non_null(strstr(err, "cut.png"));
+    assert_true(fp[0] == 42);
+    free(fp);
+    free(path);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rescan_and_other),
         cmocka_unit_test(test_bad_file),
+        cmocka_unit_test(test_image_rescan_and_other),
+        cmocka_unit_test(test_image_bad_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

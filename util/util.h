@@ -24,6 +24,11 @@ int util_verrf(char *errbuf, size_t errlen, int code, const char *fmt, va_list a
  * running out of memory (ENOMEM).  Free with free(). */
 char *util_read_file(const char *path, size_t *len);
 
+/* Makes dir and any missing parents (mode 0777 less the umask), like
+ * `mkdir -p`.  0 when dir is a directory afterwards; otherwise an errno value
+ * (ENOTDIR when dir or a parent exists and is not a directory). */
+int util_mkdir_p(const char *dir);
+
 /* Seconds on the monotonic clock: for durations only. */
 double util_now(void);
 

@@ -156,6 +156,11 @@ done
 expect 0 "" "encode a synthetic volume with it" -- "$MEDSEM" encode --model "$T/mod" --volume "$T/syn/$(sed -n 's/.*"file":"\([^"]*vol_[^"]*\)".*/\1/p' "$T/syn/train.jsonl" | head -n 1)" --modality CT --json
 expect 2 "needs --model and --manifest" "eval without a manifest" -- "$MEDSEM" eval --model "$T/mod"
 expect 2 "" "eval usage" -- "$MEDSEM" eval --bogus
+# output folders are made with their parents, and a file in the way is named
+expect 0 "" "synth into a folder whose parents do not exist" -- "$MEDSEM" synth --out "$T/new/deeper/syn" --volumes 1 --images 1 --seed 3 --size small --quiet
+[ -s "$T/new/deeper/syn/train.jsonl" ] && ok "synth made the parents" || bad "no manifest under new parents"
+: > "$T/afile"
+expect 1 "afile/syn: it or a folder above it exists and is not a directory" "synth under a file" -- "$MEDSEM" synth --out "$T/afile/syn" --volumes 1 --images 1 --seed 3 --quiet
 
 echo "1..$n"
 [ "$fails" -eq 0 ] || { echo "$fails of $n checks failed"; exit 1; }

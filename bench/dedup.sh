@@ -4,9 +4,9 @@
 #   bench/dedup.sh MODEL_DIR [VOLUMES] [IMAGES] [RESCANS]    (run from the build dir)
 #
 # Two synthetic sets (seeds 11 and 12) are ingested.  Seed 11 picks the
-# volume and radiograph fingerprint thresholds (the best F1 over a sweep
-# each); seed 12 reports precision and recall at them and at the CLI
-# defaults, for volumes, radiographs and all pairs, then the model's
+# volume and radiograph fingerprint thresholds (the best F1 over a sweep;
+# among ties the highest); seed 12 reports precision and recall at them and
+# at the CLI defaults, for volumes, radiographs and all pairs, then the model's
 # embeddings (--space) at 0.95 for comparison.  Needs python3 for
 # bench/dedup_eval.py.
 set -eu
@@ -26,15 +26,15 @@ for t in 0.990 0.993 0.995 0.996 0.997 0.9975 0.998 0.9985 0.999; do
     line=$(python3 "$SRC/bench/dedup_eval.py" --kind volume "$T/s11/train.jsonl" "$T/d.json")
     echo "seed 11 (choose), volumes: $line"
     f=$(echo "$line" | f1)
-    if awk "BEGIN{exit !($f > $bestf)}"; then bestf=$f; best=$t; fi
+    if awk "BEGIN{exit !($f >= $bestf)}"; then bestf=$f; best=$t; fi
 done
 ibest=$idef; ibestf=-1
-for t in 0.92 0.93 0.94 0.95 0.96; do
+for t in 0.92 0.925 0.93 0.935 0.94 0.95; do
     "$B/medsem" dedup --db "$T/db11" --json --kind image --image-threshold "$t" > "$T/d.json"
     line=$(python3 "$SRC/bench/dedup_eval.py" --kind image "$T/s11/train.jsonl" "$T/d.json")
     echo "seed 11 (choose), radiographs: $line"
     f=$(echo "$line" | f1)
-    if awk "BEGIN{exit !($f > $ibestf)}"; then ibestf=$f; ibest=$t; fi
+    if awk "BEGIN{exit !($f >= $ibestf)}"; then ibestf=$f; ibest=$t; fi
 done
 echo "chosen thresholds: volumes $best (F1 $bestf on seed 11), radiographs $ibest (F1 $ibestf); CLI defaults $def, $idef"
 for t in "$best $ibest" "$def $idef"; do

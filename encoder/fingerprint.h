@@ -68,7 +68,7 @@ int enc_fingerprint_volume(const char *path, enc_modality mod, float *out, char 
 
 /* Default score above which two radiographs are rescans of one patient
  * (docs/dedup.md). */
-#define ENC_FP_IMAGE_THRESHOLD 0.94f
+#define ENC_FP_IMAGE_THRESHOLD 0.93f
 
 /* The fingerprint of a 2D image file (.png, or a NIfTI with one axis of
  * length 1): ENC_FP_IMAGE_DIM floats. */

@@ -799,7 +799,7 @@ static void test_kill_ingest(void **state)
      * partial database instead of starting afresh. */
     int lo = 0, hi = span + span / 3;
     size_t killed = 0, partial = 0, runs = 0;
-    for (int i = 0; killed < KILLS && i < 4 * KILLS; i++, runs++) {
+    for (int i = 0; (killed < KILLS || partial < 2) && i < 4 * KILLS; i++, runs++) {
         if (i % 2 == 0)
             tu_rmtree(f->db);
         int d = lo + (int)tu_rng_below(&r, (uint64_t)(hi > lo + 1 ? hi - lo : 1));

@@ -4,7 +4,6 @@
 #include "config.h"
 #endif
 
-#include <stdarg.h>
 #include <stdio.h>
 
 #include "encoder/encoder.h"
@@ -35,13 +34,4 @@ const char *enc_errname(int code)
     default:
         return "ENC_UNKNOWN";
     }
-}
-
-int enc__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    util_verrf(errbuf, errlen, code, fmt, ap);
-    va_end(ap);
-    return code;
 }

@@ -5,9 +5,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Formats a one-line message into errbuf (may be NULL) and returns code. */
-int enc__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#include "util/util.h"
+
+/* Formats a one-line message into errbuf (may be NULL) and returns code: the
+ * library's one error formatter under the module's name. */
+#define enc__fail util_errf
 
 /* splitmix64 (Steele, Lea and Flood): the seeding stream. */
 static inline uint64_t enc__splitmix64(uint64_t *x)

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "net/internal.h"
 #include "util/util.h"
@@ -31,22 +30,6 @@ const char *net_errname(int code)
 #undef NET__NAME
     }
     return "unknown error";
-}
-
-int net__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    util_verrf(errbuf, errlen, code, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-double net_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* ---- arena ------------------------------------------------------------------ */

@@ -26,10 +26,11 @@
 #include "net/net.h"
 #include "searcher/searcher.h"
 #include "store/store.h"
+#include "util/util.h"
 
-/* Writes a message to errbuf (may be NULL) and returns code. */
-int net__fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+/* Writes a message to errbuf (may be NULL) and returns code: the library's
+ * one error formatter under the module's name. */
+#define net__fail util_errf
 
 /* ---- arena ------------------------------------------------------------------
  * A bump allocator over a chain of chunks, with a hard cap on the bytes it
@@ -84,7 +85,7 @@ char *net_query_get(net_arena *a, const char *query, const char *key);
 int net_ct_equal(const void *a, const void *b, size_t n);
 
 /* Monotonic seconds. */
-double net_now(void);
+#define net_now util_now
 
 /* ---- HTTP requests ------------------------------------------------------------ */
 

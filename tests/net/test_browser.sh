@@ -41,24 +41,21 @@ if [ -z "$CHROME" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; th
     # A lock held by another apt fails at once rather than waiting; slow
     # mirrors are cut by the per-step timeouts.
     apt_opts=(-o DPkg::Lock::Timeout=0 -o Acquire::http::Timeout=20 -o Acquire::Retries=0)
-    bounded 45 apt-get "${apt_opts[@]}" update -qq >"${TMPDIR:-/tmp}/medsem-apt.$$" 2>&1
-    rc=$?
-    if [ $rc -ne 0 ]; then
-        tail -n 5 "${TMPDIR:-/tmp}/medsem-apt.$$" | sed 's/^/#   /'
-        rm -f "${TMPDIR:-/tmp}/medsem-apt.$$"
-        [ $rc -eq 124 ] || [ $rc -eq 137 ] && skip "apt-get update timed out (chromium not installed)"
-        skip "apt-get update failed (exit $rc; chromium not installed)"
-    fi
-    bounded 65 apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends chromium \
-        >"${TMPDIR:-/tmp}/medsem-apt.$$" 2>&1
-    rc=$?
-    if [ $rc -ne 0 ]; then
-        tail -n 5 "${TMPDIR:-/tmp}/medsem-apt.$$" | sed 's/^/#   /'
-        rm -f "${TMPDIR:-/tmp}/medsem-apt.$$"
-        [ $rc -eq 124 ] || [ $rc -eq 137 ] && skip "apt-get install chromium timed out"
-        skip "apt-get install chromium failed (exit $rc)"
-    fi
-    rm -f "${TMPDIR:-/tmp}/medsem-apt.$$"
+    # apt_step CAP WHAT NOTE ARGS...: apt-get ARGS within CAP seconds, or a
+    # skip naming WHAT, how it failed and NOTE, after apt's last lines.
+    apt_step() {
+        local cap=$1 what=$2 note=$3 log="${TMPDIR:-/tmp}/medsem-apt.$$" rc
+        shift 3
+        bounded "$cap" apt-get "${apt_opts[@]}" "$@" >"$log" 2>&1
+        rc=$?
+        [ $rc -ne 0 ] && tail -n 5 "$log" | sed 's/^/#   /'
+        rm -f "$log"
+        [ $rc -eq 0 ] && return
+        [ $rc -eq 124 ] || [ $rc -eq 137 ] && skip "$what timed out${note:+ ($note)}"
+        skip "$what failed (exit $rc${note:+; $note})"
+    }
+    apt_step 45 "apt-get update" "chromium not installed" update -qq
+    apt_step 65 "apt-get install chromium" "" install -y -qq --no-install-recommends chromium
     CHROME=$(find_chromium)
 fi
 [ -n "$CHROME" ] || skip "chromium is not installed and could not be installed (apt-get install chromium)"

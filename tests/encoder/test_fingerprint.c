@@ -16,32 +16,31 @@
 #include "encoder/synth.h"
 #include "testutil.h"
 
-/* Writes the CT of (patient, acquisition) with the given storage order to
- * dir/name and fingerprints it. */
-static void fp_of(const char *dir, const char *name, uint64_t patient, uint64_t acq, int storage,
-                  float *fp)
+/* Writes the study of (patient, acquisition) to dir/name, the CT (kinds
+ * ENC_SYNTH_VOLUME, NIfTI in the given storage order) or the radiograph
+ * (ENC_SYNTH_IMAGE, PNG), and fingerprints it. */
+static void fp_of(const char *dir, const char *name, uint64_t patient, uint64_t acq, int kinds,
+                  int storage, float *fp)
 {
     enc_synth_opts o = {.size = ENC_SYNTH_SIZE_SMALL};
-    enc_synth_req rq = {.patient_seed = patient, .acq_seed = acq, .kinds = ENC_SYNTH_VOLUME,
+    enc_synth_req rq = {.patient_seed = patient, .acq_seed = acq, .kinds = kinds,
                         .storage = storage};
     enc_synth_study st;
     char err[512], *path = tu_path(dir, name);
+    int vol = kinds == ENC_SYNTH_VOLUME;
     assert_int_equal(enc_synth_study_make(&o, &rq, &st, err, sizeof err), ENC_OK);
-    assert_int_equal(enc_synth_write_nifti(&st, path, err, sizeof err), ENC_OK);
-    int rc = enc_fingerprint_volume(path, ENC_MOD_CT, fp, err, sizeof err);
+    assert_int_equal(vol ? enc_synth_write_nifti(&st, path, err, sizeof err)
+                         : enc_synth_write_png(&st, path, err, sizeof err),
+                     ENC_OK);
+    int rc = vol ? enc_fingerprint_volume(path, ENC_MOD_CT, fp, err, sizeof err)
+                 : enc_fingerprint_image(path, fp, err, sizeof err);
     if (rc)
         fail_msg("%s", err);
     enc_synth_study_free(&st);
     free(path);
 }
 
-static double dot(const float *a, const float *b)
-{
-    double s = 0;
-    for (int i = 0; i < ENC_FP_VOLUME_DIM; i++)
-        s += (double)a[i] * b[i];
-    return s;
-}
+static double dot(const float *a, const float *b) { return tu_dot(a, b, ENC_FP_VOLUME_DIM); }
 
 static void test_rescan_and_other(void **state)
 {
@@ -51,10 +50,12 @@ static void test_rescan_and_other(void **state)
     float *a = malloc(4 * ENC_FP_VOLUME_DIM * sizeof *a);
     assert_non_null(a);
     float *b = a + ENC_FP_VOLUME_DIM, *c = b + ENC_FP_VOLUME_DIM, *d = c + ENC_FP_VOLUME_DIM;
-    fp_of(dir, "a.nii.gz", 7, 100, ENC_SYNTH_STORE_RAS, a);
-    fp_of(dir, "b.nii.gz", 7, 101, ENC_SYNTH_STORE_LPS, b); /* rescan, stored LPS */
-    fp_of(dir, "c.nii.gz", 8, 100, ENC_SYNTH_STORE_RAS, c); /* another patient */
-    fp_of(dir, "d.nii", 7, 100, ENC_SYNTH_STORE_RAS, d);    /* same scan, uncompressed */
+    fp_of(dir, "a.nii.gz", 7, 100, ENC_SYNTH_VOLUME, ENC_SYNTH_STORE_RAS, a);
+    /* rescan, stored LPS */
+    fp_of(dir, "b.nii.gz", 7, 101, ENC_SYNTH_VOLUME, ENC_SYNTH_STORE_LPS, b);
+    fp_of(dir, "c.nii.gz", 8, 100, ENC_SYNTH_VOLUME, ENC_SYNTH_STORE_RAS, c); /* another patient */
+    /* same scan, uncompressed */
+    fp_of(dir, "d.nii", 7, 100, ENC_SYNTH_VOLUME, ENC_SYNTH_STORE_RAS, d);
     /* unit length, zero mean */
     double m = 0;
     for (int i = 0; i < ENC_FP_VOLUME_DIM; i++)
@@ -92,23 +93,6 @@ static void test_bad_file(void **state)
     free(dir);
 }
 
-/* Writes the radiograph of (patient, acquisition) to dir/name and
- * fingerprints it. */
-static void ifp_of(const char *dir, const char *name, uint64_t patient, uint64_t acq, float *fp)
-{
-    enc_synth_opts o = {.size = ENC_SYNTH_SIZE_SMALL};
-    enc_synth_req rq = {.patient_seed = patient, .acq_seed = acq, .kinds = ENC_SYNTH_IMAGE};
-    enc_synth_study st;
-    char err[512], *path = tu_path(dir, name);
-    assert_int_equal(enc_synth_study_make(&o, &rq, &st, err, sizeof err), ENC_OK);
-    assert_int_equal(enc_synth_write_png(&st, path, err, sizeof err), ENC_OK);
-    int rc = enc_fingerprint_image(path, fp, err, sizeof err);
-    if (rc)
-        fail_msg("%s", err);
-    enc_synth_study_free(&st);
-    free(path);
-}
-
 static void test_image_rescan_and_other(void **state)
 {
     (void)state;
@@ -118,10 +102,12 @@ static void test_image_rescan_and_other(void **state)
     float *a = malloc(5 * D * sizeof *a);
     assert_non_null(a);
     float *b = a + D, *c = b + D, *d = c + D, *m = d + D;
-    ifp_of(dir, "a.png", 7, 100, a);
-    ifp_of(dir, "b.png", 7, 101, b); /* rescan: new pose, exposure, display curve */
-    ifp_of(dir, "c.png", 8, 100, c); /* another patient, the same acquisition draws */
-    ifp_of(dir, "d.png", 7, 100, d); /* the same image again */
+    fp_of(dir, "a.png", 7, 100, ENC_SYNTH_IMAGE, 0, a);
+    /* rescan: new pose, exposure, display curve */
+    fp_of(dir, "b.png", 7, 101, ENC_SYNTH_IMAGE, 0, b);
+    /* another patient, the same acquisition draws */
+    fp_of(dir, "c.png", 8, 100, ENC_SYNTH_IMAGE, 0, c);
+    fp_of(dir, "d.png", 7, 100, ENC_SYNTH_IMAGE, 0, d); /* the same image again */
     double n2 = 0, mean = 0;
     for (int i = 0; i < D; i++) {
         n2 += (double)a[i] * a[i];
@@ -137,7 +123,8 @@ static void test_image_rescan_and_other(void **state)
         for (int x = 2; x < N; x++)
             m[y * N + x] = a[(y - 3) * N + x - 2];
     float moved = enc_fingerprint_image_score(a, m, -1);
-    float same = enc_fingerprint_image_score(a, b, -1), other = enc_fingerprint_image_score(a, c, -1);
+    float same = enc_fingerprint_image_score(a, b, -1);
+    float other = enc_fingerprint_image_score(a, c, -1);
     print_message("moved copy %.4f, rescan %.4f, other patient %.4f, threshold %.2f\n", moved,
                   same, other, (double)ENC_FP_IMAGE_THRESHOLD);
     assert_true(moved > 0.99f);

@@ -176,10 +176,15 @@ int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_param
                         i0 = i;
                     i1 = i;
                 }
+            double w0[3];
+            for (int a = 0; a < 3; a++)
+                w0[a] = A[a][1] * j + A[a][2] * k + A[a][3];
             for (int i = 0; i < nx; i++) {
+                if (!(row[i] > thr) && !(i0 >= 0 && i > i0 && i < i1))
+                    continue; /* air outside the body: neither sum */
                 double w[3];
                 for (int a = 0; a < 3; a++)
-                    w[a] = A[a][0] * i + A[a][1] * j + A[a][2] * k + A[a][3];
+                    w[a] = w0[a] + A[a][0] * i;
                 if (row[i] > thr) {
                     for (int a = 0; a < 3; a++)
                         b1[a] += w[a];
@@ -232,18 +237,31 @@ int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_param
     const double ox = (gx - 1) / 2.0, oy = (gy - 1) / 2.0, oz = (gz - 1) / 2.0;
     /* fat -150..-50 HU, bone above 250 HU, in the window's [0, 1] */
     const float fat_lo = 850.0f / 1400, fat_hi = 950.0f / 1400, bone = 1250.0f / 1400;
+    /* voxel -> grid is affine, so along a row the grid position is the
+     * row's start plus i times the step of one voxel in i */
+    double step[3];
+    {
+        double u[3] = {A[0][0], A[1][0], A[2][0]};
+        step[0] = (ct * u[0] + sn * u[1]) * inv;
+        step[1] = (-sn * u[0] + ct * u[1]) * inv;
+        step[2] = u[2] * inv;
+    }
     for (int k = 0; k < nz; k++)
         for (int j = 0; j < ny; j++) {
             const float *row = v.data + ((size_t)k * ny + j) * nx;
+            double w[3];
+            for (int a = 0; a < 3; a++)
+                w[a] = A[a][1] * j + A[a][2] * k + A[a][3] - c[a];
+            const double g0x = (ct * w[0] + sn * w[1]) * inv + ox,
+                         g0y = (-sn * w[0] + ct * w[1]) * inv + oy, g0z = w[2] * inv + oz;
             for (int i = 0; i < nx; i++) {
-                double w[3];
-                for (int a = 0; a < 3; a++)
-                    w[a] = A[a][0] * i + A[a][1] * j + A[a][2] * k + A[a][3] - c[a];
-                double px = ct * w[0] + sn * w[1], py = -sn * w[0] + ct * w[1];
-                float val[3] = {row[i], row[i] >= fat_lo && row[i] <= fat_hi ? 1.0f : 0.0f,
-                                row[i] > bone ? 1.0f : 0.0f};
-                splatn(acc, wt, gx, gy, gz, px * inv + ox, py * inv + oy, w[2] * inv + oz, val,
-                       nch, ng);
+                float val[3] = {row[i], 0, 0};
+                if (nch > 1) {
+                    val[1] = row[i] >= fat_lo && row[i] <= fat_hi ? 1.0f : 0.0f;
+                    val[2] = row[i] > bone ? 1.0f : 0.0f;
+                }
+                splatn(acc, wt, gx, gy, gz, g0x + i * step[0], g0y + i * step[1],
+                       g0z + i * step[2], val, nch, ng);
             }
         }
     enc_vol_free(&v);

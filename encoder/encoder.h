@@ -45,6 +45,7 @@ typedef struct enc_worker enc_worker;
 struct enc_model;
 struct enc_tok;
 struct enc_prep;
+struct enc_vol;
 
 /* Opens the model directory dir (config.json, model.safetensors, vocab.txt)
  * with a CPU backend of nthreads (<= 0: all cores).  Errors name the file
@@ -79,6 +80,19 @@ int enc_worker_images(enc_worker *w, const char *const *paths, const char *const
                       int n, float *out, char *errbuf, size_t errlen);
 int enc_worker_volumes(enc_worker *w, const char *const *paths, const char *const *modalities,
                        int n, float *out, char *errbuf, size_t errlen);
+
+/* A hook the worker calls on each file of later enc_worker_images,
+ * enc_worker_volumes and enc_worker_volume_slices calls, right after it is
+ * read and before it is preprocessed: i is the file's index in that call's
+ * paths, v the image as read (encoder/image.h: RAS, the stored
+ * intensities; a radiograph as enc_img_read_2d gives it).  Work that needs
+ * the decoded file (a fingerprint, its geometry) is done here without
+ * reading it again.  A nonzero return (an enc_errno, with a message in
+ * errbuf that names the file) fails the call as the file's own error
+ * would.  A retried call calls the hook again.  fn NULL removes it. */
+typedef int (*enc_file_hook)(void *ctx, int i, const struct enc_vol *v, char *errbuf,
+                             size_t errlen);
+void enc_worker_set_file_hook(enc_worker *w, enc_file_hook fn, void *ctx);
 
 /* Axial slices per volume that enc_worker_volume_slices encodes: the
  * volume input's depth D, when an axial plane of the preprocessed volume is

@@ -30,6 +30,7 @@
 
 #include <stddef.h>
 
+#include "encoder/image.h"
 #include "encoder/preprocess.h"
 
 /* Bumped whenever the method changes: fingerprints of another version are
@@ -58,6 +59,11 @@
 int enc_fingerprint_volume(const char *path, enc_modality mod, float *out, char *errbuf,
                            size_t errlen);
 
+/* The same from a volume already read by enc_img_read_nifti (not
+ * modified); path only names it in messages. */
+int enc_fingerprint_volume_vol(const enc_vol *v, const char *path, enc_modality mod, float *out,
+                               char *errbuf, size_t errlen);
+
 /* Radiographs (and any 2D image): a 64 x 64 band-passed picture of the
  * intensity ranks, compared by alignment (enc_fingerprint_image_score),
  * not by a plain inner product.  Versioned on its own. */
@@ -73,6 +79,9 @@ int enc_fingerprint_volume(const char *path, enc_modality mod, float *out, char 
 /* The fingerprint of a 2D image file (.png, or a NIfTI with one axis of
  * length 1): ENC_FP_IMAGE_DIM floats. */
 int enc_fingerprint_image(const char *path, float *out, char *errbuf, size_t errlen);
+/* The same from an image already read by enc_img_read_2d (not modified). */
+int enc_fingerprint_image_vol(const enc_vol *v, const char *path, float *out, char *errbuf,
+                              size_t errlen);
 
 /* The alignment score of two image fingerprints, in [-1, 1]: the best
  * normalised cross-correlation over rotations of +-8 degrees and shifts of

@@ -34,6 +34,8 @@ struct enc_worker {
     size_t in_cap;
     int32_t *ids, *mask;
     float *slice_in; /* batch axial slices cut from w->in */
+    enc_file_hook hook;
+    void *hook_ctx;
 };
 
 
@@ -225,6 +227,12 @@ void enc_worker_free(enc_worker *w)
     free(w);
 }
 
+void enc_worker_set_file_hook(enc_worker *w, enc_file_hook fn, void *ctx)
+{
+    w->hook = fn;
+    w->hook_ctx = fn ? ctx : NULL;
+}
+
 static int state_for(enc_worker *w, enc_kind k, int n, char *errbuf, size_t errlen)
 {
     static const char *const names[] = {"images", "volumes", "text"};
@@ -290,8 +298,16 @@ static int encode_files(enc_worker *w, enc_kind k, const char *const *paths,
         return rc;
     for (int i = 0; i < n; i++) {
         enc_modality m = enc_modality_parse(mods ? mods[i] : NULL);
-        rc = k == ENC_IMAGE ? enc_prep_image(paths[i], m, pp, w->in + per * i, errbuf, errlen)
-                            : enc_prep_volume(paths[i], m, pp, w->in + per * i, errbuf, errlen);
+        enc_vol v = {0};
+        rc = k == ENC_IMAGE ? enc_img_read_2d(paths[i], NULL, &v, errbuf, errlen)
+                            : enc_img_read_nifti(paths[i], NULL, &v, errbuf, errlen);
+        if (!rc && w->hook)
+            rc = w->hook(w->hook_ctx, i, &v, errbuf, errlen);
+        if (!rc)
+            rc = k == ENC_IMAGE
+                     ? enc_prep_image_vol(&v, paths[i], m, pp, w->in + per * i, errbuf, errlen)
+                     : enc_prep_volume_vol(&v, paths[i], m, pp, w->in + per * i, errbuf, errlen);
+        enc_vol_free(&v);
         if (rc)
             return rc;
     }

@@ -79,29 +79,48 @@ static void channels(const float *src, size_t n, const enc_prep *p, float *out)
     }
 }
 
+/* Reads the file (vol: NIfTI volume, else a 2D image) and preprocesses it. */
+static int prep_file(int vol, const char *path, enc_modality mod, const enc_prep *p, float *out,
+                     char *errbuf, size_t errlen)
+{
+    int rc = check(p, vol, errbuf, errlen);
+    if (rc)
+        return rc;
+    enc_vol v = {0};
+    rc = vol ? enc_img_read_nifti(path, NULL, &v, errbuf, errlen)
+             : enc_img_read_2d(path, NULL, &v, errbuf, errlen);
+    if (!rc)
+        rc = vol ? enc_prep_volume_vol(&v, path, mod, p, out, errbuf, errlen)
+                 : enc_prep_image_vol(&v, path, mod, p, out, errbuf, errlen);
+    enc_vol_free(&v);
+    return rc;
+}
+
 int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,
                     char *errbuf, size_t errlen)
+{
+    return prep_file(1, path, mod, p, out, errbuf, errlen);
+}
+
+int enc_prep_volume_vol(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
+                        float *out, char *errbuf, size_t errlen)
 {
     int rc = check(p, 1, errbuf, errlen);
     if (rc)
         return rc;
-    enc_vol v = {0}, r = {0};
-    rc = enc_img_read_nifti(path, NULL, &v, errbuf, errlen);
-    if (rc)
-        return rc;
-    rc = intensities(&v, mod, p, path, errbuf, errlen);
+    enc_vol r = {0};
+    rc = intensities(v, mod, p, path, errbuf, errlen);
     float sp[3] = {p->vol_spacing[0], p->vol_spacing[1], p->vol_spacing[2]};
     if (p->fit) {
-        int n[3] = {v.nx, v.ny, v.nz}, want[3] = {p->vol_size[2], p->vol_size[1], p->vol_size[0]};
+        int n[3] = {v->nx, v->ny, v->nz}, want[3] = {p->vol_size[2], p->vol_size[1], p->vol_size[0]};
         for (int a = 0; a < 3; a++)
-            sp[a] = (float)((double)n[a] * v.spacing[a] / want[a]);
+            sp[a] = (float)((double)n[a] * v->spacing[a] / want[a]);
     }
     if (!rc)
-        rc = enc_img_resample(&v, sp, p->vol_size[2], p->vol_size[1], p->vol_size[0], &r, errbuf,
+        rc = enc_img_resample(v, sp, p->vol_size[2], p->vol_size[1], p->vol_size[0], &r, errbuf,
                               errlen);
     if (!rc)
         channels(r.data, (size_t)p->vol_size[0] * p->vol_size[1] * p->vol_size[2], p, out);
-    enc_vol_free(&v);
     enc_vol_free(&r);
     return rc;
 }
@@ -115,40 +134,42 @@ static int ends_with(const char *s, const char *suf)
 int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float *out,
                    char *errbuf, size_t errlen)
 {
+    return prep_file(0, path, mod, p, out, errbuf, errlen);
+}
+
+int enc_prep_image_vol(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
+                       float *out, char *errbuf, size_t errlen)
+{
     int rc = check(p, 0, errbuf, errlen);
     if (rc)
         return rc;
-    enc_vol v = {0}, r = {0};
-    rc = enc_img_read_2d(path, NULL, &v, errbuf, errlen);
-    if (rc)
-        return rc;
+    enc_vol r = {0};
     int png = ends_with(path, ".png");
     /* PNG samples are already [0, 1] of their bit depth; NIfTI values are
      * physical and need the modality's mapping. */
     if (!png)
-        rc = intensities(&v, mod, p, path, errbuf, errlen);
+        rc = intensities(v, mod, p, path, errbuf, errlen);
     if (!rc && !png) {
         /* RAS order has row 0 at the bottom (inferior/posterior): flip to
          * picture order so both sources agree. */
-        for (int j = 0; j < v.ny / 2; j++)
-            for (int i = 0; i < v.nx; i++) {
-                float t = v.data[(size_t)j * v.nx + i];
-                v.data[(size_t)j * v.nx + i] = v.data[(size_t)(v.ny - 1 - j) * v.nx + i];
-                v.data[(size_t)(v.ny - 1 - j) * v.nx + i] = t;
+        for (int j = 0; j < v->ny / 2; j++)
+            for (int i = 0; i < v->nx; i++) {
+                float t = v->data[(size_t)j * v->nx + i];
+                v->data[(size_t)j * v->nx + i] = v->data[(size_t)(v->ny - 1 - j) * v->nx + i];
+                v->data[(size_t)(v->ny - 1 - j) * v->nx + i] = t;
             }
     }
     if (!rc) {
         /* One spacing for both axes keeps the aspect ratio; the larger side
          * fills the model's input and the other is padded. */
         int H = p->img_size[0], W = p->img_size[1];
-        double sx = (double)v.nx * v.spacing[0] / W, sy = (double)v.ny * v.spacing[1] / H;
+        double sx = (double)v->nx * v->spacing[0] / W, sy = (double)v->ny * v->spacing[1] / H;
         float s = (float)(sx > sy ? sx : sy);
-        float sp[3] = {s, s, v.spacing[2] > 0 ? v.spacing[2] : 1.0f};
-        rc = enc_img_resample(&v, sp, W, H, 1, &r, errbuf, errlen);
+        float sp[3] = {s, s, v->spacing[2] > 0 ? v->spacing[2] : 1.0f};
+        rc = enc_img_resample(v, sp, W, H, 1, &r, errbuf, errlen);
     }
     if (!rc)
         channels(r.data, (size_t)p->img_size[0] * p->img_size[1], p, out);
-    enc_vol_free(&v);
     enc_vol_free(&r);
     return rc;
 }

@@ -21,6 +21,7 @@
 #include <stddef.h>
 
 #include "encoder/encoder.h"
+#include "encoder/image.h"
 
 typedef enum { ENC_MOD_OTHER = 0, ENC_MOD_CT, ENC_MOD_MR, ENC_MOD_XRAY } enc_modality;
 
@@ -55,5 +56,13 @@ int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float
 /* Fills out (enc_prep_image_count floats).  Errors name the file. */
 int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float *out,
                    char *errbuf, size_t errlen);
+
+/* The same from a file already read (enc_img_read_nifti / enc_img_read_2d):
+ * path only names it in messages and, for images, tells PNG (already
+ * [0, 1]) from NIfTI.  v's intensities are mapped in place (v is spent). */
+int enc_prep_volume_vol(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
+                        float *out, char *errbuf, size_t errlen);
+int enc_prep_image_vol(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
+                       float *out, char *errbuf, size_t errlen);
 
 #endif

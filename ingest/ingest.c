@@ -539,6 +539,45 @@ static int item_fault(int rc)
            rc == ENC_INVAL || rc == ENC_MISSING || rc == ENC_SHAPE;
 }
 
+/* What the worker's file hook needs to find the item of file i of one
+ * encoder call. */
+typedef struct file_ctx {
+    const run *r;
+    job *j;
+    const size_t *sel; /* the call's items, as indices into the job */
+} file_ctx;
+
+/* The worker's file hook: from the file the encoder has just read, the
+ * item's acquisition fingerprint (when writing to a store) and its shape
+ * and spacing (o->read_geometry), with no second read or decode.  A
+ * fingerprint that cannot be made fails the item, as a file the encoder
+ * cannot read does. */
+static int on_file(void *ctx, int i, const enc_vol *v, char *errbuf, size_t errlen)
+{
+    file_ctx *c = ctx;
+    size_t k = c->sel[i];
+    const pitem *it = &c->r->pl->it[c->j->first + k];
+    int vol = it->kind == STORE_KIND_VOLUME;
+    if (c->j->fp) {
+        float *fp = c->j->fp + k * FP_STRIDE;
+        int rc = vol ? enc_fingerprint_volume_vol(v, it->path, enc_modality_parse(it->modality),
+                                                  fp, errbuf, errlen)
+                     : enc_fingerprint_image_vol(v, it->path, fp, errbuf, errlen);
+        if (rc)
+            return rc;
+    }
+    if (c->r->o->read_geometry) {
+        struct geo *g = &c->j->geo[k];
+        g->ndim = vol ? 3 : 2;
+        g->shape[0] = (uint32_t)v->nx;
+        g->shape[1] = (uint32_t)v->ny;
+        g->shape[2] = (uint32_t)v->nz;
+        for (int a = 0; a < 3; a++)
+            g->spacing[a] = v->spacing[a];
+    }
+    return 0;
+}
+
 /* Encodes the items sel[0..m) of job j (visual or text); a failed batch is
  * retried item by item so that only the bad ones are dropped.  Returns 0 or
  * a fatal ingest_errno (message in r->fatal_msg). */
@@ -560,6 +599,14 @@ static int encode_sel(run *r, enc_worker *w, job *j, const size_t *sel, size_t m
         snprintf(msg, mlen, "out of memory");
         return INGEST_NOMEM;
     }
+    /* fingerprints are kept only in a store */
+    if (!text && r->s && !j->fp && !(j->fp = malloc(j->n * FP_STRIDE * sizeof *j->fp))) {
+        free(vis);
+        free(sl);
+        snprintf(msg, mlen, "out of memory");
+        return INGEST_NOMEM;
+    }
+    file_ctx fc = {r, j, NULL};
     char err[1024];
     int fatal = 0;
     for (int single = m == 1; single <= 1 && !fatal; single++) {
@@ -571,6 +618,9 @@ static int encode_sel(run *r, enc_worker *w, job *j, const size_t *sel, size_t m
                 a[k] = text ? it->report : it->path;
                 mods[k] = it->modality;
             }
+            fc.sel = sel + s0;
+            if (!text && (j->fp || r->o->read_geometry))
+                enc_worker_set_file_hook(w, on_file, &fc);
             int rc;
             if (text)
                 rc = enc_worker_text(w, a, (int)step, vis + s0 * d, err, sizeof err);
@@ -581,6 +631,7 @@ static int encode_sel(run *r, enc_worker *w, job *j, const size_t *sel, size_t m
                                               sl + s0 * D * d, err, sizeof err);
             else
                 rc = enc_worker_volumes(w, a, mods, (int)step, vis + s0 * d, err, sizeof err);
+            enc_worker_set_file_hook(w, NULL, NULL);
             if (rc && !item_fault(rc)) {
                 char where[256];
                 item_where(r->pl, items[sel[s0]].line, where, sizeof where);
@@ -609,56 +660,6 @@ static int encode_sel(run *r, enc_worker *w, job *j, const size_t *sel, size_t m
     free(vis);
     free(sl);
     return fatal;
-}
-
-/* The file's shape and spacing, as the encoder's reader sees it (after
- * reorientation to RAS); left zero when it cannot be read. */
-static void read_geometry(const pitem *it, struct geo *g)
-{
-    enc_vol v = {0};
-    int vol = it->kind == STORE_KIND_VOLUME;
-    if (vol ? enc_img_read_nifti(it->path, NULL, &v, NULL, 0)
-            : enc_img_read_2d(it->path, NULL, &v, NULL, 0))
-        return;
-    g->ndim = vol ? 3 : 2;
-    g->shape[0] = (uint32_t)v.nx;
-    g->shape[1] = (uint32_t)v.ny;
-    g->shape[2] = (uint32_t)v.nz;
-    for (int i = 0; i < 3; i++)
-        g->spacing[i] = v.spacing[i];
-    enc_vol_free(&v);
-}
-
-/* The acquisition fingerprints of the new volumes or images among
- * sel[0..m) (only when writing to a store).  A file the encoder read but
- * this cannot is the item's fault.  Returns 0 or a fatal ingest_errno. */
-static int fingerprint_sel(run *r, job *j, const size_t *sel, size_t m, char *msg, size_t mlen)
-{
-    const pitem *items = r->pl->it + j->first;
-    if (!r->s || !m || items[0].kind == STORE_KIND_REPORT)
-        return 0;
-    if (!j->fp && !(j->fp = malloc(j->n * FP_STRIDE * sizeof *j->fp))) {
-        snprintf(msg, mlen, "out of memory");
-        return INGEST_NOMEM;
-    }
-    for (size_t k = 0; k < m; k++) {
-        size_t i = sel[k];
-        if (j->state[i] != IT_NEW)
-            continue;
-        char err[1024];
-        float *fp = j->fp + i * FP_STRIDE;
-        int rc = items[i].kind == STORE_KIND_VOLUME
-                     ? enc_fingerprint_volume(items[i].path, enc_modality_parse(items[i].modality),
-                                              fp, err, sizeof err)
-                     : enc_fingerprint_image(items[i].path, fp, err, sizeof err);
-        if (rc == ENC_NOMEM) {
-            snprintf(msg, mlen, "%.200s:%zu: %.800s", r->pl->manifest, items[i].line, err);
-            return INGEST_NOMEM;
-        }
-        if (rc)
-            set_bad(r, j, i, err);
-    }
-    return 0;
 }
 
 /* Hash, look up, encode one job.  Returns 0 or a fatal ingest_errno. */
@@ -708,11 +709,6 @@ static int process_job(run *r, enc_worker *w, job *j, char *msg, size_t mlen)
     int rc = encode_sel(r, w, j, sel, m, 0, msg, mlen);
     if (rc)
         return rc;
-    if ((rc = fingerprint_sel(r, j, sel, m, msg, mlen)))
-        return rc;
-    for (size_t k = 0; r->o->read_geometry && k < m; k++)
-        if (j->state[sel[k]] == IT_NEW)
-            read_geometry(&items[sel[k]], &j->geo[sel[k]]);
     m = 0;
     for (size_t i = 0; i < j->n; i++)
         if (j->state[i] == IT_NEW && items[i].report)

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "encoder/fingerprint.h"
+#include "encoder/image.h"
 #include "encoder/synth.h"
 #include "testutil.h"
 
@@ -157,6 +158,56 @@ static void test_image_bad_file(void **state)
     free(dir);
 }
 
+/* From a file already read (the ingest path: the encoder's worker hands
+ * over what it decoded): the same vector as from the file, bit for bit, and
+ * the image is left as it was.  CT is windowed on the fly, MR scaled in a
+ * copy; radiographs too. */
+static void test_from_decoded(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    assert_non_null(dir);
+    float *a = malloc(2 * ENC_FP_IMAGE_DIM * sizeof *a), *b = a + ENC_FP_IMAGE_DIM;
+    assert_non_null(a);
+    char err[512];
+    for (int kind = 0; kind < 3; kind++) { /* CT, the CT read as MR, a radiograph */
+        int vol = kind < 2;
+        enc_modality mod = kind == 0 ? ENC_MOD_CT : ENC_MOD_MR;
+        const char *name = vol ? "v.nii.gz" : "r.png";
+        char *path = tu_path(dir, name);
+        fp_of(dir, name, 9, 100, vol ? ENC_SYNTH_VOLUME : ENC_SYNTH_IMAGE, ENC_SYNTH_STORE_RAS,
+              a);
+        if (kind == 1)
+            assert_int_equal(enc_fingerprint_volume(path, mod, a, err, sizeof err), ENC_OK);
+        enc_vol v = {0};
+        assert_int_equal(vol ? enc_img_read_nifti(path, NULL, &v, err, sizeof err)
+                             : enc_img_read_2d(path, NULL, &v, err, sizeof err),
+                         ENC_OK);
+        size_t n = (size_t)v.nx * v.ny * v.nz;
+        float *keep = malloc(n * sizeof *keep);
+        assert_non_null(keep);
+        memcpy(keep, v.data, n * sizeof *keep);
+        assert_int_equal(vol ? enc_fingerprint_volume_vol(&v, path, mod, b, err, sizeof err)
+                             : enc_fingerprint_image_vol(&v, path, b, err, sizeof err),
+                         ENC_OK);
+        assert_memory_equal(a, b, (vol ? ENC_FP_VOLUME_DIM : ENC_FP_IMAGE_DIM) * sizeof *a);
+        assert_memory_equal(keep, v.data, n * sizeof *keep);
+        free(keep);
+        enc_vol_free(&v);
+        free(path);
+    }
+    /* too small for a fingerprint: named, out untouched */
+    float px[16] = {0};
+    enc_vol tiny = {.data = px, .nx = 4, .ny = 4, .nz = 1};
+    b[0] = 42;
+    assert_int_equal(enc_fingerprint_image_vol(&tiny, "tiny.png", b, err, sizeof err), ENC_INVAL);
+    assert_non_null(strstr(err, "tiny.png"));
+    assert_true(b[0] == 42);
+    free(a);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -164,6 +215,7 @@ int main(void)
         cmocka_unit_test(test_bad_file),
         cmocka_unit_test(test_image_rescan_and_other),
         cmocka_unit_test(test_image_bad_file),
+        cmocka_unit_test(test_from_decoded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

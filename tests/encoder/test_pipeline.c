@@ -17,6 +17,7 @@
 #include <nifti2_io.h>
 
 #include "encoder/encoder.h"
+#include "encoder/image.h"
 #include "encoder/model.h"
 #include "encoder/preprocess.h"
 #include "encoder/tokenizer.h"
@@ -133,6 +134,83 @@ static void test_medsem_pipeline(void **state)
     free(dir);
 }
 
+/* What the file hook saw. */
+typedef struct seen {
+    int calls, idx[4], nx[4], nz[4];
+    float first[4]; /* the first voxel, as stored (before any windowing) */
+    int fail_at;    /* index to fail with ENC_INVAL, or -1 */
+} seen;
+
+static int on_file(void *ctx, int i, const enc_vol *v, char *errbuf, size_t errlen)
+{
+    seen *s = ctx;
+    if (s->calls < 4) {
+        s->idx[s->calls] = i;
+        s->nx[s->calls] = v->nx;
+        s->nz[s->calls] = v->nz;
+        s->first[s->calls] = v->data[0];
+    }
+    s->calls++;
+    if (i == s->fail_at) {
+        snprintf(errbuf, errlen, "hook refuses file %d", i);
+        return ENC_INVAL;
+    }
+    return ENC_OK;
+}
+
+/* The file hook sees each file as read, before preprocessing, with its
+ * index in the call; its failure fails the call; the vectors are the same
+ * with or without it. */
+static void test_file_hook(void **state)
+{
+    (void)state;
+    char *dir = fixture("medsem");
+    char err[1024];
+    enc_pipeline *p = NULL;
+    assert_int_equal(enc_pipeline_open(dir, 1, &p, err, sizeof err), 0);
+    enc_worker *w = NULL;
+    assert_int_equal(enc_worker_new(p, 2, &w, err, sizeof err), 0);
+    char *tmp = tu_mkdtemp();
+    char *a = tu_path(tmp, "a.nii.gz"), *b = tu_path(tmp, "b.nii");
+    write_ct(a, 20, 18, 6);
+    write_ct(b, 12, 10, 4);
+    const char *paths[2] = {a, b}, *mods[2] = {"CT", "CT"};
+    float plain[64], hooked[64];
+    assert_int_equal(enc_worker_volumes(w, paths, mods, 2, plain, err, sizeof err), 0);
+
+    seen s = {.fail_at = -1};
+    enc_worker_set_file_hook(w, on_file, &s);
+    assert_int_equal(enc_worker_volumes(w, paths, mods, 2, hooked, err, sizeof err), 0);
+    assert_int_equal(s.calls, 2);
+    assert_int_equal(s.idx[0], 0);
+    assert_int_equal(s.idx[1], 1);
+    assert_int_equal(s.nx[0], 20);
+    assert_int_equal(s.nz[0], 6);
+    assert_int_equal(s.nx[1], 12);
+    assert_int_equal(s.nz[1], 4);
+    assert_true(s.first[0] == -1000.0f); /* HU as stored: write_ct's voxel 0 */
+    assert_true(maxdiff(plain, hooked, 64) == 0);
+
+    /* The hook's failure is the call's, with its message. */
+    s = (seen){.fail_at = 1};
+    assert_int_equal(enc_worker_volumes(w, paths, mods, 2, hooked, err, sizeof err), ENC_INVAL);
+    assert_string_equal(err, "hook refuses file 1");
+
+    /* Removed: not called any more. */
+    enc_worker_set_file_hook(w, NULL, NULL);
+    s = (seen){.fail_at = -1};
+    assert_int_equal(enc_worker_volumes(w, paths, mods, 2, hooked, err, sizeof err), 0);
+    assert_int_equal(s.calls, 0);
+
+    free(a);
+    free(b);
+    tu_rmtree(tmp);
+    free(tmp);
+    enc_worker_free(w);
+    enc_pipeline_close(p);
+    free(dir);
+}
+
 static void test_kinds_and_errors(void **state)
 {
     char err[1024];
@@ -162,6 +240,7 @@ int main(void)
     nifti_set_debug_level(0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_medsem_pipeline),
+        cmocka_unit_test(test_file_hook),
         cmocka_unit_test(test_kinds_and_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "encoder/encoder.h"
+#include "encoder/fingerprint.h"
 #include "encoder/synth.h"
 #include "indexer/indexer.h"
 #include "ingest/ingest.h"
@@ -443,6 +444,57 @@ static size_t check_db(const fixture *f, store *s, int D)
     return (size_t)items;
 }
 
+/* The fingerprints ingest stored, collected by a scan (no store reads
+ * inside its transaction) and checked afterwards. */
+typedef struct fpset {
+    size_t n;
+    uint64_t id[64];
+    uint32_t tag[64], dim[64];
+    float *fp[64];
+} fpset;
+
+static int collect_fp(void *ctx, uint64_t id, uint32_t tag, uint32_t dim, const float *fp)
+{
+    fpset *c = ctx;
+    assert_true(c->n < 64);
+    c->id[c->n] = id;
+    c->tag[c->n] = tag;
+    c->dim[c->n] = dim;
+    c->fp[c->n] = malloc(dim * sizeof(float));
+    memcpy(c->fp[c->n], fp, dim * sizeof(float));
+    c->n++;
+    return 0;
+}
+
+/* Every volume and radiograph has the fingerprint of its file, bit for
+ * bit, though ingest makes it from the image its encoder worker already
+ * decoded; reports have none.  Returns how many were checked. */
+static size_t check_fingerprints(store *s)
+{
+    fpset c = {0};
+    assert_int_equal(store_fingerprints_scan(s, collect_fp, &c), 0);
+    float *want = malloc(ENC_FP_IMAGE_DIM * sizeof *want);
+    char err[512];
+    for (size_t i = 0; i < c.n; i++) {
+        store_item *it = NULL;
+        assert_int_equal(store_item_get(s, c.id[i], &it), 0);
+        int vol = it->kind == STORE_KIND_VOLUME;
+        assert_true(vol || it->kind == STORE_KIND_IMAGE);
+        assert_int_equal(c.tag[i], vol ? ENC_FP_TAG : ENC_FP_IMAGE_TAG);
+        assert_int_equal(c.dim[i], vol ? ENC_FP_VOLUME_DIM : ENC_FP_IMAGE_DIM);
+        int rc = vol ? enc_fingerprint_volume(it->source, enc_modality_parse(it->modality), want,
+                                              err, sizeof err)
+                     : enc_fingerprint_image(it->source, want, err, sizeof err);
+        if (rc)
+            fail_msg("%s", err);
+        assert_memory_equal(c.fp[i], want, c.dim[i] * sizeof *want);
+        store_item_free(it);
+        free(c.fp[i]);
+    }
+    free(want);
+    return c.n;
+}
+
 static void test_ingest_run(void **state)
 {
     fixture *f = *state;
@@ -477,6 +529,7 @@ static void test_ingest_run(void **state)
             fail_msg("message names no bad line: %s", bl.msgs[i]);
     }
     assert_int_equal(check_db(f, s, D), f->good);
+    assert_int_equal(check_fingerprints(s), f->good - 1); /* all but the report-only line */
 
     /* The same manifest again: nothing new. */
     assert_int_equal(ingest_run(pl, p, s, &o, &st, err, sizeof err), 0);

@@ -1,10 +1,22 @@
 /* sha256.c - SHA-256 as specified in FIPS 180-4 (sections 4.1.2, 4.2.2,
  * 5.1.1, 5.3.3 and 6.2), written from the standard for the store's content
  * and data hashes.  Byte-oriented and endian-neutral: words are assembled
- * from bytes explicitly, so the same code runs on any host. */
+ * from bytes explicitly, so the same code runs on any host.
+ *
+ * On x86-64 processors with the SHA extensions (SHA-NI: Intel since Ice
+ * Lake and Goldmont, AMD since Zen), blocks go through the SHA256RNDS2 /
+ * SHA256MSG1 / SHA256MSG2 instructions instead, chosen once at run time:
+ * ingest hashes every file it reads, and this makes that about 5x faster.
+ * Both paths give the same digests (tests/store/test_store.c runs the test
+ * vectors and random messages through each). */
 #include "store/store.h"
 
 #include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define STORE_SHA_NI 1
+#endif
 
 /* FIPS 180-4 4.2.2: the first 32 bits of the fractional parts of the cube
  * roots of the first 64 primes. */
@@ -30,7 +42,7 @@ static uint32_t rotr(uint32_t x, unsigned n) { return (x >> n) | (x << (32 - n))
 #define SSIG1(x) (rotr(x, 17) ^ rotr(x, 19) ^ ((x) >> 10))
 
 /* FIPS 180-4 6.2.2: process one 512-bit block. */
-static void sha256_block(uint32_t h[8], const uint8_t *p)
+static void sha256_block_c(uint32_t h[8], const uint8_t *p)
 {
     uint32_t w[64];
     for (int t = 0; t < 16; t++)
@@ -61,6 +73,81 @@ static void sha256_block(uint32_t h[8], const uint8_t *p)
     h[5] += f;
     h[6] += g;
     h[7] += hh;
+}
+
+#ifdef STORE_SHA_NI
+/* The same block with the SHA extensions.  SHA256RNDS2 does two rounds on
+ * the state split as (A, B, E, F) and (C, D, G, H), each with A or C in
+ * the highest dword, taking W[t] + K[t] for the two rounds from the low
+ * half of its third operand; after two rounds the old ABEF is the new
+ * CDGH, so the two halves swap roles every call.  SHA256MSG1 gives
+ * W[t-16] + sigma0(W[t-15]) for four t, SHA256MSG2 adds sigma1 of the two
+ * words before each (6.2.2 step 1), once W[t-7] is added in between. */
+__attribute__((target("sha,sse4.1,ssse3"))) static void sha256_block_ni(uint32_t h[8],
+                                                                         const uint8_t *p)
+{
+    /* big-endian words: reverse the bytes within each dword */
+    const __m128i bswap = _mm_set_epi8(12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3);
+    __m128i abcd = _mm_loadu_si128((const __m128i *)h);      /* A B C D, low to high */
+    __m128i efgh = _mm_loadu_si128((const __m128i *)(h + 4)); /* E F G H */
+    abcd = _mm_shuffle_epi32(abcd, 0xB1);                      /* B A D C */
+    efgh = _mm_shuffle_epi32(efgh, 0x1B);                      /* H G F E */
+    __m128i abef = _mm_alignr_epi8(abcd, efgh, 8);             /* F E B A */
+    __m128i cdgh = _mm_blend_epi16(efgh, abcd, 0xF0);          /* H G D C */
+    const __m128i abef0 = abef, cdgh0 = cdgh;
+    __m128i m[4];
+    for (int g = 0; g < 16; g++) { /* rounds 4g .. 4g + 3 */
+        __m128i *w = &m[g & 3];
+        if (g < 4) {
+            *w = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * g)), bswap);
+        } else {
+            __m128i t = _mm_sha256msg1_epu32(m[g & 3], m[(g + 1) & 3]);
+            t = _mm_add_epi32(t, _mm_alignr_epi8(m[(g + 3) & 3], m[(g + 2) & 3], 4));
+            *w = _mm_sha256msg2_epu32(t, m[(g + 3) & 3]);
+        }
+        __m128i wk = _mm_add_epi32(*w, _mm_loadu_si128((const __m128i *)(K + 4 * g)));
+        cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk); /* now the new ABEF */
+        wk = _mm_shuffle_epi32(wk, 0x0E);
+        abef = _mm_sha256rnds2_epu32(abef, cdgh, wk); /* and back */
+    }
+    abef = _mm_add_epi32(abef, abef0);
+    cdgh = _mm_add_epi32(cdgh, cdgh0);
+    __m128i t = _mm_shuffle_epi32(abef, 0x1B); /* A B E F */
+    cdgh = _mm_shuffle_epi32(cdgh, 0xB1);      /* G H C D */
+    _mm_storeu_si128((__m128i *)h, _mm_blend_epi16(t, cdgh, 0xF0));           /* A B C D */
+    _mm_storeu_si128((__m128i *)(h + 4), _mm_alignr_epi8(cdgh, t, 8));        /* E F G H */
+}
+#endif
+
+/* 1: blocks go through the SHA extensions.  Chosen on first use; tests
+ * may force the portable path with store__sha256_accel(0). */
+static int use_ni = -1;
+
+int store__sha256_accel(int on)
+{
+    int can = 0;
+#ifdef STORE_SHA_NI
+    __builtin_cpu_init();
+    can = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1") &&
+          __builtin_cpu_supports("ssse3");
+#endif
+    on = on != 0 && can;
+    __atomic_store_n(&use_ni, on, __ATOMIC_RELAXED);
+    return on;
+}
+
+static void sha256_block(uint32_t h[8], const uint8_t *p)
+{
+    int ni = __atomic_load_n(&use_ni, __ATOMIC_RELAXED);
+    if (ni < 0)
+        ni = store__sha256_accel(-1);
+#ifdef STORE_SHA_NI
+    if (ni) {
+        sha256_block_ni(h, p);
+        return;
+    }
+#endif
+    sha256_block_c(h, p);
 }
 
 /* FIPS 180-4 5.3.3: initial hash value. */

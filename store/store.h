@@ -295,6 +295,10 @@ void store_sha256_init(store_sha256_ctx *c);
 void store_sha256_update(store_sha256_ctx *c, const void *data, size_t len);
 void store_sha256_final(store_sha256_ctx *c, uint8_t out[STORE_HASH_SIZE]);
 void store_sha256(const void *data, size_t len, uint8_t out[STORE_HASH_SIZE]);
+/* Whether blocks go through the x86-64 SHA extensions (chosen on first use
+ * when the processor has them).  For tests: on 0 forces the portable code,
+ * 1 the extensions where present, -1 the default; returns what is used. */
+int store__sha256_accel(int on);
 /* 64 lower-case hex characters plus NUL. */
 void store_hash_hex(const uint8_t hash[STORE_HASH_SIZE], char out[2 * STORE_HASH_SIZE + 1]);
 

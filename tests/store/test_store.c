@@ -278,9 +278,48 @@ static void check_sha(const void *data, size_t len, const char *want)
     assert_string_equal(hex, want);
 }
 
+/* The vectors below, through the portable code and (where the processor
+ * has them) the SHA extensions; then random messages of every length up to
+ * 300 bytes and a long one, in uneven pieces, through both, compared. */
+static void sha256_vectors(void);
+
 static void test_sha256(void **state)
 {
     (void)state;
+    assert_int_equal(store__sha256_accel(0), 0);
+    sha256_vectors();
+    int ni = store__sha256_accel(1);
+    print_message("SHA extensions: %s\n", ni ? "present, tested" : "absent, portable code only");
+    sha256_vectors();
+    uint64_t seed = 12345;
+    uint8_t *buf = malloc(100000);
+    assert_non_null(buf);
+    for (size_t i = 0; i < 100000; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        buf[i] = (uint8_t)(seed >> 56);
+    }
+    for (size_t n = 0; n <= 100000; n = n < 300 ? n + 1 : n * 3 + 7) {
+        if (n > 100000)
+            n = 100000;
+        uint8_t a[STORE_HASH_SIZE], b[STORE_HASH_SIZE];
+        store__sha256_accel(0);
+        store_sha256(buf, n, a);
+        store__sha256_accel(1);
+        store_sha256_ctx c;
+        store_sha256_init(&c);
+        for (size_t off = 0, step = 7; off < n; off += step, step = step * 2 + 1)
+            store_sha256_update(&c, buf + off, step < n - off ? step : n - off);
+        store_sha256_final(&c, b);
+        assert_memory_equal(a, b, sizeof a);
+        if (n == 100000)
+            break;
+    }
+    free(buf);
+    store__sha256_accel(-1);
+}
+
+static void sha256_vectors(void)
+{
     /* FIPS 180-2 / NIST CSRC example vectors. */
     check_sha("", 0, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     check_sha("abc", 3, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");

@@ -29,7 +29,7 @@ for t in 0.990 0.993 0.995 0.996 0.997 0.9975 0.998 0.9985 0.999; do
     if awk "BEGIN{exit !($f >= $bestf)}"; then bestf=$f; best=$t; fi
 done
 ibest=$idef; ibestf=-1
-for t in 0.92 0.925 0.93 0.935 0.94 0.95; do
+for t in 0.88 0.885 0.89 0.895 0.9 0.905 0.91 0.915 0.92; do
     "$B/medsem" dedup --db "$T/db11" --json --kind image --image-threshold "$t" > "$T/d.json"
     line=$(python3 "$SRC/bench/dedup_eval.py" --kind image "$T/s11/train.jsonl" "$T/d.json")
     echo "seed 11 (choose), radiographs: $line"

@@ -27,7 +27,7 @@ static void usage(FILE *f)
             "vector).  Near duplicates (rescans) come from the acquisition fingerprints\n"
             "computed at ingest: volumes whose fingerprints have a cosine similarity of at\n"
             "least --threshold (default %.4f), radiographs whose fingerprints align with\n"
-            "a score of at least --image-threshold (default %.2f; every pair is aligned,\n"
+            "a score of at least --image-threshold (default %.3f; every pair is aligned,\n"
             "on --threads threads, default all cores), joined transitively into clusters.\n"
             "--space S uses the model's embeddings of space S instead (default T %.2f):\n"
             "they group findings rather than patients.  --kind compares only the volume or\n"

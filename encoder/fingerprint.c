@@ -715,22 +715,133 @@ static void search(const float *a, const float *b, int N, int m, const double *d
     }
 }
 
-float enc_fingerprint_image_score(const float *a, const float *b, float floor_)
+/* The final score weighs the cells of the scored window [6, 58)^2 of a by
+ * a map learned on synthetic rescans: FPI_WG x FPI_WG control points,
+ * bilinear between them, corners on the window's corner cells.  Fitted
+ * (bench/fit_image_weights.py) to separate the ~2,300 hardest pairs of seed
+ * 11 (every rescan pair, every other pair scoring >= 0.85 unweighted): a
+ * smooth logistic loss around a threshold, over the log-weights, at each
+ * pair's unweighted best alignment.  What it learned (weights 0.06 to 43):
+ * the upper corners (shoulders) and two vertical bands through the middle
+ * of the lung fields count most; the spine and mediastinum, the lateral
+ * chest walls and the bottom row least: where a turn of the patient out of
+ * the plane moves ribs against spine and outline between two shots
+ * (docs/dedup.md).  The weights are the method's: fingerprints are
+ * unchanged, scores and the threshold are not comparable with the
+ * unweighted ones. */
+#define FPI_WG 8
+/* bench/fit_image_weights.py on seed 11, rows top to bottom */
+#define FPI_WEIGHTS \
+    15.2449f, 0.4912f, 0.2175f, 0.0657f, 0.0722f, 0.2312f, 0.9427f, 42.5017f, \
+    2.9404f, 0.7754f, 0.9075f, 0.0572f, 0.0746f, 0.2708f, 0.3774f, 0.3600f, \
+    0.3855f, 0.2359f, 12.1837f, 0.1689f, 3.4803f, 13.0002f, 0.2978f, 4.0113f, \
+    0.5414f, 0.1029f, 1.2222f, 0.0674f, 0.1590f, 6.5345f, 0.1000f, 4.0957f, \
+    1.9446f, 0.1267f, 12.0952f, 0.0864f, 0.5958f, 5.0153f, 0.1128f, 1.9562f, \
+    8.2888f, 0.2490f, 4.2253f, 4.5761f, 4.1265f, 9.6484f, 0.0978f, 0.4681f, \
+    0.7202f, 0.1904f, 5.6537f, 0.6380f, 0.5420f, 9.5985f, 0.1413f, 0.1975f, \
+    0.1801f, 0.1060f, 0.3301f, 0.2659f, 0.1964f, 0.2919f, 0.0734f, 0.1483f
+static const float FPI_W[FPI_WG * FPI_WG] = {FPI_WEIGHTS};
+
+/* Weighted NCC of a's window [m, N - m)^2 with br shifted by (dy, dx), as
+ * ncc_at, each cell counting by w (row-major over the window). */
+static double wncc_at(const float *a, const float *br, int N, int m, int dy, int dx,
+                      const float *w)
+{
+    double sw = 0, sa = 0, sb = 0;
+    const int M = N - 2 * m;
+    for (int pass = 0; pass < 2; pass++) {
+        double ma = pass ? sa / sw : 0, mb = pass ? sb / sw : 0, sab = 0, saa = 0, sbb = 0;
+        for (int y = m; y < N - m; y++) {
+            int yy = y + dy;
+            for (int x = m; x < N - m; x++) {
+                int xx = x + dx;
+                double wc = w[(size_t)(y - m) * M + (x - m)], va = a[(size_t)y * N + x];
+                double vb = yy >= 0 && yy < N && xx >= 0 && xx < N ? br[(size_t)yy * N + xx] : 0;
+                if (!pass) {
+                    sw += wc;
+                    sa += wc * va;
+                    sb += wc * vb;
+                } else {
+                    sab += wc * (va - ma) * (vb - mb);
+                    saa += wc * (va - ma) * (va - ma);
+                    sbb += wc * (vb - mb) * (vb - mb);
+                }
+            }
+        }
+        if (pass)
+            return saa <= 1e-20 || sbb <= 1e-20 ? 0 : sab / sqrt(saa * sbb);
+    }
+    return 0;
+}
+
+/* The cell weights over an M x M window, from the control points. */
+static void fpi_weights(int M, float *w)
+{
+    for (int y = 0; y < M; y++) {
+        double v = (double)y * (FPI_WG - 1) / (M - 1);
+        int y0 = (int)v < FPI_WG - 1 ? (int)v : FPI_WG - 2;
+        double fy = v - y0;
+        for (int x = 0; x < M; x++) {
+            double u = (double)x * (FPI_WG - 1) / (M - 1);
+            int x0 = (int)u < FPI_WG - 1 ? (int)u : FPI_WG - 2;
+            double fx = u - x0;
+            const float *c = FPI_W + y0 * FPI_WG + x0;
+            w[(size_t)y * M + x] =
+                (float)((1 - fy) * ((1 - fx) * c[0] + fx * c[1]) +
+                        fy * ((1 - fx) * c[FPI_WG] + fx * c[FPI_WG + 1]));
+        }
+    }
+}
+
+/* The best alignment of b to a without weights: every rotation at 32 x 32,
+ * +-8 / +-4 cells of the full grid, then +-1 degree and +-1 cell at 64 x 64.
+ * rot: N x N scratch. */
+static fpi_best fpi_align(const float *a, const float *b, float *rot)
 {
     enum { N = FPI_N, N2 = N / 2 };
-    float a2[N2 * N2], b2[N2 * N2], rot[N * N];
+    float a2[N2 * N2], b2[N2 * N2];
     static const double DEG[] = {-8, -6, -4, -2, 0, 2, 4, 6, 8};
     const int ND = (int)(sizeof DEG / sizeof DEG[0]);
-    (void)floor_; /* no shortcut: a coarser level (16 x 16) averages the band away, and its
-                     score fell up to 0.46 below the final one for rescans */
     halve(a, N, a2);
     halve(b, N, b2);
-    /* 32 x 32: every rotation, +-8 / +-4 cells of the full grid */
     fpi_best h = {-2, 0, 0, 0};
     search(a2, b2, N2, 3, DEG, ND, 0, 0, 4, 2, rot, &h);
-    /* 64 x 64: +-1 degree and +-1 cell around it */
     double d3[3] = {h.deg - 1, h.deg, h.deg + 1};
     fpi_best f = {-2, 0, 0, 0};
     search(a, b, N, 6, d3, 3, 2 * h.dy, 2 * h.dx, 1, 1, rot, &f);
+    return f;
+}
+
+float enc_fingerprint_image_score(const float *a, const float *b, float floor_)
+{
+    enum { N = FPI_N, M = N - 12 };
+    float rot[N * N], w[M * M];
+    (void)floor_; /* no shortcut: a coarser level (16 x 16) averages the band away, and its
+                     score fell up to 0.46 below the final one for rescans */
+    fpi_best f = fpi_align(a, b, rot);
+    /* the learned cell weights, at that alignment */
+    fpi_weights(M, w);
+    rotate_grid(b, N, f.deg, rot);
+    return (float)wncc_at(a, rot, N, 6, f.dy, f.dx, w);
+}
+
+/* For bench/image_pairs.c, which exports pairs to fit the weights: the
+ * unweighted score of the alignment, and b moved onto a's grid by it
+ * (N x N, zero outside) when aligned is not NULL. */
+float enc__fingerprint_image_align(const float *a, const float *b, float *aligned);
+float enc__fingerprint_image_align(const float *a, const float *b, float *aligned)
+{
+    enum { N = FPI_N };
+    float rot[N * N];
+    fpi_best f = fpi_align(a, b, rot);
+    if (aligned) {
+        rotate_grid(b, N, f.deg, rot);
+        for (int y = 0; y < N; y++)
+            for (int x = 0; x < N; x++) {
+                int yy = y + f.dy, xx = x + f.dx;
+                aligned[(size_t)y * N + x] =
+                    yy >= 0 && yy < N && xx >= 0 && xx < N ? rot[(size_t)yy * N + xx] : 0;
+            }
+    }
     return (float)f.s;
 }

@@ -74,7 +74,7 @@ int enc_fingerprint_volume_vol(const enc_vol *v, const char *path, enc_modality 
 
 /* Default score above which two radiographs are rescans of one patient
  * (docs/dedup.md). */
-#define ENC_FP_IMAGE_THRESHOLD 0.93f
+#define ENC_FP_IMAGE_THRESHOLD 0.915f
 
 /* The fingerprint of a 2D image file (.png, or a NIfTI with one axis of
  * length 1): ENC_FP_IMAGE_DIM floats. */
@@ -83,12 +83,14 @@ int enc_fingerprint_image(const char *path, float *out, char *errbuf, size_t err
 int enc_fingerprint_image_vol(const enc_vol *v, const char *path, float *out, char *errbuf,
                               size_t errlen);
 
-/* The alignment score of two image fingerprints, in [-1, 1]: the best
- * normalised cross-correlation over rotations of +-8 degrees and shifts of
- * +-8 rows and +-4 columns (of 64), searched on a 32 x 32 level and refined
- * at 64 x 64 (about 1 ms a pair on one core).  floor_ is accepted for
- * srch_fp_score and not used: every pair is searched in full.  Symmetric
- * up to the search grid. */
+/* The alignment score of two image fingerprints, in [-1, 1].  b is aligned
+ * to a by the best normalised cross-correlation over rotations of +-8
+ * degrees and shifts of +-8 rows and +-4 columns (of 64), searched on a
+ * 32 x 32 level and refined at 64 x 64; the score is then the NCC at that
+ * alignment with each cell of a's window weighted by a map learned on
+ * synthetic rescans (docs/dedup.md).  About 1 ms a pair on one core.
+ * floor_ is accepted for srch_fp_score and not used: every pair is searched
+ * in full.  Nearly symmetric: the weights sit in a's frame. */
 float enc_fingerprint_image_score(const float *a, const float *b, float floor_);
 
 #endif

@@ -266,22 +266,6 @@ static const float *fp_row(const float *row, int ct, int n, float *buf)
     return buf;
 }
 
-static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, float *out,
-                     const char *path, char *errbuf, size_t errlen);
-
-int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
-                              char *errbuf, size_t errlen);
-int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
-                              char *errbuf, size_t errlen)
-{
-    enc_vol v = {0};
-    int rc = enc_img_read_nifti(path, NULL, &v, errbuf, errlen);
-    if (!rc)
-        rc = fp_volume(&v, mod, pr, out, path, errbuf, errlen);
-    enc_vol_free(&v);
-    return rc;
-}
-
 /* CT is windowed on the fly (no copy); other modalities are percentile
  * scaled in a copy. */
 static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, float *out,
@@ -460,6 +444,20 @@ static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, 
     free(acc);
     free(wt);
     return ENC_OK;
+}
+
+/* A file with explicit parameters (the variants of docs/dedup.md). */
+int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
+                              char *errbuf, size_t errlen);
+int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
+                              char *errbuf, size_t errlen)
+{
+    enc_vol v = {0};
+    int rc = enc_img_read_nifti(path, NULL, &v, errbuf, errlen);
+    if (!rc)
+        rc = fp_volume(&v, mod, pr, out, path, errbuf, errlen);
+    enc_vol_free(&v);
+    return rc;
 }
 
 int enc_fingerprint_volume(const char *path, enc_modality mod, float *out, char *errbuf,

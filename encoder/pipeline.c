@@ -36,6 +36,7 @@ struct enc_worker {
     float *slice_in; /* batch axial slices cut from w->in */
     enc_file_hook hook;
     void *hook_ctx;
+    int hook_file; /* the index the hook is told: the file being read */
 };
 
 
@@ -233,6 +234,13 @@ void enc_worker_set_file_hook(enc_worker *w, enc_file_hook fn, void *ctx)
     w->hook_ctx = fn ? ctx : NULL;
 }
 
+/* enc_prep_file's callback: the worker's hook, with the file's index. */
+static int file_seen(void *ctx, const enc_vol *v, char *errbuf, size_t errlen)
+{
+    enc_worker *w = ctx;
+    return w->hook(w->hook_ctx, w->hook_file, v, errbuf, errlen);
+}
+
 static int state_for(enc_worker *w, enc_kind k, int n, char *errbuf, size_t errlen)
 {
     static const char *const names[] = {"images", "volumes", "text"};
@@ -296,18 +304,10 @@ static int encode_files(enc_worker *w, enc_kind k, const char *const *paths,
     rc = input_room(w, per * (size_t)n, errbuf, errlen);
     if (rc)
         return rc;
-    for (int i = 0; i < n; i++) {
-        enc_modality m = enc_modality_parse(mods ? mods[i] : NULL);
-        enc_vol v = {0};
-        rc = k == ENC_IMAGE ? enc_img_read_2d(paths[i], NULL, &v, errbuf, errlen)
-                            : enc_img_read_nifti(paths[i], NULL, &v, errbuf, errlen);
-        if (!rc && w->hook)
-            rc = w->hook(w->hook_ctx, i, &v, errbuf, errlen);
-        if (!rc)
-            rc = k == ENC_IMAGE
-                     ? enc_prep_image_vol(&v, paths[i], m, pp, w->in + per * i, errbuf, errlen)
-                     : enc_prep_volume_vol(&v, paths[i], m, pp, w->in + per * i, errbuf, errlen);
-        enc_vol_free(&v);
+    for (w->hook_file = 0; w->hook_file < n; w->hook_file++) {
+        int i = w->hook_file;
+        rc = enc_prep_file(k == ENC_VOLUME, paths[i], enc_modality_parse(mods ? mods[i] : NULL),
+                           pp, w->in + per * i, w->hook ? file_seen : NULL, w, errbuf, errlen);
         if (rc)
             return rc;
     }

@@ -79,37 +79,13 @@ static void channels(const float *src, size_t n, const enc_prep *p, float *out)
     }
 }
 
-/* Reads the file (vol: NIfTI volume, else a 2D image) and preprocesses it. */
-static int prep_file(int vol, const char *path, enc_modality mod, const enc_prep *p, float *out,
-                     char *errbuf, size_t errlen)
+/* A volume as read, to the model's input; v's intensities are mapped in
+ * place. */
+static int prep_volume(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
+                       float *out, char *errbuf, size_t errlen)
 {
-    int rc = check(p, vol, errbuf, errlen);
-    if (rc)
-        return rc;
-    enc_vol v = {0};
-    rc = vol ? enc_img_read_nifti(path, NULL, &v, errbuf, errlen)
-             : enc_img_read_2d(path, NULL, &v, errbuf, errlen);
-    if (!rc)
-        rc = vol ? enc_prep_volume_vol(&v, path, mod, p, out, errbuf, errlen)
-                 : enc_prep_image_vol(&v, path, mod, p, out, errbuf, errlen);
-    enc_vol_free(&v);
-    return rc;
-}
-
-int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,
-                    char *errbuf, size_t errlen)
-{
-    return prep_file(1, path, mod, p, out, errbuf, errlen);
-}
-
-int enc_prep_volume_vol(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
-                        float *out, char *errbuf, size_t errlen)
-{
-    int rc = check(p, 1, errbuf, errlen);
-    if (rc)
-        return rc;
     enc_vol r = {0};
-    rc = intensities(v, mod, p, path, errbuf, errlen);
+    int rc = intensities(v, mod, p, path, errbuf, errlen);
     float sp[3] = {p->vol_spacing[0], p->vol_spacing[1], p->vol_spacing[2]};
     if (p->fit) {
         int n[3] = {v->nx, v->ny, v->nz}, want[3] = {p->vol_size[2], p->vol_size[1], p->vol_size[0]};
@@ -131,18 +107,11 @@ static int ends_with(const char *s, const char *suf)
     return n >= m && strcasecmp(s + n - m, suf) == 0;
 }
 
-int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float *out,
-                   char *errbuf, size_t errlen)
+/* An image as read, to the model's input; v is modified in place. */
+static int prep_image(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
+                      float *out, char *errbuf, size_t errlen)
 {
-    return prep_file(0, path, mod, p, out, errbuf, errlen);
-}
-
-int enc_prep_image_vol(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
-                       float *out, char *errbuf, size_t errlen)
-{
-    int rc = check(p, 0, errbuf, errlen);
-    if (rc)
-        return rc;
+    int rc = ENC_OK;
     enc_vol r = {0};
     int png = ends_with(path, ".png");
     /* PNG samples are already [0, 1] of their bit depth; NIfTI values are
@@ -172,4 +141,34 @@ int enc_prep_image_vol(enc_vol *v, const char *path, enc_modality mod, const enc
         channels(r.data, (size_t)p->img_size[0] * p->img_size[1], p, out);
     enc_vol_free(&r);
     return rc;
+}
+
+int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep *p, float *out,
+                  enc_prep_seen seen, void *ctx, char *errbuf, size_t errlen)
+{
+    int rc = check(p, volume, errbuf, errlen);
+    if (rc)
+        return rc;
+    enc_vol v = {0};
+    rc = volume ? enc_img_read_nifti(path, NULL, &v, errbuf, errlen)
+                : enc_img_read_2d(path, NULL, &v, errbuf, errlen);
+    if (!rc && seen)
+        rc = seen(ctx, &v, errbuf, errlen);
+    if (!rc)
+        rc = volume ? prep_volume(&v, path, mod, p, out, errbuf, errlen)
+                    : prep_image(&v, path, mod, p, out, errbuf, errlen);
+    enc_vol_free(&v);
+    return rc;
+}
+
+int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,
+                    char *errbuf, size_t errlen)
+{
+    return enc_prep_file(1, path, mod, p, out, NULL, NULL, errbuf, errlen);
+}
+
+int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float *out,
+                   char *errbuf, size_t errlen)
+{
+    return enc_prep_file(0, path, mod, p, out, NULL, NULL, errbuf, errlen);
 }

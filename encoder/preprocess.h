@@ -57,12 +57,13 @@ int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float
 int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float *out,
                    char *errbuf, size_t errlen);
 
-/* The same from a file already read (enc_img_read_nifti / enc_img_read_2d):
- * path only names it in messages and, for images, tells PNG (already
- * [0, 1]) from NIfTI.  v's intensities are mapped in place (v is spent). */
-int enc_prep_volume_vol(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
-                        float *out, char *errbuf, size_t errlen);
-int enc_prep_image_vol(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
-                       float *out, char *errbuf, size_t errlen);
+/* Either of the above (volume: enc_prep_volume, else enc_prep_image), and
+ * when seen is not NULL it is called with the image as read (RAS, the
+ * stored intensities), before preprocessing: work that needs the decoded
+ * file is done there without reading it again.  Its nonzero return (an
+ * enc_errno, message in errbuf) is the call's. */
+typedef int (*enc_prep_seen)(void *ctx, const enc_vol *v, char *errbuf, size_t errlen);
+int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep *p, float *out,
+                  enc_prep_seen seen, void *ctx, char *errbuf, size_t errlen);
 
 #endif

@@ -24,6 +24,7 @@
 #endif
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -293,13 +294,6 @@ static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, 
         vp = &copy;
     }
     const enc_vol v = *vp;
-    float *rowbuf = malloc((size_t)v.nx * sizeof *rowbuf);
-    if (!rowbuf) {
-        enc_vol_free(&copy);
-        if (errbuf)
-            snprintf(errbuf, errlen, "%s: out of memory", path);
-        return ENC_NOMEM;
-    }
     const int nx = v.nx, ny = v.ny, nz = v.nz;
     const double(*A)[4] = v.affine;
     /* body: above the threshold in [0, 1]; for CT the same test on the
@@ -373,7 +367,9 @@ static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, 
     const int gx = pr->nx, gy = pr->ny, gz = pr->nz, nch = pr->nch;
     size_t ng = (size_t)gx * gy * gz;
     float *acc = calloc(ng * nch, sizeof *acc), *wt = calloc(2 * ng, sizeof *wt);
-    if (!acc || !wt) {
+    /* a row in [0, 1], for the voxel-by-voxel path of several channels */
+    float *rowbuf = nch > 1 ? malloc((size_t)nx * sizeof *rowbuf) : NULL;
+    if (!acc || !wt || (nch > 1 && !rowbuf)) {
         free(acc);
         free(wt);
         free(rowbuf);
@@ -412,11 +408,8 @@ static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, 
             }
             const float *row = fp_row(raw, is_ct, nx, rowbuf);
             for (int i = 0; i < nx; i++) {
-                float val[3] = {row[i], 0, 0};
-                if (nch > 1) {
-                    val[1] = row[i] >= fat_lo && row[i] <= fat_hi ? 1.0f : 0.0f;
-                    val[2] = row[i] > bone ? 1.0f : 0.0f;
-                }
+                float val[3] = {row[i], row[i] >= fat_lo && row[i] <= fat_hi ? 1.0f : 0.0f,
+                                row[i] > bone ? 1.0f : 0.0f};
                 splatn(acc, wt, gx, gy, gz, g0x + i * step[0], g0y + i * step[1],
                        g0z + i * step[2], val, nch, ng);
             }
@@ -810,17 +803,23 @@ static fpi_best fpi_align(const float *a, const float *b, float *rot)
     return f;
 }
 
+/* The cell weights of the scored window, made once for every pair. */
+enum { FPI_M = FPI_N - 12 };
+static float fpi_w[FPI_M * FPI_M];
+static pthread_once_t fpi_w_once = PTHREAD_ONCE_INIT;
+static void fpi_w_init(void) { fpi_weights(FPI_M, fpi_w); }
+
 float enc_fingerprint_image_score(const float *a, const float *b, float floor_)
 {
-    enum { N = FPI_N, M = N - 12 };
-    float rot[N * N], w[M * M];
+    enum { N = FPI_N };
+    float rot[N * N];
     (void)floor_; /* no shortcut: a coarser level (16 x 16) averages the band away, and its
                      score fell up to 0.46 below the final one for rescans */
+    pthread_once(&fpi_w_once, fpi_w_init);
     fpi_best f = fpi_align(a, b, rot);
     /* the learned cell weights, at that alignment */
-    fpi_weights(M, w);
     rotate_grid(b, N, f.deg, rot);
-    return (float)wncc_at(a, rot, N, 6, f.dy, f.dx, w);
+    return (float)wncc_at(a, rot, N, 6, f.dy, f.dx, fpi_w);
 }
 
 /* For bench/image_pairs.c, which exports pairs to fit the weights: the

@@ -126,7 +126,7 @@ static void test_image_rescan_and_other(void **state)
     float moved = enc_fingerprint_image_score(a, m, -1);
     float same = enc_fingerprint_image_score(a, b, -1);
     float other = enc_fingerprint_image_score(a, c, -1);
-    print_message("moved copy %.4f, rescan %.4f, other patient %.4f, threshold %.2f\n", moved,
+    print_message("moved copy %.4f, rescan %.4f, other patient %.4f, threshold %.3f\n", moved,
                   same, other, (double)ENC_FP_IMAGE_THRESHOLD);
     assert_true(moved > 0.99f);
     assert_true(same >= ENC_FP_IMAGE_THRESHOLD);

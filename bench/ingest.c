@@ -55,6 +55,13 @@ static double cpu_now(void)
            ru.ru_stime.tv_usec * 1e-6;
 }
 
+/* Sorts a[0..n) and returns its median. */
+static double sort_median(double *a, int n)
+{
+    qsort(a, (size_t)n, sizeof *a, cmp_d);
+    return a[n / 2];
+}
+
 static uint64_t rng_state = 88172645463325252ULL;
 static float frand(void)
 {
@@ -137,23 +144,20 @@ static int throughput(const char *model, const char *dir, size_t nv, size_t ni, 
     }
     printf("ingest of %zu items (%zu volumes with %d slices each, %zu radiographs, reports), "
            "%d workers, %d rounds:\n", n, nv, st.slices, ni, workers, rounds);
-    qsort(enc, (size_t)rounds, sizeof *enc, cmp_d);
-    qsort(full, (size_t)rounds, sizeof *full, cmp_d);
-    qsort(ratio, (size_t)rounds, sizeof *ratio, cmp_d);
-    double me = enc[rounds / 2], mf = full[rounds / 2];
+    double me = sort_median(enc, rounds), mf = sort_median(full, rounds);
+    double mr = sort_median(ratio, rounds);
     printf("  encode only   %6.2f s  %7.1f items/s  (median; %.2f-%.2f s)\n", me, n / me, enc[0],
            enc[rounds - 1]);
     printf("  full ingest   %6.2f s  %7.1f items/s  (median; %.2f-%.2f s)\n", mf, n / mf, full[0],
            full[rounds - 1]);
     printf("  full ingest over encode-only, round by round: median %+.1f%% (%+.1f%% to %+.1f%%)\n",
-           100 * (ratio[rounds / 2] - 1), 100 * (ratio[0] - 1), 100 * (ratio[rounds - 1] - 1));
+           100 * (mr - 1), 100 * (ratio[0] - 1), 100 * (ratio[rounds - 1] - 1));
     /* CPU time: what the pipeline costs, unmoved by other tenants' load */
-    qsort(cenc, (size_t)rounds, sizeof *cenc, cmp_d);
-    qsort(cfull, (size_t)rounds, sizeof *cfull, cmp_d);
-    qsort(cratio, (size_t)rounds, sizeof *cratio, cmp_d);
+    double mce = sort_median(cenc, rounds), mcf = sort_median(cfull, rounds);
+    double mcr = sort_median(cratio, rounds);
     printf("  CPU time (all threads): encode only %.2f s, full ingest %.2f s (medians); "
            "round by round: median %+.1f%% (%+.1f%% to %+.1f%%)\n",
-           cenc[rounds / 2], cfull[rounds / 2], 100 * (cratio[rounds / 2] - 1),
+           mce, mcf, 100 * (mcr - 1),
            100 * (cratio[0] - 1), 100 * (cratio[rounds - 1] - 1));
     ingest_plan_free(pl);
     enc_pipeline_close(p);

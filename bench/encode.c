@@ -30,7 +30,7 @@
 
 #include <cblas.h>
 
-#include "encoder/model.h"
+#include "encoder/encoder.h"
 #include "bench/bench_util.h"
 
 static uint64_t rng_state = 1;

@@ -1,5 +1,5 @@
 """Fit the cell weights of the radiograph fingerprint score (FPI_W in
-encoder/fingerprint.c).  A developer tool: CI never runs it.  Needs torch
+dedup/fingerprint.c).  A developer tool: CI never runs it.  Needs torch
 (Debian's python3-torch is enough).
 
     cd _build && make bench/image_pairs

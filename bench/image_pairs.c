@@ -5,8 +5,8 @@
  *   medsem synth --out /tmp/r11 --volumes 0 --images 300 --rescans 150 --size small --seed 11
  *   bench/image_pairs /tmp/r11/train.jsonl /tmp/r11.pairs [min_score 0.85] [threads 2]
  *
- * Fingerprints every image of the manifest (enc_fingerprint_image), aligns
- * every pair without weights (enc__fingerprint_image_align, the score's
+ * Fingerprints every image of the manifest (dedup_fingerprint_image), aligns
+ * every pair without weights (dedup__fingerprint_image_align, the score's
  * search) and writes each rescan pair (the same "study", or "rescan_of" it)
  * and each other pair scoring at least min_score.  A record: int32 i, j,
  * duplicate (0/1), 0; float32 unweighted score; float32 a[64 x 64]; float32
@@ -23,9 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "encoder/fingerprint.h"
+#include "dedup/dedup.h"
 
-float enc__fingerprint_image_align(const float *a, const float *b, float *aligned);
+float dedup__fingerprint_image_align(const float *a, const float *b, float *aligned);
 
 typedef struct shared {
     int n, nthreads;
@@ -44,8 +44,8 @@ static void *align_rows(void *arg)
     const shared *sh = c->sh;
     for (int i = c->t; i < sh->n; i += sh->nthreads)
         for (int j = i + 1; j < sh->n; j++)
-            sh->score[(size_t)i * sh->n + j] = enc__fingerprint_image_align(
-                sh->fp + (size_t)i * ENC_FP_IMAGE_DIM, sh->fp + (size_t)j * ENC_FP_IMAGE_DIM, NULL);
+            sh->score[(size_t)i * sh->n + j] = dedup__fingerprint_image_align(
+                sh->fp + (size_t)i * DEDUP_FP_IMAGE_DIM, sh->fp + (size_t)j * DEDUP_FP_IMAGE_DIM, NULL);
     return NULL;
 }
 
@@ -89,7 +89,7 @@ int main(int argc, char **argv)
         if ((size_t)n == cap) {
             cap = cap ? 2 * cap : 256;
             key = realloc(key, cap * sizeof *key);
-            fp = realloc(fp, cap * ENC_FP_IMAGE_DIM * sizeof *fp);
+            fp = realloc(fp, cap * DEDUP_FP_IMAGE_DIM * sizeof *fp);
             if (!key || !fp) {
                 fprintf(stderr, "out of memory\n");
                 return 1;
@@ -97,7 +97,7 @@ int main(int argc, char **argv)
         }
         char path[8192];
         snprintf(path, sizeof path, "%s/%s", dir, file->valuestring);
-        if (enc_fingerprint_image(path, fp + (size_t)n * ENC_FP_IMAGE_DIM, err, sizeof err)) {
+        if (dedup_fingerprint_image(path, fp + (size_t)n * DEDUP_FP_IMAGE_DIM, err, sizeof err)) {
             fprintf(stderr, "%s\n", err);
             return 1;
         }
@@ -119,7 +119,7 @@ int main(int argc, char **argv)
         perror(argv[2]);
         return 1;
     }
-    float *b = malloc(ENC_FP_IMAGE_DIM * sizeof *b);
+    float *b = malloc(DEDUP_FP_IMAGE_DIM * sizeof *b);
     int kept = 0, dup = 0;
     for (int i = 0; i < n; i++)
         for (int j = i + 1; j < n; j++) {
@@ -128,12 +128,12 @@ int main(int argc, char **argv)
             dup += hdr[2];
             if (!hdr[2] && s < min_score)
                 continue;
-            enc__fingerprint_image_align(fp + (size_t)i * ENC_FP_IMAGE_DIM,
-                                         fp + (size_t)j * ENC_FP_IMAGE_DIM, b);
+            dedup__fingerprint_image_align(fp + (size_t)i * DEDUP_FP_IMAGE_DIM,
+                                         fp + (size_t)j * DEDUP_FP_IMAGE_DIM, b);
             fwrite(hdr, sizeof *hdr, 4, o);
             fwrite(&s, sizeof s, 1, o);
-            fwrite(fp + (size_t)i * ENC_FP_IMAGE_DIM, sizeof *fp, ENC_FP_IMAGE_DIM, o);
-            fwrite(b, sizeof *b, ENC_FP_IMAGE_DIM, o);
+            fwrite(fp + (size_t)i * DEDUP_FP_IMAGE_DIM, sizeof *fp, DEDUP_FP_IMAGE_DIM, o);
+            fwrite(b, sizeof *b, DEDUP_FP_IMAGE_DIM, o);
             kept++;
         }
     if (fclose(o)) {

@@ -33,7 +33,7 @@
 #include <sys/resource.h>
 
 #include "encoder/encoder.h"
-#include "encoder/synth.h"
+#include "synth/synth.h"
 #include "indexer/indexer.h"
 #include "ingest/ingest.h"
 #include "searcher/searcher.h"
@@ -88,9 +88,9 @@ static int throughput(const char *model, const char *dir, size_t nv, size_t ni, 
 {
     char err[1024], path[4096];
     snprintf(path, sizeof path, "%s/syn", dir);
-    enc_synth_opts so = {.seed = 7, .volumes = nv, .images = ni, .split = ENC_SYNTH_TRAIN,
-                         .size = ENC_SYNTH_SIZE_SMALL};
-    if (enc_synth_dataset_write(path, &so, NULL, err, sizeof err)) {
+    synth_opts so = {.seed = 7, .volumes = nv, .images = ni, .split = SYNTH_TRAIN,
+                         .size = SYNTH_SIZE_SMALL};
+    if (synth_dataset_write(path, &so, NULL, err, sizeof err)) {
         fprintf(stderr, "synth: %s\n", err);
         return 1;
     }

@@ -11,7 +11,7 @@
  * with [CLS] attention, slice selection, the losses, backward through the
  * three towers, clipping, AdamW).  Samples/s counts visual inputs encoded
  * (volumes + radiographs + selected slices); GFLOP/s counts the matrix
- * products of forward and backward (enc_trainer_step_flops); the fraction
+ * products of forward and backward (trn_trainer_step_flops); the fraction
  * of the peak compares it with one 2048^3 sgemm on the same threads.
  */
 #ifdef HAVE_CONFIG_H
@@ -27,9 +27,8 @@
 
 #include <cblas.h>
 
-#include "encoder/tokenizer.h"
-#include "encoder/train.h"
-#include "encoder/trainer.h"
+#include "encoder/encoder.h"
+#include "train/train.h"
 #include "bench/bench_util.h"
 
 static const char *const REPORTS[] = {
@@ -42,7 +41,7 @@ static const char *const REPORTS[] = {
 
 int main(int argc, char **argv)
 {
-    enc_trainer_opts o = ENC_TRAINER_OPTS_INIT;
+    trn_trainer_opts o = TRN_TRAINER_OPTS_INIT;
     int steps = 10;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
@@ -76,35 +75,35 @@ int main(int argc, char **argv)
     char **tokens;
     size_t ntok;
     enc_tok *tok = NULL;
-    if (enc_vocab_build(REPORTS, 4, 200, NULL, &tokens, &ntok) ||
-        enc_vocab_write(path, (const char *const *)tokens, ntok, err, sizeof err) ||
+    if (trn_vocab_build(REPORTS, 4, 200, NULL, &tokens, &ntok) ||
+        trn_vocab_write(path, (const char *const *)tokens, ntok, err, sizeof err) ||
         enc_tok_load(path, NULL, &tok, err, sizeof err)) {
         fprintf(stderr, "vocabulary: %s\n", err);
         return 1;
     }
-    enc_vocab_free(tokens, ntok);
+    trn_vocab_free(tokens, ntok);
     remove(path);
     rmdir(dir);
-    cJSON *cfg = cJSON_Parse(enc_trainer_default_config());
+    cJSON *cfg = cJSON_Parse(trn_trainer_default_config());
     cJSON *text = cJSON_GetObjectItemCaseSensitive(cfg, "text");
     cJSON_ReplaceItemInObjectCaseSensitive(text, "vocab_size",
                                            cJSON_CreateNumber((double)enc_tok_vocab_size(tok)));
     char *cfgtext = cJSON_PrintUnformatted(cfg);
     cJSON_Delete(cfg);
-    enc_trainer *t;
-    if (enc_trainer_new(cfgtext, tok, &o, &t, err, sizeof err)) {
+    trn_trainer *t;
+    if (trn_trainer_new(cfgtext, tok, &o, &t, err, sizeof err)) {
         fprintf(stderr, "trainer: %s\n", err);
         return 1;
     }
     free(cfgtext);
-    size_t np = enc_adamw_count(enc_trainer_optimizer(t));
+    size_t np = trn_adamw_count(trn_trainer_optimizer(t));
     float *x = malloc(16 * 64 * 64 * sizeof *x);
     uint64_t s = 7;
     for (int i = 0; i < 64; i++) {
         for (int j = 0; j < 16 * 64 * 64; j++)
             x[j] = bench_frand01(&s);
-        if (enc_trainer_add(t, ENC_VOLUME, x, REPORTS[i % 4], err, sizeof err) ||
-            enc_trainer_add(t, ENC_IMAGE, x, REPORTS[(i + 1) % 4], err, sizeof err)) {
+        if (trn_trainer_add(t, ENC_VOLUME, x, REPORTS[i % 4], err, sizeof err) ||
+            trn_trainer_add(t, ENC_IMAGE, x, REPORTS[(i + 1) % 4], err, sizeof err)) {
             fprintf(stderr, "items: %s\n", err);
             return 1;
         }
@@ -113,20 +112,20 @@ int main(int argc, char **argv)
     printf("default preset: %.2fM parameters; batch %d volumes + %d radiographs + %d slices; "
            "%d threads\n",
            np * 1e-6, o.batch_volumes, o.batch_images, o.batch_volumes * o.slice_k, o.threads);
-    double flops = enc_trainer_step_flops(t);
-    enc_trainer_stats st;
-    if (enc_trainer_step(t, &st, err, sizeof err)) { /* warm-up: plans the states */
+    double flops = trn_trainer_step_flops(t);
+    trn_trainer_stats st;
+    if (trn_trainer_step(t, &st, err, sizeof err)) { /* warm-up: plans the states */
         fprintf(stderr, "step: %s\n", err);
         return 1;
     }
     double t0 = bench_now();
     for (int i = 0; i < steps; i++)
-        if (enc_trainer_step(t, &st, err, sizeof err)) {
+        if (trn_trainer_step(t, &st, err, sizeof err)) {
             fprintf(stderr, "step: %s\n", err);
             return 1;
         }
     double el = bench_now() - t0;
-    enc_trainer_free(t);
+    trn_trainer_free(t);
     enc_tok_free(tok);
     openblas_set_num_threads(o.threads);
     double peak = bench_sgemm_peak(2048, 3);

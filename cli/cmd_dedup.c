@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "encoder/fingerprint.h"
+#include "dedup/dedup.h"
 #include "indexer/indexer.h"
 #include "searcher/searcher.h"
 
@@ -34,10 +34,10 @@ static void usage(FILE *f)
             "only the radiograph fingerprints.  A database without fingerprints\n"
             "(ingested before them, or imported vectors) falls back to the image and\n"
             "volume spaces, or the only space with vectors.\n",
-            (double)ENC_FP_THRESHOLD, (double)ENC_FP_IMAGE_THRESHOLD, DEFAULT_THRESHOLD);
+            (double)DEDUP_FP_THRESHOLD, (double)DEDUP_FP_IMAGE_THRESHOLD, DEFAULT_THRESHOLD);
 }
 
-static void print_clusters(store *s, const char *name, const char *space, const srch_cluster *c,
+static void print_clusters(store *s, const char *name, const char *space, const dedup_cluster *c,
                            size_t n, int json, int *first)
 {
     for (size_t i = 0; i < n; i++) {
@@ -90,7 +90,7 @@ static void print_clusters(store *s, const char *name, const char *space, const 
 static float image_score(const float *a, const float *b, float floor_, void *ctx)
 {
     (void)ctx;
-    return enc_fingerprint_image_score(a, b, floor_);
+    return dedup_fingerprint_image_score(a, b, floor_);
 }
 
 int cmd_dedup(int argc, char **argv)
@@ -103,7 +103,7 @@ int cmd_dedup(int argc, char **argv)
         {"kind", required_argument, 0, 'k'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *db = NULL, *space = NULL;
-    double thr = DEFAULT_THRESHOLD, ithr = ENC_FP_IMAGE_THRESHOLD;
+    double thr = DEFAULT_THRESHOLD, ithr = DEDUP_FP_IMAGE_THRESHOLD;
     long threads = sysconf(_SC_NPROCESSORS_ONLN);
     const char *kind = "all"; /* which fingerprints */
     int json = 0, c, thr_set = 0;
@@ -155,37 +155,37 @@ int cmd_dedup(int argc, char **argv)
     if (!s)
         return CLI_BAD_INPUT;
     int rc = CLI_BAD_INPUT;
-    srch_dedup_result *r[STORE_NSPACES] = {0};
+    dedup_result *r[STORE_NSPACES] = {0};
     store_space sps[STORE_NSPACES];
     size_t nsp = 0;
     char err[1024];
     int fp = 0; /* near duplicates from fingerprints */
     size_t nvol = 0, nimg = 0; /* volume and image fingerprints compared */
     if (!space) {
-        srch_dedup_result *fr = NULL;
-        double t = thr_set ? thr : ENC_FP_THRESHOLD;
-        srch_dedup_result *fi = NULL;
+        dedup_result *fr = NULL;
+        double t = thr_set ? thr : DEDUP_FP_THRESHOLD;
+        dedup_result *fi = NULL;
         /* a kind left out: no fingerprint has tag 0 */
-        uint32_t vtag = strcmp(kind, "image") ? ENC_FP_TAG : 0;
-        uint32_t itag = strcmp(kind, "volume") ? ENC_FP_IMAGE_TAG : 0;
-        if (srch_dedup_fingerprints(s, vtag, ENC_FP_VOLUME_DIM, (float)t, &fr, err, sizeof err) ||
-            srch_dedup_fingerprints_scored(s, itag, ENC_FP_IMAGE_DIM, (float)ithr, image_score,
+        uint32_t vtag = strcmp(kind, "image") ? DEDUP_FP_TAG : 0;
+        uint32_t itag = strcmp(kind, "volume") ? DEDUP_FP_IMAGE_TAG : 0;
+        if (dedup_fingerprints(s, vtag, DEDUP_FP_VOLUME_DIM, (float)t, &fr, err, sizeof err) ||
+            dedup_fingerprints_scored(s, itag, DEDUP_FP_IMAGE_DIM, (float)ithr, image_score,
                                            NULL, threads < 1 ? 1 : (int)threads, &fi, err,
                                            sizeof err)) {
-            srch_dedup_free(fr);
+            dedup_result_free(fr);
             cli_error("%s", err);
             goto out;
         }
         nvol = fr->scanned;
         nimg = fi->scanned;
-        if (srch_dedup_merge(fr, fi)) {
-            srch_dedup_free(fr);
+        if (dedup_result_merge(fr, fi)) {
+            dedup_result_free(fr);
             cli_error("out of memory");
             goto out;
         }
         store_space_stat vst;
         if (store_space_stat_get(s, STORE_SPACE_VOLUME, &vst)) {
-            srch_dedup_free(fr);
+            dedup_result_free(fr);
             cli_error("%s", store_errmsg(s));
             goto out;
         }
@@ -195,7 +195,7 @@ int cmd_dedup(int argc, char **argv)
             fp = 1;
             thr = t;
         } else {
-            srch_dedup_free(fr);
+            dedup_result_free(fr);
             if (vst.count)
                 fprintf(stderr, "medsem dedup: %s has no fingerprints (it was ingested "
                         "before medsem computed them, or with another fingerprint version); near "
@@ -236,7 +236,7 @@ int cmd_dedup(int argc, char **argv)
     for (size_t i = 0; i < nsp && !fp; i++) {
         idx_space *x = NULL;
         int e = idx_space_open(s, sps[i], NULL, &x, err, sizeof err) ||
-                srch_dedup(s, x, (float)thr, &r[i], err, sizeof err);
+                dedup_embeddings(s, x, (float)thr, &r[i], err, sizeof err);
         idx_space_free(x);
         if (e) {
             cli_error("%s", err);
@@ -285,7 +285,7 @@ int cmd_dedup(int argc, char **argv)
     rc = CLI_OK;
 out:
     for (size_t i = 0; i < STORE_NSPACES; i++)
-        srch_dedup_free(r[i]);
+        dedup_result_free(r[i]);
     store_close(s);
     return rc;
 }

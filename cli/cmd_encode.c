@@ -13,7 +13,6 @@
 
 #include "cli/cli.h"
 #include "encoder/encoder.h"
-#include "encoder/model.h"
 #include "indexer/indexer.h"
 
 static void usage(FILE *f)

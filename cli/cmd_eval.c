@@ -13,7 +13,7 @@
 
 #include "cli/cli.h"
 #include "encoder/encoder.h"
-#include "encoder/train.h"
+#include "train/train.h"
 
 static void usage(FILE *f)
 {
@@ -388,10 +388,10 @@ int cmd_eval(int argc, char **argv)
             rc = CLI_BAD_INPUT;
             break;
         }
-        enc_eval_set qs = {q.emb, q.n, q.pair, NULL, q.labels, q.off};
-        enc_eval_set gs = {g.emb, g.n, g.pair, NULL, g.labels, g.off};
-        enc_eval_metrics mm = {0}, ch = {0};
-        int e = q.n && g.n ? enc_eval_retrieval(&qs, &gs, d, &mm, &ch, err, sizeof err) : 0;
+        trn_eval_set qs = {q.emb, q.n, q.pair, NULL, q.labels, q.off};
+        trn_eval_set gs = {g.emb, g.n, g.pair, NULL, g.labels, g.off};
+        trn_eval_metrics mm = {0}, ch = {0};
+        int e = q.n && g.n ? trn_eval_retrieval(&qs, &gs, d, &mm, &ch, err, sizeof err) : 0;
         side_free(&q);
         side_free(&g);
         if (e) {

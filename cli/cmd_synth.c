@@ -1,4 +1,4 @@
-/* cmd_synth.c - medsem synth: the built-in chest benchmark (encoder/synth.h). */
+/* cmd_synth.c - medsem synth: the built-in chest benchmark (synth/synth.h). */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "encoder/synth.h"
+#include "synth/synth.h"
 
 static void usage(FILE *f)
 {
@@ -63,7 +63,7 @@ int cmd_synth(int argc, char **argv)
         {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char *out = NULL;
-    enc_synth_opts o = {0};
+    synth_opts o = {0};
     o.seed = 1;
     o.volumes = 200;
     o.images = 200;
@@ -93,13 +93,13 @@ int cmd_synth(int argc, char **argv)
             o.seed = u;
             break;
         case 'p':
-            if (enc_synth_split_parse(optarg, &o.split)) {
+            if (synth_split_parse(optarg, &o.split)) {
                 cli_error("--split '%s': expected train, val or test", optarg);
                 return CLI_BAD_INPUT;
             }
             break;
         case 'z':
-            if (enc_synth_size_parse(optarg, &o.size)) {
+            if (synth_size_parse(optarg, &o.size)) {
                 cli_error("--size '%s': expected default or small", optarg);
                 return CLI_BAD_INPUT;
             }
@@ -135,16 +135,16 @@ int cmd_synth(int argc, char **argv)
     o.progress = on_progress;
     o.ctx = &p;
     char err[1024];
-    enc_synth_stats st;
+    synth_stats st;
     double t0 = cli_now();
-    int rc = enc_synth_dataset_write(out, &o, &st, err, sizeof err);
+    int rc = synth_dataset_write(out, &o, &st, err, sizeof err);
     cli_progress_finish(&p, rc ? p.total : o.volumes + o.images + o.rescans);
     if (rc) {
         cli_error("%s", err);
         return CLI_BAD_INPUT;
     }
     double el = cli_now() - t0;
-    const char *split = enc_synth_split_name(o.split);
+    const char *split = synth_split_name(o.split);
     printf("wrote %zu volumes, %zu radiographs (%zu paired with a volume) and %zu rescans to "
            "%s/%s/, manifest %s/%s.jsonl: %.1f MB in %.1f s\n",
            st.volumes, st.images, st.pairs, st.rescans, out, split, out, split,

@@ -16,10 +16,7 @@
 
 #include "cli/cli.h"
 #include "encoder/encoder.h"
-#include "encoder/preprocess.h"
-#include "encoder/tokenizer.h"
-#include "encoder/train.h"
-#include "encoder/trainer.h"
+#include "train/train.h"
 #include "util/util.h"
 
 static void usage(FILE *f)
@@ -169,7 +166,7 @@ int cmd_train(int argc, char **argv)
     const char *manifest = NULL, *outdir = NULL, *config = NULL, *vocab = NULL, *ckpt = NULL;
     uint64_t steps = 1000, vocab_size = 1000, threads = 0, seed = 1, ckpt_every = 100,
              log_every = 10, stop_after = 0, warmup = UINT64_MAX, u;
-    enc_trainer_opts to = ENC_TRAINER_OPTS_INIT;
+    trn_trainer_opts to = TRN_TRAINER_OPTS_INIT;
     int resume = 0, c;
     double d;
     optind = 1;
@@ -241,7 +238,7 @@ int cmd_train(int argc, char **argv)
     char *cfgtext = NULL, *vpath = NULL, *ckpath = NULL, err[1024];
     cJSON *cfg = NULL;
     enc_tok *tok = NULL;
-    enc_trainer *t = NULL;
+    trn_trainer *t = NULL;
     enc_pipeline *pl = NULL;
     float *buf = NULL;
     int *bad = NULL;
@@ -275,14 +272,14 @@ int cmd_train(int argc, char **argv)
             goto oom;
         for (size_t i = 0; i < n; i++)
             texts[i] = items[i].report;
-        int e = enc_vocab_build(texts, n, (size_t)vocab_size, NULL, &tokens, &ntok);
+        int e = trn_vocab_build(texts, n, (size_t)vocab_size, NULL, &tokens, &ntok);
         free(texts);
         if (e) {
             cli_error("%s: building the vocabulary: %s", manifest, enc_strerror(e));
             goto out;
         }
-        e = enc_vocab_write(vpath, (const char *const *)tokens, ntok, err, sizeof err);
-        enc_vocab_free(tokens, ntok);
+        e = trn_vocab_write(vpath, (const char *const *)tokens, ntok, err, sizeof err);
+        trn_vocab_free(tokens, ntok);
         if (e) {
             cli_error("%s", err);
             goto out;
@@ -295,7 +292,7 @@ int cmd_train(int argc, char **argv)
             cli_error("%s: %s", config, strerror(errno));
             goto out;
         }
-    } else if (!(cfgtext = strdup(enc_trainer_default_config()))) {
+    } else if (!(cfgtext = strdup(trn_trainer_default_config()))) {
         goto oom;
     }
     cfg = cJSON_Parse(cfgtext);
@@ -315,8 +312,8 @@ int cmd_train(int argc, char **argv)
     enc_tok_opts tko = ENC_TOK_OPTS_INIT;
     tko.lower_case = lower;
     if (enc_tok_load(vpath, &tko, &tok, err, sizeof err) ||
-        enc_trainer_new(cfgtext, tok, &to, &t, err, sizeof err) ||
-        enc_trainer_save(t, outdir, err, sizeof err) ||
+        trn_trainer_new(cfgtext, tok, &to, &t, err, sizeof err) ||
+        trn_trainer_save(t, outdir, err, sizeof err) ||
         enc_pipeline_open(outdir, (int)threads, &pl, err, sizeof err)) {
         cli_error("%s", err);
         goto out;
@@ -350,7 +347,7 @@ int cmd_train(int argc, char **argv)
     if (failed)
         goto out;
     for (size_t i = 0; i < n; i++)
-        if (enc_trainer_add(t, items[i].is_volume ? ENC_VOLUME : ENC_IMAGE, buf + i * per,
+        if (trn_trainer_add(t, items[i].is_volume ? ENC_VOLUME : ENC_IMAGE, buf + i * per,
                             items[i].report, err, sizeof err)) {
             cli_error("%s: item %zu: %s", manifest, i + 1, err);
             goto out;
@@ -360,7 +357,7 @@ int cmd_train(int argc, char **argv)
     enc_pipeline_close(pl);
     pl = NULL;
     fprintf(stderr, "medsem train: %zu volumes, %zu radiographs preprocessed in %.1f s; vocabulary %ld tokens\n",
-            enc_trainer_items(t, ENC_VOLUME), enc_trainer_items(t, ENC_IMAGE), cli_now() - t0,
+            trn_trainer_items(t, ENC_VOLUME), trn_trainer_items(t, ENC_IMAGE), cli_now() - t0,
             nvocab);
 
     if (ckpt)
@@ -370,22 +367,22 @@ int cmd_train(int argc, char **argv)
     if (!ckpath)
         goto oom;
     if (resume) {
-        if (enc_trainer_ckpt_read(t, ckpath, err, sizeof err)) {
+        if (trn_trainer_ckpt_read(t, ckpath, err, sizeof err)) {
             cli_error("%s", err);
             goto out;
         }
         fprintf(stderr, "medsem train: resumed from %s at step %lld\n", ckpath,
-                (long long)enc_trainer_steps(t));
+                (long long)trn_trainer_steps(t));
     }
     int64_t end = (int64_t)steps;
     if (stop_after && (int64_t)stop_after < end)
         end = (int64_t)stop_after;
-    double start = cli_now(), flops = enc_trainer_step_flops(t), samples = 0, lsum = 0;
-    int64_t first = enc_trainer_steps(t), nlog = 0;
-    while (enc_trainer_steps(t) < end) {
-        enc_trainer_stats st;
-        if (enc_trainer_step(t, &st, err, sizeof err)) {
-            cli_error("step %lld: %s", (long long)enc_trainer_steps(t) + 1, err);
+    double start = cli_now(), flops = trn_trainer_step_flops(t), samples = 0, lsum = 0;
+    int64_t first = trn_trainer_steps(t), nlog = 0;
+    while (trn_trainer_steps(t) < end) {
+        trn_trainer_stats st;
+        if (trn_trainer_step(t, &st, err, sizeof err)) {
+            cli_error("step %lld: %s", (long long)trn_trainer_steps(t) + 1, err);
             goto out;
         }
         samples += st.samples;
@@ -409,18 +406,18 @@ int cmd_train(int argc, char **argv)
             nlog = 0;
         }
         if (ckpt_every && st.step % (int64_t)ckpt_every == 0 &&
-            enc_trainer_ckpt_write(t, ckpath, err, sizeof err)) {
+            trn_trainer_ckpt_write(t, ckpath, err, sizeof err)) {
             cli_error("%s", err);
             goto out;
         }
     }
-    if (enc_trainer_ckpt_write(t, ckpath, err, sizeof err) ||
-        enc_trainer_save(t, outdir, err, sizeof err)) {
+    if (trn_trainer_ckpt_write(t, ckpath, err, sizeof err) ||
+        trn_trainer_save(t, outdir, err, sizeof err)) {
         cli_error("%s", err);
         goto out;
     }
     fprintf(stderr, "medsem train: %lld steps; model written to %s\n",
-            (long long)enc_trainer_steps(t), outdir);
+            (long long)trn_trainer_steps(t), outdir);
     rc = CLI_OK;
     goto out;
 oom:
@@ -429,7 +426,7 @@ out:
     free(bad);
     free(buf);
     enc_pipeline_close(pl);
-    enc_trainer_free(t);
+    trn_trainer_free(t);
     enc_tok_free(tok);
     cJSON_Delete(cfg);
     free(cfgtext);

@@ -29,8 +29,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "encoder/encoder.h"
-
 typedef struct enc_backend enc_backend;
 
 /* How a patch's values are flattened into one row of the patch matrix,

@@ -37,6 +37,7 @@
 #endif
 
 #include "encoder/backend.h"
+#include "encoder/encoder.h"
 
 /* ENC__OMP(x) is "#pragma omp x"; ENC__PARALLEL_FOR(nt, sched) opens a loop
  * split over nt threads (without OpenMP it still evaluates nt, so builds

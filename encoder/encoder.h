@@ -9,9 +9,14 @@
  * The pipeline is a model directory made ready to use: weights
  * (encoder/model.h), tokenizer (encoder/tokenizer.h) and preprocessing
  * (encoder/preprocess.h) configured from its config.json.  It is read-only
- * and shared by threads; each thread encodes through its own worker.  The
- * parts have their own headers: safetensors.h, tokenizer.h, image.h,
- * preprocess.h, backend.h, model.h (see docs/encoder.md).
+ * and shared by threads; each thread encodes through its own worker.
+ *
+ * This is the encoder's one public header: code outside encoder/ includes
+ * it and nothing else of encoder/.  It pulls in the parts, each in its own
+ * file for reading: safetensors.h, tokenizer.h, preprocess.h, model.h and
+ * the backend table model.h needs (backend.h); see docs/encoder.md.  Image
+ * files are read by imageio/ (imageio/imageio.h), whose codes are the first
+ * ENC_ codes by name and value.
  */
 #ifndef MEDSEM_ENCODER_H
 #define MEDSEM_ENCODER_H
@@ -45,7 +50,7 @@ typedef struct enc_worker enc_worker;
 struct enc_model;
 struct enc_tok;
 struct enc_prep;
-struct enc_vol;
+struct img_vol;
 
 /* Opens the model directory dir (config.json, model.safetensors, vocab.txt)
  * with a CPU backend of nthreads (<= 0: all cores).  Errors name the file
@@ -84,13 +89,13 @@ int enc_worker_volumes(enc_worker *w, const char *const *paths, const char *cons
 /* A hook the worker calls on each file of later enc_worker_images,
  * enc_worker_volumes and enc_worker_volume_slices calls, right after it is
  * read and before it is preprocessed: i is the file's index in that call's
- * paths, v the image as read (encoder/image.h: RAS, the stored
- * intensities; a radiograph as enc_img_read_2d gives it).  Work that needs
+ * paths, v the image as read (imageio/imageio.h: RAS, the stored
+ * intensities; a radiograph as img_read_2d gives it).  Work that needs
  * the decoded file (a fingerprint, its geometry) is done here without
  * reading it again.  A nonzero return (an enc_errno, with a message in
  * errbuf that names the file) fails the call as the file's own error
  * would.  A retried call calls the hook again.  fn NULL removes it. */
-typedef int (*enc_file_hook)(void *ctx, int i, const struct enc_vol *v, char *errbuf,
+typedef int (*enc_file_hook)(void *ctx, int i, const struct img_vol *v, char *errbuf,
                              size_t errlen);
 void enc_worker_set_file_hook(enc_worker *w, enc_file_hook fn, void *ctx);
 
@@ -112,5 +117,11 @@ int enc_pipeline_slices(const enc_pipeline *p, char *errbuf, size_t errlen);
 int enc_worker_volume_slices(enc_worker *w, const char *const *paths,
                              const char *const *modalities, int n, float *vol_out,
                              float *slice_out, char *errbuf, size_t errlen);
+
+/* The parts of the encoder's API (see the top of this file). */
+#include "encoder/model.h"
+#include "encoder/preprocess.h"
+#include "encoder/safetensors.h"
+#include "encoder/tokenizer.h"
 
 #endif

@@ -4,34 +4,12 @@
 #include "config.h"
 #endif
 
-#include <stdio.h>
-
-#include "encoder/encoder.h"
 #include "encoder/internal.h"
-#include "util/util.h"
 
-const char *enc_strerror(int code)
-{
-    switch (code) {
-#define ENC__STRERROR(name, msg)                                                                  \
-    case ENC_##name:                                                                              \
-        return msg;
-        ENC_ERRNO_MAP(ENC__STRERROR)
-#undef ENC__STRERROR
-    default:
-        return "unknown error";
-    }
-}
+#define ENC__MSG(name, msg) msg,
+#define ENC__NAME(name, msg) "ENC_" #name,
+static const char *const enc_msgs[] = {ENC_ERRNO_MAP(ENC__MSG)};
+static const char *const enc_names[] = {ENC_ERRNO_MAP(ENC__NAME)};
 
-const char *enc_errname(int code)
-{
-    switch (code) {
-#define ENC__ERRNAME(name, msg)                                                                   \
-    case ENC_##name:                                                                              \
-        return "ENC_" #name;
-        ENC_ERRNO_MAP(ENC__ERRNAME)
-#undef ENC__ERRNAME
-    default:
-        return "ENC_UNKNOWN";
-    }
-}
+const char *enc_strerror(int code) { return util_errtab(enc_msgs, ENC_NERR, code, "unknown error"); }
+const char *enc_errname(int code) { return util_errtab(enc_names, ENC_NERR, code, "ENC_UNKNOWN"); }

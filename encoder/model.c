@@ -37,7 +37,6 @@
 #include "encoder/internal.h"
 #include "encoder/model.h"
 #include "encoder/safetensors.h"
-#include "store/store.h"
 
 #define MAX_LAYERS 256
 #define ALIGN_FLOATS 16 /* every carved buffer starts 64-byte aligned */
@@ -93,7 +92,7 @@ struct enc_model {
     int E;
     int v_head_bias; /* biomedclip: timm_proj_bias */
     float logit_scale;
-    char id[2 * STORE_HASH_SIZE + 1];
+    char id[2 * UTIL_SHA256_SIZE + 1];
     enc_backend *be;
     int own_be;
     enc_st *st;      /* the weights file (NULL for random models) */
@@ -970,7 +969,7 @@ static int model_setup(enc_model *m, const enc_model_opts *o, int mode, uint64_t
 }
 
 /* Hex SHA-256 of a file's bytes, read in 1 MiB chunks. */
-static int hash_file(const char *path, char hex[2 * STORE_HASH_SIZE + 1], char *errbuf,
+static int hash_file(const char *path, char hex[2 * UTIL_SHA256_SIZE + 1], char *errbuf,
                      size_t errlen)
 {
     FILE *f = fopen(path, "rb");
@@ -982,19 +981,19 @@ static int hash_file(const char *path, char hex[2 * STORE_HASH_SIZE + 1], char *
         fclose(f);
         return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     }
-    store_sha256_ctx c;
-    store_sha256_init(&c);
+    util_sha256_ctx c;
+    util_sha256_init(&c);
     size_t n;
     while ((n = fread(buf, 1, cap, f)) > 0)
-        store_sha256_update(&c, buf, n);
+        util_sha256_update(&c, buf, n);
     int bad = ferror(f);
     fclose(f);
     free(buf);
     if (bad)
         return enc__fail(errbuf, errlen, ENC_IO, "%s: read error", path);
-    uint8_t h[STORE_HASH_SIZE];
-    store_sha256_final(&c, h);
-    store_hash_hex(h, hex);
+    uint8_t h[UTIL_SHA256_SIZE];
+    util_sha256_final(&c, h);
+    util_sha256_hex(h, hex);
     return ENC_OK;
 }
 
@@ -1098,16 +1097,16 @@ int enc_model_new_random(const char *config_json, uint64_t seed, const enc_model
         return rc;
     }
     /* the weights are a function of the two */
-    store_sha256_ctx c;
-    store_sha256_init(&c);
-    store_sha256_update(&c, "medsem-random\0", 14);
-    store_sha256_update(&c, config_json, strlen(config_json) + 1);
-    uint8_t sb[8], h[STORE_HASH_SIZE];
+    util_sha256_ctx c;
+    util_sha256_init(&c);
+    util_sha256_update(&c, "medsem-random\0", 14);
+    util_sha256_update(&c, config_json, strlen(config_json) + 1);
+    uint8_t sb[8], h[UTIL_SHA256_SIZE];
     for (int i = 0; i < 8; i++)
         sb[i] = (uint8_t)(seed >> (8 * i));
-    store_sha256_update(&c, sb, sizeof sb);
-    store_sha256_final(&c, h);
-    store_hash_hex(h, m->id);
+    util_sha256_update(&c, sb, sizeof sb);
+    util_sha256_final(&c, h);
+    util_sha256_hex(h, m->id);
     *out = m;
     return ENC_OK;
 }

@@ -235,7 +235,7 @@ void enc_worker_set_file_hook(enc_worker *w, enc_file_hook fn, void *ctx)
 }
 
 /* enc_prep_file's callback: the worker's hook, with the file's index. */
-static int file_seen(void *ctx, const enc_vol *v, char *errbuf, size_t errlen)
+static int file_seen(void *ctx, const img_vol *v, char *errbuf, size_t errlen)
 {
     enc_worker *w = ctx;
     return w->hook(w->hook_ctx, w->hook_file, v, errbuf, errlen);

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "encoder/image.h"
+#include "imageio/imageio.h"
 #include "encoder/preprocess.h"
 
 enc_modality enc_modality_parse(const char *s)
@@ -55,14 +55,14 @@ static int check(const enc_prep *p, int vol, char *errbuf, size_t errlen)
 }
 
 /* Maps intensities to [0, 1] by modality. */
-static int intensities(enc_vol *v, enc_modality mod, const enc_prep *p, const char *path,
+static int intensities(img_vol *v, enc_modality mod, const enc_prep *p, const char *path,
                        char *errbuf, size_t errlen)
 {
     if (mod == ENC_MOD_CT && !p->no_window) {
-        enc_img_ct_window(v, p->ct_window[0], p->ct_window[1]);
+        img_ct_window(v, p->ct_window[0], p->ct_window[1]);
         return ENC_OK;
     }
-    int rc = enc_img_mr_scale(v, p->mr_pct[0], p->mr_pct[1]);
+    int rc = img_mr_scale(v, p->mr_pct[0], p->mr_pct[1]);
     if (rc && errbuf)
         snprintf(errbuf, errlen, "%s: cannot scale intensities: %s", path, enc_strerror(rc));
     return rc;
@@ -81,10 +81,10 @@ static void channels(const float *src, size_t n, const enc_prep *p, float *out)
 
 /* A volume as read, to the model's input; v's intensities are mapped in
  * place. */
-static int prep_volume(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
+static int prep_volume(img_vol *v, const char *path, enc_modality mod, const enc_prep *p,
                        float *out, char *errbuf, size_t errlen)
 {
-    enc_vol r = {0};
+    img_vol r = {0};
     int rc = intensities(v, mod, p, path, errbuf, errlen);
     float sp[3] = {p->vol_spacing[0], p->vol_spacing[1], p->vol_spacing[2]};
     if (p->fit) {
@@ -93,11 +93,11 @@ static int prep_volume(enc_vol *v, const char *path, enc_modality mod, const enc
             sp[a] = (float)((double)n[a] * v->spacing[a] / want[a]);
     }
     if (!rc)
-        rc = enc_img_resample(v, sp, p->vol_size[2], p->vol_size[1], p->vol_size[0], &r, errbuf,
+        rc = img_resample(v, sp, p->vol_size[2], p->vol_size[1], p->vol_size[0], &r, errbuf,
                               errlen);
     if (!rc)
         channels(r.data, (size_t)p->vol_size[0] * p->vol_size[1] * p->vol_size[2], p, out);
-    enc_vol_free(&r);
+    img_vol_free(&r);
     return rc;
 }
 
@@ -108,11 +108,11 @@ static int ends_with(const char *s, const char *suf)
 }
 
 /* An image as read, to the model's input; v is modified in place. */
-static int prep_image(enc_vol *v, const char *path, enc_modality mod, const enc_prep *p,
+static int prep_image(img_vol *v, const char *path, enc_modality mod, const enc_prep *p,
                       float *out, char *errbuf, size_t errlen)
 {
     int rc = ENC_OK;
-    enc_vol r = {0};
+    img_vol r = {0};
     int png = ends_with(path, ".png");
     /* PNG samples are already [0, 1] of their bit depth; NIfTI values are
      * physical and need the modality's mapping. */
@@ -135,11 +135,11 @@ static int prep_image(enc_vol *v, const char *path, enc_modality mod, const enc_
         double sx = (double)v->nx * v->spacing[0] / W, sy = (double)v->ny * v->spacing[1] / H;
         float s = (float)(sx > sy ? sx : sy);
         float sp[3] = {s, s, v->spacing[2] > 0 ? v->spacing[2] : 1.0f};
-        rc = enc_img_resample(v, sp, W, H, 1, &r, errbuf, errlen);
+        rc = img_resample(v, sp, W, H, 1, &r, errbuf, errlen);
     }
     if (!rc)
         channels(r.data, (size_t)p->img_size[0] * p->img_size[1], p, out);
-    enc_vol_free(&r);
+    img_vol_free(&r);
     return rc;
 }
 
@@ -149,15 +149,15 @@ int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep
     int rc = check(p, volume, errbuf, errlen);
     if (rc)
         return rc;
-    enc_vol v = {0};
-    rc = volume ? enc_img_read_nifti(path, NULL, &v, errbuf, errlen)
-                : enc_img_read_2d(path, NULL, &v, errbuf, errlen);
+    img_vol v = {0};
+    rc = volume ? img_read_nifti(path, NULL, &v, errbuf, errlen)
+                : img_read_2d(path, NULL, &v, errbuf, errlen);
     if (!rc && seen)
         rc = seen(ctx, &v, errbuf, errlen);
     if (!rc)
         rc = volume ? prep_volume(&v, path, mod, p, out, errbuf, errlen)
                     : prep_image(&v, path, mod, p, out, errbuf, errlen);
-    enc_vol_free(&v);
+    img_vol_free(&v);
     return rc;
 }
 

@@ -21,7 +21,7 @@
 #include <stddef.h>
 
 #include "encoder/encoder.h"
-#include "encoder/image.h"
+#include "imageio/imageio.h"
 
 typedef enum { ENC_MOD_OTHER = 0, ENC_MOD_CT, ENC_MOD_MR, ENC_MOD_XRAY } enc_modality;
 
@@ -62,7 +62,7 @@ int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float 
  * stored intensities), before preprocessing: work that needs the decoded
  * file is done there without reading it again.  Its nonzero return (an
  * enc_errno, message in errbuf) is the call's. */
-typedef int (*enc_prep_seen)(void *ctx, const enc_vol *v, char *errbuf, size_t errlen);
+typedef int (*enc_prep_seen)(void *ctx, const img_vol *v, char *errbuf, size_t errlen);
 int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep *p, float *out,
                   enc_prep_seen seen, void *ctx, char *errbuf, size_t errlen);
 

@@ -262,15 +262,15 @@ static int make_item(const idx_import *im, size_t i, const float *vec, store_ite
 
     uint8_t sp = (uint8_t)im->o.space;
     uint32_t dim = im->dim;
-    store_sha256_ctx c;
-    store_sha256_init(&c);
-    store_sha256_update(&c, "medsem.import.v1", 17);
-    store_sha256_update(&c, &sp, 1);
-    store_sha256_update(&c, &dim, sizeof dim);
-    store_sha256_update(&c, vec, dim * sizeof(float));
-    store_sha256_update(&c, it->payload_json, strlen(it->payload_json));
-    store_sha256_final(&c, it->content_hash);
-    store_sha256(vec, dim * sizeof(float), it->data_hash);
+    util_sha256_ctx c;
+    util_sha256_init(&c);
+    util_sha256_update(&c, "medsem.import.v1", 17);
+    util_sha256_update(&c, &sp, 1);
+    util_sha256_update(&c, &dim, sizeof dim);
+    util_sha256_update(&c, vec, dim * sizeof(float));
+    util_sha256_update(&c, it->payload_json, strlen(it->payload_json));
+    util_sha256_final(&c, it->content_hash);
+    util_sha256(vec, dim * sizeof(float), it->data_hash);
     return IDX_OK;
 }
 

@@ -27,8 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "encoder/image.h"
-#include "encoder/fingerprint.h"
+#include "imageio/imageio.h"
+#include "dedup/dedup.h"
 #include "ingest/ingest.h"
 #include "util/util.h"
 
@@ -324,14 +324,14 @@ static void content_hash_tag(const char *tag, size_t taglen, store_kind kind,
                              const uint8_t data_hash[STORE_HASH_SIZE], const char *json,
                              uint8_t out[STORE_HASH_SIZE])
 {
-    store_sha256_ctx c;
+    util_sha256_ctx c;
     uint8_t k = (uint8_t)kind;
-    store_sha256_init(&c);
-    store_sha256_update(&c, tag, taglen);
-    store_sha256_update(&c, &k, 1);
-    store_sha256_update(&c, data_hash, STORE_HASH_SIZE);
-    store_sha256_update(&c, json, strlen(json));
-    store_sha256_final(&c, out);
+    util_sha256_init(&c);
+    util_sha256_update(&c, tag, taglen);
+    util_sha256_update(&c, &k, 1);
+    util_sha256_update(&c, data_hash, STORE_HASH_SIZE);
+    util_sha256_update(&c, json, strlen(json));
+    util_sha256_final(&c, out);
 }
 
 /* The hash items got before medsem-ingest-2: over the line as written
@@ -412,19 +412,19 @@ static int hash_file(const char *path, uint8_t out[STORE_HASH_SIZE])
     FILE *f = fopen(path, "rb");
     if (!f)
         return -1;
-    store_sha256_ctx c;
-    store_sha256_init(&c);
+    util_sha256_ctx c;
+    util_sha256_init(&c);
     unsigned char buf[65536];
     size_t r;
     while ((r = fread(buf, 1, sizeof buf, f)) > 0)
-        store_sha256_update(&c, buf, r);
+        util_sha256_update(&c, buf, r);
     int err = ferror(f) ? (errno ? errno : EIO) : 0;
     fclose(f);
     if (err) {
         errno = err;
         return -1;
     }
-    store_sha256_final(&c, out);
+    util_sha256_final(&c, out);
     return 0;
 }
 
@@ -433,7 +433,7 @@ static int hash_file(const char *path, uint8_t out[STORE_HASH_SIZE])
 enum { IT_NEW = 0, IT_PRESENT, IT_BAD };
 
 /* Room for one fingerprint of either kind. */
-#define FP_STRIDE (ENC_FP_VOLUME_DIM > ENC_FP_IMAGE_DIM ? ENC_FP_VOLUME_DIM : ENC_FP_IMAGE_DIM)
+#define FP_STRIDE (DEDUP_FP_VOLUME_DIM > DEDUP_FP_IMAGE_DIM ? DEDUP_FP_VOLUME_DIM : DEDUP_FP_IMAGE_DIM)
 
 typedef struct job {
     size_t first, n; /* plan items [first, first + n), all of one kind */
@@ -547,12 +547,27 @@ typedef struct file_ctx {
     const size_t *sel; /* the call's items, as indices into the job */
 } file_ctx;
 
+/* The encoder's code for a fingerprint's failure: the reader's codes,
+ * which dedup passes through, by name. */
+static int enc_code_of_dedup(int rc)
+{
+    switch (rc) {
+    case DEDUP_NOMEM: return ENC_NOMEM;
+    case DEDUP_IO: return ENC_IO;
+    case DEDUP_INVAL: return ENC_INVAL;
+    case DEDUP_FORMAT: return ENC_FORMAT;
+    case DEDUP_UNSUPPORTED: return ENC_UNSUPPORTED;
+    case DEDUP_TOOBIG: return ENC_TOOBIG;
+    default: return ENC_IO;
+    }
+}
+
 /* The worker's file hook: from the file the encoder has just read, the
  * item's acquisition fingerprint (when writing to a store) and its shape
  * and spacing (o->read_geometry), with no second read or decode.  A
  * fingerprint that cannot be made fails the item, as a file the encoder
  * cannot read does. */
-static int on_file(void *ctx, int i, const enc_vol *v, char *errbuf, size_t errlen)
+static int on_file(void *ctx, int i, const img_vol *v, char *errbuf, size_t errlen)
 {
     file_ctx *c = ctx;
     size_t k = c->sel[i];
@@ -560,11 +575,11 @@ static int on_file(void *ctx, int i, const enc_vol *v, char *errbuf, size_t errl
     int vol = it->kind == STORE_KIND_VOLUME;
     if (c->j->fp) {
         float *fp = c->j->fp + k * FP_STRIDE;
-        int rc = vol ? enc_fingerprint_volume_vol(v, it->path, enc_modality_parse(it->modality),
+        int rc = vol ? dedup_fingerprint_volume_vol(v, it->path, enc_modality_parse(it->modality),
                                                   fp, errbuf, errlen)
-                     : enc_fingerprint_image_vol(v, it->path, fp, errbuf, errlen);
+                     : dedup_fingerprint_image_vol(v, it->path, fp, errbuf, errlen);
         if (rc)
-            return rc;
+            return enc_code_of_dedup(rc);
     }
     if (c->r->o->read_geometry) {
         struct geo *g = &c->j->geo[k];
@@ -675,7 +690,7 @@ static int process_job(run *r, enc_worker *w, job *j, char *msg, size_t mlen)
         const pitem *it = &items[i];
         if (r->s) {
             if (it->kind == STORE_KIND_REPORT) {
-                store_sha256(it->report, strlen(it->report), j->dhash[i]);
+                util_sha256(it->report, strlen(it->report), j->dhash[i]);
             } else if (hash_file(it->path, j->dhash[i])) {
                 char why[PATH_MAX + 64];
                 snprintf(why, sizeof why, "%s: %s", it->path, strerror(errno));
@@ -860,12 +875,12 @@ static int pending_add(run *r, pending *pd, job *j, size_t i)
     p->nvecs = nv;
     if (j->fp && it->kind == STORE_KIND_VOLUME) {
         p->fingerprint = j->fp + i * FP_STRIDE;
-        p->fp_dim = ENC_FP_VOLUME_DIM;
-        p->fp_tag = ENC_FP_TAG;
+        p->fp_dim = DEDUP_FP_VOLUME_DIM;
+        p->fp_tag = DEDUP_FP_TAG;
     } else if (j->fp && it->kind == STORE_KIND_IMAGE) {
         p->fingerprint = j->fp + i * FP_STRIDE;
-        p->fp_dim = ENC_FP_IMAGE_DIM;
-        p->fp_tag = ENC_FP_IMAGE_TAG;
+        p->fp_dim = DEDUP_FP_IMAGE_DIM;
+        p->fp_tag = DEDUP_FP_IMAGE_TAG;
     }
     pd->voff[pd->n] = pd->nvecs;
     pd->line[pd->n] = it->line;

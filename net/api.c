@@ -16,7 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "encoder/fingerprint.h"
+#include "dedup/dedup.h"
 #include "net/internal.h"
 
 #define SEARCH_LIMIT_MAX 1000
@@ -74,6 +74,12 @@ static void ok_end(net_call *c)
     net_buf_printf(&c->resp.body, ",\"status\":\"ok\",\"time\":%.6f}", net_now() - c->t0);
     if (c->resp.body.toobig || c->resp.body.nomem)
         net_api_error(c, 500, "the response exceeds the size limit");
+}
+
+void net_api_ok(net_call *c, const char *result)
+{
+    net_buf_puts(ok_begin(c), result);
+    ok_end(c);
 }
 
 /* ---- routing --------------------------------------------------------------------- */
@@ -206,19 +212,11 @@ int net_api_route(net_call *c, int access)
                                 "'unsafe-inline'\r\n";
         return NET_RUN_LOOP;
     case NET_ROUTE_HEALTHZ:
-        net_buf_puts(ok_begin(c), "\"alive\"");
-        ok_end(c);
+        net_api_ok(c, "\"alive\"");
         return NET_RUN_LOOP;
     case NET_ROUTE_READYZ:
-        if (net__ctx_ready(c->ctx)) {
-            net_buf_puts(ok_begin(c), "\"ready\"");
-            ok_end(c);
-        } else
-            net_api_error(c, 503, "shutting down");
-        return NET_RUN_LOOP;
     case NET_ROUTE_METRICS:
-        net__ctx_metrics(c->ctx, c);
-        return NET_RUN_LOOP;
+        return NET_RUN_SERVER;
     default:
         return NET_RUN_POOL;
     }
@@ -832,7 +830,7 @@ static void do_preview(net_call *c)
     net_buf_add(&c->resp.body, png, len);
 }
 
-static void cluster_list(net_buf *b, const srch_cluster *cl, size_t n, int scores)
+static void cluster_list(net_buf *b, const dedup_cluster *cl, size_t n, int scores)
 {
     net_buf_puts(b, "[");
     for (size_t i = 0; i < n; i++) {
@@ -873,7 +871,7 @@ static void do_dedup(net_call *c)
         }
         thr = t->valuedouble;
     }
-    double ithr = ENC_FP_IMAGE_THRESHOLD;
+    double ithr = DEDUP_FP_IMAGE_THRESHOLD;
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, "image_threshold");
     if (it && !cJSON_IsNull(it)) {
         if (!cJSON_IsNumber(it) || !(it->valuedouble > -1) || it->valuedouble > 1) {
@@ -882,7 +880,7 @@ static void do_dedup(net_call *c)
         }
         ithr = it->valuedouble;
     }
-    srch_dedup_result *r = NULL;
+    dedup_result *r = NULL;
     char err[1024];
     double t0 = net_now();
     int rc = NET_OK, fp = 0;
@@ -890,14 +888,14 @@ static void do_dedup(net_call *c)
     if (!given) {
         /* like medsem dedup: rescans by the fingerprints when the database
          * has them, else the model's embeddings of the default target */
-        rc = net_engine_dedup_fp(c->engine, thr > 0 ? (float)thr : ENC_FP_THRESHOLD,
+        rc = net_engine_dedup_fp(c->engine, thr > 0 ? (float)thr : DEDUP_FP_THRESHOLD,
                                  (float)ithr, &r, &nvol, &nimg, err, sizeof err);
         if (!rc && r->scanned) {
             fp = 1;
             if (!(thr > 0))
-                thr = ENC_FP_THRESHOLD;
+                thr = DEDUP_FP_THRESHOLD;
         } else if (!rc) {
-            srch_dedup_free(r);
+            dedup_result_free(r);
             r = NULL;
         }
     }
@@ -926,7 +924,7 @@ static void do_dedup(net_call *c)
     net_buf_puts(b, ",\"near\":");
     cluster_list(b, r->near, r->nnear, 1);
     net_buf_printf(b, ",\"pairs\":%zu,\"scanned\":%zu}", r->pairs, r->scanned);
-    srch_dedup_free(r);
+    dedup_result_free(r);
     ok_end(c);
 }
 

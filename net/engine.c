@@ -33,9 +33,8 @@
 #include <unistd.h>
 
 #include "encoder/encoder.h"
-#include "encoder/fingerprint.h"
-#include "encoder/image.h"
-#include "encoder/preprocess.h"
+#include "dedup/dedup.h"
+#include "imageio/imageio.h"
 #include "indexer/indexer.h"
 #include "ingest/ingest.h"
 #include "net/internal.h"
@@ -471,7 +470,7 @@ int net_engine_slice_z(const net_engine *e, const store_item *it, uint32_t slice
     if (!e->p || it->ndim < 3 || !it->shape[2])
         return (int)slice;
     /* The model's slice grid is the volume resampled to the model's z
-     * spacing with centres aligned (encoder/image.h, enc_img_resample), or
+     * spacing with centres aligned (imageio/imageio.h, img_resample), or
      * the whole field of view stretched to D slices (fit). */
     const enc_prep *pp = enc_pipeline_prep(e->p);
     double n = it->shape[2], D = pp->vol_size[0];
@@ -525,7 +524,7 @@ static int keep_blob(net_engine *e, const net_put_item *it, const uint8_t hash[S
                      char **path, char *errbuf, size_t errlen)
 {
     char hex[2 * STORE_HASH_SIZE + 1];
-    store_hash_hex(hash, hex);
+    util_sha256_hex(hash, hex);
     const char *ext = upload_ext(it->input, it->data, it->len);
     size_t len = strlen(e->blobdir) + sizeof hex + strlen(ext) + 2;
     char *p = malloc(len);
@@ -597,7 +596,7 @@ int net_engine_put(net_engine *e, const net_put_item *items, size_t n, net_put_r
          * names one; ingest reads, hashes and encodes it from there. */
         uint8_t dh[STORE_HASH_SIZE];
         char err[1024];
-        store_sha256(it->data, it->len, dh);
+        util_sha256(it->data, it->len, dh);
         if ((rc = keep_blob(e, it, dh, &paths[i], err, sizeof err)))
             net__fail(errbuf, errlen, rc, "items[%zu]: %s", i, err);
         in[i].path = paths[i];
@@ -673,14 +672,14 @@ static int percentiles(const float *v, size_t n, float *lo, float *hi)
 
 static void vol_destroy(void *p)
 {
-    enc_vol_free(p);
+    img_vol_free(p);
     free(p);
 }
 
 /* The decoded source of an image or volume item, from the cache or read
  * (and cached).  *ref is the cache reference to release, or NULL when the
  * caller owns the volume (vol_destroy it). */
-static int preview_source(net_engine *e, uint64_t id, const store_item *it, enc_vol **out,
+static int preview_source(net_engine *e, uint64_t id, const store_item *it, img_vol **out,
                           net_cache_ref **ref, char *errbuf, size_t errlen)
 {
     *ref = e->cache ? net_cache_get(e->cache, id) : NULL;
@@ -688,13 +687,13 @@ static int preview_source(net_engine *e, uint64_t id, const store_item *it, enc_
         *out = net_cache_val(*ref);
         return NET_OK;
     }
-    enc_vol *v = calloc(1, sizeof *v);
+    img_vol *v = calloc(1, sizeof *v);
     if (!v)
         return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
     /* The only file a request reaches: the stored source of an existing
      * item, written by ingestion, never a name from the request. */
-    int r = it->kind == STORE_KIND_VOLUME ? enc_img_read_nifti(it->source, NULL, v, NULL, 0)
-                                          : enc_img_read_2d(it->source, NULL, v, NULL, 0);
+    int r = it->kind == STORE_KIND_VOLUME ? img_read_nifti(it->source, NULL, v, NULL, 0)
+                                          : img_read_2d(it->source, NULL, v, NULL, 0);
     if (r) {
         free(v);
         return net__fail(errbuf, errlen, NET_ENGINE, "item %llu: its source cannot be read",
@@ -732,7 +731,7 @@ int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_aren
     }
     int vol = it->kind == STORE_KIND_VOLUME;
     int ct = it->modality && !strcasecmp(it->modality, "CT");
-    enc_vol *v = NULL;
+    img_vol *v = NULL;
     net_cache_ref *ref = NULL;
     rc = preview_source(e, id, it, &v, &ref, errbuf, errlen);
     store_item_free(it);
@@ -803,40 +802,40 @@ done:
 static float engine_image_score(const float *a, const float *b, float floor_, void *ctx)
 {
     (void)ctx;
-    return enc_fingerprint_image_score(a, b, floor_);
+    return dedup_fingerprint_image_score(a, b, floor_);
 }
 
 int net_engine_dedup_fp(net_engine *e, float threshold, float image_threshold,
-                        srch_dedup_result **out, size_t *nvol, size_t *nimg, char *errbuf,
+                        dedup_result **out, size_t *nvol, size_t *nimg, char *errbuf,
                         size_t errlen)
 {
     char err[1024];
-    srch_dedup_result *r = NULL, *ri = NULL;
+    dedup_result *r = NULL, *ri = NULL;
     long nc = sysconf(_SC_NPROCESSORS_ONLN);
-    int rc = srch_dedup_fingerprints(e->s, ENC_FP_TAG, ENC_FP_VOLUME_DIM, threshold, &r, err,
+    int rc = dedup_fingerprints(e->s, DEDUP_FP_TAG, DEDUP_FP_VOLUME_DIM, threshold, &r, err,
                                      sizeof err);
     if (!rc)
-        rc = srch_dedup_fingerprints_scored(e->s, ENC_FP_IMAGE_TAG, ENC_FP_IMAGE_DIM,
+        rc = dedup_fingerprints_scored(e->s, DEDUP_FP_IMAGE_TAG, DEDUP_FP_IMAGE_DIM,
                                             image_threshold, engine_image_score, NULL,
                                             nc < 1 ? 1 : nc > 16 ? 16 : (int)nc, &ri, err,
                                             sizeof err);
     if (rc) {
-        srch_dedup_free(r);
+        dedup_result_free(r);
         return net__fail(errbuf, errlen, rc == SRCH_INVAL ? NET_INVAL : NET_ENGINE, "%s", err);
     }
     if (nvol)
         *nvol = r->scanned;
     if (nimg)
         *nimg = ri->scanned;
-    if (srch_dedup_merge(r, ri)) {
-        srch_dedup_free(r);
+    if (dedup_result_merge(r, ri)) {
+        dedup_result_free(r);
         return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
     }
     *out = r;
     return NET_OK;
 }
 
-int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_result **out,
+int net_engine_dedup(net_engine *e, store_space sp, float threshold, dedup_result **out,
                      char *errbuf, size_t errlen)
 {
     char err[1024];
@@ -844,9 +843,9 @@ int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_
     if (cu)
         return cu;
     pthread_rwlock_rdlock(&e->lk[sp]);
-    int rc = srch_dedup(e->s, e->x[sp], threshold, out, err, sizeof err);
+    int rc = dedup_embeddings(e->s, e->x[sp], threshold, out, err, sizeof err);
     pthread_rwlock_unlock(&e->lk[sp]);
     if (rc)
-        return net__fail(errbuf, errlen, rc == SRCH_INVAL ? NET_INVAL : NET_ENGINE, "%s", err);
+        return net__fail(errbuf, errlen, rc == DEDUP_INVAL ? NET_INVAL : NET_ENGINE, "%s", err);
     return NET_OK;
 }

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dedup/dedup.h"
 #include "net/net.h"
 #include "searcher/searcher.h"
 #include "store/store.h"
@@ -334,9 +335,9 @@ int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_aren
  * image_threshold.  (*out)->scanned == 0 when the database has none;
  * *nvol and *nimg (may be NULL) get how many of each were compared. */
 int net_engine_dedup_fp(net_engine *e, float threshold, float image_threshold,
-                        srch_dedup_result **out, size_t *nvol, size_t *nimg, char *errbuf,
+                        dedup_result **out, size_t *nvol, size_t *nimg, char *errbuf,
                         size_t errlen);
-int net_engine_dedup(net_engine *e, store_space sp, float threshold, srch_dedup_result **out,
+int net_engine_dedup(net_engine *e, store_space sp, float threshold, dedup_result **out,
                      char *errbuf, size_t errlen);
 
 /* Brings sp's index up to date when the store holds writes it has not
@@ -361,13 +362,13 @@ typedef struct net_resp {
     int close;                 /* close the connection after this response */
 } net_resp;
 
-/* What a route needs. */
-enum { NET_RUN_LOOP, NET_RUN_POOL };
-
-typedef struct net_ctx net_ctx; /* server state visible to handlers (server.c) */
+/* What a route needs: answered at once on the loop (resp set), a job for
+ * net_api_work on a pool thread, or an answer from the server's own state
+ * (/readyz, /metrics), which server.c gives on the loop.  server.c calls
+ * api.c, never the other way round. */
+enum { NET_RUN_LOOP, NET_RUN_POOL, NET_RUN_SERVER };
 
 typedef struct net_call {
-    net_ctx *ctx;
     net_engine *engine;
     net_req *req;
     net_arena *arena;
@@ -381,19 +382,18 @@ typedef struct net_call {
 } net_call;
 
 /* Routes the request: sets call->route and call->id, and either answers it
- * at once (auth, 404, 405, loop routes: returns NET_RUN_LOOP with resp set)
- * or returns NET_RUN_POOL for net_api_work to run on a pool thread. */
+ * at once (auth, 404, 405, loop routes: returns NET_RUN_LOOP with resp set),
+ * returns NET_RUN_POOL for net_api_work to run on a pool thread, or
+ * NET_RUN_SERVER for the server to answer (see above). */
 int net_api_route(net_call *c, int access);
 void net_api_work(net_call *c);
+/* Sets a success response {"result":<result, JSON>,"status":"ok","time":...}. */
+void net_api_ok(net_call *c, const char *result);
 /* Sets an error response {"status":{"error":msg},"time":...}. */
 void net_api_error(net_call *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* The access the request's key grants (NET_ACCESS_RW without a key file). */
 int net_api_access(const net_keys *keys, const net_req *r);
-
-/* Loop-side answers that need server state (server.c). */
-void net__ctx_metrics(net_ctx *ctx, net_call *c);
-int net__ctx_ready(net_ctx *ctx);
 
 extern const char net_page_html[];
 extern const size_t net_page_html_len;

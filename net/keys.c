@@ -83,7 +83,7 @@ int net_keys_parse(const char *text, size_t len, const char *name, net_keys **ou
             return net__fail(errbuf, errlen, NET_NOMEM, "%s: out of memory", name);
         }
         ks->k = nk;
-        store_sha256(s, n, nk[ks->n].hash);
+        util_sha256(s, n, nk[ks->n].hash);
         nk[ks->n].access = access;
         ks->n++;
     }
@@ -129,7 +129,7 @@ size_t net_keys_count(const net_keys *k) { return k ? k->n : 0; }
 int net_keys_check(const net_keys *k, const char *presented, size_t len)
 {
     uint8_t h[STORE_HASH_SIZE];
-    store_sha256(presented, len, h);
+    util_sha256(presented, len, h);
     int access = NET_ACCESS_NONE;
     /* Hashing first makes every comparison the same length; the loop visits
      * every key whatever matched. */

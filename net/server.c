@@ -32,6 +32,8 @@ enum { ST_IDLE, ST_READING, ST_BUSY, ST_WRITING, ST_LINGER, ST_CLOSED };
 
 typedef struct conn conn;
 
+typedef struct net_ctx net_ctx;
+
 struct net_ctx {
     uv_loop_t loop;
     uv_tcp_t listener;
@@ -266,7 +268,6 @@ static void respond_error(conn *c, int status, const char *msg)
 {
     read_off(c);
     c->state = ST_BUSY;
-    c->call.ctx = c->ctx;
     c->call.arena = c->arena;
     c->call.req = &c->http.req;
     c->call.route = NET_ROUTE_OTHER;
@@ -309,6 +310,52 @@ static void after_work(uv_work_t *w, int status)
     check_done(ctx);
 }
 
+/* ---- loop-side answers needing server state ----------------------------------------- */
+
+static void metrics_answer(net_ctx *ctx, net_call *c)
+{
+    c->resp.status = 200;
+    c->resp.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    if (net_metrics_write(&ctx->metrics, ctx->inflight, ctx->o.queue_max, ctx->nconns,
+                          ctx->counts, &c->resp.body)) {
+        net_api_error(c, 500, "the metrics exceed the size limit");
+        return;
+    }
+    /* The preview cache and the access log keep their own counts (behind
+     * their locks): a short wait at most. */
+    net_cache_stat cs;
+    net_engine_cache_stats(ctx->engine, &cs);
+    net_buf *b = &c->resp.body;
+    net_buf_printf(b,
+                   "# HELP medsem_preview_cache_hits_total Previews served from decoded sources in memory.\n"
+                   "# TYPE medsem_preview_cache_hits_total counter\n"
+                   "medsem_preview_cache_hits_total %llu\n"
+                   "# HELP medsem_preview_cache_misses_total Previews that read their source.\n"
+                   "# TYPE medsem_preview_cache_misses_total counter\n"
+                   "medsem_preview_cache_misses_total %llu\n"
+                   "# HELP medsem_preview_cache_bytes Bytes of decoded sources cached.\n"
+                   "# TYPE medsem_preview_cache_bytes gauge\n"
+                   "medsem_preview_cache_bytes %zu\n"
+                   "# HELP medsem_access_log_dropped_total Access log lines dropped while its writer was behind.\n"
+                   "# TYPE medsem_access_log_dropped_total counter\n"
+                   "medsem_access_log_dropped_total %llu\n",
+                   (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.bytes,
+                   (unsigned long long)(ctx->alog ? net_alog_dropped(ctx->alog) : 0));
+    if (b->toobig || b->nomem)
+        net_api_error(c, 500, "the metrics exceed the size limit");
+}
+
+/* The routes net_api_route leaves to the server (NET_RUN_SERVER). */
+static void answer_from_state(net_ctx *ctx, net_call *c)
+{
+    if (c->route == NET_ROUTE_METRICS)
+        metrics_answer(ctx, c);
+    else if (ctx->draining)
+        net_api_error(c, 503, "shutting down");
+    else
+        net_api_ok(c, "\"ready\"");
+}
+
 static void dispatch(conn *c)
 {
     net_ctx *ctx = c->ctx;
@@ -316,7 +363,6 @@ static void dispatch(conn *c)
     uv_timer_stop(&c->timer);
     c->state = ST_BUSY;
     net_call *call = &c->call;
-    call->ctx = ctx;
     call->engine = ctx->engine;
     call->req = &c->http.req;
     call->arena = c->arena;
@@ -333,7 +379,10 @@ static void dispatch(conn *c)
         return;
     }
     int access = net_api_access(ctx->keys, &c->http.req);
-    if (net_api_route(call, access) == NET_RUN_LOOP) {
+    int run = net_api_route(call, access);
+    if (run == NET_RUN_SERVER)
+        answer_from_state(ctx, call);
+    if (run != NET_RUN_POOL) {
         send_response(c);
         return;
     }
@@ -506,42 +555,6 @@ static void on_signal(uv_signal_t *s, int signum)
 
 static void on_stop(uv_async_t *a) { begin_drain(a->data, "stop requested"); }
 
-/* ---- loop-side answers needing server state ----------------------------------------- */
-
-int net__ctx_ready(net_ctx *ctx) { return !ctx->draining; }
-
-void net__ctx_metrics(net_ctx *ctx, net_call *c)
-{
-    c->resp.status = 200;
-    c->resp.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    if (net_metrics_write(&ctx->metrics, ctx->inflight, ctx->o.queue_max, ctx->nconns,
-                          ctx->counts, &c->resp.body)) {
-        net_api_error(c, 500, "the metrics exceed the size limit");
-        return;
-    }
-    /* The preview cache and the access log keep their own counts (behind
-     * their locks): a short wait at most. */
-    net_cache_stat cs;
-    net_engine_cache_stats(ctx->engine, &cs);
-    net_buf *b = &c->resp.body;
-    net_buf_printf(b,
-                   "# HELP medsem_preview_cache_hits_total Previews served from decoded sources in memory.\n"
-                   "# TYPE medsem_preview_cache_hits_total counter\n"
-                   "medsem_preview_cache_hits_total %llu\n"
-                   "# HELP medsem_preview_cache_misses_total Previews that read their source.\n"
-                   "# TYPE medsem_preview_cache_misses_total counter\n"
-                   "medsem_preview_cache_misses_total %llu\n"
-                   "# HELP medsem_preview_cache_bytes Bytes of decoded sources cached.\n"
-                   "# TYPE medsem_preview_cache_bytes gauge\n"
-                   "medsem_preview_cache_bytes %zu\n"
-                   "# HELP medsem_access_log_dropped_total Access log lines dropped while its writer was behind.\n"
-                   "# TYPE medsem_access_log_dropped_total counter\n"
-                   "medsem_access_log_dropped_total %llu\n",
-                   (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.bytes,
-                   (unsigned long long)(ctx->alog ? net_alog_dropped(ctx->alog) : 0));
-    if (b->toobig || b->nomem)
-        net_api_error(c, 500, "the metrics exceed the size limit");
-}
 
 /* ---- the server ----------------------------------------------------------------------- */
 

@@ -1,4 +1,5 @@
-/* searcher.h - query planning over one space: filters, exact fallback, dedup.
+/* searcher.h - query planning over one space: filters, exact fallback,
+ * best slices (near-duplicate clustering is dedup/dedup.h).
  *
  *   srch_filter f;
  *   srch_filter_parse("modality=CT", &f, err, sizeof err);
@@ -106,58 +107,5 @@ typedef struct srch_slice {
  * many (0 when the item has no slices). */
 int srch_best_slices(store *s, uint64_t id, const float *q, size_t k, srch_slice *out, size_t *n,
                      char *errbuf, size_t errlen);
-
-/* ---- dedup ----------------------------------------------------------------- */
-
-typedef struct srch_cluster {
-    uint64_t *ids;   /* sorted */
-    size_t n;
-    float min_score; /* weakest link that joined the cluster (1 for exact) */
-    float max_score;
-} srch_cluster;
-
-typedef struct srch_dedup_result {
-    srch_cluster *exact; /* items with the same data hash */
-    size_t nexact;
-    srch_cluster *near; /* connected components of similarity >= threshold */
-    size_t nnear;
-    size_t pairs;       /* near pairs found */
-    size_t scanned;     /* vectors scanned */
-} srch_dedup_result;
-
-/* Exact duplicates by data hash; near duplicates by range search of every
- * vector of x's space at threshold, joined by union-find. */
-int srch_dedup(store *s, idx_space *x, float threshold, srch_dedup_result **out, char *errbuf,
-               size_t errlen);
-void srch_dedup_free(srch_dedup_result *r);
-
-/* Moves from's near clusters into `into` (kept sorted by their first id)
- * and adds its pair and scan counts; from's exact clusters are dropped
- * (they come from the same data hashes).  Frees from, also on failure
- * (SRCH_NOMEM, which leaves `into` as it was). */
-int srch_dedup_merge(srch_dedup_result *into, srch_dedup_result *from);
-
-/* Exact duplicates as above; near duplicates from the items' acquisition
- * fingerprints (encoder/fingerprint.h) of this tag and dimension instead
- * of a model space: every pair whose cosine similarity is >= threshold,
- * found exactly (all pairs, BLAS), joined by union-find.  Fingerprints of
- * another tag or dimension are ignored.  r->scanned counts the
- * fingerprints compared (0 in a database made before fingerprints). */
-int srch_dedup_fingerprints(store *s, uint32_t tag, uint32_t dim, float threshold,
-                            srch_dedup_result **out, char *errbuf, size_t errlen);
-
-/* The score of two fingerprints of one tag (higher: more alike).  It may
- * return early with any value below floor once the pair surely scores
- * below it.  Called from several threads at once. */
-typedef float (*srch_fp_score)(const float *a, const float *b, float floor, void *ctx);
-
-/* As srch_dedup_fingerprints, for fingerprints that are compared by a
- * scorer instead of an inner product (radiographs: an alignment search,
- * encoder/fingerprint.h): every pair is scored, on `threads` threads, and
- * pairs scoring >= threshold (in (-1, 1]) are joined.  Quadratic in the
- * number of fingerprints. */
-int srch_dedup_fingerprints_scored(store *s, uint32_t tag, uint32_t dim, float threshold,
-                                   srch_fp_score score, void *ctx, int threads,
-                                   srch_dedup_result **out, char *errbuf, size_t errlen);
 
 #endif

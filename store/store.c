@@ -674,7 +674,7 @@ static size_t key_text(const store *s, uint8_t *kb, const char *name, const char
     if (2 + nl + STORE_HASH_SIZE <= s->maxkey) {
         kb[0] = 'h';
         memcpy(kb + 1, name, nl + 1);
-        store_sha256(text, tl, kb + 2 + nl);
+        util_sha256(text, tl, kb + 2 + nl);
         return 2 + nl + STORE_HASH_SIZE;
     }
     return 0;
@@ -1422,7 +1422,7 @@ int store_hash_lookup(store *s, const uint8_t hash[STORE_HASH_SIZE], uint64_t *i
     int rc = mdb_get(txn, s->dbi[DB_HASHES], &k, &v);
     if (rc == MDB_NOTFOUND) {
         char hex[2 * STORE_HASH_SIZE + 1];
-        store_hash_hex(hash, hex);
+        util_sha256_hex(hash, hex);
         r = fail(s, STORE_NOTFOUND, "no item with content hash %s", hex);
     } else if (rc) {
         r = lmdb_fail(s, rc, "looking up a content hash");

@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/util.h"
+
 #define STORE_SCHEMA_VERSION 1
 #define STORE_HASH_SIZE 32 /* SHA-256 */
 #define STORE_MODEL_ID_MAX 128
@@ -160,7 +162,7 @@ typedef struct store_put {
     const float *vector; /* dim floats, finite */
     const store_vec *vecs;
     size_t nvecs;
-    /* An acquisition fingerprint (encoder/fingerprint.h), or NULL: fp_dim
+    /* An acquisition fingerprint (dedup/dedup.h), or NULL: fp_dim
      * (1..STORE_FP_DIM_MAX) finite floats, with its own dimension, not the
      * database's; fp_tag names the method (opaque to the store). */
     const float *fingerprint;
@@ -284,22 +286,7 @@ int store_index_put(store *s, store_space sp, const store_index_hdr *h, const vo
 int store_index_get(store *s, store_space sp, store_index_hdr *h, void **blob, size_t *len);
 int store_index_drop(store *s, store_space sp);
 
-/* SHA-256 of a buffer, and an incremental form. */
-typedef struct store_sha256_ctx {
-    uint32_t h[8];
-    uint64_t len;
-    uint8_t buf[64];
-    size_t nbuf;
-} store_sha256_ctx;
-void store_sha256_init(store_sha256_ctx *c);
-void store_sha256_update(store_sha256_ctx *c, const void *data, size_t len);
-void store_sha256_final(store_sha256_ctx *c, uint8_t out[STORE_HASH_SIZE]);
-void store_sha256(const void *data, size_t len, uint8_t out[STORE_HASH_SIZE]);
-/* Whether blocks go through the x86-64 SHA extensions (chosen on first use
- * when the processor has them).  For tests: on 0 forces the portable code,
- * 1 the extensions where present, -1 the default; returns what is used. */
-int store__sha256_accel(int on);
-/* 64 lower-case hex characters plus NUL. */
-void store_hash_hex(const uint8_t hash[STORE_HASH_SIZE], char out[2 * STORE_HASH_SIZE + 1]);
+/* Content hashes are SHA-256 (util/util.h: util_sha256, util_sha256_hex). */
+_Static_assert(STORE_HASH_SIZE == UTIL_SHA256_SIZE, "store hashes are SHA-256 digests");
 
 #endif

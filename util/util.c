@@ -92,3 +92,8 @@ int util_mkdir_p(const char *dir)
     free(p);
     return e;
 }
+
+const char *util_errtab(const char *const *tab, int n, int code, const char *dflt)
+{
+    return code >= 0 && code < n ? tab[code] : dflt;
+}

@@ -10,6 +10,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Formats a message into the caller's error buffer (nothing when errbuf is
  * NULL or errlen 0, truncated to fit otherwise) and returns code, so that a
@@ -31,5 +32,57 @@ int util_mkdir_p(const char *dir);
 
 /* Seconds on the monotonic clock: for durations only. */
 double util_now(void);
+
+/* The message or name of an error code from a module's table (generated
+ * from its X-macro map, n entries); dflt for a code outside it. */
+const char *util_errtab(const char *const *tab, int n, int code, const char *dflt);
+
+/* ---- SHA-256 (sha256.c) ----------------------------------------------------- */
+
+#define UTIL_SHA256_SIZE 32
+
+/* SHA-256 of a buffer, and an incremental form. */
+typedef struct util_sha256_ctx {
+    uint32_t h[8];
+    uint64_t len;
+    uint8_t buf[64];
+    size_t nbuf;
+} util_sha256_ctx;
+void util_sha256_init(util_sha256_ctx *c);
+void util_sha256_update(util_sha256_ctx *c, const void *data, size_t len);
+void util_sha256_final(util_sha256_ctx *c, uint8_t out[UTIL_SHA256_SIZE]);
+void util_sha256(const void *data, size_t len, uint8_t out[UTIL_SHA256_SIZE]);
+/* Whether blocks go through the x86-64 SHA extensions (chosen on first use
+ * when the processor has them).  For tests: on 0 forces the portable code,
+ * 1 the extensions where present, -1 the default; returns what is used. */
+int util__sha256_accel(int on);
+/* 64 lower-case hex characters plus NUL. */
+void util_sha256_hex(const uint8_t hash[UTIL_SHA256_SIZE], char out[2 * UTIL_SHA256_SIZE + 1]);
+
+/* ---- random streams ---------------------------------------------------------- */
+
+/* splitmix64 (Steele, Lea and Flood): the seeding stream. */
+static inline uint64_t util_splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t util__rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+/* One step of xoshiro256** (Blackman and Vigna) over s[4]. */
+static inline uint64_t util_xoshiro_next(uint64_t s[4])
+{
+    uint64_t out = util__rotl64(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = util__rotl64(s[3], 45);
+    return out;
+}
 
 #endif

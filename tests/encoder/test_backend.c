@@ -30,6 +30,7 @@
 #include <cmocka.h>
 
 #include "encoder/backend.h"
+#include "encoder/encoder.h"
 #include "testutil.h"
 
 /* ---- helpers ---------------------------------------------------------------- */

@@ -35,8 +35,8 @@
 
 #include "encoder/model.h"
 #include "encoder/safetensors.h"
-#include "store/store.h"
 #include "testutil.h"
+#include "util/util.h"
 
 /* ---- paths ------------------------------------------------------------------ */
 
@@ -198,10 +198,10 @@ static void run_fixture(const char *arch)
     char *stp = tu_path(dir, "model.safetensors");
     size_t n;
     char *bytes = read_all(stp, &n);
-    uint8_t h[STORE_HASH_SIZE];
-    char hex[2 * STORE_HASH_SIZE + 1];
-    store_sha256(bytes, n, h);
-    store_hash_hex(h, hex);
+    uint8_t h[UTIL_SHA256_SIZE];
+    char hex[2 * UTIL_SHA256_SIZE + 1];
+    util_sha256(bytes, n, h);
+    util_sha256_hex(h, hex);
     assert_string_equal(enc_model_id(m), hex);
     free(bytes);
     free(stp);
@@ -756,10 +756,10 @@ static void test_dir_roundtrip(void **state)
     char *stp = tu_path(dir, "model.safetensors");
     size_t len;
     char *bytes = read_all(stp, &len);
-    uint8_t h[STORE_HASH_SIZE];
-    char hex[2 * STORE_HASH_SIZE + 1];
-    store_sha256(bytes, len, h);
-    store_hash_hex(h, hex);
+    uint8_t h[UTIL_SHA256_SIZE];
+    char hex[2 * UTIL_SHA256_SIZE + 1];
+    util_sha256(bytes, len, h);
+    util_sha256_hex(h, hex);
     assert_string_equal(enc_model_id(m2), hex);
     assert_string_not_equal(enc_model_id(m), enc_model_id(m2));
     enc_model *m3;

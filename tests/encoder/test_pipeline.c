@@ -17,7 +17,7 @@
 #include <nifti2_io.h>
 
 #include "encoder/encoder.h"
-#include "encoder/image.h"
+#include "imageio/imageio.h"
 #include "encoder/model.h"
 #include "encoder/preprocess.h"
 #include "encoder/tokenizer.h"
@@ -141,7 +141,7 @@ typedef struct seen {
     int fail_at;    /* index to fail with ENC_INVAL, or -1 */
 } seen;
 
-static int on_file(void *ctx, int i, const enc_vol *v, char *errbuf, size_t errlen)
+static int on_file(void *ctx, int i, const img_vol *v, char *errbuf, size_t errlen)
 {
     seen *s = ctx;
     if (s->calls < 4) {

@@ -266,8 +266,8 @@ static void put_vectors(store *s, const float *x, size_t from, size_t n, size_t 
     for (size_t i = 0; i < n; i++) {
         it[i].kind = STORE_KIND_VECTOR;
         uint64_t tag = from + i;
-        store_sha256(&tag, sizeof tag, it[i].content_hash);
-        store_sha256(x + (from + i) * d, d * sizeof(float), it[i].data_hash);
+        util_sha256(&tag, sizeof tag, it[i].content_hash);
+        util_sha256(x + (from + i) * d, d * sizeof(float), it[i].data_hash);
         p[i] = (store_put){.item = &it[i], .has_vector = 1, .space = STORE_SPACE_IMAGE,
                            .vector = x + (from + i) * d};
     }

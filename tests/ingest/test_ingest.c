@@ -4,7 +4,7 @@
  *
  * The ingest tests use the reference fixture model (tests/fixtures/models/
  * medsem: 8 x 32 x 32 volumes, 32 x 32 images, so 8 slices per volume) on a
- * tiny synthetic set written by enc_synth_dataset_write.  The kill test
+ * tiny synthetic set written by synth_dataset_write.  The kill test
  * re-executes this program with --child (as tests/indexer/test_crash does),
  * so no OpenMP or LMDB state crosses a fork.
  */
@@ -28,8 +28,8 @@
 #include <cmocka.h>
 
 #include "encoder/encoder.h"
-#include "encoder/fingerprint.h"
-#include "encoder/synth.h"
+#include "dedup/dedup.h"
+#include "synth/synth.h"
 #include "indexer/indexer.h"
 #include "ingest/ingest.h"
 #include "searcher/searcher.h"
@@ -297,9 +297,9 @@ static int setup(void **state)
     f->model = tu_fixture("models", "medsem");
     char *syn = tu_path(f->dir, "syn"), err[512];
     f->manifest = tu_path(syn, "all.jsonl");
-    enc_synth_opts so = {.seed = 5, .volumes = 12, .images = 8, .split = ENC_SYNTH_TRAIN,
-                         .size = ENC_SYNTH_SIZE_SMALL, .threads = 1};
-    if (enc_synth_dataset_write(syn, &so, NULL, err, sizeof err))
+    synth_opts so = {.seed = 5, .volumes = 12, .images = 8, .split = SYNTH_TRAIN,
+                         .size = SYNTH_SIZE_SMALL, .threads = 1};
+    if (synth_dataset_write(syn, &so, NULL, err, sizeof err))
         fail_msg("%s", err);
     /* A truncated and a garbage .nii.gz, a garbage .png. */
     char *src = tu_path(syn, "train/vol_000000.nii.gz"), *trunc = tu_path(syn, "trunc.nii.gz");
@@ -473,18 +473,18 @@ static size_t check_fingerprints(store *s)
 {
     fpset c = {0};
     assert_int_equal(store_fingerprints_scan(s, collect_fp, &c), 0);
-    float *want = malloc(ENC_FP_IMAGE_DIM * sizeof *want);
+    float *want = malloc(DEDUP_FP_IMAGE_DIM * sizeof *want);
     char err[512];
     for (size_t i = 0; i < c.n; i++) {
         store_item *it = NULL;
         assert_int_equal(store_item_get(s, c.id[i], &it), 0);
         int vol = it->kind == STORE_KIND_VOLUME;
         assert_true(vol || it->kind == STORE_KIND_IMAGE);
-        assert_int_equal(c.tag[i], vol ? ENC_FP_TAG : ENC_FP_IMAGE_TAG);
-        assert_int_equal(c.dim[i], vol ? ENC_FP_VOLUME_DIM : ENC_FP_IMAGE_DIM);
-        int rc = vol ? enc_fingerprint_volume(it->source, enc_modality_parse(it->modality), want,
+        assert_int_equal(c.tag[i], vol ? DEDUP_FP_TAG : DEDUP_FP_IMAGE_TAG);
+        assert_int_equal(c.dim[i], vol ? DEDUP_FP_VOLUME_DIM : DEDUP_FP_IMAGE_DIM);
+        int rc = vol ? dedup_fingerprint_volume(it->source, enc_modality_parse(it->modality), want,
                                               err, sizeof err)
-                     : enc_fingerprint_image(it->source, want, err, sizeof err);
+                     : dedup_fingerprint_image(it->source, want, err, sizeof err);
         if (rc)
             fail_msg("%s", err);
         assert_memory_equal(c.fp[i], want, c.dim[i] * sizeof *want);
@@ -737,15 +737,15 @@ static void test_ingest_items(void **state)
     s = new_store(db4, (uint32_t)enc_pipeline_dim(p), enc_pipeline_model_id(p));
     const char *line = "{\"kind\":\"report\",\"report\":\"Legacy.\"}";
     store_item old = {.kind = STORE_KIND_REPORT, .report = "Legacy.", .payload_json = (char *)line};
-    store_sha256("Legacy.", 7, old.data_hash);
-    store_sha256_ctx hc;
+    util_sha256("Legacy.", 7, old.data_hash);
+    util_sha256_ctx hc;
     uint8_t kb = STORE_KIND_REPORT;
-    store_sha256_init(&hc);
-    store_sha256_update(&hc, "medsem-ingest-1", 16);
-    store_sha256_update(&hc, &kb, 1);
-    store_sha256_update(&hc, old.data_hash, STORE_HASH_SIZE);
-    store_sha256_update(&hc, line, strlen(line));
-    store_sha256_final(&hc, old.content_hash);
+    util_sha256_init(&hc);
+    util_sha256_update(&hc, "medsem-ingest-1", 16);
+    util_sha256_update(&hc, &kb, 1);
+    util_sha256_update(&hc, old.data_hash, STORE_HASH_SIZE);
+    util_sha256_update(&hc, line, strlen(line));
+    util_sha256_final(&hc, old.content_hash);
     store_put sp = {.item = &old};
     assert_int_equal(store_put_batch(s, &sp, 1, NULL, NULL), 0);
     FILE *lf = fopen(m4, "w");

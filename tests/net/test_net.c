@@ -13,7 +13,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "encoder/image.h"
+#include "imageio/imageio.h"
 #include "net/internal.h"
 #include "testutil.h"
 
@@ -357,14 +357,14 @@ static void test_png_roundtrip(void **st)
     assert_non_null(f);
     assert_int_equal(fwrite(png, 1, len, f), len);
     fclose(f);
-    enc_vol v;
+    img_vol v;
     char err[256];
-    assert_int_equal(enc_img_read_png(path, NULL, &v, err, sizeof err), ENC_OK);
+    assert_int_equal(img_read_png(path, NULL, &v, err, sizeof err), IMG_OK);
     assert_int_equal(v.nx, 7);
     assert_int_equal(v.ny, 5);
     for (int i = 0; i < 35; i++)
         assert_true(fabsf(v.data[i] * 255.0f - (float)px[i]) < 0.01f);
-    enc_vol_free(&v);
+    img_vol_free(&v);
     assert_int_equal(net_png_grey8(a, px, 0, 5, &png, &len), NET_INVAL);
     tu_rmtree(dir);
     free(dir);

@@ -1,4 +1,4 @@
-/* test_search.c - filtered search against brute force, and dedup clusters. */
+/* test_search.c - filtered search against brute force. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -60,8 +60,8 @@ static int setup(void **state)
         payload(i, buf, sizeof buf);
         it[i].kind = STORE_KIND_VECTOR;
         it[i].payload_json = strdup(buf);
-        store_sha256(buf, strlen(buf), it[i].content_hash);
-        store_sha256(f->x + (size_t)i * D, D * sizeof(float), it[i].data_hash);
+        util_sha256(buf, strlen(buf), it[i].content_hash);
+        util_sha256(f->x + (size_t)i * D, D * sizeof(float), it[i].data_hash);
         p[i] = (store_put){.item = &it[i], .has_vector = 1, .space = STORE_SPACE_IMAGE,
                            .vector = f->x + (size_t)i * D};
     }
@@ -262,75 +262,10 @@ static void test_filter_parse(void **state)
     }
 }
 
-static void test_dedup(void **state)
-{
-    char *dir = tu_mkdtemp();
-    store *s = NULL;
-    char err[512];
-    store_opts o = {.create = 1, .dim = D, .model_id = "test"};
-    assert_int_equal(store_open(dir, &o, &s, err, sizeof err), 0);
-    /* 200 random items; items 10, 11, 12 near copies of item 5; 20 an exact
-     * copy of 21's data with a different payload; 30 near 31. */
-    enum { M = 200 };
-    float *x = malloc((size_t)M * D * sizeof *x);
-    tu_rng r;
-    tu_rng_seed(&r, 8);
-    tu_fill_normal(&r, x, (size_t)M * D);
-    tu_normalize_rows(x, M, D);
-    for (int c = 10; c <= 12; c++)
-        for (int j = 0; j < D; j++)
-            x[c * D + j] = x[5 * D + j] + 0.02f * (float)tu_rng_normal(&r);
-    memcpy(x + 20 * D, x + 21 * D, D * sizeof(float));
-    for (int j = 0; j < D; j++)
-        x[30 * D + j] = x[31 * D + j] + 0.02f * (float)tu_rng_normal(&r);
-    tu_normalize_rows(x, M, D);
-    store_item it[M];
-    store_put p[M];
-    uint64_t ids[M];
-    char buf[M][32];
-    memset(it, 0, sizeof it);
-    for (int i = 0; i < M; i++) {
-        snprintf(buf[i], sizeof buf[i], "{\"i\":%d}", i);
-        it[i].payload_json = buf[i];
-        store_sha256(buf[i], strlen(buf[i]), it[i].content_hash);
-        store_sha256(x + i * D, D * sizeof(float), it[i].data_hash);
-        p[i] = (store_put){.item = &it[i], .has_vector = 1, .space = STORE_SPACE_IMAGE,
-                           .vector = x + i * D};
-    }
-    assert_int_equal(store_put_batch(s, p, M, ids, NULL), 0);
-    idx_space *ix = NULL;
-    assert_int_equal(idx_space_open(s, STORE_SPACE_IMAGE, NULL, &ix, err, sizeof err), 0);
-    srch_dedup_result *res = NULL;
-    assert_int_equal(srch_dedup(s, ix, 0.98f, &res, err, sizeof err), 0);
-    assert_int_equal(res->scanned, M);
-    assert_int_equal(res->nexact, 1);
-    assert_int_equal(res->exact[0].n, 2);
-    assert_int_equal(res->exact[0].ids[0], ids[20]);
-    assert_int_equal(res->exact[0].ids[1], ids[21]);
-    assert_int_equal(res->nnear, 3);
-    assert_int_equal(res->near[0].n, 4);
-    uint64_t want0[] = {ids[5], ids[10], ids[11], ids[12]};
-    for (int i = 0; i < 4; i++)
-        assert_int_equal(res->near[0].ids[i], want0[i]);
-    assert_int_equal(res->near[1].n, 2); /* 20, 21 (identical vectors) */
-    assert_int_equal(res->near[1].ids[0], ids[20]);
-    assert_int_equal(res->near[2].n, 2);
-    assert_int_equal(res->near[2].ids[0], ids[30]);
-    assert_true(res->near[0].min_score >= 0.98f);
-    srch_dedup_free(res);
-    assert_int_equal(srch_dedup(s, ix, 1.5f, &res, err, sizeof err), SRCH_INVAL);
-    idx_space_free(ix);
-    store_close(s);
-    tu_rmtree(dir);
-    free(dir);
-    free(x);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_filter_parse),
-        cmocka_unit_test(test_dedup),
         cmocka_unit_test_setup_teardown(test_filters_flat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_filters_ivf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_filters_hnsw_fallback, setup, teardown),

@@ -91,7 +91,7 @@ static void hash_of(const char *tag, uint64_t n, uint8_t out[STORE_HASH_SIZE])
 {
     char buf[128];
     int len = snprintf(buf, sizeof buf, "%s/%llu", tag, (unsigned long long)n);
-    store_sha256(buf, (size_t)len, out);
+    util_sha256(buf, (size_t)len, out);
 }
 
 static void fill_vec(float *v, uint32_t dim, uint64_t seed)
@@ -258,23 +258,23 @@ static void check_sha(const void *data, size_t len, const char *want)
 {
     uint8_t h[STORE_HASH_SIZE];
     char hex[2 * STORE_HASH_SIZE + 1];
-    store_sha256(data, len, h);
-    store_hash_hex(h, hex);
+    util_sha256(data, len, h);
+    util_sha256_hex(h, hex);
     assert_string_equal(hex, want);
 
     /* The incremental form in uneven pieces gives the same digest. */
-    store_sha256_ctx c;
+    util_sha256_ctx c;
     const uint8_t *p = data;
     size_t off = 0, step = 1;
-    store_sha256_init(&c);
+    util_sha256_init(&c);
     while (off < len) {
         size_t n = step < len - off ? step : len - off;
-        store_sha256_update(&c, p + off, n);
+        util_sha256_update(&c, p + off, n);
         off += n;
         step = step * 3 + 1;
     }
-    store_sha256_final(&c, h);
-    store_hash_hex(h, hex);
+    util_sha256_final(&c, h);
+    util_sha256_hex(h, hex);
     assert_string_equal(hex, want);
 }
 
@@ -286,9 +286,9 @@ static void sha256_vectors(void);
 static void test_sha256(void **state)
 {
     (void)state;
-    assert_int_equal(store__sha256_accel(0), 0);
+    assert_int_equal(util__sha256_accel(0), 0);
     sha256_vectors();
-    int ni = store__sha256_accel(1);
+    int ni = util__sha256_accel(1);
     print_message("SHA extensions: %s\n", ni ? "present, tested" : "absent, portable code only");
     sha256_vectors();
     uint64_t seed = 12345;
@@ -302,20 +302,20 @@ static void test_sha256(void **state)
         if (n > 100000)
             n = 100000;
         uint8_t a[STORE_HASH_SIZE], b[STORE_HASH_SIZE];
-        store__sha256_accel(0);
-        store_sha256(buf, n, a);
-        store__sha256_accel(1);
-        store_sha256_ctx c;
-        store_sha256_init(&c);
+        util__sha256_accel(0);
+        util_sha256(buf, n, a);
+        util__sha256_accel(1);
+        util_sha256_ctx c;
+        util_sha256_init(&c);
         for (size_t off = 0, step = 7; off < n; off += step, step = step * 2 + 1)
-            store_sha256_update(&c, buf + off, step < n - off ? step : n - off);
-        store_sha256_final(&c, b);
+            util_sha256_update(&c, buf + off, step < n - off ? step : n - off);
+        util_sha256_final(&c, b);
         assert_memory_equal(a, b, sizeof a);
         if (n == 100000)
             break;
     }
     free(buf);
-    store__sha256_accel(-1);
+    util__sha256_accel(-1);
 }
 
 static void sha256_vectors(void)
@@ -335,12 +335,12 @@ static void sha256_vectors(void)
     char buf[64];
     memset(buf, 'x', sizeof buf);
     for (size_t n = 55; n <= 64; n++) {
-        store_sha256_ctx c;
-        store_sha256(buf, n, a);
-        store_sha256_init(&c);
-        store_sha256_update(&c, buf, n / 2);
-        store_sha256_update(&c, buf + n / 2, n - n / 2);
-        store_sha256_final(&c, b);
+        util_sha256_ctx c;
+        util_sha256(buf, n, a);
+        util_sha256_init(&c);
+        util_sha256_update(&c, buf, n / 2);
+        util_sha256_update(&c, buf + n / 2, n - n / 2);
+        util_sha256_final(&c, b);
         assert_memory_equal(a, b, sizeof a);
     }
 }
@@ -1357,7 +1357,7 @@ static void test_datahash_groups(void **state)
     for (uint64_t i = 0; i < 8; i++) {
         store_item it = mkitem(i, NULL);
         if (dh[i])
-            store_sha256(dh[i], 1, it.data_hash);
+            util_sha256(dh[i], 1, it.data_hash);
         assert_int_equal(put1(s, &it, 0, 0, NULL, NULL), i + 1);
     }
     groups_ctx g = {0};

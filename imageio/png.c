@@ -2,11 +2,11 @@
  *
  * libpng reports errors by calling an error function that must not
  * return; its default one prints to stderr.  Ours copies the message and
- * longjmps back to enc_img_read_png, and the warning function drops
- * warnings, so a corrupt file is one ENC_FORMAT and never a print.
+ * longjmps back to img_read_png, and the warning function drops
+ * warnings, so a corrupt file is one IMG_FORMAT and never a print.
  */
-#include "encoder/internal.h"
-#include "encoder/image.h"
+#include "imageio/imageio.h"
+#include "util/util.h"
 
 #include <errno.h>
 #include <png.h>
@@ -76,46 +76,46 @@ static void row_to_grey(const unsigned char *row, png_uint_32 w, int channels, i
     }
 }
 
-int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, char *errbuf,
+int img_read_png(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
                      size_t errlen)
 {
     char *eb = errbuf;
     size_t el = errlen;
     if (path == NULL || out == NULL)
-        return enc__fail(eb, el, ENC_INVAL, "enc_img_read_png: NULL argument");
+        return util_errf(eb, el, IMG_INVAL, "img_read_png: NULL argument");
     struct stat st;
     if (stat(path, &st) != 0)
-        return enc__fail(eb, el, ENC_IO, "%s: %s", path, strerror(errno));
+        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return enc__fail(eb, el, ENC_IO, "%s: not a regular file", path);
+        return util_errf(eb, el, IMG_IO, "%s: not a regular file", path);
 
     png_read_ctx *c = calloc(1, sizeof *c);
     if (c == NULL)
-        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
+        return util_errf(eb, el, IMG_NOMEM, "%s: out of memory", path);
     c->fp = fopen(path, "rb");
     if (c->fp == NULL) {
         int e = errno;
         ctx_free(c);
-        return enc__fail(eb, el, ENC_IO, "%s: %s", path, strerror(e));
+        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(e));
     }
     unsigned char sig[8];
     size_t got = fread(sig, 1, sizeof sig, c->fp);
     if (got != sizeof sig || png_sig_cmp(sig, 0, sizeof sig) != 0) {
         ctx_free(c);
-        return enc__fail(eb, el, ENC_FORMAT, "%s: not a PNG file (bad signature)", path);
+        return util_errf(eb, el, IMG_FORMAT, "%s: not a PNG file (bad signature)", path);
     }
     c->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, c, png_error_cb, png_warning_cb);
     if (c->png != NULL)
         c->info = png_create_info_struct(c->png);
     if (c->png == NULL || c->info == NULL) {
         ctx_free(c);
-        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
+        return util_errf(eb, el, IMG_NOMEM, "%s: out of memory", path);
     }
     if (setjmp(png_jmpbuf(c->png))) {
         char msg[sizeof c->msg];
         memcpy(msg, c->msg, sizeof msg);
         ctx_free(c);
-        return enc__fail(eb, el, ENC_FORMAT, "%s: corrupt or truncated PNG: %s", path, msg);
+        return util_errf(eb, el, IMG_FORMAT, "%s: corrupt or truncated PNG: %s", path, msg);
     }
     png_init_io(c->png, c->fp);
     png_set_sig_bytes(c->png, (int)sizeof sig);
@@ -124,10 +124,10 @@ int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, 
     png_uint_32 w = 0, h = 0;
     int depth = 0, color = 0, interlace = 0;
     png_get_IHDR(c->png, c->info, &w, &h, &depth, &color, &interlace, NULL, NULL);
-    size_t maxp = lim && lim->max_pixels ? lim->max_pixels : ENC_IMG_MAX_PIXELS;
+    size_t maxp = lim && lim->max_pixels ? lim->max_pixels : IMG_MAX_PIXELS;
     if ((uint64_t)w * h > (uint64_t)maxp || w > INT32_MAX || h > INT32_MAX) {
         ctx_free(c);
-        return enc__fail(eb, el, ENC_TOOBIG, "%s: %lu x %lu pixels exceed the limit of %zu", path,
+        return util_errf(eb, el, IMG_TOOBIG, "%s: %lu x %lu pixels exceed the limit of %zu", path,
                     (unsigned long)w, (unsigned long)h, maxp);
     }
     /* Everything to 8 or 16 bits per sample, palette to RGB; transparency
@@ -144,7 +144,7 @@ int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, 
     if ((odepth != 8 && odepth != 16) || channels < 1 || channels > 4 ||
         rowbytes < (size_t)w * (size_t)channels * (size_t)(odepth / 8)) {
         ctx_free(c);
-        return enc__fail(eb, el, ENC_UNSUPPORTED, "%s: unexpected PNG layout (%d bits, %d channels)",
+        return util_errf(eb, el, IMG_UNSUPPORTED, "%s: unexpected PNG layout (%d bits, %d channels)",
                     path, odepth, channels);
     }
 
@@ -156,7 +156,7 @@ int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, 
     c->rowp = malloc(nrows * sizeof *c->rowp);
     if (c->data == NULL || c->rows == NULL || c->rowp == NULL) {
         ctx_free(c);
-        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory for %lu x %lu pixels", path,
+        return util_errf(eb, el, IMG_NOMEM, "%s: out of memory for %lu x %lu pixels", path,
                     (unsigned long)w, (unsigned long)h);
     }
     for (size_t y = 0; y < nrows; y++)
@@ -174,7 +174,7 @@ int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, 
     /* Reading to IEND catches a file cut after its pixels. */
     png_read_end(c->png, NULL);
 
-    enc_vol v;
+    img_vol v;
     memset(&v, 0, sizeof v);
     v.data = c->data;
     c->data = NULL;
@@ -188,5 +188,5 @@ int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, 
     v.affine[3][3] = 1;
     ctx_free(c);
     *out = v;
-    return ENC_OK;
+    return IMG_OK;
 }

@@ -1,4 +1,4 @@
-/* test_train_parts.c - the self-contained parts of training (encoder/train.h):
+/* test_train_parts.c - the self-contained parts of training (train/train.h):
  * losses, AdamW, clipping, schedule, checkpoints, retrieval metrics and the
  * WordPiece vocabulary builder.
  *
@@ -25,9 +25,8 @@
 
 #include <cmocka.h>
 
-#include "encoder/safetensors.h"
-#include "encoder/tokenizer.h"
-#include "encoder/train.h"
+#include "encoder/encoder.h"
+#include "train/train.h"
 #include "testutil.h"
 
 /* ---- helpers ------------------------------------------------------------------ */
@@ -107,11 +106,11 @@ static void check_clip_case(enc_st *st, const char *c, int use_targets)
     int E = (int)(na / (size_t)B);
     assert_int_equal((size_t)B * B, nt);
     assert_int_equal(na, nb);
-    float *work = falloc(enc_loss_clip_work_floats(B));
+    float *work = falloc(trn_loss_clip_work_floats(B));
     float *da = falloc(na), *db = falloc(na), ds = 0;
     const float *tg = use_targets ? T : NULL;
-    float loss = enc_loss_clip_forward(a, b, B, E, s, tg, work);
-    enc_loss_clip_backward(a, b, B, E, s, tg, 1.0f, work, da, db, &ds);
+    float loss = trn_loss_clip_forward(a, b, B, E, s, tg, work);
+    trn_loss_clip_backward(a, b, B, E, s, tg, 1.0f, work, da, db, &ds);
     char what[64];
     snprintf(what, sizeof what, "%s.loss", c);
     expect_close(what, &loss, getf(st, "%s.loss", c, NULL), 1, 1e-5);
@@ -159,11 +158,11 @@ static void test_soft_targets(void **state)
     for (size_t i = 0; i < noff; i++)
         off[i] = (size_t)foff[i];
     float *T = falloc(nt);
-    enc_loss_soft_targets(tags, off, B, alpha, T);
+    trn_loss_soft_targets(tags, off, B, alpha, T);
     expect_close("soft targets", T, want, nt, 1e-6);
 
     /* alpha = 0: the identity */
-    enc_loss_soft_targets(tags, off, B, 0.0f, T);
+    trn_loss_soft_targets(tags, off, B, 0.0f, T);
     for (int i = 0; i < B; i++)
         for (int j = 0; j < B; j++)
             assert_true(T[i * B + j] == (i == j ? 1.0f : 0.0f));
@@ -177,7 +176,7 @@ static void test_soft_targets(void **state)
     int32_t t2[] = {1, 2, 2, 2, 1, 1, 3};
     size_t o2[] = {0, 3, 5, 7};
     float U[9];
-    enc_loss_soft_targets(t2, o2, 3, 1.0f, U);
+    trn_loss_soft_targets(t2, o2, 3, 1.0f, U);
     float want0[3] = {3.0f / 7, 3.0f / 7, 1.0f / 7};
     expect_close("repeats", U, want0, 3, 1e-6);
     float want2[3] = {1.0f / 5, 1.0f / 5, 3.0f / 5};
@@ -188,8 +187,8 @@ static void test_soft_targets(void **state)
 static double clip_loss_at(const float *a, const float *b, int B, int E, float s,
                            const float *T)
 {
-    float *w = falloc(enc_loss_clip_work_floats(B));
-    double l = enc_loss_clip_forward(a, b, B, E, s, T, w);
+    float *w = falloc(trn_loss_clip_work_floats(B));
+    double l = trn_loss_clip_forward(a, b, B, E, s, T, w);
     free(w);
     return l;
 }
@@ -207,14 +206,14 @@ static void test_clip_finite_diff(void **state)
     tu_normalize_rows(b, B, E);
     int32_t tags[] = {1, 2, 2, 1, 3, 1};
     size_t off[] = {0, 2, 4, 5, 5, 6};
-    enc_loss_soft_targets(tags, off, B, 0.7f, T);
+    trn_loss_soft_targets(tags, off, B, 0.7f, T);
     float s = logf(5.0f);
     for (int soft = 0; soft < 2; soft++) {
         const float *tg = soft ? T : NULL;
-        float *w = falloc(enc_loss_clip_work_floats(B));
+        float *w = falloc(trn_loss_clip_work_floats(B));
         float da[B * E] = {0}, db[B * E] = {0}, ds = 0;
-        enc_loss_clip_forward(a, b, B, E, s, tg, w);
-        enc_loss_clip_backward(a, b, B, E, s, tg, 1.0f, w, da, db, &ds);
+        trn_loss_clip_forward(a, b, B, E, s, tg, w);
+        trn_loss_clip_backward(a, b, B, E, s, tg, 1.0f, w, da, db, &ds);
         free(w);
         const float h = 1e-2f;
         for (int i = 0; i < B * E; i++) {
@@ -246,8 +245,8 @@ static void test_clip_edges(void **state)
     /* B = 1: the only pair is its own target: loss 0, no gradient */
     float a[3] = {1, 0, 0}, b[3] = {0, 1, 0}, da[3] = {0}, db[3] = {0}, ds = 0;
     float w[3];
-    assert_true(enc_loss_clip_forward(a, b, 1, 3, 2.0f, NULL, w) == 0.0f);
-    enc_loss_clip_backward(a, b, 1, 3, 2.0f, NULL, 1.0f, w, da, db, &ds);
+    assert_true(trn_loss_clip_forward(a, b, 1, 3, 2.0f, NULL, w) == 0.0f);
+    trn_loss_clip_backward(a, b, 1, 3, 2.0f, NULL, 1.0f, w, da, db, &ds);
     for (int i = 0; i < 3; i++)
         assert_true(da[i] == 0 && db[i] == 0);
     assert_true(ds == 0);
@@ -261,25 +260,25 @@ static void test_clip_edges(void **state)
     tu_fill_normal(&r, y, B * E);
     tu_normalize_rows(x, B, E);
     tu_normalize_rows(y, B, E);
-    float *work = falloc(enc_loss_clip_work_floats(B));
+    float *work = falloc(trn_loss_clip_work_floats(B));
     float g1[B * E] = {0}, g2[B * E] = {0}, h1[B * E] = {0}, h2[B * E] = {0}, s1 = 0, s2 = 0;
-    enc_loss_clip_forward(x, y, B, E, 1.0f, NULL, work);
-    enc_loss_clip_backward(x, y, B, E, 1.0f, NULL, 1.0f, work, g1, h1, &s1);
+    trn_loss_clip_forward(x, y, B, E, 1.0f, NULL, work);
+    trn_loss_clip_backward(x, y, B, E, 1.0f, NULL, 1.0f, work, g1, h1, &s1);
     for (int k = 0; k < 2; k++) {
-        enc_loss_clip_forward(x, y, B, E, 1.0f, NULL, work);
-        enc_loss_clip_backward(x, y, B, E, 1.0f, NULL, 0.5f, work, g2, h2, &s2);
+        trn_loss_clip_forward(x, y, B, E, 1.0f, NULL, work);
+        trn_loss_clip_backward(x, y, B, E, 1.0f, NULL, 0.5f, work, g2, h2, &s2);
     }
     expect_close("accumulated da", g2, g1, B * E, 1e-6);
     expect_close("accumulated db", h2, h1, B * E, 1e-6);
     expect_close("accumulated ds", &s2, &s1, 1, 1e-6);
     /* NULL outputs are skipped */
-    enc_loss_clip_forward(x, y, B, E, 1.0f, NULL, work);
-    enc_loss_clip_backward(x, y, B, E, 1.0f, NULL, 1.0f, work, NULL, NULL, NULL);
+    trn_loss_clip_forward(x, y, B, E, 1.0f, NULL, work);
+    trn_loss_clip_backward(x, y, B, E, 1.0f, NULL, 1.0f, work, NULL, NULL, NULL);
     /* exp(s) = 100 exactly is inside the clamp (torch passes the gradient) */
     float s100 = logf(100.0f), d100 = 0;
     if (expf(s100) <= 100.0f) {
-        enc_loss_clip_forward(x, y, B, E, s100, NULL, work);
-        enc_loss_clip_backward(x, y, B, E, s100, NULL, 1.0f, work, NULL, NULL, &d100);
+        trn_loss_clip_forward(x, y, B, E, s100, NULL, work);
+        trn_loss_clip_backward(x, y, B, E, s100, NULL, 1.0f, work, NULL, NULL, &d100);
         assert_true(d100 != 0);
     }
     free(work);
@@ -297,9 +296,9 @@ static void test_consistency(void **state)
     enum { B = 3, K = 4, E = 8 };
     assert_int_equal(nv, B * E);
     assert_int_equal(ns, B * K * E);
-    float loss = enc_loss_consistency_forward(vol, sl, B, K, E);
+    float loss = trn_loss_consistency_forward(vol, sl, B, K, E);
     float *dv = falloc(nv), *dsl = falloc(ns);
-    enc_loss_consistency_backward(vol, sl, B, K, E, 1.0f, dv, dsl);
+    trn_loss_consistency_backward(vol, sl, B, K, E, 1.0f, dv, dsl);
     expect_close("cons.loss", &loss, get(st, "cons.loss", NULL), 1, 1e-5);
     expect_close("cons.dvol", dv, get(st, "cons.dvol", NULL), nv, 1e-5);
     expect_close("cons.dslices", dsl, get(st, "cons.dslices", NULL), ns, 1e-5);
@@ -314,9 +313,9 @@ static void test_consistency(void **state)
         float g = i < nv ? dv[i] : dsl[i - nv];
         float keep = *x;
         *x = keep + h;
-        double lp = enc_loss_consistency_forward(v, s, B, K, E);
+        double lp = trn_loss_consistency_forward(v, s, B, K, E);
         *x = keep - h;
-        double lm = enc_loss_consistency_forward(v, s, B, K, E);
+        double lm = trn_loss_consistency_forward(v, s, B, K, E);
         *x = keep;
         double fd = (lp - lm) / (2 * h);
         if (fabs(fd - g) > 1e-3)
@@ -324,10 +323,10 @@ static void test_consistency(void **state)
     }
     /* identical directions: loss 0; a zero mean: cos 0, no gradient */
     float one[2] = {0.6f, 0.8f}, same[4] = {0.6f, 0.8f, 0.6f, 0.8f};
-    assert_true(fabsf(enc_loss_consistency_forward(one, same, 1, 2, 2)) < 1e-6f);
+    assert_true(fabsf(trn_loss_consistency_forward(one, same, 1, 2, 2)) < 1e-6f);
     float opp[4] = {1, 0, -1, 0}, g0[2] = {0}, g1[4] = {0};
-    assert_true(enc_loss_consistency_forward(one, opp, 1, 2, 2) == 1.0f);
-    enc_loss_consistency_backward(one, opp, 1, 2, 2, 1.0f, g0, g1);
+    assert_true(trn_loss_consistency_forward(one, opp, 1, 2, 2) == 1.0f);
+    trn_loss_consistency_backward(one, opp, 1, 2, 2, 1.0f, g0, g1);
     for (int i = 0; i < 4; i++)
         assert_true(g1[i] == 0 && (i >= 2 || g0[i] == 0));
     free(v);
@@ -372,18 +371,18 @@ static void fixture_table(enc_param *t)
     }
 }
 
-static enc_adamw *fixture_opt(void)
+static trn_adamw *fixture_opt(void)
 {
     enc_param t[NPARAMS];
     fixture_table(t);
-    enc_adamw_opts o = ENC_ADAMW_OPTS_INIT;
+    trn_adamw_opts o = TRN_ADAMW_OPTS_INIT;
     o.beta1 = 0.9;
     o.beta2 = 0.98;
     o.eps = 1e-6;
     o.weight_decay = 0.2;
-    enc_adamw *opt = NULL;
+    trn_adamw *opt = NULL;
     char err[256];
-    if (enc_adamw_new(t, NPARAMS, &o, &opt, err, sizeof err) != ENC_OK)
+    if (trn_adamw_new(t, NPARAMS, &o, &opt, err, sizeof err) != ENC_OK)
         fail_msg("%s", err);
     return opt;
 }
@@ -392,51 +391,51 @@ static void test_adamw_fixture(void **state)
 {
     (void)state;
     enc_st *st = open_fixture("adamw.safetensors");
-    enc_adamw *opt = fixture_opt();
-    size_t N = enc_adamw_count(opt);
+    trn_adamw *opt = fixture_opt();
+    size_t N = trn_adamw_count(opt);
     assert_int_equal(N, 12 + 3 + 3 + 15 + 3 + 6 + 1);
     float *p = falloc(N), *g = falloc(N);
     const float *grads[NPARAMS];
     size_t cnt[NPARAMS];
     for (size_t i = 0; i < NPARAMS; i++) {
-        size_t off = enc_adamw_offset(opt, i);
+        size_t off = trn_adamw_offset(opt, i);
         const float *init = getf(st, "init.%s", PARAMS[i].name, &cnt[i]);
         memcpy(p + off, init, cnt[i] * sizeof *p);
         grads[i] = getf(st, "grad.%s", PARAMS[i].name, NULL);
         /* the default rule puts each tensor in the group the script used */
         float dec = getf(st, "decay.%s", PARAMS[i].name, NULL)[0];
-        assert_int_equal(enc_adamw_decays(opt, i), dec != 0);
+        assert_int_equal(trn_adamw_decays(opt, i), dec != 0);
     }
     const float *lrs = get(st, "lr", NULL), *norms = get(st, "total_norm", NULL);
-    enc_train_sched sc = {FX_LR, 3, 10, 0.1};
+    trn_sched sc = {FX_LR, 3, 10, 0.1};
     for (int t = 0; t < FX_STEPS; t++) {
         for (size_t i = 0; i < NPARAMS; i++)
-            memcpy(g + enc_adamw_offset(opt, i), grads[i] + (size_t)t * cnt[i],
+            memcpy(g + trn_adamw_offset(opt, i), grads[i] + (size_t)t * cnt[i],
                    cnt[i] * sizeof *g);
-        float norm = enc_adamw_clip_grad_norm(opt, g, 1.0f);
+        float norm = trn_adamw_clip_grad_norm(opt, g, 1.0f);
         expect_close("total_norm", &norm, norms + t, 1, 1e-6);
-        double lr = enc_train_lr(&sc, enc_adamw_steps(opt));
+        double lr = trn_lr(&sc, trn_adamw_steps(opt));
         float lrf = (float)lr;
         expect_close("lr", &lrf, lrs + t, 1, 1e-7);
-        enc_adamw_step(opt, p, g, lr);
+        trn_adamw_step(opt, p, g, lr);
     }
-    assert_int_equal(enc_adamw_steps(opt), FX_STEPS);
+    assert_int_equal(trn_adamw_steps(opt), FX_STEPS);
     for (size_t i = 0; i < NPARAMS; i++) {
-        size_t n, off = enc_adamw_offset(opt, i);
+        size_t n, off = trn_adamw_offset(opt, i);
         char what[128];
         const float *want = getf(st, "param.%s", PARAMS[i].name, &n);
         snprintf(what, sizeof what, "param.%s", PARAMS[i].name);
         expect_close(what, p + off, want, n, 1e-6);
         snprintf(what, sizeof what, "exp_avg.%s", PARAMS[i].name);
-        expect_close(what, enc_adamw_m(opt) + off, getf(st, "exp_avg.%s", PARAMS[i].name, NULL),
+        expect_close(what, trn_adamw_m(opt) + off, getf(st, "exp_avg.%s", PARAMS[i].name, NULL),
                      n, 1e-6);
         snprintf(what, sizeof what, "exp_avg_sq.%s", PARAMS[i].name);
-        expect_close(what, enc_adamw_v(opt) + off,
+        expect_close(what, trn_adamw_v(opt) + off,
                      getf(st, "exp_avg_sq.%s", PARAMS[i].name, NULL), n, 1e-6);
     }
     free(p);
     free(g);
-    enc_adamw_free(opt);
+    trn_adamw_free(opt);
     enc_st_close(st);
 }
 
@@ -445,26 +444,26 @@ static void test_schedule(void **state)
     (void)state;
     enc_st *st = open_fixture("sched.safetensors");
     /* As SCHEDULES in make_train_fixtures.py. */
-    const enc_train_sched sc[] = {{3e-4, 5, 25, 0.05}, {1e-3, 0, 10, 0.0}, {1.0, 4, 4, 0.2}};
+    const trn_sched sc[] = {{3e-4, 5, 25, 0.05}, {1e-3, 0, 10, 0.0}, {1.0, 4, 4, 0.2}};
     for (size_t k = 0; k < sizeof sc / sizeof sc[0]; k++) {
         char name[32];
         snprintf(name, sizeof name, "sched%zu.lr", k);
         size_t n;
         const float *want = get(st, name, &n);
         for (size_t t = 0; t < n; t++) {
-            float got = (float)enc_train_lr(&sc[k], (int64_t)t);
+            float got = (float)trn_lr(&sc[k], (int64_t)t);
             if (!(fabs((double)got - want[t]) <= 1e-6 * fabs(want[t]) + 1e-12))
                 fail_msg("%s[%zu]: %.9g, want %.9g", name, t, got, want[t]);
         }
     }
     /* the shape of it, exactly */
-    enc_train_sched s = {2.0, 4, 12, 0.25};
-    assert_true(enc_train_lr(&s, 0) == 0.0);
-    assert_true(enc_train_lr(&s, 2) == 1.0);
-    assert_true(enc_train_lr(&s, 4) == 2.0);
-    assert_true(fabs(enc_train_lr(&s, 8) - 2.0 * (0.25 + 0.75 * 0.5)) < 1e-15);
-    assert_true(fabs(enc_train_lr(&s, 12) - 0.5) < 1e-15);
-    assert_true(fabs(enc_train_lr(&s, 1000) - 0.5) < 1e-15);
+    trn_sched s = {2.0, 4, 12, 0.25};
+    assert_true(trn_lr(&s, 0) == 0.0);
+    assert_true(trn_lr(&s, 2) == 1.0);
+    assert_true(trn_lr(&s, 4) == 2.0);
+    assert_true(fabs(trn_lr(&s, 8) - 2.0 * (0.25 + 0.75 * 0.5)) < 1e-15);
+    assert_true(fabs(trn_lr(&s, 12) - 0.5) < 1e-15);
+    assert_true(fabs(trn_lr(&s, 1000) - 0.5) < 1e-15);
     enc_st_close(st);
 }
 
@@ -475,35 +474,35 @@ static void test_clip_grad_norm(void **state)
     memset(t, 0, sizeof t);
     t[0] = (enc_param){"a", 1, {2}, 2, NULL};
     t[1] = (enc_param){"b", 0, {0}, 1, NULL};
-    enc_adamw *opt = NULL;
-    assert_int_equal(enc_adamw_new(t, 2, NULL, &opt, NULL, 0), ENC_OK);
+    trn_adamw *opt = NULL;
+    assert_int_equal(trn_adamw_new(t, 2, NULL, &opt, NULL, 0), ENC_OK);
     /* |(3, 4)| = 5, |12| = 12, total 13 */
     float g[3] = {3, 4, 12};
-    float n = enc_adamw_clip_grad_norm(opt, g, 1.0f);
+    float n = trn_adamw_clip_grad_norm(opt, g, 1.0f);
     assert_true(n == 13.0f);
     float coef = 1.0f / (13.0f + 1e-6f);
     assert_true(g[0] == 3 * coef && g[1] == 4 * coef && g[2] == 12 * coef);
     /* under the limit: untouched */
     float h[3] = {0.3f, 0.4f, 0};
-    assert_true(fabsf(enc_adamw_clip_grad_norm(opt, h, 1.0f) - 0.5f) < 1e-7f);
+    assert_true(fabsf(trn_adamw_clip_grad_norm(opt, h, 1.0f) - 0.5f) < 1e-7f);
     assert_true(h[0] == 0.3f && h[1] == 0.4f && h[2] == 0);
     /* not finite: untouched, reported */
     float k[3] = {INFINITY, 1, 1};
-    assert_true(isinf(enc_adamw_clip_grad_norm(opt, k, 1.0f)));
+    assert_true(isinf(trn_adamw_clip_grad_norm(opt, k, 1.0f)));
     assert_true(k[1] == 1 && k[2] == 1);
-    enc_adamw_free(opt);
+    trn_adamw_free(opt);
 
     /* bad tables and options */
     char err[256];
     t[0].count = 3;
-    assert_int_equal(enc_adamw_new(t, 2, NULL, &opt, err, sizeof err), ENC_INVAL);
+    assert_int_equal(trn_adamw_new(t, 2, NULL, &opt, err, sizeof err), ENC_INVAL);
     assert_non_null(strstr(err, "count"));
     t[0].count = 2;
-    assert_int_equal(enc_adamw_new(t, 0, NULL, &opt, err, sizeof err), ENC_INVAL);
-    enc_adamw_opts o = ENC_ADAMW_OPTS_INIT;
+    assert_int_equal(trn_adamw_new(t, 0, NULL, &opt, err, sizeof err), ENC_INVAL);
+    trn_adamw_opts o = TRN_ADAMW_OPTS_INIT;
     o.beta2 = 1.0;
-    assert_int_equal(enc_adamw_new(t, 2, &o, &opt, err, sizeof err), ENC_INVAL);
-    enc_adamw_free(NULL);
+    assert_int_equal(trn_adamw_new(t, 2, &o, &opt, err, sizeof err), ENC_INVAL);
+    trn_adamw_free(NULL);
 }
 
 static int decay_none(const char *name, int rank, void *ctx)
@@ -539,34 +538,34 @@ static void test_decay_mask(void **state)
         {"logit_scale", 0, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        if (enc_adamw_default_decay(cases[i].name, cases[i].rank, NULL) != cases[i].decay)
+        if (trn_adamw_default_decay(cases[i].name, cases[i].rank, NULL) != cases[i].decay)
             fail_msg("%s: decay %d expected", cases[i].name, cases[i].decay);
 
     /* a callback overrides the rule, called once per tensor */
     enc_param t[NPARAMS];
     fixture_table(t);
     int calls = 0;
-    enc_adamw_opts o = ENC_ADAMW_OPTS_INIT;
+    trn_adamw_opts o = TRN_ADAMW_OPTS_INIT;
     o.decay = decay_none;
     o.decay_ctx = &calls;
-    enc_adamw *opt;
-    assert_int_equal(enc_adamw_new(t, NPARAMS, &o, &opt, NULL, 0), ENC_OK);
+    trn_adamw *opt;
+    assert_int_equal(trn_adamw_new(t, NPARAMS, &o, &opt, NULL, 0), ENC_OK);
     assert_int_equal(calls, NPARAMS);
     for (size_t i = 0; i < NPARAMS; i++) {
-        assert_int_equal(enc_adamw_decays(opt, i), 0);
-        assert_string_equal(enc_adamw_name(opt, i), PARAMS[i].name);
+        assert_int_equal(trn_adamw_decays(opt, i), 0);
+        assert_string_equal(trn_adamw_name(opt, i), PARAMS[i].name);
     }
-    assert_int_equal(enc_adamw_ntensors(opt), NPARAMS);
-    enc_adamw_free(opt);
+    assert_int_equal(trn_adamw_ntensors(opt), NPARAMS);
+    trn_adamw_free(opt);
 }
 
 /* ---- checkpoints ---------------------------------------------------------------------------- */
 
-static void run_steps(enc_adamw *opt, float *p, uint64_t *rng, int n)
+static void run_steps(trn_adamw *opt, float *p, uint64_t *rng, int n)
 {
-    size_t N = enc_adamw_count(opt);
+    size_t N = trn_adamw_count(opt);
     float *g = falloc(N);
-    enc_train_sched sc = {1e-2, 2, 20, 0.1};
+    trn_sched sc = {1e-2, 2, 20, 0.1};
     for (int k = 0; k < n; k++) {
         /* the "training" RNG is part of the state that must resume */
         tu_rng r;
@@ -574,8 +573,8 @@ static void run_steps(enc_adamw *opt, float *p, uint64_t *rng, int n)
         tu_fill_normal(&r, g, N);
         rng[0] = tu_rng_u64(&r);
         rng[1] += 1;
-        enc_adamw_clip_grad_norm(opt, g, 2.0f);
-        enc_adamw_step(opt, p, g, enc_train_lr(&sc, enc_adamw_steps(opt)));
+        trn_adamw_clip_grad_norm(opt, g, 2.0f);
+        trn_adamw_step(opt, p, g, trn_lr(&sc, trn_adamw_steps(opt)));
     }
     free(g);
 }
@@ -586,8 +585,8 @@ static void test_checkpoint(void **state)
     char *dir = tu_mkdtemp();
     assert_non_null(dir);
     char *path = tu_path(dir, "ckpt.safetensors");
-    enc_adamw *a = fixture_opt(), *b = fixture_opt();
-    size_t N = enc_adamw_count(a);
+    trn_adamw *a = fixture_opt(), *b = fixture_opt();
+    size_t N = trn_adamw_count(a);
     float *pa = falloc(N), *pb = falloc(N);
     tu_rng r;
     tu_rng_seed(&r, 5);
@@ -597,27 +596,27 @@ static void test_checkpoint(void **state)
     run_steps(a, pa, ra, 5);
     const char *hp = "{\"lr\": 0.01, \"batch\": 32, \"note\": \"caf\\u00e9 \xc3\xa9\"}";
     char err[512];
-    if (enc_train_ckpt_write(path, a, pa, ra, 3, hp, err, sizeof err) != ENC_OK)
+    if (trn_ckpt_write(path, a, pa, ra, 3, hp, err, sizeof err) != ENC_OK)
         fail_msg("%s", err);
 
     char *hpb = NULL;
-    if (enc_train_ckpt_read(path, b, pb, rb, 3, &hpb, err, sizeof err) != ENC_OK)
+    if (trn_ckpt_read(path, b, pb, rb, 3, &hpb, err, sizeof err) != ENC_OK)
         fail_msg("%s", err);
     assert_string_equal(hpb, hp);
     free(hpb);
-    assert_int_equal(enc_adamw_steps(b), 5);
+    assert_int_equal(trn_adamw_steps(b), 5);
     assert_memory_equal(pa, pb, N * sizeof *pa);
-    assert_memory_equal(enc_adamw_m(a), enc_adamw_m(b), N * sizeof(float));
-    assert_memory_equal(enc_adamw_v(a), enc_adamw_v(b), N * sizeof(float));
+    assert_memory_equal(trn_adamw_m(a), trn_adamw_m(b), N * sizeof(float));
+    assert_memory_equal(trn_adamw_v(a), trn_adamw_v(b), N * sizeof(float));
     assert_memory_equal(ra, rb, sizeof ra);
 
     /* resuming gives the same bits as never stopping */
     run_steps(a, pa, ra, 7);
     run_steps(b, pb, rb, 7);
     assert_memory_equal(pa, pb, N * sizeof *pa);
-    assert_memory_equal(enc_adamw_m(a), enc_adamw_m(b), N * sizeof(float));
-    assert_memory_equal(enc_adamw_v(a), enc_adamw_v(b), N * sizeof(float));
-    assert_int_equal(enc_adamw_steps(a), enc_adamw_steps(b));
+    assert_memory_equal(trn_adamw_m(a), trn_adamw_m(b), N * sizeof(float));
+    assert_memory_equal(trn_adamw_v(a), trn_adamw_v(b), N * sizeof(float));
+    assert_int_equal(trn_adamw_steps(a), trn_adamw_steps(b));
 
     /* the file also loads as weights: parameters under their own names */
     enc_st *st;
@@ -633,47 +632,47 @@ static void test_checkpoint(void **state)
     /* failures write nothing */
     float *pc = falloc(N);
     uint64_t rc4[4] = {0};
-    int64_t before = enc_adamw_steps(b);
-    assert_int_equal(enc_train_ckpt_read(path, b, pc, rc4, 4, NULL, err, sizeof err), ENC_SHAPE);
-    assert_int_equal(enc_adamw_steps(b), before);
+    int64_t before = trn_adamw_steps(b);
+    assert_int_equal(trn_ckpt_read(path, b, pc, rc4, 4, NULL, err, sizeof err), ENC_SHAPE);
+    assert_int_equal(trn_adamw_steps(b), before);
     for (size_t i = 0; i < N; i++)
         assert_true(pc[i] == 0);
     char *missing = tu_path(dir, "nope.safetensors");
-    assert_int_equal(enc_train_ckpt_read(missing, b, pc, rb, 3, NULL, err, sizeof err), ENC_IO);
+    assert_int_equal(trn_ckpt_read(missing, b, pc, rb, 3, NULL, err, sizeof err), ENC_IO);
     free(missing);
     /* a model with another shape */
     enc_param t[NPARAMS];
     fixture_table(t);
     t[0].shape[0] = 2;
     t[0].count = 6;
-    enc_adamw *c;
-    assert_int_equal(enc_adamw_new(t, NPARAMS, NULL, &c, NULL, 0), ENC_OK);
-    assert_int_equal(enc_train_ckpt_read(path, c, pc, rb, 3, NULL, err, sizeof err), ENC_SHAPE);
+    trn_adamw *c;
+    assert_int_equal(trn_adamw_new(t, NPARAMS, NULL, &c, NULL, 0), ENC_OK);
+    assert_int_equal(trn_ckpt_read(path, c, pc, rb, 3, NULL, err, sizeof err), ENC_SHAPE);
     assert_non_null(strstr(err, "layer.weight"));
-    enc_adamw_free(c);
+    trn_adamw_free(c);
     /* a model with a tensor the file lacks */
     t[0].shape[0] = 4;
     t[0].count = 12;
     t[1].name = "layer.extra";
-    assert_int_equal(enc_adamw_new(t, NPARAMS, NULL, &c, NULL, 0), ENC_OK);
-    assert_int_equal(enc_train_ckpt_read(path, c, pc, rb, 3, NULL, err, sizeof err), ENC_MISSING);
+    assert_int_equal(trn_adamw_new(t, NPARAMS, NULL, &c, NULL, 0), ENC_OK);
+    assert_int_equal(trn_ckpt_read(path, c, pc, rb, 3, NULL, err, sizeof err), ENC_MISSING);
     assert_non_null(strstr(err, "layer.extra"));
-    enc_adamw_free(c);
+    trn_adamw_free(c);
     /* hyper-parameters must be JSON; no RNG is fine */
-    assert_int_equal(enc_train_ckpt_write(path, a, pa, NULL, 0, "{lr:", err, sizeof err),
+    assert_int_equal(trn_ckpt_write(path, a, pa, NULL, 0, "{lr:", err, sizeof err),
                      ENC_INVAL);
-    assert_int_equal(enc_train_ckpt_write(path, a, pa, NULL, 0, NULL, err, sizeof err), ENC_OK);
+    assert_int_equal(trn_ckpt_write(path, a, pa, NULL, 0, NULL, err, sizeof err), ENC_OK);
     char *hpd = NULL;
-    assert_int_equal(enc_train_ckpt_read(path, b, pb, NULL, 0, &hpd, err, sizeof err), ENC_OK);
+    assert_int_equal(trn_ckpt_read(path, b, pb, NULL, 0, &hpd, err, sizeof err), ENC_OK);
     assert_string_equal(hpd, "{}");
     free(hpd);
-    assert_int_equal(enc_adamw_steps(b), enc_adamw_steps(a));
+    assert_int_equal(trn_adamw_steps(b), trn_adamw_steps(a));
 
     free(pa);
     free(pb);
     free(pc);
-    enc_adamw_free(a);
-    enc_adamw_free(b);
+    trn_adamw_free(a);
+    trn_adamw_free(b);
     free(path);
     tu_rmtree(dir);
     free(dir);
@@ -708,10 +707,10 @@ static void test_eval_known(void **state)
     const size_t go[] = {0, 1, 3, 5, 5};
     const int32_t ql[] = {2, 1, 7};
     const size_t qo[] = {0, 2, 2, 3, 3};
-    enc_eval_set Q = {q, 4, qp, NULL, ql, qo}, G = {g, 4, gp, NULL, gl, go};
-    enc_eval_metrics m, c;
+    trn_eval_set Q = {q, 4, qp, NULL, ql, qo}, G = {g, 4, gp, NULL, gl, go};
+    trn_eval_metrics m, c;
     char err[256];
-    assert_int_equal(enc_eval_retrieval(&Q, &G, 2, &m, &c, err, sizeof err), ENC_OK);
+    assert_int_equal(trn_eval_retrieval(&Q, &G, 2, &m, &c, err, sizeof err), ENC_OK);
     assert_int_equal(m.n_queries, 4);
     assert_int_equal(m.n_recall, 3);
     assert_int_equal(m.n_map, 3);
@@ -726,16 +725,16 @@ static void test_eval_known(void **state)
     assert_int_equal(c.n_recall, 3);
 
     /* no labels: label metrics 0; recall unchanged */
-    enc_eval_set Q2 = {q, 4, qp, NULL, NULL, NULL}, G2 = {g, 4, gp, NULL, NULL, NULL};
-    assert_int_equal(enc_eval_retrieval(&Q2, &G2, 2, &m, NULL, NULL, 0), ENC_OK);
+    trn_eval_set Q2 = {q, 4, qp, NULL, NULL, NULL}, G2 = {g, 4, gp, NULL, NULL, NULL};
+    assert_int_equal(trn_eval_retrieval(&Q2, &G2, 2, &m, NULL, NULL, 0), ENC_OK);
     assert_true(close_to(m.recall[0], 1.0 / 3));
     assert_true(m.label_p10 == 0 && m.map == 0 && m.n_map == 0);
     /* labels on one side only, bad E */
-    assert_int_equal(enc_eval_retrieval(&Q, &G2, 2, &m, NULL, err, sizeof err), ENC_INVAL);
-    assert_int_equal(enc_eval_retrieval(&Q, &G, 0, &m, NULL, err, sizeof err), ENC_INVAL);
+    assert_int_equal(trn_eval_retrieval(&Q, &G2, 2, &m, NULL, err, sizeof err), ENC_INVAL);
+    assert_int_equal(trn_eval_retrieval(&Q, &G, 0, &m, NULL, err, sizeof err), ENC_INVAL);
     /* an empty gallery: no queries count */
-    enc_eval_set G0 = {g, 0, gp, NULL, gl, go};
-    assert_int_equal(enc_eval_retrieval(&Q, &G0, 2, &m, &c, NULL, 0), ENC_OK);
+    trn_eval_set G0 = {g, 0, gp, NULL, gl, go};
+    assert_int_equal(trn_eval_retrieval(&Q, &G0, 2, &m, &c, NULL, 0), ENC_OK);
     assert_int_equal(m.n_queries, 0);
     assert_true(m.recall[0] == 0 && m.map == 0);
 }
@@ -749,9 +748,9 @@ static void test_eval_self(void **state)
     const int64_t pair[4] = {1, 1, 2, 3}, item[4] = {100, 101, 102, 103};
     const int32_t lab[] = {5, 5, 6, 5};
     const size_t off[] = {0, 1, 2, 3, 4};
-    enc_eval_set S = {x, 4, pair, item, lab, off};
-    enc_eval_metrics m, c;
-    assert_int_equal(enc_eval_retrieval(&S, &S, 2, &m, &c, NULL, 0), ENC_OK);
+    trn_eval_set S = {x, 4, pair, item, lab, off};
+    trn_eval_metrics m, c;
+    assert_int_equal(trn_eval_retrieval(&S, &S, 2, &m, &c, NULL, 0), ENC_OK);
     /* every query has 3 candidates; only 0 and 1 have a match, each other's
      * nearest: recall@1 = 1 */
     assert_int_equal(m.n_queries, 4);
@@ -767,8 +766,8 @@ static void test_eval_self(void **state)
     assert_true(close_to(m.map, (5.0 / 6 + 5.0 / 6 + 7.0 / 12) / 3));
     assert_true(close_to(m.label_p10, (2.0 / 3 * 3 + 0) / 4));
     /* without item ids the query finds itself first */
-    enc_eval_set S2 = {x, 4, pair, NULL, lab, off};
-    assert_int_equal(enc_eval_retrieval(&S2, &S2, 2, &m, NULL, NULL, 0), ENC_OK);
+    trn_eval_set S2 = {x, 4, pair, NULL, lab, off};
+    assert_int_equal(trn_eval_retrieval(&S2, &S2, 2, &m, NULL, NULL, 0), ENC_OK);
     assert_int_equal(m.n_recall, 4);
     assert_true(close_to(m.recall[0], 1.0));
 }
@@ -800,9 +799,9 @@ static void test_eval_random(void **state)
     }
     qo[NQ] = NQ;
     go[NG] = NG;
-    enc_eval_set Q = {q, NQ, qp, NULL, ql, qo}, G = {g, NG, gp, NULL, gl, go};
-    enc_eval_metrics m, c;
-    assert_int_equal(enc_eval_retrieval(&Q, &G, E, &m, &c, NULL, 0), ENC_OK);
+    trn_eval_set Q = {q, NQ, qp, NULL, ql, qo}, G = {g, NG, gp, NULL, gl, go};
+    trn_eval_metrics m, c;
+    assert_int_equal(trn_eval_retrieval(&Q, &G, E, &m, &c, NULL, 0), ENC_OK);
 
     const size_t ks[3] = {1, 5, 10};
     double rec[3] = {0}, p10 = 0, map = 0, crec[3] = {0}, cp10 = 0, cmap = 0;
@@ -839,7 +838,7 @@ static void test_eval_random(void **state)
             nrec++;
             for (int k = 0; k < 3; k++) {
                 rec[k] += first <= (int)ks[k];
-                crec[k] += enc_eval_chance_recall(NG, (size_t)m_, ks[k]);
+                crec[k] += trn_eval_chance_recall(NG, (size_t)m_, ks[k]);
             }
         }
         p10 += top / 10.0;
@@ -847,7 +846,7 @@ static void test_eval_random(void **state)
         if (R > 0) {
             nmap++;
             map += apsum / R;
-            cmap += enc_eval_chance_ap(NG, (size_t)R);
+            cmap += trn_eval_chance_ap(NG, (size_t)R);
         }
     }
     assert_int_equal(m.n_recall, nrec);
@@ -891,13 +890,13 @@ static void test_eval_chance(void **state)
             for (int k = 1; k <= 6; k++)
                 rec[k] += first <= k;
         }
-        assert_true(close_to(enc_eval_chance_ap(6, R), ap / cnt));
+        assert_true(close_to(trn_eval_chance_ap(6, R), ap / cnt));
         for (size_t k = 1; k <= 6; k++)
-            assert_true(close_to(enc_eval_chance_recall(6, R, k), rec[k] / cnt));
+            assert_true(close_to(trn_eval_chance_recall(6, R, k), rec[k] / cnt));
     }
-    assert_true(enc_eval_chance_recall(6, 0, 3) == 0);
-    assert_true(enc_eval_chance_recall(6, 2, 10) == 1);
-    assert_true(enc_eval_chance_ap(1, 1) == 1);
+    assert_true(trn_eval_chance_recall(6, 0, 3) == 0);
+    assert_true(trn_eval_chance_recall(6, 2, 10) == 1);
+    assert_true(trn_eval_chance_ap(1, 1) == 1);
 
     /* n = 40, R = 3: 20000 seeded shuffles agree to 3.5 standard errors */
     enum { N = 40, RR = 3, TRIALS = 20000 };
@@ -927,9 +926,9 @@ static void test_eval_chance(void **state)
         ap += s / RR;
         hit5 += first <= 5;
     }
-    double p = enc_eval_chance_recall(N, RR, 5);
+    double p = trn_eval_chance_recall(N, RR, 5);
     assert_true(fabs(hit5 / TRIALS - p) < 3.5 * sqrt(p * (1 - p) / TRIALS));
-    assert_true(fabs(ap / TRIALS - enc_eval_chance_ap(N, RR)) < 0.005);
+    assert_true(fabs(ap / TRIALS - trn_eval_chance_ap(N, RR)) < 0.005);
 }
 
 /* ---- vocabulary -------------------------------------------------------------------------------- */
@@ -984,7 +983,7 @@ static enc_tok *load_vocab(char **tok, size_t ntok, const char *dir)
 {
     char *path = tu_path(dir, "vocab.txt");
     char err[512];
-    if (enc_vocab_write(path, (const char *const *)tok, ntok, err, sizeof err) != ENC_OK)
+    if (trn_vocab_write(path, (const char *const *)tok, ntok, err, sizeof err) != ENC_OK)
         fail_msg("%s", err);
     enc_tok *t = NULL;
     if (enc_tok_load(path, NULL, &t, err, sizeof err) != ENC_OK)
@@ -1024,19 +1023,19 @@ static void test_vocab_merges(void **state)
     for (int w = 0; w < 5; w++)
         for (int k = 0; k < reps[w]; k++)
             texts[n++] = (char *)words[w];
-    enc_vocab_opts o = {1, 1, 0};
+    trn_vocab_opts o = {1, 1, 0};
     char **tok;
     size_t ntok;
-    assert_int_equal(enc_vocab_build((const char *const *)texts, n, 14, &o, &tok, &ntok), ENC_OK);
+    assert_int_equal(trn_vocab_build((const char *const *)texts, n, 14, &o, &tok, &ntok), ENC_OK);
     const char *want[] = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "b",    "h",
                           "p",     "##g",   "##n",   "##s",   "##u",    "##gs", "pu"};
     assert_int_equal(ntok, 14);
     for (size_t i = 0; i < ntok; i++)
         assert_string_equal(tok[i], want[i]);
-    enc_vocab_free(tok, ntok);
+    trn_vocab_free(tok, ntok);
 
     /* with room, merging goes on until every word is one token */
-    assert_int_equal(enc_vocab_build((const char *const *)texts, n, 100, &o, &tok, &ntok),
+    assert_int_equal(trn_vocab_build((const char *const *)texts, n, 100, &o, &tok, &ntok),
                      ENC_OK);
     for (int w = 0; w < 5; w++) {
         size_t i = 0;
@@ -1046,7 +1045,7 @@ static void test_vocab_merges(void **state)
             fail_msg("\"%s\" is not a token", words[w]);
     }
     assert_true(ntok < 100); /* it stopped: no pair left */
-    enc_vocab_free(tok, ntok);
+    trn_vocab_free(tok, ntok);
 }
 
 static void test_vocab_corpus(void **state)
@@ -1058,7 +1057,7 @@ static void test_vocab_corpus(void **state)
     assert_non_null(dir);
     char **tok, **tok2;
     size_t ntok, ntok2;
-    assert_int_equal(enc_vocab_build((const char *const *)texts, N, 1000, NULL, &tok, &ntok),
+    assert_int_equal(trn_vocab_build((const char *const *)texts, N, 1000, NULL, &tok, &ntok),
                      ENC_OK);
     assert_true(ntok <= 1000);
     assert_string_equal(tok[0], "[PAD]");
@@ -1073,12 +1072,12 @@ static void test_vocab_corpus(void **state)
         texts[i] = texts[N - 1 - i];
         texts[N - 1 - i] = x;
     }
-    assert_int_equal(enc_vocab_build((const char *const *)texts, N, 1000, NULL, &tok2, &ntok2),
+    assert_int_equal(trn_vocab_build((const char *const *)texts, N, 1000, NULL, &tok2, &ntok2),
                      ENC_OK);
     assert_int_equal(ntok, ntok2);
     for (size_t i = 0; i < ntok; i++)
         assert_string_equal(tok[i], tok2[i]);
-    enc_vocab_free(tok2, ntok2);
+    trn_vocab_free(tok2, ntok2);
     for (size_t i = 0; i < ntok; i++)
         for (size_t j = i + 1; j < ntok; j++)
             if (strcmp(tok[i], tok[j]) == 0)
@@ -1114,7 +1113,7 @@ static void test_vocab_corpus(void **state)
         expect_no_unk(t, s);
     }
     enc_tok_free(t);
-    enc_vocab_free(tok, ntok);
+    trn_vocab_free(tok, ntok);
 
     /* The pre-tokenizer agrees with the tokenizer's on any ASCII: built
      * from random ASCII (controls, tabs, punctuation, capitals, specials)
@@ -1141,8 +1140,8 @@ static void test_vocab_corpus(void **state)
         if (k % 10 == 0)
             strcat(rt[k], "[SEP]a");
     }
-    enc_vocab_opts ro = {1, 1, 0};
-    assert_int_equal(enc_vocab_build((const char *const *)rt, NR, 100000, &ro, &tok, &ntok),
+    trn_vocab_opts ro = {1, 1, 0};
+    assert_int_equal(trn_vocab_build((const char *const *)rt, NR, 100000, &ro, &tok, &ntok),
                      ENC_OK);
     t = load_vocab(tok, ntok, dir);
     for (size_t k = 0; k < NR; k++) {
@@ -1159,26 +1158,26 @@ static void test_vocab_corpus(void **state)
         }
     }
     enc_tok_free(t);
-    enc_vocab_free(tok, ntok);
+    trn_vocab_free(tok, ntok);
     free_corpus(rt, NR);
 
     /* a small vocabulary: fewer merges, still no [UNK] */
-    assert_int_equal(enc_vocab_build((const char *const *)texts, N, 140, NULL, &tok, &ntok),
+    assert_int_equal(trn_vocab_build((const char *const *)texts, N, 140, NULL, &tok, &ntok),
                      ENC_OK);
     assert_int_equal(ntok, 140);
     t = load_vocab(tok, ntok, dir);
     for (size_t i = 0; i < N; i++)
         expect_no_unk(t, texts[i]);
     enc_tok_free(t);
-    enc_vocab_free(tok, ntok);
+    trn_vocab_free(tok, ntok);
 
     /* cased: capitals are kept and tokenize with a cased tokenizer */
-    enc_vocab_opts o = ENC_VOCAB_OPTS_INIT;
+    trn_vocab_opts o = TRN_VOCAB_OPTS_INIT;
     o.lower_case = 0;
-    assert_int_equal(enc_vocab_build((const char *const *)texts, N, 1000, &o, &tok, &ntok),
+    assert_int_equal(trn_vocab_build((const char *const *)texts, N, 1000, &o, &tok, &ntok),
                      ENC_OK);
     char *path = tu_path(dir, "vocab.txt");
-    assert_int_equal(enc_vocab_write(path, (const char *const *)tok, ntok, NULL, 0), ENC_OK);
+    assert_int_equal(trn_vocab_write(path, (const char *const *)tok, ntok, NULL, 0), ENC_OK);
     enc_tok_opts to = ENC_TOK_OPTS_INIT;
     to.lower_case = 0;
     assert_int_equal(enc_tok_load(path, &to, &t, NULL, 0), ENC_OK);
@@ -1186,7 +1185,7 @@ static void test_vocab_corpus(void **state)
         expect_no_unk(t, texts[i]);
     assert_true(enc_tok_id(t, "FINDINGS") >= 0);
     enc_tok_free(t);
-    enc_vocab_free(tok, ntok);
+    trn_vocab_free(tok, ntok);
     free(path);
 
     tu_rmtree(dir);
@@ -1201,19 +1200,19 @@ static void test_vocab_edges(void **state)
     size_t ntok;
     /* invalid UTF-8 (an overlong '/') */
     const char *bad[] = {"fine", "bad \xc0\xaf here"};
-    assert_int_equal(enc_vocab_build(bad, 2, 100, NULL, &tok, &ntok), ENC_INVAL);
+    assert_int_equal(trn_vocab_build(bad, 2, 100, NULL, &tok, &ntok), ENC_INVAL);
     /* no texts: the specials and the ASCII alphabet */
-    assert_int_equal(enc_vocab_build(NULL, 0, 10, NULL, &tok, &ntok), ENC_OK);
+    assert_int_equal(trn_vocab_build(NULL, 0, 10, NULL, &tok, &ntok), ENC_OK);
     assert_int_equal(ntok, 5 + (94 - 26) + 36);
-    enc_vocab_free(tok, ntok);
+    trn_vocab_free(tok, ntok);
     /* special tokens in the text are cut out, not spelled; controls dropped
      * without splitting; over-long words skipped; UTF-8 kept whole */
     char longw[160];
     memset(longw, 'q', 150);
     longw[150] = '\0';
     const char *t[] = {"[CLS] ab\x01" "ab [SEP]", "ab\x7f" "ab", longw, "\xc3\xa9t\xc3\xa9 \xc3\xa9t\xc3\xa9"};
-    enc_vocab_opts o = {1, 1, 0};
-    assert_int_equal(enc_vocab_build(t, 4, 100, &o, &tok, &ntok), ENC_OK);
+    trn_vocab_opts o = {1, 1, 0};
+    assert_int_equal(trn_vocab_build(t, 4, 100, &o, &tok, &ntok), ENC_OK);
     int has_abab = 0, has_ete = 0;
     for (size_t i = 5; i < ntok; i++) {
         assert_null(strchr(tok[i], '['));
@@ -1224,20 +1223,20 @@ static void test_vocab_edges(void **state)
     }
     assert_true(has_abab);
     assert_true(has_ete);
-    enc_vocab_free(tok, ntok);
+    trn_vocab_free(tok, ntok);
     /* vocab.txt refuses line breaks */
     const char *nl[] = {"[PAD]", "a\nb"};
     char err[256];
     char *dir = tu_mkdtemp();
     char *path = tu_path(dir, "vocab.txt");
-    assert_int_equal(enc_vocab_write(path, nl, 2, err, sizeof err), ENC_INVAL);
+    assert_int_equal(trn_vocab_write(path, nl, 2, err, sizeof err), ENC_INVAL);
     char *nodir = tu_path(dir, "no/such/vocab.txt");
-    assert_int_equal(enc_vocab_write(nodir, nl, 1, err, sizeof err), ENC_IO);
+    assert_int_equal(trn_vocab_write(nodir, nl, 1, err, sizeof err), ENC_IO);
     free(nodir);
     free(path);
     tu_rmtree(dir);
     free(dir);
-    enc_vocab_free(NULL, 0);
+    trn_vocab_free(NULL, 0);
 }
 
 int main(void)

@@ -1,4 +1,4 @@
-/* test_image.c - cmocka tests for encoder/image.h: NIfTI-1/2 reading and
+/* test_image.c - cmocka tests for imageio/imageio.h: NIfTI-1/2 reading and
  * reorientation to RAS (hand-written headers with hand-computed
  * expectations), every refusal of a malformed file, resampling, intensity
  * scaling, and PNG input (files written here with libpng).
@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "encoder/image.h"
+#include "imageio/imageio.h"
 #include "testutil.h"
 
 #include <fcntl.h>
@@ -280,24 +280,24 @@ static void write_base(const char *path, const spec *s)
     write_nii(path, s, d, sizeof d);
 }
 
-static void read_ok(const char *path, enc_vol *v)
+static void read_ok(const char *path, img_vol *v)
 {
     char err[512] = "";
-    int rc = enc_img_read_nifti(path, NULL, v, err, sizeof err);
-    if (rc != ENC_OK)
+    int rc = img_read_nifti(path, NULL, v, err, sizeof err);
+    if (rc != IMG_OK)
         print_message("unexpected error: %s\n", err);
-    assert_int_equal(rc, ENC_OK);
+    assert_int_equal(rc, IMG_OK);
     assert_non_null(v->data);
 }
 
-static float at(const enc_vol *v, int i, int j, int k)
+static float at(const img_vol *v, int i, int j, int k)
 {
     return v->data[((size_t)k * (size_t)v->ny + (size_t)j) * (size_t)v->nx + (size_t)i];
 }
 
 typedef float (*expect_fn)(int i, int j, int k);
 
-static void check_values(const enc_vol *v, int nx, int ny, int nz, expect_fn f)
+static void check_values(const img_vol *v, int nx, int ny, int nz, expect_fn f)
 {
     assert_int_equal(v->nx, nx);
     assert_int_equal(v->ny, ny);
@@ -312,7 +312,7 @@ static void check_values(const enc_vol *v, int nx, int ny, int nz, expect_fn f)
             }
 }
 
-static void check_affine(const enc_vol *v, const double want[3][4], double tol)
+static void check_affine(const img_vol *v, const double want[3][4], double tol)
 {
     for (int r = 0; r < 3; r++)
         for (int c = 0; c < 4; c++) {
@@ -325,7 +325,7 @@ static void check_affine(const enc_vol *v, const double want[3][4], double tol)
                 v->affine[3][3] == 1);
 }
 
-static void check_spacing(const enc_vol *v, double sx, double sy, double sz)
+static void check_spacing(const img_vol *v, double sx, double sy, double sz)
 {
     assert_float_equal(v->spacing[0], sx, 1e-5);
     assert_float_equal(v->spacing[1], sy, 1e-5);
@@ -334,13 +334,13 @@ static void check_spacing(const enc_vol *v, double sx, double sy, double sz)
 
 /* Every refusal: the code, a message that starts with the path and names
  * the field, and an out-param left exactly as it was. */
-static void expect_fail(const char *path, const enc_img_limits *lim, int code, const char *needle)
+static void expect_fail(const char *path, const img_limits *lim, int code, const char *needle)
 {
-    enc_vol v, before;
+    img_vol v, before;
     memset(&v, 0x5a, sizeof v);
     before = v;
     char err[512] = "";
-    int rc = enc_img_read_nifti(path, lim, &v, err, sizeof err);
+    int rc = img_read_nifti(path, lim, &v, err, sizeof err);
     if (rc != code || strncmp(err, path, strlen(path)) != 0 || strstr(err, needle) == NULL)
         print_message("%s: rc %d (want %d), message \"%s\" (want \"%s\")\n", path, rc, code, err,
                       needle);
@@ -365,12 +365,12 @@ static void test_ras_sform(void **state)
     double m[3][4] = {{2, 0, 0, 10}, {0, 3, 0, 20}, {0, 0, 4, 30}};
     memcpy(s.srow, m, sizeof m);
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, NZ, f_ras);
     check_spacing(&v, 2, 3, 4);
     check_affine(&v, m, 1e-9);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 /* LPS storage (the DICOM habit): i runs toward Left, j toward Posterior. */
@@ -387,14 +387,14 @@ static void test_lps_sform(void **state)
     double m[3][4] = {{-2, 0, 0, 5}, {0, -3, 0, 6}, {0, 0, 4, 7}};
     memcpy(s.srow, m, sizeof m);
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, NZ, f_lps);
     check_spacing(&v, 2, 3, 4);
     /* x: 5 + (-2)(NX-1) = -1; y: 6 + (-3)(NY-1) = 0 */
     double want[3][4] = {{2, 0, 0, -1}, {0, 3, 0, 0}, {0, 0, 4, 7}};
     check_affine(&v, want, 1e-9);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 /* i -> z, j -> x, k -> -y: out (a, b, c) is file voxel (c, a, NZ-1-b). */
@@ -411,13 +411,13 @@ static void test_permuted_sform(void **state)
     double m[3][4] = {{0, 2, 0, 10}, {0, 0, -3, 20}, {4, 0, 0, 30}};
     memcpy(s.srow, m, sizeof m);
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NY, NZ, NX, f_perm);
     check_spacing(&v, 2, 3, 4);
     double want[3][4] = {{2, 0, 0, 10}, {0, 3, 0, 17}, {0, 0, 4, 30}};
     check_affine(&v, want, 1e-9);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 /* quaternion (0, 0, 1) is 180 degrees about z, qfac -1 flips k too. */
@@ -439,13 +439,13 @@ static void test_qform_only(void **state)
         for (int c = 0; c < 4; c++)
             s.srow[r][c] = NAN;
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, NZ, f_qform);
     check_spacing(&v, 2, 3, 4);
     double want[3][4] = {{2, 0, 0, -1}, {0, 3, 0, 0}, {0, 0, 4, 3}};
     check_affine(&v, want, 1e-6);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 static void test_pixdim_only(void **state)
@@ -455,13 +455,13 @@ static void test_pixdim_only(void **state)
     s.pixdim[1] = 2, s.pixdim[2] = 3, s.pixdim[3] = 4;
     s.quat[0] = s.quat[1] = s.quat[2] = 5; /* unset: ignored */
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, NZ, f_ras);
     check_spacing(&v, 2, 3, 4);
     double want[3][4] = {{2, 0, 0, 0}, {0, 3, 0, 0}, {0, 0, 4, 0}};
     check_affine(&v, want, 0);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 /* An LPS volume turned 10 degrees about z: the closest axes are -x, -y,
@@ -476,7 +476,7 @@ static void test_oblique(void **state)
     double m[3][4] = {{-2 * c, 3 * sn, 0, 5}, {-2 * sn, -3 * c, 0, 6}, {0, 0, 4, 7}};
     memcpy(s.srow, m, sizeof m);
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, NZ, f_lps);
     check_spacing(&v, 2, 3, 4);
@@ -484,7 +484,7 @@ static void test_oblique(void **state)
                          {2 * sn, 3 * c, 0, 6 - 6 * sn - 6 * c},
                          {0, 0, 4, 7}};
     check_affine(&v, want, 1e-5); /* srow is float32 in NIfTI-1 */
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 static void test_inconsistent(void **state)
@@ -495,20 +495,20 @@ static void test_inconsistent(void **state)
     double m[3][4] = {{2, 3, 0, 0}, {0, 0.5, 0, 0}, {0, 0, 4, 0}};
     memcpy(s.srow, m, sizeof m);
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "sform voxel axes i and j both point mostly along x");
+    expect_fail(p, NULL, IMG_FORMAT, "sform voxel axes i and j both point mostly along x");
 
     /* columns on distinct axes, but k = (i + j) / 2: singular */
     const char *p2 = P(state, "singular.nii");
     double m2[3][4] = {{1, 0, 0.5, 0}, {0, 1, 0.5, 0}, {0.6, 0.6, 0.6, 0}};
     memcpy(s.srow, m2, sizeof m2);
     write_base(p2, &s);
-    expect_fail(p2, NULL, ENC_FORMAT, "sform is singular");
+    expect_fail(p2, NULL, IMG_FORMAT, "sform is singular");
 
     const char *p3 = P(state, "zerocol.nii");
     double m3[3][4] = {{1, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 1, 0}};
     memcpy(s.srow, m3, sizeof m3);
     write_base(p3, &s);
-    expect_fail(p3, NULL, ENC_FORMAT, "sform maps voxel axis j to length 0");
+    expect_fail(p3, NULL, IMG_FORMAT, "sform maps voxel axis j to length 0");
 }
 
 /* ---- datatypes and scaling ---------------------------------------------------- */
@@ -558,7 +558,7 @@ static void test_datatypes(void **state)
             s.slope = slope;
             s.inter = inter;
             write_nii(p, &s, buf, (size_t)n * (size_t)dt_size(dt));
-            enc_vol v;
+            img_vol v;
             read_ok(p, &v);
             assert_int_equal(v.nx * v.ny * v.nz, n);
             for (int i = 0; i < n; i++) {
@@ -569,7 +569,7 @@ static void test_datatypes(void **state)
                                   variant, i, v.data[i], want);
                 assert_true(v.data[i] == (float)want);
             }
-            enc_vol_free(&v);
+            img_vol_free(&v);
         }
     }
 }
@@ -581,11 +581,11 @@ static void test_datatype_extremes(void **state)
     spec s = spec_new(1, 2, 2, 1, 1, 1, DT_UINT64);
     uint64_t d[2] = {UINT64_MAX, 1};
     write_nii(p, &s, d, sizeof d);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     assert_true(v.data[0] == 18446744073709551616.0f);
     assert_true(v.data[1] == 1.0f);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     const char *p2 = P(state, "i8.nii");
     spec s2 = spec_new(1, 2, 2, 1, 1, 1, DT_INT8);
@@ -593,7 +593,7 @@ static void test_datatype_extremes(void **state)
     write_nii(p2, &s2, e, sizeof e);
     read_ok(p2, &v);
     assert_true(v.data[0] == -128.0f && v.data[1] == 127.0f);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 /* ---- NIfTI-2, byte order, compression ------------------------------------------ */
@@ -613,12 +613,12 @@ static void test_nifti2(void **state)
         double m[3][4] = {{0, 2, 0, 10}, {0, 0, -3, 20}, {4, 0, 0, 30}};
         memcpy(s.srow, m, sizeof m);
         write_nii(p, &s, d, sizeof d);
-        enc_vol v;
+        img_vol v;
         read_ok(p, &v);
         check_values(&v, NY, NZ, NX, f_perm);
         double want[3][4] = {{2, 0, 0, 10}, {0, 3, 0, 17}, {0, 0, 4, 30}};
         check_affine(&v, want, 1e-12);
-        enc_vol_free(&v);
+        img_vol_free(&v);
     }
 }
 
@@ -631,10 +631,10 @@ static void test_big_endian_n1(void **state)
     double m[3][4] = {{-2, 0, 0, 5}, {0, -3, 0, 6}, {0, 0, 4, 7}};
     memcpy(s.srow, m, sizeof m);
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, NZ, f_lps);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 static void test_gz(void **state)
@@ -645,22 +645,22 @@ static void test_gz(void **state)
     double m[3][4] = {{-2, 0, 0, 5}, {0, -3, 0, 6}, {0, 0, 4, 7}};
     memcpy(s.srow, m, sizeof m);
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, NZ, f_lps);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* upper-case extensions are the same thing */
     const char *q = P(state, "UPPER.NII");
     write_base(q, &s);
     read_ok(q, &v);
     check_values(&v, NX, NY, NZ, f_lps);
-    enc_vol_free(&v);
+    img_vol_free(&v);
     const char *qz = P(state, "UPPER.NII.GZ");
     write_base(qz, &s);
     read_ok(qz, &v);
     check_values(&v, NX, NY, NZ, f_lps);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 /* A file written by libnifti itself (its .nii.gz writer, sform from
@@ -688,13 +688,13 @@ static void test_libnifti_written(void **state)
     assert_int_equal(nifti_set_filenames(nim, p, 0, 1), 0);
     nifti_image_write(nim);
     nifti_image_free(nim);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, NZ, f_libnifti);
     check_spacing(&v, 1.5, 1.5, 2);
     double want[3][4] = {{1.5, 0, 0, 40 - 1.5 * (NX - 1)}, {0, 1.5, 0, -20}, {0, 0, 2, 3}};
     check_affine(&v, want, 1e-6);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 /* 4D: volume t holds base + 1000 t; only t = 0 comes back. */
@@ -712,26 +712,26 @@ static void test_4d_first_volume(void **state)
         spec s = spec_new(1, 4, NX, NY, NZ, 3, DT_INT16);
         s.pixdim[4] = 2.5;
         write_nii(p, &s, d, sizeof d);
-        enc_vol v;
+        img_vol v;
         read_ok(p, &v);
         check_values(&v, NX, NY, NZ, f_ras);
-        enc_vol_free(&v);
+        img_vol_free(&v);
     }
     /* 5D as well */
     const char *p5 = P(state, "five.nii");
     spec s5 = spec_new(2, 5, NX, NY, NZ, 1, DT_INT16);
     s5.dim[5] = 3;
     write_nii(p5, &s5, d, sizeof d);
-    enc_vol v;
+    img_vol v;
     read_ok(p5, &v);
     check_values(&v, NX, NY, NZ, f_ras);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* every declared volume must be in an uncompressed file */
     const char *p2 = P(state, "four_short.nii");
     spec s = spec_new(1, 4, NX, NY, NZ, 3, DT_INT16);
     write_nii(p2, &s, d, sizeof d - 2);
-    expect_fail(p2, NULL, ENC_FORMAT, "truncated file");
+    expect_fail(p2, NULL, IMG_FORMAT, "truncated file");
 }
 
 static float f_2d(int i, int j, int k)
@@ -748,16 +748,16 @@ static void test_2d(void **state)
     s.pixdim[3] = 0;
     s.pixdim[1] = 0.5, s.pixdim[2] = 0.25;
     write_base(p, &s); /* writes the 2 slices; the header covers one */
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, 1, f_2d);
     check_spacing(&v, 0.5, 0.25, 1);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     char err[512];
-    assert_int_equal(enc_img_read_2d(p, NULL, &v, err, sizeof err), ENC_OK);
+    assert_int_equal(img_read_2d(p, NULL, &v, err, sizeof err), IMG_OK);
     check_values(&v, NX, NY, 1, f_2d);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* A coronal image: i -> x, j -> z, k -> y.  As a volume it is
      * (NX, 1, NY); as a 2D image the singleton moves to k. */
@@ -771,38 +771,38 @@ static void test_2d(void **state)
     assert_int_equal(v.nx, NX);
     assert_int_equal(v.ny, 1);
     assert_int_equal(v.nz, NY);
-    enc_vol_free(&v);
-    assert_int_equal(enc_img_read_2d(c, NULL, &v, err, sizeof err), ENC_OK);
+    img_vol_free(&v);
+    assert_int_equal(img_read_2d(c, NULL, &v, err, sizeof err), IMG_OK);
     check_values(&v, NX, NY, 1, f_2d);
     check_spacing(&v, 1, 2, 1);
     double want[3][4] = {{1, 0, 0, 0}, {0, 0, 1, 0}, {0, 2, 0, 0}};
     check_affine(&v, want, 0);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* a 2D sform that leaves k all zero: k is made the plane's normal */
     const char *z = P(state, "coronal0.nii");
     double m0[3][4] = {{1, 0, 0, 0}, {0, 0, 0, 0}, {0, 2, 0, 0}};
     memcpy(sc.srow, m0, sizeof m0);
     write_base(z, &sc);
-    assert_int_equal(enc_img_read_2d(z, NULL, &v, err, sizeof err), ENC_OK);
+    assert_int_equal(img_read_2d(z, NULL, &v, err, sizeof err), IMG_OK);
     check_values(&v, NX, NY, 1, f_2d);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* a real volume is not a 2D image */
     const char *vol = P(state, "vol.nii");
     spec s3 = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     write_base(vol, &s3);
-    enc_vol before;
+    img_vol before;
     memset(&v, 0x5a, sizeof v);
     before = v;
-    assert_int_equal(enc_img_read_2d(vol, NULL, &v, err, sizeof err), ENC_INVAL);
+    assert_int_equal(img_read_2d(vol, NULL, &v, err, sizeof err), IMG_INVAL);
     assert_int_equal(strncmp(err, vol, strlen(vol)), 0);
     assert_non_null(strstr(err, "4 x 3 x 2"));
     assert_memory_equal(&v, &before, sizeof v);
 
     const char *odd = P(state, "image.jpg");
     write_file(odd, "x", 1);
-    assert_int_equal(enc_img_read_2d(odd, NULL, &v, err, sizeof err), ENC_UNSUPPORTED);
+    assert_int_equal(img_read_2d(odd, NULL, &v, err, sizeof err), IMG_UNSUPPORTED);
     assert_int_equal(strncmp(err, odd, strlen(odd)), 0);
 }
 
@@ -814,11 +814,11 @@ static void test_truncated_nii(void **state)
     spec s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     write_base(p, &s);
     cut_file(p, 352 + 20);
-    expect_fail(p, NULL, ENC_FORMAT, "file holds 372 bytes, the header needs 400");
+    expect_fail(p, NULL, IMG_FORMAT, "file holds 372 bytes, the header needs 400");
     cut_file(p, 200);
-    expect_fail(p, NULL, ENC_FORMAT, "no NIfTI-1 or NIfTI-2 header");
+    expect_fail(p, NULL, IMG_FORMAT, "no NIfTI-1 or NIfTI-2 header");
     cut_file(p, 0);
-    expect_fail(p, NULL, ENC_FORMAT, "no NIfTI-1 or NIfTI-2 header");
+    expect_fail(p, NULL, IMG_FORMAT, "no NIfTI-1 or NIfTI-2 header");
 }
 
 /* A gzip of incompressible voxels, cut everywhere that matters: in the
@@ -837,21 +837,21 @@ static void test_truncated_gz(void **state)
     size_t len;
     unsigned char *whole = read_whole(p, &len);
     assert_true(len > 10000);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     assert_true(v.data[5] == d[5]);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     const size_t cuts[] = {5, 30, 150, len / 2, len - 6, len - 1};
     const char *why[] = {"no NIfTI",         "no NIfTI",         "voxel data ends after",
                          "voxel data ends after", "after the voxels", "after the voxels"};
     for (size_t c = 0; c < sizeof cuts / sizeof *cuts; c++) {
         write_file(p, whole, cuts[c]);
-        expect_fail(p, NULL, ENC_FORMAT, why[c]);
+        expect_fail(p, NULL, IMG_FORMAT, why[c]);
     }
     whole[len / 2] ^= 0x55;
     write_file(p, whole, len);
-    expect_fail(p, NULL, ENC_FORMAT, "corrupt");
+    expect_fail(p, NULL, IMG_FORMAT, "corrupt");
     free(whole);
 
     /* a gzip stream under a plain .nii name is still recognised */
@@ -861,7 +861,7 @@ static void test_truncated_gz(void **state)
     write_file(q, whole, len);
     free(whole);
     /* (libnifti reads .nii headers uncompressed: a clean refusal) */
-    expect_fail(q, NULL, ENC_FORMAT, "no NIfTI");
+    expect_fail(q, NULL, IMG_FORMAT, "no NIfTI");
 }
 
 static void test_bad_dims(void **state)
@@ -869,22 +869,22 @@ static void test_bad_dims(void **state)
     const char *p = P(state, "dims.nii");
     spec s = spec_new(1, 3, NX, NY, 0, 1, DT_INT16);
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "dim[3] = 0");
+    expect_fail(p, NULL, IMG_FORMAT, "dim[3] = 0");
     s = spec_new(1, 3, NX, -3, NZ, 1, DT_INT16);
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "dim[2] = -3");
+    expect_fail(p, NULL, IMG_FORMAT, "dim[2] = -3");
     s = spec_new(1, 0, NX, NY, NZ, 1, DT_INT16);
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "dim[0] = 0");
+    expect_fail(p, NULL, IMG_FORMAT, "dim[0] = 0");
     s = spec_new(1, 1, NX, NY, NZ, 1, DT_INT16);
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "dim[0] = 1");
+    expect_fail(p, NULL, IMG_FORMAT, "dim[0] = 1");
     s = spec_new(2, 8, NX, NY, NZ, 1, DT_INT16);
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "dim[0] = 8");
+    expect_fail(p, NULL, IMG_FORMAT, "dim[0] = 8");
     s = spec_new(1, 4, NX, NY, NZ, 0, DT_INT16);
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "dim[4] = 0");
+    expect_fail(p, NULL, IMG_FORMAT, "dim[4] = 0");
 }
 
 /* Sizes are refused from the header alone: none of these files holds more
@@ -895,36 +895,36 @@ static void test_huge_dims(void **state)
     const char *p = P(state, "huge.nii");
     spec s = spec_new(1, 3, 30000, 30000, 30000, 1, DT_INT16);
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_TOOBIG, "dims 30000 x 30000 x 30000");
+    expect_fail(p, NULL, IMG_TOOBIG, "dims 30000 x 30000 x 30000");
 
     const char *p2 = P(state, "huge2.nii");
     s = spec_new(2, 3, (int64_t)1 << 40, (int64_t)1 << 40, (int64_t)1 << 40, 1, DT_UINT8);
     write_base(p2, &s);
-    expect_fail(p2, NULL, ENC_TOOBIG, "dims 1099511627776 x 1099511627776 x 1099511627776");
+    expect_fail(p2, NULL, IMG_TOOBIG, "dims 1099511627776 x 1099511627776 x 1099511627776");
 
     /* a small first volume, but 2^62 of them */
     const char *p3 = P(state, "huge4d.nii");
     s = spec_new(2, 4, NX, NY, NZ, (int64_t)1 << 62, DT_INT16);
     write_base(p3, &s);
-    expect_fail(p3, NULL, ENC_TOOBIG, "dim[1..4] multiply past 2^63");
+    expect_fail(p3, NULL, IMG_TOOBIG, "dim[1..4] multiply past 2^63");
 
     /* with the limit lifted, the file length still refuses it */
-    enc_img_limits lift = {.max_voxels = SIZE_MAX};
+    img_limits lift = {.max_voxels = SIZE_MAX};
     const char *p4 = P(state, "long.nii");
     s = spec_new(1, 3, 2000, 2000, 2000, 1, DT_INT16);
     write_base(p4, &s);
-    expect_fail(p4, &lift, ENC_FORMAT, "the header needs 16000000352");
+    expect_fail(p4, &lift, IMG_FORMAT, "the header needs 16000000352");
 
     /* the limit itself: 24 voxels pass a limit of 24, not of 23 */
     const char *p5 = P(state, "small.nii");
     s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     write_base(p5, &s);
-    enc_img_limits l23 = {.max_voxels = 23}, l24 = {.max_voxels = 24};
-    expect_fail(p5, &l23, ENC_TOOBIG, "exceed the limit of 23");
-    enc_vol v;
+    img_limits l23 = {.max_voxels = 23}, l24 = {.max_voxels = 24};
+    expect_fail(p5, &l23, IMG_TOOBIG, "exceed the limit of 23");
+    img_vol v;
     char err[256];
-    assert_int_equal(enc_img_read_nifti(p5, &l24, &v, err, sizeof err), ENC_OK);
-    enc_vol_free(&v);
+    assert_int_equal(img_read_nifti(p5, &l24, &v, err, sizeof err), IMG_OK);
+    img_vol_free(&v);
 }
 
 static void test_not_finite(void **state)
@@ -938,26 +938,26 @@ static void test_not_finite(void **state)
     d[9] = -INFINITY;
     spec s = spec_new(1, 3, NX, NY, NZ, 1, DT_FLOAT32);
     write_nii(p, &s, d, sizeof d);
-    expect_fail(p, NULL, ENC_FORMAT, "3 voxels are not finite");
+    expect_fail(p, NULL, IMG_FORMAT, "3 voxels are not finite");
 
     const char *p2 = P(state, "big64.nii");
     double e[2] = {1e300, 1};
     s = spec_new(1, 2, 2, 1, 1, 1, DT_FLOAT64);
     write_nii(p2, &s, e, sizeof e);
-    expect_fail(p2, NULL, ENC_FORMAT, "1 voxels are not finite");
+    expect_fail(p2, NULL, IMG_FORMAT, "1 voxels are not finite");
 
     const char *p3 = P(state, "slope.nii");
     s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.slope = 1e38;
     write_base(p3, &s);
-    expect_fail(p3, NULL, ENC_FORMAT, "voxels are not finite after scl_slope/scl_inter");
+    expect_fail(p3, NULL, IMG_FORMAT, "voxels are not finite after scl_slope/scl_inter");
 
     const char *p4 = P(state, "inter.nii");
     s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.slope = 1;
     s.inter = INFINITY;
     write_base(p4, &s);
-    expect_fail(p4, NULL, ENC_FORMAT, "scl_slope = 1 but scl_inter = inf");
+    expect_fail(p4, NULL, IMG_FORMAT, "scl_slope = 1 but scl_inter = inf");
 }
 
 static void test_bad_geometry(void **state)
@@ -966,50 +966,50 @@ static void test_bad_geometry(void **state)
     spec s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.pixdim[2] = -1;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "sform and qform are both unset and pixdim[2] = -1");
+    expect_fail(p, NULL, IMG_FORMAT, "sform and qform are both unset and pixdim[2] = -1");
 
     s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.pixdim[1] = INFINITY;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "pixdim[1] = inf");
+    expect_fail(p, NULL, IMG_FORMAT, "pixdim[1] = inf");
 
     s = spec_new(2, 3, NX, NY, NZ, 1, DT_INT16);
     s.pixdim[3] = NAN;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "pixdim[3] = ");
+    expect_fail(p, NULL, IMG_FORMAT, "pixdim[3] = ");
 
     s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.qform_code = 1;
     s.pixdim[3] = 0;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "qform_code = 1 but pixdim[3] = 0");
+    expect_fail(p, NULL, IMG_FORMAT, "qform_code = 1 but pixdim[3] = 0");
 
     s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.qform_code = 1;
     s.quat[0] = s.quat[1] = s.quat[2] = 1;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "has norm > 1");
+    expect_fail(p, NULL, IMG_FORMAT, "has norm > 1");
 
     s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.qform_code = 1;
     s.qoff[1] = NAN;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "qoffset_y");
+    expect_fail(p, NULL, IMG_FORMAT, "qoffset_y");
 
     s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.sform_code = 1;
     s.srow[0][0] = s.srow[1][1] = s.srow[2][2] = 1;
     s.srow[1][1] = NAN;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "srow_y[1] = nan");
+    expect_fail(p, NULL, IMG_FORMAT, "srow_y[1] = nan");
 
     /* pixdim does not matter when the sform is set */
     s.srow[1][1] = 1;
     s.pixdim[1] = -5;
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 static void test_bad_datatype(void **state)
@@ -1017,66 +1017,66 @@ static void test_bad_datatype(void **state)
     const char *p = P(state, "dt.nii");
     spec s = spec_new(1, 3, NX, NY, NZ, 1, DT_COMPLEX64);
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_UNSUPPORTED, "datatype = 32 (COMPLEX64)");
+    expect_fail(p, NULL, IMG_UNSUPPORTED, "datatype = 32 (COMPLEX64)");
     s.datatype = DT_RGB24;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_UNSUPPORTED, "datatype = 128 (RGB24)");
+    expect_fail(p, NULL, IMG_UNSUPPORTED, "datatype = 128 (RGB24)");
     s.datatype = 9999;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_UNSUPPORTED, "datatype = 9999 (unknown)");
+    expect_fail(p, NULL, IMG_UNSUPPORTED, "datatype = 9999 (unknown)");
     s.datatype = 0;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_UNSUPPORTED, "datatype = 0");
+    expect_fail(p, NULL, IMG_UNSUPPORTED, "datatype = 0");
 }
 
 static void test_bad_files(void **state)
 {
-    expect_fail(P(state, "missing.nii"), NULL, ENC_IO, "No such file");
+    expect_fail(P(state, "missing.nii"), NULL, IMG_IO, "No such file");
     const char *dir = P(state, "dir.nii");
     assert_int_equal(mkdir(dir, 0700), 0);
-    expect_fail(dir, NULL, ENC_IO, "not a regular file");
+    expect_fail(dir, NULL, IMG_IO, "not a regular file");
     const char *img = P(state, "x.img");
     write_file(img, "x", 1);
-    expect_fail(img, NULL, ENC_UNSUPPORTED, "expected a .nii or .nii.gz");
+    expect_fail(img, NULL, IMG_UNSUPPORTED, "expected a .nii or .nii.gz");
 
     const char *g = P(state, "garbage.nii");
     char junk[1000];
     for (size_t i = 0; i < sizeof junk; i++)
         junk[i] = (char)(i * 7 + 3);
     write_file(g, junk, sizeof junk);
-    expect_fail(g, NULL, ENC_FORMAT, "no NIfTI");
+    expect_fail(g, NULL, IMG_FORMAT, "no NIfTI");
 
     const char *p = P(state, "magic.nii");
     spec s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.magic = "abc";
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "bad sizeof_hdr or magic");
+    expect_fail(p, NULL, IMG_FORMAT, "bad sizeof_hdr or magic");
     s.magic = "ni1";
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_UNSUPPORTED, ".hdr/.img pair");
+    expect_fail(p, NULL, IMG_UNSUPPORTED, ".hdr/.img pair");
     s = spec_new(2, 3, NX, NY, NZ, 1, DT_INT16);
     s.magic = "ni2\0\r\n\032\n";
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_UNSUPPORTED, ".hdr/.img pair");
+    expect_fail(p, NULL, IMG_UNSUPPORTED, ".hdr/.img pair");
 
     s = spec_new(1, 3, NX, NY, NZ, 1, DT_INT16);
     s.vox_offset = 100;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "vox_offset = 100");
+    expect_fail(p, NULL, IMG_FORMAT, "vox_offset = 100");
     s.vox_offset = 352.5;
     write_base(p, &s);
-    expect_fail(p, NULL, ENC_FORMAT, "vox_offset = 352.5");
+    expect_fail(p, NULL, IMG_FORMAT, "vox_offset = 352.5");
 
     /* a later vox_offset (extensions in between) is fine */
     s.vox_offset = 480;
     write_base(p, &s);
-    enc_vol v;
+    img_vol v;
     read_ok(p, &v);
     check_values(&v, NX, NY, NZ, f_ras);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* NULL errbuf is allowed */
-    assert_int_equal(enc_img_read_nifti(P(state, "missing.nii"), NULL, &v, NULL, 0), ENC_IO);
+    assert_int_equal(img_read_nifti(P(state, "missing.nii"), NULL, &v, NULL, 0), IMG_IO);
 }
 
 /* libnifti and libpng both like stderr; neither may print through us. */
@@ -1110,15 +1110,15 @@ static void test_quiet(void **state)
     assert_true(fd >= 0);
     dup2(fd, 2);
     close(fd);
-    enc_vol v;
+    img_vol v;
     char err[256];
-    int rc1 = enc_img_read_nifti(tn_s, NULL, &v, err, sizeof err);
-    int rc2 = enc_img_read_png(tp_s, NULL, &v, err, sizeof err);
+    int rc1 = img_read_nifti(tn_s, NULL, &v, err, sizeof err);
+    int rc2 = img_read_png(tp_s, NULL, &v, err, sizeof err);
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
-    assert_int_equal(rc1, ENC_FORMAT);
-    assert_int_equal(rc2, ENC_FORMAT);
+    assert_int_equal(rc1, IMG_FORMAT);
+    assert_int_equal(rc2, IMG_FORMAT);
     struct stat st;
     assert_int_equal(stat(logpath, &st), 0);
     assert_int_equal(st.st_size, 0);
@@ -1131,9 +1131,9 @@ static float ramp(double i, double j, double k)
     return (float)(1.5 * i + 2.0 * j - 0.5 * k + 3.0);
 }
 
-static enc_vol make_ramp(int nx, int ny, int nz, float sp)
+static img_vol make_ramp(int nx, int ny, int nz, float sp)
 {
-    enc_vol v;
+    img_vol v;
     memset(&v, 0, sizeof v);
     v.nx = nx, v.ny = ny, v.nz = nz;
     v.data = malloc((size_t)nx * ny * nz * sizeof *v.data);
@@ -1157,10 +1157,10 @@ static enc_vol make_ramp(int nx, int ny, int nz, float sp)
 static void test_resample_ramp(void **state)
 {
     (void)state;
-    enc_vol in = make_ramp(6, 5, 4, 2), out;
+    img_vol in = make_ramp(6, 5, 4, 2), out;
     const float ts[3] = {1, 1, 1};
     char err[256];
-    assert_int_equal(enc_img_resample(&in, ts, 12, 10, 8, &out, err, sizeof err), ENC_OK);
+    assert_int_equal(img_resample(&in, ts, 12, 10, 8, &out, err, sizeof err), IMG_OK);
     assert_int_equal(out.nx, 12);
     assert_int_equal(out.ny, 10);
     assert_int_equal(out.nz, 8);
@@ -1175,12 +1175,12 @@ static void test_resample_ramp(void **state)
     /* world position of output voxel o equals that of input position o/2 - 1/4 */
     double want[3][4] = {{1, 0, 0, 9.5}, {0, 1, 0, 19.5}, {0, 0, 1, 29.5}};
     check_affine(&out, want, 1e-9);
-    enc_vol_free(&out);
+    img_vol_free(&out);
 
     /* a coarser grid: 3 mm from 2 mm, odd sizes; exact wherever it
      * interpolates between voxel centres */
     const float ts2[3] = {3, 3, 3};
-    assert_int_equal(enc_img_resample(&in, ts2, 4, 3, 3, &out, err, sizeof err), ENC_OK);
+    assert_int_equal(img_resample(&in, ts2, 4, 3, 3, &out, err, sizeof err), IMG_OK);
     for (int k = 0; k < 3; k++)
         for (int j = 0; j < 3; j++)
             for (int i = 0; i < 4; i++) {
@@ -1190,20 +1190,20 @@ static void test_resample_ramp(void **state)
                 if (inside)
                     assert_float_equal(at(&out, i, j, k), ramp(ci, cj, ck), 1e-4);
             }
-    enc_vol_free(&out);
-    enc_vol_free(&in);
+    img_vol_free(&out);
+    img_vol_free(&in);
 }
 
 /* Same spacing, bigger and smaller grids: pure centre pad and crop. */
 static void test_resample_crop_pad(void **state)
 {
     (void)state;
-    enc_vol in = make_ramp(6, 5, 4, 1), out;
+    img_vol in = make_ramp(6, 5, 4, 1), out;
     const float ts[3] = {1, 1, 1};
     char err[256];
     float mn = ramp(0, 0, 3);
     /* pad by one on each side */
-    assert_int_equal(enc_img_resample(&in, ts, 8, 7, 6, &out, err, sizeof err), ENC_OK);
+    assert_int_equal(img_resample(&in, ts, 8, 7, 6, &out, err, sizeof err), IMG_OK);
     for (int k = 0; k < 6; k++)
         for (int j = 0; j < 7; j++)
             for (int i = 0; i < 8; i++) {
@@ -1213,37 +1213,37 @@ static void test_resample_crop_pad(void **state)
             }
     double want[3][4] = {{1, 0, 0, 9}, {0, 1, 0, 19}, {0, 0, 1, 29}};
     check_affine(&out, want, 1e-12);
-    enc_vol_free(&out);
+    img_vol_free(&out);
     /* crop by one on each side */
-    assert_int_equal(enc_img_resample(&in, ts, 4, 3, 2, &out, err, sizeof err), ENC_OK);
+    assert_int_equal(img_resample(&in, ts, 4, 3, 2, &out, err, sizeof err), IMG_OK);
     for (int k = 0; k < 2; k++)
         for (int j = 0; j < 3; j++)
             for (int i = 0; i < 4; i++)
                 assert_float_equal(at(&out, i, j, k), ramp(i + 1, j + 1, k + 1), 1e-5);
-    enc_vol_free(&out);
+    img_vol_free(&out);
     /* a single slice: 2D input keeps working */
-    enc_vol flat = make_ramp(6, 5, 1, 1);
-    assert_int_equal(enc_img_resample(&flat, ts, 6, 5, 1, &out, err, sizeof err), ENC_OK);
+    img_vol flat = make_ramp(6, 5, 1, 1);
+    assert_int_equal(img_resample(&flat, ts, 6, 5, 1, &out, err, sizeof err), IMG_OK);
     assert_memory_equal(out.data, flat.data, 30 * sizeof(float));
-    enc_vol_free(&out);
-    enc_vol_free(&flat);
+    img_vol_free(&out);
+    img_vol_free(&flat);
 
     /* refusals */
-    enc_vol untouched;
+    img_vol untouched;
     memset(&untouched, 0x5a, sizeof untouched);
-    enc_vol o2 = untouched;
+    img_vol o2 = untouched;
     const float bad[3] = {1, 0, 1};
-    assert_int_equal(enc_img_resample(&in, bad, 4, 4, 4, &o2, err, sizeof err), ENC_INVAL);
+    assert_int_equal(img_resample(&in, bad, 4, 4, 4, &o2, err, sizeof err), IMG_INVAL);
     assert_non_null(strstr(err, "target spacing[1] = 0"));
     const float nanv[3] = {1, 1, NAN};
-    assert_int_equal(enc_img_resample(&in, nanv, 4, 4, 4, &o2, err, sizeof err), ENC_INVAL);
-    assert_int_equal(enc_img_resample(&in, ts, 0, 4, 4, &o2, err, sizeof err), ENC_INVAL);
+    assert_int_equal(img_resample(&in, nanv, 4, 4, 4, &o2, err, sizeof err), IMG_INVAL);
+    assert_int_equal(img_resample(&in, ts, 0, 4, 4, &o2, err, sizeof err), IMG_INVAL);
     assert_non_null(strstr(err, "output size[0] = 0"));
-    assert_int_equal(enc_img_resample(&in, ts, INT32_MAX, INT32_MAX, INT32_MAX, &o2, err,
+    assert_int_equal(img_resample(&in, ts, INT32_MAX, INT32_MAX, INT32_MAX, &o2, err,
                                       sizeof err),
-                     ENC_TOOBIG);
+                     IMG_TOOBIG);
     assert_memory_equal(&o2, &untouched, sizeof o2);
-    enc_vol_free(&in);
+    img_vol_free(&in);
 }
 
 /* ---- intensities ----------------------------------------------------------------- */
@@ -1252,8 +1252,8 @@ static void test_ct_window(void **state)
 {
     (void)state;
     float d[6] = {-2000, -1000, 0, 400, 1000, NAN};
-    enc_vol v = {.data = d, .nx = 6, .ny = 1, .nz = 1};
-    enc_img_ct_window(&v, -1000, 400);
+    img_vol v = {.data = d, .nx = 6, .ny = 1, .nz = 1};
+    img_ct_window(&v, -1000, 400);
     assert_float_equal(d[0], 0, 0);
     assert_float_equal(d[1], 0, 0);
     assert_float_equal(d[2], 1000.0 / 1400.0, 1e-6);
@@ -1290,8 +1290,8 @@ static void check_mr(float *d, size_t n, float plo, float phi)
             sorted[m++] = d[i];
     qsort(sorted, m, sizeof *sorted, cmpf);
     double lo = ref_percentile(sorted, m, plo), hi = ref_percentile(sorted, m, phi);
-    enc_vol v = {.data = d, .nx = (int)n, .ny = 1, .nz = 1};
-    assert_int_equal(enc_img_mr_scale(&v, plo, phi), ENC_OK);
+    img_vol v = {.data = d, .nx = (int)n, .ny = 1, .nz = 1};
+    assert_int_equal(img_mr_scale(&v, plo, phi), IMG_OK);
     for (size_t i = 0; i < n; i++) {
         double want = isfinite(copy[i]) ? (copy[i] - lo) / (hi - lo) : 0;
         want = want < 0 ? 0 : want > 1 ? 1 : want;
@@ -1319,8 +1319,8 @@ static void test_mr_scale(void **state)
     d[101] = NAN;
     float orig[102];
     memcpy(orig, d, sizeof d);
-    enc_vol v = {.data = d, .nx = 102, .ny = 1, .nz = 1};
-    assert_int_equal(enc_img_mr_scale(&v, 0.5f, 99.5f), ENC_OK);
+    img_vol v = {.data = d, .nx = 102, .ny = 1, .nz = 1};
+    assert_int_equal(img_mr_scale(&v, 0.5f, 99.5f), IMG_OK);
     for (int i = 0; i < 101; i++) {
         double want = (orig[i] - 0.5) / 99.0;
         want = want < 0 ? 0 : want > 1 ? 1 : want;
@@ -1347,22 +1347,22 @@ static void test_mr_scale(void **state)
 
     /* constant: zeros, no division by zero */
     float c[5] = {7, 7, 7, 7, NAN};
-    enc_vol cv = {.data = c, .nx = 5, .ny = 1, .nz = 1};
-    assert_int_equal(enc_img_mr_scale(&cv, 0.5f, 99.5f), ENC_OK);
+    img_vol cv = {.data = c, .nx = 5, .ny = 1, .nz = 1};
+    assert_int_equal(img_mr_scale(&cv, 0.5f, 99.5f), IMG_OK);
     for (int i = 0; i < 5; i++)
         assert_float_equal(c[i], 0, 0);
     /* nothing finite at all */
     float nn[2] = {NAN, INFINITY};
-    enc_vol nv = {.data = nn, .nx = 2, .ny = 1, .nz = 1};
-    assert_int_equal(enc_img_mr_scale(&nv, 0.5f, 99.5f), ENC_OK);
+    img_vol nv = {.data = nn, .nx = 2, .ny = 1, .nz = 1};
+    assert_int_equal(img_mr_scale(&nv, 0.5f, 99.5f), IMG_OK);
     assert_float_equal(nn[0], 0, 0);
     assert_float_equal(nn[1], 0, 0);
     /* bad percentiles */
-    assert_int_equal(enc_img_mr_scale(&cv, 50, 10), ENC_INVAL);
-    assert_int_equal(enc_img_mr_scale(&cv, -1, 10), ENC_INVAL);
-    assert_int_equal(enc_img_mr_scale(&cv, 1, 101), ENC_INVAL);
-    assert_int_equal(enc_img_mr_scale(&cv, 5, 5), ENC_INVAL);
-    assert_int_equal(enc_img_mr_scale(&cv, NAN, 5), ENC_INVAL);
+    assert_int_equal(img_mr_scale(&cv, 50, 10), IMG_INVAL);
+    assert_int_equal(img_mr_scale(&cv, -1, 10), IMG_INVAL);
+    assert_int_equal(img_mr_scale(&cv, 1, 101), IMG_INVAL);
+    assert_int_equal(img_mr_scale(&cv, 5, 5), IMG_INVAL);
+    assert_int_equal(img_mr_scale(&cv, NAN, 5), IMG_INVAL);
 }
 
 /* ---- PNG ------------------------------------------------------------------------ */
@@ -1396,13 +1396,13 @@ static void write_png(const char *path, int w, int h, int depth, int color, int 
     assert_int_equal(fclose(f), 0);
 }
 
-static void read_png_ok(const char *path, enc_vol *v, int w, int h)
+static void read_png_ok(const char *path, img_vol *v, int w, int h)
 {
     char err[512] = "";
-    int rc = enc_img_read_png(path, NULL, v, err, sizeof err);
-    if (rc != ENC_OK)
+    int rc = img_read_png(path, NULL, v, err, sizeof err);
+    if (rc != IMG_OK)
         print_message("unexpected error: %s\n", err);
-    assert_int_equal(rc, ENC_OK);
+    assert_int_equal(rc, IMG_OK);
     assert_int_equal(v->nx, w);
     assert_int_equal(v->ny, h);
     assert_int_equal(v->nz, 1);
@@ -1424,24 +1424,24 @@ static void test_png_grey(void **state)
             ga[y][2 * x] = (unsigned char)(x * 20 + y);
             ga[y][2 * x + 1] = (unsigned char)(255 - x * 40); /* alpha: dropped */
         }
-    enc_vol v;
+    img_vol v;
     const char *p8 = P(state, "g8.png");
     write_png(p8, W, H, 8, PNG_COLOR_TYPE_GRAY, 0, &g8[0][0], W, NULL, 0);
     read_png_ok(p8, &v, W, H);
     for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++)
             assert_float_equal(at(&v, x, y, 0), (x + 5 * y) * 17 / 255.0, 1e-6);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* the same, Adam7-interlaced, through the 2D dispatcher */
     const char *pi = P(state, "g8i.PNG");
     write_png(pi, W, H, 8, PNG_COLOR_TYPE_GRAY, 1, &g8[0][0], W, NULL, 0);
     char err[256];
-    assert_int_equal(enc_img_read_2d(pi, NULL, &v, err, sizeof err), ENC_OK);
+    assert_int_equal(img_read_2d(pi, NULL, &v, err, sizeof err), IMG_OK);
     for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++)
             assert_float_equal(at(&v, x, y, 0), (x + 5 * y) * 17 / 255.0, 1e-6);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     const char *p16 = P(state, "g16.png");
     write_png(p16, W, H, 16, PNG_COLOR_TYPE_GRAY, 0, &g16[0][0], 2 * W, NULL, 0);
@@ -1449,7 +1449,7 @@ static void test_png_grey(void **state)
     for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++)
             assert_float_equal(at(&v, x, y, 0), ((x + 5 * y) * 4000.0 + 1) / 65535.0, 1e-6);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     const char *pa = P(state, "ga.png");
     write_png(pa, W, H, 8, PNG_COLOR_TYPE_GRAY_ALPHA, 0, &ga[0][0], 2 * W, NULL, 0);
@@ -1457,7 +1457,7 @@ static void test_png_grey(void **state)
     for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++)
             assert_float_equal(at(&v, x, y, 0), (x * 20 + y) / 255.0, 1e-6);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 static void test_png_low_bits(void **state)
@@ -1473,13 +1473,13 @@ static void test_png_low_bits(void **state)
     }
     const char *p1 = P(state, "g1.png");
     write_png(p1, 10, 2, 1, PNG_COLOR_TYPE_GRAY, 0, &b1[0][0], 2, NULL, 0);
-    enc_vol v;
+    img_vol v;
     read_png_ok(p1, &v, 10, 2);
     for (int x = 0; x < 10; x++) {
         assert_float_equal(at(&v, x, 0, 0), bits[x], 0);
         assert_float_equal(at(&v, x, 1, 0), 1 - bits[x], 0);
     }
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* 4-bit, 16 x 1: values 0..15 -> v / 15 */
     unsigned char b4[8];
@@ -1490,7 +1490,7 @@ static void test_png_low_bits(void **state)
     read_png_ok(p4, &v, 16, 1);
     for (int x = 0; x < 16; x++)
         assert_float_equal(at(&v, x, 0, 0), x / 15.0, 1e-6);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
 static double luma(double r, double g, double b)
@@ -1513,14 +1513,14 @@ static void test_png_colour(void **state)
                 rgba16[y][8 * x + 2 * ch + 1] = (unsigned char)(c16[ch] & 0xff);
             }
         }
-    enc_vol v;
+    img_vol v;
     const char *p = P(state, "rgb.png");
     write_png(p, W, H, 8, PNG_COLOR_TYPE_RGB, 0, &rgb[0][0], 3 * W, NULL, 0);
     read_png_ok(p, &v, W, H);
     for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++)
             assert_float_equal(at(&v, x, y, 0), luma(x * 60, y * 100, 200) / 255.0, 1e-5);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     const char *p16 = P(state, "rgba16.png");
     write_png(p16, W, H, 16, PNG_COLOR_TYPE_RGB_ALPHA, 0, &rgba16[0][0], 8 * W, NULL, 0);
@@ -1529,7 +1529,7 @@ static void test_png_colour(void **state)
         for (int x = 0; x < W; x++)
             assert_float_equal(at(&v, x, y, 0), luma(x * 16000.0, y * 30000.0, 65535) / 65535.0,
                                1e-5);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* palette, 8-bit and 2-bit indices */
     const png_color pal[4] = {{0, 0, 0}, {255, 0, 0}, {0, 255, 0}, {10, 20, 250}};
@@ -1545,7 +1545,7 @@ static void test_png_colour(void **state)
             const png_color *c = &pal[(x + y) % 4];
             assert_float_equal(at(&v, x, y, 0), luma(c->red, c->green, c->blue) / 255.0, 1e-5);
         }
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     unsigned char idx2[H][1];
     for (int y = 0; y < H; y++) {
@@ -1561,17 +1561,17 @@ static void test_png_colour(void **state)
             const png_color *c = &pal[(x + y) % 4];
             assert_float_equal(at(&v, x, y, 0), luma(c->red, c->green, c->blue) / 255.0, 1e-5);
         }
-    enc_vol_free(&v);
+    img_vol_free(&v);
 }
 
-static void expect_png_fail(const char *path, const enc_img_limits *lim, int code,
+static void expect_png_fail(const char *path, const img_limits *lim, int code,
                             const char *needle)
 {
-    enc_vol v, before;
+    img_vol v, before;
     memset(&v, 0x5a, sizeof v);
     before = v;
     char err[512] = "";
-    int rc = enc_img_read_png(path, lim, &v, err, sizeof err);
+    int rc = img_read_png(path, lim, &v, err, sizeof err);
     if (rc != code || strncmp(err, path, strlen(path)) != 0 || strstr(err, needle) == NULL)
         print_message("%s: rc %d (want %d), message \"%s\" (want \"%s\")\n", path, rc, code, err,
                       needle);
@@ -1594,52 +1594,52 @@ static void test_png_broken(void **state)
     write_png(p, W, H, 8, PNG_COLOR_TYPE_GRAY, 0, &noise[0][0], W, NULL, 0);
     size_t len;
     unsigned char *whole = read_whole(p, &len);
-    enc_vol v;
+    img_vol v;
     read_png_ok(p, &v, W, H);
     assert_float_equal(at(&v, 3, 7, 0), noise[7][3] / 255.0, 1e-6);
-    enc_vol_free(&v);
+    img_vol_free(&v);
 
     /* the limit */
-    enc_img_limits small = {.max_pixels = W * H - 1}, exact = {.max_pixels = W * H};
-    expect_png_fail(p, &small, ENC_TOOBIG, "64 x 64 pixels exceed the limit of 4095");
+    img_limits small = {.max_pixels = W * H - 1}, exact = {.max_pixels = W * H};
+    expect_png_fail(p, &small, IMG_TOOBIG, "64 x 64 pixels exceed the limit of 4095");
     char err[256];
-    assert_int_equal(enc_img_read_png(p, &exact, &v, err, sizeof err), ENC_OK);
-    enc_vol_free(&v);
+    assert_int_equal(img_read_png(p, &exact, &v, err, sizeof err), IMG_OK);
+    img_vol_free(&v);
 
     /* cut in IHDR, in IDAT, and just before IEND */
     const size_t cuts[] = {20, len / 2, len - 12};
     for (size_t c = 0; c < sizeof cuts / sizeof *cuts; c++) {
         write_file(p, whole, cuts[c]);
-        expect_png_fail(p, NULL, ENC_FORMAT, "corrupt or truncated PNG");
+        expect_png_fail(p, NULL, IMG_FORMAT, "corrupt or truncated PNG");
     }
     /* a flipped byte in IDAT: the CRC or zlib's check catches it */
     whole[len / 2] ^= 0x10;
     write_file(p, whole, len);
-    expect_png_fail(p, NULL, ENC_FORMAT, "corrupt or truncated PNG");
+    expect_png_fail(p, NULL, IMG_FORMAT, "corrupt or truncated PNG");
     free(whole);
 
     const char *g = P(state, "garbage.png");
     write_file(g, "GIF89a garbage garbage garbage", 30);
-    expect_png_fail(g, NULL, ENC_FORMAT, "not a PNG file");
+    expect_png_fail(g, NULL, IMG_FORMAT, "not a PNG file");
     const char *e = P(state, "empty.png");
     write_file(e, "", 0);
-    expect_png_fail(e, NULL, ENC_FORMAT, "not a PNG file");
-    expect_png_fail(P(state, "missing.png"), NULL, ENC_IO, "No such file");
+    expect_png_fail(e, NULL, IMG_FORMAT, "not a PNG file");
+    expect_png_fail(P(state, "missing.png"), NULL, IMG_IO, "No such file");
 }
 
 static void test_vol_free(void **state)
 {
     (void)state;
-    enc_vol_free(NULL);
-    enc_vol v;
+    img_vol_free(NULL);
+    img_vol v;
     memset(&v, 0, sizeof v);
-    enc_vol_free(&v);
+    img_vol_free(&v);
     v.data = malloc(16);
     v.nx = 4;
-    enc_vol_free(&v);
+    img_vol_free(&v);
     assert_null(v.data);
     assert_int_equal(v.nx, 0);
-    enc_vol_free(&v); /* twice is fine */
+    img_vol_free(&v); /* twice is fine */
 }
 
 int main(void)

@@ -1,4 +1,4 @@
-/* fingerprint.c - acquisition-invariant fingerprints (see fingerprint.h).
+/* fingerprint.c - acquisition-invariant fingerprints (see dedup.h).
  *
  * Volumes.  Read in RAS with the affine (so LPS storage, slice order and
  * the oblique grid are undone by the world coordinates), intensities to
@@ -30,8 +30,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "encoder/fingerprint.h"
-#include "encoder/image.h"
+#include "dedup/dedup.h"
+#include "imageio/imageio.h"
+#include "util/util.h"
+
+/* A reader's code passes through as the dedup_errno of the same name. */
+#define DEDUP__SAME(name, msg)                                                \
+    _Static_assert((int)IMG_##name == (int)DEDUP_##name, "IMG_" #name " is DEDUP_" #name);
+IMG_ERRNO_MAP(DEDUP__SAME)
+#undef DEDUP__SAME
+
+#define DEDUP__MSG(name, msg) msg,
+#define DEDUP__NAME(name, msg) "DEDUP_" #name,
+static const char *const dedup_msgs[] = {DEDUP_ERRNO_MAP(DEDUP__MSG)};
+static const char *const dedup_names[] = {DEDUP_ERRNO_MAP(DEDUP__NAME)};
+
+const char *dedup_strerror(int c) { return util_errtab(dedup_msgs, DEDUP_NERR, c, "unknown error"); }
+const char *dedup_errname(int c) { return util_errtab(dedup_names, DEDUP_NERR, c, "DEDUP_UNKNOWN"); }
 
 #ifdef __SSE__
 #include <xmmintrin.h>
@@ -48,7 +63,7 @@ typedef struct fp_params {
     float chw[3];    /* channel weights */
 } fp_params;
 
-static const fp_params FP_DEFAULT = {ENC_FP_VOL_NX, ENC_FP_VOL_NY, ENC_FP_VOL_NZ, ENC_FP_VOL_CELL,
+static const fp_params FP_DEFAULT = {DEDUP_FP_VOL_NX, DEDUP_FP_VOL_NY, DEDUP_FP_VOL_NZ, DEDUP_FP_VOL_CELL,
                                      0.35f, 1, 1, 0, 1, {1, 1, 1}};
 
 /* Blurs a grid in place with [1 2 1] / 4 along each axis (edges repeat). */
@@ -107,7 +122,7 @@ static void normalise(float *g, size_t n)
 }
 
 /* The CT window -1000..400 HU to [0, 1], voxel by voxel, exactly as
- * enc_img_ct_window maps a whole volume. */
+ * img_ct_window maps a whole volume. */
 #define FP_CT_LO (-1000.0f)
 #define FP_CT_HI 400.0f
 static inline float ct01(float x)
@@ -115,7 +130,7 @@ static inline float ct01(float x)
     const float inv = 1.0f / (FP_CT_HI - FP_CT_LO);
 #ifdef __SSE__
     /* maxss and minss: no branch to mispredict on noisy air around
-     * -1000 HU; maxss gives the bottom for NaN, as enc_img_ct_window does
+     * -1000 HU; maxss gives the bottom for NaN, as img_ct_window does
      * (it maps +inf to the bottom too, where this gives the top, but the
      * reader passes no infinite voxel) */
     __m128 v = _mm_max_ss(_mm_set_ss(x), _mm_set_ss(FP_CT_LO));
@@ -269,23 +284,23 @@ static const float *fp_row(const float *row, int ct, int n, float *buf)
 
 /* CT is windowed on the fly (no copy); other modalities are percentile
  * scaled in a copy. */
-static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, float *out,
+static int fp_volume(const img_vol *vin, enc_modality mod, const fp_params *pr, float *out,
                      const char *path, char *errbuf, size_t errlen)
 {
     const int is_ct = mod == ENC_MOD_CT;
-    enc_vol copy = {0};
-    const enc_vol *vp = vin;
+    img_vol copy = {0};
+    const img_vol *vp = vin;
     if (!is_ct) {
         size_t nv = (size_t)vin->nx * vin->ny * vin->nz;
         copy = *vin;
         copy.data = malloc(nv * sizeof *copy.data);
-        int rc = copy.data ? ENC_OK : ENC_NOMEM;
+        int rc = copy.data ? DEDUP_OK : DEDUP_NOMEM;
         if (!rc) {
             memcpy(copy.data, vin->data, nv * sizeof *copy.data);
-            rc = enc_img_mr_scale(&copy, 0.5f, 99.5f);
+            rc = img_mr_scale(&copy, 0.5f, 99.5f);
         }
         if (rc) {
-            enc_vol_free(&copy);
+            img_vol_free(&copy);
             if (errbuf)
                 snprintf(errbuf, errlen, "%s: cannot scale intensities: %s", path,
                          enc_strerror(rc));
@@ -293,7 +308,7 @@ static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, 
         }
         vp = &copy;
     }
-    const enc_vol v = *vp;
+    const img_vol v = *vp;
     const int nx = v.nx, ny = v.ny, nz = v.nz;
     const double(*A)[4] = v.affine;
     /* body: above the threshold in [0, 1]; for CT the same test on the
@@ -373,10 +388,10 @@ static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, 
         free(acc);
         free(wt);
         free(rowbuf);
-        enc_vol_free(&copy);
+        img_vol_free(&copy);
         if (errbuf)
             snprintf(errbuf, errlen, "%s: out of memory", path);
-        return ENC_NOMEM;
+        return DEDUP_NOMEM;
     }
     /* World -> grid: subtract the anchor, rotate by -th about z, scale to
      * cells with the anchor in the middle of the grid. */
@@ -415,7 +430,7 @@ static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, 
             }
         }
     free(rowbuf);
-    enc_vol_free(&copy);
+    img_vol_free(&copy);
     for (int ch = 0; ch < nch; ch++) {
         float *g = acc + ch * ng;
         for (size_t p = 0; p < ng; p++)
@@ -436,30 +451,30 @@ static int fp_volume(const enc_vol *vin, enc_modality mod, const fp_params *pr, 
     }
     free(acc);
     free(wt);
-    return ENC_OK;
+    return DEDUP_OK;
 }
 
 /* A file with explicit parameters (the variants of docs/dedup.md). */
-int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
+int dedup__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
                               char *errbuf, size_t errlen);
-int enc__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
+int dedup__fingerprint_volume_p(const char *path, enc_modality mod, const fp_params *pr, float *out,
                               char *errbuf, size_t errlen)
 {
-    enc_vol v = {0};
-    int rc = enc_img_read_nifti(path, NULL, &v, errbuf, errlen);
+    img_vol v = {0};
+    int rc = img_read_nifti(path, NULL, &v, errbuf, errlen);
     if (!rc)
         rc = fp_volume(&v, mod, pr, out, path, errbuf, errlen);
-    enc_vol_free(&v);
+    img_vol_free(&v);
     return rc;
 }
 
-int enc_fingerprint_volume(const char *path, enc_modality mod, float *out, char *errbuf,
+int dedup_fingerprint_volume(const char *path, enc_modality mod, float *out, char *errbuf,
                            size_t errlen)
 {
-    return enc__fingerprint_volume_p(path, mod, &FP_DEFAULT, out, errbuf, errlen);
+    return dedup__fingerprint_volume_p(path, mod, &FP_DEFAULT, out, errbuf, errlen);
 }
 
-int enc_fingerprint_volume_vol(const enc_vol *v, const char *path, enc_modality mod, float *out,
+int dedup_fingerprint_volume_vol(const img_vol *v, const char *path, enc_modality mod, float *out,
                                char *errbuf, size_t errlen)
 {
     return fp_volume(v, mod, &FP_DEFAULT, out, path, errbuf, errlen);
@@ -481,7 +496,7 @@ int enc_fingerprint_volume_vol(const enc_vol *v, const char *path, enc_modality 
  * against each other) is what the threshold tolerates.  Parameters chosen
  * on synthetic rescans (docs/dedup.md). */
 
-#define FPI_N ENC_FP_IMG_N
+#define FPI_N DEDUP_FP_IMG_N
 
 /* out[N x N] = area average of in[h x w] (row-major): each output cell is
  * the mean of the input it covers, with fractional weights at its edges
@@ -490,7 +505,7 @@ static int area_resample(const float *in, int w, int h, float *out, int N)
 {
     float *tmp = malloc((size_t)h * N * sizeof *tmp);
     if (!tmp)
-        return ENC_NOMEM;
+        return DEDUP_NOMEM;
     /* rows: w -> N */
     for (int y = 0; y < h; y++)
         for (int o = 0; o < N; o++) {
@@ -514,7 +529,7 @@ static int area_resample(const float *in, int w, int h, float *out, int N)
         }
     }
     free(tmp);
-    return ENC_OK;
+    return DEDUP_OK;
 }
 
 /* Separable Gaussian blur of an N x N grid (edges repeat), into out. */
@@ -549,8 +564,8 @@ static void gauss2(const float *in, float *out, float *tmp, int N, double sigma)
         }
 }
 
-int enc__fingerprint_image_grid(const float *px, int w, int h, float *out);
-int enc__fingerprint_image_grid(const float *px, int w, int h, float *out)
+int dedup__fingerprint_image_grid(const float *px, int w, int h, float *out);
+int dedup__fingerprint_image_grid(const float *px, int w, int h, float *out)
 {
     enum { BINS = 65536 };
     const size_t n = (size_t)w * h, N2 = (size_t)FPI_N * FPI_N;
@@ -569,7 +584,7 @@ int enc__fingerprint_image_grid(const float *px, int w, int h, float *out)
         free(bins);
         free(rank);
         free(g);
-        return ENC_NOMEM;
+        return DEDUP_NOMEM;
     }
     /* mid-ranks through a 16-bit histogram: exact for 8- and 16-bit data */
     const double sc = hi > lo ? (BINS - 1) / ((double)hi - lo) : 0;
@@ -599,29 +614,29 @@ int enc__fingerprint_image_grid(const float *px, int w, int h, float *out)
         out[i] = a[i] - b[i];
     normalise(out, N2);
     free(g);
-    return ENC_OK;
+    return DEDUP_OK;
 }
 
-int enc_fingerprint_image(const char *path, float *out, char *errbuf, size_t errlen)
+int dedup_fingerprint_image(const char *path, float *out, char *errbuf, size_t errlen)
 {
-    enc_vol v = {0};
-    int rc = enc_img_read_2d(path, NULL, &v, errbuf, errlen);
+    img_vol v = {0};
+    int rc = img_read_2d(path, NULL, &v, errbuf, errlen);
     if (!rc)
-        rc = enc_fingerprint_image_vol(&v, path, out, errbuf, errlen);
-    enc_vol_free(&v);
+        rc = dedup_fingerprint_image_vol(&v, path, out, errbuf, errlen);
+    img_vol_free(&v);
     return rc;
 }
 
-int enc_fingerprint_image_vol(const enc_vol *v, const char *path, float *out, char *errbuf,
+int dedup_fingerprint_image_vol(const img_vol *v, const char *path, float *out, char *errbuf,
                               size_t errlen)
 {
     if (v->nx < 8 || v->ny < 8) {
         if (errbuf)
             snprintf(errbuf, errlen, "%s: %d x %d pixels, too small for a fingerprint (at least "
                      "8 x 8)", path, v->nx, v->ny);
-        return ENC_INVAL;
+        return DEDUP_INVAL;
     }
-    int rc = enc__fingerprint_image_grid(v->data, v->nx, v->ny, out);
+    int rc = dedup__fingerprint_image_grid(v->data, v->nx, v->ny, out);
     if (rc && errbuf)
         snprintf(errbuf, errlen, "%s: %s", path, enc_strerror(rc));
     return rc;
@@ -809,7 +824,7 @@ static float fpi_w[FPI_M * FPI_M];
 static pthread_once_t fpi_w_once = PTHREAD_ONCE_INIT;
 static void fpi_w_init(void) { fpi_weights(FPI_M, fpi_w); }
 
-float enc_fingerprint_image_score(const float *a, const float *b, float floor_)
+float dedup_fingerprint_image_score(const float *a, const float *b, float floor_)
 {
     enum { N = FPI_N };
     float rot[N * N];
@@ -825,8 +840,8 @@ float enc_fingerprint_image_score(const float *a, const float *b, float floor_)
 /* For bench/image_pairs.c, which exports pairs to fit the weights: the
  * unweighted score of the alignment, and b moved onto a's grid by it
  * (N x N, zero outside) when aligned is not NULL. */
-float enc__fingerprint_image_align(const float *a, const float *b, float *aligned);
-float enc__fingerprint_image_align(const float *a, const float *b, float *aligned)
+float dedup__fingerprint_image_align(const float *a, const float *b, float *aligned);
+float dedup__fingerprint_image_align(const float *a, const float *b, float *aligned)
 {
     enum { N = FPI_N };
     float rot[N * N];

@@ -1,6 +1,6 @@
 /* sha256.c - SHA-256 as specified in FIPS 180-4 (sections 4.1.2, 4.2.2,
  * 5.1.1, 5.3.3 and 6.2), written from the standard for the store's content
- * and data hashes.  Byte-oriented and endian-neutral: words are assembled
+ * and data hashes and the model ids.  Byte-oriented and endian-neutral: words are assembled
  * from bytes explicitly, so the same code runs on any host.
  *
  * On x86-64 processors with the SHA extensions (SHA-NI: Intel since Ice
@@ -9,13 +9,13 @@
  * ingest hashes every file it reads, and this makes that about 5x faster.
  * Both paths give the same digests (tests/store/test_store.c runs the test
  * vectors and random messages through each). */
-#include "store/store.h"
+#include "util/util.h"
 
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define STORE_SHA_NI 1
+#define UTIL_SHA_NI 1
 #endif
 
 /* FIPS 180-4 4.2.2: the first 32 bits of the fractional parts of the cube
@@ -75,7 +75,7 @@ static void sha256_block_c(uint32_t h[8], const uint8_t *p)
     h[7] += hh;
 }
 
-#ifdef STORE_SHA_NI
+#ifdef UTIL_SHA_NI
 /* The same block with the SHA extensions.  SHA256RNDS2 does two rounds on
  * the state split as (A, B, E, F) and (C, D, G, H), each with A or C in
  * the highest dword, taking W[t] + K[t] for the two rounds from the low
@@ -120,13 +120,13 @@ __attribute__((target("sha,sse4.1,ssse3"))) static void sha256_block_ni(uint32_t
 #endif
 
 /* 1: blocks go through the SHA extensions.  Chosen on first use; tests
- * may force the portable path with store__sha256_accel(0). */
+ * may force the portable path with util__sha256_accel(0). */
 static int use_ni = -1;
 
-int store__sha256_accel(int on)
+int util__sha256_accel(int on)
 {
     int can = 0;
-#ifdef STORE_SHA_NI
+#ifdef UTIL_SHA_NI
     __builtin_cpu_init();
     can = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1") &&
           __builtin_cpu_supports("ssse3");
@@ -140,8 +140,8 @@ static void sha256_block(uint32_t h[8], const uint8_t *p)
 {
     int ni = __atomic_load_n(&use_ni, __ATOMIC_RELAXED);
     if (ni < 0)
-        ni = store__sha256_accel(-1);
-#ifdef STORE_SHA_NI
+        ni = util__sha256_accel(-1);
+#ifdef UTIL_SHA_NI
     if (ni) {
         sha256_block_ni(h, p);
         return;
@@ -151,7 +151,7 @@ static void sha256_block(uint32_t h[8], const uint8_t *p)
 }
 
 /* FIPS 180-4 5.3.3: initial hash value. */
-void store_sha256_init(store_sha256_ctx *c)
+void util_sha256_init(util_sha256_ctx *c)
 {
     static const uint32_t H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -160,7 +160,7 @@ void store_sha256_init(store_sha256_ctx *c)
     c->nbuf = 0;
 }
 
-void store_sha256_update(store_sha256_ctx *c, const void *data, size_t len)
+void util_sha256_update(util_sha256_ctx *c, const void *data, size_t len)
 {
     const uint8_t *p = data;
     c->len += len;
@@ -187,7 +187,7 @@ void store_sha256_update(store_sha256_ctx *c, const void *data, size_t len)
 
 /* FIPS 180-4 5.1.1: append 0x80, zeros to 56 mod 64, then the message
  * length in bits as a 64-bit big-endian integer. */
-void store_sha256_final(store_sha256_ctx *c, uint8_t out[STORE_HASH_SIZE])
+void util_sha256_final(util_sha256_ctx *c, uint8_t out[UTIL_SHA256_SIZE])
 {
     uint64_t bits = c->len * 8;
     c->buf[c->nbuf++] = 0x80;
@@ -209,20 +209,20 @@ void store_sha256_final(store_sha256_ctx *c, uint8_t out[STORE_HASH_SIZE])
     memset(c, 0, sizeof *c);
 }
 
-void store_sha256(const void *data, size_t len, uint8_t out[STORE_HASH_SIZE])
+void util_sha256(const void *data, size_t len, uint8_t out[UTIL_SHA256_SIZE])
 {
-    store_sha256_ctx c;
-    store_sha256_init(&c);
-    store_sha256_update(&c, data, len);
-    store_sha256_final(&c, out);
+    util_sha256_ctx c;
+    util_sha256_init(&c);
+    util_sha256_update(&c, data, len);
+    util_sha256_final(&c, out);
 }
 
-void store_hash_hex(const uint8_t hash[STORE_HASH_SIZE], char out[2 * STORE_HASH_SIZE + 1])
+void util_sha256_hex(const uint8_t hash[UTIL_SHA256_SIZE], char out[2 * UTIL_SHA256_SIZE + 1])
 {
     static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < STORE_HASH_SIZE; i++) {
+    for (int i = 0; i < UTIL_SHA256_SIZE; i++) {
         out[2 * i] = hex[hash[i] >> 4];
         out[2 * i + 1] = hex[hash[i] & 15];
     }
-    out[2 * STORE_HASH_SIZE] = '\0';
+    out[2 * UTIL_SHA256_SIZE] = '\0';
 }

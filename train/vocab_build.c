@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "encoder/train.h"
+#include "train/train.h"
 
 /* encoder/tokenizer.c's limits and special tokens (ENC_TOK_MAX_WORD_CHARS
  * is public; the specials' spelling is fixed by BERT). */
@@ -661,11 +661,11 @@ static int push_alphabet(builder *b, int ascii, int lower)
     return rc;
 }
 
-int enc_vocab_build(const char *const *texts, size_t n, size_t vocab_size,
-                    const enc_vocab_opts *o, char ***tokens, size_t *ntok)
+int trn_vocab_build(const char *const *texts, size_t n, size_t vocab_size,
+                    const trn_vocab_opts *o, char ***tokens, size_t *ntok)
 {
     assert((texts != NULL || n == 0) && tokens != NULL && ntok != NULL);
-    static const enc_vocab_opts defaults = ENC_VOCAB_OPTS_INIT;
+    static const trn_vocab_opts defaults = TRN_VOCAB_OPTS_INIT;
     if (o == NULL)
         o = &defaults;
     builder b;
@@ -711,7 +711,7 @@ int enc_vocab_build(const char *const *texts, size_t n, size_t vocab_size,
     for (size_t i = 0; i < total; i++) {
         const char *s = i < 5 ? SPECIALS[i] : b.sym[b.vocab[i - 5]].s;
         if ((out[i] = dup_bytes(s, strlen(s), "", 0)) == NULL) {
-            enc_vocab_free(out, i);
+            trn_vocab_free(out, i);
             rc = ENC_NOMEM;
             goto done;
         }
@@ -724,7 +724,7 @@ done:
     return rc;
 }
 
-void enc_vocab_free(char **tokens, size_t ntok)
+void trn_vocab_free(char **tokens, size_t ntok)
 {
     if (tokens == NULL)
         return;
@@ -733,7 +733,7 @@ void enc_vocab_free(char **tokens, size_t ntok)
     free(tokens);
 }
 
-int enc_vocab_write(const char *path, const char *const *tokens, size_t ntok, char *errbuf,
+int trn_vocab_write(const char *path, const char *const *tokens, size_t ntok, char *errbuf,
                     size_t errlen)
 {
     assert(path != NULL && (tokens != NULL || ntok == 0));

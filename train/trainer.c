@@ -1,6 +1,6 @@
 /* trainer.c - contrastive pre-training of a medsem model: batches of volumes,
  * radiographs and UniMedI slice pseudo-images against their reports
- * (encoder/trainer.h, docs/training.md). */
+ * (train/train.h, docs/training.md). */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -14,13 +14,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "encoder/internal.h"
-#include "encoder/safetensors.h"
-#include "encoder/trainer.h"
+#include "encoder/encoder.h"
+#include "train/train.h"
+#include "util/util.h"
 
 /* ---- batch generator: xoshiro256** seeded through splitmix64 ---------------------- */
 
-static uint64_t rng_next(uint64_t s[4]) { return enc__xoshiro_next(s); }
+static uint64_t rng_next(uint64_t s[4]) { return util_xoshiro_next(s); }
 
 /* Uniform in [0, n), n > 0, without modulo bias (Lemire's rejection). */
 static size_t rng_below(uint64_t s[4], size_t n)
@@ -78,7 +78,7 @@ static const char DEFAULT_CONFIG[] =
     "\"preprocess\":{\"spacing_3d\":[6.5,6.5,17.5],\"ct_window\":[-1000,400],"
     "\"mr_percentiles\":[0.5,99.5],\"mean\":[0.5],\"std\":[0.25]}}";
 
-const char *enc_trainer_default_config(void) { return DEFAULT_CONFIG; }
+const char *trn_trainer_default_config(void) { return DEFAULT_CONFIG; }
 
 /* ---- the trainer ------------------------------------------------------------------- */
 
@@ -94,13 +94,13 @@ typedef struct itemset {
 
 #define NRNG 5 /* the generator's 4 words and the count of skipped updates */
 
-struct enc_trainer {
-    enc_trainer_opts o;
+struct trn_trainer {
+    trn_trainer_opts o;
     char *config;
     const enc_tok *tok;
     enc_model *m;
     enc_grads *g;
-    enc_adamw *opt;
+    trn_adamw *opt;
     size_t nparam; /* model tensors; the optimizer has one more: the log temperature */
     float *P, *G;  /* flat parameter and gradient arenas in the optimizer's layout */
     enc_input_geom gv, gi, gt;
@@ -118,28 +118,28 @@ struct enc_trainer {
     int *slices;
 };
 
-static int vol_slice_ok(const enc_trainer *t, char *errbuf, size_t errlen)
+static int vol_slice_ok(const trn_trainer *t, char *errbuf, size_t errlen)
 {
     if (t->o.slice_k <= 0)
         return ENC_OK;
     if (!t->has_img || !t->has_vol)
-        return enc__fail(errbuf, errlen, ENC_INVAL, "slice selection needs a 2D and a 3D input");
+        return util_errf(errbuf, errlen, ENC_INVAL, "slice selection needs a 2D and a 3D input");
     if (t->gv.size[1] != t->gi.size[1] || t->gv.size[2] != t->gi.size[2] ||
         t->gv.channels != t->gi.channels)
-        return enc__fail(errbuf, errlen, ENC_INVAL,
+        return util_errf(errbuf, errlen, ENC_INVAL,
                          "slice selection needs volume_size H, W (%d, %d) equal to image_size "
                          "(%d, %d)",
                          t->gv.size[1], t->gv.size[2], t->gi.size[1], t->gi.size[2]);
     if (t->o.slice_k > t->gv.size[0])
-        return enc__fail(errbuf, errlen, ENC_INVAL, "slice_k %d is more than the volume's %d slices",
+        return util_errf(errbuf, errlen, ENC_INVAL, "slice_k %d is more than the volume's %d slices",
                          t->o.slice_k, t->gv.size[0]);
     return ENC_OK;
 }
 
-int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_trainer_opts *o,
-                    enc_trainer **out, char *errbuf, size_t errlen)
+int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_trainer_opts *o,
+                    trn_trainer **out, char *errbuf, size_t errlen)
 {
-    enc_trainer_opts d = ENC_TRAINER_OPTS_INIT;
+    trn_trainer_opts d = TRN_TRAINER_OPTS_INIT;
     if (o == NULL)
         o = &d;
     if (o->batch_volumes < 0 || o->batch_images < 0 || o->batch_volumes + o->batch_images < 2 ||
@@ -147,36 +147,36 @@ int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_train
         !(o->clip >= 0) || o->warmup < 0 || o->total_steps < 0 || !(o->lr_floor >= 0) ||
         o->lr_floor > 1 || o->soft_start < 0 || !(o->augment >= 0) || o->augment > 10 ||
         !(o->tag_weight >= 0))
-        return enc__fail(errbuf, errlen, ENC_INVAL,
+        return util_errf(errbuf, errlen, ENC_INVAL,
                          "trainer options out of range (batch sizes, slice_k, weights, lr)");
-    enc_trainer *t = calloc(1, sizeof *t);
+    trn_trainer *t = calloc(1, sizeof *t);
     if (!t)
-        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
     t->o = *o;
     t->tok = tok;
     int rc = ENC_OK;
     enc_param *table = NULL;
     t->config = strdup(config_json);
     if (!t->config) {
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
         goto bad;
     }
     enc_model_opts mo = {.nthreads = o->threads, .no_id = 1, .trainable = 1};
     if ((rc = enc_model_new_random(config_json, o->seed, &mo, &t->m, errbuf, errlen)))
         goto bad;
     if (strcmp(enc_model_arch(t->m), "medsem")) {
-        rc = enc__fail(errbuf, errlen, ENC_INVAL, "the trainer makes medsem models, not %s",
+        rc = util_errf(errbuf, errlen, ENC_INVAL, "the trainer makes medsem models, not %s",
                        enc_model_arch(t->m));
         goto bad;
     }
     t->has_img = !enc_model_geom(t->m, ENC_IMAGE, &t->gi);
     t->has_vol = !enc_model_geom(t->m, ENC_VOLUME, &t->gv);
     if (enc_model_geom(t->m, ENC_TEXT, &t->gt)) {
-        rc = enc__fail(errbuf, errlen, ENC_INVAL, "the model has no text encoder");
+        rc = util_errf(errbuf, errlen, ENC_INVAL, "the model has no text encoder");
         goto bad;
     }
     if (tok && enc_tok_vocab_size(tok) != (size_t)t->gt.vocab_size) {
-        rc = enc__fail(errbuf, errlen, ENC_INVAL,
+        rc = util_errf(errbuf, errlen, ENC_INVAL,
                        "the vocabulary has %zu tokens, the config's text.vocab_size %d",
                        enc_tok_vocab_size(tok), t->gt.vocab_size);
         goto bad;
@@ -189,13 +189,13 @@ int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_train
                            : 0;
     t->icount = t->has_img ? (size_t)t->gi.channels * t->gi.size[1] * t->gi.size[2] : 0;
     if ((rc = enc_grads_new(t->m, &t->g))) {
-        rc = enc__fail(errbuf, errlen, rc, "cannot allocate the gradients");
+        rc = util_errf(errbuf, errlen, rc, "cannot allocate the gradients");
         goto bad;
     }
     t->nparam = enc_model_param_count(t->m);
     table = calloc(t->nparam + 3, sizeof *table);
     if (!table) {
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
         goto bad;
     }
     for (size_t i = 0; i < t->nparam; i++)
@@ -204,46 +204,46 @@ int enc_trainer_new(const char *config_json, const enc_tok *tok, const enc_train
     size_t ntab = t->nparam + 1;
     if (o->tag_weight > 0) {
         table[ntab++] = (enc_param){.name = "tag_head.weight", .rank = 2,
-                                    .shape = {ENC_REPORT_TAG_SLOTS, t->E},
-                                    .count = (size_t)ENC_REPORT_TAG_SLOTS * t->E};
+                                    .shape = {TRN_REPORT_TAG_SLOTS, t->E},
+                                    .count = (size_t)TRN_REPORT_TAG_SLOTS * t->E};
         table[ntab++] = (enc_param){.name = "tag_head.bias", .rank = 1,
-                                    .shape = {ENC_REPORT_TAG_SLOTS},
-                                    .count = ENC_REPORT_TAG_SLOTS};
+                                    .shape = {TRN_REPORT_TAG_SLOTS},
+                                    .count = TRN_REPORT_TAG_SLOTS};
     }
-    enc_adamw_opts ao = ENC_ADAMW_OPTS_INIT;
+    trn_adamw_opts ao = TRN_ADAMW_OPTS_INIT;
     ao.weight_decay = o->weight_decay;
-    if ((rc = enc_adamw_new(table, ntab, &ao, &t->opt, errbuf, errlen)))
+    if ((rc = trn_adamw_new(table, ntab, &ao, &t->opt, errbuf, errlen)))
         goto bad;
-    size_t count = enc_adamw_count(t->opt);
+    size_t count = trn_adamw_count(t->opt);
     t->P = malloc(count * sizeof *t->P);
     t->G = calloc(count, sizeof *t->G);
     if (!t->P || !t->G) {
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu parameters", count);
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu parameters", count);
         goto bad;
     }
     for (size_t i = 0; i < t->nparam; i++)
-        memcpy(t->P + enc_adamw_offset(t->opt, i), table[i].data, table[i].count * sizeof(float));
-    t->P[enc_adamw_offset(t->opt, t->nparam)] = enc_model_logit_scale(t->m);
+        memcpy(t->P + trn_adamw_offset(t->opt, i), table[i].data, table[i].count * sizeof(float));
+    t->P[trn_adamw_offset(t->opt, t->nparam)] = enc_model_logit_scale(t->m);
     if (o->tag_weight > 0) {
         /* the head: weights uniform with SD 0.1, bias 0 */
         uint64_t h = o->seed ^ 0x7461672d68656164ULL; /* "tag-head" */
-        float *w = t->P + enc_adamw_offset(t->opt, t->nparam + 1);
-        for (size_t i = 0; i < (size_t)ENC_REPORT_TAG_SLOTS * t->E; i++)
+        float *w = t->P + trn_adamw_offset(t->opt, t->nparam + 1);
+        for (size_t i = 0; i < (size_t)TRN_REPORT_TAG_SLOTS * t->E; i++)
             w[i] = (float)(0.1 * 1.7320508075688772 *
-                           ((double)(enc__splitmix64(&h) >> 11) * 0x1p-52 - 1.0));
-        memset(t->P + enc_adamw_offset(t->opt, t->nparam + 2), 0,
-               ENC_REPORT_TAG_SLOTS * sizeof(float));
+                           ((double)(util_splitmix64(&h) >> 11) * 0x1p-52 - 1.0));
+        memset(t->P + trn_adamw_offset(t->opt, t->nparam + 2), 0,
+               TRN_REPORT_TAG_SLOTS * sizeof(float));
     }
     uint64_t x = o->seed ^ 0x6d656473656d7472ULL; /* "medsemtr" */
     for (int i = 0; i < 4; i++)
-        t->rng[i] = enc__splitmix64(&x);
+        t->rng[i] = util_splitmix64(&x);
     t->rng[4] = 0;
     free(table);
     *out = t;
     return ENC_OK;
 bad:
     free(table);
-    enc_trainer_free(t);
+    trn_trainer_free(t);
     return rc;
 }
 
@@ -256,7 +256,7 @@ static void itemset_free(itemset *s)
     free(s->tag_off);
 }
 
-void enc_trainer_free(enc_trainer *t)
+void trn_trainer_free(trn_trainer *t)
 {
     if (!t)
         return;
@@ -278,23 +278,23 @@ void enc_trainer_free(enc_trainer *t)
     free(t->slices);
     itemset_free(&t->set[0]);
     itemset_free(&t->set[1]);
-    enc_adamw_free(t->opt);
+    trn_adamw_free(t->opt);
     enc_grads_free(t->g);
     enc_model_free(t->m);
     free(t->config);
     free(t);
 }
 
-int enc_trainer_add(enc_trainer *t, enc_kind kind, const float *x, const char *report,
+int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *report,
                     char *errbuf, size_t errlen)
 {
     if (t->started)
-        return enc__fail(errbuf, errlen, ENC_INVAL, "items cannot be added after training started");
+        return util_errf(errbuf, errlen, ENC_INVAL, "items cannot be added after training started");
     if ((kind == ENC_IMAGE && !t->has_img) || (kind == ENC_VOLUME && !t->has_vol) ||
         kind == ENC_TEXT)
-        return enc__fail(errbuf, errlen, ENC_INVAL, "the model does not take this kind of input");
+        return util_errf(errbuf, errlen, ENC_INVAL, "the model does not take this kind of input");
     if (!t->tok)
-        return enc__fail(errbuf, errlen, ENC_INVAL, "the trainer has no tokenizer");
+        return util_errf(errbuf, errlen, ENC_INVAL, "the trainer has no tokenizer");
     itemset *s = &t->set[kind];
     size_t per = kind == ENC_VOLUME ? t->vcount : t->icount, L = (size_t)t->L;
     if (s->n == s->cap) {
@@ -312,7 +312,7 @@ int enc_trainer_add(enc_trainer *t, enc_kind kind, const float *x, const char *r
         if (no)
             s->tag_off = no;
         if (!nx || !ni || !nm || !no)
-            return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items", nc);
+            return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items", nc);
         s->cap = nc;
         if (s->n == 0)
             s->tag_off[0] = 0;
@@ -322,15 +322,15 @@ int enc_trainer_add(enc_trainer *t, enc_kind kind, const float *x, const char *r
                             s->mask + s->n * L, &got, errbuf, errlen);
     if (rc)
         return rc;
-    int32_t tags[ENC_REPORT_MAX_TAGS];
-    int nt = enc_report_tags(report ? report : "", tags, ENC_REPORT_MAX_TAGS);
+    int32_t tags[TRN_REPORT_MAX_TAGS];
+    int nt = trn_report_tags(report ? report : "", tags, TRN_REPORT_MAX_TAGS);
     if (s->ntags + (size_t)nt > s->tagcap) {
         size_t nc = s->tagcap ? 2 * s->tagcap : 256;
         while (nc < s->ntags + (size_t)nt)
             nc *= 2;
         int32_t *ng = realloc(s->tags, nc * sizeof *ng);
         if (!ng)
-            return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+            return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
         s->tags = ng;
         s->tagcap = nc;
     }
@@ -342,22 +342,22 @@ int enc_trainer_add(enc_trainer *t, enc_kind kind, const float *x, const char *r
     return ENC_OK;
 }
 
-size_t enc_trainer_items(const enc_trainer *t, enc_kind kind)
+size_t trn_trainer_items(const trn_trainer *t, enc_kind kind)
 {
     return kind == ENC_TEXT ? 0 : t->set[kind].n;
 }
 
-int64_t enc_trainer_steps(const enc_trainer *t)
+int64_t trn_trainer_steps(const trn_trainer *t)
 {
-    return enc_adamw_steps(t->opt) + (int64_t)t->rng[4];
+    return trn_adamw_steps(t->opt) + (int64_t)t->rng[4];
 }
 
-enc_model *enc_trainer_model(enc_trainer *t) { return t->m; }
-const float *enc_trainer_params(const enc_trainer *t) { return t->P; }
-const enc_adamw *enc_trainer_optimizer(const enc_trainer *t) { return t->opt; }
+enc_model *trn_trainer_model(trn_trainer *t) { return t->m; }
+const float *trn_trainer_params(const trn_trainer *t) { return t->P; }
+const trn_adamw *trn_trainer_optimizer(const trn_trainer *t) { return t->opt; }
 
 /* Batch shape of the next step: volumes, radiographs, slices per volume. */
-static void batch_shape(const enc_trainer *t, int *nv, int *ni, int *k)
+static void batch_shape(const trn_trainer *t, int *nv, int *ni, int *k)
 {
     *nv = t->set[ENC_VOLUME].n ? t->o.batch_volumes : 0;
     *ni = t->set[ENC_IMAGE].n ? t->o.batch_images : 0;
@@ -365,13 +365,13 @@ static void batch_shape(const enc_trainer *t, int *nv, int *ni, int *k)
 }
 
 /* Plans the states and buffers of a step once: everything the hot loop uses. */
-static int plan(enc_trainer *t, char *errbuf, size_t errlen)
+static int plan(trn_trainer *t, char *errbuf, size_t errlen)
 {
     int nv, ni, K;
     batch_shape(t, &nv, &ni, &K);
     int nb = nv + ni, nimg = ni + nv * K, N = nb + nv * K;
     if (nb < 2)
-        return enc__fail(errbuf, errlen, ENC_INVAL,
+        return util_errf(errbuf, errlen, ENC_INVAL,
                          "a step needs at least two pairs (%d volumes, %d radiographs)", nv, ni);
     int rc;
     enc_state_opts vo = {.flags = ENC_STATE_TRAIN | (K ? ENC_STATE_CLSATT : 0)};
@@ -395,14 +395,14 @@ static int plan(enc_trainer *t, char *errbuf, size_t errlen)
     t->det = malloc((size_t)nb * E * sizeof(float));
     t->targets = malloc((size_t)N * N * sizeof(float));
     t->t0 = malloc((size_t)nb * nb * sizeof(float));
-    t->work = malloc(enc_loss_clip_work_floats(N) * sizeof(float));
+    t->work = malloc(trn_loss_clip_work_floats(N) * sizeof(float));
     size_t plane = (size_t)t->gv.size[1] * t->gv.size[2];
     if ((size_t)t->gi.size[0] * t->gi.size[1] > plane)
         plane = (size_t)t->gi.size[0] * t->gi.size[1];
     t->augtmp = malloc((plane + 1) * sizeof(float));
     t->bids = malloc((size_t)nb * L * sizeof(int32_t));
     t->bmask = malloc((size_t)nb * L * sizeof(int32_t));
-    t->btags = malloc((size_t)nb * ENC_REPORT_MAX_TAGS * sizeof(int32_t));
+    t->btags = malloc((size_t)nb * TRN_REPORT_MAX_TAGS * sizeof(int32_t));
     t->btag_off = malloc(((size_t)nb + 1) * sizeof(size_t));
     t->src = malloc((size_t)N * sizeof(size_t));
     t->cnt = malloc((size_t)nb * sizeof(size_t));
@@ -412,12 +412,12 @@ static int plan(enc_trainer *t, char *errbuf, size_t errlen)
     if (!t->vin || !t->iin || !t->ev || !t->ei || !t->et || !t->a || !t->b || !t->da || !t->db ||
         !t->det || !t->targets || !t->t0 || !t->work || !t->augtmp || !t->bids || !t->bmask || !t->btags ||
         !t->btag_off || !t->src || !t->cnt || !t->pick_v || !t->pick_i || !t->slices)
-        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory for the step buffers");
+        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for the step buffers");
     t->started = 1;
     return ENC_OK;
 }
 
-void enc_slice_select(const float *att, const int grid[3], int patch_d, int k, int *slices)
+void trn_slice_select(const float *att, const int grid[3], int patch_d, int k, int *slices)
 {
     int Dp = grid[0], per = grid[1] * grid[2];
     /* Dp is small (a volume has at most a few hundred slices): rank the
@@ -455,23 +455,23 @@ void enc_slice_select(const float *att, const int grid[3], int patch_d, int k, i
 
 /* The report-tag head (tag_weight > 0): every visual row and every report
  * predicts its report's finding tags through one shared linear map,
- * z = 10 W e + b over ENC_REPORT_TAG_SLOTS classes, with a softmax
+ * z = 10 W e + b over TRN_REPORT_TAG_SLOTS classes, with a softmax
  * cross-entropy against the tags spread evenly (knowledge-enhanced
  * pre-training from the report text alone, never the labels).  Sharing W
  * puts the tags on the same axes in both towers.  Adds the weighted
  * gradients to da (visual rows) and det (reports) and writes the head's
  * gradients into G; returns the mean loss over the rows. */
 #define TAG_HEAD_SCALE 10.0
-static float tag_head(enc_trainer *t, int N, int nb, float *G)
+static float tag_head(trn_trainer *t, int N, int nb, float *G)
 {
-    const int E = t->E, C = ENC_REPORT_TAG_SLOTS, R = N + nb;
-    const float *W = t->P + enc_adamw_offset(t->opt, t->nparam + 1);
-    const float *bias = t->P + enc_adamw_offset(t->opt, t->nparam + 2);
-    float *gW = G + enc_adamw_offset(t->opt, t->nparam + 1);
-    float *gb = G + enc_adamw_offset(t->opt, t->nparam + 2);
+    const int E = t->E, C = TRN_REPORT_TAG_SLOTS, R = N + nb;
+    const float *W = t->P + trn_adamw_offset(t->opt, t->nparam + 1);
+    const float *bias = t->P + trn_adamw_offset(t->opt, t->nparam + 2);
+    float *gW = G + trn_adamw_offset(t->opt, t->nparam + 1);
+    float *gb = G + trn_adamw_offset(t->opt, t->nparam + 2);
     memset(gW, 0, (size_t)C * E * sizeof(float));
     memset(gb, 0, (size_t)C * sizeof(float));
-    double z[ENC_REPORT_TAG_SLOTS], loss = 0, w = (double)t->o.tag_weight / R;
+    double z[TRN_REPORT_TAG_SLOTS], loss = 0, w = (double)t->o.tag_weight / R;
     for (int r = 0; r < R; r++) {
         int vis = r < N;
         size_t src = vis ? t->src[r] : (size_t)(r - N);
@@ -511,7 +511,7 @@ static float tag_head(enc_trainer *t, int N, int nb, float *G)
     return (float)(loss / R);
 }
 
-int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t errlen)
+int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t errlen)
 {
     int rc;
     if (!t->started && (rc = plan(t, errbuf, errlen)))
@@ -555,7 +555,7 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
 
     /* 2. volumes, then the slices their attention picks */
     if (nv && (rc = enc_encode_volume(t->sv, t->vin, nv, t->ev)))
-        return enc__fail(errbuf, errlen, rc, "volumes: %s", enc_state_errmsg(t->sv));
+        return util_errf(errbuf, errlen, rc, "volumes: %s", enc_state_errmsg(t->sv));
     if (K) {
         const float *att = enc_state_cls_attention(t->sv);
         int grid[3] = {t->gv.size[0] / t->gv.patch[0], t->gv.size[1] / t->gv.patch[1],
@@ -563,7 +563,7 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
         size_t np = (size_t)grid[0] * grid[1] * grid[2], hw = (size_t)t->gv.size[1] * t->gv.size[2];
         int D = t->gv.size[0];
         for (int b = 0; b < nv; b++) {
-            enc_slice_select(att + b * np, grid, t->gv.patch[0], K, t->slices + b * K);
+            trn_slice_select(att + b * np, grid, t->gv.patch[0], K, t->slices + b * K);
             for (int k = 0; k < K; k++) {
                 float *dst = t->iin + ((size_t)ni + (size_t)b * K + k) * t->icount;
                 const float *vol = t->vin + (size_t)b * t->vcount;
@@ -574,9 +574,9 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
         }
     }
     if (nimg && (rc = enc_encode_image(t->si, t->iin, nimg, t->ei)))
-        return enc__fail(errbuf, errlen, rc, "images: %s", enc_state_errmsg(t->si));
+        return util_errf(errbuf, errlen, rc, "images: %s", enc_state_errmsg(t->si));
     if ((rc = enc_encode_text(t->st, t->bids, t->bmask, nb, L, t->et)))
-        return enc__fail(errbuf, errlen, rc, "reports: %s", enc_state_errmsg(t->st));
+        return util_errf(errbuf, errlen, rc, "reports: %s", enc_state_errmsg(t->st));
 
     /* 3. the losses.  Rows: volumes, radiographs, slices (b, k) at nb + b K + k;
      * src = the report each row is paired with. */
@@ -594,31 +594,31 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
         memcpy(t->b + (size_t)r * E, t->et + t->src[r] * E, es);
     }
     const float *targets = NULL;
-    float alpha = enc_adamw_steps(t->opt) + (int64_t)t->rng[4] >= t->o.soft_start
+    float alpha = trn_adamw_steps(t->opt) + (int64_t)t->rng[4] >= t->o.soft_start
                       ? t->o.soft_alpha
                       : 0.0f;
     if (K || alpha > 0) {
         /* Rows sharing a report share its target mass: T'_ij = T_s(i)s(j) / n_s(j),
          * which still sums to 1 over j. */
-        enc_loss_soft_targets(t->btags, t->btag_off, nb, alpha, t->t0);
+        trn_loss_soft_targets(t->btags, t->btag_off, nb, alpha, t->t0);
         for (int i = 0; i < N; i++)
             for (int j = 0; j < N; j++)
                 t->targets[(size_t)i * N + j] =
                     t->t0[t->src[i] * nb + t->src[j]] / (float)t->cnt[t->src[j]];
         targets = t->targets;
     }
-    size_t ls_off = enc_adamw_offset(t->opt, t->nparam);
+    size_t ls_off = trn_adamw_offset(t->opt, t->nparam);
     float log_scale = t->P[ls_off], dls = 0;
-    float clip_loss = enc_loss_clip_forward(t->a, t->b, N, E, log_scale, targets, t->work);
+    float clip_loss = trn_loss_clip_forward(t->a, t->b, N, E, log_scale, targets, t->work);
     memset(t->da, 0, (size_t)N * es);
     memset(t->db, 0, (size_t)N * es);
-    enc_loss_clip_backward(t->a, t->b, N, E, log_scale, targets, 1.0f, t->work, t->da, t->db,
+    trn_loss_clip_backward(t->a, t->b, N, E, log_scale, targets, 1.0f, t->work, t->da, t->db,
                            &dls);
     float cons = 0;
     if (K && t->o.consistency > 0) {
         const float *sl = t->a + (size_t)nb * E;
-        cons = enc_loss_consistency_forward(t->a, sl, nv, K, E);
-        enc_loss_consistency_backward(t->a, sl, nv, K, E, t->o.consistency, t->da,
+        cons = trn_loss_consistency_forward(t->a, sl, nv, K, E);
+        trn_loss_consistency_backward(t->a, sl, nv, K, E, t->o.consistency, t->da,
                                       t->da + (size_t)nb * E);
     }
     memset(t->det, 0, (size_t)nb * es);
@@ -630,37 +630,37 @@ int enc_trainer_step(enc_trainer *t, enc_trainer_stats *st, char *errbuf, size_t
     /* 4. backward, clip, update */
     enc_grads_zero(t->g);
     if (nv && (rc = enc_backward_volume(t->sv, t->da, t->g)))
-        return enc__fail(errbuf, errlen, rc, "volumes: %s", enc_state_errmsg(t->sv));
+        return util_errf(errbuf, errlen, rc, "volumes: %s", enc_state_errmsg(t->sv));
     if (nimg && (rc = enc_backward_image(t->si, t->da + (size_t)nv * E, t->g)))
-        return enc__fail(errbuf, errlen, rc, "images: %s", enc_state_errmsg(t->si));
+        return util_errf(errbuf, errlen, rc, "images: %s", enc_state_errmsg(t->si));
     if ((rc = enc_backward_text(t->st, t->det, t->g)))
-        return enc__fail(errbuf, errlen, rc, "reports: %s", enc_state_errmsg(t->st));
+        return util_errf(errbuf, errlen, rc, "reports: %s", enc_state_errmsg(t->st));
     for (size_t i = 0; i < t->nparam; i++) {
         enc_param p;
         enc_model_param(t->m, i, &p);
-        memcpy(t->G + enc_adamw_offset(t->opt, i), enc_grads_data(t->g, i),
+        memcpy(t->G + trn_adamw_offset(t->opt, i), enc_grads_data(t->g, i),
                p.count * sizeof(float));
     }
     t->G[ls_off] = dls;
-    float norm = enc_adamw_clip_grad_norm(t->opt, t->G, t->o.clip > 0 ? (float)t->o.clip : INFINITY);
-    enc_train_sched sched = {t->o.lr, t->o.warmup, t->o.total_steps, t->o.lr_floor};
-    double lr = enc_train_lr(&sched, enc_adamw_steps(t->opt));
+    float norm = trn_adamw_clip_grad_norm(t->opt, t->G, t->o.clip > 0 ? (float)t->o.clip : INFINITY);
+    trn_sched sched = {t->o.lr, t->o.warmup, t->o.total_steps, t->o.lr_floor};
+    double lr = trn_lr(&sched, trn_adamw_steps(t->opt));
     int skipped = !isfinite(norm) || !isfinite(clip_loss) || !isfinite(cons) || !isfinite(tagl);
     if (skipped) {
         t->rng[4]++;
     } else {
-        enc_adamw_step(t->opt, t->P, t->G, lr);
+        trn_adamw_step(t->opt, t->P, t->G, lr);
         for (size_t i = 0; i < t->nparam; i++) {
             enc_param p;
             enc_model_param(t->m, i, &p);
-            memcpy(enc_model_param_mut(t->m, i), t->P + enc_adamw_offset(t->opt, i),
+            memcpy(enc_model_param_mut(t->m, i), t->P + trn_adamw_offset(t->opt, i),
                    p.count * sizeof(float));
         }
     }
     if (st) {
         float s = expf(t->P[ls_off]);
-        *st = (enc_trainer_stats){
-            .step = enc_trainer_steps(t),
+        *st = (trn_trainer_stats){
+            .step = trn_trainer_steps(t),
             .loss = (double)clip_loss + t->o.consistency * (double)cons +
                     t->o.tag_weight * (double)tagl,
             .clip_loss = clip_loss,
@@ -684,7 +684,7 @@ static double tower_flops(const enc_input_geom *g, int mlp, double B, double T)
     return B * g->num_layers * (2 * T * (4 * D * D + 2 * D * M) + 4 * T * T * D);
 }
 
-double enc_trainer_step_flops(const enc_trainer *t)
+double trn_trainer_step_flops(const trn_trainer *t)
 {
     int nv, ni, K;
     batch_shape(t, &nv, &ni, &K);
@@ -715,7 +715,7 @@ double enc_trainer_step_flops(const enc_trainer *t)
 
 /* ---- checkpoints and the model directory ------------------------------------------ */
 
-static char *hparams(const enc_trainer *t)
+static char *hparams(const trn_trainer *t)
 {
     char *s = NULL;
     if (asprintf(&s,
@@ -732,25 +732,25 @@ static char *hparams(const enc_trainer *t)
     return s;
 }
 
-int enc_trainer_ckpt_write(const enc_trainer *t, const char *path, char *errbuf, size_t errlen)
+int trn_trainer_ckpt_write(const trn_trainer *t, const char *path, char *errbuf, size_t errlen)
 {
     char *hp = hparams(t);
     if (!hp)
-        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
-    int rc = enc_train_ckpt_write(path, t->opt, t->P, t->rng, NRNG, hp, errbuf, errlen);
+        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+    int rc = trn_ckpt_write(path, t->opt, t->P, t->rng, NRNG, hp, errbuf, errlen);
     free(hp);
     return rc;
 }
 
-int enc_trainer_ckpt_read(enc_trainer *t, const char *path, char *errbuf, size_t errlen)
+int trn_trainer_ckpt_read(trn_trainer *t, const char *path, char *errbuf, size_t errlen)
 {
-    int rc = enc_train_ckpt_read(path, t->opt, t->P, t->rng, NRNG, NULL, errbuf, errlen);
+    int rc = trn_ckpt_read(path, t->opt, t->P, t->rng, NRNG, NULL, errbuf, errlen);
     if (rc)
         return rc;
     for (size_t i = 0; i < t->nparam; i++) {
         enc_param p;
         enc_model_param(t->m, i, &p);
-        memcpy(enc_model_param_mut(t->m, i), t->P + enc_adamw_offset(t->opt, i),
+        memcpy(enc_model_param_mut(t->m, i), t->P + trn_adamw_offset(t->opt, i),
                p.count * sizeof(float));
     }
     return ENC_OK;
@@ -761,7 +761,7 @@ static int write_atomic(const char *path, const char *text, char *errbuf, size_t
 {
     char *tmp = NULL;
     if (asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0)
-        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
     FILE *f = fopen(tmp, "wb");
     int ok = f && fputs(text, f) >= 0;
     if (f && fclose(f))
@@ -770,13 +770,13 @@ static int write_atomic(const char *path, const char *text, char *errbuf, size_t
         int e = errno;
         remove(tmp);
         free(tmp);
-        return enc__fail(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(e));
+        return util_errf(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(e));
     }
     free(tmp);
     return ENC_OK;
 }
 
-int enc_trainer_save(const enc_trainer *t, const char *dir, char *errbuf, size_t errlen)
+int trn_trainer_save(const trn_trainer *t, const char *dir, char *errbuf, size_t errlen)
 {
     size_t n = t->nparam + 1;
     const char **names = calloc(n, sizeof *names);
@@ -789,7 +789,7 @@ int enc_trainer_save(const enc_trainer *t, const char *dir, char *errbuf, size_t
     if (!names || !ranks || !shapes || !data ||
         asprintf(&path, "%s/model.safetensors", dir) < 0) {
         path = NULL;
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < t->nparam; i++) {
@@ -799,9 +799,9 @@ int enc_trainer_save(const enc_trainer *t, const char *dir, char *errbuf, size_t
         ranks[i] = p.rank;
         for (int k = 0; k < p.rank && k < ENC_ST_MAX_RANK; k++)
             shapes[i][k] = p.shape[k];
-        data[i] = t->P + enc_adamw_offset(t->opt, i);
+        data[i] = t->P + trn_adamw_offset(t->opt, i);
     }
-    size_t ls_off = enc_adamw_offset(t->opt, t->nparam);
+    size_t ls_off = trn_adamw_offset(t->opt, t->nparam);
     names[t->nparam] = "logit_scale";
     ranks[t->nparam] = 1;
     shapes[t->nparam][0] = 1;
@@ -811,7 +811,7 @@ int enc_trainer_save(const enc_trainer *t, const char *dir, char *errbuf, size_t
         goto done;
     cfg = cJSON_Parse(t->config);
     if (!cfg) {
-        rc = enc__fail(errbuf, errlen, ENC_FORMAT, "the config is not JSON");
+        rc = util_errf(errbuf, errlen, ENC_FORMAT, "the config is not JSON");
         goto done;
     }
     cJSON_DeleteItemFromObjectCaseSensitive(cfg, "logit_scale");
@@ -820,13 +820,13 @@ int enc_trainer_save(const enc_trainer *t, const char *dir, char *errbuf, size_t
     free(path);
     if (!text || asprintf(&path, "%s/config.json", dir) < 0) {
         path = NULL;
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
         goto done;
     }
     size_t tl = strlen(text);
     char *withnl = malloc(tl + 2);
     if (!withnl) {
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
         goto done;
     }
     memcpy(withnl, text, tl);
@@ -971,7 +971,7 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int enc_report_tags(const char *text, int32_t *tags, int cap)
+int trn_report_tags(const char *text, int32_t *tags, int cap)
 {
     char buf[1024];
     int nt = 0, any = 0;

@@ -11,12 +11,12 @@
 
 #include <cblas.h>
 
-#include "encoder/train.h"
+#include "train/train.h"
 
 /* CLIP's cap on the logit scale: exp(s) never exceeds it. */
 #define CLIP_MAX_SCALE 100.0f
 
-size_t enc_loss_clip_work_floats(int B)
+size_t trn_loss_clip_work_floats(int B)
 {
     assert(B >= 1);
     return 3 * (size_t)B * (size_t)B;
@@ -68,7 +68,7 @@ static double softmax_strided(const float *x, size_t stride, int n, float scale,
 
 /* work = [D | P | Q], each [B, B]:
  *   D = a b^T (the cosines), P = row softmax of scale D, Q = column softmax. */
-float enc_loss_clip_forward(const float *a, const float *b, int B, int E, float log_scale,
+float trn_loss_clip_forward(const float *a, const float *b, int B, int E, float log_scale,
                             const float *targets, float *work)
 {
     assert(a != NULL && b != NULL && work != NULL && B >= 1 && E >= 1);
@@ -101,7 +101,7 @@ float enc_loss_clip_forward(const float *a, const float *b, int B, int E, float 
  * r_i = sum_k T_ik; then logits = scale D gives
  *   da = scale G b,  db = scale G^T a,  dscale = sum G_ij D_ij,
  * and dlog_scale = exp(s) dscale where the clamp is inactive. */
-void enc_loss_clip_backward(const float *a, const float *b, int B, int E, float log_scale,
+void trn_loss_clip_backward(const float *a, const float *b, int B, int E, float log_scale,
                             const float *targets, float dloss, float *work, float *da,
                             float *db, float *dlog_scale)
 {
@@ -167,7 +167,7 @@ static double jaccard(const int32_t *x, size_t nx, const int32_t *y, size_t ny)
     return uni == 0 ? 1.0 : (double)in / (double)uni;
 }
 
-void enc_loss_soft_targets(const int32_t *tags, const size_t *off, int B, float alpha,
+void trn_loss_soft_targets(const int32_t *tags, const size_t *off, int B, float alpha,
                            float *T)
 {
     assert(off != NULL && T != NULL && B >= 1 && alpha >= 0);
@@ -218,7 +218,7 @@ static void cons_sums(const float *v, const float *s, int K, int E, double *vv, 
     *vm = c;
 }
 
-float enc_loss_consistency_forward(const float *vol, const float *slices, int B, int K, int E)
+float trn_loss_consistency_forward(const float *vol, const float *slices, int B, int K, int E)
 {
     assert(vol != NULL && slices != NULL && B >= 1 && K >= 1 && E >= 1);
     double total = 0;
@@ -235,7 +235,7 @@ float enc_loss_consistency_forward(const float *vol, const float *slices, int B,
  *   dcos/dv = m / (|v||m|) - cos v / |v|^2
  *   dcos/dm = v / (|v||m|) - cos m / |m|^2,  dm/ds_k = 1/K
  * and dL/dcos = -dloss / B. */
-void enc_loss_consistency_backward(const float *vol, const float *slices, int B, int K, int E,
+void trn_loss_consistency_backward(const float *vol, const float *slices, int B, int K, int E,
                                    float dloss, float *dvol, float *dslices)
 {
     assert(vol != NULL && slices != NULL && B >= 1 && K >= 1 && E >= 1);

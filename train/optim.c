@@ -13,9 +13,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "encoder/internal.h"
-#include "encoder/safetensors.h"
-#include "encoder/train.h"
+#include "encoder/encoder.h"
+#include "train/train.h"
+#include "util/util.h"
 
 #define MAX_RANK 8
 #define PI 3.14159265358979323846 /* Python's math.pi */
@@ -28,8 +28,8 @@ typedef struct adam_tensor {
     int decay;
 } adam_tensor;
 
-struct enc_adamw {
-    enc_adamw_opts o;
+struct trn_adamw {
+    trn_adamw_opts o;
     adam_tensor *t;
     size_t n;
     size_t count; /* floats per arena */
@@ -39,7 +39,7 @@ struct enc_adamw {
 };
 
 
-int enc_adamw_default_decay(const char *name, int rank, void *ctx)
+int trn_adamw_default_decay(const char *name, int rank, void *ctx)
 {
     (void)ctx;
     static const char *const keep[] = {"embeddings.", "position_embeddings", "pos_embed",
@@ -53,55 +53,55 @@ int enc_adamw_default_decay(const char *name, int rank, void *ctx)
     return 1;
 }
 
-int enc_adamw_new(const enc_param *table, size_t n, const enc_adamw_opts *o, enc_adamw **out,
+int trn_adamw_new(const enc_param *table, size_t n, const trn_adamw_opts *o, trn_adamw **out,
                   char *errbuf, size_t errlen)
 {
     assert(out != NULL && (table != NULL || n == 0));
-    static const enc_adamw_opts defaults = ENC_ADAMW_OPTS_INIT;
+    static const trn_adamw_opts defaults = TRN_ADAMW_OPTS_INIT;
     if (o == NULL)
         o = &defaults;
     if (n == 0)
-        return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: no parameters");
+        return util_errf(errbuf, errlen, ENC_INVAL, "adamw: no parameters");
     if (!(o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 && o->beta2 < 1))
-        return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: betas (%g, %g) outside [0, 1)", o->beta1,
+        return util_errf(errbuf, errlen, ENC_INVAL, "adamw: betas (%g, %g) outside [0, 1)", o->beta1,
                     o->beta2);
     if (!(o->eps >= 0 && o->weight_decay >= 0))
-        return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: eps %g, weight_decay %g: negative", o->eps,
+        return util_errf(errbuf, errlen, ENC_INVAL, "adamw: eps %g, weight_decay %g: negative", o->eps,
                     o->weight_decay);
     size_t total = 0, namebytes = 0;
     for (size_t i = 0; i < n; i++) {
         const enc_param *p = &table[i];
         if (p->name == NULL || p->rank < 0 || p->rank > MAX_RANK)
-            return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: parameter %zu: bad name or rank", i);
+            return util_errf(errbuf, errlen, ENC_INVAL, "adamw: parameter %zu: bad name or rank", i);
         size_t c = 1;
         for (int d = 0; d < p->rank; d++) {
             if (p->shape[d] < 0 || (p->shape[d] > 0 && c > SIZE_MAX / (uint64_t)p->shape[d]))
-                return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: %s: bad shape", p->name);
+                return util_errf(errbuf, errlen, ENC_INVAL, "adamw: %s: bad shape", p->name);
             c *= (size_t)p->shape[d];
         }
         if (c != p->count)
-            return enc__fail(errbuf, errlen, ENC_INVAL, "adamw: %s: count %zu, shape says %zu",
+            return util_errf(errbuf, errlen, ENC_INVAL, "adamw: %s: count %zu, shape says %zu",
                         p->name, p->count, c);
         const size_t most = SIZE_MAX / 2 / sizeof(float); /* m and v in one block */
         if (c > most || total > most - c)
-            return enc__fail(errbuf, errlen, ENC_NOMEM, "adamw: too many parameters");
+            return util_errf(errbuf, errlen, ENC_NOMEM, "adamw: too many parameters");
         total += c;
         namebytes += strlen(p->name) + 1;
     }
-    enc_adamw *a = calloc(1, sizeof *a);
+    trn_adamw *a = calloc(1, sizeof *a);
     if (a != NULL) {
         a->t = calloc(n, sizeof *a->t);
         a->names = malloc(namebytes);
         a->state = calloc(total > 0 ? 2 * total : 1, sizeof(float));
     }
     if (a == NULL || a->t == NULL || a->names == NULL || a->state == NULL) {
-        enc_adamw_free(a);
-        return enc__fail(errbuf, errlen, ENC_NOMEM, "adamw: out of memory (%zu floats of state)",
+        trn_adamw_free(a);
+        return util_errf(errbuf, errlen, ENC_NOMEM, "adamw: out of memory (%zu floats of state)",
                     2 * total);
     }
     a->o = *o;
     if (a->o.decay == NULL) {
-        a->o.decay = enc_adamw_default_decay;
+        a->o.decay = trn_adamw_default_decay;
         a->o.decay_ctx = NULL;
     }
     a->n = n;
@@ -125,7 +125,7 @@ int enc_adamw_new(const enc_param *table, size_t n, const enc_adamw_opts *o, enc
     return ENC_OK;
 }
 
-void enc_adamw_free(enc_adamw *opt)
+void trn_adamw_free(trn_adamw *opt)
 {
     if (opt == NULL)
         return;
@@ -135,45 +135,45 @@ void enc_adamw_free(enc_adamw *opt)
     free(opt);
 }
 
-size_t enc_adamw_count(const enc_adamw *opt)
+size_t trn_adamw_count(const trn_adamw *opt)
 {
     return opt->count;
 }
 
-size_t enc_adamw_ntensors(const enc_adamw *opt)
+size_t trn_adamw_ntensors(const trn_adamw *opt)
 {
     return opt->n;
 }
 
-size_t enc_adamw_offset(const enc_adamw *opt, size_t i)
+size_t trn_adamw_offset(const trn_adamw *opt, size_t i)
 {
     assert(i < opt->n);
     return opt->t[i].offset;
 }
 
-const char *enc_adamw_name(const enc_adamw *opt, size_t i)
+const char *trn_adamw_name(const trn_adamw *opt, size_t i)
 {
     assert(i < opt->n);
     return opt->t[i].name;
 }
 
-int enc_adamw_decays(const enc_adamw *opt, size_t i)
+int trn_adamw_decays(const trn_adamw *opt, size_t i)
 {
     assert(i < opt->n);
     return opt->t[i].decay;
 }
 
-int64_t enc_adamw_steps(const enc_adamw *opt)
+int64_t trn_adamw_steps(const trn_adamw *opt)
 {
     return opt->step;
 }
 
-const float *enc_adamw_m(const enc_adamw *opt)
+const float *trn_adamw_m(const trn_adamw *opt)
 {
     return opt->state;
 }
 
-const float *enc_adamw_v(const enc_adamw *opt)
+const float *trn_adamw_v(const trn_adamw *opt)
 {
     return opt->state + opt->count;
 }
@@ -182,10 +182,10 @@ const float *enc_adamw_v(const enc_adamw *opt)
  * computed in double from the Python-side floats and rounded to float32
  * where torch hands it to a float32 kernel; the tensor arithmetic is float32
  * in torch's order (mul, add(alpha), addcmul, sqrt, div, add, addcdiv). */
-void enc_adamw_step(enc_adamw *opt, float *params, const float *grads, double lr)
+void trn_adamw_step(trn_adamw *opt, float *params, const float *grads, double lr)
 {
     assert(opt != NULL && params != NULL && grads != NULL);
-    const enc_adamw_opts *o = &opt->o;
+    const trn_adamw_opts *o = &opt->o;
     opt->step++;
     double step = (double)opt->step;
     double bc1 = 1.0 - pow(o->beta1, step);
@@ -214,7 +214,7 @@ void enc_adamw_step(enc_adamw *opt, float *params, const float *grads, double lr
     }
 }
 
-float enc_adamw_clip_grad_norm(const enc_adamw *opt, float *grads, float max_norm)
+float trn_adamw_clip_grad_norm(const trn_adamw *opt, float *grads, float max_norm)
 {
     assert(opt != NULL && grads != NULL);
     /* torch: norm(stack([norm(g) for g in grads])), each norm a float32 */
@@ -237,7 +237,7 @@ float enc_adamw_clip_grad_norm(const enc_adamw *opt, float *grads, float max_nor
     return total;
 }
 
-double enc_train_lr(const enc_train_sched *s, int64_t step)
+double trn_lr(const trn_sched *s, int64_t step)
 {
     assert(s != NULL && s->warmup >= 0);
     if (step < s->warmup)
@@ -289,7 +289,7 @@ static char *prefixed(const char *prefix, const char *name)
     return s;
 }
 
-int enc_train_ckpt_write(const char *path, const enc_adamw *opt, const float *params,
+int trn_ckpt_write(const char *path, const trn_adamw *opt, const float *params,
                          const uint64_t *rng, size_t nrng, const char *hparams_json,
                          char *errbuf, size_t errlen)
 {
@@ -298,7 +298,7 @@ int enc_train_ckpt_write(const char *path, const enc_adamw *opt, const float *pa
         hparams_json = "{}";
     cJSON *js = cJSON_Parse(hparams_json);
     if (js == NULL)
-        return enc__fail(errbuf, errlen, ENC_INVAL, "%s: hyper-parameters are not JSON", path);
+        return util_errf(errbuf, errlen, ENC_INVAL, "%s: hyper-parameters are not JSON", path);
     cJSON_Delete(js);
 
     size_t nt = 3 * opt->n + 3, hlen = strlen(hparams_json);
@@ -311,16 +311,16 @@ int enc_train_ckpt_write(const char *path, const enc_adamw *opt, const float *pa
     int rc = ENC_OK;
     if (names == NULL || ranks == NULL || shapes == NULL || data == NULL || owned == NULL ||
         extra == NULL) {
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
         goto done;
     }
-    const float *m = enc_adamw_m(opt), *v = enc_adamw_v(opt);
+    const float *m = trn_adamw_m(opt), *v = trn_adamw_v(opt);
     for (size_t i = 0; i < opt->n; i++) {
         const adam_tensor *t = &opt->t[i];
         owned[2 * i] = prefixed(CK_PREFIX_M, t->name);
         owned[2 * i + 1] = prefixed(CK_PREFIX_V, t->name);
         if (owned[2 * i] == NULL || owned[2 * i + 1] == NULL) {
-            rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+            rc = util_errf(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
             goto done;
         }
         const char *nm[3] = {t->name, owned[2 * i], owned[2 * i + 1]};
@@ -375,14 +375,14 @@ static int ck_get(enc_st *st, const char *path, const char *name, int rank,
 {
     enc_st_info info;
     if (enc_st_info_get(st, name, &info) != ENC_OK)
-        return enc__fail(errbuf, errlen, ENC_MISSING, "%s: no tensor '%s'", path, name);
+        return util_errf(errbuf, errlen, ENC_MISSING, "%s: no tensor '%s'", path, name);
     /* Converted F16/BF16 copies would not be bit-exact state. */
     if (info.dtype != ENC_ST_F32)
-        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED, "%s: tensor '%s' is not F32", path, name);
+        return util_errf(errbuf, errlen, ENC_UNSUPPORTED, "%s: tensor '%s' is not F32", path, name);
     return enc_st_get(st, name, rank, shape, out, errbuf, errlen);
 }
 
-int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_t *rng,
+int trn_ckpt_read(const char *path, trn_adamw *opt, float *params, uint64_t *rng,
                         size_t nrng, char **hparams_json, char *errbuf, size_t errlen)
 {
     assert(path != NULL && opt != NULL && params != NULL && (rng != NULL || nrng == 0));
@@ -394,7 +394,7 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
     uint64_t *rngtmp = malloc((nrng > 0 ? nrng : 1) * sizeof *rngtmp);
     char *hp = NULL, *name = NULL;
     if (src == NULL || rngtmp == NULL) {
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
         goto done;
     }
     /* Check everything first: nothing is written unless all of it is good. */
@@ -404,7 +404,7 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
         for (int k = 0; k < 3 && rc == ENC_OK; k++) {
             free(name);
             if ((name = prefixed(pre[k], t->name)) == NULL)
-                rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+                rc = util_errf(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
             else
                 rc = ck_get(st, path, name, t->rank, t->shape, &src[3 * i + (size_t)k], errbuf,
                             errlen);
@@ -418,16 +418,16 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
     if ((rc = ck_get(st, path, CK_STEP, 1, &four, &stepv, errbuf, errlen)))
         goto done;
     if (u64_get(stepv, &step) || step > INT64_MAX) {
-        rc = enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' is not a step count", path, CK_STEP);
+        rc = util_errf(errbuf, errlen, ENC_FORMAT, "%s: '%s' is not a step count", path, CK_STEP);
         goto done;
     }
     enc_st_info info;
     if (enc_st_info_get(st, CK_RNG, &info) != ENC_OK) {
-        rc = enc__fail(errbuf, errlen, ENC_MISSING, "%s: no tensor '%s'", path, CK_RNG);
+        rc = util_errf(errbuf, errlen, ENC_MISSING, "%s: no tensor '%s'", path, CK_RNG);
         goto done;
     }
     if (info.rank != 2 || info.shape[1] != 4 || (uint64_t)info.shape[0] != nrng) {
-        rc = enc__fail(errbuf, errlen, ENC_SHAPE, "%s: '%s' does not hold %zu 64-bit words", path,
+        rc = util_errf(errbuf, errlen, ENC_SHAPE, "%s: '%s' does not hold %zu 64-bit words", path,
                   CK_RNG, nrng);
         goto done;
     }
@@ -436,25 +436,25 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
         goto done;
     for (size_t i = 0; i < nrng; i++) {
         if (u64_get(rngv + 4 * i, &rngtmp[i])) {
-            rc = enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' word %zu is not 4 16-bit limbs",
+            rc = util_errf(errbuf, errlen, ENC_FORMAT, "%s: '%s' word %zu is not 4 16-bit limbs",
                       path, CK_RNG, i);
             goto done;
         }
     }
     if (enc_st_info_get(st, CK_HPARAMS, &info) != ENC_OK || info.rank != 1) {
-        rc = enc__fail(errbuf, errlen, ENC_MISSING, "%s: no 1-D tensor '%s'", path, CK_HPARAMS);
+        rc = util_errf(errbuf, errlen, ENC_MISSING, "%s: no 1-D tensor '%s'", path, CK_HPARAMS);
         goto done;
     }
     if ((rc = ck_get(st, path, CK_HPARAMS, 1, info.shape, &hpv, errbuf, errlen)))
         goto done;
     if ((hp = malloc(info.nelem + 1)) == NULL) {
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "%s: out of memory", path);
         goto done;
     }
     for (size_t i = 0; i < info.nelem; i++) {
         float f = hpv[i];
         if (!(f >= 1 && f <= 255) || f != floorf(f)) {
-            rc = enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' byte %zu is not a byte", path,
+            rc = util_errf(errbuf, errlen, ENC_FORMAT, "%s: '%s' byte %zu is not a byte", path,
                       CK_HPARAMS, i);
             goto done;
         }
@@ -463,7 +463,7 @@ int enc_train_ckpt_read(const char *path, enc_adamw *opt, float *params, uint64_
     hp[info.nelem] = '\0';
     cJSON *js = cJSON_Parse(hp);
     if (js == NULL) {
-        rc = enc__fail(errbuf, errlen, ENC_FORMAT, "%s: '%s' is not JSON", path, CK_HPARAMS);
+        rc = util_errf(errbuf, errlen, ENC_FORMAT, "%s: '%s' is not JSON", path, CK_HPARAMS);
         goto done;
     }
     cJSON_Delete(js);

@@ -15,19 +15,19 @@
 
 #include <cblas.h>
 
-#include "encoder/internal.h"
-#include "encoder/train.h"
+#include "train/train.h"
+#include "util/util.h"
 
 /* Queries scored per sgemm: the score block is at most QBLOCK x ng floats,
  * and fewer rows for a gallery so large that it would pass BLOCK_FLOATS. */
 #define QBLOCK 64
 #define BLOCK_FLOATS ((size_t)1 << 24)
 
-static const size_t KS[ENC_EVAL_NK] = {1, 5, 10};
+static const size_t KS[TRN_EVAL_NK] = {1, 5, 10};
 #define PREC_K 10
 
 
-double enc_eval_chance_recall(size_t n, size_t m, size_t k)
+double trn_eval_chance_recall(size_t n, size_t m, size_t k)
 {
     if (m == 0 || n == 0)
         return 0.0;
@@ -40,7 +40,7 @@ double enc_eval_chance_recall(size_t n, size_t m, size_t k)
     return 1.0 - none;
 }
 
-double enc_eval_chance_ap(size_t n, size_t R)
+double trn_eval_chance_ap(size_t n, size_t R)
 {
     assert(R >= 1 && R <= n);
     if (n == 1)
@@ -76,7 +76,7 @@ static int cmp_hkey(const void *x, const void *y)
  * <=> equal class.  Sets are sorted and deduplicated into one buffer, hashed,
  * and items grouped by hash; within a hash group (almost always one set)
  * sets are compared in full. */
-static int label_classes(const enc_eval_set *q, const enc_eval_set *g, size_t *cls)
+static int label_classes(const trn_eval_set *q, const trn_eval_set *g, size_t *cls)
 {
     size_t n = q->n + g->n, total = q->label_off[q->n] + g->label_off[g->n];
     int32_t *buf = malloc((total > 0 ? total : 1) * sizeof *buf);
@@ -90,7 +90,7 @@ static int label_classes(const enc_eval_set *q, const enc_eval_set *g, size_t *c
     }
     size_t at = 0;
     for (size_t i = 0; i < n; i++) {
-        const enc_eval_set *s = i < q->n ? q : g;
+        const trn_eval_set *s = i < q->n ? q : g;
         size_t k = i < q->n ? i : i - q->n;
         size_t c = s->label_off[k + 1] - s->label_off[k];
         start[i] = at;
@@ -157,23 +157,23 @@ static int cmp_cand(const void *x, const void *y)
     return (a->i > b->i) - (a->i < b->i);
 }
 
-int enc_eval_retrieval(const enc_eval_set *queries, const enc_eval_set *gallery, int E,
-                       enc_eval_metrics *model, enc_eval_metrics *chance, char *errbuf,
+int trn_eval_retrieval(const trn_eval_set *queries, const trn_eval_set *gallery, int E,
+                       trn_eval_metrics *model, trn_eval_metrics *chance, char *errbuf,
                        size_t errlen)
 {
-    const enc_eval_set *q = queries, *g = gallery;
+    const trn_eval_set *q = queries, *g = gallery;
     assert(q != NULL && g != NULL);
     assert((q->n == 0 || (q->emb != NULL && q->pair != NULL)) &&
            (g->n == 0 || (g->emb != NULL && g->pair != NULL)));
     if (E < 1)
-        return enc__fail(errbuf, errlen, ENC_INVAL, "eval: embedding size %d", E);
+        return util_errf(errbuf, errlen, ENC_INVAL, "eval: embedding size %d", E);
     if ((q->label_off == NULL) != (g->label_off == NULL))
-        return enc__fail(errbuf, errlen, ENC_INVAL,
+        return util_errf(errbuf, errlen, ENC_INVAL,
                     "eval: the %s have labels and the %s do not",
                     q->label_off ? "queries" : "gallery items",
                     q->label_off ? "gallery items" : "queries");
     if (g->n > INT_MAX) /* BLAS dimensions are int */
-        return enc__fail(errbuf, errlen, ENC_INVAL, "eval: gallery of %zu items (at most %d)", g->n,
+        return util_errf(errbuf, errlen, ENC_INVAL, "eval: gallery of %zu items (at most %d)", g->n,
                     INT_MAX);
     int labelled = q->label_off != NULL;
     int self = q->item != NULL && g->item != NULL;
@@ -187,13 +187,13 @@ int enc_eval_retrieval(const enc_eval_set *queries, const enc_eval_set *gallery,
     int rc = ENC_OK;
     if (cls == NULL || S == NULL || c == NULL ||
         (labelled && label_classes(q, g, cls) != ENC_OK)) {
-        rc = enc__fail(errbuf, errlen, ENC_NOMEM, "eval: out of memory (%zu gallery items)", g->n);
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "eval: out of memory (%zu gallery items)", g->n);
         goto done;
     }
     const size_t *qcls = cls, *gcls = cls + q->n;
 
     /* sums: [0] the model, [1] chance */
-    double rec[2][ENC_EVAL_NK] = {{0}}, p10[2] = {0}, ap[2] = {0};
+    double rec[2][TRN_EVAL_NK] = {{0}}, p10[2] = {0}, ap[2] = {0};
     size_t nq = 0, nrec = 0, nmap = 0;
     for (size_t q0 = 0; q0 < q->n; q0 += qblock) {
         size_t qb = q->n - q0 < qblock ? q->n - q0 : qblock;
@@ -231,9 +231,9 @@ int enc_eval_retrieval(const enc_eval_set *queries, const enc_eval_set *gallery,
             }
             if (matches > 0) {
                 nrec++;
-                for (int k = 0; k < ENC_EVAL_NK; k++) {
+                for (int k = 0; k < TRN_EVAL_NK; k++) {
                     rec[0][k] += first <= KS[k];
-                    rec[1][k] += enc_eval_chance_recall(n, matches, KS[k]);
+                    rec[1][k] += trn_eval_chance_recall(n, matches, KS[k]);
                 }
             }
             if (labelled) {
@@ -242,17 +242,17 @@ int enc_eval_retrieval(const enc_eval_set *queries, const enc_eval_set *gallery,
                 if (R > 0) {
                     nmap++;
                     ap[0] += apsum / (double)R;
-                    ap[1] += enc_eval_chance_ap(n, R);
+                    ap[1] += trn_eval_chance_ap(n, R);
                 }
             }
         }
     }
-    enc_eval_metrics *out[2] = {model, chance};
+    trn_eval_metrics *out[2] = {model, chance};
     for (int w = 0; w < 2; w++) {
         if (out[w] == NULL)
             continue;
-        enc_eval_metrics r = {{0}, 0, 0, nq, nrec, nmap};
-        for (int k = 0; k < ENC_EVAL_NK; k++)
+        trn_eval_metrics r = {{0}, 0, 0, nq, nrec, nmap};
+        for (int k = 0; k < TRN_EVAL_NK; k++)
             r.recall[k] = nrec > 0 ? rec[w][k] / (double)nrec : 0.0;
         r.label_p10 = labelled && nq > 0 ? p10[w] / (double)nq : 0.0;
         r.map = nmap > 0 ? ap[w] / (double)nmap : 0.0;

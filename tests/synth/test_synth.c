@@ -1,13 +1,13 @@
-/* test_synth.c - cmocka tests for encoder/synth.h, the built-in chest
+/* test_synth.c - cmocka tests for synth/synth.h, the built-in chest
  * benchmark: the random generator, the label vocabulary, reports (every
  * label mentioned, no negation contradicting one), volumes read back
- * through encoder/image.h (orientation for RAS and LPS storage, HU per
+ * through imageio/imageio.h (orientation for RAS and LPS storage, HU per
  * tissue, findings where the labels say), radiographs (16-bit, anatomy
  * the right way round), rescans, and whole datasets (byte-identical for a
  * seed whatever the thread count; manifests that parse, with pairs and
  * rescans that agree with what they point at).
  *
- * Volume checks read the NIfTI files with enc_img_read_nifti, so they see
+ * Volume checks read the NIfTI files with img_read_nifti, so they see
  * what a user of the benchmark sees: volumes reoriented to RAS+ (+x =
  * patient right, +y anterior, +z superior).  World positions of anatomy
  * come from the study's landmarks; several checks are also made without
@@ -18,8 +18,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "encoder/image.h"
-#include "encoder/synth.h"
+#include "imageio/imageio.h"
+#include "synth/synth.h"
 #include "testutil.h"
 
 #include <cjson/cJSON.h>
@@ -61,42 +61,42 @@ static int same_file(const char *a, const char *b)
     return same;
 }
 
-static const enc_synth_opts OPTS_DEFAULT = {0};
+static const synth_opts OPTS_DEFAULT = {0};
 
-static enc_synth_findings one(enc_synth_finding f, enc_synth_location l, int size_mm, int count,
+static synth_findings one(synth_finding f, synth_location l, int size_mm, int count,
                               int grade)
 {
-    enc_synth_findings F;
+    synth_findings F;
     memset(&F, 0, sizeof F);
     F.n = 1;
-    F.label[0] = (enc_synth_label){f, l, size_mm, count, grade};
+    F.label[0] = (synth_label){f, l, size_mm, count, grade};
     return F;
 }
 
-static void make(const enc_synth_findings *F, uint64_t ps, uint64_t as, unsigned kinds, int storage,
-                 double noise, enc_synth_study *s)
+static void make(const synth_findings *F, uint64_t ps, uint64_t as, unsigned kinds, int storage,
+                 double noise, synth_study *s)
 {
-    enc_synth_req rq = {ps, as, kinds, F, storage, noise};
+    synth_req rq = {ps, as, kinds, F, storage, noise};
     char err[256] = "";
-    int rc = enc_synth_study_make(&OPTS_DEFAULT, &rq, s, err, sizeof err);
+    int rc = synth_study_make(&OPTS_DEFAULT, &rq, s, err, sizeof err);
     if (rc)
-        fail_msg("enc_synth_study_make: %s", err);
+        fail_msg("synth_study_make: %s", err);
 }
 
 /* Writes the study's volume to dir/name and reads it back through the
  * encoder's NIfTI reader (RAS+). */
-static void roundtrip(const char *dir, const char *name, const enc_synth_study *s, enc_vol *v)
+static void roundtrip(const char *dir, const char *name, const synth_study *s, img_vol *v)
 {
     char *p = tu_path(dir, name), err[256] = "";
-    assert_int_equal(enc_synth_write_nifti(s, p, err, sizeof err), ENC_OK);
-    int rc = enc_img_read_nifti(p, NULL, v, err, sizeof err);
+    assert_int_equal(synth_write_nifti(s, p, err, sizeof err), SYNTH_OK);
+    int rc = img_read_nifti(p, NULL, v, err, sizeof err);
     if (rc)
-        fail_msg("enc_img_read_nifti: %s", err);
+        fail_msg("img_read_nifti: %s", err);
     free(p);
 }
 
 /* World (RAS mm) to the nearest voxel index of a read volume. */
-static void world_to_vox(const enc_vol *v, const double w[3], int ijk[3])
+static void world_to_vox(const img_vol *v, const double w[3], int ijk[3])
 {
     double a[3][3], d[3], inv[3][3];
     for (int i = 0; i < 3; i++) {
@@ -120,7 +120,7 @@ static void world_to_vox(const enc_vol *v, const double w[3], int ijk[3])
         ijk[i] = (int)lround(inv[i][0] * d[0] + inv[i][1] * d[1] + inv[i][2] * d[2]);
 }
 
-static void vox_to_world(const enc_vol *v, int i, int j, int k, double w[3])
+static void vox_to_world(const img_vol *v, int i, int j, int k, double w[3])
 {
     for (int r = 0; r < 3; r++)
         w[r] = v->affine[r][0] * i + v->affine[r][1] * j + v->affine[r][2] * k + v->affine[r][3];
@@ -133,7 +133,7 @@ static int cmp_float(const void *a, const void *b)
 }
 
 /* Median HU of the 3x3x3 voxels around a world point (inside the volume). */
-static float median_at(const enc_vol *v, const double w[3])
+static float median_at(const img_vol *v, const double w[3])
 {
     int c[3];
     world_to_vox(v, w, c);
@@ -149,7 +149,7 @@ static float median_at(const enc_vol *v, const double w[3])
     return s[13];
 }
 
-static float hu_at(const enc_vol *v, const double w[3])
+static float hu_at(const img_vol *v, const double w[3])
 {
     int c[3];
     world_to_vox(v, w, c);
@@ -162,10 +162,10 @@ static float hu_at(const enc_vol *v, const double w[3])
  * an ellipse around the spine's column, away from the midline, above zmin
  * and behind ymax in world mm), counted per side of the patient: [0]
  * right (x > spine), [1] left. */
-static void count_side_in(const enc_vol *v, const enc_synth_study *s, float lo, float hi,
+static void count_side_in(const img_vol *v, const synth_study *s, float lo, float hi,
                           double zmin, double ymax, size_t out[2])
 {
-    const double *sp = s->landmark_ras[ENC_SYNTH_LM_SPINE];
+    const double *sp = s->landmark_ras[SYNTH_LM_SPINE];
     out[0] = out[1] = 0;
     for (int k = 0; k < v->nz; k++)
         for (int j = 0; j < v->ny; j++)
@@ -183,7 +183,7 @@ static void count_side_in(const enc_vol *v, const enc_synth_study *s, float lo, 
             }
 }
 
-static void count_side(const enc_vol *v, const enc_synth_study *s, float lo, float hi,
+static void count_side(const img_vol *v, const synth_study *s, float lo, float hi,
                        size_t out[2])
 {
     count_side_in(v, s, lo, hi, -INFINITY, INFINITY, out);
@@ -235,35 +235,35 @@ static int negated(const char *s)
 static int mentions_finding(const char *s, int f)
 {
     switch (f) {
-    case ENC_SYNTH_NODULE: return has(s, "nodul");
-    case ENC_SYNTH_MASS: return has(s, "mass");
-    case ENC_SYNTH_EFFUSION: return has(s, "effusion") || has(s, "pleural fluid");
-    case ENC_SYNTH_PNEUMOTHORAX: return has(s, "pneumothorax");
-    case ENC_SYNTH_CONSOLIDATION: return has(s, "consolidation") || has(s, "airspace");
-    case ENC_SYNTH_CARDIOMEGALY:
+    case SYNTH_NODULE: return has(s, "nodul");
+    case SYNTH_MASS: return has(s, "mass");
+    case SYNTH_EFFUSION: return has(s, "effusion") || has(s, "pleural fluid");
+    case SYNTH_PNEUMOTHORAX: return has(s, "pneumothorax");
+    case SYNTH_CONSOLIDATION: return has(s, "consolidation") || has(s, "airspace");
+    case SYNTH_CARDIOMEGALY:
         return has(s, "cardiomegaly") ||
                ((has(s, "heart") || has(s, "cardiac")) && (has(s, "enlarged") || has(s, "normal")));
-    case ENC_SYNTH_EMPHYSEMA: return has(s, "emphysem");
-    case ENC_SYNTH_NORMAL: return has(s, "lungs are clear");
+    case SYNTH_EMPHYSEMA: return has(s, "emphysem");
+    case SYNTH_NORMAL: return has(s, "lungs are clear");
     default: return 0;
     }
 }
 
-static int mentions_location(const char *s, const enc_synth_label *b)
+static int mentions_location(const char *s, const synth_label *b)
 {
     switch (b->location) {
-    case ENC_SYNTH_LOC_RUL: return has(s, "right") && has(s, "upper");
-    case ENC_SYNTH_LOC_RML: return has(s, "right") && (has(s, "middle") || has(s, "mid "));
-    case ENC_SYNTH_LOC_RLL: return has(s, "right") && (has(s, "lower") || has(s, "base"));
-    case ENC_SYNTH_LOC_LUL: return has(s, "left") && has(s, "upper");
-    case ENC_SYNTH_LOC_LLL: return has(s, "left") && (has(s, "lower") || has(s, "base"));
-    case ENC_SYNTH_LOC_RIGHT: return has(s, "right") || has(s, "bilateral");
-    case ENC_SYNTH_LOC_LEFT: return has(s, "left") || has(s, "bilateral");
+    case SYNTH_LOC_RUL: return has(s, "right") && has(s, "upper");
+    case SYNTH_LOC_RML: return has(s, "right") && (has(s, "middle") || has(s, "mid "));
+    case SYNTH_LOC_RLL: return has(s, "right") && (has(s, "lower") || has(s, "base"));
+    case SYNTH_LOC_LUL: return has(s, "left") && has(s, "upper");
+    case SYNTH_LOC_LLL: return has(s, "left") && (has(s, "lower") || has(s, "base"));
+    case SYNTH_LOC_RIGHT: return has(s, "right") || has(s, "bilateral");
+    case SYNTH_LOC_LEFT: return has(s, "left") || has(s, "bilateral");
     default: return 1;
     }
 }
 
-static int label_of(const enc_synth_findings *f, int finding, int loc)
+static int label_of(const synth_findings *f, int finding, int loc)
 {
     for (int i = 0; i < f->n; i++)
         if ((int)f->label[i].finding == finding && (loc < 0 || (int)f->label[i].location == loc))
@@ -274,7 +274,7 @@ static int label_of(const enc_synth_findings *f, int finding, int loc)
 /* Every label is mentioned (with its location and size) in a sentence
  * that is not a negation; no negation denies a label; at least one absent
  * finding is negated; a normal study says the lungs are clear. */
-static void check_report(const char *rep, const enc_synth_findings *f)
+static void check_report(const char *rep, const synth_findings *f)
 {
     char S[64][400];
     assert_non_null(strstr(rep, "Findings:"));
@@ -290,7 +290,7 @@ static void check_report(const char *rep, const enc_synth_findings *f)
             if (!strcmp(S[i], S[j]))
                 fail_msg("'%s' twice in:\n%s", S[i], rep);
     for (int l = 0; l < f->n; l++) {
-        const enc_synth_label *b = &f->label[l];
+        const synth_label *b = &f->label[l];
         char mm[32] = "", cm[32] = "";
         if (b->size_mm) {
             snprintf(mm, sizeof mm, "%d mm", b->size_mm);
@@ -301,33 +301,33 @@ static void check_report(const char *rep, const enc_synth_findings *f)
             found = !negated(S[i]) && mentions_finding(S[i], b->finding) &&
                     mentions_location(S[i], b) && (!mm[0] || has(S[i], mm) || has(S[i], cm));
         if (!found)
-            fail_msg("label (%s, %s) not mentioned in:\n%s", enc_synth_finding_name(b->finding),
-                     enc_synth_location_name(b->location), rep);
+            fail_msg("label (%s, %s) not mentioned in:\n%s", synth_finding_name(b->finding),
+                     synth_location_name(b->location), rep);
     }
     int nneg = 0;
     for (int i = 0; i < n; i++) {
         if (!negated(S[i]))
             continue;
-        for (int fi = ENC_SYNTH_NODULE; fi < ENC_SYNTH_NFINDINGS; fi++) {
+        for (int fi = SYNTH_NODULE; fi < SYNTH_NFINDINGS; fi++) {
             if (!mentions_finding(S[i], fi))
                 continue;
             nneg++;
             int bad;
-            if (fi == ENC_SYNTH_EFFUSION && (has(S[i], "right") || has(S[i], "left")))
-                bad = label_of(f, fi, has(S[i], "right") ? ENC_SYNTH_LOC_RIGHT : ENC_SYNTH_LOC_LEFT);
+            if (fi == SYNTH_EFFUSION && (has(S[i], "right") || has(S[i], "left")))
+                bad = label_of(f, fi, has(S[i], "right") ? SYNTH_LOC_RIGHT : SYNTH_LOC_LEFT);
             else
                 bad = label_of(f, fi, -1);
             if (bad)
                 fail_msg("negation '%s' contradicts a %s label in:\n%s", S[i],
-                         enc_synth_finding_name(fi), rep);
+                         synth_finding_name(fi), rep);
         }
         if (has(S[i], "lungs are clear"))
             fail_msg("'lungs are clear' is not a negation: %s", S[i]);
     }
     for (int i = 0; i < n; i++)
         if (has(S[i], "lungs are clear"))
-            for (int fi = ENC_SYNTH_NODULE; fi <= ENC_SYNTH_CONSOLIDATION; fi++)
-                if (label_of(f, fi, -1) || label_of(f, ENC_SYNTH_EMPHYSEMA, -1))
+            for (int fi = SYNTH_NODULE; fi <= SYNTH_CONSOLIDATION; fi++)
+                if (label_of(f, fi, -1) || label_of(f, SYNTH_EMPHYSEMA, -1))
                     fail_msg("'lungs are clear' with a lung finding in:\n%s", rep);
     assert_true(nneg >= 1);
 }
@@ -337,22 +337,22 @@ static void check_report(const char *rep, const enc_synth_findings *f)
 static void test_rng(void **state)
 {
     (void)state;
-    enc_synth_rng a, b;
-    enc_synth_rng_seed(&a, 42);
-    enc_synth_rng_seed(&b, 42);
+    synth_rng a, b;
+    synth_rng_seed(&a, 42);
+    synth_rng_seed(&b, 42);
     for (int i = 0; i < 1000; i++)
-        assert_true(enc_synth_rng_u64(&a) == enc_synth_rng_u64(&b));
-    enc_synth_rng_seed(&b, 43);
-    assert_true(enc_synth_rng_u64(&a) != enc_synth_rng_u64(&b));
+        assert_true(synth_rng_u64(&a) == synth_rng_u64(&b));
+    synth_rng_seed(&b, 43);
+    assert_true(synth_rng_u64(&a) != synth_rng_u64(&b));
     double s = 0, s2 = 0, m = 0;
     int hist[7] = {0};
     for (int i = 0; i < 70000; i++) {
-        double u = enc_synth_rng_uniform(&a);
+        double u = synth_rng_uniform(&a);
         assert_true(u >= 0 && u < 1);
-        uint32_t k = enc_synth_rng_below(&a, 7);
+        uint32_t k = synth_rng_below(&a, 7);
         assert_true(k < 7);
         hist[k]++;
-        double z = enc_synth_rng_normal(&a);
+        double z = synth_rng_normal(&a);
         s += z;
         s2 += z * z;
         m += u;
@@ -362,7 +362,7 @@ static void test_rng(void **state)
     assert_true(fabs(m / 70000 - 0.5) < 0.01);
     assert_true(fabs(s / 70000) < 0.02);
     assert_true(fabs(s2 / 70000 - 1) < 0.03);
-    assert_int_equal(enc_synth_rng_below(&a, 1), 0);
+    assert_int_equal(synth_rng_below(&a, 1), 0);
 }
 
 /* ---- vocabulary --------------------------------------------------------------------- */
@@ -370,121 +370,121 @@ static void test_rng(void **state)
 static void test_vocab(void **state)
 {
     (void)state;
-    assert_string_equal(enc_synth_finding_name(ENC_SYNTH_EFFUSION), "pleural effusion");
-    assert_string_equal(enc_synth_location_name(ENC_SYNTH_LOC_RUL), "right upper lobe");
-    assert_null(enc_synth_finding_name(ENC_SYNTH_NFINDINGS));
-    assert_null(enc_synth_location_name(-1));
-    assert_string_equal(enc_synth_grade_name(ENC_SYNTH_EFFUSION, 1), "small");
-    assert_string_equal(enc_synth_grade_name(ENC_SYNTH_EMPHYSEMA, 3), "severe");
-    assert_null(enc_synth_grade_name(ENC_SYNTH_NODULE, 1));
-    assert_true(enc_synth_pair_valid(ENC_SYNTH_NODULE, ENC_SYNTH_LOC_LLL));
-    assert_false(enc_synth_pair_valid(ENC_SYNTH_NODULE, ENC_SYNTH_LOC_LEFT));
-    assert_false(enc_synth_pair_valid(ENC_SYNTH_EFFUSION, ENC_SYNTH_LOC_RUL));
-    for (int m = 0; m < ENC_SYNTH_NLANDMARKS; m++)
-        assert_non_null(enc_synth_landmark_name(m));
+    assert_string_equal(synth_finding_name(SYNTH_EFFUSION), "pleural effusion");
+    assert_string_equal(synth_location_name(SYNTH_LOC_RUL), "right upper lobe");
+    assert_null(synth_finding_name(SYNTH_NFINDINGS));
+    assert_null(synth_location_name(-1));
+    assert_string_equal(synth_grade_name(SYNTH_EFFUSION, 1), "small");
+    assert_string_equal(synth_grade_name(SYNTH_EMPHYSEMA, 3), "severe");
+    assert_null(synth_grade_name(SYNTH_NODULE, 1));
+    assert_true(synth_pair_valid(SYNTH_NODULE, SYNTH_LOC_LLL));
+    assert_false(synth_pair_valid(SYNTH_NODULE, SYNTH_LOC_LEFT));
+    assert_false(synth_pair_valid(SYNTH_EFFUSION, SYNTH_LOC_RUL));
+    for (int m = 0; m < SYNTH_NLANDMARKS; m++)
+        assert_non_null(synth_landmark_name(m));
 
     char buf[8192];
-    assert_int_equal(enc_synth_vocab_json(buf, sizeof buf), ENC_OK);
+    assert_int_equal(synth_vocab_json(buf, sizeof buf), SYNTH_OK);
     cJSON *j = cJSON_Parse(buf);
     assert_non_null(j);
     cJSON *pairs = cJSON_GetObjectItem(j, "pairs");
     assert_true(cJSON_IsArray(pairs));
     int npairs = 0;
-    for (int f = 0; f < ENC_SYNTH_NFINDINGS; f++)
-        for (int l = 0; l < ENC_SYNTH_NLOCATIONS; l++)
-            npairs += enc_synth_pair_valid(f, l);
+    for (int f = 0; f < SYNTH_NFINDINGS; f++)
+        for (int l = 0; l < SYNTH_NLOCATIONS; l++)
+            npairs += synth_pair_valid(f, l);
     assert_int_equal(cJSON_GetArraySize(pairs), npairs);
     assert_int_equal(npairs, 22);
-    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "findings")), ENC_SYNTH_NFINDINGS);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "findings")), SYNTH_NFINDINGS);
     assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "locations")),
-                     ENC_SYNTH_NLOCATIONS);
+                     SYNTH_NLOCATIONS);
     cJSON_Delete(j);
     char small[16];
-    assert_int_equal(enc_synth_vocab_json(small, sizeof small), ENC_TOOBIG);
+    assert_int_equal(synth_vocab_json(small, sizeof small), SYNTH_TOOBIG);
     assert_int_equal(strlen(small), sizeof small - 1);
 
-    enc_synth_findings F;
+    synth_findings F;
     memset(&F, 0, sizeof F);
     F.n = 2;
-    F.label[0] = (enc_synth_label){ENC_SYNTH_NODULE, ENC_SYNTH_LOC_RUL, 8, 2, 0};
-    F.label[1] = (enc_synth_label){ENC_SYNTH_EFFUSION, ENC_SYNTH_LOC_LEFT, 0, 1, 2};
-    assert_int_equal(enc_synth_labels_json(&F, buf, sizeof buf), ENC_OK);
+    F.label[0] = (synth_label){SYNTH_NODULE, SYNTH_LOC_RUL, 8, 2, 0};
+    F.label[1] = (synth_label){SYNTH_EFFUSION, SYNTH_LOC_LEFT, 0, 1, 2};
+    assert_int_equal(synth_labels_json(&F, buf, sizeof buf), SYNTH_OK);
     assert_string_equal(buf, "[{\"finding\":\"nodule\",\"location\":\"right upper lobe\","
                              "\"size_mm\":8,\"count\":2},{\"finding\":\"pleural effusion\","
                              "\"location\":\"left\",\"size\":\"moderate\"}]");
-    assert_int_equal(enc_synth_labels_json(&F, buf, 20), ENC_TOOBIG);
+    assert_int_equal(synth_labels_json(&F, buf, 20), SYNTH_TOOBIG);
 }
 
 static void test_findings_check(void **state)
 {
     (void)state;
     char err[256];
-    enc_synth_findings F = one(ENC_SYNTH_NODULE, ENC_SYNTH_LOC_RUL, 8, 1, 0);
-    assert_int_equal(enc_synth_findings_check(&F, err, sizeof err), ENC_OK);
-    F.label[0].location = ENC_SYNTH_LOC_HEART;
-    assert_int_equal(enc_synth_findings_check(&F, err, sizeof err), ENC_INVAL);
+    synth_findings F = one(SYNTH_NODULE, SYNTH_LOC_RUL, 8, 1, 0);
+    assert_int_equal(synth_findings_check(&F, err, sizeof err), SYNTH_OK);
+    F.label[0].location = SYNTH_LOC_HEART;
+    assert_int_equal(synth_findings_check(&F, err, sizeof err), SYNTH_INVAL);
     assert_non_null(strstr(err, "nodule"));
-    F = one(ENC_SYNTH_NODULE, ENC_SYNTH_LOC_RUL, 31, 1, 0);
-    assert_int_equal(enc_synth_findings_check(&F, err, sizeof err), ENC_INVAL);
+    F = one(SYNTH_NODULE, SYNTH_LOC_RUL, 31, 1, 0);
+    assert_int_equal(synth_findings_check(&F, err, sizeof err), SYNTH_INVAL);
     assert_non_null(strstr(err, "size_mm"));
-    F = one(ENC_SYNTH_EFFUSION, ENC_SYNTH_LOC_RIGHT, 0, 1, 4);
-    assert_int_equal(enc_synth_findings_check(&F, err, sizeof err), ENC_INVAL);
-    F = one(ENC_SYNTH_MASS, ENC_SYNTH_LOC_LUL, 20, 1, 0);
-    assert_int_equal(enc_synth_findings_check(&F, err, sizeof err), ENC_INVAL);
-    F = one(ENC_SYNTH_NORMAL, ENC_SYNTH_LOC_CHEST, 0, 1, 0);
+    F = one(SYNTH_EFFUSION, SYNTH_LOC_RIGHT, 0, 1, 4);
+    assert_int_equal(synth_findings_check(&F, err, sizeof err), SYNTH_INVAL);
+    F = one(SYNTH_MASS, SYNTH_LOC_LUL, 20, 1, 0);
+    assert_int_equal(synth_findings_check(&F, err, sizeof err), SYNTH_INVAL);
+    F = one(SYNTH_NORMAL, SYNTH_LOC_CHEST, 0, 1, 0);
     F.n = 2;
-    F.label[1] = (enc_synth_label){ENC_SYNTH_CARDIOMEGALY, ENC_SYNTH_LOC_HEART, 0, 1, 1};
-    assert_int_equal(enc_synth_findings_check(&F, err, sizeof err), ENC_INVAL);
+    F.label[1] = (synth_label){SYNTH_CARDIOMEGALY, SYNTH_LOC_HEART, 0, 1, 1};
+    assert_int_equal(synth_findings_check(&F, err, sizeof err), SYNTH_INVAL);
     assert_non_null(strstr(err, "normal"));
-    F = one(ENC_SYNTH_CARDIOMEGALY, ENC_SYNTH_LOC_HEART, 0, 1, 1);
+    F = one(SYNTH_CARDIOMEGALY, SYNTH_LOC_HEART, 0, 1, 1);
     F.n = 2;
     F.label[1] = F.label[0];
-    assert_int_equal(enc_synth_findings_check(&F, err, sizeof err), ENC_INVAL);
+    assert_int_equal(synth_findings_check(&F, err, sizeof err), SYNTH_INVAL);
     assert_non_null(strstr(err, "repeat"));
     F.n = 0;
-    assert_int_equal(enc_synth_findings_check(&F, err, sizeof err), ENC_INVAL);
-    F.n = ENC_SYNTH_MAX_LABELS + 1;
-    assert_int_equal(enc_synth_findings_check(&F, err, sizeof err), ENC_INVAL);
+    assert_int_equal(synth_findings_check(&F, err, sizeof err), SYNTH_INVAL);
+    F.n = SYNTH_MAX_LABELS + 1;
+    assert_int_equal(synth_findings_check(&F, err, sizeof err), SYNTH_INVAL);
     /* a bad forced set is refused by the generator too */
-    F = one(ENC_SYNTH_PNEUMOTHORAX, ENC_SYNTH_LOC_LUL, 0, 1, 1);
-    enc_synth_req rq = {1, 1, ENC_SYNTH_VOLUME, &F, 0, 0};
-    enc_synth_study s;
-    assert_int_equal(enc_synth_study_make(&OPTS_DEFAULT, &rq, &s, err, sizeof err), ENC_INVAL);
+    F = one(SYNTH_PNEUMOTHORAX, SYNTH_LOC_LUL, 0, 1, 1);
+    synth_req rq = {1, 1, SYNTH_VOLUME, &F, 0, 0};
+    synth_study s;
+    assert_int_equal(synth_study_make(&OPTS_DEFAULT, &rq, &s, err, sizeof err), SYNTH_INVAL);
     rq.findings = NULL;
     rq.kinds = 0;
-    assert_int_equal(enc_synth_study_make(&OPTS_DEFAULT, &rq, &s, err, sizeof err), ENC_INVAL);
+    assert_int_equal(synth_study_make(&OPTS_DEFAULT, &rq, &s, err, sizeof err), SYNTH_INVAL);
     rq.kinds = 4;
-    assert_int_equal(enc_synth_study_make(&OPTS_DEFAULT, &rq, &s, err, sizeof err), ENC_INVAL);
-    rq.kinds = ENC_SYNTH_VOLUME;
+    assert_int_equal(synth_study_make(&OPTS_DEFAULT, &rq, &s, err, sizeof err), SYNTH_INVAL);
+    rq.kinds = SYNTH_VOLUME;
     rq.storage = 3;
-    assert_int_equal(enc_synth_study_make(&OPTS_DEFAULT, &rq, &s, err, sizeof err), ENC_INVAL);
+    assert_int_equal(synth_study_make(&OPTS_DEFAULT, &rq, &s, err, sizeof err), SYNTH_INVAL);
 }
 
 /* ---- reports -------------------------------------------------------------------------- */
 
 /* Random valid label sets (the test's own draw, not the library's). */
-static void random_findings(tu_rng *r, enc_synth_findings *F)
+static void random_findings(tu_rng *r, synth_findings *F)
 {
     memset(F, 0, sizeof *F);
     if (tu_rng_below(r, 5) == 0) {
-        *F = one(ENC_SYNTH_NORMAL, ENC_SYNTH_LOC_CHEST, 0, 1, 0);
+        *F = one(SYNTH_NORMAL, SYNTH_LOC_CHEST, 0, 1, 0);
         return;
     }
     int want = 1 + (int)tu_rng_below(r, 4);
     for (int t = 0; t < 50 && F->n < want; t++) {
-        enc_synth_label b = {0};
-        b.finding = (enc_synth_finding)(1 + tu_rng_below(r, ENC_SYNTH_NFINDINGS - 1));
-        b.location = (enc_synth_location)tu_rng_below(r, ENC_SYNTH_NLOCATIONS);
-        if (!enc_synth_pair_valid(b.finding, b.location))
+        synth_label b = {0};
+        b.finding = (synth_finding)(1 + tu_rng_below(r, SYNTH_NFINDINGS - 1));
+        b.location = (synth_location)tu_rng_below(r, SYNTH_NLOCATIONS);
+        if (!synth_pair_valid(b.finding, b.location))
             continue;
         b.count = 1;
-        if (b.finding == ENC_SYNTH_NODULE) {
+        if (b.finding == SYNTH_NODULE) {
             b.size_mm = 4 + (int)tu_rng_below(r, 27);
             b.count = 1 + (int)tu_rng_below(r, 3);
         }
-        if (b.finding == ENC_SYNTH_MASS)
+        if (b.finding == SYNTH_MASS)
             b.size_mm = 30 + (int)tu_rng_below(r, 51);
-        if (enc_synth_grade_name(b.finding, 1))
+        if (synth_grade_name(b.finding, 1))
             b.grade = 1 + (int)tu_rng_below(r, 3);
         int dup = 0;
         for (int i = 0; i < F->n; i++)
@@ -500,15 +500,15 @@ static void test_report(void **state)
     (void)state;
     tu_rng tr;
     tu_rng_seed(&tr, 7);
-    enc_synth_rng r;
-    enc_synth_rng_seed(&r, 99);
+    synth_rng r;
+    synth_rng_seed(&r, 99);
     char buf[4096];
     for (int it = 0; it < 3000; it++) {
-        enc_synth_findings F;
+        synth_findings F;
         random_findings(&tr, &F);
-        assert_int_equal(enc_synth_report(&F, &r, buf, sizeof buf), ENC_OK);
+        assert_int_equal(synth_report(&F, &r, buf, sizeof buf), SYNTH_OK);
         check_report(buf, &F);
-        if (F.label[0].finding == ENC_SYNTH_NORMAL) {
+        if (F.label[0].finding == SYNTH_NORMAL) {
             char low[4096];
             snprintf(low, sizeof low, "%s", buf);
             lower(low);
@@ -518,11 +518,11 @@ static void test_report(void **state)
             assert_true(*c == '\n' || (*c >= 0x20 && *c < 0x7f));
     }
     /* the wording varies: many distinct reports for one label set */
-    enc_synth_findings F = one(ENC_SYNTH_NODULE, ENC_SYNTH_LOC_RUL, 12, 1, 0);
+    synth_findings F = one(SYNTH_NODULE, SYNTH_LOC_RUL, 12, 1, 0);
     char seen[40][4096];
     int distinct = 0;
     for (int i = 0; i < 40; i++) {
-        assert_int_equal(enc_synth_report(&F, &r, seen[i], sizeof seen[i]), ENC_OK);
+        assert_int_equal(synth_report(&F, &r, seen[i], sizeof seen[i]), SYNTH_OK);
         int dup = 0;
         for (int j = 0; j < i; j++)
             dup |= !strcmp(seen[i], seen[j]);
@@ -538,18 +538,18 @@ static void test_report(void **state)
         assert_null(strstr(seen[i], "an 12"));
     }
     assert_true(cm > 0 && mm > 0);
-    F = one(ENC_SYNTH_NODULE, ENC_SYNTH_LOC_LLL, 8, 1, 0);
+    F = one(SYNTH_NODULE, SYNTH_LOC_LLL, 8, 1, 0);
     for (int i = 0; i < 30; i++) {
-        assert_int_equal(enc_synth_report(&F, &r, buf, sizeof buf), ENC_OK);
+        assert_int_equal(synth_report(&F, &r, buf, sizeof buf), SYNTH_OK);
         assert_null(strstr(buf, "a 8 mm"));
         assert_null(strstr(buf, "A 8 mm"));
     }
     /* bad input and a short buffer */
     F.n = 0;
-    assert_int_equal(enc_synth_report(&F, &r, buf, sizeof buf), ENC_INVAL);
+    assert_int_equal(synth_report(&F, &r, buf, sizeof buf), SYNTH_INVAL);
     assert_string_equal(buf, "");
-    F = one(ENC_SYNTH_NORMAL, ENC_SYNTH_LOC_CHEST, 0, 1, 0);
-    assert_int_equal(enc_synth_report(&F, &r, buf, 30), ENC_TOOBIG);
+    F = one(SYNTH_NORMAL, SYNTH_LOC_CHEST, 0, 1, 0);
+    assert_int_equal(synth_report(&F, &r, buf, 30), SYNTH_TOOBIG);
     assert_int_equal(strlen(buf), 29);
 }
 
@@ -574,16 +574,16 @@ static int teardown_dir(void **state)
 static void test_orientation(void **state)
 {
     const char *dir = *state;
-    enc_synth_findings F = one(ENC_SYNTH_NORMAL, ENC_SYNTH_LOC_CHEST, 0, 1, 0);
+    synth_findings F = one(SYNTH_NORMAL, SYNTH_LOC_CHEST, 0, 1, 0);
     for (uint64_t seed = 1; seed <= 3; seed++) {
-        enc_synth_study ras, lps;
-        make(&F, seed, 100 + seed, ENC_SYNTH_VOLUME, ENC_SYNTH_STORE_RAS, -1, &ras);
-        make(&F, seed, 100 + seed, ENC_SYNTH_VOLUME, ENC_SYNTH_STORE_LPS, -1, &lps);
+        synth_study ras, lps;
+        make(&F, seed, 100 + seed, SYNTH_VOLUME, SYNTH_STORE_RAS, -1, &ras);
+        make(&F, seed, 100 + seed, SYNTH_VOLUME, SYNTH_STORE_LPS, -1, &lps);
         /* stored differently: LPS has negative x and y diagonals */
         assert_true(ras.affine[0][0] > 0 && ras.affine[1][1] > 0);
         assert_true(lps.affine[0][0] < 0 && lps.affine[1][1] < 0);
         assert_true(memcmp(ras.vol, lps.vol, (size_t)ras.nx * ras.ny * ras.nz * 2) != 0);
-        enc_vol a, b;
+        img_vol a, b;
         roundtrip(dir, "ras.nii.gz", &ras, &a);
         roundtrip(dir, "lps.nii", &lps, &b);
         assert_int_equal(a.nx, b.nx);
@@ -597,10 +597,10 @@ static void test_orientation(void **state)
             diff += a.data[i] != b.data[i];
         assert_int_equal(diff, 0); /* no noise: the very same voxels */
         for (int which = 0; which < 2; which++) {
-            const enc_vol *v = which ? &b : &a;
-            const enc_synth_study *s = which ? &lps : &ras;
-            const double *heart = s->landmark_ras[ENC_SYNTH_LM_HEART];
-            const double *spine = s->landmark_ras[ENC_SYNTH_LM_SPINE];
+            const img_vol *v = which ? &b : &a;
+            const synth_study *s = which ? &lps : &ras;
+            const double *heart = s->landmark_ras[SYNTH_LM_HEART];
+            const double *spine = s->landmark_ras[SYNTH_LM_SPINE];
             /* RAS+: the heart (patient's left) at smaller x than the
              * spine's column; the spine posterior (smaller y) */
             assert_true(heart[0] < spine[0] - 5);
@@ -640,12 +640,12 @@ static void test_orientation(void **state)
             assert_true(by / nb < ay / na - 10);
         }
         /* the trachea is above the heart */
-        assert_true(ras.landmark_ras[ENC_SYNTH_LM_TRACHEA][2] >
-                    ras.landmark_ras[ENC_SYNTH_LM_HEART][2] + 80);
-        enc_vol_free(&a);
-        enc_vol_free(&b);
-        enc_synth_study_free(&ras);
-        enc_synth_study_free(&lps);
+        assert_true(ras.landmark_ras[SYNTH_LM_TRACHEA][2] >
+                    ras.landmark_ras[SYNTH_LM_HEART][2] + 80);
+        img_vol_free(&a);
+        img_vol_free(&b);
+        synth_study_free(&ras);
+        synth_study_free(&lps);
     }
 }
 
@@ -655,10 +655,10 @@ static void test_qform(void **state)
     const char *dir = *state;
     nifti_set_debug_level(0);
     for (uint64_t seed = 1; seed <= 8; seed++) {
-        enc_synth_study s;
-        make(NULL, seed, seed * 31, ENC_SYNTH_VOLUME, ENC_SYNTH_STORE_RANDOM, 0, &s);
+        synth_study s;
+        make(NULL, seed, seed * 31, SYNTH_VOLUME, SYNTH_STORE_RANDOM, 0, &s);
         char *p = tu_path(dir, "q.nii.gz"), err[256];
-        assert_int_equal(enc_synth_write_nifti(&s, p, err, sizeof err), ENC_OK);
+        assert_int_equal(synth_write_nifti(&s, p, err, sizeof err), SYNTH_OK);
         nifti_image *im = nifti_image_read(p, 0);
         assert_non_null(im);
         assert_int_equal(im->qform_code, 1);
@@ -674,7 +674,7 @@ static void test_qform(void **state)
             }
         nifti_image_free(im);
         free(p);
-        enc_synth_study_free(&s);
+        synth_study_free(&s);
     }
 }
 
@@ -682,27 +682,27 @@ static void test_hu_ranges(void **state)
 {
     const char *dir = *state;
     for (uint64_t seed = 1; seed <= 6; seed++) {
-        enc_synth_findings F = one(ENC_SYNTH_NORMAL, ENC_SYNTH_LOC_CHEST, 0, 1, 0);
-        enc_synth_study s;
-        make(&F, seed * 7, seed, ENC_SYNTH_VOLUME, ENC_SYNTH_STORE_RANDOM, 2, &s);
-        enc_vol v;
+        synth_findings F = one(SYNTH_NORMAL, SYNTH_LOC_CHEST, 0, 1, 0);
+        synth_study s;
+        make(&F, seed * 7, seed, SYNTH_VOLUME, SYNTH_STORE_RANDOM, 2, &s);
+        img_vol v;
         roundtrip(dir, "hu.nii.gz", &s, &v);
         const double(*lm)[3] = (const double(*)[3])s.landmark_ras;
         struct {
             int lm;
             float lo, hi;
         } want[] = {
-            {ENC_SYNTH_LM_LUNG_R, -900, -700}, {ENC_SYNTH_LM_LUNG_L, -900, -700},
-            {ENC_SYNTH_LM_HEART, 30, 60},      {ENC_SYNTH_LM_AORTA, 30, 60},
-            {ENC_SYNTH_LM_SPINE, 390, 1000},   {ENC_SYNTH_LM_FAT, -125, -75},
-            {ENC_SYNTH_LM_LIVER, 45, 75},      {ENC_SYNTH_LM_TRACHEA, -1024, -950},
-            {ENC_SYNTH_LM_OUTSIDE, -1024, -990},
+            {SYNTH_LM_LUNG_R, -900, -700}, {SYNTH_LM_LUNG_L, -900, -700},
+            {SYNTH_LM_HEART, 30, 60},      {SYNTH_LM_AORTA, 30, 60},
+            {SYNTH_LM_SPINE, 390, 1000},   {SYNTH_LM_FAT, -125, -75},
+            {SYNTH_LM_LIVER, 45, 75},      {SYNTH_LM_TRACHEA, -1024, -950},
+            {SYNTH_LM_OUTSIDE, -1024, -990},
         };
         for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
             float h = median_at(&v, lm[want[i].lm]);
             if (h < want[i].lo || h > want[i].hi)
                 fail_msg("seed %d: %s at %.0f HU, expected %.0f..%.0f", (int)seed,
-                         enc_synth_landmark_name(want[i].lm), h, want[i].lo, want[i].hi);
+                         synth_landmark_name(want[i].lm), h, want[i].lo, want[i].hi);
         }
         float mn = 1e9f, mx = -1e9f;
         size_t nb = 0, nv = (size_t)v.nx * v.ny * v.nz;
@@ -714,8 +714,8 @@ static void test_hu_ranges(void **state)
         assert_true(mn >= -1024 && mn <= -990);
         assert_true(mx >= 650 && mx <= 1000); /* cortical bone */
         assert_true(nb > 200);
-        enc_vol_free(&v);
-        enc_synth_study_free(&s);
+        img_vol_free(&v);
+        synth_study_free(&s);
     }
 }
 
@@ -725,24 +725,24 @@ static void test_findings_present(void **state)
     const char *dir = *state;
     const double noise = 3;
     /* nodules and masses: a dense blob at the labelled point, in its lobe */
-    static const enc_synth_location lobes[] = {ENC_SYNTH_LOC_RUL, ENC_SYNTH_LOC_RML,
-                                               ENC_SYNTH_LOC_RLL, ENC_SYNTH_LOC_LUL,
-                                               ENC_SYNTH_LOC_LLL};
+    static const synth_location lobes[] = {SYNTH_LOC_RUL, SYNTH_LOC_RML,
+                                               SYNTH_LOC_RLL, SYNTH_LOC_LUL,
+                                               SYNTH_LOC_LLL};
     for (int li = 0; li < 5; li++)
         for (int kind = 0; kind < 2; kind++) {
-            enc_synth_findings F = kind ? one(ENC_SYNTH_MASS, lobes[li], 40, 1, 0)
-                                        : one(ENC_SYNTH_NODULE, lobes[li], 14, 1, 0);
-            enc_synth_study s;
-            make(&F, 50 + li, 60 + li + kind, ENC_SYNTH_VOLUME, 0, noise, &s);
-            enc_vol v;
+            synth_findings F = kind ? one(SYNTH_MASS, lobes[li], 40, 1, 0)
+                                        : one(SYNTH_NODULE, lobes[li], 14, 1, 0);
+            synth_study s;
+            make(&F, 50 + li, 60 + li + kind, SYNTH_VOLUME, 0, noise, &s);
+            img_vol v;
             roundtrip(dir, "f.nii.gz", &s, &v);
             const double *p = s.finding_ras[0];
-            const double *sp = s.landmark_ras[ENC_SYNTH_LM_SPINE];
-            const double *ht = s.landmark_ras[ENC_SYNTH_LM_HEART];
+            const double *sp = s.landmark_ras[SYNTH_LM_SPINE];
+            const double *ht = s.landmark_ras[SYNTH_LM_HEART];
             float h = hu_at(&v, p); /* small: the nearest voxel is inside */
             if (h < -100)
-                fail_msg("%s in %s: %.0f HU at its centre", enc_synth_finding_name(F.label[0].finding),
-                         enc_synth_location_name(lobes[li]), h);
+                fail_msg("%s in %s: %.0f HU at its centre", synth_finding_name(F.label[0].finding),
+                         synth_location_name(lobes[li]), h);
             /* a blob in lung: air-filled lung next to it */
             int airy = 0;
             for (int ax = 0; ax < 3; ax++)
@@ -753,30 +753,30 @@ static void test_findings_present(void **state)
                 }
             assert_true(airy >= 1);
             /* side and level of the lobe */
-            int right = lobes[li] <= ENC_SYNTH_LOC_RLL;
+            int right = lobes[li] <= SYNTH_LOC_RLL;
             assert_true(right ? p[0] > sp[0] + 20 : p[0] < sp[0] - 20);
-            if (lobes[li] == ENC_SYNTH_LOC_RUL || lobes[li] == ENC_SYNTH_LOC_LUL)
+            if (lobes[li] == SYNTH_LOC_RUL || lobes[li] == SYNTH_LOC_LUL)
                 assert_true(p[2] > ht[2]); /* above the heart's centre (both vary +-1 cm) */
-            if (lobes[li] == ENC_SYNTH_LOC_RLL || lobes[li] == ENC_SYNTH_LOC_LLL)
+            if (lobes[li] == SYNTH_LOC_RLL || lobes[li] == SYNTH_LOC_LLL)
                 assert_true(p[2] < ht[2] + 100 && (p[1] < ht[1] || p[2] < ht[2] - 10));
-            if (lobes[li] == ENC_SYNTH_LOC_RML)
+            if (lobes[li] == SYNTH_LOC_RML)
                 assert_true(p[2] < ht[2] + 70 && p[1] > sp[1] + 5);
-            enc_vol_free(&v);
-            enc_synth_study_free(&s);
+            img_vol_free(&v);
+            synth_study_free(&s);
         }
 
     /* a right pleural effusion: fluid (about 10 HU) on the right, posterior
      * (dependent, supine) and low; next to nothing on the left */
     for (int g = 2; g <= 3; g++) {
-        enc_synth_findings F = one(ENC_SYNTH_EFFUSION, ENC_SYNTH_LOC_RIGHT, 0, 1, g);
-        enc_synth_study s;
-        make(&F, 70 + g, 71, ENC_SYNTH_VOLUME, ENC_SYNTH_STORE_LPS, 2, &s);
-        enc_vol v;
+        synth_findings F = one(SYNTH_EFFUSION, SYNTH_LOC_RIGHT, 0, 1, g);
+        synth_study s;
+        make(&F, 70 + g, 71, SYNTH_VOLUME, SYNTH_STORE_LPS, 2, &s);
+        img_vol v;
         roundtrip(dir, "eff.nii.gz", &s, &v);
         const double *p = s.finding_ras[0];
-        const double *sp = s.landmark_ras[ENC_SYNTH_LM_SPINE];
-        const double *ht = s.landmark_ras[ENC_SYNTH_LM_HEART];
-        const double *lr = s.landmark_ras[ENC_SYNTH_LM_LUNG_R];
+        const double *sp = s.landmark_ras[SYNTH_LM_SPINE];
+        const double *ht = s.landmark_ras[SYNTH_LM_HEART];
+        const double *lr = s.landmark_ras[SYNTH_LM_LUNG_R];
         float h = median_at(&v, p);
         assert_true(h > -15 && h < 30);
         assert_true(p[0] > sp[0] + 30); /* right */
@@ -787,55 +787,55 @@ static void test_findings_present(void **state)
         count_side_in(&v, &s, -8, 22, ht[2] - 20, sp[1] + 30, fluid);
         assert_true(fluid[0] > 150);
         assert_true(fluid[0] > 10 * (fluid[1] + 1));
-        enc_vol_free(&v);
-        enc_synth_study_free(&s);
+        img_vol_free(&v);
+        synth_study_free(&s);
     }
 
     /* a left pneumothorax: air, no lung, at the apex or laterally */
     {
-        enc_synth_findings F = one(ENC_SYNTH_PNEUMOTHORAX, ENC_SYNTH_LOC_LEFT, 0, 1, 3);
-        enc_synth_study s;
-        make(&F, 81, 82, ENC_SYNTH_VOLUME, 0, noise, &s);
-        enc_vol v;
+        synth_findings F = one(SYNTH_PNEUMOTHORAX, SYNTH_LOC_LEFT, 0, 1, 3);
+        synth_study s;
+        make(&F, 81, 82, SYNTH_VOLUME, 0, noise, &s);
+        img_vol v;
         roundtrip(dir, "ptx.nii.gz", &s, &v);
         const double *p = s.finding_ras[0];
-        const double *sp = s.landmark_ras[ENC_SYNTH_LM_SPINE];
-        const double *ht = s.landmark_ras[ENC_SYNTH_LM_HEART];
+        const double *sp = s.landmark_ras[SYNTH_LM_SPINE];
+        const double *ht = s.landmark_ras[SYNTH_LM_HEART];
         assert_true(median_at(&v, p) < -960);
         assert_true(p[0] < sp[0] - 30);
         assert_true(p[2] > ht[2] + 40 || p[0] < sp[0] - 100);
         size_t air[2];
         count_side(&v, &s, -1024, -960, air);
         assert_true(air[1] > 300 && air[1] > 5 * (air[0] + 1));
-        enc_vol_free(&v);
-        enc_synth_study_free(&s);
+        img_vol_free(&v);
+        synth_study_free(&s);
     }
 
     /* consolidation: soft tissue density in the lobe */
     {
-        enc_synth_findings F = one(ENC_SYNTH_CONSOLIDATION, ENC_SYNTH_LOC_RLL, 0, 1, 0);
-        enc_synth_study s;
-        make(&F, 91, 92, ENC_SYNTH_VOLUME, 0, noise, &s);
-        enc_vol v;
+        synth_findings F = one(SYNTH_CONSOLIDATION, SYNTH_LOC_RLL, 0, 1, 0);
+        synth_study s;
+        make(&F, 91, 92, SYNTH_VOLUME, 0, noise, &s);
+        img_vol v;
         roundtrip(dir, "cons.nii.gz", &s, &v);
         const double *p = s.finding_ras[0];
         float h = median_at(&v, p);
         assert_true(h > 0 && h < 60);
-        assert_true(p[0] > s.landmark_ras[ENC_SYNTH_LM_SPINE][0] + 20);
-        enc_vol_free(&v);
-        enc_synth_study_free(&s);
+        assert_true(p[0] > s.landmark_ras[SYNTH_LM_SPINE][0] + 20);
+        img_vol_free(&v);
+        synth_study_free(&s);
     }
 
     /* cardiomegaly and emphysema, each against the same patient without it */
     {
-        enc_synth_findings N = one(ENC_SYNTH_NORMAL, ENC_SYNTH_LOC_CHEST, 0, 1, 0);
-        enc_synth_findings C = one(ENC_SYNTH_CARDIOMEGALY, ENC_SYNTH_LOC_HEART, 0, 1, 3);
-        enc_synth_findings E = one(ENC_SYNTH_EMPHYSEMA, ENC_SYNTH_LOC_LUNGS, 0, 1, 3);
-        enc_synth_study sn, sc, se;
-        make(&N, 95, 96, ENC_SYNTH_VOLUME, 0, noise, &sn);
-        make(&C, 95, 96, ENC_SYNTH_VOLUME, 0, noise, &sc);
-        make(&E, 95, 96, ENC_SYNTH_VOLUME, 0, noise, &se);
-        enc_vol vn, vc, ve;
+        synth_findings N = one(SYNTH_NORMAL, SYNTH_LOC_CHEST, 0, 1, 0);
+        synth_findings C = one(SYNTH_CARDIOMEGALY, SYNTH_LOC_HEART, 0, 1, 3);
+        synth_findings E = one(SYNTH_EMPHYSEMA, SYNTH_LOC_LUNGS, 0, 1, 3);
+        synth_study sn, sc, se;
+        make(&N, 95, 96, SYNTH_VOLUME, 0, noise, &sn);
+        make(&C, 95, 96, SYNTH_VOLUME, 0, noise, &sc);
+        make(&E, 95, 96, SYNTH_VOLUME, 0, noise, &se);
+        img_vol vn, vc, ve;
         roundtrip(dir, "n.nii.gz", &sn, &vn);
         roundtrip(dir, "c.nii.gz", &sc, &vc);
         roundtrip(dir, "e.nii.gz", &se, &ve);
@@ -862,18 +862,18 @@ static void test_findings_present(void **state)
             }
         assert_true(me / ce < mn / cn - 60);
         assert_true(hu_at(&ve, se.finding_ras[0]) < -975);
-        enc_vol_free(&vn);
-        enc_vol_free(&vc);
-        enc_vol_free(&ve);
-        enc_synth_study_free(&sn);
-        enc_synth_study_free(&sc);
-        enc_synth_study_free(&se);
+        img_vol_free(&vn);
+        img_vol_free(&vc);
+        img_vol_free(&ve);
+        synth_study_free(&sn);
+        synth_study_free(&sc);
+        synth_study_free(&se);
     }
 }
 
 /* ---- radiographs --------------------------------------------------------------------- */
 
-static double box_mean(const enc_vol *im, double cx, double cy, int r)
+static double box_mean(const img_vol *im, double cx, double cy, int r)
 {
     double s = 0;
     int n = 0;
@@ -891,14 +891,14 @@ static void test_radiograph(void **state)
 {
     const char *dir = *state;
     for (uint64_t seed = 1; seed <= 4; seed++) {
-        enc_synth_findings F = one(ENC_SYNTH_NORMAL, ENC_SYNTH_LOC_CHEST, 0, 1, 0);
-        enc_synth_study s;
-        make(&F, seed, seed + 5, ENC_SYNTH_IMAGE, 0, 0, &s);
+        synth_findings F = one(SYNTH_NORMAL, SYNTH_LOC_CHEST, 0, 1, 0);
+        synth_study s;
+        make(&F, seed, seed + 5, SYNTH_IMAGE, 0, 0, &s);
         assert_null(s.vol);
         assert_non_null(s.img);
-        assert_int_equal(s.findings.modality, ENC_SYNTH_CR);
+        assert_int_equal(s.findings.modality, SYNTH_CR);
         char *p = tu_path(dir, "cr.png"), err[256] = "";
-        assert_int_equal(enc_synth_write_png(&s, p, err, sizeof err), ENC_OK);
+        assert_int_equal(synth_write_png(&s, p, err, sizeof err), SYNTH_OK);
         /* a 16-bit greyscale PNG: IHDR bit depth and colour type */
         size_t n;
         unsigned char *raw = slurp(p, &n);
@@ -907,17 +907,17 @@ static void test_radiograph(void **state)
         assert_int_equal(raw[24], 16);
         assert_int_equal(raw[25], 0);
         free(raw);
-        enc_vol im;
-        assert_int_equal(enc_img_read_png(p, NULL, &im, err, sizeof err), ENC_OK);
+        img_vol im;
+        assert_int_equal(img_read_png(p, NULL, &im, err, sizeof err), SYNTH_OK);
         assert_int_equal(im.nx, s.width);
         assert_int_equal(im.ny, s.height);
         assert_int_equal(im.nz, 1);
         for (size_t i = 0; i < (size_t)im.nx * im.ny; i++)
             assert_true(fabsf(im.data[i] - s.img[i] / 65535.0f) < 1e-6f);
-        const double *heart = s.landmark_px[ENC_SYNTH_LM_HEART];
-        const double *spine = s.landmark_px[ENC_SYNTH_LM_SPINE];
-        const double *trach = s.landmark_px[ENC_SYNTH_LM_TRACHEA];
-        const double *lr = s.landmark_px[ENC_SYNTH_LM_LUNG_R];
+        const double *heart = s.landmark_px[SYNTH_LM_HEART];
+        const double *spine = s.landmark_px[SYNTH_LM_SPINE];
+        const double *trach = s.landmark_px[SYNTH_LM_TRACHEA];
+        const double *lr = s.landmark_px[SYNTH_LM_LUNG_R];
         /* shown as read: the patient's left (heart) on the image's right,
          * superior (trachea) at the top */
         assert_true(heart[0] > spine[0] + 5);
@@ -937,16 +937,16 @@ static void test_radiograph(void **state)
         assert_true(box_mean(&im, spine[0], lr[1], 2) > lung + 0.15);
         assert_true(box_mean(&im, 3, im.ny / 2.0, 2) < lung);
         assert_true(box_mean(&im, 3, im.ny / 2.0, 2) < 0.1);
-        enc_vol_free(&im);
+        img_vol_free(&im);
         free(p);
-        enc_synth_study_free(&s);
+        synth_study_free(&s);
     }
     /* a large nodule shows as a brighter spot */
-    enc_synth_findings F = one(ENC_SYNTH_NODULE, ENC_SYNTH_LOC_RUL, 28, 1, 0);
+    synth_findings F = one(SYNTH_NODULE, SYNTH_LOC_RUL, 28, 1, 0);
     double contrast = 0;
     for (uint64_t seed = 1; seed <= 6; seed++) {
-        enc_synth_study s;
-        make(&F, 200 + seed, seed, ENC_SYNTH_IMAGE, 0, 0, &s);
+        synth_study s;
+        make(&F, 200 + seed, seed, SYNTH_IMAGE, 0, 0, &s);
         double cx = s.finding_px[0][0], cy = s.finding_px[0][1], in = 0, out = 0;
         int ni = 0, no = 0;
         for (int y = -12; y <= 12; y++)
@@ -962,7 +962,7 @@ static void test_radiograph(void **state)
                 }
             }
         contrast += in / ni - out / no;
-        enc_synth_study_free(&s);
+        synth_study_free(&s);
     }
     assert_true(contrast / 6 > 0.03);
 }
@@ -972,10 +972,10 @@ static void test_rescan(void **state)
 {
     (void)state;
     for (uint64_t seed = 1; seed <= 5; seed++) {
-        enc_synth_study a, b, c;
-        make(NULL, seed, 1000 + seed, ENC_SYNTH_VOLUME | ENC_SYNTH_IMAGE, 0, 0, &a);
-        make(NULL, seed, 2000 + seed, ENC_SYNTH_VOLUME | ENC_SYNTH_IMAGE, 0, 0, &b);
-        make(NULL, seed, 1000 + seed, ENC_SYNTH_VOLUME | ENC_SYNTH_IMAGE, 0, 0, &c);
+        synth_study a, b, c;
+        make(NULL, seed, 1000 + seed, SYNTH_VOLUME | SYNTH_IMAGE, 0, 0, &a);
+        make(NULL, seed, 2000 + seed, SYNTH_VOLUME | SYNTH_IMAGE, 0, 0, &b);
+        make(NULL, seed, 1000 + seed, SYNTH_VOLUME | SYNTH_IMAGE, 0, 0, &c);
         assert_int_equal(a.findings.n, b.findings.n);
         assert_memory_equal(a.findings.label, b.findings.label,
                             sizeof a.findings.label[0] * a.findings.n);
@@ -990,30 +990,30 @@ static void test_rescan(void **state)
         assert_memory_equal(a.img, c.img, (size_t)a.width * a.height * 2);
         assert_string_equal(a.report, c.report);
         assert_memory_equal(a.affine, c.affine, sizeof a.affine);
-        enc_synth_study_free(&a);
-        enc_synth_study_free(&b);
-        enc_synth_study_free(&c);
+        synth_study_free(&a);
+        synth_study_free(&b);
+        synth_study_free(&c);
     }
-    enc_synth_study_free(NULL);
+    synth_study_free(NULL);
 }
 
 /* ---- datasets --------------------------------------------------------------------------- */
 
-static void write_set(const char *dir, uint64_t seed, int threads, enc_synth_split split)
+static void write_set(const char *dir, uint64_t seed, int threads, synth_split split)
 {
-    enc_synth_opts o = {0};
+    synth_opts o = {0};
     o.seed = seed;
     o.volumes = 6;
     o.images = 7;
     o.rescans = 4;
     o.split = split;
-    o.size = ENC_SYNTH_SIZE_SMALL;
+    o.size = SYNTH_SIZE_SMALL;
     o.threads = threads;
-    enc_synth_stats st;
+    synth_stats st;
     char err[512] = "";
-    int rc = enc_synth_dataset_write(dir, &o, &st, err, sizeof err);
+    int rc = synth_dataset_write(dir, &o, &st, err, sizeof err);
     if (rc)
-        fail_msg("enc_synth_dataset_write: %s", err);
+        fail_msg("synth_dataset_write: %s", err);
     assert_int_equal(st.volumes, 6);
     assert_int_equal(st.images, 7);
     assert_int_equal(st.rescans, 4);
@@ -1025,9 +1025,9 @@ static void test_determinism(void **state)
 {
     const char *dir = *state;
     char *a = tu_path(dir, "a"), *b = tu_path(dir, "b"), *c = tu_path(dir, "c");
-    write_set(a, 5, 1, ENC_SYNTH_TRAIN);
-    write_set(b, 5, 3, ENC_SYNTH_TRAIN);
-    write_set(c, 6, 2, ENC_SYNTH_TRAIN);
+    write_set(a, 5, 1, SYNTH_TRAIN);
+    write_set(b, 5, 3, SYNTH_TRAIN);
+    write_set(c, 6, 2, SYNTH_TRAIN);
     static const char *const files[] = {
         "labels.json",          "train.jsonl",          "train/vol_000000.nii.gz",
         "train/vol_000005.nii.gz", "train/img_000000.png", "train/img_000006.png"};
@@ -1074,27 +1074,27 @@ static const char *jstr(const cJSON *o, const char *k)
 }
 
 /* Labels of a manifest item back into a findings struct. */
-static void parse_labels(const cJSON *arr, enc_synth_findings *F)
+static void parse_labels(const cJSON *arr, synth_findings *F)
 {
     memset(F, 0, sizeof *F);
     assert_true(cJSON_IsArray(arr));
     const cJSON *it;
     cJSON_ArrayForEach(it, arr)
     {
-        assert_true(F->n < ENC_SYNTH_MAX_LABELS);
-        enc_synth_label *b = &F->label[F->n++];
+        assert_true(F->n < SYNTH_MAX_LABELS);
+        synth_label *b = &F->label[F->n++];
         const char *f = jstr(it, "finding"), *l = jstr(it, "location");
         int fi = -1, lo = -1;
-        for (int i = 0; i < ENC_SYNTH_NFINDINGS; i++)
-            if (!strcmp(f, enc_synth_finding_name(i)))
+        for (int i = 0; i < SYNTH_NFINDINGS; i++)
+            if (!strcmp(f, synth_finding_name(i)))
                 fi = i;
-        for (int i = 0; i < ENC_SYNTH_NLOCATIONS; i++)
-            if (!strcmp(l, enc_synth_location_name(i)))
+        for (int i = 0; i < SYNTH_NLOCATIONS; i++)
+            if (!strcmp(l, synth_location_name(i)))
                 lo = i;
         assert_true(fi >= 0 && lo >= 0);
-        assert_true(enc_synth_pair_valid(fi, lo));
-        b->finding = (enc_synth_finding)fi;
-        b->location = (enc_synth_location)lo;
+        assert_true(synth_pair_valid(fi, lo));
+        b->finding = (synth_finding)fi;
+        b->location = (synth_location)lo;
         b->count = 1;
         const cJSON *v;
         if ((v = cJSON_GetObjectItem(it, "size_mm")))
@@ -1102,22 +1102,22 @@ static void parse_labels(const cJSON *arr, enc_synth_findings *F)
         if ((v = cJSON_GetObjectItem(it, "count")))
             b->count = v->valueint;
         for (int g = 1; g <= 3; g++) {
-            const char *key = fi == ENC_SYNTH_EFFUSION || fi == ENC_SYNTH_PNEUMOTHORAX ? "size"
+            const char *key = fi == SYNTH_EFFUSION || fi == SYNTH_PNEUMOTHORAX ? "size"
                                                                                        : "severity";
             if ((v = cJSON_GetObjectItem(it, key)) && cJSON_IsString(v) &&
-                enc_synth_grade_name(fi, g) && !strcmp(v->valuestring, enc_synth_grade_name(fi, g)))
+                synth_grade_name(fi, g) && !strcmp(v->valuestring, synth_grade_name(fi, g)))
                 b->grade = g;
         }
     }
-    assert_int_equal(enc_synth_findings_check(F, NULL, 0), ENC_OK);
+    assert_int_equal(synth_findings_check(F, NULL, 0), SYNTH_OK);
 }
 
 static void test_manifest(void **state)
 {
     const char *dir = *state;
     char *d = tu_path(dir, "m");
-    write_set(d, 11, 2, ENC_SYNTH_VAL);
-    write_set(d, 11, 2, ENC_SYNTH_TEST); /* a second split in the same folder */
+    write_set(d, 11, 2, SYNTH_VAL);
+    write_set(d, 11, 2, SYNTH_TEST); /* a second split in the same folder */
     char *lp = tu_path(d, "labels.json");
     size_t n;
     char *txt = (char *)slurp(lp, &n);
@@ -1157,9 +1157,9 @@ static void test_manifest(void **state)
         assert_true(strlen(pat) == 7 && pat[0] == 'P' && atoi(pat + 1) >= 700000 &&
                     atoi(pat + 1) < 850000);
         assert_true(strlen(study) == 8 && study[0] == 'S');
-        enc_synth_findings F;
+        synth_findings F;
         parse_labels(cJSON_GetObjectItem(o, "labels"), &F);
-        F.modality = vol ? ENC_SYNTH_CT : ENC_SYNTH_CR;
+        F.modality = vol ? SYNTH_CT : SYNTH_CR;
         check_report(jstr(o, "report"), &F);
         /* pairs and rescans point at items of this manifest with the same
          * patient and labels */
@@ -1218,65 +1218,65 @@ static void test_errors(void **state)
 {
     const char *dir = *state;
     char err[512];
-    enc_synth_opts o = {0};
+    synth_opts o = {0};
     o.volumes = 1;
-    enc_synth_stats st;
-    o.split = (enc_synth_split)7;
-    assert_int_equal(enc_synth_dataset_write(dir, &o, &st, err, sizeof err), ENC_INVAL);
+    synth_stats st;
+    o.split = (synth_split)7;
+    assert_int_equal(synth_dataset_write(dir, &o, &st, err, sizeof err), SYNTH_INVAL);
     assert_non_null(strstr(err, "split"));
-    o.split = ENC_SYNTH_VAL;
+    o.split = SYNTH_VAL;
     o.volumes = 150001;
-    assert_int_equal(enc_synth_dataset_write(dir, &o, &st, err, sizeof err), ENC_INVAL);
+    assert_int_equal(synth_dataset_write(dir, &o, &st, err, sizeof err), SYNTH_INVAL);
     assert_non_null(strstr(err, "val"));
     o.volumes = 0;
     o.rescans = 3;
-    assert_int_equal(enc_synth_dataset_write(dir, &o, &st, err, sizeof err), ENC_INVAL);
+    assert_int_equal(synth_dataset_write(dir, &o, &st, err, sizeof err), SYNTH_INVAL);
     assert_non_null(strstr(err, "rescans"));
     o.rescans = 0;
-    o.size = (enc_synth_size)9;
-    assert_int_equal(enc_synth_dataset_write(dir, &o, &st, err, sizeof err), ENC_INVAL);
-    o.size = ENC_SYNTH_SIZE_SMALL;
-    assert_int_equal(enc_synth_dataset_write(NULL, &o, &st, err, sizeof err), ENC_INVAL);
+    o.size = (synth_size)9;
+    assert_int_equal(synth_dataset_write(dir, &o, &st, err, sizeof err), SYNTH_INVAL);
+    o.size = SYNTH_SIZE_SMALL;
+    assert_int_equal(synth_dataset_write(NULL, &o, &st, err, sizeof err), SYNTH_INVAL);
     /* an output path under a regular file */
     char *f = tu_path(dir, "plain");
     FILE *fp = fopen(f, "w");
     assert_non_null(fp);
     fclose(fp);
     o.volumes = 1;
-    assert_int_equal(enc_synth_dataset_write(f, &o, &st, err, sizeof err), ENC_IO);
+    assert_int_equal(synth_dataset_write(f, &o, &st, err, sizeof err), SYNTH_IO);
     assert_non_null(strstr(err, f));
     char *sub = tu_path(f, "x");
-    assert_int_equal(enc_synth_dataset_write(sub, &o, &st, err, sizeof err), ENC_IO);
+    assert_int_equal(synth_dataset_write(sub, &o, &st, err, sizeof err), SYNTH_IO);
     assert_non_null(strstr(err, sub));
     free(sub);
     /* writers: nothing to write, an unwritable path */
-    enc_synth_study s;
-    make(NULL, 1, 1, ENC_SYNTH_IMAGE, 0, 0, &s);
+    synth_study s;
+    make(NULL, 1, 1, SYNTH_IMAGE, 0, 0, &s);
     char *bad = tu_path(f, "v.nii.gz");
-    assert_int_equal(enc_synth_write_nifti(&s, bad, err, sizeof err), ENC_INVAL);
+    assert_int_equal(synth_write_nifti(&s, bad, err, sizeof err), SYNTH_INVAL);
     assert_non_null(strstr(err, "no volume"));
-    enc_synth_study_free(&s);
-    make(NULL, 1, 1, ENC_SYNTH_VOLUME, 0, 0, &s);
-    assert_int_equal(enc_synth_write_png(&s, bad, err, sizeof err), ENC_INVAL);
-    assert_int_equal(enc_synth_write_nifti(&s, bad, err, sizeof err), ENC_IO);
+    synth_study_free(&s);
+    make(NULL, 1, 1, SYNTH_VOLUME, 0, 0, &s);
+    assert_int_equal(synth_write_png(&s, bad, err, sizeof err), SYNTH_INVAL);
+    assert_int_equal(synth_write_nifti(&s, bad, err, sizeof err), SYNTH_IO);
     assert_non_null(strstr(err, bad));
-    assert_int_equal(enc_synth_write_nifti(&s, "/nonexistent-dir/v.nii", err, sizeof err), ENC_IO);
-    enc_synth_study_free(&s);
-    make(NULL, 1, 1, ENC_SYNTH_IMAGE, 0, 0, &s);
-    assert_int_equal(enc_synth_write_png(&s, bad, err, sizeof err), ENC_IO);
+    assert_int_equal(synth_write_nifti(&s, "/nonexistent-dir/v.nii", err, sizeof err), SYNTH_IO);
+    synth_study_free(&s);
+    make(NULL, 1, 1, SYNTH_IMAGE, 0, 0, &s);
+    assert_int_equal(synth_write_png(&s, bad, err, sizeof err), SYNTH_IO);
     assert_non_null(strstr(err, bad));
-    enc_synth_study_free(&s);
+    synth_study_free(&s);
     free(bad);
     free(f);
     /* parsers */
-    enc_synth_split sp;
-    enc_synth_size sz;
-    assert_int_equal(enc_synth_split_parse("test", &sp), ENC_OK);
-    assert_int_equal(sp, ENC_SYNTH_TEST);
-    assert_int_equal(enc_synth_split_parse("dev", &sp), ENC_INVAL);
-    assert_int_equal(enc_synth_size_parse("small", &sz), ENC_OK);
-    assert_int_equal(sz, ENC_SYNTH_SIZE_SMALL);
-    assert_int_equal(enc_synth_size_parse("huge", &sz), ENC_INVAL);
+    synth_split sp;
+    synth_size sz;
+    assert_int_equal(synth_split_parse("test", &sp), SYNTH_OK);
+    assert_int_equal(sp, SYNTH_TEST);
+    assert_int_equal(synth_split_parse("dev", &sp), SYNTH_INVAL);
+    assert_int_equal(synth_size_parse("small", &sz), SYNTH_OK);
+    assert_int_equal(sz, SYNTH_SIZE_SMALL);
+    assert_int_equal(synth_size_parse("huge", &sz), SYNTH_INVAL);
 }
 
 int main(void)

@@ -1,4 +1,4 @@
-/* dedup.c - exact duplicates by data hash, near duplicates by range search
+/* cluster.c - exact duplicates by data hash, near duplicates by range search
  * plus union-find. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "searcher/searcher.h"
+#include "dedup/dedup.h"
 #include "util/util.h"
 
 #define DEDUP_BLOCK 256
@@ -137,7 +137,7 @@ static int flush(scan *s)
     int64_t *ids = NULL;
     float *sc = NULL;
     if (idx_space_range(s->x, s->v, s->n, s->thr, lims, &ids, &sc)) {
-        s->rc = util_errf(s->errbuf, s->errlen, SRCH_INDEX, "%s", idx_space_errmsg(s->x));
+        s->rc = util_errf(s->errbuf, s->errlen, DEDUP_INDEX, "%s", idx_space_errmsg(s->x));
         return -1;
     }
     for (size_t i = 0; i < s->n; i++) {
@@ -169,7 +169,7 @@ static int scan_cb(void *ctx, uint64_t id, uint64_t gen, const float *vec)
 }
 
 typedef struct groups {
-    srch_cluster *c;
+    dedup_cluster *c;
     size_t n, cap;
 } groups;
 
@@ -177,7 +177,7 @@ static int push_cluster(groups *g, const uint64_t *ids, size_t n, float mn, floa
 {
     if (g->n == g->cap) {
         size_t nc = g->cap ? g->cap * 2 : 16;
-        srch_cluster *c = realloc(g->c, nc * sizeof *c);
+        dedup_cluster *c = realloc(g->c, nc * sizeof *c);
         if (!c)
             return -1;
         g->c = c;
@@ -187,7 +187,7 @@ static int push_cluster(groups *g, const uint64_t *ids, size_t n, float mn, floa
     if (!copy)
         return -1;
     memcpy(copy, ids, n * sizeof *copy);
-    g->c[g->n++] = (srch_cluster){.ids = copy, .n = n, .min_score = mn, .max_score = mx};
+    g->c[g->n++] = (dedup_cluster){.ids = copy, .n = n, .min_score = mn, .max_score = mx};
     return 0;
 }
 
@@ -246,7 +246,7 @@ static void groups_free(groups *g)
 
 /* Both searches end alike: the near clusters from the union-find, then the
  * exact and near groups handed over to r.  -1 when out of memory. */
-static int dedup_finish(uf *u, groups *ex, groups *ne, srch_dedup_result *r)
+static int dedup_finish(uf *u, groups *ex, groups *ne, dedup_result *r)
 {
     if (components(u, ne))
         return -1;
@@ -263,11 +263,11 @@ static int dedup_finish(uf *u, groups *ex, groups *ne, srch_dedup_result *r)
  * store's own error. */
 static int store_fail(store *st, int sr, char *errbuf, size_t errlen)
 {
-    return sr < 0 ? util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory")
-                  : util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+    return sr < 0 ? util_errf(errbuf, errlen, DEDUP_NOMEM, "out of memory")
+                  : util_errf(errbuf, errlen, DEDUP_STORE, "%s", store_errmsg(st));
 }
 
-void srch_dedup_free(srch_dedup_result *r)
+void dedup_result_free(dedup_result *r)
 {
     if (!r)
         return;
@@ -282,20 +282,20 @@ void srch_dedup_free(srch_dedup_result *r)
 
 static int cluster_first_cmp(const void *a, const void *b)
 {
-    const srch_cluster *x = a, *y = b;
+    const dedup_cluster *x = a, *y = b;
     uint64_t p = x->n ? x->ids[0] : 0, q = y->n ? y->ids[0] : 0;
     return p < q ? -1 : p > q;
 }
 
-int srch_dedup_merge(srch_dedup_result *into, srch_dedup_result *from)
+int dedup_result_merge(dedup_result *into, dedup_result *from)
 {
     if (!from)
-        return SRCH_OK;
+        return DEDUP_OK;
     if (from->nnear) {
-        srch_cluster *n = realloc(into->near, (into->nnear + from->nnear) * sizeof *n);
+        dedup_cluster *n = realloc(into->near, (into->nnear + from->nnear) * sizeof *n);
         if (!n) {
-            srch_dedup_free(from);
-            return SRCH_NOMEM;
+            dedup_result_free(from);
+            return DEDUP_NOMEM;
         }
         memcpy(n + into->nnear, from->near, from->nnear * sizeof *n);
         into->near = n;
@@ -307,24 +307,24 @@ int srch_dedup_merge(srch_dedup_result *into, srch_dedup_result *from)
     }
     into->pairs += from->pairs;
     into->scanned += from->scanned;
-    srch_dedup_free(from);
-    return SRCH_OK;
+    dedup_result_free(from);
+    return DEDUP_OK;
 }
 
-int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out, char *errbuf,
+int dedup_embeddings(store *st, idx_space *x, float threshold, dedup_result **out, char *errbuf,
                size_t errlen)
 {
     if (!(threshold > 0 && threshold <= 1))
-        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
+        return util_errf(errbuf, errlen, DEDUP_INVAL, "threshold must be in (0, 1], not %g",
                    (double)threshold);
-    srch_dedup_result *r = calloc(1, sizeof *r);
+    dedup_result *r = calloc(1, sizeof *r);
     uf u = {0};
     scan s = {.x = x, .u = &u, .dim = store_dim(st), .thr = threshold, .errbuf = errbuf,
               .errlen = errlen};
     groups ex = {0}, ne = {0};
-    int rc = SRCH_OK;
+    int rc = DEDUP_OK;
     if (!r) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, DEDUP_NOMEM, "out of memory");
         goto out;
     }
     int sr = store_datahash_groups(st, exact_cb, &ex);
@@ -341,7 +341,7 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
     s.v = malloc((size_t)DEDUP_BLOCK * s.dim * sizeof *s.v);
     s.qid = malloc(DEDUP_BLOCK * sizeof *s.qid);
     if (uf_init(&u) || !s.v || !s.qid) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, DEDUP_NOMEM, "out of memory");
         goto out;
     }
     sr = store_vectors_scan(st, sp, 0, scan_cb, &s);
@@ -352,11 +352,11 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
         goto out;
     }
     if (sr) {
-        rc = util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(st));
+        rc = util_errf(errbuf, errlen, DEDUP_STORE, "%s", store_errmsg(st));
         goto out;
     }
     if (dedup_finish(&u, &ex, &ne, r)) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, DEDUP_NOMEM, "out of memory");
         goto out;
     }
     r->pairs = s.pairs;
@@ -366,7 +366,7 @@ int srch_dedup(store *st, idx_space *x, float threshold, srch_dedup_result **out
 out:
     groups_free(&ex);
     groups_free(&ne);
-    srch_dedup_free(r);
+    dedup_result_free(r);
     uf_free(&u);
     free(s.v);
     free(s.qid);
@@ -409,21 +409,21 @@ static int fp_collect(void *ctx, uint64_t id, uint32_t tag, uint32_t dim, const 
 
 /* Joins the pairs of fingerprints f (the union-find's slots, in id order)
  * that are near duplicates into u, counting them in r->pairs.  Returns 0 or
- * SRCH_NOMEM. */
-typedef int (*fp_join_fn)(const fpset *f, uf *u, srch_dedup_result *r, void *ctx);
+ * DEDUP_NOMEM. */
+typedef int (*fp_join_fn)(const fpset *f, uf *u, dedup_result *r, void *ctx);
 
 /* The frame both fingerprint dedups share: exact groups and the
  * fingerprints of (tag, dim) from the store, join, then clusters. */
 static int dedup_fp_run(store *st, uint32_t tag, uint32_t dim, fp_join_fn join, void *ctx,
-                        srch_dedup_result **out, char *errbuf, size_t errlen)
+                        dedup_result **out, char *errbuf, size_t errlen)
 {
-    srch_dedup_result *r = calloc(1, sizeof *r);
+    dedup_result *r = calloc(1, sizeof *r);
     fpset f = {.tag = tag, .dim = dim};
     uf u = {0};
     groups ex = {0}, ne = {0};
-    int rc = SRCH_OK;
+    int rc = DEDUP_OK;
     if (!r) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, DEDUP_NOMEM, "out of memory");
         goto out;
     }
     int sr = store_datahash_groups(st, exact_cb, &ex);
@@ -438,7 +438,7 @@ static int dedup_fp_run(store *st, uint32_t tag, uint32_t dim, fp_join_fn join, 
     u.n = f.n;
     f.ids = NULL;
     if (uf_init(&u) || join(&f, &u, r, ctx) || dedup_finish(&u, &ex, &ne, r)) {
-        rc = util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        rc = util_errf(errbuf, errlen, DEDUP_NOMEM, "out of memory");
         goto out;
     }
     r->scanned = u.n;
@@ -447,7 +447,7 @@ static int dedup_fp_run(store *st, uint32_t tag, uint32_t dim, fp_join_fn join, 
 out:
     groups_free(&ex);
     groups_free(&ne);
-    srch_dedup_free(r);
+    dedup_result_free(r);
     free(f.v);
     free(f.ids);
     uf_free(&u);
@@ -456,13 +456,13 @@ out:
 
 /* Exact all-pairs inner products, a block of rows at a time against the
  * rows after the block's first (each unordered pair once). */
-static int join_cosine(const fpset *f, uf *u, srch_dedup_result *r, void *ctx)
+static int join_cosine(const fpset *f, uf *u, dedup_result *r, void *ctx)
 {
     const float threshold = *(const float *)ctx;
     const size_t dim = f->dim;
     float *sc = malloc((size_t)DEDUP_BLOCK * (u->n ? u->n : 1) * sizeof *sc);
     if (!sc)
-        return SRCH_NOMEM;
+        return DEDUP_NOMEM;
     for (size_t b0 = 0; b0 < u->n; b0 += DEDUP_BLOCK) {
         size_t nb = u->n - b0 < DEDUP_BLOCK ? u->n - b0 : DEDUP_BLOCK, ncol = u->n - b0;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)ncol, (int)dim, 1.0f,
@@ -477,17 +477,17 @@ static int join_cosine(const fpset *f, uf *u, srch_dedup_result *r, void *ctx)
             }
     }
     free(sc);
-    return SRCH_OK;
+    return DEDUP_OK;
 }
 
-int srch_dedup_fingerprints(store *st, uint32_t tag, uint32_t dim, float threshold,
-                            srch_dedup_result **out, char *errbuf, size_t errlen)
+int dedup_fingerprints(store *st, uint32_t tag, uint32_t dim, float threshold,
+                            dedup_result **out, char *errbuf, size_t errlen)
 {
     if (!(threshold > 0 && threshold <= 1))
-        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (0, 1], not %g",
+        return util_errf(errbuf, errlen, DEDUP_INVAL, "threshold must be in (0, 1], not %g",
                          (double)threshold);
     if (!dim)
-        return util_errf(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0");
+        return util_errf(errbuf, errlen, DEDUP_INVAL, "fingerprint dimension 0");
     return dedup_fp_run(st, tag, dim, join_cosine, &threshold, out, errbuf, errlen);
 }
 
@@ -500,7 +500,7 @@ typedef struct scored_pair {
 
 typedef struct scored_job {
     const fpset *f;
-    srch_fp_score score;
+    dedup_score_fn score;
     void *ctx;
     float threshold;
     size_t t, nt; /* rows t, t + nt, ... */
@@ -534,7 +534,7 @@ static void *scored_rows(void *arg)
 }
 
 typedef struct scored_ctx {
-    srch_fp_score score;
+    dedup_score_fn score;
     void *ctx;
     float threshold;
     int threads;
@@ -543,16 +543,16 @@ typedef struct scored_ctx {
 /* Every unordered pair once, rows dealt round-robin to the threads (later
  * rows have fewer pairs); pairs are joined in a fixed order afterwards, so
  * the clusters do not depend on the thread count. */
-static int join_scored(const fpset *f, uf *u, srch_dedup_result *r, void *arg)
+static int join_scored(const fpset *f, uf *u, dedup_result *r, void *arg)
 {
     const scored_ctx *sc = arg;
     const int threads = sc->threads;
     scored_job *jobs = calloc((size_t)threads, sizeof *jobs);
     pthread_t *th = calloc((size_t)threads, sizeof *th);
     int *running = calloc((size_t)threads, sizeof *running);
-    int rc = SRCH_OK;
+    int rc = DEDUP_OK;
     if (!jobs || !th || !running) {
-        rc = SRCH_NOMEM;
+        rc = DEDUP_NOMEM;
         goto out;
     }
     for (int t = 0; t < threads; t++)
@@ -569,7 +569,7 @@ static int join_scored(const fpset *f, uf *u, srch_dedup_result *r, void *arg)
     }
     for (int t = 0; t < threads && !rc; t++) {
         if (jobs[t].nomem)
-            rc = SRCH_NOMEM;
+            rc = DEDUP_NOMEM;
         for (size_t k = 0; k < jobs[t].n && !rc; k++) {
             r->pairs++;
             uf_union(u, jobs[t].p[k].a, jobs[t].p[k].b, jobs[t].p[k].s);
@@ -584,15 +584,15 @@ out:
     return rc;
 }
 
-int srch_dedup_fingerprints_scored(store *st, uint32_t tag, uint32_t dim, float threshold,
-                                   srch_fp_score score, void *ctx, int threads,
-                                   srch_dedup_result **out, char *errbuf, size_t errlen)
+int dedup_fingerprints_scored(store *st, uint32_t tag, uint32_t dim, float threshold,
+                                   dedup_score_fn score, void *ctx, int threads,
+                                   dedup_result **out, char *errbuf, size_t errlen)
 {
     if (!(threshold > -1 && threshold <= 1))
-        return util_errf(errbuf, errlen, SRCH_INVAL, "threshold must be in (-1, 1], not %g",
+        return util_errf(errbuf, errlen, DEDUP_INVAL, "threshold must be in (-1, 1], not %g",
                          (double)threshold);
     if (!dim || !score)
-        return util_errf(errbuf, errlen, SRCH_INVAL, "fingerprint dimension 0 or no scorer");
+        return util_errf(errbuf, errlen, DEDUP_INVAL, "fingerprint dimension 0 or no scorer");
     scored_ctx sc = {score, ctx, threshold, threads < 1 ? 1 : threads > 64 ? 64 : threads};
     return dedup_fp_run(st, tag, dim, join_scored, &sc, out, errbuf, errlen);
 }

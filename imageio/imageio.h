@@ -1,12 +1,13 @@
-/* image.h - medical image input for the encoder: NIfTI volumes, PNG images.
+/* imageio.h - medical image files: NIfTI volumes, PNG images, from a path
+ * or from memory; resampling and intensity mappings of what they hold.
  *
- *   enc_vol v, r;
+ *   img_vol v, r;
  *   char err[512];
- *   if (enc_img_read_nifti("ct.nii.gz", NULL, &v, err, sizeof err)) puts(err);
- *   enc_img_resample(&v, (float[3]){1, 1, 4}, 256, 256, 32, &r, err, sizeof err);
- *   enc_img_ct_window(&r, -1000, 400); ... enc_vol_free(&r); enc_vol_free(&v);
+ *   if (img_read_nifti("ct.nii.gz", NULL, &v, err, sizeof err)) puts(err);
+ *   img_resample(&v, (float[3]){1, 1, 4}, 256, 256, 32, &r, err, sizeof err);
+ *   img_ct_window(&r, -1000, 400); ... img_vol_free(&r); img_vol_free(&v);
  *
- * Every function returns an enc_errno (encoder/encoder.h): ENC_OK, or a code
+ * Every function returns an img_errno: IMG_OK, or a code
  * with a one-line message in the caller's errbuf (may be NULL) that starts
  * with the file path and names the offending field.  Out-params are written
  * only on success.  Nothing a file says is trusted: sizes are checked against
@@ -26,60 +27,80 @@
  * volumes.  libnifti keeps global options: the first NIfTI read sets its
  * debug level to 0 (once, with pthread_once) so that it prints nothing.
  */
-#ifndef MEDSEM_ENCODER_IMAGE_H
-#define MEDSEM_ENCODER_IMAGE_H
+#ifndef MEDSEM_IMAGEIO_H
+#define MEDSEM_IMAGEIO_H
 
 #include <stddef.h>
 
-#include "encoder/encoder.h"
+/* The codes' names and order are those of the first ENC_ codes
+ * (encoder/encoder.h), which the encoder checks at compile time: a reader's
+ * code passes through the encoder unchanged. */
+#define IMG_ERRNO_MAP(XX)                                                     \
+    XX(OK, "success")                                                         \
+    XX(NOMEM, "out of memory")                                                \
+    XX(IO, "input/output error")                                              \
+    XX(INVAL, "invalid argument")                                             \
+    XX(FORMAT, "malformed file")                                              \
+    XX(UNSUPPORTED, "unsupported content")                                    \
+    XX(TOOBIG, "input exceeds a size limit")
 
-#define ENC_IMG_MAX_VOXELS ((size_t)512 * 512 * 1024)
-#define ENC_IMG_MAX_PIXELS ((size_t)16384 * 16384)
+typedef enum {
+#define IMG__ENUM(name, msg) IMG_##name,
+    IMG_ERRNO_MAP(IMG__ENUM)
+#undef IMG__ENUM
+    IMG_NERR
+} img_errno;
+
+const char *img_strerror(int code);
+const char *img_errname(int code);
+
+#define IMG_MAX_VOXELS ((size_t)512 * 512 * 1024)
+#define IMG_MAX_PIXELS ((size_t)16384 * 16384)
 
 /* Hard caps on what a reader allocates.  NULL, or a field left 0, means
  * the defaults above.  max_voxels bounds nx*ny*nz of the volume kept (the
  * first one of a 4D+ file); max_pixels bounds width*height of a PNG. */
-typedef struct enc_img_limits {
+typedef struct img_limits {
     size_t max_voxels;
     size_t max_pixels;
-} enc_img_limits;
+} img_limits;
 
-typedef struct enc_vol {
-    float *data; /* owned, nx*ny*nz floats, x fastest; free with enc_vol_free */
+typedef struct img_vol {
+    float *data; /* owned, nx*ny*nz floats, x fastest; free with img_vol_free */
     int nx, ny, nz;
     float spacing[3];    /* mm, after reorientation: x=R, y=A, z=S */
     double affine[4][4]; /* voxel (i,j,k) centre -> RAS mm; last row 0 0 0 1 */
-} enc_vol;
+} img_vol;
 
 /* Frees v->data and zeroes *v.  Accepts NULL and an already-freed volume. */
-void enc_vol_free(enc_vol *v);
+void img_vol_free(img_vol *v);
 
 /* Reads a NIfTI-1 or NIfTI-2 single-file image (.nii or .nii.gz, any
  * letter case; either byte order) into *out as float32, reoriented to RAS.
  *
  * - The header is read and checked before any voxel memory is allocated:
- *   dim[0] in 2..7, dim[1..dim[0]] >= 1, nx*ny*nz <= max_voxels (ENC_TOOBIG),
+ *   dim[0] in 2..7, dim[1..dim[0]] >= 1, nx*ny*nz <= max_voxels (IMG_TOOBIG),
  *   datatype one of UINT8 INT8 INT16 UINT16 INT32 UINT32 INT64 UINT64
- *   FLOAT32 FLOAT64 (else ENC_UNSUPPORTED), vox_offset a whole number past
+ *   FLOAT32 FLOAT64 (else IMG_UNSUPPORTED), vox_offset a whole number past
  *   the header and its extension flag (352 / 544), and an uncompressed file
  *   long enough for every voxel it declares.  Gzip is recognised by its
- *   magic bytes; a truncated or corrupt stream is ENC_FORMAT.
+ *   magic bytes; a truncated or corrupt stream is IMG_FORMAT.
  * - Geometry: the sform if sform_code > 0, else the qform if qform_code > 0,
  *   else diag(pixdim[1..3]) with no offset (NIfTI "method 1").  The numbers
- *   the chosen method uses must be finite and its spacings > 0 (ENC_FORMAT).
+ *   the chosen method uses must be finite and its spacings > 0 (IMG_FORMAT).
  *   Each voxel axis is assigned the world axis its column points at most;
  *   two columns on the same world axis (an exact 45-degree tie included),
- *   or a singular matrix, is an inconsistent header (ENC_FORMAT).
+ *   or a singular matrix, is an inconsistent header (IMG_FORMAT).
  * - 2D files (dim[0] = 2) have nz = 1 before reorientation.  For 4D and
  *   above only the first volume (t = u = v = w = 0) is read, and the rest
  *   of a .nii.gz is never decompressed (damage there goes unnoticed); a
  *   single-volume .nii.gz is read to its end, CRC included.
  * - Values are scl_slope * stored + scl_inter, unless scl_slope is 0 or not
  *   finite (then the stored values as they are).  Any voxel not finite
- *   after this is ENC_FORMAT.
- * Codes: ENC_IO (cannot open), ENC_FORMAT, ENC_UNSUPPORTED (extension,
- * datatype, a two-file .hdr/.img pair), ENC_TOOBIG, ENC_NOMEM. */
-int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out, char *errbuf,
+ *   after this is IMG_FORMAT.
+ * Codes: IMG_IO (cannot open), IMG_FORMAT, IMG_UNSUPPORTED (extension,
+ * datatype, a two-file .hdr/.img pair), IMG_TOOBIG, IMG_NOMEM. */
+int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
                        size_t errlen);
 
 /* Reads a PNG into a volume with nz = 1, spacing 1, identity affine (i =
@@ -88,19 +109,19 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
  * alpha and tRNS transparency are dropped, colour becomes BT.601 luma
  * 0.299 R + 0.587 G + 0.114 B, with no gamma correction.  Values are
  * sample / (2^bitdepth - 1), in [0, 1] (palette entries are 8-bit).
- * width*height above max_pixels is ENC_TOOBIG before any pixel memory.
+ * width*height above max_pixels is IMG_TOOBIG before any pixel memory.
  * The file is read to IEND: a corrupt or truncated file, cut anywhere, is
- * ENC_FORMAT with libpng's message (libpng never prints). */
-int enc_img_read_png(const char *path, const enc_img_limits *lim, enc_vol *out, char *errbuf,
+ * IMG_FORMAT with libpng's message (libpng never prints). */
+int img_read_png(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
                      size_t errlen);
 
 /* Reads a 2D image (a radiograph) by extension: .png, or .nii / .nii.gz.
- * A NIfTI image is read as by enc_img_read_nifti (RAS order, not picture
+ * A NIfTI image is read as by img_read_nifti (RAS order, not picture
  * order); it must have one axis of length 1 after reorientation (else
- * ENC_INVAL), which becomes k so that nz = 1: a coronal image (nx, 1, nz)
+ * IMG_INVAL), which becomes k so that nz = 1: a coronal image (nx, 1, nz)
  * comes back as (nx, nz, 1) with the affine's columns reordered to match.
- * Other extensions: ENC_UNSUPPORTED. */
-int enc_img_read_2d(const char *path, const enc_img_limits *lim, enc_vol *out, char *errbuf,
+ * Other extensions: IMG_UNSUPPORTED. */
+int img_read_2d(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
                     size_t errlen);
 
 /* Trilinear resampling of `in` (taken as axis-aligned with its spacing) to
@@ -116,21 +137,21 @@ int enc_img_read_2d(const char *path, const enc_img_limits *lim, enc_vol *out, c
  * take the pad value, the minimum of the input.  Trilinear interpolation
  * is exact on linear functions, so a ramp stays a ramp.  out->spacing is
  * target_spacing and out->affine is in->affine composed with this mapping.
- * `in` is not modified.  Codes: ENC_INVAL, ENC_TOOBIG (size_t overflow),
- * ENC_NOMEM. */
-int enc_img_resample(const enc_vol *in, const float target_spacing[3], int nx, int ny, int nz,
-                     enc_vol *out, char *errbuf, size_t errlen);
+ * `in` is not modified.  Codes: IMG_INVAL, IMG_TOOBIG (size_t overflow),
+ * IMG_NOMEM. */
+int img_resample(const img_vol *in, const float target_spacing[3], int nx, int ny, int nz,
+                     img_vol *out, char *errbuf, size_t errlen);
 
 /* CT intensities: clamps Hounsfield units to [lo, hi] (lo < hi) and scales
  * them to [0, 1] in place.  Non-finite values become 0. */
-void enc_img_ct_window(enc_vol *v, float lo, float hi);
+void img_ct_window(img_vol *v, float lo, float hi);
 
 /* MR intensities: maps the p_lo and p_hi percentiles (0 <= p_lo < p_hi <=
  * 100, e.g. 0.5 and 99.5) of the finite voxels to 0 and 1 in place and
  * clamps to [0, 1].  Percentiles interpolate linearly between order
  * statistics (numpy's default).  Non-finite voxels become 0, and so does a
- * constant image.  Codes: ENC_INVAL (percentiles), ENC_NOMEM (one scratch
+ * constant image.  Codes: IMG_INVAL (percentiles), IMG_NOMEM (one scratch
  * copy of the voxels). */
-int enc_img_mr_scale(enc_vol *v, float p_lo, float p_hi);
+int img_mr_scale(img_vol *v, float p_lo, float p_hi);
 
 #endif

@@ -1,4 +1,4 @@
-/* test_trainer.c - the contrastive trainer (encoder/trainer.h).
+/* test_trainer.c - the contrastive trainer (train/train.h).
  *
  * A tiny medsem model (ViT 16 wide, 2 layers; image 8x8 / patch 4, volume
  * 4x8x8 / patch 2x4x4, so a volume's axial slice is an image input; BERT 16
@@ -25,10 +25,8 @@
 
 #include <cmocka.h>
 
-#include "encoder/model.h"
-#include "encoder/tokenizer.h"
-#include "encoder/train.h"
-#include "encoder/trainer.h"
+#include "encoder/encoder.h"
+#include "train/train.h"
 #include "testutil.h"
 
 static const char *const REPORTS[4] = {
@@ -52,13 +50,13 @@ static int setup(void **state)
     assert_non_null(f->dir);
     char **tokens;
     size_t ntok;
-    assert_int_equal(enc_vocab_build((const char *const *)REPORTS, 4, 120, NULL, &tokens, &ntok),
+    assert_int_equal(trn_vocab_build((const char *const *)REPORTS, 4, 120, NULL, &tokens, &ntok),
                      ENC_OK);
     char path[512], err[512];
     snprintf(path, sizeof path, "%s/vocab.txt", f->dir);
-    assert_int_equal(enc_vocab_write(path, (const char *const *)tokens, ntok, err, sizeof err),
+    assert_int_equal(trn_vocab_write(path, (const char *const *)tokens, ntok, err, sizeof err),
                      ENC_OK);
-    enc_vocab_free(tokens, ntok);
+    trn_vocab_free(tokens, ntok);
     assert_int_equal(enc_tok_load(path, NULL, &f->tok, err, sizeof err), ENC_OK);
     snprintf(f->config, sizeof f->config,
              "{\"architecture\":\"medsem\",\"embed_dim\":8,\"logit_scale\":2.6592,"
@@ -100,30 +98,30 @@ static void make_volume(int c, tu_rng *r, float *x)
         make_image(z >= 2 ? c : (c + 1) % 4, r, x + z * 64);
 }
 
-static enc_trainer *make_trainer(fixture *f, const enc_trainer_opts *o)
+static trn_trainer *make_trainer(fixture *f, const trn_trainer_opts *o)
 {
-    enc_trainer *t;
+    trn_trainer *t;
     char err[512];
-    int rc = enc_trainer_new(f->config, f->tok, o, &t, err, sizeof err);
+    int rc = trn_trainer_new(f->config, f->tok, o, &t, err, sizeof err);
     if (rc)
-        fail_msg("enc_trainer_new: %s", err);
+        fail_msg("trn_trainer_new: %s", err);
     tu_rng r;
     tu_rng_seed(&r, 7);
     float x[256];
     for (int i = 0; i < 16; i++) {
         make_volume(i % 4, &r, x);
-        assert_int_equal(enc_trainer_add(t, ENC_VOLUME, x, REPORTS[i % 4], err, sizeof err), 0);
+        assert_int_equal(trn_trainer_add(t, ENC_VOLUME, x, REPORTS[i % 4], err, sizeof err), 0);
         make_image(i % 4, &r, x);
-        assert_int_equal(enc_trainer_add(t, ENC_IMAGE, x, REPORTS[i % 4], err, sizeof err), 0);
+        assert_int_equal(trn_trainer_add(t, ENC_IMAGE, x, REPORTS[i % 4], err, sizeof err), 0);
     }
-    assert_int_equal(enc_trainer_items(t, ENC_VOLUME), 16);
-    assert_int_equal(enc_trainer_items(t, ENC_IMAGE), 16);
+    assert_int_equal(trn_trainer_items(t, ENC_VOLUME), 16);
+    assert_int_equal(trn_trainer_items(t, ENC_IMAGE), 16);
     return t;
 }
 
-static enc_trainer_opts tiny_opts(void)
+static trn_trainer_opts tiny_opts(void)
 {
-    enc_trainer_opts o = ENC_TRAINER_OPTS_INIT;
+    trn_trainer_opts o = TRN_TRAINER_OPTS_INIT;
     o.seed = 5;
     o.threads = 1;
     o.batch_volumes = 6;
@@ -139,13 +137,13 @@ static enc_trainer_opts tiny_opts(void)
 static void test_loss_decreases(void **state)
 {
     fixture *f = *state;
-    enc_trainer_opts o = tiny_opts();
-    enc_trainer *t = make_trainer(f, &o);
+    trn_trainer_opts o = tiny_opts();
+    trn_trainer *t = make_trainer(f, &o);
     char err[512];
     double first = 0, last = 0;
     for (int s = 0; s < 60; s++) {
-        enc_trainer_stats st;
-        int rc = enc_trainer_step(t, &st, err, sizeof err);
+        trn_trainer_stats st;
+        int rc = trn_trainer_step(t, &st, err, sizeof err);
         if (rc)
             fail_msg("step %d: %s", s, err);
         assert_int_equal(st.skipped, 0);
@@ -158,38 +156,38 @@ static void test_loss_decreases(void **state)
     }
     printf("# mean loss of steps 1-8 %.4f, of steps 53-60 %.4f\n", first, last);
     assert_true(last < 0.8 * first);
-    assert_int_equal(enc_trainer_steps(t), 60);
-    assert_true(enc_trainer_step_flops(t) > 0);
-    enc_trainer_free(t);
+    assert_int_equal(trn_trainer_steps(t), 60);
+    assert_true(trn_trainer_step_flops(t) > 0);
+    trn_trainer_free(t);
 }
 
 static void test_resume_exact(void **state)
 {
     fixture *f = *state;
-    enc_trainer_opts o = tiny_opts();
+    trn_trainer_opts o = tiny_opts();
     char err[512], ck[600];
     snprintf(ck, sizeof ck, "%s/train.ckpt", f->dir);
-    enc_trainer *a = make_trainer(f, &o), *b = make_trainer(f, &o);
+    trn_trainer *a = make_trainer(f, &o), *b = make_trainer(f, &o);
     for (int s = 0; s < 8; s++)
-        assert_int_equal(enc_trainer_step(a, NULL, err, sizeof err), 0);
+        assert_int_equal(trn_trainer_step(a, NULL, err, sizeof err), 0);
     for (int s = 0; s < 4; s++)
-        assert_int_equal(enc_trainer_step(b, NULL, err, sizeof err), 0);
-    assert_int_equal(enc_trainer_ckpt_write(b, ck, err, sizeof err), 0);
-    enc_trainer_free(b);
-    enc_trainer *c = make_trainer(f, &o);
-    assert_int_equal(enc_trainer_ckpt_read(c, ck, err, sizeof err), 0);
-    assert_int_equal(enc_trainer_steps(c), 4);
+        assert_int_equal(trn_trainer_step(b, NULL, err, sizeof err), 0);
+    assert_int_equal(trn_trainer_ckpt_write(b, ck, err, sizeof err), 0);
+    trn_trainer_free(b);
+    trn_trainer *c = make_trainer(f, &o);
+    assert_int_equal(trn_trainer_ckpt_read(c, ck, err, sizeof err), 0);
+    assert_int_equal(trn_trainer_steps(c), 4);
     for (int s = 0; s < 4; s++)
-        assert_int_equal(enc_trainer_step(c, NULL, err, sizeof err), 0);
-    const enc_adamw *oa = enc_trainer_optimizer(a), *oc = enc_trainer_optimizer(c);
-    size_t n = enc_adamw_count(oa);
-    assert_int_equal(n, enc_adamw_count(oc));
-    assert_int_equal(enc_adamw_steps(oa), enc_adamw_steps(oc));
-    assert_memory_equal(enc_trainer_params(a), enc_trainer_params(c), n * sizeof(float));
-    assert_memory_equal(enc_adamw_m(oa), enc_adamw_m(oc), n * sizeof(float));
-    assert_memory_equal(enc_adamw_v(oa), enc_adamw_v(oc), n * sizeof(float));
+        assert_int_equal(trn_trainer_step(c, NULL, err, sizeof err), 0);
+    const trn_adamw *oa = trn_trainer_optimizer(a), *oc = trn_trainer_optimizer(c);
+    size_t n = trn_adamw_count(oa);
+    assert_int_equal(n, trn_adamw_count(oc));
+    assert_int_equal(trn_adamw_steps(oa), trn_adamw_steps(oc));
+    assert_memory_equal(trn_trainer_params(a), trn_trainer_params(c), n * sizeof(float));
+    assert_memory_equal(trn_adamw_m(oa), trn_adamw_m(oc), n * sizeof(float));
+    assert_memory_equal(trn_adamw_v(oa), trn_adamw_v(oc), n * sizeof(float));
     /* and the model's own weights follow the arena */
-    enc_model *ma = enc_trainer_model(a), *mc = enc_trainer_model(c);
+    enc_model *ma = trn_trainer_model(a), *mc = trn_trainer_model(c);
     for (size_t i = 0; i < enc_model_param_count(ma); i++) {
         enc_param pa, pc;
         enc_model_param(ma, i, &pa);
@@ -197,42 +195,42 @@ static void test_resume_exact(void **state)
         assert_memory_equal(pa.data, pc.data, pa.count * sizeof(float));
     }
     /* a different seed gives a different run */
-    enc_trainer_opts o2 = o;
+    trn_trainer_opts o2 = o;
     o2.seed = 6;
-    enc_trainer *d = make_trainer(f, &o2);
-    assert_int_equal(enc_trainer_step(d, NULL, err, sizeof err), 0);
-    assert_true(memcmp(enc_trainer_params(a), enc_trainer_params(d), n * sizeof(float)) != 0);
-    enc_trainer_free(a);
-    enc_trainer_free(c);
-    enc_trainer_free(d);
+    trn_trainer *d = make_trainer(f, &o2);
+    assert_int_equal(trn_trainer_step(d, NULL, err, sizeof err), 0);
+    assert_true(memcmp(trn_trainer_params(a), trn_trainer_params(d), n * sizeof(float)) != 0);
+    trn_trainer_free(a);
+    trn_trainer_free(c);
+    trn_trainer_free(d);
 }
 
 /* The saved directory loads with enc_model_load and encodes as the trainer. */
 static void test_save_loads(void **state)
 {
     fixture *f = *state;
-    enc_trainer_opts o = tiny_opts();
-    enc_trainer *t = make_trainer(f, &o);
+    trn_trainer_opts o = tiny_opts();
+    trn_trainer *t = make_trainer(f, &o);
     char err[512];
     for (int s = 0; s < 3; s++)
-        assert_int_equal(enc_trainer_step(t, NULL, err, sizeof err), 0);
-    assert_int_equal(enc_trainer_save(t, f->dir, err, sizeof err), 0);
+        assert_int_equal(trn_trainer_step(t, NULL, err, sizeof err), 0);
+    assert_int_equal(trn_trainer_save(t, f->dir, err, sizeof err), 0);
     enc_model *m;
     enc_model_opts mo = {.nthreads = 1};
     int rc = enc_model_load(f->dir, &mo, &m, err, sizeof err);
     if (rc)
         fail_msg("enc_model_load: %s", err);
-    const float *P = enc_trainer_params(t);
-    const enc_adamw *opt = enc_trainer_optimizer(t);
+    const float *P = trn_trainer_params(t);
+    const trn_adamw *opt = trn_trainer_optimizer(t);
     size_t np = enc_model_param_count(m);
-    assert_float_equal(enc_model_logit_scale(m), P[enc_adamw_offset(opt, np)], 0);
+    assert_float_equal(enc_model_logit_scale(m), P[trn_adamw_offset(opt, np)], 0);
     tu_rng r;
     tu_rng_seed(&r, 3);
     float vol[256], e1[8], e2[8];
     make_volume(2, &r, vol);
     enc_state *s1, *s2;
     assert_int_equal(enc_state_new(m, ENC_VOLUME, 1, NULL, &s1, err, sizeof err), 0);
-    assert_int_equal(enc_state_new(enc_trainer_model(t), ENC_VOLUME, 1, NULL, &s2, err, sizeof err),
+    assert_int_equal(enc_state_new(trn_trainer_model(t), ENC_VOLUME, 1, NULL, &s2, err, sizeof err),
                      0);
     assert_int_equal(enc_encode_volume(s1, vol, 1, e1), 0);
     assert_int_equal(enc_encode_volume(s2, vol, 1, e2), 0);
@@ -240,27 +238,27 @@ static void test_save_loads(void **state)
     enc_state_free(s1);
     enc_state_free(s2);
     enc_model_free(m);
-    enc_trainer_free(t);
+    trn_trainer_free(t);
 }
 
 static void test_trainer_refusals(void **state)
 {
     fixture *f = *state;
-    enc_trainer *t;
+    trn_trainer *t;
     char err[512];
-    enc_trainer_opts o = tiny_opts();
+    trn_trainer_opts o = tiny_opts();
     o.slice_k = 5; /* the volume has 4 slices */
-    assert_int_equal(enc_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
+    assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
     assert_non_null(strstr(err, "slice"));
     o = tiny_opts();
     o.batch_volumes = 1;
     o.batch_images = 0;
-    assert_int_equal(enc_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
+    assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
     /* a step needs items */
     o = tiny_opts();
-    assert_int_equal(enc_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), 0);
-    assert_int_equal(enc_trainer_step(t, NULL, err, sizeof err), ENC_INVAL);
-    enc_trainer_free(t);
+    assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), 0);
+    assert_int_equal(trn_trainer_step(t, NULL, err, sizeof err), ENC_INVAL);
+    trn_trainer_free(t);
 }
 
 static void test_slice_select(void **state)
@@ -275,14 +273,14 @@ static void test_slice_select(void **state)
     att[3 * 4 + 2] = 0.15f;
     att[1 * 4 + 3] = 0.05f;
     int grid[3] = {4, 2, 2}, s[8];
-    enc_slice_select(att, grid, 3, 1, s);
+    trn_slice_select(att, grid, 3, 1, s);
     assert_int_equal(s[0], 7); /* group 2's centre slice: 2 * 3 + 1 */
-    enc_slice_select(att, grid, 3, 3, s);
+    trn_slice_select(att, grid, 3, 3, s);
     assert_int_equal(s[0], 7);
     assert_int_equal(s[1], 1);  /* group 0 (0.3) */
     assert_int_equal(s[2], 10); /* group 3 (0.15) */
     /* more picks than groups: the next round takes the neighbours */
-    enc_slice_select(att, grid, 3, 6, s);
+    trn_slice_select(att, grid, 3, 6, s);
     assert_int_equal(s[3], 4); /* group 1 */
     assert_int_equal(s[4], 6); /* group 2, centre - 1 */
     assert_int_equal(s[5], 0); /* group 0, centre - 1 */
@@ -290,12 +288,12 @@ static void test_slice_select(void **state)
     float flat[16];
     for (int i = 0; i < 16; i++)
         flat[i] = 1.0f / 16;
-    enc_slice_select(flat, grid, 3, 2, s);
+    trn_slice_select(flat, grid, 3, 2, s);
     assert_int_equal(s[0], 1);
     assert_int_equal(s[1], 4);
 }
 
-static int tags_of(const char *text, int32_t *t) { return enc_report_tags(text, t, 32); }
+static int tags_of(const char *text, int32_t *t) { return trn_report_tags(text, t, 32); }
 
 static int has(const int32_t *t, int n, int32_t v)
 {
@@ -352,7 +350,7 @@ static void test_report_tags(void **state)
                 t);
     for (int i = 1; i < n; i++)
         assert_true(t[i - 1] < t[i]);
-    assert_int_equal(enc_report_tags("Left pneumothorax. Right mass.", t, 1), 1);
+    assert_int_equal(trn_report_tags("Left pneumothorax. Right mass.", t, 1), 1);
 }
 
 int main(void)

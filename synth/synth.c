@@ -23,8 +23,7 @@
 #include "config.h"
 #endif
 
-#include "encoder/synth.h"
-#include "encoder/internal.h"
+#include "synth/synth.h"
 #include "util/util.h"
 
 #include <assert.h>
@@ -46,6 +45,14 @@
 #define M_PI 3.14159265358979323846
 #endif
 
+#define SYNTH__MSG(name, msg) msg,
+#define SYNTH__NAME(name, msg) "SYNTH_" #name,
+static const char *const synth_msgs[] = {SYNTH_ERRNO_MAP(SYNTH__MSG)};
+static const char *const synth_names[] = {SYNTH_ERRNO_MAP(SYNTH__NAME)};
+
+const char *synth_strerror(int c) { return util_errtab(synth_msgs, SYNTH_NERR, c, "unknown error"); }
+const char *synth_errname(int c) { return util_errtab(synth_names, SYNTH_NERR, c, "SYNTH_UNKNOWN"); }
+
 /* ---- random numbers ------------------------------------------------------- */
 
 /* A seed for stream b of a: every (seed, stream, index) chain gets its own
@@ -53,59 +60,59 @@
 static uint64_t mix(uint64_t a, uint64_t b)
 {
     uint64_t x = a ^ (b * 0xd1342543de82ef95ULL + 0x632be59bd9b4e019ULL);
-    enc__splitmix64(&x);
-    return enc__splitmix64(&x);
+    util_splitmix64(&x);
+    return util_splitmix64(&x);
 }
 
-void enc_synth_rng_seed(enc_synth_rng *r, uint64_t seed)
+void synth_rng_seed(synth_rng *r, uint64_t seed)
 {
     uint64_t x = seed;
     for (int i = 0; i < 4; i++)
-        r->s[i] = enc__splitmix64(&x);
+        r->s[i] = util_splitmix64(&x);
 }
 
-uint64_t enc_synth_rng_u64(enc_synth_rng *r) { return enc__xoshiro_next(r->s); }
+uint64_t synth_rng_u64(synth_rng *r) { return util_xoshiro_next(r->s); }
 
-double enc_synth_rng_uniform(enc_synth_rng *r)
+double synth_rng_uniform(synth_rng *r)
 {
-    return (double)(enc_synth_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (double)(synth_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /* Lemire's multiply-and-reject: no modulo bias. */
-uint32_t enc_synth_rng_below(enc_synth_rng *r, uint32_t n)
+uint32_t synth_rng_below(synth_rng *r, uint32_t n)
 {
     assert(n > 0);
-    uint64_t m = (enc_synth_rng_u64(r) >> 32) * (uint64_t)n;
+    uint64_t m = (synth_rng_u64(r) >> 32) * (uint64_t)n;
     uint32_t low = (uint32_t)m;
     if (low < n) {
         uint32_t thresh = (uint32_t)(-n) % n;
         while (low < thresh) {
-            m = (enc_synth_rng_u64(r) >> 32) * (uint64_t)n;
+            m = (synth_rng_u64(r) >> 32) * (uint64_t)n;
             low = (uint32_t)m;
         }
     }
     return (uint32_t)(m >> 32);
 }
 
-double enc_synth_rng_normal(enc_synth_rng *r)
+double synth_rng_normal(synth_rng *r)
 {
-    double u1 = 1.0 - enc_synth_rng_uniform(r), u2 = enc_synth_rng_uniform(r);
+    double u1 = 1.0 - synth_rng_uniform(r), u2 = synth_rng_uniform(r);
     return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
 }
 
-static double U(enc_synth_rng *r, double lo, double hi)
+static double U(synth_rng *r, double lo, double hi)
 {
-    return lo + (hi - lo) * enc_synth_rng_uniform(r);
+    return lo + (hi - lo) * synth_rng_uniform(r);
 }
 
-static int chance(enc_synth_rng *r, double p) { return enc_synth_rng_uniform(r) < p; }
+static int chance(synth_rng *r, double p) { return synth_rng_uniform(r) < p; }
 
-static int pickw(enc_synth_rng *r, const double *w, int n)
+static int pickw(synth_rng *r, const double *w, int n)
 {
     double s = 0;
     for (int i = 0; i < n; i++)
         s += w[i];
-    double x = enc_synth_rng_uniform(r) * s;
+    double x = synth_rng_uniform(r) * s;
     for (int i = 0; i < n; i++) {
         x -= w[i];
         if (x < 0)
@@ -114,14 +121,14 @@ static int pickw(enc_synth_rng *r, const double *w, int n)
     return n - 1;
 }
 
-#define PICK(r, arr) ((arr)[enc_synth_rng_below((r), (uint32_t)(sizeof(arr) / sizeof *(arr)))])
+#define PICK(r, arr) ((arr)[synth_rng_below((r), (uint32_t)(sizeof(arr) / sizeof *(arr)))])
 
 /* Voxel noise: the sum of four 16-bit uniforms from one draw (Irwin-Hall),
  * centred and scaled to unit variance.  Close enough to a normal for CT
  * noise, bounded by +-3.46, and all integer arithmetic until the end. */
-static inline double noise_unit(enc_synth_rng *r)
+static inline double noise_unit(synth_rng *r)
 {
-    uint64_t x = enc_synth_rng_u64(r);
+    uint64_t x = synth_rng_u64(r);
     int64_t s = (int64_t)(x & 0xffff) + (int64_t)((x >> 16) & 0xffff) +
                 (int64_t)((x >> 32) & 0xffff) + (int64_t)(x >> 48);
     return (double)(s - 131070) * (1.0 / 37837.2);
@@ -131,111 +138,111 @@ static inline double noise_unit(enc_synth_rng *r)
 
 static const char *const FINDING_NAME[] = {
 #define X(name, str) str,
-    ENC_SYNTH_FINDING_MAP(X)
+    SYNTH_FINDING_MAP(X)
 #undef X
 };
 static const char *const LOCATION_NAME[] = {
 #define X(name, str) str,
-    ENC_SYNTH_LOCATION_MAP(X)
+    SYNTH_LOCATION_MAP(X)
 #undef X
 };
 static const char *const LANDMARK_NAME[] = {
 #define X(name, str) str,
-    ENC_SYNTH_LANDMARK_MAP(X)
+    SYNTH_LANDMARK_MAP(X)
 #undef X
 };
 
-const char *enc_synth_finding_name(int f)
+const char *synth_finding_name(int f)
 {
-    return f >= 0 && f < ENC_SYNTH_NFINDINGS ? FINDING_NAME[f] : NULL;
+    return f >= 0 && f < SYNTH_NFINDINGS ? FINDING_NAME[f] : NULL;
 }
 
-const char *enc_synth_location_name(int l)
+const char *synth_location_name(int l)
 {
-    return l >= 0 && l < ENC_SYNTH_NLOCATIONS ? LOCATION_NAME[l] : NULL;
+    return l >= 0 && l < SYNTH_NLOCATIONS ? LOCATION_NAME[l] : NULL;
 }
 
-const char *enc_synth_landmark_name(int m)
+const char *synth_landmark_name(int m)
 {
-    return m >= 0 && m < ENC_SYNTH_NLANDMARKS ? LANDMARK_NAME[m] : NULL;
+    return m >= 0 && m < SYNTH_NLANDMARKS ? LANDMARK_NAME[m] : NULL;
 }
 
-static int is_lobe(int l) { return l >= ENC_SYNTH_LOC_RUL && l <= ENC_SYNTH_LOC_LLL; }
-static int lobe_side(int l) { return l <= ENC_SYNTH_LOC_RLL ? 0 : 1; } /* 0 right, 1 left */
-static int side_of(const enc_synth_label *b)
+static int is_lobe(int l) { return l >= SYNTH_LOC_RUL && l <= SYNTH_LOC_LLL; }
+static int lobe_side(int l) { return l <= SYNTH_LOC_RLL ? 0 : 1; } /* 0 right, 1 left */
+static int side_of(const synth_label *b)
 {
-    return is_lobe(b->location) ? lobe_side(b->location) : b->location == ENC_SYNTH_LOC_LEFT;
+    return is_lobe(b->location) ? lobe_side(b->location) : b->location == SYNTH_LOC_LEFT;
 }
 
-int enc_synth_pair_valid(int f, int l)
+int synth_pair_valid(int f, int l)
 {
     switch (f) {
-    case ENC_SYNTH_NORMAL: return l == ENC_SYNTH_LOC_CHEST;
-    case ENC_SYNTH_NODULE:
-    case ENC_SYNTH_MASS:
-    case ENC_SYNTH_CONSOLIDATION: return is_lobe(l);
-    case ENC_SYNTH_EFFUSION:
-    case ENC_SYNTH_PNEUMOTHORAX: return l == ENC_SYNTH_LOC_RIGHT || l == ENC_SYNTH_LOC_LEFT;
-    case ENC_SYNTH_CARDIOMEGALY: return l == ENC_SYNTH_LOC_HEART;
-    case ENC_SYNTH_EMPHYSEMA: return l == ENC_SYNTH_LOC_LUNGS;
+    case SYNTH_NORMAL: return l == SYNTH_LOC_CHEST;
+    case SYNTH_NODULE:
+    case SYNTH_MASS:
+    case SYNTH_CONSOLIDATION: return is_lobe(l);
+    case SYNTH_EFFUSION:
+    case SYNTH_PNEUMOTHORAX: return l == SYNTH_LOC_RIGHT || l == SYNTH_LOC_LEFT;
+    case SYNTH_CARDIOMEGALY: return l == SYNTH_LOC_HEART;
+    case SYNTH_EMPHYSEMA: return l == SYNTH_LOC_LUNGS;
     default: return 0;
     }
 }
 
 static int has_grade(int f)
 {
-    return f == ENC_SYNTH_EFFUSION || f == ENC_SYNTH_PNEUMOTHORAX || f == ENC_SYNTH_CARDIOMEGALY ||
-           f == ENC_SYNTH_EMPHYSEMA;
+    return f == SYNTH_EFFUSION || f == SYNTH_PNEUMOTHORAX || f == SYNTH_CARDIOMEGALY ||
+           f == SYNTH_EMPHYSEMA;
 }
 
-const char *enc_synth_grade_name(int f, int g)
+const char *synth_grade_name(int f, int g)
 {
     static const char *const size[] = {"small", "moderate", "large"};
     static const char *const sev[] = {"mild", "moderate", "severe"};
     if (g < 1 || g > 3 || !has_grade(f))
         return NULL;
-    return f == ENC_SYNTH_EFFUSION || f == ENC_SYNTH_PNEUMOTHORAX ? size[g - 1] : sev[g - 1];
+    return f == SYNTH_EFFUSION || f == SYNTH_PNEUMOTHORAX ? size[g - 1] : sev[g - 1];
 }
 
 static const char *grade_key(int f)
 {
-    return f == ENC_SYNTH_EFFUSION || f == ENC_SYNTH_PNEUMOTHORAX ? "size" : "severity";
+    return f == SYNTH_EFFUSION || f == SYNTH_PNEUMOTHORAX ? "size" : "severity";
 }
 
-int enc_synth_findings_check(const enc_synth_findings *f, char *eb, size_t el)
+int synth_findings_check(const synth_findings *f, char *eb, size_t el)
 {
-    if (f == NULL || f->n < 1 || f->n > ENC_SYNTH_MAX_LABELS)
-        return enc__fail(eb, el, ENC_INVAL, "findings: n = %d, expected 1 to %d", f ? f->n : 0,
-                    ENC_SYNTH_MAX_LABELS);
+    if (f == NULL || f->n < 1 || f->n > SYNTH_MAX_LABELS)
+        return util_errf(eb, el, SYNTH_INVAL, "findings: n = %d, expected 1 to %d", f ? f->n : 0,
+                    SYNTH_MAX_LABELS);
     for (int i = 0; i < f->n; i++) {
-        const enc_synth_label *b = &f->label[i];
-        const char *fn = enc_synth_finding_name(b->finding);
+        const synth_label *b = &f->label[i];
+        const char *fn = synth_finding_name(b->finding);
         if (fn == NULL)
-            return enc__fail(eb, el, ENC_INVAL, "findings: label %d: unknown finding %d", i, b->finding);
-        if (!enc_synth_pair_valid(b->finding, b->location))
-            return enc__fail(eb, el, ENC_INVAL, "findings: label %d: %s cannot be at location %d (%s)",
+            return util_errf(eb, el, SYNTH_INVAL, "findings: label %d: unknown finding %d", i, b->finding);
+        if (!synth_pair_valid(b->finding, b->location))
+            return util_errf(eb, el, SYNTH_INVAL, "findings: label %d: %s cannot be at location %d (%s)",
                         i, fn, b->location,
-                        enc_synth_location_name(b->location) ? enc_synth_location_name(b->location)
+                        synth_location_name(b->location) ? synth_location_name(b->location)
                                                              : "unknown");
-        if (b->finding == ENC_SYNTH_NORMAL && f->n != 1)
-            return enc__fail(eb, el, ENC_INVAL, "findings: label %d: normal must be the only label", i);
-        if (b->finding == ENC_SYNTH_NODULE &&
+        if (b->finding == SYNTH_NORMAL && f->n != 1)
+            return util_errf(eb, el, SYNTH_INVAL, "findings: label %d: normal must be the only label", i);
+        if (b->finding == SYNTH_NODULE &&
             (b->size_mm < 4 || b->size_mm > 30 || b->count < 1 || b->count > 3))
-            return enc__fail(eb, el, ENC_INVAL,
+            return util_errf(eb, el, SYNTH_INVAL,
                         "findings: label %d: nodule size_mm %d (4..30) or count %d (1..3)", i,
                         b->size_mm, b->count);
-        if (b->finding == ENC_SYNTH_MASS && (b->size_mm < 30 || b->size_mm > 80))
-            return enc__fail(eb, el, ENC_INVAL, "findings: label %d: mass size_mm %d, expected 30..80",
+        if (b->finding == SYNTH_MASS && (b->size_mm < 30 || b->size_mm > 80))
+            return util_errf(eb, el, SYNTH_INVAL, "findings: label %d: mass size_mm %d, expected 30..80",
                         i, b->size_mm);
         if (has_grade(b->finding) && (b->grade < 1 || b->grade > 3))
-            return enc__fail(eb, el, ENC_INVAL, "findings: label %d: %s grade %d, expected 1..3", i, fn,
+            return util_errf(eb, el, SYNTH_INVAL, "findings: label %d: %s grade %d, expected 1..3", i, fn,
                         b->grade);
         for (int j = 0; j < i; j++)
             if (f->label[j].finding == b->finding && f->label[j].location == b->location)
-                return enc__fail(eb, el, ENC_INVAL, "findings: labels %d and %d repeat (%s, %s)", j, i,
-                            fn, enc_synth_location_name(b->location));
+                return util_errf(eb, el, SYNTH_INVAL, "findings: labels %d and %d repeat (%s, %s)", j, i,
+                            fn, synth_location_name(b->location));
     }
-    return ENC_OK;
+    return SYNTH_OK;
 }
 
 /* ---- a bounded string builder -------------------------------------------------- */
@@ -307,50 +314,50 @@ static void sb_json_string(sbuf *b, const char *s)
     sb_put(b, "\"", 1);
 }
 
-static void labels_json_sb(sbuf *b, const enc_synth_findings *f)
+static void labels_json_sb(sbuf *b, const synth_findings *f)
 {
     sb_puts(b, "[");
     for (int i = 0; i < f->n; i++) {
-        const enc_synth_label *l = &f->label[i];
+        const synth_label *l = &f->label[i];
         sb_printf(b, "%s{\"finding\":\"%s\",\"location\":\"%s\"", i ? "," : "",
                   FINDING_NAME[l->finding], LOCATION_NAME[l->location]);
-        if (l->finding == ENC_SYNTH_NODULE)
+        if (l->finding == SYNTH_NODULE)
             sb_printf(b, ",\"size_mm\":%d,\"count\":%d", l->size_mm, l->count);
-        else if (l->finding == ENC_SYNTH_MASS)
+        else if (l->finding == SYNTH_MASS)
             sb_printf(b, ",\"size_mm\":%d", l->size_mm);
         else if (has_grade(l->finding))
             sb_printf(b, ",\"%s\":\"%s\"", grade_key(l->finding),
-                      enc_synth_grade_name(l->finding, l->grade));
+                      synth_grade_name(l->finding, l->grade));
         sb_puts(b, "}");
     }
     sb_puts(b, "]");
 }
 
-int enc_synth_labels_json(const enc_synth_findings *f, char *buf, size_t len)
+int synth_labels_json(const synth_findings *f, char *buf, size_t len)
 {
     sbuf b;
     sb_init(&b, buf, len);
-    if (enc_synth_findings_check(f, NULL, 0))
-        return ENC_INVAL;
+    if (synth_findings_check(f, NULL, 0))
+        return SYNTH_INVAL;
     labels_json_sb(&b, f);
-    return b.over ? ENC_TOOBIG : ENC_OK;
+    return b.over ? SYNTH_TOOBIG : SYNTH_OK;
 }
 
-int enc_synth_vocab_json(char *buf, size_t len)
+int synth_vocab_json(char *buf, size_t len)
 {
     sbuf b;
     sb_init(&b, buf, len);
     sb_puts(&b, "{\n  \"version\": 1,\n  \"findings\": [");
-    for (int f = 0; f < ENC_SYNTH_NFINDINGS; f++)
+    for (int f = 0; f < SYNTH_NFINDINGS; f++)
         sb_printf(&b, "%s\"%s\"", f ? ", " : "", FINDING_NAME[f]);
     sb_puts(&b, "],\n  \"locations\": [");
-    for (int l = 0; l < ENC_SYNTH_NLOCATIONS; l++)
+    for (int l = 0; l < SYNTH_NLOCATIONS; l++)
         sb_printf(&b, "%s\"%s\"", l ? ", " : "", LOCATION_NAME[l]);
     sb_puts(&b, "],\n  \"pairs\": [");
     int first = 1;
-    for (int f = 0; f < ENC_SYNTH_NFINDINGS; f++)
-        for (int l = 0; l < ENC_SYNTH_NLOCATIONS; l++)
-            if (enc_synth_pair_valid(f, l)) {
+    for (int f = 0; f < SYNTH_NFINDINGS; f++)
+        for (int l = 0; l < SYNTH_NLOCATIONS; l++)
+            if (synth_pair_valid(f, l)) {
                 sb_printf(&b, "%s\n    [\"%s\", \"%s\"]", first ? "" : ",", FINDING_NAME[f],
                           LOCATION_NAME[l]);
                 first = 0;
@@ -366,36 +373,36 @@ int enc_synth_vocab_json(char *buf, size_t len)
                 "  },\n"
                 "  \"compare\": \"label precision compares the set of (finding, location) "
                 "pairs; attributes are for finer evaluation\"\n}\n");
-    return b.over ? ENC_TOOBIG : ENC_OK;
+    return b.over ? SYNTH_TOOBIG : SYNTH_OK;
 }
 
-const char *enc_synth_split_name(int s)
+const char *synth_split_name(int s)
 {
     static const char *const n[] = {"train", "val", "test"};
     return s >= 0 && s < 3 ? n[s] : NULL;
 }
 
-int enc_synth_split_parse(const char *s, enc_synth_split *out)
+int synth_split_parse(const char *s, synth_split *out)
 {
     for (int i = 0; i < 3; i++)
-        if (s && !strcmp(s, enc_synth_split_name(i))) {
-            *out = (enc_synth_split)i;
-            return ENC_OK;
+        if (s && !strcmp(s, synth_split_name(i))) {
+            *out = (synth_split)i;
+            return SYNTH_OK;
         }
-    return ENC_INVAL;
+    return SYNTH_INVAL;
 }
 
-int enc_synth_size_parse(const char *s, enc_synth_size *out)
+int synth_size_parse(const char *s, synth_size *out)
 {
     if (s && !strcmp(s, "default")) {
-        *out = ENC_SYNTH_SIZE_DEFAULT;
-        return ENC_OK;
+        *out = SYNTH_SIZE_DEFAULT;
+        return SYNTH_OK;
     }
     if (s && !strcmp(s, "small")) {
-        *out = ENC_SYNTH_SIZE_SMALL;
-        return ENC_OK;
+        *out = SYNTH_SIZE_SMALL;
+        return SYNTH_OK;
     }
-    return ENC_INVAL;
+    return SYNTH_INVAL;
 }
 
 /* ---- the phantom ------------------------------------------------------------------ */
@@ -447,9 +454,9 @@ typedef struct phantom {
     int nvert;
     double hu[L_NLAB]; /* patient-level tissue HU */
     double lung_grad;  /* HU from anterior to posterior lung (dependent density) */
-    enc_synth_findings f;
-    double rep[ENC_SYNTH_MAX_LABELS][3];
-    double lm[ENC_SYNTH_NLANDMARKS][3];
+    synth_findings f;
+    double rep[SYNTH_MAX_LABELS][3];
+    double lm[SYNTH_NLANDMARKS][3];
     int nops;
     op ops[PH_MAX_OPS];
 } phantom;
@@ -483,10 +490,10 @@ static int lobe_of(const phantom *ph, int s, const double p[3])
     const lungdef *L = &ph->lung[s];
     double u = (p[2] - L->c[2]) / L->a[2], v = (p[1] - L->c[1]) / L->a[1];
     if (u < 0.30 - 0.6 * (v + 1))
-        return s == 0 ? ENC_SYNTH_LOC_RLL : ENC_SYNTH_LOC_LLL;
+        return s == 0 ? SYNTH_LOC_RLL : SYNTH_LOC_LLL;
     if (s == 1)
-        return ENC_SYNTH_LOC_LUL;
-    return u > -0.05 ? ENC_SYNTH_LOC_RUL : ENC_SYNTH_LOC_RML;
+        return SYNTH_LOC_LUL;
+    return u > -0.05 ? SYNTH_LOC_RUL : SYNTH_LOC_RML;
 }
 
 static int heart_in(const phantom *ph, const double p[3], double pad)
@@ -626,7 +633,7 @@ static void lung_box(const phantom *ph, int s, double lo[3], double hi[3])
 
 /* A point of the lobe at least `margin` mm inside the lung along each
  * axis; the margin halves when the lobe is too small for it. */
-static void sample_lobe(const phantom *ph, enc_synth_rng *r, int lobe, double margin, double out[3])
+static void sample_lobe(const phantom *ph, synth_rng *r, int lobe, double margin, double out[3])
 {
     int s = lobe_side(lobe);
     double lo[3], hi[3];
@@ -657,7 +664,7 @@ static void sample_lobe(const phantom *ph, enc_synth_rng *r, int lobe, double ma
 /* A representative point of a predicate region: the accepted sample
  * nearest the centroid of all accepted samples (a centroid alone can fall
  * outside a crescent). */
-static void rep_point(const phantom *ph, enc_synth_rng *r, const op *o, double out[3])
+static void rep_point(const phantom *ph, synth_rng *r, const op *o, double out[3])
 {
     enum { NS = 300 };
     double pts[NS][3], cen[3] = {0, 0, 0};
@@ -702,85 +709,85 @@ static void rep_point(const phantom *ph, enc_synth_rng *r, const op *o, double o
 
 static int label_cmp(const void *a, const void *b)
 {
-    const enc_synth_label *x = a, *y = b;
+    const synth_label *x = a, *y = b;
     if (x->finding != y->finding)
         return (int)x->finding - (int)y->finding;
     return (int)x->location - (int)y->location;
 }
 
-static int is_pleural(const enc_synth_label *b)
+static int is_pleural(const synth_label *b)
 {
-    return b->finding == ENC_SYNTH_EFFUSION || b->finding == ENC_SYNTH_PNEUMOTHORAX;
+    return b->finding == SYNTH_EFFUSION || b->finding == SYNTH_PNEUMOTHORAX;
 }
 
 /* Whether adding b to f would make a repeat or a combination that hides a
  * finding: two lesions in one lobe, two pleural findings on one side, a
  * pneumothorax or a large effusion with a lesion of that lung, a moderate
  * effusion with a lesion of the lower lobe under it. */
-static int conflicts(const enc_synth_findings *f, const enc_synth_label *b)
+static int conflicts(const synth_findings *f, const synth_label *b)
 {
     for (int i = 0; i < f->n; i++) {
-        const enc_synth_label *a = &f->label[i];
+        const synth_label *a = &f->label[i];
         if (a->finding == b->finding && a->location == b->location)
             return 1;
         if (is_pleural(a) && is_pleural(b) && a->location == b->location)
             return 1;
         if (is_lobe(a->location) && is_lobe(b->location) && a->location == b->location)
             return 1;
-        const enc_synth_label *p = is_pleural(a) ? a : is_pleural(b) ? b : NULL;
-        const enc_synth_label *l = is_lobe(a->location) ? a : is_lobe(b->location) ? b : NULL;
+        const synth_label *p = is_pleural(a) ? a : is_pleural(b) ? b : NULL;
+        const synth_label *l = is_lobe(a->location) ? a : is_lobe(b->location) ? b : NULL;
         if (p && l && p != l && side_of(p) == side_of(l)) {
-            if (p->finding == ENC_SYNTH_PNEUMOTHORAX || p->grade == 3)
+            if (p->finding == SYNTH_PNEUMOTHORAX || p->grade == 3)
                 return 1;
             if (p->grade == 2 &&
-                (l->location == ENC_SYNTH_LOC_RLL || l->location == ENC_SYNTH_LOC_LLL))
+                (l->location == SYNTH_LOC_RLL || l->location == SYNTH_LOC_LLL))
                 return 1;
         }
     }
     return 0;
 }
 
-static void draw_findings(enc_synth_rng *r, enc_synth_findings *f)
+static void draw_findings(synth_rng *r, synth_findings *f)
 {
     memset(f, 0, sizeof *f);
     if (chance(r, 0.28)) {
         f->n = 1;
-        f->label[0] = (enc_synth_label){ENC_SYNTH_NORMAL, ENC_SYNTH_LOC_CHEST, 0, 1, 0};
+        f->label[0] = (synth_label){SYNTH_NORMAL, SYNTH_LOC_CHEST, 0, 1, 0};
         return;
     }
     static const double nw[] = {0.5, 0.35, 0.15};
-    static const double kw[ENC_SYNTH_NFINDINGS] = {0, 25, 10, 18, 10, 15, 12, 10};
+    static const double kw[SYNTH_NFINDINGS] = {0, 25, 10, 18, 10, 15, 12, 10};
     static const double consol_w[] = {1, 1, 2, 1, 2};
     static const double g3[] = {0.45, 0.35, 0.20};
     int want = 1 + pickw(r, nw, 3);
     for (int tries = 0; f->n < want && tries < 40; tries++) {
-        enc_synth_label b = {0};
-        b.finding = (enc_synth_finding)pickw(r, kw, ENC_SYNTH_NFINDINGS);
+        synth_label b = {0};
+        b.finding = (synth_finding)pickw(r, kw, SYNTH_NFINDINGS);
         b.count = 1;
         switch (b.finding) {
-        case ENC_SYNTH_NODULE:
-            b.location = (enc_synth_location)enc_synth_rng_below(r, 5);
-            b.size_mm = 6 + (int)floor(22 * pow(enc_synth_rng_uniform(r), 1.5));
+        case SYNTH_NODULE:
+            b.location = (synth_location)synth_rng_below(r, 5);
+            b.size_mm = 6 + (int)floor(22 * pow(synth_rng_uniform(r), 1.5));
             b.count = 1 + pickw(r, (const double[]){0.7, 0.2, 0.1}, 3);
             break;
-        case ENC_SYNTH_MASS:
-            b.location = (enc_synth_location)enc_synth_rng_below(r, 5);
-            b.size_mm = 32 + (int)enc_synth_rng_below(r, 34);
+        case SYNTH_MASS:
+            b.location = (synth_location)synth_rng_below(r, 5);
+            b.size_mm = 32 + (int)synth_rng_below(r, 34);
             break;
-        case ENC_SYNTH_CONSOLIDATION:
-            b.location = (enc_synth_location)pickw(r, consol_w, 5);
+        case SYNTH_CONSOLIDATION:
+            b.location = (synth_location)pickw(r, consol_w, 5);
             break;
-        case ENC_SYNTH_EFFUSION:
-        case ENC_SYNTH_PNEUMOTHORAX:
-            b.location = chance(r, 0.5) ? ENC_SYNTH_LOC_RIGHT : ENC_SYNTH_LOC_LEFT;
+        case SYNTH_EFFUSION:
+        case SYNTH_PNEUMOTHORAX:
+            b.location = chance(r, 0.5) ? SYNTH_LOC_RIGHT : SYNTH_LOC_LEFT;
             b.grade = 1 + pickw(r, g3, 3);
             break;
-        case ENC_SYNTH_CARDIOMEGALY:
-            b.location = ENC_SYNTH_LOC_HEART;
+        case SYNTH_CARDIOMEGALY:
+            b.location = SYNTH_LOC_HEART;
             b.grade = 1 + pickw(r, (const double[]){0.5, 0.35, 0.15}, 3);
             break;
-        case ENC_SYNTH_EMPHYSEMA:
-            b.location = ENC_SYNTH_LOC_LUNGS;
+        case SYNTH_EMPHYSEMA:
+            b.location = SYNTH_LOC_LUNGS;
             b.grade = 1 + pickw(r, (const double[]){0.4, 0.4, 0.2}, 3);
             break;
         default: continue;
@@ -791,7 +798,7 @@ static void draw_findings(enc_synth_rng *r, enc_synth_findings *f)
     qsort(f->label, (size_t)f->n, sizeof f->label[0], label_cmp);
 }
 
-static const enc_synth_label *find_label(const enc_synth_findings *f, int finding, int loc)
+static const synth_label *find_label(const synth_findings *f, int finding, int loc)
 {
     for (int i = 0; i < f->n; i++)
         if ((int)f->label[i].finding == finding && (loc < 0 || (int)f->label[i].location == loc))
@@ -818,15 +825,15 @@ static void caps_ref(phantom *ph, int label, uint32_t mask, double x0, double y0
     add_caps(ph, label, mask, p, q, r * 0.5 * (ph->sc[0] + ph->sc[1]));
 }
 
-static void build_anatomy(phantom *ph, enc_synth_rng *r)
+static void build_anatomy(phantom *ph, synth_rng *r)
 {
     const double *sc = ph->sc;
     const double sr = 0.5 * (sc[0] + sc[1]);
     double c[3], lo[3], hi[3];
-    const int emph = find_label(&ph->f, ENC_SYNTH_EMPHYSEMA, -1)
-                         ? find_label(&ph->f, ENC_SYNTH_EMPHYSEMA, -1)->grade
+    const int emph = find_label(&ph->f, SYNTH_EMPHYSEMA, -1)
+                         ? find_label(&ph->f, SYNTH_EMPHYSEMA, -1)->grade
                          : 0;
-    const enc_synth_label *cm = find_label(&ph->f, ENC_SYNTH_CARDIOMEGALY, -1);
+    const synth_label *cm = find_label(&ph->f, SYNTH_CARDIOMEGALY, -1);
 
     /* body wall: fat, then muscle, rounded off at the shoulders; the neck */
     ph->body[0] = 165 * sc[0];
@@ -997,9 +1004,9 @@ static void build_anatomy(phantom *ph, enc_synth_rng *r)
     }
 }
 
-static void build_findings(phantom *ph, enc_synth_rng *r)
+static void build_findings(phantom *ph, synth_rng *r)
 {
-    const enc_synth_findings *f = &ph->f;
+    const synth_findings *f = &ph->f;
     const uint32_t mfind = M_LUNG | LB(L_BULLA);
     double lo[3], hi[3];
 
@@ -1009,23 +1016,23 @@ static void build_findings(phantom *ph, enc_synth_rng *r)
     /* in painting order: emphysema, consolidation, nodules, masses,
      * effusions, pneumothoraces (later ones never erase earlier findings:
      * their masks hold only lung) */
-    static const int order[] = {ENC_SYNTH_EMPHYSEMA, ENC_SYNTH_CONSOLIDATION, ENC_SYNTH_NODULE,
-                                ENC_SYNTH_MASS,      ENC_SYNTH_EFFUSION,      ENC_SYNTH_PNEUMOTHORAX,
-                                ENC_SYNTH_CARDIOMEGALY, ENC_SYNTH_NORMAL};
+    static const int order[] = {SYNTH_EMPHYSEMA, SYNTH_CONSOLIDATION, SYNTH_NODULE,
+                                SYNTH_MASS,      SYNTH_EFFUSION,      SYNTH_PNEUMOTHORAX,
+                                SYNTH_CARDIOMEGALY, SYNTH_NORMAL};
     for (size_t oi = 0; oi < sizeof order / sizeof *order; oi++) {
         for (int li = 0; li < f->n; li++) {
-            const enc_synth_label *b = &f->label[li];
+            const synth_label *b = &f->label[li];
             if ((int)b->finding != order[oi])
                 continue;
             double *rep = ph->rep[li];
             int s = side_of(b);
             switch (b->finding) {
-            case ENC_SYNTH_EMPHYSEMA: {
-                int nb = (b->grade == 1 ? 3 : b->grade == 2 ? 5 : 8) + (int)enc_synth_rng_below(r, 2);
+            case SYNTH_EMPHYSEMA: {
+                int nb = (b->grade == 1 ? 3 : b->grade == 2 ? 5 : 8) + (int)synth_rng_below(r, 2);
                 for (int k = 0; k < nb; k++) {
                     int lobe = chance(r, 0.75)
-                                   ? (chance(r, 0.5) ? ENC_SYNTH_LOC_RUL : ENC_SYNTH_LOC_LUL)
-                                   : (int)enc_synth_rng_below(r, 5);
+                                   ? (chance(r, 0.5) ? SYNTH_LOC_RUL : SYNTH_LOC_LUL)
+                                   : (int)synth_rng_below(r, 5);
                     double rad = U(r, 5, 13) * (b->grade == 3 ? 1.35 : 1.0), c[3];
                     sample_lobe(ph, r, lobe, rad + 3, c);
                     add_ellipsoid(ph, L_BULLA, M_LUNG, c, (const double[]){rad, rad, rad});
@@ -1034,7 +1041,7 @@ static void build_findings(phantom *ph, enc_synth_rng *r)
                 }
                 break;
             }
-            case ENC_SYNTH_CONSOLIDATION: {
+            case SYNTH_CONSOLIDATION: {
                 double c[3];
                 sample_lobe(ph, r, b->location, 8, c);
                 lung_box(ph, s, lo, hi);
@@ -1058,7 +1065,7 @@ static void build_findings(phantom *ph, enc_synth_rng *r)
                 }
                 break;
             }
-            case ENC_SYNTH_NODULE: {
+            case SYNTH_NODULE: {
                 for (int k = 0; k < b->count; k++) {
                     double d = k == 0 ? b->size_mm : U(r, 4, b->size_mm);
                     double rad = 0.5 * d, c[3], a[3];
@@ -1071,7 +1078,7 @@ static void build_findings(phantom *ph, enc_synth_rng *r)
                 }
                 break;
             }
-            case ENC_SYNTH_MASS: {
+            case SYNTH_MASS: {
                 double rad = 0.5 * b->size_mm, c[3];
                 sample_lobe(ph, r, b->location, 0.7 * rad, c);
                 add_ellipsoid(ph, L_MASS, mfind, c,
@@ -1080,7 +1087,7 @@ static void build_findings(phantom *ph, enc_synth_rng *r)
                 for (int k = 0; k < 3; k++) { /* lobulations */
                     double q[3], u[3], n = 0;
                     for (int m = 0; m < 3; m++) {
-                        u[m] = enc_synth_rng_normal(r);
+                        u[m] = synth_rng_normal(r);
                         n += u[m] * u[m];
                     }
                     n = sqrt(n) + 1e-9;
@@ -1092,7 +1099,7 @@ static void build_findings(phantom *ph, enc_synth_rng *r)
                 memcpy(rep, c, sizeof c);
                 break;
             }
-            case ENC_SYNTH_EFFUSION: {
+            case SYNTH_EFFUSION: {
                 static const double T0[] = {26, 50, 95}, H[] = {60, 120, 190};
                 const lungdef *L = &ph->lung[s];
                 double t0 = T0[b->grade - 1] * ph->sc[1], h = H[b->grade - 1] * ph->sc[2];
@@ -1111,7 +1118,7 @@ static void build_findings(phantom *ph, enc_synth_rng *r)
                 rep_point(ph, r, o, rep);
                 break;
             }
-            case ENC_SYNTH_PNEUMOTHORAX: {
+            case SYNTH_PNEUMOTHORAX: {
                 static const double fac[] = {0.84, 0.70, 0.55};
                 const lungdef *L = &ph->lung[s];
                 lung_box(ph, s, lo, hi);
@@ -1131,17 +1138,17 @@ static void build_findings(phantom *ph, enc_synth_rng *r)
                 rep_point(ph, r, o[1], rep);
                 break;
             }
-            case ENC_SYNTH_CARDIOMEGALY: memcpy(rep, ph->heart_c, sizeof ph->heart_c); break;
+            case SYNTH_CARDIOMEGALY: memcpy(rep, ph->heart_c, sizeof ph->heart_c); break;
             default: break;
             }
         }
     }
 }
 
-static void set_hu(phantom *ph, enc_synth_rng *r)
+static void set_hu(phantom *ph, synth_rng *r)
 {
     double *h = ph->hu;
-    const enc_synth_label *em = find_label(&ph->f, ENC_SYNTH_EMPHYSEMA, -1);
+    const synth_label *em = find_label(&ph->f, SYNTH_EMPHYSEMA, -1);
     h[L_OUT] = -1000;
     h[L_FAT] = U(r, -112, -88);
     h[L_MUSCLE] = U(r, 35, 48);
@@ -1164,8 +1171,8 @@ static void set_hu(phantom *ph, enc_synth_rng *r)
     h[L_CONSOL] = U(r, 20, 40);
     h[L_BULLA] = -995;
     {
-        const enc_synth_label *px[2] = {find_label(&ph->f, ENC_SYNTH_PNEUMOTHORAX, ENC_SYNTH_LOC_RIGHT),
-                                        find_label(&ph->f, ENC_SYNTH_PNEUMOTHORAX, ENC_SYNTH_LOC_LEFT)};
+        const synth_label *px[2] = {find_label(&ph->f, SYNTH_PNEUMOTHORAX, SYNTH_LOC_RIGHT),
+                                        find_label(&ph->f, SYNTH_PNEUMOTHORAX, SYNTH_LOC_LEFT)};
         int g = px[0] ? px[0]->grade : 0;
         if (px[1] && px[1]->grade > g)
             g = px[1]->grade;
@@ -1177,39 +1184,39 @@ static void set_hu(phantom *ph, enc_synth_rng *r)
 static void set_landmarks(phantom *ph)
 {
     double(*lm)[3] = ph->lm;
-    memcpy(lm[ENC_SYNTH_LM_HEART], ph->heart_c, sizeof ph->heart_c);
+    memcpy(lm[SYNTH_LM_HEART], ph->heart_c, sizeof ph->heart_c);
     /* the vertebral body whose centre is nearest the heart's level */
     double zb = ph->vert_z[0];
     for (int v = 1; v < ph->nvert; v++)
         if (fabs(ph->vert_z[v] - ph->heart_c[2]) < fabs(zb - ph->heart_c[2]))
             zb = ph->vert_z[v];
-    lm[ENC_SYNTH_LM_SPINE][0] = 0;
-    lm[ENC_SYNTH_LM_SPINE][1] = ph->spine_y;
-    lm[ENC_SYNTH_LM_SPINE][2] = zb;
-    P(ph, -23.4, -30.6, -20, lm[ENC_SYNTH_LM_AORTA]); /* on the descending aorta */
+    lm[SYNTH_LM_SPINE][0] = 0;
+    lm[SYNTH_LM_SPINE][1] = ph->spine_y;
+    lm[SYNTH_LM_SPINE][2] = zb;
+    P(ph, -23.4, -30.6, -20, lm[SYNTH_LM_AORTA]); /* on the descending aorta */
     for (int s = 0; s < 2; s++) {
         const lungdef *L = &ph->lung[s];
-        double *p = lm[s ? ENC_SYNTH_LM_LUNG_L : ENC_SYNTH_LM_LUNG_R];
+        double *p = lm[s ? SYNTH_LM_LUNG_L : SYNTH_LM_LUNG_R];
         p[0] = L->c[0] + side_sign(s) * 0.35 * L->a[0];
         p[1] = L->c[1] + 0.35 * L->a[1];
         p[2] = L->c[2] + 0.35 * L->a[2];
     }
-    P(ph, 0, 6, 120, lm[ENC_SYNTH_LM_TRACHEA]);
-    lm[ENC_SYNTH_LM_FAT][0] = ph->body[0] - 0.5 * ph->fat;
-    lm[ENC_SYNTH_LM_FAT][1] = 0;
-    lm[ENC_SYNTH_LM_FAT][2] = 0;
-    P(ph, 60, 0, -95, lm[ENC_SYNTH_LM_LIVER]);
-    lm[ENC_SYNTH_LM_OUTSIDE][0] = 0;
-    lm[ENC_SYNTH_LM_OUTSIDE][1] = ph->body[1] + 25;
-    lm[ENC_SYNTH_LM_OUTSIDE][2] = 0;
+    P(ph, 0, 6, 120, lm[SYNTH_LM_TRACHEA]);
+    lm[SYNTH_LM_FAT][0] = ph->body[0] - 0.5 * ph->fat;
+    lm[SYNTH_LM_FAT][1] = 0;
+    lm[SYNTH_LM_FAT][2] = 0;
+    P(ph, 60, 0, -95, lm[SYNTH_LM_LIVER]);
+    lm[SYNTH_LM_OUTSIDE][0] = 0;
+    lm[SYNTH_LM_OUTSIDE][1] = ph->body[1] + 25;
+    lm[SYNTH_LM_OUTSIDE][2] = 0;
 }
 
 /* The whole phantom of a patient.  The patient seed alone decides it,
  * except for forced findings. */
-static void build_phantom(phantom *ph, uint64_t patient_seed, const enc_synth_findings *force)
+static void build_phantom(phantom *ph, uint64_t patient_seed, const synth_findings *force)
 {
-    enc_synth_rng r;
-    enc_synth_rng_seed(&r, mix(patient_seed, 0x70686e74)); /* "phnt" */
+    synth_rng r;
+    synth_rng_seed(&r, mix(patient_seed, 0x70686e74)); /* "phnt" */
     memset(ph, 0, offsetof(phantom, ops));
     double s = U(&r, 0.85, 1.15);
     ph->sc[0] = s * U(&r, 0.95, 1.05);
@@ -1222,7 +1229,7 @@ static void build_phantom(phantom *ph, uint64_t patient_seed, const enc_synth_fi
     } else {
         draw_findings(&r, &ph->f);
     }
-    ph->f.modality = ENC_SYNTH_CT;
+    ph->f.modality = SYNTH_CT;
     build_anatomy(ph, &r);
     build_findings(ph, &r);
     set_hu(ph, &r);
@@ -1325,7 +1332,7 @@ static int grid_init(grid *g, const int n[3], const double A[3][3], const double
     mat_inv(g->m, g->minv);
     memcpy(g->n, n, sizeof g->n);
     g->lab = calloc((size_t)n[0] * n[1] * n[2], 1);
-    return g->lab ? ENC_OK : ENC_NOMEM;
+    return g->lab ? SYNTH_OK : SYNTH_NOMEM;
 }
 
 /* The voxel box covering a patient-frame box; 0 when it misses the grid. */
@@ -1532,8 +1539,8 @@ static const geom_size GEOM[2] = {
     {64, {5.6, 6.6}, DZ_SMALL, DZW_SMALL, 3, 128, 3.3, 6.0},
 };
 
-static int render_ct(const phantom *ph, const geom_size *gs, const enc_synth_req *rq,
-                     enc_synth_rng *r, uint64_t noise_seed, enc_synth_study *st)
+static int render_ct(const phantom *ph, const geom_size *gs, const synth_req *rq,
+                     synth_rng *r, uint64_t noise_seed, synth_study *st)
 {
     /* spacing: in-plane wide enough for the body, slices covering the lungs */
     double sp = U(r, gs->ct_sp[0], gs->ct_sp[1]);
@@ -1544,15 +1551,15 @@ static int render_ct(const phantom *ph, const geom_size *gs, const enc_synth_req
         n[2] = 160;
 
     /* storage: RAS or LPS (x and y reversed), sometimes slices top-down */
-    int lps = rq->storage == ENC_SYNTH_STORE_LPS ||
-              (rq->storage == ENC_SYNTH_STORE_RANDOM && chance(r, 0.5));
+    int lps = rq->storage == SYNTH_STORE_LPS ||
+              (rq->storage == SYNTH_STORE_RANDOM && chance(r, 0.5));
     double fz = chance(r, 0.25) ? -1 : 1;
     double F[3][3] = {{lps ? -sp : sp, 0, 0}, {0, lps ? -sp : sp, 0}, {0, 0, fz * dz}};
 
     /* an oblique grid: a small rotation about a random axis, kept in the affine */
     double u[3], un = 0, Rg[3][3], A[3][3];
     for (int m = 0; m < 3; m++) {
-        u[m] = enc_synth_rng_normal(r);
+        u[m] = synth_rng_normal(r);
         un += u[m] * u[m];
     }
     un = sqrt(un) + 1e-12;
@@ -1595,18 +1602,18 @@ static int render_ct(const phantom *ph, const geom_size *gs, const enc_synth_req
 
     grid g;
     if (grid_init(&g, n, A, a0, &ps))
-        return ENC_NOMEM;
+        return SYNTH_NOMEM;
     size_t nv = (size_t)n[0] * n[1] * n[2];
     int16_t *vol = malloc(nv * sizeof *vol);
     if (!vol) {
         free(g.lab);
-        return ENC_NOMEM;
+        return SYNTH_NOMEM;
     }
     paint_all(&g, ph);
 
     /* labels to HU: lungs denser toward the back (dependent), noise */
-    enc_synth_rng nr;
-    enc_synth_rng_seed(&nr, noise_seed);
+    synth_rng nr;
+    synth_rng_seed(&nr, noise_seed);
     const double gy = ph->lung_grad / (2 * ph->cav[1]);
     for (int k = 0; k < n[2]; k++)
         for (int j = 0; j < n[1]; j++) {
@@ -1645,9 +1652,9 @@ static int render_ct(const phantom *ph, const geom_size *gs, const enc_synth_req
     st->scl_inter = inter;
     for (int l = 0; l < ph->f.n; l++)
         pose_apply(&ps, ph->rep[l], st->finding_ras[l]);
-    for (int m = 0; m < ENC_SYNTH_NLANDMARKS; m++)
+    for (int m = 0; m < SYNTH_NLANDMARKS; m++)
         pose_apply(&ps, ph->lm[m], st->landmark_ras[m]);
-    return ENC_OK;
+    return SYNTH_OK;
 }
 
 /* ---- the radiograph ---------------------------------------------------------------- */
@@ -1662,8 +1669,8 @@ static double mu_of(const phantom *ph, int l)
     return 0.019 * (f > 0 ? f : 0);
 }
 
-static int render_cr(const phantom *ph, const geom_size *gs, enc_synth_rng *r, uint64_t noise_seed,
-                     enc_synth_study *st)
+static int render_cr(const phantom *ph, const geom_size *gs, synth_rng *r, uint64_t noise_seed,
+                     synth_study *st)
 {
     const int W = gs->cr_n, H = gs->cr_n; /* at most 1024 (a column buffer below) */
     const double px = gs->cr_px, dy = gs->cr_dy;
@@ -1689,7 +1696,7 @@ static int render_cr(const phantom *ph, const geom_size *gs, enc_synth_rng *r, u
 
     grid g;
     if (grid_init(&g, n, A, a0, &ps))
-        return ENC_NOMEM;
+        return SYNTH_NOMEM;
     size_t np = (size_t)W * H;
     double *acc = calloc(np, sizeof *acc), *tmp = malloc(np * sizeof *tmp);
     uint16_t *img = malloc(np * sizeof *img);
@@ -1698,7 +1705,7 @@ static int render_cr(const phantom *ph, const geom_size *gs, enc_synth_rng *r, u
         free(acc);
         free(tmp);
         free(img);
-        return ENC_NOMEM;
+        return SYNTH_NOMEM;
     }
     paint_all(&g, ph);
 
@@ -1721,8 +1728,8 @@ static int render_cr(const phantom *ph, const geom_size *gs, enc_synth_rng *r, u
             tmp[(size_t)y * W + x] = 0.25 * (acc[(size_t)y * W + xl] + 2 * acc[(size_t)y * W + x] +
                                              acc[(size_t)y * W + xr]);
         }
-    enc_synth_rng nr;
-    enc_synth_rng_seed(&nr, noise_seed);
+    synth_rng nr;
+    synth_rng_seed(&nr, noise_seed);
     for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++) {
             int yu = y ? y - 1 : y, yd = y < H - 1 ? y + 1 : y;
@@ -1772,7 +1779,7 @@ static int render_cr(const phantom *ph, const geom_size *gs, enc_synth_rng *r, u
     st->width = W;
     st->height = H;
     st->pixel_mm = px;
-    for (int l = 0; l < ph->f.n + ENC_SYNTH_NLANDMARKS; l++) {
+    for (int l = 0; l < ph->f.n + SYNTH_NLANDMARKS; l++) {
         int is_f = l < ph->f.n;
         const double *p = is_f ? ph->rep[l] : ph->lm[l - ph->f.n];
         double w[3];
@@ -1781,12 +1788,12 @@ static int render_cr(const phantom *ph, const geom_size *gs, enc_synth_rng *r, u
         o[0] = (a0[0] - w[0]) / px;
         o[1] = (a0[2] - w[2]) / px;
     }
-    return ENC_OK;
+    return SYNTH_OK;
 }
 
 /* ---- one study ---------------------------------------------------------------------- */
 
-void enc_synth_study_free(enc_synth_study *s)
+void synth_study_free(synth_study *s)
 {
     if (!s)
         return;
@@ -1798,65 +1805,65 @@ void enc_synth_study_free(enc_synth_study *s)
 
 enum { REPORT_MAX = 4096 };
 
-int enc_synth_study_make(const enc_synth_opts *o, const enc_synth_req *rq, enc_synth_study *out,
+int synth_study_make(const synth_opts *o, const synth_req *rq, synth_study *out,
                          char *eb, size_t el)
 {
     if (!o || !rq || !out)
-        return enc__fail(eb, el, ENC_INVAL, "synth: NULL argument");
-    if (!(rq->kinds & (ENC_SYNTH_VOLUME | ENC_SYNTH_IMAGE)) ||
-        (rq->kinds & ~(unsigned)(ENC_SYNTH_VOLUME | ENC_SYNTH_IMAGE)))
-        return enc__fail(eb, el, ENC_INVAL, "synth: kinds = %u, expected a volume and/or an image",
+        return util_errf(eb, el, SYNTH_INVAL, "synth: NULL argument");
+    if (!(rq->kinds & (SYNTH_VOLUME | SYNTH_IMAGE)) ||
+        (rq->kinds & ~(unsigned)(SYNTH_VOLUME | SYNTH_IMAGE)))
+        return util_errf(eb, el, SYNTH_INVAL, "synth: kinds = %u, expected a volume and/or an image",
                     rq->kinds);
-    if (o->size != ENC_SYNTH_SIZE_DEFAULT && o->size != ENC_SYNTH_SIZE_SMALL)
-        return enc__fail(eb, el, ENC_INVAL, "synth: size = %d, expected default or small", o->size);
-    if (rq->storage < ENC_SYNTH_STORE_RANDOM || rq->storage > ENC_SYNTH_STORE_LPS)
-        return enc__fail(eb, el, ENC_INVAL, "synth: storage = %d, expected random, RAS or LPS",
+    if (o->size != SYNTH_SIZE_DEFAULT && o->size != SYNTH_SIZE_SMALL)
+        return util_errf(eb, el, SYNTH_INVAL, "synth: size = %d, expected default or small", o->size);
+    if (rq->storage < SYNTH_STORE_RANDOM || rq->storage > SYNTH_STORE_LPS)
+        return util_errf(eb, el, SYNTH_INVAL, "synth: storage = %d, expected random, RAS or LPS",
                     rq->storage);
     if (!isfinite(rq->ct_noise_sd) || rq->ct_noise_sd > 1000)
-        return enc__fail(eb, el, ENC_INVAL, "synth: ct_noise_sd = %g, expected at most 1000 HU",
+        return util_errf(eb, el, SYNTH_INVAL, "synth: ct_noise_sd = %g, expected at most 1000 HU",
                     rq->ct_noise_sd);
     if (rq->findings) {
-        int rc = enc_synth_findings_check(rq->findings, eb, el);
+        int rc = synth_findings_check(rq->findings, eb, el);
         if (rc)
             return rc;
     }
     phantom *ph = malloc(sizeof *ph);
-    enc_synth_study s;
+    synth_study s;
     memset(&s, 0, sizeof s);
     s.report = malloc(REPORT_MAX);
     if (!ph || !s.report) {
         free(ph);
         free(s.report);
-        return enc__fail(eb, el, ENC_NOMEM, "synth: out of memory");
+        return util_errf(eb, el, SYNTH_NOMEM, "synth: out of memory");
     }
     build_phantom(ph, rq->patient_seed, rq->findings);
     const geom_size *gs = &GEOM[o->size];
-    int rc = ENC_OK;
-    if (rq->kinds & ENC_SYNTH_VOLUME) {
-        enc_synth_rng r;
-        enc_synth_rng_seed(&r, mix(rq->acq_seed, 0x43540001)); /* "CT" */
+    int rc = SYNTH_OK;
+    if (rq->kinds & SYNTH_VOLUME) {
+        synth_rng r;
+        synth_rng_seed(&r, mix(rq->acq_seed, 0x43540001)); /* "CT" */
         rc = render_ct(ph, gs, rq, &r, mix(rq->acq_seed, 0x43540002), &s);
     }
-    if (!rc && (rq->kinds & ENC_SYNTH_IMAGE)) {
-        enc_synth_rng r;
-        enc_synth_rng_seed(&r, mix(rq->acq_seed, 0x43520001)); /* "CR" */
+    if (!rc && (rq->kinds & SYNTH_IMAGE)) {
+        synth_rng r;
+        synth_rng_seed(&r, mix(rq->acq_seed, 0x43520001)); /* "CR" */
         rc = render_cr(ph, gs, &r, mix(rq->acq_seed, 0x43520002), &s);
     }
     if (!rc) {
         s.findings = ph->f;
-        s.findings.modality = (rq->kinds & ENC_SYNTH_VOLUME) ? ENC_SYNTH_CT : ENC_SYNTH_CR;
-        enc_synth_rng r;
-        enc_synth_rng_seed(&r, mix(rq->acq_seed, 0x52505254)); /* "RPRT" */
-        rc = enc_synth_report(&s.findings, &r, s.report, REPORT_MAX);
-        assert(rc == ENC_OK);
+        s.findings.modality = (rq->kinds & SYNTH_VOLUME) ? SYNTH_CT : SYNTH_CR;
+        synth_rng r;
+        synth_rng_seed(&r, mix(rq->acq_seed, 0x52505254)); /* "RPRT" */
+        rc = synth_report(&s.findings, &r, s.report, REPORT_MAX);
+        assert(rc == SYNTH_OK);
     }
     free(ph);
     if (rc) {
-        enc_synth_study_free(&s);
-        return enc__fail(eb, el, rc, "synth: %s", enc_strerror(rc));
+        synth_study_free(&s);
+        return util_errf(eb, el, rc, "synth: %s", synth_strerror(rc));
     }
     *out = s;
-    return ENC_OK;
+    return SYNTH_OK;
 }
 
 /* ---- reports ------------------------------------------------------------------------ */
@@ -2060,16 +2067,16 @@ static const char *const COMPARISON[] = {"Comparison: None.",
                                          "Comparison: No prior studies available."};
 
 typedef struct xctx {
-    enc_synth_rng *r;
+    synth_rng *r;
     int cr;
-    const enc_synth_label *b; /* may be NULL for label-free sentences */
+    const synth_label *b; /* may be NULL for label-free sentences */
     const char *sz;
 } xctx;
 
 static void expand(const xctx *x, const char *tpl, sbuf *o)
 {
-    enc_synth_rng *r = x->r;
-    const enc_synth_label *b = x->b;
+    synth_rng *r = x->r;
+    const synth_label *b = x->b;
     for (const char *t = tpl; *t;) {
         if (*t != '{') {
             const char *e = strchr(t, '{');
@@ -2097,15 +2104,15 @@ static void expand(const xctx *x, const char *tpl, sbuf *o)
             sb_puts(o, PICK(r, CONS_SYN));
         else if (KEY("loc")) {
             assert(b && is_lobe(b->location));
-            int l = b->location - ENC_SYNTH_LOC_RUL;
-            sb_puts(o, x->cr ? LOBE_CR[l][enc_synth_rng_below(r, 4)]
-                             : LOBE_CT[l][enc_synth_rng_below(r, 3)]);
+            int l = b->location - SYNTH_LOC_RUL;
+            sb_puts(o, x->cr ? LOBE_CR[l][synth_rng_below(r, 4)]
+                             : LOBE_CT[l][synth_rng_below(r, 3)]);
         } else if (KEY("side"))
             sb_puts(o, b && side_of(b) ? "left" : "right");
         else if (KEY("other"))
             sb_puts(o, b && side_of(b) ? "right" : "left");
         else if (KEY("gr"))
-            sb_puts(o, b ? enc_synth_grade_name(b->finding, b->grade) : "");
+            sb_puts(o, b ? synth_grade_name(b->finding, b->grade) : "");
         else if (KEY("grv"))
             sb_puts(o, b && b->grade == 1 ? "mildly" : b && b->grade == 2 ? "moderately" : "severely");
         else if (KEY("num"))
@@ -2174,10 +2181,10 @@ static void add_sent(sent *S, int *ns, int cat, const xctx *x, const char *tpl)
     (*ns)++;
 }
 
-static void shuffle_sent(enc_synth_rng *r, sent *S, int n)
+static void shuffle_sent(synth_rng *r, sent *S, int n)
 {
     for (int i = n - 1; i > 0; i--) {
-        int j = (int)enc_synth_rng_below(r, (uint32_t)i + 1);
+        int j = (int)synth_rng_below(r, (uint32_t)i + 1);
         if (j != i) {
             sent t = S[i];
             S[i] = S[j];
@@ -2186,34 +2193,34 @@ static void shuffle_sent(enc_synth_rng *r, sent *S, int n)
     }
 }
 
-int enc_synth_report(const enc_synth_findings *f, enc_synth_rng *r, char *buf, size_t len)
+int synth_report(const synth_findings *f, synth_rng *r, char *buf, size_t len)
 {
     sbuf out;
     sb_init(&out, buf, len);
-    if (!r || enc_synth_findings_check(f, NULL, 0))
-        return ENC_INVAL;
-    const int cr = f->modality == ENC_SYNTH_CR;
-    char sz[ENC_SYNTH_MAX_LABELS][24];
+    if (!r || synth_findings_check(f, NULL, 0))
+        return SYNTH_INVAL;
+    const int cr = f->modality == SYNTH_CR;
+    char sz[SYNTH_MAX_LABELS][24];
     for (int i = 0; i < f->n; i++) {
-        const enc_synth_label *b = &f->label[i];
+        const synth_label *b = &f->label[i];
         sz[i][0] = 0;
-        if (b->finding == ENC_SYNTH_NODULE && (b->size_mm < 10 || chance(r, 0.5)))
+        if (b->finding == SYNTH_NODULE && (b->size_mm < 10 || chance(r, 0.5)))
             snprintf(sz[i], sizeof sz[i], "%d mm", b->size_mm);
-        else if (b->finding == ENC_SYNTH_MASS && chance(r, 0.3))
+        else if (b->finding == SYNTH_MASS && chance(r, 0.3))
             snprintf(sz[i], sizeof sz[i], "%d mm", b->size_mm);
-        else if (b->finding == ENC_SYNTH_NODULE || b->finding == ENC_SYNTH_MASS)
+        else if (b->finding == SYNTH_NODULE || b->finding == SYNTH_MASS)
             snprintf(sz[i], sizeof sz[i], "%.1f cm", b->size_mm / 10.0);
     }
-    const enc_synth_label *eff[2] = {find_label(f, ENC_SYNTH_EFFUSION, ENC_SYNTH_LOC_RIGHT),
-                                     find_label(f, ENC_SYNTH_EFFUSION, ENC_SYNTH_LOC_LEFT)};
-    const int normal = f->label[0].finding == ENC_SYNTH_NORMAL;
-    const int has_nod = find_label(f, ENC_SYNTH_NODULE, -1) != NULL;
-    const int has_mass = find_label(f, ENC_SYNTH_MASS, -1) != NULL;
-    const int has_cons = find_label(f, ENC_SYNTH_CONSOLIDATION, -1) != NULL;
+    const synth_label *eff[2] = {find_label(f, SYNTH_EFFUSION, SYNTH_LOC_RIGHT),
+                                     find_label(f, SYNTH_EFFUSION, SYNTH_LOC_LEFT)};
+    const int normal = f->label[0].finding == SYNTH_NORMAL;
+    const int has_nod = find_label(f, SYNTH_NODULE, -1) != NULL;
+    const int has_mass = find_label(f, SYNTH_MASS, -1) != NULL;
+    const int has_cons = find_label(f, SYNTH_CONSOLIDATION, -1) != NULL;
     const int has_eff = eff[0] || eff[1];
-    const int has_ptx = find_label(f, ENC_SYNTH_PNEUMOTHORAX, -1) != NULL;
-    const int has_card = find_label(f, ENC_SYNTH_CARDIOMEGALY, -1) != NULL;
-    const int has_emph = find_label(f, ENC_SYNTH_EMPHYSEMA, -1) != NULL;
+    const int has_ptx = find_label(f, SYNTH_PNEUMOTHORAX, -1) != NULL;
+    const int has_card = find_label(f, SYNTH_CARDIOMEGALY, -1) != NULL;
+    const int has_emph = find_label(f, SYNTH_EMPHYSEMA, -1) != NULL;
     const int lung_find = has_nod || has_mass || has_cons || has_eff || has_ptx || has_emph;
     const int bilateral = eff[0] && eff[1] && eff[0]->grade == eff[1]->grade && chance(r, 0.5);
 
@@ -2223,26 +2230,26 @@ int enc_synth_report(const enc_synth_findings *f, enc_synth_rng *r, char *buf, s
 
     /* positive findings */
     for (int i = 0; i < f->n; i++) {
-        const enc_synth_label *b = &f->label[i];
+        const synth_label *b = &f->label[i];
         x.b = b;
         x.sz = sz[i];
         switch (b->finding) {
-        case ENC_SYNTH_NODULE:
+        case SYNTH_NODULE:
             add_sent(S, &ns, 0, &x,
                      b->count > 1 ? PICK(r, T_NODN) : cr ? PICK(r, T_NOD1_CR) : PICK(r, T_NOD1_CT));
             break;
-        case ENC_SYNTH_MASS: add_sent(S, &ns, 0, &x, PICK(r, T_MASS)); break;
-        case ENC_SYNTH_EFFUSION:
+        case SYNTH_MASS: add_sent(S, &ns, 0, &x, PICK(r, T_MASS)); break;
+        case SYNTH_EFFUSION:
             if (bilateral) {
-                if (b->location == ENC_SYNTH_LOC_RIGHT)
+                if (b->location == SYNTH_LOC_RIGHT)
                     add_sent(S, &ns, 1, &x, PICK(r, T_EFF_BI));
             } else if (cr && b->grade == 1 && chance(r, 0.4)) {
                 add_sent(S, &ns, 1, &x, T_EFF_CR_SMALL);
             } else {
-                add_sent(S, &ns, 1, &x, T_EFF[enc_synth_rng_below(r, cr ? 6 : 7)]);
+                add_sent(S, &ns, 1, &x, T_EFF[synth_rng_below(r, cr ? 6 : 7)]);
             }
             break;
-        case ENC_SYNTH_PNEUMOTHORAX:
+        case SYNTH_PNEUMOTHORAX:
             if (b->grade == 1 && chance(r, 0.3))
                 add_sent(S, &ns, 1, &x, T_PTX_SMALL);
             else if (cr && chance(r, 0.3))
@@ -2250,13 +2257,13 @@ int enc_synth_report(const enc_synth_findings *f, enc_synth_rng *r, char *buf, s
             else
                 add_sent(S, &ns, 1, &x, PICK(r, T_PTX));
             break;
-        case ENC_SYNTH_CONSOLIDATION:
+        case SYNTH_CONSOLIDATION:
             add_sent(S, &ns, 0, &x, cr ? PICK(r, T_CONS_CR) : PICK(r, T_CONS_CT));
             break;
-        case ENC_SYNTH_CARDIOMEGALY:
+        case SYNTH_CARDIOMEGALY:
             add_sent(S, &ns, 2, &x, cr ? PICK(r, T_CARD_CR) : PICK(r, T_CARD_CT));
             break;
-        case ENC_SYNTH_EMPHYSEMA:
+        case SYNTH_EMPHYSEMA:
             add_sent(S, &ns, 0, &x, cr ? PICK(r, T_EMPH_CR) : PICK(r, T_EMPH_CT));
             break;
         default: break;
@@ -2282,7 +2289,7 @@ int enc_synth_report(const enc_synth_findings *f, enc_synth_rng *r, char *buf, s
     for (int g = 0; g < NG; g++)
         order[g] = g;
     for (int g = NG - 1; g > 0; g--) {
-        int k = (int)enc_synth_rng_below(r, (uint32_t)g + 1), t = order[g];
+        int k = (int)synth_rng_below(r, (uint32_t)g + 1), t = order[g];
         order[g] = order[k];
         order[k] = t;
     }
@@ -2335,9 +2342,9 @@ int enc_synth_report(const enc_synth_findings *f, enc_synth_rng *r, char *buf, s
 
     /* one or two unrelated normal statements */
     {
-        int nf = cr ? 4 : 7, k = 1 + (int)enc_synth_rng_below(r, 2), first = -1;
+        int nf = cr ? 4 : 7, k = 1 + (int)synth_rng_below(r, 2), first = -1;
         for (int i = 0; i < k; i++) {
-            int j = (int)enc_synth_rng_below(r, (uint32_t)nf);
+            int j = (int)synth_rng_below(r, (uint32_t)nf);
             if (j == first)
                 continue;
             first = j;
@@ -2359,18 +2366,18 @@ int enc_synth_report(const enc_synth_findings *f, enc_synth_rng *r, char *buf, s
     }
 
     /* impression */
-    sent I[ENC_SYNTH_MAX_LABELS + 1];
+    sent I[SYNTH_MAX_LABELS + 1];
     int ni = 0;
     if (normal) {
         add_sent(I, &ni, 0, &x, cr ? PICK(r, IMP_NORMAL_CR) : PICK(r, IMP_NORMAL_CT));
     } else {
         const int bi_imp = eff[0] && eff[1] && eff[0]->grade == eff[1]->grade && chance(r, 0.5);
         for (int i = 0; i < f->n; i++) {
-            const enc_synth_label *b = &f->label[i];
+            const synth_label *b = &f->label[i];
             x.b = b;
             x.sz = sz[i];
             switch (b->finding) {
-            case ENC_SYNTH_NODULE: {
+            case SYNTH_NODULE: {
                 char t[SENT_MAX];
                 snprintf(t, sizeof t, "%s%s",
                          b->count > 1 ? PICK(r, IMP_NODN) : PICK(r, IMP_NOD1),
@@ -2378,17 +2385,17 @@ int enc_synth_report(const enc_synth_findings *f, enc_synth_rng *r, char *buf, s
                 add_sent(I, &ni, 0, &x, t);
                 break;
             }
-            case ENC_SYNTH_MASS: add_sent(I, &ni, 0, &x, PICK(r, IMP_MASS)); break;
-            case ENC_SYNTH_EFFUSION:
+            case SYNTH_MASS: add_sent(I, &ni, 0, &x, PICK(r, IMP_MASS)); break;
+            case SYNTH_EFFUSION:
                 if (!bi_imp)
                     add_sent(I, &ni, 0, &x, PICK(r, IMP_EFF));
-                else if (b->location == ENC_SYNTH_LOC_RIGHT)
+                else if (b->location == SYNTH_LOC_RIGHT)
                     add_sent(I, &ni, 0, &x, PICK(r, IMP_EFF_BI));
                 break;
-            case ENC_SYNTH_PNEUMOTHORAX: add_sent(I, &ni, 0, &x, PICK(r, IMP_PTX)); break;
-            case ENC_SYNTH_CONSOLIDATION: add_sent(I, &ni, 0, &x, PICK(r, IMP_CONS)); break;
-            case ENC_SYNTH_CARDIOMEGALY: add_sent(I, &ni, 0, &x, PICK(r, IMP_CARD)); break;
-            case ENC_SYNTH_EMPHYSEMA: add_sent(I, &ni, 0, &x, PICK(r, IMP_EMPH)); break;
+            case SYNTH_PNEUMOTHORAX: add_sent(I, &ni, 0, &x, PICK(r, IMP_PTX)); break;
+            case SYNTH_CONSOLIDATION: add_sent(I, &ni, 0, &x, PICK(r, IMP_CONS)); break;
+            case SYNTH_CARDIOMEGALY: add_sent(I, &ni, 0, &x, PICK(r, IMP_CARD)); break;
+            case SYNTH_EMPHYSEMA: add_sent(I, &ni, 0, &x, PICK(r, IMP_EMPH)); break;
             default: break;
             }
         }
@@ -2419,7 +2426,7 @@ int enc_synth_report(const enc_synth_findings *f, enc_synth_rng *r, char *buf, s
             sb_puts(&out, I[i].t);
         }
     }
-    return out.over ? ENC_TOOBIG : ENC_OK;
+    return out.over ? SYNTH_TOOBIG : SYNTH_OK;
 }
 
 /* ---- writing files -------------------------------------------------------------------- */
@@ -2485,12 +2492,12 @@ static void affine_quatern(const double aff[4][4], double q[3], double *qfac)
     q[2] = d;
 }
 
-int enc_synth_write_nifti(const enc_synth_study *s, const char *path, char *eb, size_t el)
+int synth_write_nifti(const synth_study *s, const char *path, char *eb, size_t el)
 {
     if (!path)
-        return enc__fail(eb, el, ENC_INVAL, "synth: NULL path");
+        return util_errf(eb, el, SYNTH_INVAL, "synth: NULL path");
     if (!s || !s->vol)
-        return enc__fail(eb, el, ENC_INVAL, "%s: the study has no volume", path);
+        return util_errf(eb, el, SYNTH_INVAL, "%s: the study has no volume", path);
     struct nifti_1_header h;
     memset(&h, 0, sizeof h);
     h.sizeof_hdr = 348;
@@ -2534,7 +2541,7 @@ int enc_synth_write_nifti(const enc_synth_study *s, const char *path, char *eb, 
     if (ends_with(path, ".gz")) {
         gzFile gz = gzopen(path, "wb2");
         if (!gz)
-            return enc__fail(eb, el, ENC_IO, "%s: cannot create: %s", path,
+            return util_errf(eb, el, SYNTH_IO, "%s: cannot create: %s", path,
                         errno ? strerror(errno) : "out of memory");
         gzbuffer(gz, 1 << 18);
         ok = gzwrite(gz, &h, sizeof h) == (int)sizeof h && gzwrite(gz, ext, 4) == 4;
@@ -2551,23 +2558,23 @@ int enc_synth_write_nifti(const enc_synth_study *s, const char *path, char *eb, 
         int crc = gzclose(gz);
         if (!ok || crc != Z_OK) {
             remove(path);
-            return enc__fail(eb, el, ENC_IO, "%s: write failed: %s", path,
+            return util_errf(eb, el, SYNTH_IO, "%s: write failed: %s", path,
                         zbuf[0] ? zbuf : crc == Z_ERRNO ? strerror(errno) : "zlib error");
         }
-        return ENC_OK;
+        return SYNTH_OK;
     }
     FILE *fp = fopen(path, "wb");
     if (!fp)
-        return enc__fail(eb, el, ENC_IO, "%s: cannot create: %s", path, strerror(errno));
+        return util_errf(eb, el, SYNTH_IO, "%s: cannot create: %s", path, strerror(errno));
     ok = fwrite(&h, sizeof h, 1, fp) == 1 && fwrite(ext, 4, 1, fp) == 1 &&
          fwrite(s->vol, 1, nbytes, fp) == nbytes;
     int cerr = fclose(fp);
     if (!ok || cerr) {
         int e = errno;
         remove(path);
-        return enc__fail(eb, el, ENC_IO, "%s: write failed: %s", path, strerror(e));
+        return util_errf(eb, el, SYNTH_IO, "%s: write failed: %s", path, strerror(e));
     }
-    return ENC_OK;
+    return SYNTH_OK;
 }
 
 /* libpng reports errors by calling a function that must not return: ours
@@ -2604,25 +2611,25 @@ static void pngw_free(pngw_ctx *c)
     free(c);
 }
 
-int enc_synth_write_png(const enc_synth_study *s, const char *path, char *eb, size_t el)
+int synth_write_png(const synth_study *s, const char *path, char *eb, size_t el)
 {
     if (!path)
-        return enc__fail(eb, el, ENC_INVAL, "synth: NULL path");
+        return util_errf(eb, el, SYNTH_INVAL, "synth: NULL path");
     if (!s || !s->img)
-        return enc__fail(eb, el, ENC_INVAL, "%s: the study has no radiograph", path);
+        return util_errf(eb, el, SYNTH_INVAL, "%s: the study has no radiograph", path);
     pngw_ctx *c = calloc(1, sizeof *c);
     if (!c)
-        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
+        return util_errf(eb, el, SYNTH_NOMEM, "%s: out of memory", path);
     c->row = malloc((size_t)s->width * 2);
     if (!c->row) {
         pngw_free(c);
-        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
+        return util_errf(eb, el, SYNTH_NOMEM, "%s: out of memory", path);
     }
     c->fp = fopen(path, "wb");
     if (!c->fp) {
         int e = errno;
         pngw_free(c);
-        return enc__fail(eb, el, ENC_IO, "%s: cannot create: %s", path, strerror(e));
+        return util_errf(eb, el, SYNTH_IO, "%s: cannot create: %s", path, strerror(e));
     }
     c->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, c, pngw_error, pngw_warning);
     if (c->png)
@@ -2630,10 +2637,10 @@ int enc_synth_write_png(const enc_synth_study *s, const char *path, char *eb, si
     if (!c->png || !c->info) {
         pngw_free(c);
         remove(path);
-        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
+        return util_errf(eb, el, SYNTH_NOMEM, "%s: out of memory", path);
     }
     if (setjmp(png_jmpbuf(c->png))) {
-        int r = enc__fail(eb, el, ENC_IO, "%s: write failed: %s", path, c->msg);
+        int r = util_errf(eb, el, SYNTH_IO, "%s: write failed: %s", path, c->msg);
         pngw_free(c);
         remove(path);
         return r;
@@ -2659,9 +2666,9 @@ int enc_synth_write_png(const enc_synth_study *s, const char *path, char *eb, si
     if (fclose(fp) != 0) {
         int e = errno;
         remove(path);
-        return enc__fail(eb, el, ENC_IO, "%s: write failed: %s", path, strerror(e));
+        return util_errf(eb, el, SYNTH_IO, "%s: write failed: %s", path, strerror(e));
     }
-    return ENC_OK;
+    return SYNTH_OK;
 }
 
 /* ---- a whole dataset ---------------------------------------------------------------- */
@@ -2673,7 +2680,7 @@ static const size_t PATIENT_BASE[3] = {0, 700000, 850000};
 static const size_t PATIENT_RANGE[3] = {700000, 150000, 150000};
 
 typedef struct item {
-    int kind;                   /* ENC_SYNTH_VOLUME or ENC_SYNTH_IMAGE */
+    int kind;                   /* SYNTH_VOLUME or SYNTH_IMAGE */
     size_t file_no, patient, study;
     long long pair, rescan_of;  /* study numbers, or -1 */
     char *line;                 /* the manifest line, once made */
@@ -2682,7 +2689,7 @@ typedef struct item {
 
 typedef struct job {
     const char *dir;
-    const enc_synth_opts *o;
+    const synth_opts *o;
     item *items;
     size_t n;
     pthread_mutex_t mu;
@@ -2693,27 +2700,27 @@ typedef struct job {
 
 static int make_item(const job *J, item *it, char *eb, size_t el)
 {
-    const enc_synth_opts *o = J->o;
-    const char *split = enc_synth_split_name(o->split);
-    enc_synth_req rq = {0};
+    const synth_opts *o = J->o;
+    const char *split = synth_split_name(o->split);
+    synth_req rq = {0};
     rq.patient_seed = mix(mix(o->seed, 0x50415449), it->patient); /* "PATI" */
     rq.acq_seed = mix(mix(o->seed, 0x41435153), it->study);       /* "ACQS" */
     rq.kinds = (unsigned)it->kind;
-    enc_synth_study s;
-    int rc = enc_synth_study_make(o, &rq, &s, eb, el);
+    synth_study s;
+    int rc = synth_study_make(o, &rq, &s, eb, el);
     if (rc)
         return rc;
-    const int vol = it->kind == ENC_SYNTH_VOLUME;
+    const int vol = it->kind == SYNTH_VOLUME;
     char rel[96], path[4096];
     snprintf(rel, sizeof rel, "%s/%s_%06zu.%s", split, vol ? "vol" : "img", it->file_no,
              vol ? "nii.gz" : "png");
     if ((size_t)snprintf(path, sizeof path, "%s/%s", J->dir, rel) >= sizeof path) {
-        enc_synth_study_free(&s);
-        return enc__fail(eb, el, ENC_INVAL, "%s: path too long", J->dir);
+        synth_study_free(&s);
+        return util_errf(eb, el, SYNTH_INVAL, "%s: path too long", J->dir);
     }
-    rc = vol ? enc_synth_write_nifti(&s, path, eb, el) : enc_synth_write_png(&s, path, eb, el);
+    rc = vol ? synth_write_nifti(&s, path, eb, el) : synth_write_png(&s, path, eb, el);
     if (rc) {
-        enc_synth_study_free(&s);
+        synth_study_free(&s);
         return rc;
     }
     struct stat sb;
@@ -2722,8 +2729,8 @@ static int make_item(const job *J, item *it, char *eb, size_t el)
     size_t cap = strlen(s.report) * 2 + 2048;
     char *line = malloc(cap);
     if (!line) {
-        enc_synth_study_free(&s);
-        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory", path);
+        synth_study_free(&s);
+        return util_errf(eb, el, SYNTH_NOMEM, "%s: out of memory", path);
     }
     sbuf b;
     sb_init(&b, line, cap);
@@ -2740,10 +2747,10 @@ static int make_item(const job *J, item *it, char *eb, size_t el)
     if (it->pair >= 0)
         sb_printf(&b, ",\"pair\":\"S%07lld\"", it->pair);
     sb_puts(&b, "}\n");
-    enc_synth_study_free(&s);
+    synth_study_free(&s);
     assert(!b.over);
     it->line = line;
-    return ENC_OK;
+    return SYNTH_OK;
 }
 
 static void *worker(void *arg)
@@ -2777,18 +2784,18 @@ static int ensure_dir(const char *path, char *eb, size_t el)
 {
     int e = util_mkdir_p(path);
     if (e == ENOTDIR)
-        return enc__fail(eb, el, ENC_IO, "%s: it or a folder above it exists and is not a directory",
+        return util_errf(eb, el, SYNTH_IO, "%s: it or a folder above it exists and is not a directory",
                          path);
     if (e)
-        return enc__fail(eb, el, ENC_IO, "%s: cannot create directory: %s", path, strerror(e));
-    return ENC_OK;
+        return util_errf(eb, el, SYNTH_IO, "%s: cannot create directory: %s", path, strerror(e));
+    return SYNTH_OK;
 }
 
 static int write_text(const char *path, const char *text, char *eb, size_t el)
 {
     FILE *fp = fopen(path, "wb");
     if (!fp)
-        return enc__fail(eb, el, ENC_IO, "%s: cannot create: %s", path, strerror(errno));
+        return util_errf(eb, el, SYNTH_IO, "%s: cannot create: %s", path, strerror(errno));
     size_t n = strlen(text);
     int ok = fwrite(text, 1, n, fp) == n;
     int e = errno;
@@ -2798,36 +2805,36 @@ static int write_text(const char *path, const char *text, char *eb, size_t el)
     }
     if (!ok) {
         remove(path);
-        return enc__fail(eb, el, ENC_IO, "%s: write failed: %s", path, strerror(e));
+        return util_errf(eb, el, SYNTH_IO, "%s: write failed: %s", path, strerror(e));
     }
-    return ENC_OK;
+    return SYNTH_OK;
 }
 
-int enc_synth_dataset_write(const char *dir, const enc_synth_opts *o, enc_synth_stats *st,
+int synth_dataset_write(const char *dir, const synth_opts *o, synth_stats *st,
                             char *eb, size_t el)
 {
     if (!dir || !*dir || !o)
-        return enc__fail(eb, el, ENC_INVAL, "synth: no output directory");
-    const char *split = enc_synth_split_name(o->split);
+        return util_errf(eb, el, SYNTH_INVAL, "synth: no output directory");
+    const char *split = synth_split_name(o->split);
     if (!split)
-        return enc__fail(eb, el, ENC_INVAL, "synth: split = %d, expected train, val or test", o->split);
-    if (o->size != ENC_SYNTH_SIZE_DEFAULT && o->size != ENC_SYNTH_SIZE_SMALL)
-        return enc__fail(eb, el, ENC_INVAL, "synth: size = %d, expected default or small", o->size);
+        return util_errf(eb, el, SYNTH_INVAL, "synth: split = %d, expected train, val or test", o->split);
+    if (o->size != SYNTH_SIZE_DEFAULT && o->size != SYNTH_SIZE_SMALL)
+        return util_errf(eb, el, SYNTH_INVAL, "synth: size = %d, expected default or small", o->size);
     const size_t V = o->volumes, I = o->images, R = o->rescans;
     const size_t prange = PATIENT_RANGE[o->split];
     if (V > prange || I > prange - V)
-        return enc__fail(eb, el, ENC_INVAL,
+        return util_errf(eb, el, SYNTH_INVAL,
                     "synth: volumes + images = %zu + %zu, at most %zu in the %s split", V, I,
                     prange, split);
     if (R > 0 && V + I == 0)
-        return enc__fail(eb, el, ENC_INVAL, "synth: rescans = %zu need volumes or images to rescan", R);
+        return util_errf(eb, el, SYNTH_INVAL, "synth: rescans = %zu need volumes or images to rescan", R);
     if (R > 10 * prange - V - I)
-        return enc__fail(eb, el, ENC_INVAL, "synth: rescans = %zu, at most %zu in the %s split", R,
+        return util_errf(eb, el, SYNTH_INVAL, "synth: rescans = %zu, at most %zu in the %s split", R,
                     10 * prange - V - I, split);
 
     char path[4096], tmp[4096];
     if (snprintf(path, sizeof path, "%s/%s.jsonl.tmp", dir, split) >= (int)sizeof path)
-        return enc__fail(eb, el, ENC_INVAL, "%s: path too long", dir);
+        return util_errf(eb, el, SYNTH_INVAL, "%s: path too long", dir);
     int rc = ensure_dir(dir, eb, el);
     if (rc)
         return rc;
@@ -2836,8 +2843,8 @@ int enc_synth_dataset_write(const char *dir, const enc_synth_opts *o, enc_synth_
         return rc;
     {
         char vocab[8192];
-        rc = enc_synth_vocab_json(vocab, sizeof vocab);
-        assert(rc == ENC_OK);
+        rc = synth_vocab_json(vocab, sizeof vocab);
+        assert(rc == SYNTH_OK);
         snprintf(path, sizeof path, "%s/labels.json", dir);
         if ((rc = write_text(path, vocab, eb, el)))
             return rc;
@@ -2846,35 +2853,35 @@ int enc_synth_dataset_write(const char *dir, const enc_synth_opts *o, enc_synth_
     /* a manifest of an earlier run would point at files being replaced */
     snprintf(path, sizeof path, "%s/%s.jsonl", dir, split);
     if (remove(path) != 0 && errno != ENOENT)
-        return enc__fail(eb, el, ENC_IO, "%s: cannot remove: %s", path, strerror(errno));
+        return util_errf(eb, el, SYNTH_IO, "%s: cannot remove: %s", path, strerror(errno));
 
     /* the plan: volumes, then radiographs (the first ones project the
      * phantoms of the first volumes), then rescans of random earlier items */
     const size_t n = V + I + R;
     item *items = calloc(n ? n : 1, sizeof *items);
     if (!items)
-        return enc__fail(eb, el, ENC_NOMEM, "synth: out of memory for %zu items", n);
+        return util_errf(eb, el, SYNTH_NOMEM, "synth: out of memory for %zu items", n);
     const size_t pb = PATIENT_BASE[o->split], sbase = 10 * pb;
     const size_t npair = V < (I + 1) / 2 ? V : (I + 1) / 2;
     for (size_t v = 0; v < V; v++)
-        items[v] = (item){ENC_SYNTH_VOLUME, v, pb + v, sbase + v, -1, -1, NULL, 0};
+        items[v] = (item){SYNTH_VOLUME, v, pb + v, sbase + v, -1, -1, NULL, 0};
     for (size_t j = 0; j < I; j++) {
         item *it = &items[V + j];
-        *it = (item){ENC_SYNTH_IMAGE, j, pb + V + j, sbase + V + j, -1, -1, NULL, 0};
+        *it = (item){SYNTH_IMAGE, j, pb + V + j, sbase + V + j, -1, -1, NULL, 0};
         if (j < npair) {
             it->patient = pb + j;
             it->pair = (long long)(sbase + j);
         }
     }
-    enc_synth_rng rr;
-    enc_synth_rng_seed(&rr, mix(mix(o->seed, 0x52455343), (uint64_t)o->split)); /* "RESC" */
+    synth_rng rr;
+    synth_rng_seed(&rr, mix(mix(o->seed, 0x52455343), (uint64_t)o->split)); /* "RESC" */
     size_t nrv = 0, nri = 0;
     for (size_t q = 0; q < R; q++) {
-        const item *src = &items[enc_synth_rng_below(&rr, (uint32_t)(V + I))];
+        const item *src = &items[synth_rng_below(&rr, (uint32_t)(V + I))];
         item *it = &items[V + I + q];
         *it = (item){src->kind, 0, src->patient, sbase + V + I + q, -1, (long long)src->study,
                      NULL, 0};
-        it->file_no = src->kind == ENC_SYNTH_VOLUME ? V + nrv++ : I + nri++;
+        it->file_no = src->kind == SYNTH_VOLUME ? V + nrv++ : I + nri++;
     }
 
     job J;
@@ -2905,13 +2912,13 @@ int enc_synth_dataset_write(const char *dir, const enc_synth_opts *o, enc_synth_
 
     rc = J.err;
     if (rc)
-        enc__fail(eb, el, rc, "%s", J.msg);
+        util_errf(eb, el, rc, "%s", J.msg);
     if (!rc) {
         snprintf(tmp, sizeof tmp, "%s/%s.jsonl.tmp", dir, split);
         snprintf(path, sizeof path, "%s/%s.jsonl", dir, split);
         FILE *fp = fopen(tmp, "wb");
         if (!fp) {
-            rc = enc__fail(eb, el, ENC_IO, "%s: cannot create: %s", tmp, strerror(errno));
+            rc = util_errf(eb, el, SYNTH_IO, "%s: cannot create: %s", tmp, strerror(errno));
         } else {
             int ok = 1;
             for (size_t i = 0; i < n && ok; i++)
@@ -2923,11 +2930,11 @@ int enc_synth_dataset_write(const char *dir, const enc_synth_opts *o, enc_synth_
             }
             if (!ok) {
                 remove(tmp);
-                rc = enc__fail(eb, el, ENC_IO, "%s: write failed: %s", tmp, strerror(e));
+                rc = util_errf(eb, el, SYNTH_IO, "%s: write failed: %s", tmp, strerror(e));
             } else if (rename(tmp, path) != 0) {
                 e = errno;
                 remove(tmp);
-                rc = enc__fail(eb, el, ENC_IO, "%s: cannot rename to %s: %s", tmp, path, strerror(e));
+                rc = util_errf(eb, el, SYNTH_IO, "%s: cannot rename to %s: %s", tmp, path, strerror(e));
             }
         }
     }

@@ -1,16 +1,16 @@
-/* image.c - NIfTI input, reorientation to RAS, resampling and intensity
- * scaling for the encoder (see image.h; PNG input is in png.c).
+/* nifti.c - NIfTI-1/2 input and reorientation to RAS (imageio.h; PNG
+ * input is in png.c, resampling and intensity mappings in volume.c).
  *
  * libnifti reads the header (we byte-swap it when needed, see
- * enc_img_read_nifti); we check every field we use before allocating
+ * img_read_nifti); we check every field we use before allocating
  * anything, then read the first volume's bytes ourselves with zlib (which
  * reads plain files too).  libnifti's brick and collapsed-image readers
  * print to stderr even at debug level 0, and nifti_image_load reads every
  * volume of a 4D file, so neither fits a library that must stay quiet and
  * bounded.
  */
-#include "encoder/internal.h"
-#include "encoder/image.h"
+#include "imageio/imageio.h"
+#include "util/util.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -30,13 +30,6 @@
 #include <zlib.h>
 
 
-void enc_vol_free(enc_vol *v)
-{
-    if (v == NULL)
-        return;
-    free(v->data);
-    memset(v, 0, sizeof *v);
-}
 
 /* Case-insensitive "s ends with suf". */
 static int ends_with(const char *s, const char *suf)
@@ -190,7 +183,7 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
         for (int r = 0; r < 3; r++)
             for (int c = 0; c < 4; c++) {
                 if (!isfinite(h->srow[r][c]))
-                    return enc__fail(eb, el, ENC_FORMAT, "%s: sform_code = %d but %s[%d] = %g", path,
+                    return util_errf(eb, el, IMG_FORMAT, "%s: sform_code = %d but %s[%d] = %g", path,
                                 h->sform_code, SROW_NAME[r], c, h->srow[r][c]);
                 A[r][c] = h->srow[r][c];
             }
@@ -202,9 +195,9 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
             if (!(isfinite(d[a]) && d[a] > 0)) {
                 if (used[a]) {
                     if (h->qform_code > 0)
-                        return enc__fail(eb, el, ENC_FORMAT, "%s: qform_code = %d but pixdim[%d] = %g",
+                        return util_errf(eb, el, IMG_FORMAT, "%s: qform_code = %d but pixdim[%d] = %g",
                                     path, h->qform_code, a + 1, d[a]);
-                    return enc__fail(eb, el, ENC_FORMAT,
+                    return util_errf(eb, el, IMG_FORMAT,
                                 "%s: sform and qform are both unset and pixdim[%d] = %g", path,
                                 a + 1, d[a]);
                 }
@@ -216,10 +209,10 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
             static const char *const on[3] = {"qoffset_x", "qoffset_y", "qoffset_z"};
             for (int i = 0; i < 3; i++) {
                 if (!isfinite(h->quatern[i]))
-                    return enc__fail(eb, el, ENC_FORMAT, "%s: qform_code = %d but %s = %g", path,
+                    return util_errf(eb, el, IMG_FORMAT, "%s: qform_code = %d but %s = %g", path,
                                 h->qform_code, qn[i], h->quatern[i]);
                 if (!isfinite(h->qoffset[i]))
-                    return enc__fail(eb, el, ENC_FORMAT, "%s: qform_code = %d but %s = %g", path,
+                    return util_errf(eb, el, IMG_FORMAT, "%s: qform_code = %d but %s = %g", path,
                                 h->qform_code, on[i], h->qoffset[i]);
             }
             double b = h->quatern[0], c = h->quatern[1], q = h->quatern[2];
@@ -229,7 +222,7 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
              * sum a little over 1 (a = 0, a 180-degree rotation): renormalise
              * that, refuse anything clearly outside the unit ball. */
             if (s > 1.0 + 1e-3)
-                return enc__fail(eb, el, ENC_FORMAT,
+                return util_errf(eb, el, IMG_FORMAT,
                             "%s: qform quaternion (quatern_b, quatern_c, quatern_d) = "
                             "(%g, %g, %g) has norm > 1",
                             path, b, c, q);
@@ -263,7 +256,7 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
         if (n2 > 0 && isfinite(n2))
             continue;
         if (used[c])
-            return enc__fail(eb, el, ENC_FORMAT,
+            return util_errf(eb, el, IMG_FORMAT,
                         "%s: %s maps voxel axis %c to length %g (column %d of the affine)", path,
                         *src, "ijk"[c], sqrt(n2), c);
         /* 2D file: k is a formality; take the unit normal of the i-j
@@ -274,12 +267,12 @@ static int nii_affine(const char *path, const nii_hdr *h, const int used[3], dou
                          u[0] * w[1] - u[1] * w[0]};
         double nn = sqrt(nrm[0] * nrm[0] + nrm[1] * nrm[1] + nrm[2] * nrm[2]);
         if (!(nn > 0))
-            return enc__fail(eb, el, ENC_FORMAT,
+            return util_errf(eb, el, IMG_FORMAT,
                         "%s: %s is degenerate (voxel axes i and j are parallel)", path, *src);
         for (int r = 0; r < 3; r++)
             A[r][2] = nrm[r] / nn;
     }
-    return ENC_OK;
+    return IMG_OK;
 }
 
 /* How to turn the file's voxel order into RAS order: output axis a (x, y,
@@ -296,7 +289,7 @@ static int nii_orient(const char *path, const char *src, double A[4][4], int per
             if (fabs(A[r][c]) > fabs(A[best][c]))
                 best = r;
         if (owner[best] >= 0)
-            return enc__fail(eb, el, ENC_FORMAT,
+            return util_errf(eb, el, IMG_FORMAT,
                         "%s: %s voxel axes %c and %c both point mostly along %s: inconsistent "
                         "orientation",
                         path, src, "ijk"[owner[best]], "ijk"[c], AXIS_NAME[best]);
@@ -314,12 +307,12 @@ static int nii_orient(const char *path, const char *src, double A[4][4], int per
                  N[0][1] * (N[1][0] * N[2][2] - N[1][2] * N[2][0]) +
                  N[0][2] * (N[1][0] * N[2][1] - N[1][1] * N[2][0]);
     if (!(fabs(det) > 1e-6))
-        return enc__fail(eb, el, ENC_FORMAT, "%s: %s is singular (determinant %g)", path, src, det);
+        return util_errf(eb, el, IMG_FORMAT, "%s: %s is singular (determinant %g)", path, src, det);
     for (int a = 0; a < 3; a++) {
         perm[a] = owner[a];
         flip[a] = A[a][owner[a]] < 0;
     }
-    return ENC_OK;
+    return IMG_OK;
 }
 
 /* ---- reading ----------------------------------------------------------------- */
@@ -413,28 +406,28 @@ static int nii_read_voxels(const char *path, int version, int64_t vox_offset, vo
 {
     gzFile gz = gzopen(path, "rb");
     if (gz == NULL)
-        return enc__fail(eb, el, ENC_IO, "%s: cannot reopen: %s", path,
+        return util_errf(eb, el, IMG_IO, "%s: cannot reopen: %s", path,
                     errno ? strerror(errno) : "out of memory");
     gzbuffer(gz, 1u << 17);
-    int rc = ENC_OK;
+    int rc = IMG_OK;
     const char *zm;
     uint32_t sz = 0;
     /* zlib inflates ahead, so damage well past the header can already
      * fail this first small read. */
     if (gzread(gz, &sz, sizeof sz) != (int)sizeof sz) {
         zm = gz_msg(gz, path);
-        rc = zm ? enc__fail(eb, el, ENC_FORMAT, "%s: corrupt compressed stream (%s)", path, zm)
-                : enc__fail(eb, el, ENC_FORMAT, "%s: file changed while being read", path);
+        rc = zm ? util_errf(eb, el, IMG_FORMAT, "%s: corrupt compressed stream (%s)", path, zm)
+                : util_errf(eb, el, IMG_FORMAT, "%s: file changed while being read", path);
         goto out;
     }
     uint32_t want = version == 1 ? 348 : 540;
     if (sz != want && bswap32(sz) != want) {
-        rc = enc__fail(eb, el, ENC_FORMAT, "%s: file changed while being read", path);
+        rc = util_errf(eb, el, IMG_FORMAT, "%s: file changed while being read", path);
         goto out;
     }
     if (gzseek(gz, (z_off_t)vox_offset, SEEK_SET) != (z_off_t)vox_offset) {
         zm = gz_msg(gz, path);
-        rc = enc__fail(eb, el, ENC_FORMAT, "%s: cannot reach vox_offset %lld (%s)", path,
+        rc = util_errf(eb, el, IMG_FORMAT, "%s: cannot reach vox_offset %lld (%s)", path,
                   (long long)vox_offset, zm ? zm : "file too short");
         goto out;
     }
@@ -447,7 +440,7 @@ static int nii_read_voxels(const char *path, int version, int64_t vox_offset, vo
             done += (size_t)got;
         if (got != (int)chunk) {
             zm = gz_msg(gz, path);
-            rc = enc__fail(eb, el, ENC_FORMAT,
+            rc = util_errf(eb, el, IMG_FORMAT,
                       "%s: voxel data ends after %zu of %zu bytes (%s): truncated or corrupt file",
                       path, done, bytes, zm ? zm : "end of file");
             goto out;
@@ -460,7 +453,7 @@ static int nii_read_voxels(const char *path, int version, int64_t vox_offset, vo
             ;
         zm = gz_msg(gz, path);
         if (got < 0 || zm != NULL) {
-            rc = enc__fail(eb, el, ENC_FORMAT,
+            rc = util_errf(eb, el, IMG_FORMAT,
                       "%s: compressed stream truncated or corrupt after the voxels (%s)", path,
                       zm ? zm : "read error");
             goto out;
@@ -476,40 +469,40 @@ out:
 /* Everything checkable in the header before reading voxels: dims, the
  * size limit, datatype, vox_offset, then the file's length.  n gets the
  * spatial size (nz = 1 for a 2D file). */
-static int nii_check(const char *path, const nii_hdr *h, const enc_img_limits *lim,
+static int nii_check(const char *path, const nii_hdr *h, const img_limits *lim,
                      const struct stat *st, int gz, int64_t n[3], int64_t *total_out,
                      char *eb, size_t el)
 {
     int64_t nd = h->dim[0];
     if (nd < 2 || nd > 7)
-        return enc__fail(eb, el, ENC_FORMAT, "%s: dim[0] = %lld (must be 2..7)", path, (long long)nd);
+        return util_errf(eb, el, IMG_FORMAT, "%s: dim[0] = %lld (must be 2..7)", path, (long long)nd);
     for (int i = 1; i <= nd; i++)
         if (h->dim[i] < 1)
-            return enc__fail(eb, el, ENC_FORMAT, "%s: dim[%d] = %lld", path, i, (long long)h->dim[i]);
+            return util_errf(eb, el, IMG_FORMAT, "%s: dim[%d] = %lld", path, i, (long long)h->dim[i]);
     n[0] = h->dim[1];
     n[1] = h->dim[2];
     n[2] = nd >= 3 ? h->dim[3] : 1;
 
-    size_t maxv = lim && lim->max_voxels ? lim->max_voxels : ENC_IMG_MAX_VOXELS;
+    size_t maxv = lim && lim->max_voxels ? lim->max_voxels : IMG_MAX_VOXELS;
     int64_t nvox = 0, tmp;
     int big = !mul_ok(n[0], n[1], &tmp) || !mul_ok(tmp, n[2], &nvox) ||
               (uint64_t)nvox > (uint64_t)maxv || n[0] > INT_MAX || n[1] > INT_MAX ||
               n[2] > INT_MAX;
     if (big)
-        return enc__fail(eb, el, ENC_TOOBIG,
+        return util_errf(eb, el, IMG_TOOBIG,
                     "%s: dims %lld x %lld x %lld = %.0f voxels exceed the limit of %zu", path,
                     (long long)n[0], (long long)n[1], (long long)n[2],
                     (double)n[0] * (double)n[1] * (double)n[2], maxv);
 
     int size = nii_type_size(h->datatype);
     if (size == 0)
-        return enc__fail(eb, el, ENC_UNSUPPORTED, "%s: datatype = %d (%s) is not supported", path,
+        return util_errf(eb, el, IMG_UNSUPPORTED, "%s: datatype = %d (%s) is not supported", path,
                     h->datatype, nii_type_name(h->datatype));
 
     int64_t minoff = h->version == 1 ? 352 : 544;
     if (!(h->vox_offset >= (double)minoff && h->vox_offset <= 9.0e18 &&
           h->vox_offset == floor(h->vox_offset)))
-        return enc__fail(eb, el, ENC_FORMAT, "%s: vox_offset = %g (must be a whole number >= %lld)",
+        return util_errf(eb, el, IMG_FORMAT, "%s: vox_offset = %g (must be a whole number >= %lld)",
                     path, h->vox_offset, (long long)minoff);
     int64_t off = (int64_t)h->vox_offset;
 
@@ -519,40 +512,40 @@ static int nii_check(const char *path, const nii_hdr *h, const enc_img_limits *l
     int64_t total = 1, bytes;
     for (int i = 1; i <= nd; i++)
         if (!mul_ok(total, h->dim[i], &total))
-            return enc__fail(eb, el, ENC_TOOBIG, "%s: dim[1..%lld] multiply past 2^63 voxels", path,
+            return util_errf(eb, el, IMG_TOOBIG, "%s: dim[1..%lld] multiply past 2^63 voxels", path,
                         (long long)nd);
     if (!mul_ok(total, size, &bytes) || bytes > INT64_MAX - off)
-        return enc__fail(eb, el, ENC_TOOBIG, "%s: %lld voxels of %d bytes do not fit in a file", path,
+        return util_errf(eb, el, IMG_TOOBIG, "%s: %lld voxels of %d bytes do not fit in a file", path,
                     (long long)total, size);
     if (!gz && (int64_t)st->st_size < off + bytes)
-        return enc__fail(eb, el, ENC_FORMAT,
+        return util_errf(eb, el, IMG_FORMAT,
                     "%s: file holds %lld bytes, the header needs %lld (vox_offset %lld + %lld "
                     "voxels x %d bytes): truncated file",
                     path, (long long)st->st_size, (long long)(off + bytes), (long long)off,
                     (long long)total, size);
     *total_out = total;
-    return ENC_OK;
+    return IMG_OK;
 }
 
-int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out, char *errbuf,
+int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
                        size_t errlen)
 {
     char *eb = errbuf;
     size_t el = errlen;
     if (path == NULL || out == NULL)
-        return enc__fail(eb, el, ENC_INVAL, "enc_img_read_nifti: NULL argument");
+        return util_errf(eb, el, IMG_INVAL, "img_read_nifti: NULL argument");
     if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
-        return enc__fail(eb, el, ENC_UNSUPPORTED, "%s: expected a .nii or .nii.gz file", path);
+        return util_errf(eb, el, IMG_UNSUPPORTED, "%s: expected a .nii or .nii.gz file", path);
     struct stat st;
     if (stat(path, &st) != 0)
-        return enc__fail(eb, el, ENC_IO, "%s: %s", path, strerror(errno));
+        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return enc__fail(eb, el, ENC_IO, "%s: not a regular file", path);
+        return util_errf(eb, el, IMG_IO, "%s: not a regular file", path);
     /* Our own open first: libnifti would say nothing useful about errno,
      * and the first two bytes tell a gzip file (1f 8b) whatever its name. */
     FILE *probe = fopen(path, "rb");
     if (probe == NULL)
-        return enc__fail(eb, el, ENC_IO, "%s: %s", path, strerror(errno));
+        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(errno));
     unsigned char m2[2] = {0, 0};
     int gz = fread(m2, 1, 2, probe) == 2 && m2[0] == 0x1f && m2[1] == 0x8b;
     fclose(probe);
@@ -575,7 +568,7 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
     }
     if (raw == NULL || (nver != 1 && nver != 2)) {
         free(raw);
-        return enc__fail(eb, el, ENC_FORMAT,
+        return util_errf(eb, el, IMG_FORMAT,
                     "%s: no NIfTI-1 or NIfTI-2 header (bad sizeof_hdr or magic, or the file is "
                     "too short)",
                     path);
@@ -585,31 +578,31 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
     nii_from_raw(raw, nver, &h, magic, sizeof magic - 1);
     free(raw);
     if (memcmp(magic, nver == 1 ? "ni1" : "ni2", 4) == 0)
-        return enc__fail(eb, el, ENC_UNSUPPORTED,
+        return util_errf(eb, el, IMG_UNSUPPORTED,
                     "%s: magic \"%s\" means a .hdr/.img pair; only single-file NIfTI is read",
                     path, magic);
     if (memcmp(magic, nver == 1 ? "n+1" : "n+2", 4) != 0)
-        return enc__fail(eb, el, ENC_FORMAT, "%s: magic is not \"%s\" (not a NIfTI-%d file)", path,
+        return util_errf(eb, el, IMG_FORMAT, "%s: magic is not \"%s\" (not a NIfTI-%d file)", path,
                     nver == 1 ? "n+1" : "n+2", nver);
 
     int64_t n[3], total = 0;
     int rc = nii_check(path, &h, lim, &st, gz, n, &total, eb, el);
-    if (rc != ENC_OK)
+    if (rc != IMG_OK)
         return rc;
     int size = nii_type_size(h.datatype);
     int used[3] = {1, 1, h.dim[0] >= 3};
     double A[4][4];
     const char *src;
     int perm[3], flip[3];
-    if ((rc = nii_affine(path, &h, used, A, &src, eb, el)) != ENC_OK ||
-        (rc = nii_orient(path, src, A, perm, flip, eb, el)) != ENC_OK)
+    if ((rc = nii_affine(path, &h, used, A, &src, eb, el)) != IMG_OK ||
+        (rc = nii_orient(path, src, A, perm, flip, eb, el)) != IMG_OK)
         return rc;
 
     /* Scaling: slope 0 or not finite means none (NIfTI-1 standard); a
      * valid slope with a broken intercept is a broken header. */
     int scale = h.scl_slope != 0 && isfinite(h.scl_slope);
     if (scale && !isfinite(h.scl_inter))
-        return enc__fail(eb, el, ENC_FORMAT, "%s: scl_slope = %g but scl_inter = %g", path,
+        return util_errf(eb, el, IMG_FORMAT, "%s: scl_slope = %g but scl_inter = %g", path,
                     h.scl_slope, h.scl_inter);
 
     /* 2. The first volume.  The float copy is made only once the bytes are
@@ -618,23 +611,23 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
     size_t nvox = (size_t)n[0] * (size_t)n[1] * (size_t)n[2];
     void *buf = malloc(nvox * (size_t)size);
     if (buf == NULL)
-        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
+        return util_errf(eb, el, IMG_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
     rc = nii_read_voxels(path, h.version, (int64_t)h.vox_offset, buf, nvox * (size_t)size, size,
                          gz && (uint64_t)total == (uint64_t)nvox, eb, el);
-    if (rc != ENC_OK) {
+    if (rc != IMG_OK) {
         free(buf);
         return rc;
     }
     float *f = malloc(nvox * sizeof *f);
     if (f == NULL) {
         free(buf);
-        return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
+        return util_errf(eb, el, IMG_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
     }
     size_t bad = nii_to_float(buf, h.datatype, nvox, scale, h.scl_slope, h.scl_inter, f);
     free(buf);
     if (bad > 0) {
         free(f);
-        return enc__fail(eb, el, ENC_FORMAT, "%s: %zu voxels are not finite%s", path, bad,
+        return util_errf(eb, el, IMG_FORMAT, "%s: %zu voxels are not finite%s", path, bad,
                     scale ? " after scl_slope/scl_inter" : "");
     }
 
@@ -654,7 +647,7 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
         data = malloc(nvox * sizeof *data);
         if (data == NULL) {
             free(f);
-            return enc__fail(eb, el, ENC_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
+            return util_errf(eb, el, IMG_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
         }
         size_t o = 0;
         for (int64_t k = 0; k < nout[2]; k++)
@@ -666,7 +659,7 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
         free(f);
     }
 
-    enc_vol v;
+    img_vol v;
     memset(&v, 0, sizeof v);
     v.data = data;
     v.nx = (int)nout[0];
@@ -688,22 +681,22 @@ int enc_img_read_nifti(const char *path, const enc_img_limits *lim, enc_vol *out
                                    v.affine[1][a] * v.affine[1][a] +
                                    v.affine[2][a] * v.affine[2][a]);
     *out = v;
-    return ENC_OK;
+    return IMG_OK;
 }
 
-int enc_img_read_2d(const char *path, const enc_img_limits *lim, enc_vol *out, char *errbuf,
+int img_read_2d(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
                     size_t errlen)
 {
     if (path == NULL || out == NULL)
-        return enc__fail(errbuf, errlen, ENC_INVAL, "enc_img_read_2d: NULL argument");
+        return util_errf(errbuf, errlen, IMG_INVAL, "img_read_2d: NULL argument");
     if (ends_with(path, ".png"))
-        return enc_img_read_png(path, lim, out, errbuf, errlen);
+        return img_read_png(path, lim, out, errbuf, errlen);
     if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
-        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
+        return util_errf(errbuf, errlen, IMG_UNSUPPORTED,
                     "%s: expected a .png, .nii or .nii.gz image", path);
-    enc_vol v;
-    int rc = enc_img_read_nifti(path, lim, &v, errbuf, errlen);
-    if (rc != ENC_OK)
+    img_vol v;
+    int rc = img_read_nifti(path, lim, &v, errbuf, errlen);
+    if (rc != IMG_OK)
         return rc;
     if (v.nz > 1) {
         /* A singleton x or y axis moves to k.  It contributes nothing to
@@ -712,13 +705,13 @@ int enc_img_read_2d(const char *path, const enc_img_limits *lim, enc_vol *out, c
         int single = v.nx == 1 ? 0 : v.ny == 1 ? 1 : -1;
         if (single < 0) {
             int nx = v.nx, ny = v.ny, nz = v.nz;
-            enc_vol_free(&v);
-            return enc__fail(errbuf, errlen, ENC_INVAL,
+            img_vol_free(&v);
+            return util_errf(errbuf, errlen, IMG_INVAL,
                         "%s: a 3D volume (%d x %d x %d), not a 2D image", path, nx, ny, nz);
         }
         int order[3] = {single == 0 ? 1 : 0, 2, single};
         int dims[3] = {v.nx, v.ny, v.nz};
-        enc_vol w = v;
+        img_vol w = v;
         for (int a = 0; a < 3; a++) {
             w.spacing[a] = v.spacing[order[a]];
             for (int r = 0; r < 4; r++)
@@ -730,273 +723,6 @@ int enc_img_read_2d(const char *path, const enc_img_limits *lim, enc_vol *out, c
         v = w;
     }
     *out = v;
-    return ENC_OK;
+    return IMG_OK;
 }
 
-/* ---- resampling ------------------------------------------------------------- */
-
-/* Where each output index along one axis samples the input: the two
- * neighbouring input voxels, the weight of the upper one, and whether the
- * position lies in the input's field of view at all. */
-typedef struct axis_map {
-    int i0, i1;
-    float w;
-    int inside;
-} axis_map;
-
-static void axis_plan(int n, int N, double r, axis_map *m)
-{
-    double c0 = (n - 1) / 2.0 - (N - 1) / 2.0 * r;
-    for (int o = 0; o < N; o++) {
-        double c = c0 + o * r;
-        /* 1e-9 forgives the rounding of r on the very edge of the field */
-        m[o].inside = c >= -0.5 - 1e-9 && c <= n - 0.5 + 1e-9;
-        double cc = c < 0 ? 0 : c > n - 1 ? n - 1 : c;
-        int i0 = (int)floor(cc);
-        if (i0 > n - 2)
-            i0 = n >= 2 ? n - 2 : 0;
-        m[o].i0 = i0;
-        m[o].i1 = i0 + 1 < n ? i0 + 1 : i0;
-        m[o].w = (float)(cc - i0);
-    }
-}
-
-int enc_img_resample(const enc_vol *in, const float target_spacing[3], int nx, int ny, int nz,
-                     enc_vol *out, char *errbuf, size_t errlen)
-{
-    char *eb = errbuf;
-    size_t el = errlen;
-    if (in == NULL || in->data == NULL || target_spacing == NULL || out == NULL)
-        return enc__fail(eb, el, ENC_INVAL, "resample: NULL argument");
-    const int nin[3] = {in->nx, in->ny, in->nz}, nout[3] = {nx, ny, nz};
-    for (int a = 0; a < 3; a++) {
-        if (nin[a] < 1)
-            return enc__fail(eb, el, ENC_INVAL, "resample: input size[%d] = %d", a, nin[a]);
-        if (nout[a] < 1)
-            return enc__fail(eb, el, ENC_INVAL, "resample: output size[%d] = %d", a, nout[a]);
-        if (!(isfinite(in->spacing[a]) && in->spacing[a] > 0))
-            return enc__fail(eb, el, ENC_INVAL, "resample: input spacing[%d] = %g", a,
-                        (double)in->spacing[a]);
-        if (!(isfinite(target_spacing[a]) && target_spacing[a] > 0))
-            return enc__fail(eb, el, ENC_INVAL, "resample: target spacing[%d] = %g", a,
-                        (double)target_spacing[a]);
-    }
-    size_t plane = (size_t)nx * (size_t)ny, total;
-    if (plane / (size_t)nx != (size_t)ny || (total = plane * (size_t)nz) / plane != (size_t)nz ||
-        total > SIZE_MAX / sizeof(float))
-        return enc__fail(eb, el, ENC_TOOBIG, "resample: %d x %d x %d voxels overflow", nx, ny, nz);
-
-    size_t nvin = (size_t)nin[0] * (size_t)nin[1] * (size_t)nin[2];
-    float pad = INFINITY;
-    for (size_t i = 0; i < nvin; i++)
-        if (in->data[i] < pad)
-            pad = in->data[i];
-    if (!isfinite(pad))
-        pad = 0;
-
-    double r[3];
-    for (int a = 0; a < 3; a++)
-        r[a] = (double)target_spacing[a] / (double)in->spacing[a];
-    float *data = malloc(total * sizeof *data);
-    axis_map *m[3];
-    m[0] = malloc((size_t)nx * sizeof(axis_map));
-    m[1] = malloc((size_t)ny * sizeof(axis_map));
-    m[2] = malloc((size_t)nz * sizeof(axis_map));
-    if (data == NULL || m[0] == NULL || m[1] == NULL || m[2] == NULL) {
-        free(data);
-        free(m[0]);
-        free(m[1]);
-        free(m[2]);
-        return enc__fail(eb, el, ENC_NOMEM, "resample: out of memory for %zu voxels", total);
-    }
-    for (int a = 0; a < 3; a++)
-        axis_plan(nin[a], nout[a], r[a], m[a]);
-
-    const float *src = in->data;
-    const size_t sx = (size_t)nin[0], sxy = (size_t)nin[0] * (size_t)nin[1];
-    float *o = data;
-    for (int k = 0; k < nz; k++) {
-        const axis_map *mk = &m[2][k];
-        for (int j = 0; j < ny; j++) {
-            const axis_map *mj = &m[1][j];
-            if (!mk->inside || !mj->inside) {
-                for (int i = 0; i < nx; i++)
-                    *o++ = pad;
-                continue;
-            }
-            const float *p00 = src + (size_t)mk->i0 * sxy + (size_t)mj->i0 * sx;
-            const float *p01 = src + (size_t)mk->i0 * sxy + (size_t)mj->i1 * sx;
-            const float *p10 = src + (size_t)mk->i1 * sxy + (size_t)mj->i0 * sx;
-            const float *p11 = src + (size_t)mk->i1 * sxy + (size_t)mj->i1 * sx;
-            const float wj = mj->w, wk = mk->w;
-            for (int i = 0; i < nx; i++) {
-                const axis_map *mi = &m[0][i];
-                if (!mi->inside) {
-                    *o++ = pad;
-                    continue;
-                }
-                const int a = mi->i0, b = mi->i1;
-                const float wi = mi->w;
-                float c00 = p00[a] + wi * (p00[b] - p00[a]);
-                float c01 = p01[a] + wi * (p01[b] - p01[a]);
-                float c10 = p10[a] + wi * (p10[b] - p10[a]);
-                float c11 = p11[a] + wi * (p11[b] - p11[a]);
-                float c0 = c00 + wj * (c01 - c00);
-                float c1 = c10 + wj * (c11 - c10);
-                *o++ = c0 + wk * (c1 - c0);
-            }
-        }
-    }
-    free(m[0]);
-    free(m[1]);
-    free(m[2]);
-
-    enc_vol v;
-    memset(&v, 0, sizeof v);
-    v.data = data;
-    v.nx = nx;
-    v.ny = ny;
-    v.nz = nz;
-    double c0[3];
-    for (int a = 0; a < 3; a++) {
-        v.spacing[a] = target_spacing[a];
-        c0[a] = (nin[a] - 1) / 2.0 - (nout[a] - 1) / 2.0 * r[a];
-    }
-    for (int row = 0; row < 3; row++) {
-        double t = in->affine[row][3];
-        for (int a = 0; a < 3; a++) {
-            v.affine[row][a] = in->affine[row][a] * r[a];
-            t += in->affine[row][a] * c0[a];
-        }
-        v.affine[row][3] = t;
-    }
-    v.affine[3][3] = 1;
-    *out = v;
-    return ENC_OK;
-}
-
-/* ---- intensities ------------------------------------------------------------- */
-
-void enc_img_ct_window(enc_vol *v, float lo, float hi)
-{
-    assert(v != NULL && lo < hi);
-    size_t n = (size_t)v->nx * (size_t)v->ny * (size_t)v->nz;
-    const float inv = 1.0f / (hi - lo);
-    for (size_t i = 0; i < n; i++) {
-        float x = v->data[i];
-        if (!isfinite(x))
-            x = lo;
-        x = x < lo ? lo : x > hi ? hi : x;
-        v->data[i] = (x - lo) * inv;
-    }
-}
-
-static int cmp_float(const void *pa, const void *pb)
-{
-    float a = *(const float *)pa, b = *(const float *)pb;
-    return (a > b) - (a < b);
-}
-
-/* Quickselect (Hoare partition, median-of-three pivot): afterwards a[k] is
- * the k-th smallest, everything before it <= a[k] <= everything after.
- * Crafted inputs can defeat median-of-three, so after 2 log2(n) + 8 rounds
- * the rest is simply sorted (the introselect idea): O(n) in practice,
- * O(n log n) at worst. */
-static float select_kth(float *a, size_t n, size_t k)
-{
-    ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1, kk = (ptrdiff_t)k;
-    int budget = 8;
-    for (size_t m = n; m > 1; m >>= 1)
-        budget += 2;
-    while (hi > lo) {
-        if (budget-- == 0) {
-            qsort(a + lo, (size_t)(hi - lo + 1), sizeof *a, cmp_float);
-            break;
-        }
-        ptrdiff_t mid = lo + (hi - lo) / 2;
-        float t;
-#define SWAPF(x, y) (t = a[x], a[x] = a[y], a[y] = t)
-        if (a[mid] < a[lo])
-            SWAPF(mid, lo);
-        if (a[hi] < a[lo])
-            SWAPF(hi, lo);
-        if (a[hi] < a[mid])
-            SWAPF(hi, mid);
-        float pivot = a[mid];
-        ptrdiff_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] < pivot)
-                i++;
-            while (a[j] > pivot)
-                j--;
-            if (i <= j) {
-                SWAPF(i, j);
-                i++;
-                j--;
-            }
-        }
-#undef SWAPF
-        if (kk <= j)
-            hi = j;
-        else if (kk >= i)
-            lo = i;
-        else
-            break; /* a[j+1 .. i-1] all equal the pivot */
-    }
-    return a[k];
-}
-
-/* The p-th percentile (0..100) of the m values in a, interpolating
- * linearly between order statistics; reorders a. */
-static float percentile(float *a, size_t m, double p)
-{
-    double pos = p / 100.0 * (double)(m - 1);
-    size_t k = (size_t)floor(pos);
-    if (k >= m - 1)
-        return select_kth(a, m, m - 1);
-    double frac = pos - (double)k;
-    float lo = select_kth(a, m, k);
-    if (frac == 0)
-        return lo;
-    float hi = a[k + 1];
-    for (size_t i = k + 2; i < m; i++)
-        if (a[i] < hi)
-            hi = a[i];
-    return (float)(lo + frac * ((double)hi - lo));
-}
-
-int enc_img_mr_scale(enc_vol *v, float p_lo, float p_hi)
-{
-    if (v == NULL || !(p_lo >= 0 && p_lo < p_hi && p_hi <= 100))
-        return ENC_INVAL;
-    size_t n = (size_t)v->nx * (size_t)v->ny * (size_t)v->nz, m = 0;
-    if (n == 0)
-        return ENC_OK;
-    float *tmp = malloc(n * sizeof *tmp);
-    if (tmp == NULL)
-        return ENC_NOMEM;
-    for (size_t i = 0; i < n; i++)
-        if (isfinite(v->data[i]))
-            tmp[m++] = v->data[i];
-    float lo = 0, hi = 0;
-    if (m > 0) {
-        lo = percentile(tmp, m, p_lo);
-        hi = percentile(tmp, m, p_hi);
-    }
-    free(tmp);
-    if (!(hi > lo)) {
-        memset(v->data, 0, n * sizeof *v->data);
-        return ENC_OK;
-    }
-    const double inv = 1.0 / ((double)hi - lo);
-    for (size_t i = 0; i < n; i++) {
-        float x = v->data[i];
-        if (!isfinite(x)) {
-            v->data[i] = 0;
-            continue;
-        }
-        double y = ((double)x - lo) * inv;
-        v->data[i] = (float)(y < 0 ? 0 : y > 1 ? 1 : y);
-    }
-    return ENC_OK;
-}

@@ -86,8 +86,22 @@ int enc_worker_images(enc_worker *w, const char *const *paths, const char *const
 int enc_worker_volumes(enc_worker *w, const char *const *paths, const char *const *modalities,
                        int n, float *out, char *errbuf, size_t errlen);
 
-/* A hook the worker calls on each file of later enc_worker_images,
- * enc_worker_volumes and enc_worker_volume_slices calls, right after it is
+/* The same for files held in memory (uploads), read by imageio's _mem
+ * readers: the format is told by the content, name (may be NULL) stands
+ * for the path in messages, and nothing touches the file system.  The
+ * bytes are borrowed for the call. */
+typedef struct enc_blob {
+    const void *data;
+    size_t len;
+    const char *name;
+} enc_blob;
+int enc_worker_images_mem(enc_worker *w, const enc_blob *blobs, const char *const *modalities,
+                          int n, float *out, char *errbuf, size_t errlen);
+int enc_worker_volumes_mem(enc_worker *w, const enc_blob *blobs, const char *const *modalities,
+                           int n, float *out, char *errbuf, size_t errlen);
+
+/* A hook the worker calls on each file of later enc_worker_images(_mem),
+ * enc_worker_volumes(_mem) and enc_worker_volume_slices calls, right after it is
  * read and before it is preprocessed: i is the file's index in that call's
  * paths, v the image as read (imageio/imageio.h: RAS, the stored
  * intensities; a radiograph as img_read_2d gives it).  Work that needs

@@ -293,8 +293,10 @@ int enc_worker_text(enc_worker *w, const char *const *texts, int n, float *out, 
     return ENC_OK;
 }
 
+/* Encodes n files, given by path (paths) or held in memory (blobs). */
 static int encode_files(enc_worker *w, enc_kind k, const char *const *paths,
-                        const char *const *mods, int n, float *out, char *errbuf, size_t errlen)
+                        const enc_blob *blobs, const char *const *mods, int n, float *out,
+                        char *errbuf, size_t errlen)
 {
     int rc = state_for(w, k, n, errbuf, errlen);
     if (rc)
@@ -306,8 +308,14 @@ static int encode_files(enc_worker *w, enc_kind k, const char *const *paths,
         return rc;
     for (w->hook_file = 0; w->hook_file < n; w->hook_file++) {
         int i = w->hook_file;
-        rc = enc_prep_file(k == ENC_VOLUME, paths[i], enc_modality_parse(mods ? mods[i] : NULL),
-                           pp, w->in + per * i, w->hook ? file_seen : NULL, w, errbuf, errlen);
+        enc_modality mod = enc_modality_parse(mods ? mods[i] : NULL);
+        enc_prep_seen seen = w->hook ? file_seen : NULL;
+        if (blobs)
+            rc = enc_prep_mem(k == ENC_VOLUME, blobs[i].data, blobs[i].len, blobs[i].name, mod,
+                              pp, w->in + per * i, seen, w, errbuf, errlen);
+        else
+            rc = enc_prep_file(k == ENC_VOLUME, paths[i], mod, pp, w->in + per * i, seen, w,
+                               errbuf, errlen);
         if (rc)
             return rc;
     }
@@ -321,13 +329,25 @@ static int encode_files(enc_worker *w, enc_kind k, const char *const *paths,
 int enc_worker_images(enc_worker *w, const char *const *paths, const char *const *modalities,
                       int n, float *out, char *errbuf, size_t errlen)
 {
-    return encode_files(w, ENC_IMAGE, paths, modalities, n, out, errbuf, errlen);
+    return encode_files(w, ENC_IMAGE, paths, NULL, modalities, n, out, errbuf, errlen);
+}
+
+int enc_worker_images_mem(enc_worker *w, const enc_blob *blobs, const char *const *modalities,
+                          int n, float *out, char *errbuf, size_t errlen)
+{
+    return encode_files(w, ENC_IMAGE, NULL, blobs, modalities, n, out, errbuf, errlen);
 }
 
 int enc_worker_volumes(enc_worker *w, const char *const *paths, const char *const *modalities,
                        int n, float *out, char *errbuf, size_t errlen)
 {
-    return encode_files(w, ENC_VOLUME, paths, modalities, n, out, errbuf, errlen);
+    return encode_files(w, ENC_VOLUME, paths, NULL, modalities, n, out, errbuf, errlen);
+}
+
+int enc_worker_volumes_mem(enc_worker *w, const enc_blob *blobs, const char *const *modalities,
+                           int n, float *out, char *errbuf, size_t errlen)
+{
+    return encode_files(w, ENC_VOLUME, NULL, blobs, modalities, n, out, errbuf, errlen);
 }
 
 /* ---- volumes with their axial slices ---------------------------------------------- */
@@ -362,7 +382,7 @@ int enc_worker_volume_slices(enc_worker *w, const char *const *paths,
     int D = enc_pipeline_slices(p, errbuf, errlen);
     if (!D)
         return ENC_UNSUPPORTED;
-    int rc = encode_files(w, ENC_VOLUME, paths, modalities, n, vol_out, errbuf, errlen);
+    int rc = encode_files(w, ENC_VOLUME, paths, NULL, modalities, n, vol_out, errbuf, errlen);
     if (rc)
         return rc;
     /* w->in still holds the n preprocessed volumes [C, D, H, W]; slice z of

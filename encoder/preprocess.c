@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "imageio/imageio.h"
 #include "encoder/preprocess.h"
@@ -101,19 +100,13 @@ static int prep_volume(img_vol *v, const char *path, enc_modality mod, const enc
     return rc;
 }
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t n = strlen(s), m = strlen(suf);
-    return n >= m && strcasecmp(s + n - m, suf) == 0;
-}
-
 /* An image as read, to the model's input; v is modified in place. */
 static int prep_image(img_vol *v, const char *path, enc_modality mod, const enc_prep *p,
                       float *out, char *errbuf, size_t errlen)
 {
     int rc = ENC_OK;
     img_vol r = {0};
-    int png = ends_with(path, ".png");
+    int png = v->format == IMG_FMT_PNG;
     /* PNG samples are already [0, 1] of their bit depth; NIfTI values are
      * physical and need the modality's mapping. */
     if (!png)
@@ -143,6 +136,20 @@ static int prep_image(img_vol *v, const char *path, enc_modality mod, const enc_
     return rc;
 }
 
+/* The rest of enc_prep_file and enc_prep_mem, once v is read. */
+static int prep_read(int volume, int rc, img_vol *v, const char *name, enc_modality mod,
+                     const enc_prep *p, float *out, enc_prep_seen seen, void *ctx,
+                     char *errbuf, size_t errlen)
+{
+    if (!rc && seen)
+        rc = seen(ctx, v, errbuf, errlen);
+    if (!rc)
+        rc = volume ? prep_volume(v, name, mod, p, out, errbuf, errlen)
+                    : prep_image(v, name, mod, p, out, errbuf, errlen);
+    img_vol_free(v);
+    return rc;
+}
+
 int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep *p, float *out,
                   enc_prep_seen seen, void *ctx, char *errbuf, size_t errlen)
 {
@@ -152,13 +159,21 @@ int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep
     img_vol v = {0};
     rc = volume ? img_read_nifti(path, NULL, &v, errbuf, errlen)
                 : img_read_2d(path, NULL, &v, errbuf, errlen);
-    if (!rc && seen)
-        rc = seen(ctx, &v, errbuf, errlen);
-    if (!rc)
-        rc = volume ? prep_volume(&v, path, mod, p, out, errbuf, errlen)
-                    : prep_image(&v, path, mod, p, out, errbuf, errlen);
-    img_vol_free(&v);
-    return rc;
+    return prep_read(volume, rc, &v, path, mod, p, out, seen, ctx, errbuf, errlen);
+}
+
+int enc_prep_mem(int volume, const void *data, size_t len, const char *name, enc_modality mod,
+                 const enc_prep *p, float *out, enc_prep_seen seen, void *ctx, char *errbuf,
+                 size_t errlen)
+{
+    int rc = check(p, volume, errbuf, errlen);
+    if (rc)
+        return rc;
+    img_vol v = {0};
+    rc = volume ? img_read_nifti_mem(data, len, name, NULL, &v, errbuf, errlen)
+                : img_read_2d_mem(data, len, name, NULL, &v, errbuf, errlen);
+    return prep_read(volume, rc, &v, name ? name : "(memory)", mod, p, out, seen, ctx, errbuf,
+                     errlen);
 }
 
 int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,

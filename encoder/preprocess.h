@@ -9,7 +9,7 @@
  * resampled trilinearly to the target spacing, centre-cropped or padded to
  * the model's size, and written as [C, D, H, W] in RAS voxel order: W grows
  * towards the patient's right, H towards anterior, D towards superior.
- * Images (radiographs): PNG or 2-D NIfTI, put in picture order (row 0 at the
+ * Images (radiographs): PNG or 2-D NIfTI (from a path or from memory), put in picture order (row 0 at the
  * top), intensities to [0, 1] (PNG by bit depth, NIfTI by modality), scaled
  * to fit the model's size with the aspect ratio kept and the rest padded,
  * written as [C, H, W].  Grey is replicated to C channels and normalised per
@@ -65,5 +65,11 @@ int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float 
 typedef int (*enc_prep_seen)(void *ctx, const img_vol *v, char *errbuf, size_t errlen);
 int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep *p, float *out,
                   enc_prep_seen seen, void *ctx, char *errbuf, size_t errlen);
+/* The same from a file's bytes in memory (an upload: imageio's _mem
+ * readers, the format told by the content); name (may be NULL) stands for
+ * the path in messages. */
+int enc_prep_mem(int volume, const void *data, size_t len, const char *name, enc_modality mod,
+                 const enc_prep *p, float *out, enc_prep_seen seen, void *ctx, char *errbuf,
+                 size_t errlen);
 
 #endif

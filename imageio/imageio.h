@@ -65,11 +65,16 @@ typedef struct img_limits {
     size_t max_pixels;
 } img_limits;
 
+/* Where an image came from (img_vol.format): RAS order for NIfTI, picture
+ * order for PNG. */
+typedef enum { IMG_FMT_NIFTI = 0, IMG_FMT_PNG = 1 } img_format;
+
 typedef struct img_vol {
     float *data; /* owned, nx*ny*nz floats, x fastest; free with img_vol_free */
     int nx, ny, nz;
     float spacing[3];    /* mm, after reorientation: x=R, y=A, z=S */
     double affine[4][4]; /* voxel (i,j,k) centre -> RAS mm; last row 0 0 0 1 */
+    img_format format;   /* the file's format (kept by img_resample) */
 } img_vol;
 
 /* Frees v->data and zeroes *v.  Accepts NULL and an already-freed volume. */
@@ -98,10 +103,11 @@ void img_vol_free(img_vol *v);
  * - Values are scl_slope * stored + scl_inter, unless scl_slope is 0 or not
  *   finite (then the stored values as they are).  Any voxel not finite
  *   after this is IMG_FORMAT.
+ * - Plain or gzip is told by the gzip magic (1f 8b), whatever the name.
  * Codes: IMG_IO (cannot open), IMG_FORMAT, IMG_UNSUPPORTED (extension,
  * datatype, a two-file .hdr/.img pair), IMG_TOOBIG, IMG_NOMEM. */
 int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
-                       size_t errlen);
+                   size_t errlen);
 
 /* Reads a PNG into a volume with nz = 1, spacing 1, identity affine (i =
  * column from the left, j = row from the top: picture order, no anatomy).
@@ -113,7 +119,7 @@ int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *
  * The file is read to IEND: a corrupt or truncated file, cut anywhere, is
  * IMG_FORMAT with libpng's message (libpng never prints). */
 int img_read_png(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
-                     size_t errlen);
+                 size_t errlen);
 
 /* Reads a 2D image (a radiograph) by extension: .png, or .nii / .nii.gz.
  * A NIfTI image is read as by img_read_nifti (RAS order, not picture
@@ -122,7 +128,21 @@ int img_read_png(const char *path, const img_limits *lim, img_vol *out, char *er
  * comes back as (nx, nz, 1) with the affine's columns reordered to match.
  * Other extensions: IMG_UNSUPPORTED. */
 int img_read_2d(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
-                    size_t errlen);
+                size_t errlen);
+
+/* ---- from memory --------------------------------------------------------------
+ * The _mem readers take a file's bytes (an upload) instead of a path, with
+ * the same checks, results and codes as the readers above, and never
+ * touch the file system.  name (may be NULL: "(memory)") stands for the
+ * path in messages; the format is told by the content, never by the name.
+ * data is borrowed for the call only. */
+int img_read_nifti_mem(const void *data, size_t len, const char *name, const img_limits *lim,
+                       img_vol *out, char *errbuf, size_t errlen);
+int img_read_png_mem(const void *data, size_t len, const char *name, const img_limits *lim,
+                     img_vol *out, char *errbuf, size_t errlen);
+/* A PNG (by its signature), else a 2-D NIfTI, as img_read_2d reads them. */
+int img_read_2d_mem(const void *data, size_t len, const char *name, const img_limits *lim,
+                    img_vol *out, char *errbuf, size_t errlen);
 
 /* Trilinear resampling of `in` (taken as axis-aligned with its spacing) to
  * target_spacing (mm, each finite and > 0), then centre crop or pad to

@@ -1,13 +1,13 @@
 /* nifti.c - NIfTI-1/2 input and reorientation to RAS (imageio.h; PNG
  * input is in png.c, resampling and intensity mappings in volume.c).
  *
- * libnifti reads the header (we byte-swap it when needed, see
- * img_read_nifti); we check every field we use before allocating
- * anything, then read the first volume's bytes ourselves with zlib (which
- * reads plain files too).  libnifti's brick and collapsed-image readers
- * print to stderr even at debug level 0, and nifti_image_load reads every
- * volume of a 4D file, so neither fits a library that must stay quiet and
- * bounded.
+ * A file or a buffer is read front to back once, through one byte stream
+ * (plain or gzip, told by the gzip magic, never the name): the header,
+ * which we check field by field before allocating anything (libnifti gives
+ * the header layouts and swap_nifti_header), then the first volume's
+ * bytes.  libnifti's own readers do not fit: its brick and collapsed-image
+ * readers print to stderr even at debug level 0, nifti_image_load reads
+ * every volume of a 4D file, and none reads from memory.
  */
 #include "imageio/imageio.h"
 #include "util/util.h"
@@ -382,6 +382,25 @@ static void bswap_n(void *buf, size_t n, int size)
         }
 }
 
+/* ---- the byte stream: a file or a buffer, plain or gzip ---------------------- */
+
+/* One NIfTI file's bytes, read front to back once.  A file goes through
+ * zlib's gz reader, which reads gzip and plain files alike; a buffer is
+ * taken as is or, when it starts with the gzip magic (1f 8b), inflated
+ * member after member as gzread would (bytes after the last member that
+ * are not another member are ignored, as gzread ignores them).  Either way
+ * the gzip magic decides, never the name. */
+typedef struct nii_in {
+    const char *name;         /* for messages */
+    gzFile gz;                /* a file, or NULL */
+    const unsigned char *mem; /* a buffer */
+    size_t len, at;           /* its length; the next byte not yet fed or taken */
+    int zmem, zinit, zend;    /* gzip buffer; inflate ready; its last member done */
+    z_stream zs;
+    const char *err;          /* the stream's failure, NULL while none */
+    uint64_t pos;             /* decompressed bytes taken so far */
+} nii_in;
+
 /* zlib's last error for gz, without the "path: " it puts in front, or
  * NULL when there is none (a plain end of file). */
 static const char *gz_msg(gzFile gz, const char *path)
@@ -396,82 +415,114 @@ static const char *gz_msg(gzFile gz, const char *path)
     return m;
 }
 
-/* Reads `bytes` bytes of voxels at vox_offset: the first volume.  zlib
- * reads gzip and plain files alike.  The stored sizeof_hdr tells the byte
- * order (libnifti swapped the header for us but does not say so).  With
- * `drain`, the rest of the stream is read too, so that a gzip file cut
- * after its voxels or with a bad CRC is caught as well. */
-static int nii_read_voxels(const char *path, int version, int64_t vox_offset, void *buf,
-                           size_t bytes, int size, int drain, char *eb, size_t el)
+static void in_close(nii_in *in)
 {
-    gzFile gz = gzopen(path, "rb");
-    if (gz == NULL)
-        return util_errf(eb, el, IMG_IO, "%s: cannot reopen: %s", path,
-                    errno ? strerror(errno) : "out of memory");
-    gzbuffer(gz, 1u << 17);
-    int rc = IMG_OK;
-    const char *zm;
-    uint32_t sz = 0;
-    /* zlib inflates ahead, so damage well past the header can already
-     * fail this first small read. */
-    if (gzread(gz, &sz, sizeof sz) != (int)sizeof sz) {
-        zm = gz_msg(gz, path);
-        rc = zm ? util_errf(eb, el, IMG_FORMAT, "%s: corrupt compressed stream (%s)", path, zm)
-                : util_errf(eb, el, IMG_FORMAT, "%s: file changed while being read", path);
-        goto out;
-    }
-    uint32_t want = version == 1 ? 348 : 540;
-    if (sz != want && bswap32(sz) != want) {
-        rc = util_errf(eb, el, IMG_FORMAT, "%s: file changed while being read", path);
-        goto out;
-    }
-    if (gzseek(gz, (z_off_t)vox_offset, SEEK_SET) != (z_off_t)vox_offset) {
-        zm = gz_msg(gz, path);
-        rc = util_errf(eb, el, IMG_FORMAT, "%s: cannot reach vox_offset %lld (%s)", path,
-                  (long long)vox_offset, zm ? zm : "file too short");
-        goto out;
-    }
-    /* Chunks keep each call inside gzread's int-sized return. */
+    if (in->gz)
+        gzclose(in->gz);
+    if (in->zinit)
+        inflateEnd(&in->zs);
+    memset(in, 0, sizeof *in);
+}
+
+/* Inflates up to n bytes of a gzip buffer into buf. */
+static size_t in_inflate(nii_in *in, unsigned char *buf, size_t n)
+{
+    z_stream *z = &in->zs;
     size_t done = 0;
-    while (done < bytes) {
-        unsigned chunk = bytes - done > (1u << 26) ? 1u << 26 : (unsigned)(bytes - done);
-        int got = gzread(gz, (char *)buf + done, chunk);
-        if (got > 0)
-            done += (size_t)got;
-        if (got != (int)chunk) {
-            zm = gz_msg(gz, path);
-            rc = util_errf(eb, el, IMG_FORMAT,
-                      "%s: voxel data ends after %zu of %zu bytes (%s): truncated or corrupt file",
-                      path, done, bytes, zm ? zm : "end of file");
-            goto out;
+    while (done < n && !in->zend && !in->err) {
+        if (z->avail_in == 0 && in->at < in->len) {
+            size_t c = in->len - in->at < (1u << 30) ? in->len - in->at : (1u << 30);
+            z->next_in = (unsigned char *)(uintptr_t)(in->mem + in->at);
+            z->avail_in = (uInt)c;
+            in->at += c;
+        }
+        size_t want = n - done < (1u << 30) ? n - done : (1u << 30);
+        z->next_out = buf + done;
+        z->avail_out = (uInt)want;
+        int r = inflate(z, Z_NO_FLUSH);
+        done += want - z->avail_out;
+        if (r == Z_STREAM_END) {
+            /* The unread input is contiguous from next_in to the end. */
+            size_t left = z->avail_in + (in->len - in->at);
+            if (left >= 2 && z->next_in[0] == 0x1f && z->next_in[1] == 0x8b)
+                inflateReset(z);
+            else
+                in->zend = 1;
+        } else if (r == Z_BUF_ERROR) {
+            in->err = "unexpected end of file"; /* no input left mid-member */
+        } else if (r != Z_OK) {
+            in->err = z->msg ? z->msg : "inflate failed";
         }
     }
-    if (drain) {
-        char sink[4096];
-        int got;
-        while ((got = gzread(gz, sink, sizeof sink)) > 0)
-            ;
-        zm = gz_msg(gz, path);
-        if (got < 0 || zm != NULL) {
-            rc = util_errf(eb, el, IMG_FORMAT,
-                      "%s: compressed stream truncated or corrupt after the voxels (%s)", path,
-                      zm ? zm : "read error");
-            goto out;
+    return done;
+}
+
+/* Up to n bytes into buf; fewer at the end of the data or on a failure
+ * (then in->err says what). */
+static size_t in_read(nii_in *in, void *buf, size_t n)
+{
+    size_t done = 0;
+    if (in->gz) {
+        /* Chunks keep each call inside gzread's int-sized return. */
+        while (done < n) {
+            unsigned chunk = n - done > (1u << 26) ? 1u << 26 : (unsigned)(n - done);
+            int got = gzread(in->gz, (char *)buf + done, chunk);
+            if (got > 0)
+                done += (size_t)got;
+            if (got != (int)chunk) {
+                in->err = gz_msg(in->gz, in->name);
+                if (got < 0 && !in->err)
+                    in->err = "read error";
+                break;
+            }
         }
+    } else if (in->zmem) {
+        done = in_inflate(in, buf, n);
+    } else {
+        done = in->len - in->at < n ? in->len - in->at : n;
+        memcpy(buf, in->mem + in->at, done);
+        in->at += done;
     }
-    if (sz != want && size > 1)
-        bswap_n(buf, bytes / (size_t)size, size);
-out:
-    gzclose(gz);
-    return rc;
+    in->pos += done;
+    return done;
+}
+
+/* Skips forward to decompressed offset off (>= in->pos); 0 on success. */
+static int in_skip_to(nii_in *in, uint64_t off)
+{
+    if (in->gz) {
+        if (off > (uint64_t)INT64_MAX ||
+            gzseek(in->gz, (z_off_t)off, SEEK_SET) != (z_off_t)off) {
+            in->err = gz_msg(in->gz, in->name);
+            return -1;
+        }
+        in->pos = off;
+        return 0;
+    }
+    unsigned char sink[4096];
+    while (in->pos < off) {
+        size_t n = off - in->pos < sizeof sink ? (size_t)(off - in->pos) : sizeof sink;
+        if (in_read(in, sink, n) != n)
+            return -1;
+    }
+    return 0;
+}
+
+/* Reads to the end of the data, so that a gzip stream cut after what was
+ * needed, or with a bad CRC, is caught too; 0 when it ends cleanly. */
+static int in_drain(nii_in *in)
+{
+    unsigned char sink[4096];
+    while (in_read(in, sink, sizeof sink) == sizeof sink)
+        ;
+    return in->err ? -1 : 0;
 }
 
 /* Everything checkable in the header before reading voxels: dims, the
  * size limit, datatype, vox_offset, then the file's length.  n gets the
  * spatial size (nz = 1 for a 2D file). */
 static int nii_check(const char *path, const nii_hdr *h, const img_limits *lim,
-                     const struct stat *st, int gz, int64_t n[3], int64_t *total_out,
-                     char *eb, size_t el)
+                     int64_t plain_size, int64_t n[3], int64_t *total_out, char *eb, size_t el)
 {
     int64_t nd = h->dim[0];
     if (nd < 2 || nd > 7)
@@ -508,7 +559,8 @@ static int nii_check(const char *path, const nii_hdr *h, const img_limits *lim,
 
     /* Every volume the header declares must be in the file, even though
      * only the first is read.  A compressed length says nothing about the
-     * data length; there the read itself finds a short file. */
+     * data length (plain_size < 0); there the read itself finds a short
+     * file. */
     int64_t total = 1, bytes;
     for (int i = 1; i <= nd; i++)
         if (!mul_ok(total, h->dim[i], &total))
@@ -517,66 +569,57 @@ static int nii_check(const char *path, const nii_hdr *h, const img_limits *lim,
     if (!mul_ok(total, size, &bytes) || bytes > INT64_MAX - off)
         return util_errf(eb, el, IMG_TOOBIG, "%s: %lld voxels of %d bytes do not fit in a file", path,
                     (long long)total, size);
-    if (!gz && (int64_t)st->st_size < off + bytes)
+    if (plain_size >= 0 && plain_size < off + bytes)
         return util_errf(eb, el, IMG_FORMAT,
                     "%s: file holds %lld bytes, the header needs %lld (vox_offset %lld + %lld "
                     "voxels x %d bytes): truncated file",
-                    path, (long long)st->st_size, (long long)(off + bytes), (long long)off,
+                    path, (long long)plain_size, (long long)(off + bytes), (long long)off,
                     (long long)total, size);
     *total_out = total;
     return IMG_OK;
 }
 
-int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
-                       size_t errlen)
+/* The header, checked field by field, and the first volume, from a stream
+ * opened on a file or a buffer; size is the file's or buffer's length. */
+static int nii_read(nii_in *in, int64_t size_bytes, const img_limits *lim, img_vol *out,
+                    char *eb, size_t el)
 {
-    char *eb = errbuf;
-    size_t el = errlen;
-    if (path == NULL || out == NULL)
-        return util_errf(eb, el, IMG_INVAL, "img_read_nifti: NULL argument");
-    if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
-        return util_errf(eb, el, IMG_UNSUPPORTED, "%s: expected a .nii or .nii.gz file", path);
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return util_errf(eb, el, IMG_IO, "%s: not a regular file", path);
-    /* Our own open first: libnifti would say nothing useful about errno,
-     * and the first two bytes tell a gzip file (1f 8b) whatever its name. */
-    FILE *probe = fopen(path, "rb");
-    if (probe == NULL)
-        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(errno));
-    unsigned char m2[2] = {0, 0};
-    int gz = fread(m2, 1, 2, probe) == 2 && m2[0] == 0x1f && m2[1] == 0x8b;
-    fclose(probe);
+    const char *path = in->name;
     pthread_once(&nifti_quiet_once, nifti_quiet);
 
-    /* 1. The header alone, checked field by field.  libnifti 3.0.1's
-     * nifti_read_header detects a byte-swapped header but hands it back
-     * unswapped (and its check = 1 prints even at debug level 0), so we
-     * swap it ourselves with libnifti's swap_nifti_header. */
-    int nver = 0;
-    void *raw = nifti_read_header(path, &nver, 0);
-    if (raw != NULL && (nver == 1 || nver == 2)) {
-        uint32_t sz, want = nver == 1 ? 348 : 540;
-        memcpy(&sz, raw, sizeof sz);
-        if (sz != want && bswap32(sz) == want)
-            swap_nifti_header(raw, nver);
-        memcpy(&sz, raw, sizeof sz);
-        if (sz != want)
-            nver = -1;
+    /* 1. The header.  sizeof_hdr (348 or 540, either byte order) tells the
+     * version and the byte order; the rest of the header follows it and is
+     * swapped with libnifti's swap_nifti_header when needed. */
+    union {
+        nifti_1_header h1;
+        nifti_2_header h2;
+        uint32_t sz;
+    } raw;
+    memset(&raw, 0, sizeof raw);
+    int nver = 0, swapped = 0;
+    if (in_read(in, &raw.sz, sizeof raw.sz) == sizeof raw.sz) {
+        uint32_t sz = raw.sz;
+        nver = sz == 348 || bswap32(sz) == 348 ? 1 : sz == 540 || bswap32(sz) == 540 ? 2 : 0;
+        swapped = nver && sz != (nver == 1 ? 348u : 540u);
     }
-    if (raw == NULL || (nver != 1 && nver != 2)) {
-        free(raw);
+    size_t hsize = nver == 1 ? 348 : 540;
+    if (nver == 0 || in_read(in, (char *)&raw + 4, hsize - 4) != hsize - 4) {
+        if (in->err)
+            return util_errf(eb, el, IMG_FORMAT,
+                             "%s: no NIfTI-1 or NIfTI-2 header (corrupt compressed stream: %s)",
+                             path, in->err);
         return util_errf(eb, el, IMG_FORMAT,
-                    "%s: no NIfTI-1 or NIfTI-2 header (bad sizeof_hdr or magic, or the file is "
-                    "too short)",
-                    path);
+                         "%s: no NIfTI-1 or NIfTI-2 header (bad sizeof_hdr or magic, or the file "
+                         "is too short)",
+                         path);
     }
+    if (swapped)
+        swap_nifti_header(&raw, nver);
+    /* A file, plain or gzip: zlib knows which once it has read. */
+    int plain = in->gz ? gzdirect(in->gz) : !in->zmem;
     nii_hdr h;
     char magic[9] = {0};
-    nii_from_raw(raw, nver, &h, magic, sizeof magic - 1);
-    free(raw);
+    nii_from_raw(&raw, nver, &h, magic, sizeof magic - 1);
     if (memcmp(magic, nver == 1 ? "ni1" : "ni2", 4) == 0)
         return util_errf(eb, el, IMG_UNSUPPORTED,
                     "%s: magic \"%s\" means a .hdr/.img pair; only single-file NIfTI is read",
@@ -586,7 +629,7 @@ int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *
                     nver == 1 ? "n+1" : "n+2", nver);
 
     int64_t n[3], total = 0;
-    int rc = nii_check(path, &h, lim, &st, gz, n, &total, eb, el);
+    int rc = nii_check(path, &h, lim, plain ? size_bytes : -1, n, &total, eb, el);
     if (rc != IMG_OK)
         return rc;
     int size = nii_type_size(h.datatype);
@@ -607,13 +650,26 @@ int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *
 
     /* 2. The first volume.  The float copy is made only once the bytes are
      * all there: a .nii.gz that lies about its size costs no more than
-     * what it actually holds. */
-    size_t nvox = (size_t)n[0] * (size_t)n[1] * (size_t)n[2];
-    void *buf = malloc(nvox * (size_t)size);
+     * what it actually holds.  A gzip stream that holds just this volume
+     * is read to its end, CRC included. */
+    size_t nvox = (size_t)n[0] * (size_t)n[1] * (size_t)n[2], bytes = nvox * (size_t)size;
+    void *buf = malloc(bytes);
     if (buf == NULL)
         return util_errf(eb, el, IMG_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
-    rc = nii_read_voxels(path, h.version, (int64_t)h.vox_offset, buf, nvox * (size_t)size, size,
-                         gz && (uint64_t)total == (uint64_t)nvox, eb, el);
+    size_t got = 0;
+    if (in_skip_to(in, (uint64_t)h.vox_offset))
+        rc = util_errf(eb, el, IMG_FORMAT, "%s: cannot reach vox_offset %lld (%s)", path,
+                       (long long)h.vox_offset, in->err ? in->err : "file too short");
+    else if ((got = in_read(in, buf, bytes)) != bytes)
+        rc = util_errf(eb, el, IMG_FORMAT,
+                       "%s: voxel data ends after %zu of %zu bytes (%s): truncated or corrupt file",
+                       path, got, bytes, in->err ? in->err : "end of file");
+    else if (!plain && (uint64_t)total == (uint64_t)nvox && in_drain(in))
+        rc = util_errf(eb, el, IMG_FORMAT,
+                       "%s: compressed stream truncated or corrupt after the voxels (%s)", path,
+                       in->err);
+    if (!rc && swapped && size > 1)
+        bswap_n(buf, nvox, size);
     if (rc != IMG_OK) {
         free(buf);
         return rc;
@@ -661,6 +717,7 @@ int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *
 
     img_vol v;
     memset(&v, 0, sizeof v);
+    v.format = IMG_FMT_NIFTI;
     v.data = data;
     v.nx = (int)nout[0];
     v.ny = (int)nout[1];
@@ -684,20 +741,58 @@ int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *
     return IMG_OK;
 }
 
-int img_read_2d(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
-                    size_t errlen)
+int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
+                   size_t errlen)
 {
     if (path == NULL || out == NULL)
-        return util_errf(errbuf, errlen, IMG_INVAL, "img_read_2d: NULL argument");
-    if (ends_with(path, ".png"))
-        return img_read_png(path, lim, out, errbuf, errlen);
+        return util_errf(errbuf, errlen, IMG_INVAL, "img_read_nifti: NULL argument");
     if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
-        return util_errf(errbuf, errlen, IMG_UNSUPPORTED,
-                    "%s: expected a .png, .nii or .nii.gz image", path);
-    img_vol v;
-    int rc = img_read_nifti(path, lim, &v, errbuf, errlen);
-    if (rc != IMG_OK)
-        return rc;
+        return util_errf(errbuf, errlen, IMG_UNSUPPORTED, "%s: expected a .nii or .nii.gz file",
+                         path);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return util_errf(errbuf, errlen, IMG_IO, "%s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return util_errf(errbuf, errlen, IMG_IO, "%s: not a regular file", path);
+    nii_in in;
+    memset(&in, 0, sizeof in);
+    in.name = path;
+    errno = 0;
+    if ((in.gz = gzopen(path, "rb")) == NULL)
+        return util_errf(errbuf, errlen, IMG_IO, "%s: %s", path,
+                         errno ? strerror(errno) : "out of memory");
+    gzbuffer(in.gz, 1u << 17);
+    int rc = nii_read(&in, (int64_t)st.st_size, lim, out, errbuf, errlen);
+    in_close(&in);
+    return rc;
+}
+
+int img_read_nifti_mem(const void *data, size_t len, const char *name, const img_limits *lim,
+                       img_vol *out, char *errbuf, size_t errlen)
+{
+    if (name == NULL)
+        name = "(memory)";
+    if ((data == NULL && len > 0) || out == NULL)
+        return util_errf(errbuf, errlen, IMG_INVAL, "img_read_nifti_mem: NULL argument");
+    nii_in in;
+    memset(&in, 0, sizeof in);
+    in.name = name;
+    in.mem = data;
+    in.len = len;
+    in.zmem = len >= 2 && in.mem[0] == 0x1f && in.mem[1] == 0x8b;
+    if (in.zmem) {
+        if (inflateInit2(&in.zs, 15 + 16) != Z_OK) /* 16: gzip wrapper */
+            return util_errf(errbuf, errlen, IMG_NOMEM, "%s: out of memory", name);
+        in.zinit = 1;
+    }
+    int rc = nii_read(&in, len > INT64_MAX ? INT64_MAX : (int64_t)len, lim, out, errbuf, errlen);
+    in_close(&in);
+    return rc;
+}
+
+/* A NIfTI image as read, made 2D: a singleton x or y axis moves to k. */
+static int nifti_to_2d(img_vol v, const char *path, img_vol *out, char *errbuf, size_t errlen)
+{
     if (v.nz > 1) {
         /* A singleton x or y axis moves to k.  It contributes nothing to
          * the linear index, so the data stay where they are; only the
@@ -724,5 +819,35 @@ int img_read_2d(const char *path, const img_limits *lim, img_vol *out, char *err
     }
     *out = v;
     return IMG_OK;
+}
+
+int img_read_2d(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
+                size_t errlen)
+{
+    if (path == NULL || out == NULL)
+        return util_errf(errbuf, errlen, IMG_INVAL, "img_read_2d: NULL argument");
+    if (ends_with(path, ".png"))
+        return img_read_png(path, lim, out, errbuf, errlen);
+    if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
+        return util_errf(errbuf, errlen, IMG_UNSUPPORTED,
+                         "%s: expected a .png, .nii or .nii.gz image", path);
+    img_vol v;
+    int rc = img_read_nifti(path, lim, &v, errbuf, errlen);
+    return rc ? rc : nifti_to_2d(v, path, out, errbuf, errlen);
+}
+
+int img_read_2d_mem(const void *data, size_t len, const char *name, const img_limits *lim,
+                    img_vol *out, char *errbuf, size_t errlen)
+{
+    static const unsigned char png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (name == NULL)
+        name = "(memory)";
+    if ((data == NULL && len > 0) || out == NULL)
+        return util_errf(errbuf, errlen, IMG_INVAL, "img_read_2d_mem: NULL argument");
+    if (len >= sizeof png_sig && memcmp(data, png_sig, sizeof png_sig) == 0)
+        return img_read_png_mem(data, len, name, lim, out, errbuf, errlen);
+    img_vol v;
+    int rc = img_read_nifti_mem(data, len, name, lim, &v, errbuf, errlen);
+    return rc ? rc : nifti_to_2d(v, name, out, errbuf, errlen);
 }
 

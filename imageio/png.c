@@ -1,4 +1,4 @@
-/* png.c - PNG input for the encoder (see image.h), through libpng.
+/* png.c - PNG input (imageio.h), from a file or a buffer, through libpng.
  *
  * libpng reports errors by calling an error function that must not
  * return; its default one prints to stderr.  Ours copies the message and
@@ -23,7 +23,9 @@
  * heap: automatic variables changed after setjmp are indeterminate after
  * the jump unless volatile. */
 typedef struct png_read_ctx {
-    FILE *fp;
+    FILE *fp;                 /* a file, or NULL */
+    const unsigned char *mem; /* or a buffer */
+    size_t len, at;
     png_structp png;
     png_infop info;
     unsigned char *rows; /* one row, or the whole image when interlaced */
@@ -57,6 +59,17 @@ static void ctx_free(png_read_ctx *c)
     free(c);
 }
 
+/* libpng's read function for a buffer: a read past its end is a
+ * truncated file. */
+static void mem_read_cb(png_structp png, png_bytep dst, size_t n)
+{
+    png_read_ctx *c = png_get_io_ptr(png);
+    if (n > c->len - c->at)
+        png_error(png, "the data end before the image does");
+    memcpy(dst, c->mem + c->at, n);
+    c->at += n;
+}
+
 /* One decoded row (after libpng's expansions: 8 or 16 bits per sample,
  * 1 to 4 channels) to grey floats in [0, 1]. */
 static void row_to_grey(const unsigned char *row, png_uint_32 w, int channels, int depth,
@@ -76,34 +89,11 @@ static void row_to_grey(const unsigned char *row, png_uint_32 w, int channels, i
     }
 }
 
-int img_read_png(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
-                     size_t errlen)
+/* Decodes the PNG after its 8-byte signature from c's file or buffer
+ * (path names it); frees c. */
+static int png_read(png_read_ctx *c, const char *path, const img_limits *lim, img_vol *out,
+                    char *eb, size_t el)
 {
-    char *eb = errbuf;
-    size_t el = errlen;
-    if (path == NULL || out == NULL)
-        return util_errf(eb, el, IMG_INVAL, "img_read_png: NULL argument");
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return util_errf(eb, el, IMG_IO, "%s: not a regular file", path);
-
-    png_read_ctx *c = calloc(1, sizeof *c);
-    if (c == NULL)
-        return util_errf(eb, el, IMG_NOMEM, "%s: out of memory", path);
-    c->fp = fopen(path, "rb");
-    if (c->fp == NULL) {
-        int e = errno;
-        ctx_free(c);
-        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(e));
-    }
-    unsigned char sig[8];
-    size_t got = fread(sig, 1, sizeof sig, c->fp);
-    if (got != sizeof sig || png_sig_cmp(sig, 0, sizeof sig) != 0) {
-        ctx_free(c);
-        return util_errf(eb, el, IMG_FORMAT, "%s: not a PNG file (bad signature)", path);
-    }
     c->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, c, png_error_cb, png_warning_cb);
     if (c->png != NULL)
         c->info = png_create_info_struct(c->png);
@@ -117,8 +107,11 @@ int img_read_png(const char *path, const img_limits *lim, img_vol *out, char *er
         ctx_free(c);
         return util_errf(eb, el, IMG_FORMAT, "%s: corrupt or truncated PNG: %s", path, msg);
     }
-    png_init_io(c->png, c->fp);
-    png_set_sig_bytes(c->png, (int)sizeof sig);
+    if (c->fp)
+        png_init_io(c->png, c->fp);
+    else
+        png_set_read_fn(c->png, c, mem_read_cb);
+    png_set_sig_bytes(c->png, 8);
     png_read_info(c->png, c->info);
 
     png_uint_32 w = 0, h = 0;
@@ -181,6 +174,7 @@ int img_read_png(const char *path, const img_limits *lim, img_vol *out, char *er
     v.nx = (int)w;
     v.ny = (int)h;
     v.nz = 1;
+    v.format = IMG_FMT_PNG;
     for (int a = 0; a < 3; a++) {
         v.spacing[a] = 1;
         v.affine[a][a] = 1;
@@ -189,4 +183,53 @@ int img_read_png(const char *path, const img_limits *lim, img_vol *out, char *er
     ctx_free(c);
     *out = v;
     return IMG_OK;
+}
+
+int img_read_png(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
+                 size_t errlen)
+{
+    char *eb = errbuf;
+    size_t el = errlen;
+    if (path == NULL || out == NULL)
+        return util_errf(eb, el, IMG_INVAL, "img_read_png: NULL argument");
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return util_errf(eb, el, IMG_IO, "%s: not a regular file", path);
+
+    png_read_ctx *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return util_errf(eb, el, IMG_NOMEM, "%s: out of memory", path);
+    c->fp = fopen(path, "rb");
+    if (c->fp == NULL) {
+        int e = errno;
+        ctx_free(c);
+        return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(e));
+    }
+    unsigned char sig[8];
+    size_t got = fread(sig, 1, sizeof sig, c->fp);
+    if (got != sizeof sig || png_sig_cmp(sig, 0, sizeof sig) != 0) {
+        ctx_free(c);
+        return util_errf(eb, el, IMG_FORMAT, "%s: not a PNG file (bad signature)", path);
+    }
+    return png_read(c, path, lim, out, eb, el);
+}
+
+int img_read_png_mem(const void *data, size_t len, const char *name, const img_limits *lim,
+                     img_vol *out, char *errbuf, size_t errlen)
+{
+    if (name == NULL)
+        name = "(memory)";
+    if ((data == NULL && len > 0) || out == NULL)
+        return util_errf(errbuf, errlen, IMG_INVAL, "img_read_png_mem: NULL argument");
+    if (len < 8 || png_sig_cmp(data, 0, 8) != 0)
+        return util_errf(errbuf, errlen, IMG_FORMAT, "%s: not a PNG file (bad signature)", name);
+    png_read_ctx *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return util_errf(errbuf, errlen, IMG_NOMEM, "%s: out of memory", name);
+    c->mem = data;
+    c->len = len;
+    c->at = 8;
+    return png_read(c, name, lim, out, errbuf, errlen);
 }

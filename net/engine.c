@@ -15,8 +15,10 @@
  *   cache (net/cache.c);
  * - each job borrows one encoder worker from a pool (workers are per
  *   thread state; the model's weights are shared).
- * Uploaded files never take a name from the request: temporaries are
- * mkstemp'd in DB/tmp/, kept uploads are DB/blobs/<sha256>.<ext>. */
+ * Uploaded files never take a name from the request.  A search by upload
+ * is encoded from memory and touches no disk; an uploaded item is kept as
+ * DB/blobs/<sha256>.<ext>, written to a mkstemp'd DB/tmp/ file and renamed
+ * into place. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -300,32 +302,35 @@ static int enc_code(int rc)
     }
 }
 
-/* Encodes one input through worker wi.  path is a file for images and
- * volumes, the text otherwise. */
-static int encode_one(net_engine *e, int wi, int input, const char *path, const char *modality,
-                      float *out, char *errbuf, size_t errlen)
+/* Encodes one input through worker wi: the text, or an uploaded file's
+ * bytes, read from memory (nothing is written to disk). */
+static int encode_one(net_engine *e, int wi, int input, const void *data, size_t len,
+                      const char *modality, float *out, char *errbuf, size_t errlen)
 {
     char err[1024];
     int rc;
+    /* The encoder names a file in its messages; an upload has no name the
+     * client gave, so the message goes out without one. */
+    static const char upload[] = "upload";
+    enc_blob blob = {data, len, upload};
     if (input == NET_INPUT_TEXT) {
         if (!enc_pipeline_has_text(e->p))
             return net__fail(errbuf, errlen, NET_UNSUPPORTED, "the model has no text encoder");
-        rc = enc_worker_text(e->w[wi], &path, 1, out, err, sizeof err);
+        const char *text = data;
+        rc = enc_worker_text(e->w[wi], &text, 1, out, err, sizeof err);
     } else if (input == NET_INPUT_IMAGE) {
         if (!enc_pipeline_has_image(e->p))
             return net__fail(errbuf, errlen, NET_UNSUPPORTED, "the model has no image encoder");
-        rc = enc_worker_images(e->w[wi], &path, &modality, 1, out, err, sizeof err);
+        rc = enc_worker_images_mem(e->w[wi], &blob, &modality, 1, out, err, sizeof err);
     } else {
         if (!enc_pipeline_has_volume(e->p))
             return net__fail(errbuf, errlen, NET_UNSUPPORTED, "the model has no volume encoder");
-        rc = enc_worker_volumes(e->w[wi], &path, &modality, 1, out, err, sizeof err);
+        rc = enc_worker_volumes_mem(e->w[wi], &blob, &modality, 1, out, err, sizeof err);
     }
     if (rc) {
-        /* The encoder's message starts with the file path: a temporary name
-         * means nothing to the client, so drop it. */
         const char *msg = err;
-        if (input != NET_INPUT_TEXT && !strncmp(err, path, strlen(path))) {
-            msg = err + strlen(path);
+        if (input != NET_INPUT_TEXT && !strncmp(err, upload, sizeof upload - 1)) {
+            msg = err + sizeof upload - 1;
             while (*msg == ':' || *msg == ' ')
                 msg++;
         }
@@ -340,19 +345,9 @@ int net_engine_encode(net_engine *e, int input, const void *data, size_t len,
     if (!e->p)
         return net__fail(errbuf, errlen, NET_UNSUPPORTED,
                          "the server runs without a model (--model): only searches by item");
-    char *path = NULL;
-    if (input != NET_INPUT_TEXT) {
-        int rc = write_temp(e, upload_ext(input, data, len), data, len, &path, errbuf, errlen);
-        if (rc)
-            return rc;
-    }
     int wi = worker_take(e);
-    int rc = encode_one(e, wi, input, path ? path : data, modality, out, errbuf, errlen);
+    int rc = encode_one(e, wi, input, data, len, modality, out, errbuf, errlen);
     worker_give(e, wi);
-    if (path) {
-        unlink(path);
-        free(path);
-    }
     return rc;
 }
 

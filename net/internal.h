@@ -265,8 +265,8 @@ int net_engine_counts(net_engine *e, uint64_t counts[STORE_NSPACES]);
 enum { NET_INPUT_TEXT, NET_INPUT_IMAGE, NET_INPUT_VOLUME };
 
 /* Encodes a text, or an uploaded image (PNG or NIfTI bytes) or volume
- * (NIfTI, .nii or gzip'd) into out (dim floats).  Uploads go through a
- * private temporary file in the database's tmp/ folder. */
+ * (NIfTI, .nii or gzip'd) into out (dim floats).  Uploads are read from
+ * memory: nothing is written to disk. */
 int net_engine_encode(net_engine *e, int input, const void *data, size_t len,
                       const char *modality, float *out, char *errbuf, size_t errlen);
 /* A stored item's vector and the space it is in. */

@@ -184,6 +184,7 @@ def run_all(tmp, db):
     P = srv.port
     try:
         endpoints(P, items)
+        uploads_in_memory(P, db, items)
         cross_process(P, tmp, db)
         errors(P)
         robustness(P)
@@ -313,6 +314,37 @@ def endpoints(P, items):
        and 'medsem_items{space="volume"} 4' in t and 'medsem_items{space="slice"} 0' not in t and "medsem_queue_depth" in t
        and "medsem_encode_seconds_bucket" in t and "medsem_search_seconds_count" in t,
        "GET /metrics (Prometheus text)", t[:2000])
+
+
+def uploads_in_memory(P, db, items):
+    """A search by upload is encoded from memory: with the database's tmp/
+    folder replaced by a plain file (which no one, root included, can make
+    a file in), uploads still search, and a bad upload is still a 400 that
+    names no server path."""
+    tmpdir = os.path.join(db, "tmp")
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    with open(tmpdir, "w") as f:
+        f.write("not a folder\n")
+    try:
+        img = next(it["image"] for it in items if "image" in it)
+        vol = next(it["volume"] for it in items if "volume" in it)
+        s, h, j = jreq(P, "POST", "/v1/search", {"query": {"image": img, "modality": "CR"},
+                                                 "target": "image"})
+        ok(s == 200 and j["result"] and j["result"][0]["id"] == IMG,
+           "search by an uploaded image writes no file", j)
+        s, h, j = jreq(P, "POST", "/v1/search", {"query": {"volume": vol, "modality": "CT"},
+                                                 "target": "volume"})
+        ok(s == 200 and j["result"] and j["result"][0]["id"] == VOL,
+           "search by an uploaded volume writes no file", j)
+        bad = base64.b64encode(b"\x1f\x8b\x08\x00 not really gzip").decode()
+        s, h, j = jreq(P, "POST", "/v1/search", {"query": {"volume": bad, "modality": "CT"},
+                                                 "target": "volume"})
+        ok(s == 400 and db not in j["status"]["error"] and "upload" not in j["status"]["error"]
+           and "NIfTI" in j["status"]["error"],
+           "a bad uploaded volume is a 400 naming no path", j)
+    finally:
+        os.unlink(tmpdir)
+        os.mkdir(tmpdir)
 
 
 def cross_process(P, tmp, db):

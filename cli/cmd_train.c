@@ -27,7 +27,7 @@ static void usage(FILE *f)
             "Trains a medsem dual encoder on a JSONL manifest of volumes and radiographs with\n"
             "their reports (\"file\" relative to the manifest's folder, \"kind\" volume|image,\n"
             "\"modality\", \"report\"; as 'medsem synth' writes) and writes MODEL_DIR/config.json,\n"
-            "model.safetensors and vocab.txt.  See docs/training.md.\n"
+            "model.safetensors and vocab.txt.  See docs/train.md.\n"
             "\n"
             "  --config FILE        model config.json (default: the built-in preset)\n"
             "  --vocab FILE         vocab.txt to use (default: MODEL_DIR/vocab.txt if present,\n"

@@ -333,7 +333,7 @@ int trn_vocab_write(const char *path, const char *const *tokens, size_t ntok, ch
  * every training item already preprocessed (model input tensors and token
  * ids), an AdamW optimizer (above) over the model's parameters plus
  * CLIP's learnable log temperature, and the random generator that draws the
- * batches.  One step (docs/training.md):
+ * batches.  One step (docs/train.md):
  *   1. draw batch_volumes volumes and batch_images radiographs (with
  *      replacement, from the trainer's generator);
  *   2. encode the volumes with [CLS] attention kept; UniMedI attentive slice
@@ -394,7 +394,7 @@ typedef struct trn_trainer_stats {
     int skipped;           /* 1: non-finite gradient, update skipped */
 } trn_trainer_stats;
 
-/* The default preset's config.json text (docs/training.md): ViT 128 wide,
+/* The default preset's config.json text (docs/train.md): ViT 128 wide,
  * 4 layers, 4 heads, MLP 256 over 64 x 64 images (patch 8) and 16 x 64 x 64
  * volumes (patch 4 x 8 x 8), so an axial slice is directly an image input;
  * BERT 128 wide, 2 layers, 128 tokens; embedding 128.  text.vocab_size is a

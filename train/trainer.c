@@ -1,6 +1,6 @@
 /* trainer.c - contrastive pre-training of a medsem model: batches of volumes,
  * radiographs and UniMedI slice pseudo-images against their reports
- * (train/train.h, docs/training.md). */
+ * (train/train.h, docs/train.md). */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -62,7 +62,7 @@ static void augment(float *x, int C, int D, int H, int W, float a, uint64_t s[4]
     }
 }
 
-/* The default preset (docs/training.md): a volume's axial slice is directly a
+/* The default preset (docs/train.md): a volume's axial slice is directly a
  * 2D input (64 x 64), so slice selection needs no resampling.  The synthetic
  * chest CTs cover ~370-440 mm across and ~260-310 mm along z: 64 x 6.5 mm and
  * 16 x 17.5 mm hold the whole chest.  Inputs are centred ((x - 0.5) / 0.25

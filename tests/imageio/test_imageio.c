@@ -1,7 +1,8 @@
-/* test_image.c - cmocka tests for imageio/imageio.h: NIfTI-1/2 reading and
+/* test_imageio.c - cmocka tests for imageio/imageio.h: NIfTI-1/2 reading and
  * reorientation to RAS (hand-written headers with hand-computed
  * expectations), every refusal of a malformed file, resampling, intensity
- * scaling, and PNG input (files written here with libpng).
+ * scaling, and PNG input (files written here with libpng).  Every file case
+ * also runs through the memory readers, which must agree.
  *
  * Each test writes its files into a fresh directory under /tmp (the
  * state), removed by the teardown. */

@@ -7,12 +7,14 @@
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
 #include "encoder/encoder.h"
+#include "synth/synth.h"
 #include "train/train.h"
 
 static void usage(FILE *f)
@@ -25,7 +27,16 @@ static void usage(FILE *f)
             "text->radiograph, volume->report, radiograph->report and radiograph->volume:\n"
             "recall@1/5/10 (the item's own counterpart), label precision@10 (hits whose set of\n"
             "(finding, location) labels equals the query's), mAP, and the same numbers for a\n"
-            "random ranking.\n");
+            "random ranking.\n"
+            "\n"
+            "Then, for volumes and for radiographs: precision@10 of short single-finding text\n"
+            "queries, one per valid (finding, location) of medsem synth plus 'normal', counting\n"
+            "hits with that finding at that location and, separately, with that finding\n"
+            "anywhere, each against chance (the share of such items); and the side AUC of\n"
+            "the lateral findings (pleural effusion, pneumothorax, consolidation, mass): over\n"
+            "the items with the finding on one side only, how well the score\n"
+            "cos(item, 'right ...') - cos(item, 'left ...') tells right from left, for all\n"
+            "of them and for the moderate and large ones.\n");
 }
 
 /* Strings to dense ids (study ids, label keys): a small open-addressing table. */
@@ -100,20 +111,25 @@ typedef struct eset {
     eitem *it;
     size_t n, cap;
     int32_t *labels;
+    unsigned char *small; /* per label: a "small" effusion or pneumothorax */
     size_t nlab, labcap;
     dict studies, labkeys;
 } eset;
 
-static int push_label(eset *s, int32_t id)
+static int push_label(eset *s, int32_t id, int small)
 {
     if (s->nlab == s->labcap) {
         size_t nc = s->labcap ? 2 * s->labcap : 1024;
         int32_t *nl = realloc(s->labels, nc * sizeof *nl);
-        if (!nl)
+        if (nl)
+            s->labels = nl;
+        unsigned char *ns = nl ? realloc(s->small, nc) : NULL;
+        if (!ns)
             return -1;
-        s->labels = nl;
+        s->small = ns;
         s->labcap = nc;
     }
+    s->small[s->nlab] = (unsigned char)small;
     s->labels[s->nlab++] = id;
     return 0;
 }
@@ -159,13 +175,15 @@ static int load(const char *manifest, eset *s)
             cJSON_ArrayForEach(l, labs)
             {
                 char *fnd = cli_json_strdup(l, "finding"), *loc = cli_json_strdup(l, "location");
+                char *size = cli_json_strdup(l, "size");
                 char key[512];
                 snprintf(key, sizeof key, "%s|%s", fnd ? fnd : "", loc ? loc : "");
                 int64_t id = dict_id(&s->labkeys, key);
-                if (id < 0 || push_label(s, (int32_t)id))
+                if (id < 0 || push_label(s, (int32_t)id, size && !strcmp(size, "small")))
                     rc = -1;
                 free(fnd);
                 free(loc);
+                free(size);
             }
             it.lab_n = s->nlab - it.lab_start;
             if (it.study < 0)
@@ -299,6 +317,228 @@ static void side_free(side *o)
     free(o->off);
 }
 
+/* ---- single-finding queries and the side AUC -------------------------------------- */
+
+/* A short query for one (finding, location), as a user would type it. */
+static void finding_query(int f, int loc, int radiograph, char *buf, size_t len)
+{
+    const char *ln = synth_location_name(loc);
+    switch (f) {
+    case SYNTH_NORMAL:
+        snprintf(buf, len, "%s", radiograph ? "Normal chest radiograph." : "Normal CT of the chest.");
+        break;
+    case SYNTH_EFFUSION:
+    case SYNTH_PNEUMOTHORAX:
+        snprintf(buf, len, "%s %s.", loc == SYNTH_LOC_RIGHT ? "Right" : "Left",
+                 synth_finding_name(f));
+        break;
+    case SYNTH_CARDIOMEGALY: snprintf(buf, len, "Cardiomegaly."); break;
+    case SYNTH_EMPHYSEMA: snprintf(buf, len, "Emphysema."); break;
+    default: /* nodule, mass, consolidation: a lobe */
+        snprintf(buf, len, "%c%s in the %s.", synth_finding_name(f)[0] - 'a' + 'A',
+                 synth_finding_name(f) + 1, ln);
+    }
+}
+
+static int right_side(int loc)
+{
+    return loc == SYNTH_LOC_RIGHT || loc == SYNTH_LOC_RUL || loc == SYNTH_LOC_RML ||
+           loc == SYNTH_LOC_RLL;
+}
+
+/* The manifest's label keys ("finding|location") as synth enums; -1 for a
+ * key synth does not make. */
+static int key_parse(const char *key, int *f, int *loc)
+{
+    *f = *loc = -1;
+    for (int i = 0; i < SYNTH_NFINDINGS; i++) {
+        size_t n = strlen(synth_finding_name(i));
+        if (!strncmp(key, synth_finding_name(i), n) && key[n] == '|') {
+            *f = i;
+            for (int l = 0; l < SYNTH_NLOCATIONS; l++)
+                if (!strcmp(key + n + 1, synth_location_name(l)))
+                    *loc = l;
+        }
+    }
+    return *f >= 0 && *loc >= 0 ? 0 : -1;
+}
+
+typedef struct fq_ctx {
+    const eset *s;
+    enc_worker *w;
+    int d, json;
+    int *kf, *kl; /* per label id: finding and location, or -1 */
+} fq_ctx;
+
+static int encode_text(fq_ctx *c, const char *text, float *out)
+{
+    char err[1024];
+    if (enc_worker_text(c->w, &text, 1, out, err, sizeof err)) {
+        cli_error("%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Single-finding queries over the items of one kind (volumes or
+ * radiographs), then the side AUC of the lateral findings. */
+static int finding_report(fq_ctx *c, int volumes, const float *vis, int first)
+{
+    const eset *s = c->s;
+    int d = c->d;
+    size_t n = 0;
+    for (size_t i = 0; i < s->n; i++)
+        n += s->it[i].is_volume == volumes;
+    const char *kind = volumes ? "volume" : "radiograph";
+    if (c->json)
+        printf("%s\"%s\":{\"items\":%zu", first ? "" : ",", kind, n);
+    else
+        printf("\nsingle-finding text queries -> %ss (%zu): precision@10 of the finding at that "
+               "location, and of the finding anywhere (chance: the share of such %ss)\n"
+               "  %-40s %7s %7s %8s %7s\n",
+               kind, n, kind, "query", "f+loc", "chance", "finding", "chance");
+    float *g = malloc((n ? n : 1) * d * sizeof *g), q[4096], q2[4096];
+    unsigned char *rel = malloc(n ? n : 1), *relf = malloc(n ? n : 1);
+    size_t *idx = malloc((n ? n : 1) * sizeof *idx);
+    float *score = malloc((n ? n : 1) * sizeof *score);
+    unsigned char *pos = malloc(n ? n : 1);
+    int rc = 0;
+    if (!g || !rel || !relf || !idx || !score || !pos || d > 4096) {
+        cli_error("out of memory");
+        rc = -1;
+        goto out;
+    }
+    n = 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (s->it[i].is_volume == volumes) {
+            memcpy(g + n * d, vis + i * d, (size_t)d * sizeof *g);
+            idx[n++] = i;
+        }
+    double sum[4] = {0};
+    int nq = 0;
+    if (c->json)
+        printf(",\"queries\":[");
+    for (int f = 0; f < SYNTH_NFINDINGS && !rc; f++)
+        for (int loc = 0; loc < SYNTH_NLOCATIONS && !rc; loc++) {
+            if (!synth_pair_valid(f, loc))
+                continue;
+            size_t nrel = 0, nrelf = 0;
+            for (size_t j = 0; j < n; j++) {
+                const eitem *it = &s->it[idx[j]];
+                rel[j] = relf[j] = 0;
+                for (size_t k = it->lab_start; k < it->lab_start + it->lab_n; k++) {
+                    int id = s->labels[k];
+                    rel[j] |= c->kf[id] == f && c->kl[id] == loc;
+                    relf[j] |= c->kf[id] == f;
+                }
+                nrel += rel[j];
+                nrelf += relf[j];
+            }
+            char text[256];
+            finding_query(f, loc, !volumes, text, sizeof text);
+            if ((rc = encode_text(c, text, q)))
+                break;
+            double p = trn_eval_precision_at(q, g, n, d, rel, 10);
+            double pf = trn_eval_precision_at(q, g, n, d, relf, 10);
+            double ch = n ? (double)nrel / n : 0, chf = n ? (double)nrelf / n : 0;
+            sum[0] += p, sum[1] += ch, sum[2] += pf, sum[3] += chf;
+            if (c->json)
+                printf("%s{\"query\":\"%s\",\"finding\":\"%s\",\"location\":\"%s\",\"p10\":%.4f,"
+                       "\"chance\":%.4f,\"finding_p10\":%.4f,\"finding_chance\":%.4f}",
+                       nq ? "," : "", text, synth_finding_name(f), synth_location_name(loc), p, ch,
+                       pf, chf);
+            else
+                printf("  %-40s %7.3f %7.3f %8.3f %7.3f\n", text, p, ch, pf, chf);
+            nq++;
+        }
+    if (rc)
+        goto out;
+    if (c->json)
+        printf("],\"mean\":{\"p10\":%.4f,\"chance\":%.4f,\"finding_p10\":%.4f,"
+               "\"finding_chance\":%.4f}",
+               sum[0] / nq, sum[1] / nq, sum[2] / nq, sum[3] / nq);
+    else
+        printf("  %-40s %7.3f %7.3f %8.3f %7.3f\n", "mean", sum[0] / nq, sum[1] / nq, sum[2] / nq,
+               sum[3] / nq);
+
+    /* Side AUC. */
+    static const int lateral[] = {SYNTH_EFFUSION, SYNTH_PNEUMOTHORAX, SYNTH_CONSOLIDATION,
+                                  SYNTH_MASS};
+    if (c->json)
+        printf(",\"side_auc\":{");
+    else
+        printf("side AUC over the %ss with the finding on one side only (cos to 'right ...' minus "
+               "cos to 'left ...')\n  %-20s %6s %7s %9s %7s\n",
+               kind, "finding", "items", "AUC", "mod/large", "AUC");
+    for (size_t k = 0; k < sizeof lateral / sizeof *lateral && !rc; k++) {
+        int f = lateral[k];
+        char tr[256], tl[256];
+        if (f == SYNTH_EFFUSION || f == SYNTH_PNEUMOTHORAX) {
+            finding_query(f, SYNTH_LOC_RIGHT, !volumes, tr, sizeof tr);
+            finding_query(f, SYNTH_LOC_LEFT, !volumes, tl, sizeof tl);
+        } else {
+            const char *fn = synth_finding_name(f);
+            snprintf(tr, sizeof tr, "%c%s in the right lung.", fn[0] - 'a' + 'A', fn + 1);
+            snprintf(tl, sizeof tl, "%c%s in the left lung.", fn[0] - 'a' + 'A', fn + 1);
+        }
+        if ((rc = encode_text(c, tr, q)) || (rc = encode_text(c, tl, q2)))
+            break;
+        double auc[2];
+        size_t cnt[2];
+        for (int big = 0; big < 2; big++) {
+            size_t m = 0;
+            for (size_t j = 0; j < n; j++) {
+                const eitem *it = &s->it[idx[j]];
+                int r = 0, l = 0, small = 0;
+                for (size_t t = it->lab_start; t < it->lab_start + it->lab_n; t++) {
+                    int id = s->labels[t];
+                    if (c->kf[id] != f)
+                        continue;
+                    if (right_side(c->kl[id]))
+                        r = 1;
+                    else
+                        l = 1;
+                    small |= s->small[t];
+                }
+                if (r == l || (big && small))
+                    continue; /* absent, both sides, or (big) a small one */
+                double sc = 0;
+                for (int e = 0; e < d; e++)
+                    sc += (double)g[j * d + e] * (q[e] - q2[e]);
+                score[m] = (float)sc;
+                pos[m++] = (unsigned char)r;
+            }
+            auc[big] = trn_eval_auc(score, pos, m);
+            cnt[big] = m;
+        }
+        int graded = f == SYNTH_EFFUSION || f == SYNTH_PNEUMOTHORAX;
+        if (c->json) {
+            printf("%s\"%s\":{\"items\":%zu,\"auc\":", k ? "," : "", synth_finding_name(f), cnt[0]);
+            printf(isnan(auc[0]) ? "null" : "%.4f", auc[0]);
+            if (graded) {
+                printf(",\"moderate_large_items\":%zu,\"moderate_large_auc\":", cnt[1]);
+                printf(isnan(auc[1]) ? "null" : "%.4f", auc[1]);
+            }
+            printf("}");
+        } else if (graded) {
+            printf("  %-20s %6zu %7.3f %9zu %7.3f\n", synth_finding_name(f), cnt[0], auc[0], cnt[1],
+                   auc[1]);
+        } else {
+            printf("  %-20s %6zu %7.3f %9s %7s\n", synth_finding_name(f), cnt[0], auc[0], "-", "-");
+        }
+    }
+    if (c->json && !rc)
+        printf("}}");
+out:
+    free(g);
+    free(rel);
+    free(relf);
+    free(idx);
+    free(score);
+    free(pos);
+    return rc;
+}
+
 int cmd_eval(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -412,7 +652,41 @@ int cmd_eval(int argc, char **argv)
         }
     }
     if (json && rc == CLI_OK)
-        printf("}}\n");
+        printf("}");
+    /* Labels from medsem synth: single-finding queries and the side AUC. */
+    int *kf = NULL, *kl = NULL;
+    if (rc == CLI_OK && s.labkeys.n && enc_pipeline_has_text(p)) {
+        kf = malloc(s.labkeys.n * sizeof *kf);
+        kl = malloc(s.labkeys.n * sizeof *kl);
+        if (!kf || !kl) {
+            cli_error("out of memory");
+            rc = CLI_BAD_INPUT;
+        }
+        for (size_t i = 0; rc == CLI_OK && i < s.labkeys.cap; i++)
+            if (s.labkeys.keys[i]) {
+                int64_t id;
+                memcpy(&id, s.labkeys.keys[i], 8);
+                key_parse(s.labkeys.keys[i] + 8, &kf[id], &kl[id]);
+            }
+        fq_ctx fc = {&s, w, d, json, kf, kl};
+        if (json && rc == CLI_OK)
+            printf(",\"single_finding\":{");
+        int first = 1;
+        for (int vol = 1; vol >= 0 && rc == CLI_OK; vol--) {
+            int any = 0;
+            for (size_t i = 0; i < s.n; i++)
+                any |= s.it[i].is_volume == vol;
+            if (any && finding_report(&fc, vol, vis, first))
+                rc = CLI_BAD_INPUT;
+            first &= !any;
+        }
+        if (json && rc == CLI_OK)
+            printf("}");
+    }
+    free(kf);
+    free(kl);
+    if (json && rc == CLI_OK)
+        printf("}\n");
 out:
     free(vis);
     free(txt);
@@ -425,6 +699,7 @@ out:
     }
     free(s.it);
     free(s.labels);
+    free(s.small);
     dict_free(&s.studies);
     dict_free(&s.labkeys);
     return rc;

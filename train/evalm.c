@@ -264,3 +264,74 @@ done:
     free(c);
     return rc;
 }
+
+double trn_eval_precision_at(const float *q, const float *g, size_t n, int E,
+                             const unsigned char *rel, size_t k)
+{
+    assert(q != NULL && (n == 0 || (g != NULL && rel != NULL)) && E >= 1);
+    if (n == 0 || k == 0)
+        return 0.0;
+    k = k < n ? k : n;
+    /* The k best by a partial insertion: k is small (10), n is a gallery. */
+    cand best[64];
+    assert(k <= sizeof best / sizeof *best);
+    size_t have = 0;
+    for (size_t j = 0; j < n; j++) {
+        double s = 0;
+        for (int e = 0; e < E; e++)
+            s += (double)q[e] * g[j * (size_t)E + e];
+        cand c = {isnan(s) ? -INFINITY : (float)s, (uint32_t)j};
+        if (have == k && cmp_cand(&c, &best[k - 1]) >= 0)
+            continue;
+        size_t at = have < k ? have++ : k - 1;
+        while (at > 0 && cmp_cand(&c, &best[at - 1]) < 0) {
+            best[at] = best[at - 1];
+            at--;
+        }
+        best[at] = c;
+    }
+    size_t hits = 0;
+    for (size_t r = 0; r < k; r++)
+        hits += rel[best[r].i] != 0;
+    return (double)hits / (double)k;
+}
+
+/* Score ascending: the AUC's ranks. */
+static int cmp_score(const void *x, const void *y)
+{
+    const cand *a = x, *b = y;
+    return (a->s > b->s) - (a->s < b->s);
+}
+
+double trn_eval_auc(const float *score, const unsigned char *positive, size_t n)
+{
+    assert(n == 0 || (score != NULL && positive != NULL));
+    cand *c = malloc((n ? n : 1) * sizeof *c);
+    if (c == NULL)
+        return NAN;
+    size_t npos = 0;
+    for (size_t i = 0; i < n; i++) {
+        c[i] = (cand){score[i], (uint32_t)i};
+        npos += positive[i] != 0;
+    }
+    size_t nneg = n - npos;
+    if (npos == 0 || nneg == 0) {
+        free(c);
+        return NAN;
+    }
+    /* Mann-Whitney: the positives' rank sum, ties at their mean rank. */
+    qsort(c, n, sizeof *c, cmp_score);
+    double rsum = 0;
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && c[j].s == c[i].s)
+            j++;
+        double mid = (double)(i + 1 + j) / 2.0; /* ranks i+1 .. j */
+        for (size_t t = i; t < j; t++)
+            if (positive[c[t].i])
+                rsum += mid;
+        i = j;
+    }
+    free(c);
+    return (rsum - (double)npos * (double)(npos + 1) / 2.0) / ((double)npos * (double)nneg);
+}

@@ -266,6 +266,18 @@ double trn_eval_chance_recall(size_t n, size_t m, size_t k);
  * E[rel_j rel_k] = R(R - 1) / (n(n - 1)) for j != k. */
 double trn_eval_chance_ap(size_t n, size_t R);
 
+/* Precision at k of one query q [E] against a gallery g [n, E] (inner
+ * products, ties to the lower index, NaN last): the share of the top
+ * min(k, n) with rel[j] != 0.  k <= 64.  0 for an empty gallery. */
+double trn_eval_precision_at(const float *q, const float *g, size_t n, int E,
+                             const unsigned char *rel, size_t k);
+
+/* The area under the ROC curve of score for telling positive[i] != 0 from
+ * the rest: the Mann-Whitney statistic, P(a positive outscores a
+ * negative) with ties counted as half.  NaN when either class is empty
+ * (or on running out of memory). */
+double trn_eval_auc(const float *score, const unsigned char *positive, size_t n);
+
 /* ---- WordPiece vocabulary ----------------------------------------------------------------- */
 
 typedef struct trn_vocab_opts {

@@ -153,6 +153,19 @@ expect 0 "" "eval the trained model" -- "$MEDSEM" eval --model "$T/mod" --manife
 for d in text-\>volume text-\>radiograph volume-\>report radiograph-\>report radiograph-\>volume; do
     grep -q "\"$d\"" "$T/out" && ok "eval reports $d" || bad "eval lacks $d: $(cat "$T/out")"
 done
+python3 - "$T/out" <<'PY' && ok "eval reports single-finding queries and side AUC for volumes and radiographs" || bad "eval's single-finding section: $(cat "$T/out")"
+import json, sys
+j = json.load(open(sys.argv[1]))["single_finding"]
+for kind in ("volume", "radiograph"):
+    q = j[kind]["queries"]
+    assert len(q) == 22, len(q)
+    assert {"Normal CT of the chest." if kind == "volume" else "Normal chest radiograph.",
+            "Left pleural effusion.", "Nodule in the right upper lobe."} <= {x["query"] for x in q}
+    assert all(0 <= x["p10"] <= 1 and 0 <= x["chance"] <= 1 for x in q)
+    m = j[kind]["mean"]
+    assert abs(m["p10"] - sum(x["p10"] for x in q) / 22) < 1e-3
+    assert set(j[kind]["side_auc"]) == {"pleural effusion", "pneumothorax", "consolidation", "mass"}
+PY
 expect 0 "" "encode a synthetic volume with it" -- "$MEDSEM" encode --model "$T/mod" --volume "$T/syn/$(sed -n 's/.*"file":"\([^"]*vol_[^"]*\)".*/\1/p' "$T/syn/train.jsonl" | head -n 1)" --modality CT --json
 expect 2 "needs --model and --manifest" "eval without a manifest" -- "$MEDSEM" eval --model "$T/mod"
 expect 2 "" "eval usage" -- "$MEDSEM" eval --bogus

@@ -63,5 +63,22 @@ if not p10 >= rnd + 0.05:
     print("not ok 3 - P@10 %.4f is not clearly above random %.4f" % (p10, rnd)); ok = False
 else:
     print("ok 3 - the default model beats the random ranking")
+# Single-finding queries: the search path counts the same hits as eval.
+sf = json.load(open(evalf))["single_finding"]["volume"]["queries"]
+bad = []
+for x in sf:
+    if x["query"] not in ("Normal CT of the chest.", "Left pleural effusion.", "Cardiomegaly.",
+                          "Nodule in the right upper lobe."):
+        continue
+    out = subprocess.run([medsem, "search", "--db", db, "--text", x["query"], "--target", "volume",
+                          "--k", "10", "--json"], capture_output=True, text=True)
+    hits = json.loads(out.stdout)["results"][0]["hits"]
+    got = sum((x["finding"], x["location"]) in labels(h["payload"]) for h in hits) / 10.0
+    if abs(got - x["p10"]) > 1e-6:
+        bad.append("%s: search %.2f, eval %.2f" % (x["query"], got, x["p10"]))
+if bad:
+    print("not ok 4 - single-finding P@10 differs: " + "; ".join(bad)); ok = False
+else:
+    print("ok 4 - single-finding queries rank the same through search as in eval")
 sys.exit(0 if ok else 1)
 PY

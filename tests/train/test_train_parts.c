@@ -865,6 +865,58 @@ static void test_eval_random(void **state)
 
 /* The chance formulas against exhaustive enumeration (small n) and seeded
  * shuffles (larger n). */
+/* Precision at k against a relevance mask, by hand: 2-d points on a
+ * circle, the query at angle 0. */
+static void test_eval_precision_at(void **state)
+{
+    (void)state;
+    enum { N = 6 };
+    /* scores (cosines with q = (1, 0)): 1, 0.8, 0.6, 0.6, -0.2, -1 */
+    const float g[N * 2] = {1, 0, 0.8f, 0.6f, 0.6f, 0.8f, 0.6f, -0.8f, -0.2f, 0.98f, -1, 0};
+    const float q[2] = {1, 0};
+    const unsigned char rel[N] = {1, 0, 0, 1, 1, 0};
+    assert_float_equal(trn_eval_precision_at(q, g, N, 2, rel, 1), 1.0, 1e-12);
+    assert_float_equal(trn_eval_precision_at(q, g, N, 2, rel, 2), 0.5, 1e-12);
+    /* the tie at 0.6 goes to the lower index (2, not relevant) */
+    assert_float_equal(trn_eval_precision_at(q, g, N, 2, rel, 3), 1.0 / 3, 1e-12);
+    assert_float_equal(trn_eval_precision_at(q, g, N, 2, rel, 4), 0.5, 1e-12);
+    assert_float_equal(trn_eval_precision_at(q, g, N, 2, rel, 10), 0.5, 1e-12); /* k > n */
+    assert_float_equal(trn_eval_precision_at(q, g, 0, 2, rel, 10), 0.0, 1e-12);
+}
+
+/* AUC: perfect, reversed, ties as half, one class empty, and agreement
+ * with counting every (positive, negative) pair. */
+static void test_eval_auc(void **state)
+{
+    (void)state;
+    const float s[4] = {0.9f, 0.8f, 0.1f, 0.2f};
+    const unsigned char good[4] = {1, 1, 0, 0}, bad[4] = {0, 0, 1, 1}, none[4] = {0};
+    assert_float_equal(trn_eval_auc(s, good, 4), 1.0, 1e-12);
+    assert_float_equal(trn_eval_auc(s, bad, 4), 0.0, 1e-12);
+    assert_true(isnan(trn_eval_auc(s, none, 4)));
+    const float tie[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+    assert_float_equal(trn_eval_auc(tie, good, 4), 0.5, 1e-12);
+
+    enum { N = 300 };
+    float r[N];
+    unsigned char pos[N];
+    tu_rng rng;
+    tu_rng_seed(&rng, 17);
+    for (int i = 0; i < N; i++) {
+        pos[i] = tu_rng_below(&rng, 3) == 0;
+        /* a coarse score with many ties, shifted for the positives */
+        r[i] = (float)(int)(4 * tu_rng_normal(&rng) + (pos[i] ? 3 : 0));
+    }
+    double wins = 0, pairs = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++)
+            if (pos[i] && !pos[j]) {
+                pairs++;
+                wins += r[i] > r[j] ? 1 : r[i] == r[j] ? 0.5 : 0;
+            }
+    assert_float_equal(trn_eval_auc(r, pos, N), wins / pairs, 1e-12);
+}
+
 static void test_eval_chance(void **state)
 {
     (void)state;
@@ -1249,6 +1301,7 @@ int main(void)
         cmocka_unit_test(test_decay_mask),     cmocka_unit_test(test_checkpoint),
         cmocka_unit_test(test_eval_known),     cmocka_unit_test(test_eval_self),
         cmocka_unit_test(test_eval_random),    cmocka_unit_test(test_eval_chance),
+        cmocka_unit_test(test_eval_precision_at), cmocka_unit_test(test_eval_auc),
         cmocka_unit_test(test_vocab_merges),   cmocka_unit_test(test_vocab_corpus),
         cmocka_unit_test(test_vocab_edges),
     };

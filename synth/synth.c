@@ -479,6 +479,22 @@ static int lung_in(const phantom *ph, int s, const double p[3])
     return p[2] >= L->dome_base + L->dome_h * (1 - r2);
 }
 
+/* The y of the lung's posterior surface at (x, z): the back of its
+ * ellipsoid or of the thoracic cavity, whichever is further forward; the
+ * cavity's back where the ellipsoid does not reach (x, z). */
+static double lung_back(const phantom *ph, int s, double x, double z)
+{
+    const lungdef *L = &ph->lung[s];
+    double xn = (x - L->c[0]) / L->a[0], zn = (z - L->c[2]) / L->a[2];
+    double cx = x / ph->cav[0];
+    double cav = cx * cx < 1 ? -ph->cav[1] * sqrt(1 - cx * cx) : -ph->cav[1];
+    double r = 1 - xn * xn - zn * zn;
+    if (r <= 0)
+        return -ph->cav[1];
+    double ell = L->c[1] - L->a[1] * sqrt(r);
+    return ell > cav ? ell : cav;
+}
+
 /* Lobes from two fissures in the lung's own normalised coordinates
  * (u up, v forward, both -1..1): the oblique fissure runs from high behind
  * (u = 0.3 at the back) down and forward to the anterior diaphragm (below
@@ -523,8 +539,10 @@ static int op_pred(const phantom *ph, const op *o, const double p[3])
         double f = (o->zlo + o->zhi - p[2]) / o->zhi;
         if (f <= 0)
             return 0;
-        /* supine: the fluid layers posteriorly, thickest at the base */
-        return p[1] < -ph->cav[1] + o->r * sqrt(f < 1 ? f : 1);
+        /* supine: the fluid layers posteriorly, thickest at the base, a
+         * layer measured from the lung's own posterior surface (the lung
+         * narrows toward its base, far from the chest wall) */
+        return p[1] < lung_back(ph, o->side, p[0], p[2]) + o->r * sqrt(f < 1 ? f : 1);
     }
     case OP_PTX: {
         if (side_sign(o->side) * p[0] <= 0)
@@ -1106,7 +1124,7 @@ static void build_findings(phantom *ph, synth_rng *r)
                 lo[0] = s == 0 ? 0 : -ph->cav[0];
                 hi[0] = s == 0 ? ph->cav[0] : 0;
                 lo[1] = -ph->cav[1];
-                hi[1] = -ph->cav[1] + t0;
+                hi[1] = L->c[1] + L->a[1]; /* the layer follows the lung's back */
                 lo[2] = L->dome_base - 30 * ph->sc[2];
                 hi[2] = L->dome_base + h;
                 op *o = add_pred(ph, OP_EFFUSION, L_FLUID, mfind, s, lo, hi);

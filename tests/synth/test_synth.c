@@ -887,6 +887,59 @@ static double box_mean(const img_vol *im, double cx, double cy, int r)
     return s / n;
 }
 
+/* Pleural effusions of every grade, on either side, change the CT: the
+ * fluid replaces lung, so each study has voxels that differ by more than
+ * 300 HU from the same patient without the effusion, and their volume
+ * grows with the grade.  (Small effusions once were a band measured from
+ * the chest wall, which the narrow lung base barely reached: many changed
+ * nothing.)  No noise, so the two studies differ only by the finding. */
+static void test_effusion_volumes(void **state)
+{
+    (void)state;
+    enum { NPAT = 12 };
+    static const synth_opts small = {.size = SYNTH_SIZE_SMALL};
+    double lo[3] = {1e9, 1e9, 1e9}, hi[3] = {0};
+    for (int side = 0; side < 2; side++)
+        for (int g = 1; g <= 3; g++)
+            for (int k = 0; k < NPAT; k++) {
+                synth_location loc = side ? SYNTH_LOC_LEFT : SYNTH_LOC_RIGHT;
+                synth_findings N = one(SYNTH_NORMAL, SYNTH_LOC_CHEST, 0, 1, 0);
+                synth_findings E = one(SYNTH_EFFUSION, loc, 0, 1, g);
+                synth_req rn = {500 + k, 600 + k, SYNTH_VOLUME, &N, SYNTH_STORE_RAS, -1};
+                synth_req re = {500 + k, 600 + k, SYNTH_VOLUME, &E, SYNTH_STORE_RAS, -1};
+                synth_study sn, se;
+                char err[256];
+                assert_int_equal(synth_study_make(&small, &rn, &sn, err, sizeof err), SYNTH_OK);
+                assert_int_equal(synth_study_make(&small, &re, &se, err, sizeof err), SYNTH_OK);
+                assert_int_equal(sn.nx, se.nx);
+                assert_int_equal(sn.ny, se.ny);
+                assert_int_equal(sn.nz, se.nz);
+                size_t n = (size_t)sn.nx * sn.ny * sn.nz, changed = 0, wrong_side = 0;
+                for (size_t v = 0; v < n; v++)
+                    if (abs((int)se.vol[v] - (int)sn.vol[v]) > 300) {
+                        changed++;
+                        /* RAS storage: i grows toward the patient's right */
+                        int i = (int)(v % (size_t)sn.nx);
+                        double x = sn.affine[0][0] * i + sn.affine[0][3];
+                        wrong_side += side ? x > 20 : x < -20;
+                    }
+                double ml = changed * sn.spacing[0] * sn.spacing[1] * sn.spacing[2] / 1000.0;
+                if (ml < 5)
+                    fail_msg("%s %s effusion, patient %d: %.1f ml changed by > 300 HU",
+                             synth_grade_name(SYNTH_EFFUSION, g), synth_location_name(loc), k, ml);
+                assert_true(wrong_side * 20 < changed + 20);
+                lo[g - 1] = ml < lo[g - 1] ? ml : lo[g - 1];
+                hi[g - 1] = ml > hi[g - 1] ? ml : hi[g - 1];
+                synth_study_free(&sn);
+                synth_study_free(&se);
+            }
+    print_message("effusion volumes (ml changed by > 300 HU): small %.0f-%.0f, moderate %.0f-%.0f, "
+                  "large %.0f-%.0f\n", lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]);
+    /* the grades are ordered: every moderate above the typical small, ... */
+    assert_true(lo[1] > lo[0] && hi[1] > hi[0]);
+    assert_true(lo[2] > lo[1] && hi[2] > hi[1]);
+}
+
 static void test_radiograph(void **state)
 {
     const char *dir = *state;
@@ -1290,6 +1343,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_qform, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_hu_ranges, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_findings_present, setup_dir, teardown_dir),
+        cmocka_unit_test(test_effusion_volumes),
         cmocka_unit_test_setup_teardown(test_radiograph, setup_dir, teardown_dir),
         cmocka_unit_test(test_rescan),
         cmocka_unit_test_setup_teardown(test_determinism, setup_dir, teardown_dir),

@@ -636,9 +636,21 @@ int dedup_fingerprint_image_vol(const img_vol *v, const char *path, float *out, 
                      "8 x 8)", path, v->nx, v->ny);
         return DEDUP_INVAL;
     }
-    int rc = dedup__fingerprint_image_grid(v->data, v->nx, v->ny, out);
+    /* A NIfTI radiograph in picture order, as a PNG one is stored, so that
+     * the same radiograph in either format has the same fingerprint. */
+    img_vol pic = *v;
+    pic.data = NULL;
+    if (v->format == IMG_FMT_NIFTI) {
+        size_t n = (size_t)v->nx * v->ny;
+        if (!(pic.data = malloc(n * sizeof *pic.data)))
+            return util_errf(errbuf, errlen, DEDUP_NOMEM, "%s: out of memory", path);
+        memcpy(pic.data, v->data, n * sizeof *pic.data);
+        img_picture_order(&pic);
+    }
+    int rc = dedup__fingerprint_image_grid(pic.data ? pic.data : v->data, v->nx, v->ny, out);
+    free(pic.data);
     if (rc && errbuf)
-        snprintf(errbuf, errlen, "%s: %s", path, enc_strerror(rc));
+        snprintf(errbuf, errlen, "%s: %s", path, dedup_strerror(rc));
     return rc;
 }
 

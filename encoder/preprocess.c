@@ -111,16 +111,8 @@ static int prep_image(img_vol *v, const char *path, enc_modality mod, const enc_
      * physical and need the modality's mapping. */
     if (!png)
         rc = intensities(v, mod, p, path, errbuf, errlen);
-    if (!rc && !png) {
-        /* RAS order has row 0 at the bottom (inferior/posterior): flip to
-         * picture order so both sources agree. */
-        for (int j = 0; j < v->ny / 2; j++)
-            for (int i = 0; i < v->nx; i++) {
-                float t = v->data[(size_t)j * v->nx + i];
-                v->data[(size_t)j * v->nx + i] = v->data[(size_t)(v->ny - 1 - j) * v->nx + i];
-                v->data[(size_t)(v->ny - 1 - j) * v->nx + i] = t;
-            }
-    }
+    if (!rc && !png) /* RAS order to picture order, as a PNG radiograph is stored */
+        img_picture_order(v);
     if (!rc) {
         /* One spacing for both axes keeps the aspect ratio; the larger side
          * fills the model's input and the other is padded. */

@@ -66,8 +66,16 @@ typedef struct img_limits {
 } img_limits;
 
 /* Where an image came from (img_vol.format): RAS order for NIfTI, picture
- * order for PNG. */
-typedef enum { IMG_FMT_NIFTI = 0, IMG_FMT_PNG = 1 } img_format;
+ * order for PNG; IMG_FMT_PICTURE for a NIfTI image that img_picture_order
+ * has put in picture order (its values are still the file's);
+ * IMG_FMT_MEMORY (0, what a zeroed img_vol says) for one made in memory,
+ * taken in the order it is given. */
+typedef enum {
+    IMG_FMT_MEMORY = 0,
+    IMG_FMT_NIFTI = 1,
+    IMG_FMT_PNG = 2,
+    IMG_FMT_PICTURE = 3
+} img_format;
 
 typedef struct img_vol {
     float *data; /* owned, nx*ny*nz floats, x fastest; free with img_vol_free */
@@ -161,6 +169,14 @@ int img_read_2d_mem(const void *data, size_t len, const char *name, const img_li
  * IMG_NOMEM. */
 int img_resample(const img_vol *in, const float target_spacing[3], int nx, int ny, int nz,
                      img_vol *out, char *errbuf, size_t errlen);
+
+/* Puts a 2-D NIfTI image (nz = 1, RAS order: i toward the patient's
+ * right, j toward superior or anterior) in picture order, as radiographs
+ * are shown and PNG radiographs are stored: row 0 at the top, column 0 the
+ * patient's right.  That is half a turn, done in place with the affine
+ * kept true; format becomes IMG_FMT_PICTURE.  Anything else (a PNG, a
+ * volume, an image already turned) is left as it is. */
+void img_picture_order(img_vol *v);
 
 /* CT intensities: clamps Hounsfield units to [lo, hi] (lo < hi) and scales
  * them to [0, 1] in place.  Non-finite values become 0. */

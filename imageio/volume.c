@@ -296,3 +296,25 @@ int img_mr_scale(img_vol *v, float p_lo, float p_hi)
     }
     return IMG_OK;
 }
+
+void img_picture_order(img_vol *v)
+{
+    if (v == NULL || v->data == NULL || v->nz != 1 || v->format != IMG_FMT_NIFTI)
+        return;
+    /* Half a turn: pixel (i, j) goes to (nx-1-i, ny-1-j), which reverses
+     * the whole row-major array. */
+    size_t n = (size_t)v->nx * (size_t)v->ny;
+    for (size_t a = 0, b = n - 1; a < b; a++, b--) {
+        float t = v->data[a];
+        v->data[a] = v->data[b];
+        v->data[b] = t;
+    }
+    /* The same voxel centres: new (i, j) is old (nx-1-i, ny-1-j). */
+    for (int r = 0; r < 3; r++) {
+        v->affine[r][3] += v->affine[r][0] * (v->nx - 1) + v->affine[r][1] * (v->ny - 1);
+        v->affine[r][0] = -v->affine[r][0];
+        v->affine[r][1] = -v->affine[r][1];
+    }
+    v->format = IMG_FMT_PICTURE;
+}
+

@@ -195,6 +195,19 @@ static void test_from_decoded(void **state)
                          DEDUP_OK);
         assert_memory_equal(a, b, (vol ? DEDUP_FP_VOLUME_DIM : DEDUP_FP_IMAGE_DIM) * sizeof *a);
         assert_memory_equal(keep, v.data, n * sizeof *keep);
+        if (!vol) {
+            /* The same radiograph as a NIfTI gives it (RAS order: half a
+             * turn from picture order) has the same fingerprint. */
+            img_vol r = v;
+            r.format = IMG_FMT_NIFTI;
+            r.data = malloc(n * sizeof *r.data);
+            assert_non_null(r.data);
+            for (size_t i = 0; i < n; i++)
+                r.data[i] = v.data[n - 1 - i];
+            assert_int_equal(dedup_fingerprint_image_vol(&r, path, b, err, sizeof err), DEDUP_OK);
+            assert_memory_equal(a, b, DEDUP_FP_IMAGE_DIM * sizeof *a);
+            free(r.data);
+        }
         free(keep);
         img_vol_free(&v);
         free(path);

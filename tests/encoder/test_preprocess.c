@@ -128,6 +128,63 @@ static void test_image_png_aspect(void **state)
     free(dir);
 }
 
+/* The same radiograph as a PNG (picture order: row 0 the top, column 0 the
+ * patient's right) and as a coronal 2-D NIfTI with a true affine comes out
+ * the same way round: a bright spot at the patient's upper right lands at
+ * the same place of the input tensor (it came out left-right mirrored when
+ * only the rows were flipped). */
+static void test_image_nifti_like_png(void **state)
+{
+    (void)state;
+    enum { W = 8, H = 8 };
+    unsigned char px[W * H];
+    memset(px, 40, sizeof px);
+    px[1 * W + 1] = 250; /* row 1 (near the top), column 1 (the patient's right) */
+    px[6 * W + 2] = 140; /* a dimmer one lower down, same side */
+    char *dir = tu_mkdtemp(), *pp_ = tu_path(dir, "cxr.png"), *pn = tu_path(dir, "cxr.nii");
+    write_png8(pp_, W, H, px);
+    /* The NIfTI stores the same pixels as (i, j) = (column, row) with a
+     * coronal affine: i toward the patient's left (x = -i), j downward
+     * (z = -j), and the single k toward anterior. */
+    int64_t dims[8] = {3, W, H, 1, 1, 1, 1, 1};
+    nifti_image *nim = nifti_make_new_nim(dims, DT_FLOAT32, 1);
+    assert_non_null(nim);
+    float *d = nim->data;
+    for (int i = 0; i < W * H; i++)
+        d[i] = px[i];
+    nim->sform_code = NIFTI_XFORM_SCANNER_ANAT;
+    memset(&nim->sto_xyz, 0, sizeof nim->sto_xyz);
+    nim->sto_xyz.m[0][0] = -1; /* x = -i */
+    nim->sto_xyz.m[2][1] = -1; /* z = -j */
+    nim->sto_xyz.m[1][2] = 1;  /* y = k */
+    nim->sto_xyz.m[3][3] = 1;
+    assert_int_equal(nifti_set_filenames(nim, pn, 0, 1), 0);
+    nifti_image_write(nim);
+    nifti_image_free(nim);
+
+    enc_prep pp = ENC_PREP_INIT;
+    pp.img_size[0] = H;
+    pp.img_size[1] = W;
+    float a[W * H], b[W * H];
+    char err[256];
+    assert_int_equal(enc_prep_image(pp_, ENC_MOD_XRAY, &pp, a, err, sizeof err), 0);
+    if (enc_prep_image(pn, ENC_MOD_XRAY, &pp, b, err, sizeof err))
+        fail_msg("%s", err);
+    int am = 0, bm = 0;
+    for (int i = 1; i < W * H; i++) {
+        am = a[i] > a[am] ? i : am;
+        bm = b[i] > b[bm] ? i : bm;
+    }
+    assert_int_equal(am, 1 * W + 1);
+    assert_int_equal(bm, 1 * W + 1);
+    /* the whole picture agrees in order: the dimmer spot too */
+    assert_true(b[6 * W + 2] > b[6 * W + 5] && b[6 * W + 2] > b[1 * W + 6]);
+    tu_rmtree(dir);
+    free(pp_);
+    free(pn);
+    free(dir);
+}
+
 static void test_modality(void **state)
 {
     assert_int_equal(enc_modality_parse("ct"), ENC_MOD_CT);
@@ -144,6 +201,7 @@ int main(void)
         cmocka_unit_test(test_modality),
         cmocka_unit_test(test_volume_ct),
         cmocka_unit_test(test_image_png_aspect),
+        cmocka_unit_test(test_image_nifti_like_png),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1678,6 +1678,47 @@ static void test_png_broken(void **state)
     expect_png_fail(P(state, "missing.png"), NULL, IMG_IO, "No such file");
 }
 
+/* Picture order of a 2-D NIfTI image: half a turn, every pixel keeping
+ * its world position; PNG images and volumes are left alone. */
+static void test_picture_order(void **state)
+{
+    (void)state;
+    enum { W = 3, H = 2 };
+    img_vol v;
+    memset(&v, 0, sizeof v);
+    v.nx = W, v.ny = H, v.nz = 1, v.format = IMG_FMT_NIFTI;
+    v.data = malloc(W * H * sizeof *v.data);
+    assert_non_null(v.data);
+    for (int i = 0; i < W * H; i++)
+        v.data[i] = (float)i;
+    /* RAS: i toward the right (x = 2 i + 5), j toward superior (z = 3 j - 4) */
+    double A[4][4] = {{2, 0, 0, 5}, {0, 0, 1, 7}, {0, 3, 0, -4}, {0, 0, 0, 1}};
+    memcpy(v.affine, A, sizeof A);
+    img_vol w = v;
+    w.data = malloc(W * H * sizeof *w.data);
+    memcpy(w.data, v.data, W * H * sizeof *w.data);
+    img_picture_order(&w);
+    assert_int_equal(w.format, IMG_FMT_PICTURE);
+    for (int j = 0; j < H; j++)
+        for (int i = 0; i < W; i++) {
+            /* the same value at the same world point */
+            float val = w.data[j * W + i];
+            int oi = (int)val % W, oj = (int)val / W;
+            for (int r = 0; r < 3; r++)
+                assert_float_equal(w.affine[r][0] * i + w.affine[r][1] * j + w.affine[r][3],
+                                   A[r][0] * oi + A[r][1] * oj + A[r][3], 1e-12);
+        }
+    /* row 0 now holds the top (largest z), column 0 the right (largest x) */
+    assert_float_equal(w.data[0], (float)(W * H - 1), 0);
+    img_picture_order(&w); /* not NIfTI order any more: unchanged */
+    assert_float_equal(w.data[0], (float)(W * H - 1), 0);
+    v.format = IMG_FMT_PNG;
+    img_picture_order(&v);
+    assert_float_equal(v.data[0], 0, 0);
+    img_vol_free(&v);
+    img_vol_free(&w);
+}
+
 static void test_vol_free(void **state)
 {
     (void)state;
@@ -1707,7 +1748,7 @@ int main(void)
         T(test_bad_datatype),    T(test_bad_files),       T(test_quiet),
         T(test_resample_ramp),   T(test_resample_crop_pad), T(test_ct_window),
         T(test_mr_scale),        T(test_png_grey),        T(test_png_low_bits),
-        T(test_png_colour),      T(test_png_broken),      T(test_vol_free),
+        T(test_png_colour),      T(test_png_broken),      T(test_vol_free), T(test_picture_order),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

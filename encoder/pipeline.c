@@ -102,6 +102,16 @@ static int configure(enc_pipeline *p, const cJSON *cfg, const char *path, int *l
                 rc = get_floats(pre, "mean", p->prep.mean, 1, path, errbuf, errlen);
             if (!rc)
                 rc = get_floats(pre, "std", p->prep.std, 1, path, errbuf, errlen);
+            const cJSON *sv = cJSON_GetObjectItemCaseSensitive(pre, "slice_view");
+            if (!rc && sv) {
+                if (!cJSON_IsString(sv) ||
+                    (strcmp(sv->valuestring, "ras") && strcmp(sv->valuestring, "display")))
+                    rc = enc__fail(errbuf, errlen, ENC_INVAL,
+                                   "%s: preprocess.slice_view: expected \"ras\" or \"display\"",
+                                   path);
+                else
+                    p->prep.slice_display = !strcmp(sv->valuestring, "display");
+            }
         }
         if (text)
             *lower_case = get_bool(text, "lower_case", 1);
@@ -398,10 +408,8 @@ int enc_worker_volume_slices(enc_worker *w, const char *const *paths,
         int m = total - s0 < (size_t)w->batch ? (int)(total - s0) : w->batch;
         for (int j = 0; j < m; j++) {
             size_t vi = (s0 + j) / D, z = (s0 + j) % D;
-            const float *vol = w->in + vi * per_vol;
-            for (int c = 0; c < pp->channels; c++)
-                memcpy(w->slice_in + j * per_img + c * hw, vol + ((size_t)c * D + z) * hw,
-                       hw * sizeof(float));
+            enc_prep_slice(w->in + vi * per_vol, pp->channels, D, pp->vol_size[1], pp->vol_size[2],
+                           (int)z, pp->slice_display, w->slice_in + j * per_img);
         }
         if ((rc = state_for(w, ENC_IMAGE, m, errbuf, errlen)))
             return rc;

@@ -179,3 +179,19 @@ int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float 
 {
     return enc_prep_file(0, path, mod, p, out, NULL, NULL, errbuf, errlen);
 }
+
+void enc_prep_slice(const float *vol, int C, int D, int H, int W, int z, int display, float *out)
+{
+    size_t hw = (size_t)H * W;
+    for (int c = 0; c < C; c++) {
+        const float *src = vol + ((size_t)c * D + z) * hw;
+        float *dst = out + (size_t)c * hw;
+        if (!display) {
+            memcpy(dst, src, hw * sizeof *dst);
+            continue;
+        }
+        for (size_t i = 0; i < hw; i++) /* half a turn reverses the plane */
+            dst[i] = src[hw - 1 - i];
+    }
+}
+

@@ -39,16 +39,28 @@ typedef struct enc_prep {
     int fit;        /* volumes: stretch the whole field of view to vol_size
                        (per-axis spacing) instead of vol_spacing + crop/pad */
     int no_window;  /* CT too gets percentile scaling (M3D-CLIP's min-max) */
+    int slice_display; /* axial slices (enc_prep_slice) as displayed, not in RAS order
+                          (config.json preprocess.slice_view "display") */
 } enc_prep;
 
 #define ENC_PREP_INIT                                                                     \
     {                                                                                     \
         1, {32, 256, 256}, {1.5f, 1.5f, 3.0f}, {224, 224}, {-1000.0f, 400.0f},         \
-            {0.5f, 99.5f}, {0, 0, 0}, {1, 1, 1}, 0, 0                                  \
+            {0.5f, 99.5f}, {0, 0, 0}, {1, 1, 1}, 0, 0, 0                               \
     }
 
 size_t enc_prep_volume_count(const enc_prep *p); /* C*D*H*W */
 size_t enc_prep_image_count(const enc_prep *p);  /* C*H*W */
+
+/* Cuts axial slice z of a preprocessed volume vol [C, D, H, W] into out
+ * [C, H, W], an image input of the same H and W.  display 0: in the
+ * volume's RAS voxel order (W toward the patient's right, H toward
+ * anterior); 1: as a radiologist shows an axial section, the patient's
+ * right on the image's left (as on a radiograph) and anterior at the top,
+ * which is half a turn of the plane.  Slice selection in training and the
+ * slice space at ingest cut their slices here, from the model's
+ * preprocess.slice_view. */
+void enc_prep_slice(const float *vol, int C, int D, int H, int W, int z, int display, float *out);
 
 /* Fills out (enc_prep_volume_count floats).  Errors name the file. */
 int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <libgen.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <nifti2_io.h>
@@ -22,6 +24,7 @@
 #include "encoder/preprocess.h"
 #include "encoder/tokenizer.h"
 #include "testutil.h"
+#include "util/util.h"
 
 static char *fixture(const char *arch)
 {
@@ -211,6 +214,73 @@ static void test_file_hook(void **state)
     free(dir);
 }
 
+/* preprocess.slice_view: "display" cuts the slice space's slices half a
+ * turn from RAS order (the volume vectors stay as they are); anything but
+ * "ras" or "display" is refused naming the field.  On models/default,
+ * whose axial slices are image inputs. */
+static void test_slice_view(void **state)
+{
+    (void)state;
+    const char *top = getenv("top_srcdir");
+    char *src = NULL, *tmp = tu_mkdtemp(), err[1024];
+    assert_true(asprintf(&src, "%s/models/default", top ? top : "..") > 0);
+    char *ct = tu_path(tmp, "ct.nii.gz");
+    write_ct(ct, 30, 28, 12);
+    const char *views[3] = {"ras", "display", "sideways"};
+    float vol[2][128], sl[2][16 * 128];
+    for (int v = 0; v < 3; v++) {
+        char *mdir = tu_path(tmp, views[v]);
+        assert_int_equal(mkdir(mdir, 0777), 0);
+        char *cfgp = NULL, *cfg = NULL;
+        assert_true(asprintf(&cfgp, "%s/config.json", src) > 0);
+        size_t len;
+        assert_non_null(cfg = util_read_file(cfgp, &len));
+        /* "preprocess": { ... } gets "slice_view" as its first key */
+        char *at = strstr(cfg, "\"preprocess\"");
+        assert_non_null(at);
+        at = strchr(at, '{') + 1;
+        char *out = tu_path(mdir, "config.json");
+        FILE *f = fopen(out, "w");
+        assert_non_null(f);
+        fprintf(f, "%.*s\"slice_view\": \"%s\", %s", (int)(at - cfg), cfg, views[v], at);
+        fclose(f);
+        for (int k = 0; k < 2; k++) {
+            const char *name = k ? "vocab.txt" : "model.safetensors";
+            char *from = NULL, *to = tu_path(mdir, name);
+            assert_true(asprintf(&from, "%s/%s", src, name) > 0);
+            assert_int_equal(symlink(from, to), 0);
+            free(from);
+            free(to);
+        }
+        enc_pipeline *p = NULL;
+        int rc = enc_pipeline_open(mdir, 1, &p, err, sizeof err);
+        if (v == 2) {
+            assert_int_equal(rc, ENC_INVAL);
+            assert_non_null(strstr(err, "preprocess.slice_view"));
+        } else {
+            assert_int_equal(rc, 0);
+            assert_int_equal(enc_pipeline_slices(p, NULL, 0), 16);
+            enc_worker *w = NULL;
+            assert_int_equal(enc_worker_new(p, 4, &w, err, sizeof err), 0);
+            const char *paths[1] = {ct}, *mods[1] = {"CT"};
+            assert_int_equal(enc_worker_volume_slices(w, paths, mods, 1, vol[v], sl[v], err,
+                                                      sizeof err), 0);
+            enc_worker_free(w);
+        }
+        enc_pipeline_close(p);
+        free(cfg);
+        free(cfgp);
+        free(out);
+        free(mdir);
+    }
+    assert_true(maxdiff(vol[0], vol[1], 128) == 0);
+    assert_true(maxdiff(sl[0], sl[1], 16 * 128) > 1e-3);
+    tu_rmtree(tmp);
+    free(tmp);
+    free(ct);
+    free(src);
+}
+
 static void test_kinds_and_errors(void **state)
 {
     char err[1024];
@@ -241,6 +311,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_medsem_pipeline),
         cmocka_unit_test(test_file_hook),
+        cmocka_unit_test(test_slice_view),
         cmocka_unit_test(test_kinds_and_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -185,6 +185,27 @@ static void test_image_nifti_like_png(void **state)
     free(dir);
 }
 
+/* Axial slices as image inputs: RAS order as stored, or half a turn (the
+ * patient's right on the left, anterior at the top). */
+static void test_slice(void **state)
+{
+    (void)state;
+    enum { C = 2, D = 3, H = 2, W = 3 };
+    float vol[C * D * H * W], out[C * H * W];
+    for (int i = 0; i < C * D * H * W; i++)
+        vol[i] = (float)i;
+    enc_prep_slice(vol, C, D, H, W, 1, 0, out);
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < H * W; i++)
+            assert_true(out[c * H * W + i] == vol[(c * D + 1) * H * W + i]);
+    enc_prep_slice(vol, C, D, H, W, 2, 1, out);
+    for (int c = 0; c < C; c++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                assert_true(out[(c * H + y) * W + x] ==
+                            vol[((c * D + 2) * H + (H - 1 - y)) * W + (W - 1 - x)]);
+}
+
 static void test_modality(void **state)
 {
     assert_int_equal(enc_modality_parse("ct"), ENC_MOD_CT);
@@ -202,6 +223,7 @@ int main(void)
         cmocka_unit_test(test_volume_ct),
         cmocka_unit_test(test_image_png_aspect),
         cmocka_unit_test(test_image_nifti_like_png),
+        cmocka_unit_test(test_slice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

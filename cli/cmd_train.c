@@ -41,6 +41,10 @@ static void usage(FILE *f)
             "  --soft-alpha A       soft targets from report finding tags (default 0: off)\n"
             "  --soft-start N       step from which soft targets apply (default 0)\n"
             "  --tag-weight W       weight of the report-tag prediction loss (default 0: off)\n"
+            "  --tag-loss L         softmax (the tags spread over one distribution, default) or\n"
+            "                       bce (multi-label: one sigmoid per finding and location tag)\n"
+            "  --side-weight W      weight of side-swapped negatives: each report against itself\n"
+            "                       with right and left swapped (default 0: off)\n"
             "  --augment A          per-sample shifts, gain, offset and noise of strength A\n"
             "                       (default 0: off; 1: shifts up to 2 pixels, gain 1+-0.1)\n"
             "  --lr X               peak learning rate (default 3e-4)\n"
@@ -156,7 +160,8 @@ int cmd_train(int argc, char **argv)
         {"slice-k", required_argument, 0, 'k'},    {"consistency", required_argument, 0, 'C'},
         {"soft-alpha", required_argument, 0, 'a'}, {"lr", required_argument, 0, 'l'},
         {"soft-start", required_argument, 0, 'j'}, {"augment", required_argument, 0, 'A'},
-        {"tag-weight", required_argument, 0, 'G'},
+        {"tag-weight", required_argument, 0, 'G'}, {"tag-loss", required_argument, 0, 'B'},
+        {"side-weight", required_argument, 0, 'D'},
         {"weight-decay", required_argument, 0, 'w'}, {"warmup", required_argument, 0, 'W'},
         {"clip", required_argument, 0, 'g'},       {"seed", required_argument, 0, 'S'},
         {"threads", required_argument, 0, 'T'},    {"checkpoint", required_argument, 0, 'K'},
@@ -199,7 +204,7 @@ int cmd_train(int argc, char **argv)
             if (c == 'L') log_every = u;
             if (c == 'j') to.soft_start = (int64_t)u;
             break;
-        case 'C': case 'a': case 'l': case 'w': case 'g': case 'A': case 'G':
+        case 'C': case 'a': case 'l': case 'w': case 'g': case 'A': case 'G': case 'D':
             if (cli_parse_double(optarg, &d) || !(d >= 0) || d > 1e6) {
                 cli_error("'%s': expected a non-negative number", optarg);
                 return CLI_BAD_INPUT;
@@ -210,12 +215,21 @@ int cmd_train(int argc, char **argv)
             if (c == 'w') to.weight_decay = d;
             if (c == 'g') to.clip = d;
             if (c == 'G') to.tag_weight = (float)d;
+            if (c == 'D') to.side_weight = (float)d;
             if (c == 'A') {
                 if (d > 10) {
                     cli_error("--augment '%s': expected a number from 0 to 10", optarg);
                     return CLI_BAD_INPUT;
                 }
                 to.augment = (float)d;
+            }
+            break;
+        case 'B':
+            if (!strcmp(optarg, "bce") || !strcmp(optarg, "softmax")) {
+                to.tag_bce = !strcmp(optarg, "bce");
+            } else {
+                cli_error("--tag-loss '%s': expected softmax or bce", optarg);
+                return CLI_BAD_INPUT;
             }
             break;
         case 'h': usage(stdout); return CLI_OK;
@@ -396,10 +410,14 @@ int cmd_train(int argc, char **argv)
             double sps = (double)(st.step - first) / (el > 0 ? el : 1e-9);
             char eta[32];
             fmt_time((double)((int64_t)steps - st.step) / (sps > 0 ? sps : 1e-9), eta, sizeof eta);
-            printf("step %6lld/%llu  loss %.4f (clip %.4f cons %.4f tag %.4f, mean %.4f)  lr %.2e  T %.4f  "
-                   "|g| %.3f  %.1f samples/s  %.1f GFLOP/s  ETA %s\n",
+            char side[32] = "";
+            if (to.side_weight > 0)
+                snprintf(side, sizeof side, " side %.4f", st.side_loss);
+            printf("step %6lld/%llu  loss %.4f (clip %.4f cons %.4f tag %.4f%s, mean %.4f)  lr %.2e  "
+                   "T %.4f  |g| %.3f  %.1f samples/s  %.1f GFLOP/s  ETA %s\n",
                    (long long)st.step, (unsigned long long)steps, st.loss, st.clip_loss,
-                   st.cons_loss, st.tag_loss, lsum / (double)nlog, st.lr, st.temperature, st.grad_norm, rate,
+                   st.cons_loss, st.tag_loss, side, lsum / (double)nlog, st.lr, st.temperature,
+                   st.grad_norm, rate,
                    flops * (double)(st.step - first) / (el > 0 ? el : 1e-9) / 1e9, eta);
             fflush(stdout);
             lsum = 0;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The quickstart: installs what is missing (as root), builds, writes a small
 # synthetic chest dataset, ingests it with the default model, and runs three
-# searches: text -> volume with the best slices, radiograph -> report, and
-# dataset dedup.  About a minute after the build on two cores.
+# searches: text -> volume with the best slices (three queries, each with a
+# count of the shown hits that have what it asks for), radiograph -> report,
+# and dataset dedup.  About a minute after the build on two cores.
 #
 #   bash examples/quickstart.sh [WORK_DIR]      (default: _quickstart)
 #
@@ -46,8 +47,28 @@ say "medsem ingest (volumes with a vector per axial slice, radiographs, reports)
 "$B/medsem" ingest --db "$W/db" --model "$MODEL" --manifest "$W/data/test.jsonl"
 "$B/medsem" info --db "$W/db"
 
+# A text search, then how many of the shown hits carry the finding asked
+# for (medsem synth writes each study's labels into the manifest, which
+# ingest keeps as the item's payload; the model never sees them).
+text_search() { # QUERY FINDING LOCATION
+    "$B/medsem" search --db "$W/db" --text "$1" --k 5
+    "$B/medsem" search --db "$W/db" --text "$1" --k 5 --json |
+        python3 -c '
+import json, sys
+f, loc = sys.argv[1], sys.argv[2]
+hits = json.load(sys.stdin)["results"][0]["hits"]
+labs = [[(l["finding"], l["location"]) for l in h["payload"].get("labels", [])] for h in hits]
+n = sum((f, loc) in l for l in labs)
+what = "normal studies" if f == "normal" else "%s (%s)" % (f, loc)
+print("%d of the %d hits shown are %s, by the labels medsem synth wrote" % (n, len(hits), what))' "$2" "$3"
+}
+
 say "Text -> volume, with each volume's best-matching slices"
-"$B/medsem" search --db "$W/db" --text "Large right pleural effusion." --k 5
+text_search "Large right pleural effusion." "pleural effusion" right
+say "Text -> volume: a lobe"
+text_search "Consolidation in the left lower lobe." consolidation "left lower lobe"
+say "Text -> volume: a normal study"
+text_search "Normal CT of the chest." normal chest
 
 imgs=("$W/data/test/"img_*.png)
 RADIOGRAPH=${imgs[0]}

@@ -261,3 +261,63 @@ void trn_loss_consistency_backward(const float *vol, const float *slices, int B,
         }
     }
 }
+
+/* The mirror loss's margin z = s (n . a - p . a) of row i. */
+static double side_margin(const float *a, const float *p, const float *n, int E, float scale)
+{
+    double cp = 0, cn = 0;
+    for (int e = 0; e < E; e++) {
+        cp += (double)a[e] * p[e];
+        cn += (double)a[e] * n[e];
+    }
+    return (double)scale * (cn - cp);
+}
+
+static int side_rows(const unsigned char *use, int B)
+{
+    int r = 0;
+    for (int i = 0; i < B; i++)
+        r += use == NULL || use[i] != 0;
+    return r;
+}
+
+float trn_loss_side_forward(const float *a, const float *p, const float *n,
+                            const unsigned char *use, int B, int E, float scale)
+{
+    int R = side_rows(use, B);
+    if (R == 0)
+        return 0.0f;
+    double loss = 0;
+    for (int i = 0; i < B; i++) {
+        if (use != NULL && !use[i])
+            continue;
+        size_t o = (size_t)i * E;
+        double z = side_margin(a + o, p + o, n + o, E, scale);
+        loss += z > 0 ? z + log1p(exp(-z)) : log1p(exp(z)); /* softplus, stably */
+    }
+    return (float)(loss / R);
+}
+
+void trn_loss_side_backward(const float *a, const float *p, const float *n,
+                            const unsigned char *use, int B, int E, float scale, float dloss,
+                            float *da, float *dp, float *dn)
+{
+    int R = side_rows(use, B);
+    for (int i = 0; i < B && R > 0; i++) {
+        if (use != NULL && !use[i])
+            continue;
+        size_t o = (size_t)i * E;
+        double z = side_margin(a + o, p + o, n + o, E, scale);
+        /* d softplus(z) / dz = sigmoid(z); dz/dn = s a, dz/dp = -s a, dz/da = s (n - p) */
+        double g = (double)dloss / R * scale / (1.0 + exp(-z));
+        for (int e = 0; e < E; e++) {
+            if (da != NULL)
+                da[o + e] += (float)(g * ((double)n[o + e] - p[o + e]));
+            if (dp != NULL)
+                dp[o + e] -= (float)(g * a[o + e]);
+            if (dn != NULL)
+                dn[o + e] += (float)(g * a[o + e]);
+        }
+    }
+}
+

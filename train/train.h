@@ -90,6 +90,19 @@ float trn_loss_consistency_forward(const float *vol, const float *slices, int B,
 void trn_loss_consistency_backward(const float *vol, const float *slices, int B, int K, int E,
                                    float dloss, float *dvol, float *dslices);
 
+/* Mirror-image negatives: row i's visual embedding a_i [E] against its
+ * report p_i and the same report with right and left swapped n_i (all
+ * L2-normalised), for the rows with use[i] != 0 (use NULL: all):
+ *   L = 1/R sum_i softplus(s (n_i . a_i - p_i . a_i)),  R = rows used
+ * with s the CLIP scale, held constant.  The report must beat its mirror.
+ * Backward adds dloss * dL/d{a, p, n} to da, dp, dn (any may be NULL);
+ * 0 and no gradient when no row is used. */
+float trn_loss_side_forward(const float *a, const float *p, const float *n,
+                            const unsigned char *use, int B, int E, float scale);
+void trn_loss_side_backward(const float *a, const float *p, const float *n,
+                            const unsigned char *use, int B, int E, float scale, float dloss,
+                            float *da, float *dp, float *dn);
+
 /* ---- AdamW ---------------------------------------------------------------------------- */
 
 typedef struct trn_adamw trn_adamw;
@@ -389,16 +402,22 @@ typedef struct trn_trainer_opts {
                             gain 1 +- 0.1 augment, offset +- 0.1 augment, noise
                             SD 0.05 augment (in normalised units) */
     float tag_weight;    /* weight of the report-tag prediction loss; 0: off */
+    int tag_bce;         /* 1: the tag loss is multi-label (a sigmoid per tag slot),
+                            0: a softmax over the slots against the tags spread evenly */
+    float side_weight;   /* weight of the side-swapped negatives (a report against
+                            itself with right and left swapped); 0: off */
 } trn_trainer_opts;
 
-#define TRN_TRAINER_OPTS_INIT {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f}
+#define TRN_TRAINER_OPTS_INIT                                                                      \
+    {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f}
 
 /* What one step did. */
 typedef struct trn_trainer_stats {
     int64_t step;          /* updates taken so far (after this one) */
-    double loss;           /* clip + consistency * cons */
+    double loss;           /* clip + the weighted consistency, tag and side terms */
     double clip_loss, cons_loss;
     double tag_loss;       /* report-tag prediction (0 when off) */
+    double side_loss;      /* side-swapped negatives (0 when off) */
     double lr;             /* the learning rate this update used */
     double grad_norm;      /* before clipping */
     double temperature;    /* 1 / min(exp(log_scale), 100) after the update */

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "encoder/encoder.h"
@@ -76,7 +77,7 @@ static const char DEFAULT_CONFIG[] =
     "\"intermediate_size\":256,\"max_position_embeddings\":128,\"type_vocab_size\":2,"
     "\"layer_norm_eps\":1e-12,\"max_len\":128,\"lower_case\":true},"
     "\"preprocess\":{\"spacing_3d\":[6.5,6.5,17.5],\"ct_window\":[-1000,400],"
-    "\"mr_percentiles\":[0.5,99.5],\"mean\":[0.5],\"std\":[0.25]}}";
+    "\"mr_percentiles\":[0.5,99.5],\"mean\":[0.5],\"std\":[0.25],\"slice_view\":\"display\"}}";
 
 const char *trn_trainer_default_config(void) { return DEFAULT_CONFIG; }
 
@@ -87,6 +88,8 @@ const char *trn_trainer_default_config(void) { return DEFAULT_CONFIG; }
 typedef struct itemset {
     float *x;
     int32_t *ids, *mask;
+    int32_t *sids, *smask;  /* side_weight > 0: the report with right and left swapped */
+    unsigned char *swapped; /* ... and whether that changed it (it names a side) */
     int32_t *tags;
     size_t *tag_off; /* n + 1 */
     size_t n, cap, ntags, tagcap;
@@ -105,6 +108,7 @@ struct trn_trainer {
     float *P, *G;  /* flat parameter and gradient arenas in the optimizer's layout */
     enc_input_geom gv, gi, gt;
     int has_img, has_vol, E, L;
+    int slice_display; /* preprocess.slice_view "display": slices cut as shown (enc_prep_slice) */
     size_t vcount, icount; /* floats per volume / image input */
     itemset set[2];        /* [ENC_IMAGE], [ENC_VOLUME] */
     uint64_t rng[NRNG];
@@ -113,9 +117,17 @@ struct trn_trainer {
     enc_state *sv, *si, *st;
     float *vin, *iin, *ev, *ei, *et, *a, *b, *da, *db, *det, *targets, *t0, *work;
     float *augtmp; /* one H x W plane for augment() */
+    enc_state *ss;           /* side_weight > 0: the side-swapped reports */
+    float *es, *des;         /* their embeddings and gradients [nb, E] */
+    float *bn, *dbn;         /* per visual row: its swapped report, and its gradient [N, E] */
+    unsigned char *use;      /* per visual row: its report names a side */
+    int32_t *sbids, *sbmask; /* their token ids in the batch */
     int32_t *bids, *bmask, *btags;
     size_t *btag_off, *src, *cnt, *pick_v, *pick_i;
     int *slices;
+    /* the multi-label tag head: the slots some training report has */
+    unsigned char tag_seen[TRN_REPORT_TAG_SLOTS];
+    int ntag_seen;
 };
 
 static int vol_slice_ok(const trn_trainer *t, char *errbuf, size_t errlen)
@@ -146,7 +158,7 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         o->slice_k < 0 || !(o->consistency >= 0) || !(o->soft_alpha >= 0) || !(o->lr >= 0) ||
         !(o->clip >= 0) || o->warmup < 0 || o->total_steps < 0 || !(o->lr_floor >= 0) ||
         o->lr_floor > 1 || o->soft_start < 0 || !(o->augment >= 0) || o->augment > 10 ||
-        !(o->tag_weight >= 0))
+        !(o->tag_weight >= 0) || !(o->side_weight >= 0))
         return util_errf(errbuf, errlen, ENC_INVAL,
                          "trainer options out of range (batch sizes, slice_k, weights, lr)");
     trn_trainer *t = calloc(1, sizeof *t);
@@ -169,7 +181,14 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
                        enc_model_arch(t->m));
         goto bad;
     }
-    t->has_img = !enc_model_geom(t->m, ENC_IMAGE, &t->gi);
+    {
+        cJSON *cfg = cJSON_Parse(config_json);
+        const cJSON *pre = cJSON_GetObjectItemCaseSensitive(cfg, "preprocess");
+        const cJSON *sv = cJSON_GetObjectItemCaseSensitive(pre, "slice_view");
+        t->slice_display = cJSON_IsString(sv) && !strcmp(sv->valuestring, "display");
+        cJSON_Delete(cfg);
+    }
+        t->has_img = !enc_model_geom(t->m, ENC_IMAGE, &t->gi);
     t->has_vol = !enc_model_geom(t->m, ENC_VOLUME, &t->gv);
     if (enc_model_geom(t->m, ENC_TEXT, &t->gt)) {
         rc = util_errf(errbuf, errlen, ENC_INVAL, "the model has no text encoder");
@@ -252,6 +271,9 @@ static void itemset_free(itemset *s)
     free(s->x);
     free(s->ids);
     free(s->mask);
+    free(s->sids);
+    free(s->smask);
+    free(s->swapped);
     free(s->tags);
     free(s->tag_off);
 }
@@ -263,6 +285,14 @@ void trn_trainer_free(trn_trainer *t)
     enc_state_free(t->sv);
     enc_state_free(t->si);
     enc_state_free(t->st);
+    enc_state_free(t->ss);
+    free(t->es);
+    free(t->des);
+    free(t->bn);
+    free(t->dbn);
+    free(t->use);
+    free(t->sbids);
+    free(t->sbmask);
     float *fb[] = {t->vin, t->iin, t->ev, t->ei, t->et, t->a,       t->b,    t->da,
                    t->db,  t->det, t->targets, t->t0, t->work, t->augtmp, t->P, t->G};
     for (size_t i = 0; i < sizeof fb / sizeof *fb; i++)
@@ -283,6 +313,49 @@ void trn_trainer_free(trn_trainer *t)
     enc_model_free(t->m);
     free(t->config);
     free(t);
+}
+
+/* The report with the words "right" and "left" swapped (whole words, any
+ * letter case, the first letter's case kept): the same findings on the
+ * other side, a negative that differs from the report only in side.
+ * malloc'd; NULL when out of memory. */
+static char *swap_sides(const char *text)
+{
+    size_t n = strlen(text);
+    char *o = malloc(2 * n + 1); /* "left" -> "right" grows by one per word */
+    if (!o)
+        return NULL;
+    size_t j = 0;
+    for (size_t i = 0; i < n;) {
+        if (!isalpha((unsigned char)text[i])) {
+            o[j++] = text[i++];
+            continue;
+        }
+        size_t e = i;
+        while (e < n && isalpha((unsigned char)text[e]))
+            e++;
+        const char *rep = NULL;
+        if (e - i == 5 && !strncasecmp(text + i, "right", 5))
+            rep = "left";
+        else if (e - i == 4 && !strncasecmp(text + i, "left", 4))
+            rep = "right";
+        if (rep) {
+            size_t m = strlen(rep);
+            memcpy(o + j, rep, m);
+            if (isupper((unsigned char)text[i]))
+                o[j] = (char)toupper((unsigned char)o[j]);
+            for (size_t k = 1; k < m && k < e - i; k++)
+                if (isupper((unsigned char)text[i + k]))
+                    o[j + k] = (char)toupper((unsigned char)o[j + k]);
+            j += m;
+        } else {
+            memcpy(o + j, text + i, e - i);
+            j += e - i;
+        }
+        i = e;
+    }
+    o[j] = '\0';
+    return o;
 }
 
 int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *report,
@@ -311,7 +384,20 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
         size_t *no = realloc(s->tag_off, (nc + 1) * sizeof *no);
         if (no)
             s->tag_off = no;
-        if (!nx || !ni || !nm || !no)
+        int swap_ok = 1;
+        if (t->o.side_weight > 0) {
+            int32_t *si = realloc(s->sids, nc * L * sizeof *si);
+            if (si)
+                s->sids = si;
+            int32_t *sm = realloc(s->smask, nc * L * sizeof *sm);
+            if (sm)
+                s->smask = sm;
+            unsigned char *sw = realloc(s->swapped, nc);
+            if (sw)
+                s->swapped = sw;
+            swap_ok = si && sm && sw;
+        }
+        if (!nx || !ni || !nm || !no || !swap_ok)
             return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items", nc);
         s->cap = nc;
         if (s->n == 0)
@@ -322,6 +408,17 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
                             s->mask + s->n * L, &got, errbuf, errlen);
     if (rc)
         return rc;
+    if (t->o.side_weight > 0) {
+        char *sw = swap_sides(report ? report : "");
+        if (!sw)
+            return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+        s->swapped[s->n] = strcmp(sw, report ? report : "") != 0;
+        rc = enc_tok_encode(t->tok, sw, L, s->sids + s->n * L, s->smask + s->n * L, &got, errbuf,
+                            errlen);
+        free(sw);
+        if (rc)
+            return rc;
+    }
     int32_t tags[TRN_REPORT_MAX_TAGS];
     int nt = trn_report_tags(report ? report : "", tags, TRN_REPORT_MAX_TAGS);
     if (s->ntags + (size_t)nt > s->tagcap) {
@@ -374,6 +471,12 @@ static int plan(trn_trainer *t, char *errbuf, size_t errlen)
         return util_errf(errbuf, errlen, ENC_INVAL,
                          "a step needs at least two pairs (%d volumes, %d radiographs)", nv, ni);
     int rc;
+    memset(t->tag_seen, 0, sizeof t->tag_seen);
+    t->ntag_seen = 0;
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < t->set[k].ntags; i++)
+            if (!t->tag_seen[t->set[k].tags[i]]++)
+                t->ntag_seen++;
     enc_state_opts vo = {.flags = ENC_STATE_TRAIN | (K ? ENC_STATE_CLSATT : 0)};
     enc_state_opts so = {.flags = ENC_STATE_TRAIN};
     if (nv && (rc = enc_state_new(t->m, ENC_VOLUME, nv, &vo, &t->sv, errbuf, errlen)))
@@ -382,6 +485,19 @@ static int plan(trn_trainer *t, char *errbuf, size_t errlen)
         return rc;
     if ((rc = enc_state_new(t->m, ENC_TEXT, nb, &so, &t->st, errbuf, errlen)))
         return rc;
+    if (t->o.side_weight > 0) {
+        if ((rc = enc_state_new(t->m, ENC_TEXT, nb, &so, &t->ss, errbuf, errlen)))
+            return rc;
+        t->es = malloc((size_t)nb * t->E * sizeof(float));
+        t->des = malloc((size_t)nb * t->E * sizeof(float));
+        t->sbids = malloc((size_t)nb * t->L * sizeof(int32_t));
+        t->sbmask = malloc((size_t)nb * t->L * sizeof(int32_t));
+        t->bn = malloc((size_t)N * t->E * sizeof(float));
+        t->dbn = malloc((size_t)N * t->E * sizeof(float));
+        t->use = malloc((size_t)N);
+        if (!t->es || !t->des || !t->sbids || !t->sbmask || !t->bn || !t->dbn || !t->use)
+            return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+    }
     size_t E = (size_t)t->E, L = (size_t)t->L;
     t->vin = malloc(((size_t)nv * t->vcount + 1) * sizeof(float));
     t->iin = malloc(((size_t)nimg * t->icount + 1) * sizeof(float));
@@ -455,12 +571,16 @@ void trn_slice_select(const float *att, const int grid[3], int patch_d, int k, i
 
 /* The report-tag head (tag_weight > 0): every visual row and every report
  * predicts its report's finding tags through one shared linear map,
- * z = 10 W e + b over TRN_REPORT_TAG_SLOTS classes, with a softmax
- * cross-entropy against the tags spread evenly (knowledge-enhanced
+ * z = 10 W e + b over TRN_REPORT_TAG_SLOTS classes (knowledge-enhanced
  * pre-training from the report text alone, never the labels).  Sharing W
- * puts the tags on the same axes in both towers.  Adds the weighted
- * gradients to da (visual rows) and det (reports) and writes the head's
- * gradients into G; returns the mean loss over the rows. */
+ * puts the tags on the same axes in both towers.  The loss is either a
+ * softmax cross-entropy against the tags spread evenly, or (tag_bce) a
+ * multi-label one: a sigmoid binary cross-entropy per slot, averaged over
+ * the slots some training report has (ntag_seen), so that every finding
+ * and every (finding, location) tag of a report is a target of its own
+ * instead of a share of one distribution.  Adds the weighted gradients to
+ * da (visual rows) and det (reports) and writes the head's gradients into
+ * G; returns the mean loss over the rows. */
 #define TAG_HEAD_SCALE 10.0
 static float tag_head(trn_trainer *t, int N, int nb, float *G)
 {
@@ -490,15 +610,33 @@ static float tag_head(trn_trainer *t, int N, int nb, float *G)
             if (z[c] > mx)
                 mx = z[c];
         }
-        for (int c = 0; c < C; c++)
-            sum += exp(z[c] - mx);
-        double lse = mx + log(sum), y = 1.0 / (double)nt;
-        for (size_t q = 0; q < nt; q++)
-            loss -= y * (z[tg[q]] - lse);
-        for (int c = 0; c < C; c++)
-            z[c] = exp(z[c] - lse); /* now the softmax */
-        for (size_t q = 0; q < nt; q++)
-            z[tg[q]] -= y;
+        if (t->o.tag_bce) {
+            /* z becomes dL/dz: sigmoid(z) - y on the seen slots, 0 elsewhere */
+            double inv = 1.0 / (t->ntag_seen > 0 ? t->ntag_seen : 1);
+            unsigned char y[TRN_REPORT_TAG_SLOTS] = {0};
+            for (size_t q = 0; q < nt; q++)
+                y[tg[q]] = 1;
+            for (int c = 0; c < C; c++) {
+                if (!t->tag_seen[c]) {
+                    z[c] = 0;
+                    continue;
+                }
+                /* -log sigmoid(+-z), stably: log1p(exp(-|z|)) + max(-+z, 0) */
+                double zz = y[c] ? z[c] : -z[c];
+                loss += inv * (log1p(exp(-fabs(zz))) + (zz < 0 ? -zz : 0));
+                z[c] = inv * (1.0 / (1.0 + exp(-z[c])) - y[c]);
+            }
+        } else {
+            for (int c = 0; c < C; c++)
+                sum += exp(z[c] - mx);
+            double lse = mx + log(sum), y = 1.0 / (double)nt;
+            for (size_t q = 0; q < nt; q++)
+                loss -= y * (z[tg[q]] - lse);
+            for (int c = 0; c < C; c++)
+                z[c] = exp(z[c] - lse); /* now the softmax */
+            for (size_t q = 0; q < nt; q++)
+                z[tg[q]] -= y;
+        }
         for (int c = 0; c < C; c++) {
             double g = w * z[c];
             gb[c] += (float)g;
@@ -533,6 +671,10 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         size_t j = r < nv ? t->pick_v[r] : t->pick_i[r - nv];
         memcpy(t->bids + (size_t)r * L, s->ids + j * L, (size_t)L * sizeof(int32_t));
         memcpy(t->bmask + (size_t)r * L, s->mask + j * L, (size_t)L * sizeof(int32_t));
+        if (t->ss) {
+            memcpy(t->sbids + (size_t)r * L, s->sids + j * L, (size_t)L * sizeof(int32_t));
+            memcpy(t->sbmask + (size_t)r * L, s->smask + j * L, (size_t)L * sizeof(int32_t));
+        }
         size_t n = s->tag_off[j + 1] - s->tag_off[j];
         memcpy(t->btags + ntag, s->tags + s->tag_off[j], n * sizeof(int32_t));
         ntag += n;
@@ -560,23 +702,22 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         const float *att = enc_state_cls_attention(t->sv);
         int grid[3] = {t->gv.size[0] / t->gv.patch[0], t->gv.size[1] / t->gv.patch[1],
                        t->gv.size[2] / t->gv.patch[2]};
-        size_t np = (size_t)grid[0] * grid[1] * grid[2], hw = (size_t)t->gv.size[1] * t->gv.size[2];
+        size_t np = (size_t)grid[0] * grid[1] * grid[2];
         int D = t->gv.size[0];
         for (int b = 0; b < nv; b++) {
             trn_slice_select(att + b * np, grid, t->gv.patch[0], K, t->slices + b * K);
-            for (int k = 0; k < K; k++) {
-                float *dst = t->iin + ((size_t)ni + (size_t)b * K + k) * t->icount;
-                const float *vol = t->vin + (size_t)b * t->vcount;
-                for (int c = 0; c < t->gv.channels; c++)
-                    memcpy(dst + c * hw, vol + ((size_t)c * D + t->slices[b * K + k]) * hw,
-                           hw * sizeof(float));
-            }
+            for (int k = 0; k < K; k++)
+                enc_prep_slice(t->vin + (size_t)b * t->vcount, t->gv.channels, D, t->gv.size[1],
+                               t->gv.size[2], t->slices[b * K + k], t->slice_display,
+                               t->iin + ((size_t)ni + (size_t)b * K + k) * t->icount);
         }
     }
     if (nimg && (rc = enc_encode_image(t->si, t->iin, nimg, t->ei)))
         return util_errf(errbuf, errlen, rc, "images: %s", enc_state_errmsg(t->si));
     if ((rc = enc_encode_text(t->st, t->bids, t->bmask, nb, L, t->et)))
         return util_errf(errbuf, errlen, rc, "reports: %s", enc_state_errmsg(t->st));
+    if (t->ss && (rc = enc_encode_text(t->ss, t->sbids, t->sbmask, nb, L, t->es)))
+        return util_errf(errbuf, errlen, rc, "side-swapped reports: %s", enc_state_errmsg(t->ss));
 
     /* 3. the losses.  Rows: volumes, radiographs, slices (b, k) at nb + b K + k;
      * src = the report each row is paired with. */
@@ -621,6 +762,27 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         trn_loss_consistency_backward(t->a, sl, nv, K, E, t->o.consistency, t->da,
                                       t->da + (size_t)nb * E);
     }
+    float sidel = 0;
+    if (t->ss) {
+        /* each visual row against its report (b) and the report's mirror
+         * image (bn), when the report names a side */
+        for (int r = 0; r < N; r++) {
+            size_t src = t->src[r];
+            t->use[r] = src < (size_t)nv ? V->swapped[t->pick_v[src]]
+                                         : I->swapped[t->pick_i[src - (size_t)nv]];
+            memcpy(t->bn + (size_t)r * E, t->es + src * E, es);
+        }
+        float sc = expf(log_scale);
+        sc = sc > 100 ? 100 : sc;
+        sidel = trn_loss_side_forward(t->a, t->b, t->bn, t->use, N, E, sc);
+        memset(t->dbn, 0, (size_t)N * es);
+        trn_loss_side_backward(t->a, t->b, t->bn, t->use, N, E, sc, t->o.side_weight, t->da,
+                               t->db, t->dbn);
+        memset(t->des, 0, (size_t)nb * es);
+        for (int r = 0; r < N; r++)
+            for (int e = 0; e < E; e++)
+                t->des[t->src[r] * E + e] += t->dbn[(size_t)r * E + e];
+    }
     memset(t->det, 0, (size_t)nb * es);
     for (int r = 0; r < N; r++)
         for (int e = 0; e < E; e++)
@@ -635,6 +797,8 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         return util_errf(errbuf, errlen, rc, "images: %s", enc_state_errmsg(t->si));
     if ((rc = enc_backward_text(t->st, t->det, t->g)))
         return util_errf(errbuf, errlen, rc, "reports: %s", enc_state_errmsg(t->st));
+    if (t->ss && (rc = enc_backward_text(t->ss, t->des, t->g)))
+        return util_errf(errbuf, errlen, rc, "side-swapped reports: %s", enc_state_errmsg(t->ss));
     for (size_t i = 0; i < t->nparam; i++) {
         enc_param p;
         enc_model_param(t->m, i, &p);
@@ -645,7 +809,8 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
     float norm = trn_adamw_clip_grad_norm(t->opt, t->G, t->o.clip > 0 ? (float)t->o.clip : INFINITY);
     trn_sched sched = {t->o.lr, t->o.warmup, t->o.total_steps, t->o.lr_floor};
     double lr = trn_lr(&sched, trn_adamw_steps(t->opt));
-    int skipped = !isfinite(norm) || !isfinite(clip_loss) || !isfinite(cons) || !isfinite(tagl);
+    int skipped = !isfinite(norm) || !isfinite(clip_loss) || !isfinite(cons) || !isfinite(tagl) ||
+                  !isfinite(sidel);
     if (skipped) {
         t->rng[4]++;
     } else {
@@ -662,10 +827,11 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         *st = (trn_trainer_stats){
             .step = trn_trainer_steps(t),
             .loss = (double)clip_loss + t->o.consistency * (double)cons +
-                    t->o.tag_weight * (double)tagl,
+                    t->o.tag_weight * (double)tagl + t->o.side_weight * (double)sidel,
             .clip_loss = clip_loss,
             .cons_loss = cons,
             .tag_loss = tagl,
+            .side_loss = sidel,
             .lr = lr,
             .grad_norm = norm,
             .temperature = 1.0 / (s > 100 ? 100 : s),
@@ -717,17 +883,19 @@ double trn_trainer_step_flops(const trn_trainer *t)
 
 static char *hparams(const trn_trainer *t)
 {
-    char *s = NULL;
+    char *s = NULL, side[64] = "";
+    if (t->o.side_weight > 0)
+        snprintf(side, sizeof side, ",\"side_weight\":%.9g", t->o.side_weight);
     if (asprintf(&s,
                  "{\"seed\":%llu,\"batch_volumes\":%d,\"batch_images\":%d,\"slice_k\":%d,"
                  "\"consistency\":%.9g,\"soft_alpha\":%.9g,\"lr\":%.17g,\"weight_decay\":%.17g,"
                  "\"clip\":%.17g,\"warmup\":%lld,\"total_steps\":%lld,\"lr_floor\":%.17g,"
-                 "\"soft_start\":%lld,\"augment\":%.9g,\"tag_weight\":%.9g}",
+                 "\"soft_start\":%lld,\"augment\":%.9g,\"tag_weight\":%.9g%s%s}",
                  (unsigned long long)t->o.seed, t->o.batch_volumes, t->o.batch_images,
                  t->o.slice_k, t->o.consistency, t->o.soft_alpha, t->o.lr, t->o.weight_decay,
                  t->o.clip, (long long)t->o.warmup, (long long)t->o.total_steps,
                  t->o.lr_floor, (long long)t->o.soft_start, t->o.augment,
-                 t->o.tag_weight) < 0)
+                 t->o.tag_weight, t->o.tag_bce ? ",\"tag_bce\":1" : "", side) < 0)
         return NULL;
     return s;
 }

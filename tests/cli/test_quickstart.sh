@@ -23,6 +23,7 @@ rc=$?
 [ "$rc" -eq 0 ] && ok "the quickstart exits 0" || { bad "the quickstart exited $rc"; tail -n 30 "$T/out" | sed 's/^/#   /'; }
 grep -q "ingested .*: 260 items, 260 new" "$T/out" && ok "it ingests the synthetic set" || bad "no ingest summary"
 grep -qE "^ +1 +[0-9.]+ +[0-9]+ +volume .* z[0-9]+: " "$T/out" && ok "text -> volume hits with best slices" || bad "no text -> volume table"
+[ "$(grep -cE "^[0-5] of the 5 hits shown are " "$T/out")" = 3 ] && ok "each text query says how many of its hits match" || bad "no match counts for the three text queries"
 grep -q "== Radiograph -> report (img_000000.png: " "$T/out" && ok "the radiograph query is named with its impression" || bad "no radiograph caption"
 grep -A 3 "== Radiograph -> report" "$T/out" | grep -qE "^ +1 +[0-9.]+ +[0-9]+ +(image|volume|report) " && ok "radiograph -> report hits" || bad "no radiograph -> report table"
 grep -q "== Dedup" "$T/out" && grep -qiE "cluster|duplicate" "$T/out" && ok "dedup prints its clusters" || bad "no dedup output"

@@ -865,6 +865,55 @@ static void test_eval_random(void **state)
 
 /* The chance formulas against exhaustive enumeration (small n) and seeded
  * shuffles (larger n). */
+/* The mirror loss: by hand on one row, against finite differences on
+ * random rows, and rows left out by use. */
+static void test_side_loss(void **state)
+{
+    (void)state;
+    /* a = p: z = s (n . a - 1); with n orthogonal to a, z = -s */
+    float a1[2] = {1, 0}, p1[2] = {1, 0}, n1[2] = {0, 1};
+    float l1 = trn_loss_side_forward(a1, p1, n1, NULL, 1, 2, 2.0f);
+    assert_float_equal(l1, log1p(exp(-2.0)), 1e-6);
+    enum { B = 5, E = 6 };
+    float a[B * E], p[B * E], n[B * E];
+    tu_rng r;
+    tu_rng_seed(&r, 3);
+    tu_fill_normal(&r, a, B * E);
+    tu_fill_normal(&r, p, B * E);
+    tu_fill_normal(&r, n, B * E);
+    tu_normalize_rows(a, B, E);
+    tu_normalize_rows(p, B, E);
+    tu_normalize_rows(n, B, E);
+    const unsigned char use[B] = {1, 0, 1, 1, 0};
+    float da[B * E] = {0}, dp[B * E] = {0}, dn[B * E] = {0};
+    const float sc = 7.5f, w = 0.7f;
+    trn_loss_side_backward(a, p, n, use, B, E, sc, w, da, dp, dn);
+    float *x[3] = {a, p, n}, *g[3] = {da, dp, dn};
+    const float h = 1e-3f;
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < B * E; i++) {
+            float keep = x[k][i];
+            x[k][i] = keep + h;
+            double lp = trn_loss_side_forward(a, p, n, use, B, E, sc);
+            x[k][i] = keep - h;
+            double lm = trn_loss_side_forward(a, p, n, use, B, E, sc);
+            x[k][i] = keep;
+            double fd = w * (lp - lm) / (2 * h);
+            if (fabs(fd - g[k][i]) > 2e-3)
+                fail_msg("side loss grad %d/%d: analytic %.6g, finite difference %.6g", k, i,
+                         g[k][i], fd);
+            if (!use[i / E])
+                assert_true(g[k][i] == 0.0f);
+        }
+    /* no row used: 0, no gradient */
+    const unsigned char none[B] = {0};
+    assert_true(trn_loss_side_forward(a, p, n, none, B, E, sc) == 0.0f);
+    float z[B * E] = {0};
+    trn_loss_side_backward(a, p, n, none, B, E, sc, 1.0f, z, NULL, NULL);
+    for (int i = 0; i < B * E; i++)
+        assert_true(z[i] == 0.0f);
+}
+
 /* Precision at k against a relevance mask, by hand: 2-d points on a
  * circle, the query at angle 0. */
 static void test_eval_precision_at(void **state)
@@ -1302,6 +1351,7 @@ int main(void)
         cmocka_unit_test(test_eval_known),     cmocka_unit_test(test_eval_self),
         cmocka_unit_test(test_eval_random),    cmocka_unit_test(test_eval_chance),
         cmocka_unit_test(test_eval_precision_at), cmocka_unit_test(test_eval_auc),
+        cmocka_unit_test(test_side_loss),
         cmocka_unit_test(test_vocab_merges),   cmocka_unit_test(test_vocab_corpus),
         cmocka_unit_test(test_vocab_edges),
     };

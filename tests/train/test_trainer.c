@@ -161,6 +161,38 @@ static void test_loss_decreases(void **state)
     trn_trainer_free(t);
 }
 
+/* The mirror-image negatives: two of the four reports name a side (and
+ * are swapped), the others are left out; the side loss starts near log 2
+ * and falls as the towers learn right from left.  The multi-label tag
+ * loss trains beside it. */
+static void test_side_negatives(void **state)
+{
+    fixture *f = *state;
+    trn_trainer_opts o = tiny_opts();
+    o.side_weight = 1.0f;
+    o.tag_weight = 1.0f;
+    o.tag_bce = 1;
+    trn_trainer *t = make_trainer(f, &o);
+    char err[512];
+    double first = 0, last = 0;
+    for (int s = 0; s < 60; s++) {
+        trn_trainer_stats st;
+        if (trn_trainer_step(t, &st, err, sizeof err))
+            fail_msg("step %d: %s", s, err);
+        assert_true(isfinite(st.side_loss) && st.side_loss > 0);
+        assert_true(isfinite(st.tag_loss) && st.tag_loss > 0);
+        if (s == 0)
+            assert_true(fabs(st.side_loss - log(2.0)) < 0.2);
+        if (s < 8)
+            first += st.side_loss / 8;
+        if (s >= 52)
+            last += st.side_loss / 8;
+    }
+    printf("# side loss: steps 1-8 %.4f, steps 53-60 %.4f\n", first, last);
+    assert_true(last < 0.8 * first);
+    trn_trainer_free(t);
+}
+
 static void test_resume_exact(void **state)
 {
     fixture *f = *state;
@@ -360,6 +392,7 @@ int main(void)
         cmocka_unit_test(test_report_tags),
         cmocka_unit_test_setup_teardown(test_trainer_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loss_decreases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_side_negatives, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_save_loads, setup, teardown),
     };

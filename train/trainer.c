@@ -188,7 +188,7 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         t->slice_display = cJSON_IsString(sv) && !strcmp(sv->valuestring, "display");
         cJSON_Delete(cfg);
     }
-        t->has_img = !enc_model_geom(t->m, ENC_IMAGE, &t->gi);
+    t->has_img = !enc_model_geom(t->m, ENC_IMAGE, &t->gi);
     t->has_vol = !enc_model_geom(t->m, ENC_VOLUME, &t->gv);
     if (enc_model_geom(t->m, ENC_TEXT, &t->gt)) {
         rc = util_errf(errbuf, errlen, ENC_INVAL, "the model has no text encoder");

@@ -315,6 +315,16 @@ void trn_trainer_free(trn_trainer *t)
     free(t);
 }
 
+/* Grows the array *p to n bytes: 0, or -1 with *p as it was. */
+static int grow(void **p, size_t n)
+{
+    void *q = realloc(*p, n);
+    if (q == NULL)
+        return -1;
+    *p = q;
+    return 0;
+}
+
 /* The report with the words "right" and "left" swapped (whole words, any
  * letter case, the first letter's case kept): the same findings on the
  * other side, a negative that differs from the report only in side.
@@ -372,32 +382,15 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
     size_t per = kind == ENC_VOLUME ? t->vcount : t->icount, L = (size_t)t->L;
     if (s->n == s->cap) {
         size_t nc = s->cap ? 2 * s->cap : 64;
-        float *nx = realloc(s->x, nc * per * sizeof *nx);
-        if (nx)
-            s->x = nx;
-        int32_t *ni = realloc(s->ids, nc * L * sizeof *ni);
-        if (ni)
-            s->ids = ni;
-        int32_t *nm = realloc(s->mask, nc * L * sizeof *nm);
-        if (nm)
-            s->mask = nm;
-        size_t *no = realloc(s->tag_off, (nc + 1) * sizeof *no);
-        if (no)
-            s->tag_off = no;
-        int swap_ok = 1;
-        if (t->o.side_weight > 0) {
-            int32_t *si = realloc(s->sids, nc * L * sizeof *si);
-            if (si)
-                s->sids = si;
-            int32_t *sm = realloc(s->smask, nc * L * sizeof *sm);
-            if (sm)
-                s->smask = sm;
-            unsigned char *sw = realloc(s->swapped, nc);
-            if (sw)
-                s->swapped = sw;
-            swap_ok = si && sm && sw;
-        }
-        if (!nx || !ni || !nm || !no || !swap_ok)
+        int bad = grow((void **)&s->x, nc * per * sizeof *s->x) ||
+                  grow((void **)&s->ids, nc * L * sizeof *s->ids) ||
+                  grow((void **)&s->mask, nc * L * sizeof *s->mask) ||
+                  grow((void **)&s->tag_off, (nc + 1) * sizeof *s->tag_off);
+        if (!bad && t->o.side_weight > 0)
+            bad = grow((void **)&s->sids, nc * L * sizeof *s->sids) ||
+                  grow((void **)&s->smask, nc * L * sizeof *s->smask) ||
+                  grow((void **)&s->swapped, nc * sizeof *s->swapped);
+        if (bad)
             return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items", nc);
         s->cap = nc;
         if (s->n == 0)

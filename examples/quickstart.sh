@@ -28,7 +28,12 @@ W=${1:-$top/_quickstart}
 rm -rf "$W"
 mkdir -p "$W"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Headings in bold on a terminal; plain text into a file or a pipe.
+if [ -t 1 ]; then
+    say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    say() { printf '\n== %s\n' "$*"; }
+fi
 
 say "A synthetic chest dataset: 120 CT volumes, 120 radiographs, 20 rescans (held-out patients)"
 "$B/medsem" synth --out "$W/data" --volumes 120 --images 120 --rescans 20 --seed 2024 --split test --size small --quiet

@@ -36,7 +36,13 @@ fi
 
 cd "$top"
 if [ ! -x configure ] || [ configure.ac -nt configure ] || [ Makefile.am -nt configure ]; then
-    autoreconf -fi >/dev/null
+    # autoreconf lists every file it installs on stderr: shown only on failure
+    if ! autoreconf -fi >/tmp/medsem-autoreconf.$$ 2>&1; then
+        cat /tmp/medsem-autoreconf.$$ >&2
+        rm -f /tmp/medsem-autoreconf.$$
+        exit 1
+    fi
+    rm -f /tmp/medsem-autoreconf.$$
 fi
 mkdir -p "$build"
 cd "$build"

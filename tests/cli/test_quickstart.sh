@@ -27,6 +27,7 @@ grep -qE "^ +1 +[0-9.]+ +[0-9]+ +volume .* z[0-9]+: " "$T/out" && ok "text -> vo
 grep -q "== Radiograph -> report (img_000000.png: " "$T/out" && ok "the radiograph query is named with its impression" || bad "no radiograph caption"
 grep -A 3 "== Radiograph -> report" "$T/out" | grep -qE "^ +1 +[0-9.]+ +[0-9]+ +(image|volume|report) " && ok "radiograph -> report hits" || bad "no radiograph -> report table"
 grep -q "== Dedup" "$T/out" && grep -qiE "cluster|duplicate" "$T/out" && ok "dedup prints its clusters" || bad "no dedup output"
+if grep -q $'\033' "$T/out"; then bad "escape codes in the quickstart's output to a file"; else ok "plain text when not on a terminal"; fi
 grep -q "^Done. The database is in $W/db" "$T/out" && ok "it ends with what to try next" || bad "no closing lines"
 [ "$fails" -eq 0 ] || sed 's/^/#   /' "$T/out" | tail -n 40
 echo "1..$n"

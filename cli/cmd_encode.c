@@ -14,6 +14,7 @@
 #include "cli/cli.h"
 #include "encoder/encoder.h"
 #include "indexer/indexer.h"
+#include "util/util.h"
 
 static void usage(FILE *f)
 {
@@ -134,8 +135,8 @@ static int parse_item(const char *line, size_t lineno, const char *base, item *i
         snprintf(err, errlen, "field 'kind' must be image, volume or report");
         rc = -1;
     } else if (it->kind == K_REPORT) {
-        if (!it->text || !*it->text) {
-            snprintf(err, errlen, "a report item needs a non-empty 'report'");
+        if (!it->text || util_blank(it->text)) {
+            snprintf(err, errlen, "a report item needs a 'report' that is not blank");
             rc = -1;
         }
     } else if (!file || !*file) {
@@ -414,6 +415,10 @@ int cmd_encode(int argc, char **argv)
     if (prefix && !manifest) {
         cli_error("--out goes with --manifest");
         return CLI_USAGE;
+    }
+    if (text && util_blank(text)) {
+        cli_error("--text: the text is blank (empty or only white space)");
+        return CLI_BAD_INPUT;
     }
     char err[1024];
     enc_pipeline *p = NULL;

@@ -13,6 +13,7 @@
 #include "encoder/encoder.h"
 #include "indexer/indexer.h"
 #include "searcher/searcher.h"
+#include "util/util.h"
 
 #define MAX_FILTERS 32
 
@@ -278,8 +279,8 @@ int cmd_search(int argc, char **argv)
         cli_error("--item '%s': expected an item id (a non-negative integer)", item);
         return CLI_BAD_INPUT;
     }
-    if (text && !*text) {
-        cli_error("--text: the query text is empty");
+    if (text && util_blank(text)) {
+        cli_error("--text: the query text is blank (empty or only white space)");
         return CLI_BAD_INPUT;
     }
 

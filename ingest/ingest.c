@@ -104,14 +104,6 @@ void ingest_plan_free(ingest_plan *pl)
     free(pl);
 }
 
-static int blank(const char *s)
-{
-    for (; *s; s++)
-        if (!isspace((unsigned char)*s))
-            return 0;
-    return 1;
-}
-
 /* A string field: 0 and a copy (or NULL when absent) in *out, -1 when the
  * field is there but not a string, -2 out of memory. */
 static int str_field(const cJSON *j, const char *k, char **out)
@@ -134,8 +126,8 @@ static int str_field(const cJSON *j, const char *k, char **out)
 static int check_item(pitem *it, const char *base, const char *file, const char *what,
                       char *why, size_t wlen)
 {
-    if (it->report && blank(it->report)) {
-        snprintf(why, wlen, "empty 'report'");
+    if (it->report && util_blank(it->report)) {
+        snprintf(why, wlen, "blank 'report' (empty or only white space)");
         return 1;
     }
     if (it->kind == STORE_KIND_REPORT) {
@@ -197,7 +189,7 @@ static int parse_line(const char *line, size_t lineno, const char *base, pitem *
     }
     int rc = 0;
     char *kind = NULL, *file = NULL;
-    if (!blank(end)) {
+    if (!util_blank(end)) {
         snprintf(why, wlen, "invalid JSON: text after the object (at byte %td)", end - line);
         rc = 1;
     } else if (!cJSON_IsObject(j)) {
@@ -265,7 +257,7 @@ int ingest_plan_read(const char *manifest, const ingest_opts *o, ingest_plan **o
     int rc = pl->dataset ? INGEST_OK : INGEST_NOMEM;
     while (!rc && (len = getline(&line, &cap, f)) >= 0) {
         lineno++;
-        if (blank(line))
+        if (util_blank(line))
             continue;
         pl->lines++;
         if ((size_t)len != strlen(line)) {

@@ -528,8 +528,8 @@ static void do_search(net_call *c)
     int64_t exclude = -1;
     double t = net_now();
     if (qt) {
-        if (!cJSON_IsString(qt) || !*qt->valuestring) {
-            net_api_error(c, 400, "query.text: expected a non-empty string");
+        if (!cJSON_IsString(qt) || util_blank(qt->valuestring)) {
+            net_api_error(c, 400, "query.text: expected a string that is not blank");
             return;
         }
         rc = net_engine_encode(c->engine, NET_INPUT_TEXT, qt->valuestring,
@@ -708,8 +708,8 @@ static void do_put(net_call *c)
             pi->data = d;
             pi->len = len;
         } else {
-            if (!pi->report || !*pi->report) {
-                net_api_error(c, 400, "%s: expected an image, a volume or a non-empty report",
+            if (!pi->report || util_blank(pi->report)) {
+                net_api_error(c, 400, "%s: expected an image, a volume or a report that is not blank",
                               name);
                 return;
             }

@@ -3,6 +3,7 @@
 #include "config.h"
 #endif
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,3 +98,12 @@ const char *util_errtab(const char *const *tab, int n, int code, const char *dfl
 {
     return code >= 0 && code < n ? tab[code] : dflt;
 }
+
+int util_blank(const char *s)
+{
+    for (; *s; s++)
+        if (!isspace((unsigned char)*s))
+            return 0;
+    return 1;
+}
+

@@ -30,6 +30,11 @@ char *util_read_file(const char *path, size_t *len);
  * (ENOTDIR when dir or a parent exists and is not a directory). */
 int util_mkdir_p(const char *dir);
 
+/* Whether s holds nothing but white space (an empty string included): the
+ * one rule for a text that says nothing, which no command or endpoint
+ * takes as a query or a report. */
+int util_blank(const char *s);
+
 /* Seconds on the monotonic clock: for durations only. */
 double util_now(void);
 

@@ -67,6 +67,7 @@ grep -q '"id":7,' "$T/out" && bad "query item returned itself" || ok "query item
 expect 0 "" "filtered search" -- "$MEDSEM" search --db "$T/db" --vector-file "$T/a.q.npy" --k 10 --filter modality=CT --filter "score<0.5" --json
 if grep -o '"modality":"[A-Z]*"' "$T/out" | grep -qv CT; then bad "filter leaked other modalities"; else ok "filter holds"; fi
 [ "$(grep -o '"id":' "$T/out" | wc -l)" = 40 ] && ok "filtered search fills k" || bad "filtered hits"
+expect 1 "query text is blank" "search --text of only white space is refused, as encode refuses it" -- "$MEDSEM" search --db "$T/db" --text "   "
 expect 0 "" "dedup" -- "$MEDSEM" dedup --db "$T/db" --threshold 0.999
 expect 0 "" "dedup --json" -- "$MEDSEM" dedup --db "$T/db" --json
 grep -q '"exact":\[' "$T/out" && grep -q '"near":\[' "$T/out" && ok "dedup json shape" || bad "dedup json: $(cat "$T/out")"
@@ -125,6 +126,9 @@ expect 0 "" "encode --text --json" -- "$MEDSEM" encode --model "$MODEL" --text "
 [ "$(grep -o ',' "$T/out" | wc -l)" -ge 35 ] && grep -q '"dim":32' "$T/out" && ok "32-dimensional embedding" || bad "encode output: $(cat "$T/out")"
 expect 1 "does not encode images" "encode an image with a volume-only model" -- "$MEDSEM" encode --model "$SRC/tests/fixtures/models/m3d-clip" --image "$T/x.png"
 expect 1 "config.json" "encode with a directory that is not a model" -- "$MEDSEM" encode --model "$T" --text hi
+# blank text: one rule for encode and search (empty or only white space is refused)
+expect 1 "--text: the text is blank" "encode --text '' is refused" -- "$MEDSEM" encode --model "$MODEL" --text ""
+expect 1 "--text: the text is blank" "encode --text of spaces is refused" -- "$MEDSEM" encode --model "$MODEL" --text "  	 "
 cat > "$T/m.jsonl" <<'JSON'
 {"kind": "report", "report": "8 mm nodule in the right upper lobe.", "modality": "CT"}
 {"kind": "report", "report": "No pleural effusion. Heart size normal."}

@@ -46,7 +46,7 @@ cat >> "$T/syn/bad.jsonl" <<'JSON'
 JSON
 before=$(md5sum "$T/db/data.mdb" | cut -d' ' -f1)
 expect 1 "bad.jsonl:16: .*missing.nii.gz" "missing file named with its line" -- "$MEDSEM" ingest --db "$T/db" --model "$MODEL" --manifest "$T/syn/bad.jsonl"
-grep -q "bad.jsonl:18: empty 'report'" "$T/err" && ok "empty report named" || bad "empty report: $(cat "$T/err")"
+grep -q "bad.jsonl:18: blank 'report'" "$T/err" && ok "blank report named" || bad "empty report: $(cat "$T/err")"
 grep -q "bad.jsonl:20: invalid JSON" "$T/err" && ok "invalid JSON named" || bad "invalid JSON: $(cat "$T/err")"
 grep -q "bad.jsonl:17: .*trunc.nii.gz" "$T/err" && ok "truncated NIfTI named" || bad "truncated: $(cat "$T/err")"
 grep -q "bad.jsonl:19: .*junk.nii.gz" "$T/err" && ok "garbage NIfTI named" || bad "garbage: $(cat "$T/err")"

@@ -698,7 +698,7 @@ static void test_ingest_items(void **state)
     assert_int_equal(res[2].status, INGEST_ITEM_ADDED);
     assert_int_equal(res[3].status, INGEST_ITEM_ADDED);
     assert_int_equal(res[4].status, INGEST_ITEM_BAD);
-    assert_non_null(strstr(res[4].error, "items[4]: empty 'report'"));
+    assert_non_null(strstr(res[4].error, "items[4]: blank 'report'"));
     assert_int_equal(bl.n, 2);
     assert_int_equal(st.added, 2);
     assert_int_equal(st.existing, 1);

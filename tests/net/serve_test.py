@@ -389,6 +389,9 @@ def errors(P):
     bad({"limit": 3}, "query", "a missing query is 400")
     bad({"query": {"text": "x", "id": 1}}, "exactly one", "two queries at once is 400")
     bad({"query": {"text": ""}}, "query.text", "an empty text is 400")
+    bad({"query": {"text": " \t\n "}}, "query.text", "a text of only white space is 400, as in the CLI")
+    bad({"items": [{"report": "   "}]}, "items[0]", "a blank report item is 400", path="/v1/items",
+        method="PUT")
     bad({"query": {"id": -1}}, "query.id", "a negative id is 400")
     bad({"query": {"id": 999999}}, "no such item", "search by a missing item is 404", status=404)
     bad({"query": {"text": "x"}, "filter": {"age": {"between": 3}}}, "filter.age", "a bad filter op is 400")

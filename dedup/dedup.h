@@ -27,8 +27,8 @@
  * or the failing part in errbuf (may be NULL); out-params are written only
  * on success.  The fingerprint functions keep no state and may run in
  * parallel; their codes are the readers' (imageio/imageio.h), passed
- * through by name and value (the first seven codes agree, checked at
- * compile time in fingerprint.c).  Ingest computes the fingerprints;
+ * through by name and value (DEDUP_ERRNO_MAP begins with
+ * IMG_ERRNO_MAP).  Ingest computes the fingerprints;
  * `medsem dedup` and POST /v1/dedup cluster them.
  */
 #ifndef MEDSEM_DEDUP_H
@@ -42,14 +42,10 @@
 #include "indexer/indexer.h"
 #include "store/store.h"
 
+/* The readers' codes first (IMG_ERRNO_MAP, by name and value), then the
+ * clustering's. */
 #define DEDUP_ERRNO_MAP(XX)                                                   \
-    XX(OK, "success")                                                         \
-    XX(NOMEM, "out of memory")                                                \
-    XX(IO, "input/output error")                                              \
-    XX(INVAL, "invalid argument")                                             \
-    XX(FORMAT, "malformed file")                                              \
-    XX(UNSUPPORTED, "unsupported content")                                    \
-    XX(TOOBIG, "input exceeds a size limit")                                  \
+    IMG_ERRNO_MAP(XX)                                                         \
     XX(STORE, "store error")                                                  \
     XX(INDEX, "index error")
 

@@ -34,12 +34,6 @@
 #include "imageio/imageio.h"
 #include "util/util.h"
 
-/* A reader's code passes through as the dedup_errno of the same name. */
-#define DEDUP__SAME(name, msg)                                                \
-    _Static_assert((int)IMG_##name == (int)DEDUP_##name, "IMG_" #name " is DEDUP_" #name);
-IMG_ERRNO_MAP(DEDUP__SAME)
-#undef DEDUP__SAME
-
 #define DEDUP__MSG(name, msg) msg,
 #define DEDUP__NAME(name, msg) "DEDUP_" #name,
 static const char *const dedup_msgs[] = {DEDUP_ERRNO_MAP(DEDUP__MSG)};

@@ -16,7 +16,7 @@
  * file for reading: safetensors.h, tokenizer.h, preprocess.h, model.h and
  * the backend table model.h needs (backend.h); see docs/encoder.md.  Image
  * files are read by imageio/ (imageio/imageio.h), whose codes are the first
- * ENC_ codes by name and value.
+ * ENC_ codes by name and value (ENC_ERRNO_MAP begins with IMG_ERRNO_MAP).
  */
 #ifndef MEDSEM_ENCODER_H
 #define MEDSEM_ENCODER_H
@@ -24,14 +24,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "imageio/imageio.h"
+
+/* The readers' codes first (IMG_ERRNO_MAP, by name and value), so that a
+ * reader's code passes through the encoder unchanged; then the encoder's. */
 #define ENC_ERRNO_MAP(XX)                                                     \
-    XX(OK, "success")                                                         \
-    XX(NOMEM, "out of memory")                                                \
-    XX(IO, "input/output error")                                              \
-    XX(INVAL, "invalid argument")                                             \
-    XX(FORMAT, "malformed file")                                              \
-    XX(UNSUPPORTED, "unsupported content")                                    \
-    XX(TOOBIG, "input exceeds a size limit")                                  \
+    IMG_ERRNO_MAP(XX)                                                         \
     XX(MISSING, "missing tensor or field")                                    \
     XX(SHAPE, "tensor shape does not match the configuration")
 

@@ -13,11 +13,4 @@
  * library's one error formatter under the module's name. */
 #define enc__fail util_errf
 
-/* A reader's code (imageio/imageio.h) passes through the encoder as the
- * enc_errno of the same name: the two maps must agree. */
-#define ENC__SAME(name, msg)                                                  \
-    _Static_assert((int)IMG_##name == (int)ENC_##name, "IMG_" #name " is ENC_" #name);
-IMG_ERRNO_MAP(ENC__SAME)
-#undef ENC__SAME
-
 #endif

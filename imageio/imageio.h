@@ -32,9 +32,8 @@
 
 #include <stddef.h>
 
-/* The codes' names and order are those of the first ENC_ codes
- * (encoder/encoder.h), which the encoder checks at compile time: a reader's
- * code passes through the encoder unchanged. */
+/* The encoder's and dedup's maps begin with this one (encoder/encoder.h,
+ * dedup/dedup.h): a reader's code passes through them unchanged. */
 #define IMG_ERRNO_MAP(XX)                                                     \
     XX(OK, "success")                                                         \
     XX(NOMEM, "out of memory")                                                \

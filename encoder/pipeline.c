@@ -103,15 +103,12 @@ static int configure(enc_pipeline *p, const cJSON *cfg, const char *path, int *l
             if (!rc)
                 rc = get_floats(pre, "std", p->prep.std, 1, path, errbuf, errlen);
             const cJSON *sv = cJSON_GetObjectItemCaseSensitive(pre, "slice_view");
-            if (!rc && sv) {
-                if (!cJSON_IsString(sv) ||
-                    (strcmp(sv->valuestring, "ras") && strcmp(sv->valuestring, "display")))
-                    rc = enc__fail(errbuf, errlen, ENC_INVAL,
-                                   "%s: preprocess.slice_view: expected \"ras\" or \"display\"",
-                                   path);
-                else
-                    p->prep.slice_display = !strcmp(sv->valuestring, "display");
-            }
+            int view = !sv ? 0 : cJSON_IsString(sv) ? enc_prep_slice_view(sv->valuestring) : -1;
+            if (!rc && view < 0)
+                rc = enc__fail(errbuf, errlen, ENC_INVAL,
+                               "%s: preprocess.slice_view: expected \"ras\" or \"display\"",
+                               path);
+            p->prep.slice_display = view == 1;
         }
         if (text)
             *lower_case = get_bool(text, "lower_case", 1);

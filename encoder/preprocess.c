@@ -180,6 +180,11 @@ int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float 
     return enc_prep_file(0, path, mod, p, out, NULL, NULL, errbuf, errlen);
 }
 
+int enc_prep_slice_view(const char *value)
+{
+    return value == NULL || !strcmp(value, "ras") ? 0 : !strcmp(value, "display") ? 1 : -1;
+}
+
 void enc_prep_slice(const float *vol, int C, int D, int H, int W, int z, int display, float *out)
 {
     size_t hw = (size_t)H * W;

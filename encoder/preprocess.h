@@ -62,6 +62,12 @@ size_t enc_prep_image_count(const enc_prep *p);  /* C*H*W */
  * preprocess.slice_view. */
 void enc_prep_slice(const float *vol, int C, int D, int H, int W, int z, int display, float *out);
 
+/* The value of config.json's preprocess.slice_view: NULL (absent) or
+ * "ras" 0, "display" 1, anything else -1.  The pipeline and the trainer
+ * both read it here, so a model the trainer writes is one the pipeline
+ * loads. */
+int enc_prep_slice_view(const char *value);
+
 /* Fills out (enc_prep_volume_count floats).  Errors name the file. */
 int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,
                     char *errbuf, size_t errlen);

@@ -185,8 +185,14 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         cJSON *cfg = cJSON_Parse(config_json);
         const cJSON *pre = cJSON_GetObjectItemCaseSensitive(cfg, "preprocess");
         const cJSON *sv = cJSON_GetObjectItemCaseSensitive(pre, "slice_view");
-        t->slice_display = cJSON_IsString(sv) && !strcmp(sv->valuestring, "display");
+        int view = !sv ? 0 : cJSON_IsString(sv) ? enc_prep_slice_view(sv->valuestring) : -1;
         cJSON_Delete(cfg);
+        if (view < 0) {
+            rc = util_errf(errbuf, errlen, ENC_INVAL,
+                           "config: preprocess.slice_view: expected \"ras\" or \"display\"");
+            goto bad;
+        }
+        t->slice_display = view;
     }
     t->has_img = !enc_model_geom(t->m, ENC_IMAGE, &t->gi);
     t->has_vol = !enc_model_geom(t->m, ENC_VOLUME, &t->gv);

@@ -153,6 +153,8 @@ expect 0 "" "synth a tiny set" -- "$MEDSEM" synth --out "$T/syn" --volumes 10 --
 [ "$(wc -l < "$T/syn/train.jsonl")" = 20 ] && ok "manifest has 20 items" || bad "synth manifest"
 expect 0 "" "train 2 steps" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/mod" --steps 2 --seed 1 --threads 1
 [ -s "$T/mod/model.safetensors" ] && [ -s "$T/mod/vocab.txt" ] && ok "model directory written" || bad "model dir"
+sed 's/"display"/"sideways"/' "$T/mod/config.json" > "$T/badview.json"
+expect 1 "preprocess.slice_view" "train refuses a slice_view the pipeline could not load" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/mod2" --steps 1 --threads 1 --config "$T/badview.json"
 expect 0 "" "eval the trained model" -- "$MEDSEM" eval --model "$T/mod" --manifest "$T/syn/train.jsonl" --json --quiet
 for d in text-\>volume text-\>radiograph volume-\>report radiograph-\>report radiograph-\>volume; do
     grep -q "\"$d\"" "$T/out" && ok "eval reports $d" || bad "eval lacks $d: $(cat "$T/out")"

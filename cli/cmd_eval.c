@@ -4,6 +4,7 @@
 #endif
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -319,10 +320,16 @@ static void side_free(side *o)
 
 /* ---- single-finding queries and the side AUC -------------------------------------- */
 
+/* "Consolidation in the <where>." */
+static void finding_in(int f, const char *where, char *buf, size_t len)
+{
+    const char *fn = synth_finding_name(f);
+    snprintf(buf, len, "%c%s in the %s.", toupper((unsigned char)fn[0]), fn + 1, where);
+}
+
 /* A short query for one (finding, location), as a user would type it. */
 static void finding_query(int f, int loc, int radiograph, char *buf, size_t len)
 {
-    const char *ln = synth_location_name(loc);
     switch (f) {
     case SYNTH_NORMAL:
         snprintf(buf, len, "%s", radiograph ? "Normal chest radiograph." : "Normal CT of the chest.");
@@ -335,8 +342,7 @@ static void finding_query(int f, int loc, int radiograph, char *buf, size_t len)
     case SYNTH_CARDIOMEGALY: snprintf(buf, len, "Cardiomegaly."); break;
     case SYNTH_EMPHYSEMA: snprintf(buf, len, "Emphysema."); break;
     default: /* nodule, mass, consolidation: a lobe */
-        snprintf(buf, len, "%c%s in the %s.", synth_finding_name(f)[0] - 'a' + 'A',
-                 synth_finding_name(f) + 1, ln);
+        finding_in(f, synth_location_name(loc), buf, len);
     }
 }
 
@@ -477,9 +483,8 @@ static int finding_report(fq_ctx *c, int volumes, const float *vis, int first)
             finding_query(f, SYNTH_LOC_RIGHT, !volumes, tr, sizeof tr);
             finding_query(f, SYNTH_LOC_LEFT, !volumes, tl, sizeof tl);
         } else {
-            const char *fn = synth_finding_name(f);
-            snprintf(tr, sizeof tr, "%c%s in the right lung.", fn[0] - 'a' + 'A', fn + 1);
-            snprintf(tl, sizeof tl, "%c%s in the left lung.", fn[0] - 'a' + 'A', fn + 1);
+            finding_in(f, "right lung", tr, sizeof tr);
+            finding_in(f, "left lung", tl, sizeof tl);
         }
         if ((rc = encode_text(c, tr, q)) || (rc = encode_text(c, tl, q2)))
             break;

@@ -2,7 +2,7 @@
  * built-in config) on the CPU, next to the machine's measured sgemm peak.
  *
  *   make bench && bench/train [--threads N] [--steps N] [--slice-k K]
- *                             [--batch-volumes N] [--batch-images N]
+ *                             [--batch-volumes N] [--batch-images N] [--stem C1,C2,...]
  *
  * Everything is in memory: random volumes and radiographs (the preset's
  * 16 x 64 x 64 and 64 x 64) paired with a few report texts, a vocabulary
@@ -13,6 +13,8 @@
  * (volumes + radiographs + selected slices); GFLOP/s counts the matrix
  * products of forward and backward (trn_trainer_step_flops); the fraction
  * of the peak compares it with one 2048^3 sgemm on the same threads.
+ * --stem sets vision.stem_channels (a convolution stem ahead of the patch
+ * embeddings, docs/encoder.md); the GFLOP/s then include the stem.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -43,6 +45,7 @@ int main(int argc, char **argv)
 {
     trn_trainer_opts o = TRN_TRAINER_OPTS_INIT;
     int steps = 10;
+    const char *stem = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             o.threads = atoi(argv[++i]);
@@ -54,10 +57,12 @@ int main(int argc, char **argv)
             o.batch_volumes = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--batch-images") && i + 1 < argc)
             o.batch_images = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--stem") && i + 1 < argc)
+            stem = argv[++i];
         else {
             fprintf(stderr,
                     "usage: %s [--threads N] [--steps N] [--slice-k K] [--batch-volumes N]"
-                    " [--batch-images N]\n",
+                    " [--batch-images N] [--stem C1,C2,...]\n",
                     argv[0]);
             return 2;
         }
@@ -88,6 +93,21 @@ int main(int argc, char **argv)
     cJSON *text = cJSON_GetObjectItemCaseSensitive(cfg, "text");
     cJSON_ReplaceItemInObjectCaseSensitive(text, "vocab_size",
                                            cJSON_CreateNumber((double)enc_tok_vocab_size(tok)));
+    if (stem != NULL) {
+        cJSON *chans = cJSON_CreateArray();
+        for (const char *p = stem; *p;) {
+            char *end;
+            long c = strtol(p, &end, 10);
+            if (end == p || c < 1) {
+                fprintf(stderr, "--stem: expected channel counts such as 16,32\n");
+                return 2;
+            }
+            cJSON_AddItemToArray(chans, cJSON_CreateNumber((double)c));
+            p = *end == ',' ? end + 1 : end;
+        }
+        cJSON_AddItemToObject(cJSON_GetObjectItemCaseSensitive(cfg, "vision"), "stem_channels",
+                              chans);
+    }
     char *cfgtext = cJSON_PrintUnformatted(cfg);
     cJSON_Delete(cfg);
     trn_trainer *t;

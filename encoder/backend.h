@@ -55,6 +55,25 @@ typedef struct enc_patch_geom {
 size_t enc_patch_count(const enc_patch_geom *g);
 size_t enc_patch_dim(const enc_patch_geom *g);
 
+/* A convolution (PyTorch's Conv2d / Conv3d: zero padding, no dilation, one
+ * group), channel-first in and out: in [B, cin, Z, Y, X] -> out [B, cout,
+ * Z', Y', X'], weight [cout, cin, kz, ky, kx].  2D convolutions use size[0]
+ * = kernel[0] = stride[0] = 1 and pad[0] = 0. */
+typedef struct enc_conv_geom {
+    int cin, cout;
+    int size[3];   /* input (z, y, x) */
+    int kernel[3]; /* (kz, ky, kx) */
+    int stride[3];
+    int pad[3];
+} enc_conv_geom;
+
+/* Output extent of g along each axis: (size + 2 pad - kernel) / stride + 1. */
+void enc_conv_out(const enc_conv_geom *g, int out[3]);
+/* Output positions per image (Z' Y' X') and values per position of the
+ * unfolded input (cin kz ky kx). */
+size_t enc_conv_count(const enc_conv_geom *g);
+size_t enc_conv_dim(const enc_conv_geom *g);
+
 typedef struct enc_backend_i {
     const char *name;
     /* 1 when device pointers are host pointers (the CPU): weights are used
@@ -151,6 +170,15 @@ typedef struct enc_backend_i {
     /* out [rows, dim] = in / max(||in||_2, 1e-12), per row (F.normalize).
      * In place. */
     void (*l2norm)(enc_backend *be, float *out, const float *in, int rows, int dim);
+
+    /* Scratch floats conv and conv_backward need for g (per call, any B). */
+    size_t (*conv_scratch)(enc_backend *be, const enc_conv_geom *g);
+    /* Convolution (the stem ahead of a ViT's patch embedding):
+     *   out [B, cout, Z', Y', X'] = conv(in [B, cin, Z, Y, X], w) + bias
+     * w [cout, cin, kz, ky, kx], bias [cout] (may be NULL).  out must not
+     * overlap in.  scratch: conv_scratch(g) floats. */
+    void (*conv)(enc_backend *be, float *out, const float *in, const float *w, const float *bias,
+                 const enc_conv_geom *g, int B, float *scratch);
 } enc_backend_i;
 
 /* The backward twins of the ops above, for training, and the forward ops
@@ -224,13 +252,17 @@ typedef struct enc_backend_train_i {
                                const float *qkv, const float *mask, float *scratch, int B, int T,
                                int D, int H);
 
-    /* Twin of patch_embed (no input gradient: images are not trained):
+    /* Twin of patch_embed:
+     *   din [B, C, Z, Y, X] += the input's gradient (may be NULL: a model's
+     *   own input is not trained; ENC_PATCH_CONV order only: a stem's output)
      *   dw [D, K] += sum over images of dout_b^T im2col(in_b);  dbias [D] +=
      *   column sums of dout_b (may be NULL), dout_b at dout + b * dout_bstride,
-     *   N rows of D.  scratch: patch_scratch(g, B) floats. */
-    void (*patch_embed_backward)(enc_backend *be, float *dw, float *dbias, const float *dout,
-                                 size_t dout_bstride, const float *in, const enc_patch_geom *g,
-                                 int B, int D, float *scratch);
+     *   N rows of D.  w is the forward's weight (read for din only).
+     *   scratch: patch_scratch(g, B) floats. */
+    void (*patch_embed_backward)(enc_backend *be, float *din, float *dw, float *dbias,
+                                 const float *dout, size_t dout_bstride, const float *in,
+                                 const float *w, const enc_patch_geom *g, int B, int D,
+                                 float *scratch);
 
     /* Twin of vit_tokens, from dx [B, 1 + N, D], the gradient of its output:
      *   dcls [D] += sum over b of dx[b, 0]           (may be NULL)
@@ -263,6 +295,17 @@ typedef struct enc_backend_train_i {
      * only is evaluated).  scratch: T floats. */
     void (*cls_attention)(enc_backend *be, float *out, const float *qkv, const float *mask,
                           float *scratch, int B, int T, int D, int H, int j0, float alpha);
+
+    /* Twin of conv (same in, w, g, B as the forward), from dout [B, cout,
+     * Z', Y', X']:
+     *   din [B, cin, Z, Y, X] += the input's gradient   (may be NULL)
+     *   dw [cout, cin, kz, ky, kx] += ...;  dbias [cout] += ... (may be NULL)
+     * Images are taken in order and the sums over positions are never split
+     * between threads, so results do not depend on the thread count.
+     * scratch: conv_scratch(g) floats. */
+    void (*conv_backward)(enc_backend *be, float *din, float *dw, float *dbias,
+                          const float *dout, const float *in, const float *w,
+                          const enc_conv_geom *g, int B, float *scratch);
 } enc_backend_train_i;
 
 /* A backend: its tables, its thread bound and its private context.  Handles

@@ -98,6 +98,24 @@ size_t enc_patch_dim(const enc_patch_geom *g)
     return (size_t)g->channels * g->patch[0] * g->patch[1] * g->patch[2];
 }
 
+void enc_conv_out(const enc_conv_geom *g, int out[3])
+{
+    for (int a = 0; a < 3; a++)
+        out[a] = (g->size[a] + 2 * g->pad[a] - g->kernel[a]) / g->stride[a] + 1;
+}
+
+size_t enc_conv_count(const enc_conv_geom *g)
+{
+    int o[3];
+    enc_conv_out(g, o);
+    return (size_t)o[0] * o[1] * o[2];
+}
+
+size_t enc_conv_dim(const enc_conv_geom *g)
+{
+    return (size_t)g->cin * g->kernel[0] * g->kernel[1] * g->kernel[2];
+}
+
 /* ---- exp and erf -------------------------------------------------------------
  *
  * exp: x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2, ln2 split in
@@ -894,18 +912,48 @@ static void cpu_attention_backward(enc_backend *be, float *dqkv, const float *do
 
 /* Twin of patch_embed: for each image b,
  *   dw [D, K] += dout_b^T [D, N] im2col(in_b) [N, K];  dbias [D] += column sums of dout_b
+ *   din_b += im2col's transpose of dout_b [N, D] w [D, K] (patches do not overlap,
+ *   so each input element receives one entry: a permutation)
  * with dout_b [N, D] at dout + b * dout_bstride. */
-static void cpu_patch_embed_backward(enc_backend *be, float *dw, float *dbias, const float *dout,
-                                     size_t dout_bstride, const float *in,
-                                     const enc_patch_geom *g, int B, int D, float *scratch)
+static void cpu_patch_embed_backward(enc_backend *be, float *din, float *dw, float *dbias,
+                                     const float *dout, size_t dout_bstride, const float *in,
+                                     const float *w, const enc_patch_geom *g, int B, int D,
+                                     float *scratch)
 {
     const size_t N = enc_patch_count(g), K = enc_patch_dim(g);
     const size_t img = (size_t)g->channels * g->size[0] * g->size[1] * g->size[2];
     assert(dout_bstride >= N * (size_t)D);
+    assert(din == NULL || (w != NULL && g->order == ENC_PATCH_CONV));
     for (int b = 0; b < B; b++) {
-        im2col(be, scratch, in + (size_t)b * img, g);
-        cpu_matmul_backward(be, NULL, dw, dbias, dout + (size_t)b * dout_bstride, D, scratch,
-                            NULL, (int)N, (int)K, D);
+        const float *db_ = dout + (size_t)b * dout_bstride;
+        if (dw != NULL || dbias != NULL) {
+            im2col(be, scratch, in + (size_t)b * img, g);
+            cpu_matmul_backward(be, NULL, dw, dbias, db_, D, scratch, NULL, (int)N, (int)K, D);
+        }
+        if (din == NULL)
+            continue;
+        /* scratch [N, K] = dout_b w, then scattered back (im2col's inverse) */
+        cpu_zero(be, scratch, N * K);
+        cpu_matmul_backward(be, scratch, NULL, NULL, db_, D, NULL, w, (int)N, (int)K, D);
+        const int Z = g->size[0], Y = g->size[1], X = g->size[2];
+        const int pz = g->patch[0], py = g->patch[1], px = g->patch[2];
+        const int gy = Y / py, gx = X / px;
+        const size_t plane = (size_t)Y * X, chan = (size_t)Z * plane;
+        float *dst0 = din + (size_t)b * img;
+        ENC__PARALLEL_FOR(nth(be, N * K), static)
+        for (size_t n = 0; n < N; n++) {
+            const int iz = (int)(n / ((size_t)gy * gx)), iy = (int)(n / gx % gy);
+            const int ix = (int)(n % gx);
+            const float *s = scratch + n * K;
+            float *d0 = dst0 + (size_t)iz * pz * plane + (size_t)iy * py * X + (size_t)ix * px;
+            for (int c = 0; c < g->channels; c++)
+                for (int z = 0; z < pz; z++)
+                    for (int y = 0; y < py; y++, s += px) {
+                        float *d = d0 + c * chan + z * plane + (size_t)y * X;
+                        for (int x = 0; x < px; x++)
+                            d[x] += s[x];
+                    }
+        }
     }
 }
 
@@ -1055,6 +1103,180 @@ static void cpu_cls_attention(enc_backend *be, float *out, const float *qkv, con
     }
 }
 
+/* ---- convolution ------------------------------------------------------------------ */
+
+/* col [N', K] and, for the backward, its gradient [N', K]. */
+static size_t cpu_conv_scratch(enc_backend *be, const enc_conv_geom *g)
+{
+    (void)be;
+    return 2 * enc_conv_count(g) * enc_conv_dim(g);
+}
+
+/* What the unfolding loops need of g: output grid, unfolded width, strides
+ * of the input. */
+typedef struct conv_dims {
+    int o[3], N, kz, ky, kx;
+    size_t K, plane, chan;
+} conv_dims;
+
+static conv_dims conv_dims_of(const enc_conv_geom *g)
+{
+    conv_dims d;
+    enc_conv_out(g, d.o);
+    d.N = d.o[0] * d.o[1] * d.o[2];
+    d.K = enc_conv_dim(g);
+    d.kz = g->kernel[0], d.ky = g->kernel[1], d.kx = g->kernel[2];
+    d.plane = (size_t)g->size[1] * g->size[2];
+    d.chan = (size_t)g->size[0] * d.plane;
+    return d;
+}
+
+/* The input voxel of output position n's first tap (may lie in the padding). */
+static void conv_origin(const enc_conv_geom *g, const conv_dims *d, int n, int org[3])
+{
+    org[0] = n / (d->o[1] * d->o[2]) * g->stride[0] - g->pad[0];
+    org[1] = n / d->o[2] % d->o[1] * g->stride[1] - g->pad[1];
+    org[2] = n % d->o[2] * g->stride[2] - g->pad[2];
+}
+
+/* The unfolded input of one image img [cin, Z, Y, X]: row n of col [N', K]
+ * is output position n (z, y, x row-major), its columns (c, kz, ky, kx) as
+ * the weight's; taps outside the input (padding) are 0. */
+static void conv_im2col(enc_backend *be, float *restrict col, const float *restrict img,
+                        const enc_conv_geom *g)
+{
+    const conv_dims d = conv_dims_of(g);
+    const int Z = g->size[0], Y = g->size[1], X = g->size[2];
+    ENC__PARALLEL_FOR(nth(be, (size_t)d.N * d.K), static)
+    for (int n = 0; n < d.N; n++) {
+        int org[3];
+        conv_origin(g, &d, n, org);
+        float *dst = col + (size_t)n * d.K;
+        for (int c = 0; c < g->cin; c++)
+            for (int a = 0; a < d.kz; a++)
+                for (int b = 0; b < d.ky; b++, dst += d.kx) {
+                    const int z = org[0] + a, y = org[1] + b;
+                    if (z < 0 || z >= Z || y < 0 || y >= Y) {
+                        memset(dst, 0, (size_t)d.kx * sizeof(float));
+                        continue;
+                    }
+                    const float *src = img + c * d.chan + (size_t)z * d.plane + (size_t)y * X;
+                    for (int e = 0; e < d.kx; e++) {
+                        const int x = org[2] + e;
+                        dst[e] = x >= 0 && x < X ? src[x] : 0.0f;
+                    }
+                }
+    }
+}
+
+/* img [cin, Z, Y, X] += the columns of col [N', K] folded back onto the
+ * taps they came from.  Split by input channel: each thread owns whole
+ * channels, and every element sums its taps in position order. */
+static void conv_col2im(enc_backend *be, float *restrict img, const float *restrict col,
+                        const enc_conv_geom *g)
+{
+    const conv_dims d = conv_dims_of(g);
+    const int Z = g->size[0], Y = g->size[1], X = g->size[2];
+    const int nt = nth(be, (size_t)d.N * d.K) < g->cin ? nth(be, (size_t)d.N * d.K) : g->cin;
+    ENC__PARALLEL_FOR(nt, static)
+    for (int c = 0; c < g->cin; c++) {
+        for (int n = 0; n < d.N; n++) {
+            int org[3];
+            conv_origin(g, &d, n, org);
+            const float *src = col + (size_t)n * d.K + (size_t)c * d.kz * d.ky * d.kx;
+            for (int a = 0; a < d.kz; a++)
+                for (int b = 0; b < d.ky; b++, src += d.kx) {
+                    const int z = org[0] + a, y = org[1] + b;
+                    if (z < 0 || z >= Z || y < 0 || y >= Y)
+                        continue;
+                    float *dst = img + c * d.chan + (size_t)z * d.plane + (size_t)y * X;
+                    for (int e = 0; e < d.kx; e++) {
+                        const int x = org[2] + e;
+                        if (x >= 0 && x < X)
+                            dst[x] += src[e];
+                    }
+                }
+        }
+    }
+}
+
+/* Per image: out_b [cout, N'] = w [cout, K] col_b^T + bias, the N' columns
+ * split over the team. */
+static void cpu_conv(enc_backend *be, float *out, const float *in, const float *w,
+                     const float *bias, const enc_conv_geom *g, int B, float *scratch)
+{
+    const int N = (int)enc_conv_count(g), K = (int)enc_conv_dim(g), Co = g->cout;
+    const size_t img = (size_t)g->cin * g->size[0] * g->size[1] * g->size[2];
+    int step;
+    const int nt = (double)N * K * Co < 1 << 18 ? 1 : be->nthreads;
+    const int nb = split16(N, nt, &step);
+    for (int b = 0; b < B; b++) {
+        float *ob = out + (size_t)b * Co * N;
+        conv_im2col(be, scratch, in + (size_t)b * img, g);
+        ENC__PARALLEL_FOR(nb < nt ? nb : nt, static, 1)
+        for (int i = 0; i < nb; i++) {
+            const int lo = i * step, n = N - lo < step ? N - lo : step;
+            for (int c = 0; c < Co; c++) {
+                const float v = bias ? bias[c] : 0.0f;
+                float *r = ob + (size_t)c * N + lo;
+                for (int j = 0; j < n; j++)
+                    r[j] = v;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Co, n, K, 1.0f, w, K,
+                        scratch + (size_t)lo * K, K, 1.0f, ob + lo, N);
+        }
+    }
+}
+
+/* Twin of conv, per image in order:
+ *   dw [cout, K] += dout_b [cout, N'] col_b [N', K]       (split by K)
+ *   dbias [cout] += row sums of dout_b                      (split by channel)
+ *   dcol [N', K] = dout_b^T w, folded onto din_b            (split by N', then cin) */
+static void cpu_conv_backward(enc_backend *be, float *din, float *dw, float *dbias,
+                              const float *dout, const float *in, const float *w,
+                              const enc_conv_geom *g, int B, float *scratch)
+{
+    const int N = (int)enc_conv_count(g), K = (int)enc_conv_dim(g), Co = g->cout;
+    const size_t img = (size_t)g->cin * g->size[0] * g->size[1] * g->size[2];
+    float *col = scratch, *dcol = scratch + (size_t)N * K;
+    const int nt = (double)N * K * Co < 1 << 18 ? 1 : be->nthreads;
+    for (int b = 0; b < B; b++) {
+        const float *db_ = dout + (size_t)b * Co * N;
+        if (dw != NULL) {
+            int step, nb;
+            conv_im2col(be, col, in + (size_t)b * img, g);
+            nb = split16(K, nt, &step);
+            ENC__PARALLEL_FOR(nb < nt ? nb : nt, static, 1)
+            for (int i = 0; i < nb; i++) {
+                const int lo = i * step, n = K - lo < step ? K - lo : step;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Co, n, N, 1.0f, db_, N,
+                            col + lo, K, 1.0f, dw + lo, K);
+            }
+        }
+        if (dbias != NULL) {
+            ENC__PARALLEL_FOR(nth(be, (size_t)N * Co) < Co ? nth(be, (size_t)N * Co) : Co, static)
+            for (int c = 0; c < Co; c++) {
+                double acc = 0;
+                const float *r = db_ + (size_t)c * N;
+                for (int j = 0; j < N; j++)
+                    acc += r[j];
+                dbias[c] += (float)acc;
+            }
+        }
+        if (din != NULL) {
+            int step;
+            const int nb = split16(N, nt, &step);
+            ENC__PARALLEL_FOR(nb < nt ? nb : nt, static, 1)
+            for (int i = 0; i < nb; i++) {
+                const int lo = i * step, n = N - lo < step ? N - lo : step;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, K, Co, 1.0f, db_ + lo, N,
+                            w, K, 0.0f, dcol + (size_t)lo * K, K);
+            }
+            conv_col2im(be, din + (size_t)b * img, dcol, g);
+        }
+    }
+}
+
 /* ---- the table ------------------------------------------------------------------- */
 
 static const enc_backend_i cpu_iface = {
@@ -1079,6 +1301,8 @@ static const enc_backend_i cpu_iface = {
     /* .embedding         = */ cpu_embedding,
     /* .cls_pool          = */ cpu_cls_pool,
     /* .l2norm            = */ cpu_l2norm,
+    /* .conv_scratch      = */ cpu_conv_scratch,
+    /* .conv              = */ cpu_conv,
 };
 
 static const enc_backend_train_i cpu_train = {
@@ -1096,6 +1320,7 @@ static const enc_backend_train_i cpu_train = {
     /* .cls_pool_backward          = */ cpu_cls_pool_backward,
     /* .l2norm_backward            = */ cpu_l2norm_backward,
     /* .cls_attention              = */ cpu_cls_attention,
+    /* .conv_backward              = */ cpu_conv_backward,
 };
 
 static void cpu_destroy(enc_backend *be)

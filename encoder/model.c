@@ -39,6 +39,7 @@
 #include "encoder/safetensors.h"
 
 #define MAX_LAYERS 256
+#define STEM_MAX 4      /* convolutions in a vision stem */
 #define ALIGN_FLOATS 16 /* every carved buffer starts 64-byte aligned */
 
 enum { ARCH_MEDSEM, ARCH_M3D, ARCH_BIOMEDCLIP };
@@ -63,7 +64,17 @@ typedef struct vit {
     int D, L, H, M;
     float eps;
     int has2d, has3d;
-    enc_patch_geom g2, g3; /* channels, sizes, patches and flattening order */
+    enc_patch_geom g2, g3; /* the input: channels, sizes, patches (in input voxels) */
+    /* The stem (medsem): stem_n convolutions (kernel stem_k, stride stem_s
+     * on every axis the input extends along, padding stem_k / 2), each
+     * followed by GELU, ahead of the patch embedding, whose own geometry
+     * pe2 / pe3 is then the stem output's (channels stem_c[n - 1], sizes and
+     * patches divided by stem_s^n).  stem_n = 0: pe = g. */
+    int stem_n, stem_k, stem_s;
+    int stem_c[STEM_MAX];
+    enc_conv_geom sg2[STEM_MAX], sg3[STEM_MAX];
+    const float *sw2[STEM_MAX], *sb2[STEM_MAX], *sw3[STEM_MAX], *sb3[STEM_MAX];
+    enc_patch_geom pe2, pe3;
     int pos_has_cls;       /* 1: pos [1 + N, D] covers [CLS]; 0: pos [N, D] (MONAI) */
     int qkv_bias;
     const float *pw2, *pb2, *pw3, *pb3, *cls, *pos2, *pos3;
@@ -284,6 +295,85 @@ static int cfg_hf_bert(cfgx *x, const cJSON *o, const char *path, bert *t, int v
 }
 
 /* medsem: our own schema (docs/encoder.md). */
+/* The stem's geometry from g (2D when g->size[0] == 1 and patch[0] == 1):
+ * convolution i reads the previous output, and the patch embedding reads
+ * the last.  The total stride must divide every strided patch side. */
+static int stem_geoms(cfgx *x, const vit *v, const enc_patch_geom *g, const char *what,
+                      enc_conv_geom *cg, enc_patch_geom *pe)
+{
+    *pe = *g;
+    if (v->stem_n == 0)
+        return ENC_OK;
+    int on[3], S = 1;
+    for (int i = 0; i < v->stem_n; i++)
+        S *= v->stem_s;
+    for (int a = 0; a < 3; a++) {
+        on[a] = !(a == 0 && g->size[0] == 1 && g->patch[0] == 1);
+        if (on[a] && g->patch[a] % S != 0)
+            return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                             "%s: vision.%s patch side %d is not a multiple of the stem's "
+                             "total stride %d (stem_stride %d, %d convolutions)",
+                             x->file, what, g->patch[a], S, v->stem_s, v->stem_n);
+    }
+    int size[3] = {g->size[0], g->size[1], g->size[2]}, cin = g->channels;
+    for (int i = 0; i < v->stem_n; i++) {
+        enc_conv_geom *c = &cg[i];
+        c->cin = cin, c->cout = v->stem_c[i];
+        for (int a = 0; a < 3; a++) {
+            c->size[a] = size[a];
+            c->kernel[a] = on[a] ? v->stem_k : 1;
+            c->stride[a] = on[a] ? v->stem_s : 1;
+            c->pad[a] = on[a] ? v->stem_k / 2 : 0;
+        }
+        enc_conv_out(c, size);
+        cin = c->cout;
+    }
+    pe->channels = cin;
+    for (int a = 0; a < 3; a++) {
+        pe->size[a] = size[a];
+        pe->patch[a] = on[a] ? g->patch[a] / S : 1;
+    }
+    pe->order = ENC_PATCH_CONV;
+    return ENC_OK;
+}
+
+/* vision.stem_channels [c1, ..., cn] (absent or []: no stem), stem_kernel
+ * (odd, default 3), stem_stride (default 2). */
+static int cfg_stem(cfgx *x, const cJSON *vo, vit *v)
+{
+    int rc;
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(vo, "stem_channels");
+    v->stem_n = 0;
+    if (c == NULL || cJSON_IsNull(c))
+        return ENC_OK;
+    int n = cJSON_IsArray(c) ? cJSON_GetArraySize(c) : -1;
+    if (n < 0 || n > STEM_MAX)
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                         "%s: vision.stem_channels: expected an array of at most %d channel "
+                         "counts", x->file, STEM_MAX);
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(c, i);
+        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
+            e->valuedouble < 1 || e->valuedouble > 4096)
+            return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                             "%s: vision.stem_channels[%d]: expected an integer in 1..4096",
+                             x->file, i);
+        v->stem_c[i] = (int)e->valuedouble;
+    }
+    v->stem_n = n;
+    if ((rc = cfg_int(x, vo, "vision.", K("stem_kernel"), 3, 1, &v->stem_k)) ||
+        (rc = cfg_int(x, vo, "vision.", K("stem_stride"), 2, 1, &v->stem_s)))
+        return rc;
+    if (v->stem_k % 2 == 0 || v->stem_k > 15)
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                         "%s: vision.stem_kernel: %d is not an odd size up to 15", x->file,
+                         v->stem_k);
+    if (v->stem_s > 8)
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                         "%s: vision.stem_stride: %d is larger than 8", x->file, v->stem_s);
+    return ENC_OK;
+}
+
 static int cfg_medsem(cfgx *x, const cJSON *root, enc_model *m)
 {
     int rc, found;
@@ -324,7 +414,9 @@ static int cfg_medsem(cfgx *x, const cJSON *root, enc_model *m)
         v->pos_has_cls = 1;
         v->qkv_bias = 1;
         v->head = (proj){v->D, 0, m->E, NULL, NULL, NULL, NULL};
-        if ((rc = check_vit(x, v, "vision.")))
+        if ((rc = check_vit(x, v, "vision.")) || (rc = cfg_stem(x, vo, v)) ||
+            (v->has2d && (rc = stem_geoms(x, v, &v->g2, "patch_size", v->sg2, &v->pe2))) ||
+            (v->has3d && (rc = stem_geoms(x, v, &v->g3, "volume_patch_size", v->sg3, &v->pe3))))
             return rc;
     }
     if (to != NULL) {
@@ -557,6 +649,10 @@ static int parse_config(const char *text, const char *file, enc_model *m, char *
                   "%s: architecture: missing (and no model_type \"m3d_clip\")", file);
     }
     cJSON_Delete(root);
+    if (rc == ENC_OK && m->v.stem_n == 0) {
+        m->v.pe2 = m->v.g2; /* no stem: the patch embedding reads the input */
+        m->v.pe3 = m->v.g3;
+    }
     return rc;
 }
 
@@ -705,6 +801,7 @@ static int wget(wsrc *w, const float **dst, int rank, const int64_t *shape, cons
 
 /* Parameter names of one ViT layout.  Block names are "<blocks><i>.<x>". */
 typedef struct vit_names {
+    const char *stem2d, *stem3d;   /* "<stem>.<i>.weight" of the convolution stems */
     const char *patch2d, *patch3d; /* weight/bias stem */
     const char *cls, *pos2d, *pos3d;
     const char *blocks;
@@ -713,17 +810,17 @@ typedef struct vit_names {
 } vit_names;
 
 static const vit_names names_medsem = {
-    "vision.patch2d", "vision.patch3d", "vision.cls_token", "vision.pos2d", "vision.pos3d",
+    "vision.stem2d", "vision.stem3d", "vision.patch2d", "vision.patch3d", "vision.cls_token", "vision.pos2d", "vision.pos3d",
     "vision.blocks.", "norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2",
     "vision.norm",
 };
 static const vit_names names_timm = {
-    "visual.trunk.patch_embed.proj", NULL, "visual.trunk.cls_token", "visual.trunk.pos_embed",
+    NULL, NULL, "visual.trunk.patch_embed.proj", NULL, "visual.trunk.cls_token", "visual.trunk.pos_embed",
     NULL, "visual.trunk.blocks.", "norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1",
     "mlp.fc2", "visual.trunk.norm",
 };
 static const vit_names names_monai = {
-    NULL, "vision_encoder.patch_embedding.patch_embeddings.1", "vision_encoder.cls_token",
+    NULL, NULL, NULL, "vision_encoder.patch_embedding.patch_embeddings.1", "vision_encoder.cls_token",
     NULL, "vision_encoder.patch_embedding.position_embeddings", "vision_encoder.blocks.",
     "norm1", "attn.qkv", "attn.out_proj", "norm2", "mlp.linear1", "mlp.linear2",
     "vision_encoder.norm",
@@ -749,16 +846,36 @@ static int map_patch(wsrc *w, const vit *v, const enc_patch_geom *g, int dims, c
     return ENC_OK;
 }
 
+/* The stem's convolutions: <stem>.<i>.weight [cout, cin, (kz,) ky, kx] and
+ * .bias [cout]. */
+static int map_stem(wsrc *w, const vit *v, const enc_conv_geom *cg, int dims, const char *stem,
+                    const float **sw, const float **sb)
+{
+    int rc;
+    for (int i = 0; i < v->stem_n; i++) {
+        const enc_conv_geom *c = &cg[i];
+        int64_t shape[5] = {c->cout, c->cin, c->kernel[0], c->kernel[1], c->kernel[2]};
+        if (dims == 2)
+            shape[2] = c->kernel[1], shape[3] = c->kernel[2];
+        WGET(&sw[i], dims + 2, shape, "%s.%d.weight", stem, i);
+        WGET(&sb[i], S1(c->cout), "%s.%d.bias", stem, i);
+    }
+    return ENC_OK;
+}
+
 static int map_vit(wsrc *w, vit *v, const vit_names *n)
 {
     int rc;
     const int64_t D = v->D, M = v->M;
+    assert(v->stem_n == 0 || (n->stem2d != NULL && n->stem3d != NULL));
     if (v->has2d) {
-        if ((rc = map_patch(w, v, &v->g2, 2, n->patch2d, &v->pw2, &v->pb2)))
+        if ((rc = map_stem(w, v, v->sg2, 2, n->stem2d, v->sw2, v->sb2)) ||
+            (rc = map_patch(w, v, &v->pe2, 2, n->patch2d, &v->pw2, &v->pb2)))
             return rc;
     }
     if (v->has3d) {
-        if ((rc = map_patch(w, v, &v->g3, 3, n->patch3d, &v->pw3, &v->pb3)))
+        if ((rc = map_stem(w, v, v->sg3, 3, n->stem3d, v->sw3, v->sb3)) ||
+            (rc = map_patch(w, v, &v->pe3, 3, n->patch3d, &v->pw3, &v->pb3)))
             return rc;
     }
     WGET(&v->cls, S3(1, 1, D), "%s", n->cls);
@@ -1184,6 +1301,11 @@ int enc_model_geom(const enc_model *m, enc_kind kind, enc_input_geom *g)
     memcpy(g->size, pg->size, sizeof g->size);
     memcpy(g->patch, pg->patch, sizeof g->patch);
     g->tokens = 1 + (int)enc_patch_count(pg);
+    const enc_patch_geom *pe = kind == ENC_IMAGE ? &m->v.pe2 : &m->v.pe3;
+    const enc_conv_geom *cg = kind == ENC_IMAGE ? m->v.sg2 : m->v.sg3;
+    g->embed_macs = (double)enc_patch_count(pe) * enc_patch_dim(pe) * m->v.D;
+    for (int i = 0; i < m->v.stem_n; i++)
+        g->embed_macs += (double)enc_conv_count(&cg[i]) * enc_conv_dim(&cg[i]) * cg[i].cout;
     g->hidden_size = m->v.D;
     g->num_layers = m->v.L;
     g->num_heads = m->v.H;
@@ -1292,6 +1414,12 @@ struct enc_state {
     float *probs;   /* [nlayers][batch, H, T, T] or NULL */
     float *ascr;    /* attention scratch */
     float *pscr;    /* patch scratch */
+    /* vision stem: layer i's output [batch, c_i, N_i] at stem_out + stem_off[i]
+     * (after GELU), its input to GELU at stem_pre + stem_off[i] (training; the
+     * same buffer otherwise) */
+    float *stem_out, *stem_pre, *sscr;
+    size_t stem_off[STEM_MAX];
+    float *dstem[2]; /* training: two [batch, max c_i N_i] gradient buffers */
     float *pooled;  /* [batch, D] */
     float *phid;    /* [batch, hidden] MLP projection */
     float *emb;     /* [batch, E] */
@@ -1386,10 +1514,31 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
         T = 1 + enc_patch_count(g), D = (size_t)v->D, M = (size_t)v->M, H = (size_t)v->H;
         L = (size_t)v->L;
         ph = (size_t)v->head.hidden;
+        const enc_patch_geom *pe = kind == ENC_IMAGE ? &v->pe2 : &v->pe3;
+        const enc_conv_geom *cg = kind == ENC_IMAGE ? v->sg2 : v->sg3;
         size_t in = (size_t)g->channels * g->size[0] * g->size[1] * g->size[2];
         plan[n++] = (act){"input", Bz * in, &s->input};
         plan[n++] = (act){"ln", Bz * T * D, &s->ln};
-        plan[n++] = (act){"patch_scratch", s->be->iface.patch_scratch(s->be, g, batch), &s->pscr};
+        plan[n++] = (act){"patch_scratch", s->be->iface.patch_scratch(s->be, pe, batch),
+                          &s->pscr};
+        if (v->stem_n > 0) {
+            size_t tot = 0, big = 0, scr = 0;
+            for (int i = 0; i < v->stem_n; i++) {
+                size_t one = (size_t)cg[i].cout * enc_conv_count(&cg[i]);
+                size_t sc = s->be->iface.conv_scratch(s->be, &cg[i]);
+                s->stem_off[i] = Bz * tot;
+                tot += one;
+                big = one > big ? one : big;
+                scr = sc > scr ? sc : scr;
+            }
+            plan[n++] = (act){"stem_out", Bz * tot, &s->stem_out};
+            plan[n++] = (act){"stem_scratch", scr, &s->sscr};
+            if (s->train) {
+                plan[n++] = (act){"stem_pre", Bz * tot, &s->stem_pre};
+                plan[n++] = (act){"d_stem_a", Bz * big, &s->dstem[0]};
+                plan[n++] = (act){"d_stem_b", Bz * big, &s->dstem[1]};
+            }
+        }
         if (s->train) {
             plan[n++] = (act){"mid", L * Bz * T * D, &s->mid};
             plan[n++] = (act){"pooled_in", Bz * D, &s->pooled_in};
@@ -1455,6 +1604,8 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
         p += align_up(plan[i].count);
     }
     s->ids = (int32_t *)(void *)ids_f;
+    if (s->stem_pre == NULL)
+        s->stem_pre = s->stem_out; /* GELU in place */
     if (kind == ENC_TEXT && (s->hmask = malloc(Bz * T * sizeof(float))) == NULL) {
         enc_state_free(s);
         return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
@@ -1593,8 +1744,17 @@ static int vit_forward(enc_state *s, const float *in, int B, float *out)
     s->B = B, s->T = T;
 
     float *x = hid(s, 0);
-    f->patch_embed(be, x + D, (size_t)T * D, s->input, is3d ? v->pw3 : v->pw2,
-                   is3d ? v->pb3 : v->pb2, g, B, D, s->pscr);
+    const float *pin = s->input;
+    for (int i = 0; i < v->stem_n; i++) {
+        const enc_conv_geom *cg = is3d ? &v->sg3[i] : &v->sg2[i];
+        float *pre = s->stem_pre + s->stem_off[i], *post = s->stem_out + s->stem_off[i];
+        f->conv(be, pre, pin, is3d ? v->sw3[i] : v->sw2[i], is3d ? v->sb3[i] : v->sb2[i], cg,
+                B, s->sscr);
+        f->gelu(be, post, pre, (size_t)B * cg->cout * enc_conv_count(cg));
+        pin = post;
+    }
+    f->patch_embed(be, x + D, (size_t)T * D, pin, is3d ? v->pw3 : v->pw2,
+                   is3d ? v->pb3 : v->pb2, is3d ? &v->pe3 : &v->pe2, B, D, s->pscr);
     f->vit_tokens(be, x, v->cls, is3d ? v->pos3 : v->pos2, v->pos_has_cls, B, N, D);
     if (s->clsatt != NULL)
         be->train.zero(be, s->clsatt, (size_t)B * N);
@@ -1811,7 +1971,7 @@ static int vit_backward(enc_state *s, const float *dembed, enc_grads *g)
     const enc_backend_i *f = &be->iface;
     const enc_backend_train_i *t = &be->train;
     const int is3d = s->kind == ENC_VOLUME;
-    const enc_patch_geom *pg = is3d ? &v->g3 : &v->g2;
+    const enc_patch_geom *pg = is3d ? &v->pe3 : &v->pe2;
     const int B = s->B, T = s->T, N = T - 1, D = v->D, H = v->H, M = v->M, R = B * T;
     const size_t BTD = (size_t)R * D, BTM = (size_t)R * M;
     int rc = head_backward(s, &v->head, dembed, g, B);
@@ -1856,8 +2016,34 @@ static int vit_backward(enc_state *s, const float *dembed, enc_grads *g)
     /* x_0 = [cls, patch_embed(input)] + pos */
     t->vit_tokens_backward(be, gof(g, v->cls), gof(g, is3d ? v->pos3 : v->pos2), s->dx,
                            v->pos_has_cls, B, N, D);
-    t->patch_embed_backward(be, gof(g, is3d ? v->pw3 : v->pw2), gof(g, is3d ? v->pb3 : v->pb2),
-                            s->dx + D, (size_t)T * D, s->input, pg, B, D, s->pscr);
+    /* the stem, last convolution first: dstem[k] holds the gradient of the
+     * current layer's output, then (GELU twin, in place) of its input */
+    const int ns = v->stem_n;
+    const float *pin = ns ? s->stem_out + s->stem_off[ns - 1] : s->input;
+    float *dcur = NULL;
+    if (ns) {
+        const enc_conv_geom *cg = is3d ? &v->sg3[ns - 1] : &v->sg2[ns - 1];
+        dcur = s->dstem[0];
+        t->zero(be, dcur, (size_t)B * cg->cout * enc_conv_count(cg));
+    }
+    t->patch_embed_backward(be, dcur, gof(g, is3d ? v->pw3 : v->pw2),
+                            gof(g, is3d ? v->pb3 : v->pb2), s->dx + D, (size_t)T * D, pin,
+                            is3d ? v->pw3 : v->pw2, pg, B, D, s->pscr);
+    for (int i = ns - 1; i >= 0; i--) {
+        const enc_conv_geom *cg = is3d ? &v->sg3[i] : &v->sg2[i];
+        const size_t nout = (size_t)B * cg->cout * enc_conv_count(cg);
+        t->gelu_backward(be, dcur, s->stem_pre + s->stem_off[i], dcur, nout);
+        float *dprev = NULL;
+        if (i > 0) {
+            dprev = s->dstem[(ns - i) & 1];
+            t->zero(be, dprev, (size_t)B * cg->cin * (cg->size[0] * cg->size[1] * cg->size[2]));
+        }
+        const float *w = is3d ? v->sw3[i] : v->sw2[i];
+        t->conv_backward(be, dprev, gof(g, w), gof(g, is3d ? v->sb3[i] : v->sb2[i]), dcur,
+                         i > 0 ? s->stem_out + s->stem_off[i - 1] : s->input, w, cg, B,
+                         s->sscr);
+        dcur = dprev;
+    }
     if ((rc = f->sync(be)))
         return state_fail(s, rc, "the %s backend failed", f->name);
     return ENC_OK;

@@ -110,6 +110,9 @@ typedef struct enc_input_geom {
     int tokens;
     int vocab_size;
     int hidden_size, num_layers, num_heads;
+    /* vision: multiply-adds per input of the stem's convolutions (if any)
+     * and the patch embedding, what comes before the transformer */
+    double embed_macs;
 } enc_input_geom;
 
 /* Fills *g for kind; ENC_UNSUPPORTED (g untouched) when the model has no

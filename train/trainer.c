@@ -864,16 +864,12 @@ double trn_trainer_step_flops(const trn_trainer *t)
         if (!mt && strstr(p.name, "layer.0.intermediate.dense.weight"))
             mt = (int)p.shape[0];
     }
-    double f = 0, D = t->gv.hidden_size;
-    if (nv) {
-        double pv = (double)t->gv.channels * t->gv.patch[0] * t->gv.patch[1] * t->gv.patch[2];
-        f += tower_flops(&t->gv, mv, nv, t->gv.tokens) + 2.0 * nv * (t->gv.tokens - 1) * pv * D;
-    }
+    double f = 0;
+    if (nv)
+        f += tower_flops(&t->gv, mv, nv, t->gv.tokens) + 2.0 * nv * t->gv.embed_macs;
     int nimg = ni + nv * K;
-    if (nimg) {
-        double pi = (double)t->gi.channels * t->gi.patch[1] * t->gi.patch[2];
-        f += tower_flops(&t->gi, mv, nimg, t->gi.tokens) + 2.0 * nimg * (t->gi.tokens - 1) * pi * D;
-    }
+    if (nimg)
+        f += tower_flops(&t->gi, mv, nimg, t->gi.tokens) + 2.0 * nimg * t->gi.embed_macs;
     f += tower_flops(&t->gt, mt, nv + ni, t->L);
     return 3 * f; /* forward + a backward of about twice its products */
 }

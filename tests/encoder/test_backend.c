@@ -422,6 +422,71 @@ static void test_patch_embed(void **state)
     }
 }
 
+/* ---- convolution -------------------------------------------------------------------------- */
+
+/* conv against its definition (zero padding), for g and B images. */
+static void check_conv(fx *f, int B, enc_conv_geom g)
+{
+    enc_backend *be = f->be;
+    int o[3];
+    enc_conv_out(&g, o);
+    const size_t N = enc_conv_count(&g), K = enc_conv_dim(&g);
+    assert_int_equal(N, (size_t)o[0] * o[1] * o[2]);
+    assert_int_equal(K, (size_t)g.cin * g.kernel[0] * g.kernel[1] * g.kernel[2]);
+    const size_t img = (size_t)g.cin * g.size[0] * g.size[1] * g.size[2];
+    float *in = rnd(f, B * img, 1), *w = rnd(f, g.cout * K, 1), *bias = rnd(f, g.cout, 1);
+    float *out = rnd(f, B * g.cout * N, 1), *scr = rnd(f, be->iface.conv_scratch(be, &g), 1);
+    for (int nb = 0; nb < 2; nb++) { /* with and without a bias */
+        const float *bb = nb ? NULL : bias;
+        be->iface.conv(be, out, in, w, bb, &g, B, scr);
+        for (int b = 0; b < B; b++)
+            for (int co = 0; co < g.cout; co++)
+                for (size_t n = 0; n < N; n++) {
+                    int oz = (int)(n / ((size_t)o[1] * o[2])), oy = (int)(n / o[2] % o[1]);
+                    int ox = (int)(n % o[2]);
+                    double s = bb ? bb[co] : 0, mag = fabs(s);
+                    for (int c = 0; c < g.cin; c++)
+                        for (int a = 0; a < g.kernel[0]; a++)
+                            for (int y = 0; y < g.kernel[1]; y++)
+                                for (int x = 0; x < g.kernel[2]; x++) {
+                                    int iz = oz * g.stride[0] - g.pad[0] + a;
+                                    int iy = oy * g.stride[1] - g.pad[1] + y;
+                                    int ix = ox * g.stride[2] - g.pad[2] + x;
+                                    if (iz < 0 || iz >= g.size[0] || iy < 0 || iy >= g.size[1] ||
+                                        ix < 0 || ix >= g.size[2])
+                                        continue;
+                                    double v = in[(size_t)b * img +
+                                                  (((size_t)c * g.size[0] + iz) * g.size[1] + iy) *
+                                                      g.size[2] +
+                                                  ix];
+                                    double ww = w[(size_t)co * K +
+                                                  (((size_t)c * g.kernel[0] + a) * g.kernel[1] + y) *
+                                                      g.kernel[2] +
+                                                  x];
+                                    s += v * ww;
+                                    mag += fabs(v * ww);
+                                }
+                    size_t oi = ((size_t)b * g.cout + co) * N + n;
+                    near(out[oi], s, 2e-6 * mag + 1e-6, "conv", oi);
+                }
+    }
+    bfree(f, in), bfree(f, w), bfree(f, bias), bfree(f, out), bfree(f, scr);
+}
+
+static void test_conv(void **state)
+{
+    fx *f = *state;
+    /* 2D stem layers: kernel 3, stride 2, padding 1, even and odd sizes */
+    check_conv(f, 2, (enc_conv_geom){1, 4, {1, 16, 16}, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}});
+    check_conv(f, 3, (enc_conv_geom){3, 5, {1, 9, 12}, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}});
+    /* 3D, anisotropic kernel and stride, no padding on one axis */
+    check_conv(f, 2, (enc_conv_geom){2, 3, {6, 8, 10}, {3, 3, 5}, {2, 1, 2}, {1, 0, 2}});
+    /* large enough to split over the team (N K cout > 2^18) */
+    check_conv(f, 2, (enc_conv_geom){4, 8, {8, 32, 32}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}});
+    /* a 1 x 1 x 1 convolution is a per-voxel matrix product */
+    check_conv(f, 1, (enc_conv_geom){3, 2, {2, 3, 4}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}});
+}
+
 /* ---- the rest ---------------------------------------------------------------------------- */
 
 static void test_vit_tokens(void **state)
@@ -533,7 +598,8 @@ static void test_table_complete(void **state)
         (void (*)(void))t->softmax,    (void (*)(void))t->attention,
         (void (*)(void))t->patch_embed, (void (*)(void))t->vit_tokens,
         (void (*)(void))t->embedding,  (void (*)(void))t->cls_pool,
-        (void (*)(void))t->l2norm,
+        (void (*)(void))t->l2norm,     (void (*)(void))t->conv_scratch,
+        (void (*)(void))t->conv,
     };
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++)
         assert_non_null(fns[i]);
@@ -563,6 +629,8 @@ int main(void)
         WITH_THREADS(test_attention, &one_thread),
         WITH_THREADS(test_attention, &three_threads),
         WITH_THREADS(test_patch_embed, &three_threads),
+        WITH_THREADS(test_conv, &three_threads),
+        WITH_THREADS(test_conv, &one_thread),
         WITH_THREADS(test_gelu, &three_threads),
         cmocka_unit_test_setup_teardown(test_matmul, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layernorm, setup, teardown),
@@ -571,6 +639,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_softmax, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_patch_embed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conv, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vit_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_embedding, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cls_pool_l2norm_copy, setup, teardown),

@@ -137,10 +137,11 @@ static void fd_grad(loss_fn loss, void *ctx, double *x, size_t n, const size_t *
 
 /* Worst errors seen per op, printed at the end of each test. */
 static double worst[16];
-enum { W_MATMUL, W_LN, W_GELU, W_SOFTMAX, W_ATT, W_PATCH, W_TOK, W_EMB, W_POOL, W_L2, W_CLSATT };
+enum { W_MATMUL, W_LN, W_GELU, W_SOFTMAX, W_ATT, W_PATCH, W_TOK, W_EMB, W_POOL, W_L2, W_CLSATT,
+       W_CONV };
 static const char *const wnames[] = {"matmul", "layernorm", "gelu", "softmax", "attention",
                                      "patch_embed", "vit_tokens", "embedding", "cls_pool",
-                                     "l2norm", "cls_attention"};
+                                     "l2norm", "cls_attention", "conv"};
 
 /* Compares the analytic gradient (got - base, base may be NULL) at the
  * sampled positions with fd: normwise relative error <= tol. */
@@ -503,7 +504,7 @@ static void test_attention_backward(void **state)
 /* ---- patch embedding ------------------------------------------------------------------ */
 
 typedef struct pe_ctx {
-    const float *in;
+    double *in;
     double *w, *b, *R; /* R [B, N + 1, D], patches in rows 1..N */
     enc_patch_geom g;
     int B, D;
@@ -554,16 +555,25 @@ static void check_patch(fx *f, int B, int C, int Z, int Y, int X, int pz, int py
     float *dout = rnd(f, B * bstride, 1), *dw = rnd(f, D * K, 1), *db = rnd(f, (size_t)D, 1);
     float *dw0 = dup(f, dw, D * K), *db0 = dup(f, db, (size_t)D);
     float *scr = rnd(f, be->iface.patch_scratch(be, &g, B), 1);
-    be->train.patch_embed_backward(be, dw, db, dout + D, bstride, in, &g, B, D, scr);
+    be->train.patch_embed_backward(be, NULL, dw, db, dout + D, bstride, in, NULL, &g, B, D, scr);
     float *b = rnd(f, (size_t)D, 1);
-    pe_ctx c = {in, todouble(w, D * K), todouble(b, (size_t)D), todouble(dout, B * bstride), g,
-                B, D};
-    double *fd = malloc((D * K + D) * sizeof(double));
+    pe_ctx c = {todouble(in, B * img), todouble(w, D * K), todouble(b, (size_t)D),
+                todouble(dout, B * bstride), g, B, D};
+    double *fd = malloc((D * K + D + B * img) * sizeof(double));
     fd_grad(pe_loss, &c, c.w, D * K, NULL, 0, H_FD, fd);
     check_grad("patch_embed dw", W_PATCH, dw, dw0, fd, D * K, NULL, 0, 1e-5);
     fd_grad(pe_loss, &c, c.b, (size_t)D, NULL, 0, H_FD, fd);
     check_grad("patch_embed db", W_PATCH, db, db0, fd, (size_t)D, NULL, 0, 1e-5);
-    free(fd), free(c.w), free(c.b), free(c.R);
+    if (order == ENC_PATCH_CONV) {
+        /* the input's gradient (a stem's output), accumulated onto din */
+        float *din = rnd(f, B * img, 1), *din0 = dup(f, din, B * img);
+        be->train.patch_embed_backward(be, din, NULL, NULL, dout + D, bstride, in, w, &g, B, D,
+                                       scr);
+        fd_grad(pe_loss, &c, c.in, B * img, NULL, 0, H_FD, fd);
+        check_grad("patch_embed din", W_PATCH, din, din0, fd, B * img, NULL, 0, 1e-5);
+        bfree(f, din), bfree(f, din0);
+    }
+    free(fd), free(c.in), free(c.w), free(c.b), free(c.R);
     bfree(f, in), bfree(f, w), bfree(f, b), bfree(f, dout), bfree(f, dw), bfree(f, db);
     bfree(f, dw0), bfree(f, db0), bfree(f, scr);
 }
@@ -577,6 +587,104 @@ static void test_patch_embed_backward(void **state)
         check_patch(f, 2, 2, 4, 6, 8, 2, 3, 4, 3, order);   /* 3D, uneven patch, 2 channels */
     }
     report(W_PATCH);
+}
+
+/* ---- convolution ------------------------------------------------------------------------ */
+
+typedef struct cv_ctx {
+    double *in, *w, *b, *R; /* R [B, cout, N'] */
+    enc_conv_geom g;
+    int B;
+} cv_ctx;
+
+/* sum of R * conv(in), the convolution by definition (zero padding). */
+static double cv_loss(void *c)
+{
+    cv_ctx *x = c;
+    const enc_conv_geom *g = &x->g;
+    int o[3];
+    enc_conv_out(g, o);
+    const size_t N = enc_conv_count(g), K = enc_conv_dim(g);
+    const size_t img = (size_t)g->cin * g->size[0] * g->size[1] * g->size[2];
+    double L = 0;
+    for (int b = 0; b < x->B; b++)
+        for (int co = 0; co < g->cout; co++)
+            for (size_t n = 0; n < N; n++) {
+                int oz = (int)(n / ((size_t)o[1] * o[2])), oy = (int)(n / o[2] % o[1]);
+                int ox = (int)(n % o[2]);
+                double s = x->b[co];
+                for (int ci = 0; ci < g->cin; ci++)
+                    for (int a = 0; a < g->kernel[0]; a++)
+                        for (int y = 0; y < g->kernel[1]; y++)
+                            for (int e = 0; e < g->kernel[2]; e++) {
+                                int iz = oz * g->stride[0] - g->pad[0] + a;
+                                int iy = oy * g->stride[1] - g->pad[1] + y;
+                                int ix = ox * g->stride[2] - g->pad[2] + e;
+                                if (iz < 0 || iz >= g->size[0] || iy < 0 || iy >= g->size[1] ||
+                                    ix < 0 || ix >= g->size[2])
+                                    continue;
+                                s += x->in[(size_t)b * img +
+                                           (((size_t)ci * g->size[0] + iz) * g->size[1] + iy) *
+                                               g->size[2] +
+                                           ix] *
+                                     x->w[(size_t)co * K +
+                                          (((size_t)ci * g->kernel[0] + a) * g->kernel[1] + y) *
+                                              g->kernel[2] +
+                                          e];
+                            }
+                L += s * x->R[((size_t)b * g->cout + co) * N + n];
+            }
+    return L;
+}
+
+/* sample > 0: finite differences for that many entries of dw and din only
+ * (large shapes, where the team splits the work). */
+static void check_conv(fx *f, int B, enc_conv_geom g, size_t sample)
+{
+    enc_backend *be = f->be;
+    const size_t N = enc_conv_count(&g), K = enc_conv_dim(&g), Co = (size_t)g.cout;
+    const size_t img = (size_t)g.cin * g.size[0] * g.size[1] * g.size[2];
+    float *in = rnd(f, B * img, 1), *w = rnd(f, Co * K, 1), *b = rnd(f, Co, 1);
+    float *dout = rnd(f, B * Co * N, 1);
+    float *din = rnd(f, B * img, 1), *dw = rnd(f, Co * K, 1), *db = rnd(f, Co, 1);
+    float *din0 = dup(f, din, B * img), *dw0 = dup(f, dw, Co * K), *db0 = dup(f, db, Co);
+    float *scr = nans(f, be->iface.conv_scratch(be, &g));
+    be->train.conv_backward(be, din, dw, db, dout, in, w, &g, B, scr);
+    cv_ctx c = {todouble(in, B * img), todouble(w, Co * K), todouble(b, Co),
+                todouble(dout, B * Co * N), g, B};
+    double *fd = malloc((Co * K + Co + B * img) * sizeof(double));
+    size_t iw[64], ii[64];
+    assert_true(sample <= 64);
+    for (size_t i = 0; i < sample; i++) {
+        iw[i] = (size_t)tu_rng_below(&f->r, Co * K);
+        ii[i] = (size_t)tu_rng_below(&f->r, B * img);
+    }
+    fd_grad(cv_loss, &c, c.w, Co * K, sample ? iw : NULL, sample, H_FD, fd);
+    check_grad("conv dw", W_CONV, dw, dw0, fd, Co * K, sample ? iw : NULL, sample, 1e-5);
+    fd_grad(cv_loss, &c, c.b, Co, NULL, 0, H_FD, fd);
+    check_grad("conv db", W_CONV, db, db0, fd, Co, NULL, 0, 1e-5);
+    fd_grad(cv_loss, &c, c.in, B * img, sample ? ii : NULL, sample, H_FD, fd);
+    check_grad("conv din", W_CONV, din, din0, fd, B * img, sample ? ii : NULL, sample, 1e-5);
+    /* NULL gradients are skipped; the rest unchanged */
+    float *dw1 = dup(f, dw, Co * K);
+    be->train.conv_backward(be, NULL, dw, NULL, dout, in, w, &g, B, scr);
+    for (size_t i = 0; i < Co * K; i++)
+        assert_true(fabsf(dw[i] - 2 * dw1[i] + dw0[i]) <= 1e-4f * (1 + fabsf(dw[i])));
+    free(fd), free(c.in), free(c.w), free(c.b), free(c.R);
+    bfree(f, in), bfree(f, w), bfree(f, b), bfree(f, dout), bfree(f, din), bfree(f, dw);
+    bfree(f, db), bfree(f, din0), bfree(f, dw0), bfree(f, db0), bfree(f, dw1), bfree(f, scr);
+}
+
+static void test_conv_backward(void **state)
+{
+    fx *f = *state;
+    check_conv(f, 2, (enc_conv_geom){1, 3, {1, 8, 8}, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}}, 0);
+    check_conv(f, 2, (enc_conv_geom){2, 3, {1, 7, 6}, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}}, 0);
+    check_conv(f, 2, (enc_conv_geom){2, 2, {4, 6, 6}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}}, 0);
+    check_conv(f, 1, (enc_conv_geom){3, 2, {3, 4, 5}, {1, 3, 1}, {1, 1, 2}, {0, 1, 0}}, 0);
+    /* split over the team (N K cout > 2^18), sampled */
+    check_conv(f, 1, (enc_conv_geom){4, 16, {2, 12, 12}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}}, 40);
+    report(W_CONV);
 }
 
 /* ---- tokens, embedding, pooling, l2norm -------------------------------------------------- */
@@ -832,6 +940,7 @@ static void test_train_table_complete(void **state)
         (void (*)(void))t->cls_pool_backward,
         (void (*)(void))t->l2norm_backward,
         (void (*)(void))t->cls_attention,
+        (void (*)(void))t->conv_backward,
     };
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++)
         assert_non_null(fns[i]);
@@ -914,6 +1023,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_embedding_backward, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cls_pool_l2norm_backward, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cls_attention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conv_backward, setup, teardown),
+        WITH_THREADS(test_conv_backward, &three_threads),
         WITH_THREADS(test_matmul_backward, &one_thread),
         WITH_THREADS(test_matmul_backward, &three_threads),
         WITH_THREADS(test_layernorm_backward, &three_threads),

@@ -67,6 +67,15 @@ static const char medsem_cfg[] =
     "\"intermediate_size\":24,\"max_position_embeddings\":8,\"type_vocab_size\":2,"
     "\"layer_norm_eps\":1e-12,\"max_len\":8}}";
 
+/* medsem with a two-convolution stem (3 then 4 channels, kernel 3, stride
+ * 2): the patch embedding then reads 4 channels in 1 x 1 (2D) and 1 x 1 x 1
+ * (3D) patches of the stem's output.  Vision only. */
+static const char medsem_stem_cfg[] =
+    "{\"architecture\":\"medsem\",\"embed_dim\":6,"
+    "\"vision\":{\"hidden_size\":8,\"num_layers\":1,\"num_heads\":2,\"mlp_dim\":12,"
+    "\"layer_norm_eps\":1e-6,\"in_channels\":1,\"image_size\":[8,8],\"patch_size\":[4,4],"
+    "\"volume_size\":[4,8,8],\"volume_patch_size\":[4,4,4],\"stem_channels\":[3,4]}}";
+
 /* M3D-CLIP: MONAI patch order, no [CLS] position, no qkv bias, biased
  * projections; 2 input channels. */
 static const char m3d_cfg[] =
@@ -290,6 +299,27 @@ static void test_medsem_grad(void **state)
     enc_grads *g;
     assert_int_equal(enc_grads_new(p.m, &g), ENC_OK);
     for (int k = 0; k < 3; k++) /* one g for all three kinds */
+        backward(&p, k, g);
+    check_all(&p, g, SMALL, SAMPLE, 1);
+    enc_grads_free(g);
+    problem_free(&p);
+}
+
+/* Every entry of the stem's convolutions, the patch embedding behind them
+ * and the rest, for images and volumes summed into one g. */
+static void test_medsem_stem_grad(void **state)
+{
+    (void)state;
+    problem p;
+    problem_new(&p, medsem_stem_cfg, 23, 2);
+    enc_param par;
+    enc_model_param(p.m, 0, &par);
+    assert_string_equal(par.name, "vision.stem2d.0.weight");
+    assert_int_equal(par.rank, 4);
+    assert_int_equal(par.shape[0], 3);
+    enc_grads *g;
+    assert_int_equal(enc_grads_new(p.m, &g), ENC_OK);
+    for (int k = 0; k < 2; k++)
         backward(&p, k, g);
     check_all(&p, g, SMALL, SAMPLE, 1);
     enc_grads_free(g);
@@ -662,6 +692,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_medsem_grad),
+        cmocka_unit_test(test_medsem_stem_grad),
         cmocka_unit_test(test_other_layouts),
         cmocka_unit_test(test_accumulation),
         cmocka_unit_test(test_smaller_call),

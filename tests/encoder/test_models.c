@@ -102,9 +102,10 @@ static double max_abs_diff(const float *a, const float *b, size_t n)
 
 /* ---- fixture parity ------------------------------------------------------------- */
 
-static void run_fixture(const char *arch)
+/* The fixture in tests/fixtures/models/<sub>, a model of architecture arch. */
+static void run_fixture(const char *sub, const char *arch)
 {
-    char *dir = fixture_dir(arch);
+    char *dir = fixture_dir(sub);
     if (dir == NULL) {
         printf("  %s: no fixture directory, skipped\n", arch);
         skip();
@@ -214,19 +215,26 @@ static void run_fixture(const char *arch)
 static void test_fixture_medsem(void **state)
 {
     (void)state;
-    run_fixture("medsem");
+    run_fixture("medsem", "medsem");
+}
+
+/* medsem with a convolution stem ahead of the patch embeddings */
+static void test_fixture_medsem_stem(void **state)
+{
+    (void)state;
+    run_fixture("medsem-stem", "medsem");
 }
 
 static void test_fixture_m3d(void **state)
 {
     (void)state;
-    run_fixture("m3d-clip");
+    run_fixture("m3d-clip", "m3d-clip");
 }
 
 static void test_fixture_biomedclip(void **state)
 {
     (void)state;
-    run_fixture("biomedclip");
+    run_fixture("biomedclip", "biomedclip");
 }
 
 /* ---- a plain forward in double ----------------------------------------------------------
@@ -874,6 +882,28 @@ static void test_config_errors(void **state)
          "\"hidden_size\": 8, \"num_layers\": 1, \"num_heads\": 2, \"intermediate_size\": 8,"
          "\"max_position_embeddings\": 4, \"max_len\": 5}}",
          ENC_INVAL, "position embeddings"},
+        /* the stem: its total stride must divide the patch; odd kernels; lists */
+        {"{\"architecture\": \"medsem\", \"embed_dim\": 8, \"vision\": {\"hidden_size\": 8,"
+         "\"num_layers\": 1, \"num_heads\": 4, \"mlp_dim\": 8, \"image_size\": [8, 8],"
+         "\"patch_size\": [4, 4], \"volume_size\": [4, 8, 8], \"volume_patch_size\": [2, 4, 4],"
+         "\"stem_channels\": [4, 4]}}",
+         ENC_INVAL, "vision.volume_patch_size patch side 2 is not a multiple of the stem's total stride 4"},
+        {"{\"architecture\": \"medsem\", \"embed_dim\": 8, \"vision\": {\"hidden_size\": 8,"
+         "\"num_layers\": 1, \"num_heads\": 4, \"mlp_dim\": 8, \"image_size\": [8, 8],"
+         "\"patch_size\": [4, 4], \"stem_channels\": [4], \"stem_kernel\": 2}}",
+         ENC_INVAL, "vision.stem_kernel: 2 is not an odd size"},
+        {"{\"architecture\": \"medsem\", \"embed_dim\": 8, \"vision\": {\"hidden_size\": 8,"
+         "\"num_layers\": 1, \"num_heads\": 4, \"mlp_dim\": 8, \"image_size\": [8, 8],"
+         "\"patch_size\": [4, 4], \"stem_channels\": 4}}",
+         ENC_INVAL, "vision.stem_channels: expected an array"},
+        {"{\"architecture\": \"medsem\", \"embed_dim\": 8, \"vision\": {\"hidden_size\": 8,"
+         "\"num_layers\": 1, \"num_heads\": 4, \"mlp_dim\": 8, \"image_size\": [8, 8],"
+         "\"patch_size\": [4, 4], \"stem_channels\": [4, 0]}}",
+         ENC_INVAL, "vision.stem_channels[1]"},
+        {"{\"architecture\": \"medsem\", \"embed_dim\": 8, \"vision\": {\"hidden_size\": 8,"
+         "\"num_layers\": 1, \"num_heads\": 4, \"mlp_dim\": 8, \"image_size\": [8, 8],"
+         "\"patch_size\": [4, 4], \"stem_channels\": [4, 4, 4]}}",
+         ENC_INVAL, "patch side 4 is not a multiple of the stem's total stride 8"},
         {"{\"model_type\": \"m3d_clip\", \"hidden_size\": 8, \"num_layers\": 1,"
          "\"num_heads\": 2, \"mlp_dim\": 8, \"img_size\": [4, 4, 4], \"patch_size\": [2, 2, 2],"
          "\"pos_embed\": \"fourier\"}",
@@ -1139,6 +1169,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_medsem),
+        cmocka_unit_test(test_fixture_medsem_stem),
         cmocka_unit_test(test_fixture_m3d),
         cmocka_unit_test(test_fixture_biomedclip),
         cmocka_unit_test(test_random_medsem),

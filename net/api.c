@@ -134,7 +134,116 @@ static int method_ok(net_call *c, int m1, int m2, const char *allow)
     return 0;
 }
 
+/* A Host (or an Origin's host part) that a keyless server answers to: a
+ * loopback name, with any port.  Anything else in a browser's request is
+ * another site's page or a DNS-rebound name. */
+static int loopback_host(const char *h, size_t n)
+{
+    const char *end = h + n, *name_end;
+    if (n && h[0] == '[') {
+        name_end = memchr(h, ']', n);
+        if (name_end == NULL)
+            return 0;
+        name_end++;
+    } else {
+        name_end = memchr(h, ':', n);
+        if (name_end == NULL)
+            name_end = end;
+    }
+    if (name_end < end) {
+        if (*name_end != ':' || name_end + 1 == end || end - name_end > 6)
+            return 0;
+        for (const char *q = name_end + 1; q < end; q++)
+            if (*q < '0' || *q > '9')
+                return 0;
+    }
+    size_t m = (size_t)(name_end - h);
+    return (m == 9 && !strncasecmp(h, "localhost", 9)) || (m == 9 && !memcmp(h, "127.0.0.1", 9)) ||
+           (m == 5 && !memcmp(h, "[::1]", 5));
+}
+
+/* An Origin header naming one of loopback_host's names over http(s). */
+static int loopback_origin(const char *o)
+{
+    size_t skip = !strncasecmp(o, "http://", 7) ? 7 : !strncasecmp(o, "https://", 8) ? 8 : 0;
+    if (!skip)
+        return 0;
+    o += skip;
+    size_t n = strlen(o);
+    if (n && o[n - 1] == '/')
+        n--;
+    return loopback_host(o, n);
+}
+
+/* The media type of a Content-Type header is application/json (parameters
+ * such as charset allowed). */
+static int is_json_type(const char *ct)
+{
+    if (ct == NULL)
+        return 0;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    size_t n = strcspn(ct, ";");
+    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    return n == 16 && !strncasecmp(ct, "application/json", 16);
+}
+
+/* Without a key file the server listens on loopback only, and what is left
+ * to fear is a web page in the user's browser: another site posting to it
+ * (a cross-site form or a fetch without preflight can send text/plain) or
+ * a DNS-rebound name reading from it.  So: the Host must be a loopback
+ * name, an Origin (sent on every cross-site and every non-GET request by
+ * browsers) must be one too, and a body must be declared JSON, which a
+ * cross-site request cannot do without a CORS preflight we never grant. */
+static int cross_site_ok(net_call *c)
+{
+    const net_req *r = c->req;
+    const char *host = net_req_header(r, "host");
+    if (host != NULL && !loopback_host(host, strlen(host))) {
+        net_api_error(c, 403, "Host '%.64s' is not served without an API key (only localhost, "
+                              "127.0.0.1 and [::1]; start the server with --api-key-file to "
+                              "serve other names)", host);
+        return 0;
+    }
+    const char *origin = net_req_header(r, "origin");
+    if (origin != NULL && !loopback_origin(origin)) {
+        net_api_error(c, 403, "cross-site request from Origin '%.64s' refused", origin);
+        return 0;
+    }
+    if ((r->method == HTTP_POST || r->method == HTTP_PUT) &&
+        !is_json_type(net_req_header(r, "content-type"))) {
+        net_api_error(c, 415, "Content-Type: application/json is required");
+        return 0;
+    }
+    return 1;
+}
+
 int net_api_route(net_call *c, int access)
+{
+    if (net_api_head(c, access))
+        return NET_RUN_LOOP;
+    switch (c->route) {
+    case NET_ROUTE_PAGE:
+        resp_begin(c, 200, "text/html; charset=utf-8");
+        net_buf_add(&c->resp.body, net_page_html, net_page_html_len);
+        c->resp.extra_headers = "Cache-Control: no-cache\r\n"
+                                "Content-Security-Policy: default-src 'self'; img-src 'self' "
+                                "data: blob:; style-src 'unsafe-inline'; script-src "
+                                "'unsafe-inline'\r\n";
+        return NET_RUN_LOOP;
+    case NET_ROUTE_HEALTHZ:
+        net_api_ok(c, "\"alive\"");
+        return NET_RUN_LOOP;
+    case NET_ROUTE_READYZ:
+    case NET_ROUTE_METRICS:
+        return NET_RUN_SERVER;
+    default:
+        return NET_RUN_POOL;
+    }
+}
+
+int net_api_head(net_call *c, int access)
 {
     const char *path = c->req->path;
     int m = c->req->method;
@@ -164,7 +273,7 @@ int net_api_route(net_call *c, int access)
         if (parse_id(&p, &c->id)) {
             c->route = NET_ROUTE_OTHER;
             net_api_error(c, 404, "%s: not found (item ids are decimal integers)", path);
-            return NET_RUN_LOOP;
+            return 1;
         }
         if (!*p)
             c->route = NET_ROUTE_ITEM;
@@ -173,13 +282,13 @@ int net_api_route(net_call *c, int access)
         else {
             c->route = NET_ROUTE_OTHER;
             net_api_error(c, 404, "%s: not found", path);
-            return NET_RUN_LOOP;
+            return 1;
         }
         write = c->route == NET_ROUTE_ITEM && m == HTTP_DELETE;
     } else {
         c->route = NET_ROUTE_OTHER;
         net_api_error(c, 404, "%s: not found", path);
-        return NET_RUN_LOOP;
+        return 1;
     }
 
     /* Methods before keys: a 405 tells nothing about the data. */
@@ -191,35 +300,20 @@ int net_api_route(net_call *c, int access)
     default: ok = method_ok(c, HTTP_GET, HTTP_GET, "GET"); break;
     }
     if (!ok)
-        return NET_RUN_LOOP;
+        return 1;
+    if (c->keyless && !cross_site_ok(c))
+        return 1;
     if (!open && access == NET_ACCESS_NONE) {
         net_api_error(c, 401, "an API key is required (header 'api-key' or "
                               "'Authorization: Bearer')");
         c->resp.extra_headers = "WWW-Authenticate: Bearer\r\n";
-        return NET_RUN_LOOP;
+        return 1;
     }
     if (write && access != NET_ACCESS_RW) {
         net_api_error(c, 403, "this API key is read-only");
-        return NET_RUN_LOOP;
+        return 1;
     }
-    switch (c->route) {
-    case NET_ROUTE_PAGE:
-        resp_begin(c, 200, "text/html; charset=utf-8");
-        net_buf_add(&c->resp.body, net_page_html, net_page_html_len);
-        c->resp.extra_headers = "Cache-Control: no-cache\r\n"
-                                "Content-Security-Policy: default-src 'self'; img-src 'self' "
-                                "data: blob:; style-src 'unsafe-inline'; script-src "
-                                "'unsafe-inline'\r\n";
-        return NET_RUN_LOOP;
-    case NET_ROUTE_HEALTHZ:
-        net_api_ok(c, "\"alive\"");
-        return NET_RUN_LOOP;
-    case NET_ROUTE_READYZ:
-    case NET_ROUTE_METRICS:
-        return NET_RUN_SERVER;
-    default:
-        return NET_RUN_POOL;
-    }
+    return 0;
 }
 
 /* ---- request bodies ---------------------------------------------------------------- */

@@ -2,7 +2,17 @@
  *
  * The parser is paused at the end of each request, so a pipelined request
  * behind it waits in the caller's buffer until the first is answered: one
- * request per connection is in flight and responses stay in order. */
+ * request per connection is in flight and responses stay in order.
+ *
+ * http-parser is lenient where RFC 9112 is not, and leniency between two
+ * parsers on one path (a proxy in front of us) is how requests are
+ * smuggled.  frame_scan reads the request line and header bytes before the
+ * parser does and refuses, with 400: a bare LF or CR as a line end (9112
+ * 2.2), obsolete line folding (5.2), white space between a field name and
+ * its colon (5.1).  on_headers_complete refuses a Transfer-Encoding other
+ * than exactly "chunked" (501, 6.1: we decode no other coding, and a chain
+ * must end in chunked to frame a request) and one sent with
+ * Content-Length (400, 6.3). */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -29,6 +39,54 @@ static int count_header(net_http *h, size_t n)
     h->header_bytes += n;
     if (h->header_bytes > h->max_header)
         return fail(h, 431, "request line and headers exceed the size limit");
+    return 0;
+}
+
+enum { SCAN_START, SCAN_LINE_BEGIN, SCAN_NAME, SCAN_VALUE, SCAN_DONE };
+
+/* Scans data[0..len) of the request line and header section (stops after
+ * the empty line that ends it; the state carries over between calls, so
+ * any split of the bytes gives the same answer).  0, or -1 after fail(). */
+static int frame_scan(net_http *h, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && h->scan != SCAN_DONE; i++) {
+        const char c = data[i];
+        if (h->scan_cr && c != '\n')
+            return fail(h, 400, "a CR not followed by LF in the request head");
+        if (c == '\r') {
+            h->scan_cr = 1;
+            continue;
+        }
+        if (c == '\n') {
+            if (!h->scan_cr)
+                return fail(h, 400, "a bare LF line end in the request head (CRLF required)");
+            h->scan_cr = 0;
+            if (h->scan == SCAN_START) /* empty lines before the request line are allowed */
+                h->scan = h->scan_len ? SCAN_LINE_BEGIN : SCAN_START;
+            else if (h->scan == SCAN_LINE_BEGIN)
+                h->scan = SCAN_DONE; /* the empty line: the head is complete */
+            else
+                h->scan = SCAN_LINE_BEGIN; /* a name without a colon: the parser says 400 */
+            h->scan_len = 0;
+            continue;
+        }
+        h->scan_len++;
+        switch (h->scan) {
+        case SCAN_LINE_BEGIN:
+            if (c == ' ' || c == '\t')
+                return fail(h, 400, "obsolete line folding in a header (RFC 9112 5.2)");
+            h->scan = c == ':' ? SCAN_VALUE : SCAN_NAME;
+            break;
+        case SCAN_NAME:
+            if (c == ' ' || c == '\t')
+                return fail(h, 400, "white space between a header name and its colon");
+            if (c == ':')
+                h->scan = SCAN_VALUE;
+            break;
+        default:
+            break;
+        }
+    }
     return 0;
 }
 
@@ -126,8 +184,28 @@ static int on_headers_complete(http_parser *p)
         return fail(h, 431, "request line and headers exceed the size limit");
     /* Content-Length is known before the body: refuse at once rather than
      * after reading megabytes.  ULLONG_MAX means "no Content-Length". */
+    const char *te = net_req_header(r, "transfer-encoding");
+    if (te != NULL) {
+        while (*te == ' ' || *te == '\t')
+            te++;
+        size_t n = strlen(te);
+        while (n && (te[n - 1] == ' ' || te[n - 1] == '\t'))
+            n--;
+        if (n != 7 || strncasecmp(te, "chunked", 7) != 0)
+            return fail(h, 501, "only Transfer-Encoding: chunked is accepted");
+        if (net_req_header(r, "content-length") != NULL)
+            return fail(h, 400, "Content-Length with Transfer-Encoding");
+    }
     if (p->content_length != (uint64_t)-1 && p->content_length > h->max_body)
         return fail(h, 413, "the request body exceeds the size limit");
+    /* a request with a body may be refused before it is read (and the
+     * connection closed); one without goes its usual way */
+    int body = (p->content_length != (uint64_t)-1 && p->content_length > 0) ||
+               (p->flags & F_CHUNKED);
+    if (body && h->on_head != NULL && h->on_head(h->head_ctx, h) != 0) {
+        h->refused = 1;
+        return -1;
+    }
     const char *expect = net_req_header(r, "expect");
     if (expect && !strcasecmp(expect, "100-continue"))
         h->expect_continue = 1;
@@ -188,6 +266,8 @@ void net_http_next(net_http *h, net_arena *a)
     h->arena = a;
     h->header_bytes = 0;
     h->in_value = h->started = h->ready = h->status = h->expect_continue = 0;
+    h->scan = SCAN_START, h->scan_cr = h->scan_len = 0;
+    h->refused = 0;
     h->error = NULL;
     net_buf_init(&h->url, a, h->max_header);
     net_buf_init(&h->hname, a, h->max_header);
@@ -200,15 +280,21 @@ void net_http_next(net_http *h, net_arena *a)
 int net_http_feed(net_http *h, const char *data, size_t len, size_t *used)
 {
     *used = 0;
+    if (h->refused)
+        return NET_HTTP_REFUSED;
     if (h->status)
         return NET_HTTP_ERROR;
     if (h->ready)
         return NET_HTTP_READY;
     if (len == 0)
         return NET_HTTP_MORE;
+    if (frame_scan(h, data, len))
+        return NET_HTTP_ERROR;
     size_t n = http_parser_execute(&h->parser, &settings, data, len);
     enum http_errno e = HTTP_PARSER_ERRNO(&h->parser);
     *used = n;
+    if (h->refused)
+        return NET_HTTP_REFUSED;
     if (h->status)
         return NET_HTTP_ERROR;
     if (e == HPE_PAUSED)

@@ -114,10 +114,13 @@ typedef struct net_req {
 enum {
     NET_HTTP_MORE = 0,  /* need more bytes */
     NET_HTTP_READY = 1, /* a whole request is in h->req; the parser is paused */
-    NET_HTTP_ERROR = 2  /* h->status (400, 413, 431, 505) and h->error say why */
+    NET_HTTP_ERROR = 2, /* h->status (400, 413, 431, 505) and h->error say why */
+    NET_HTTP_REFUSED = 3 /* on_head refused the request after its headers, before
+                            any body byte; its caller has the answer ready */
 };
 
-typedef struct net_http {
+typedef struct net_http net_http;
+struct net_http {
     http_parser parser;
     net_arena *arena; /* the current request's */
     size_t max_header, max_body;
@@ -128,9 +131,18 @@ typedef struct net_http {
     int expect_continue; /* the client sent Expect: 100-continue */
     int status;         /* on NET_HTTP_ERROR */
     const char *error;
+    /* the strict framing scan of the request line and headers (http.c,
+     * frame_scan): where it is, and whether the last byte was CR */
+    int scan, scan_cr, scan_len;
+    /* Called once the headers are complete (h->req has method, path and
+     * headers; no body yet): nonzero refuses the request, and
+     * net_http_feed returns NET_HTTP_REFUSED.  NULL: none. */
+    int (*on_head)(void *ctx, net_http *h);
+    int refused;
+    void *head_ctx;
     net_buf url, hname, hval; /* pieces while they arrive */
     net_buf body;
-} net_http;
+};
 
 void net_http_init(net_http *h, size_t max_header, size_t max_body);
 /* Starts the next request in arena a (after the previous was answered). */
@@ -379,6 +391,7 @@ typedef struct net_call {
     double t_encode, t_search; /* seconds spent, for the metrics (0 = none) */
     int counts_changed;   /* items were written or deleted */
     uint64_t counts[STORE_NSPACES];
+    int keyless;          /* no key file: loopback only, cross-site checks on */
 } net_call;
 
 /* Routes the request: sets call->route and call->id, and either answers it
@@ -386,6 +399,11 @@ typedef struct net_call {
  * returns NET_RUN_POOL for net_api_work to run on a pool thread, or
  * NET_RUN_SERVER for the server to answer (see above). */
 int net_api_route(net_call *c, int access);
+/* The part of routing that needs only the request's head (route, method,
+ * key, and without keys the Host, Origin and Content-Type checks): 0 when
+ * the request may go on, else 1 with the refusal in resp.  The
+ * server runs it before reading a body; net_api_route runs it first. */
+int net_api_head(net_call *c, int access);
 void net_api_work(net_call *c);
 /* Sets a success response {"result":<result, JSON>,"status":"ok","time":...}. */
 void net_api_ok(net_call *c, const char *result);

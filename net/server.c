@@ -366,6 +366,7 @@ static void dispatch(conn *c)
     call->engine = ctx->engine;
     call->req = &c->http.req;
     call->arena = c->arena;
+    call->keyless = ctx->keys == NULL;
     c->method = http_method_str((enum http_method)c->http.req.method);
     /* The response cap: a search of 1000 results with long reports, or a
      * preview of a large slice, stays well inside. */
@@ -403,6 +404,33 @@ static void dispatch(conn *c)
     }
 }
 
+/* net_http's on_head: the route, method, key and cross-site checks, from
+ * the headers alone, so that a request refused on those grounds is answered
+ * before its body is read (a client without a key cannot make the server
+ * buffer 64 MiB).  Passing requests are routed again in dispatch. */
+static int on_head(void *arg, net_http *h)
+{
+    conn *c = arg;
+    net_ctx *ctx = c->ctx;
+    net_call *call = &c->call;
+    call->engine = ctx->engine;
+    call->req = &h->req;
+    call->arena = c->arena;
+    call->keyless = ctx->keys == NULL;
+    c->method = http_method_str((enum http_method)h->req.method);
+    net_buf_init(&call->resp.body, c->arena, (size_t)1 << 20);
+    return net_api_head(call, net_api_access(ctx->keys, &h->req));
+}
+
+/* Answers a request on_head refused, and closes: its body was not read. */
+static void refuse_head(conn *c)
+{
+    read_off(c);
+    c->state = ST_BUSY;
+    c->call.resp.close = 1;
+    send_response(c);
+}
+
 static const char continue_line[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
 static void on_continue_written(uv_write_t *w, int status) { (void)w; (void)status; }
@@ -421,6 +449,10 @@ static void conn_process(conn *c, const char *data, size_t len)
         }
         if (r == NET_HTTP_ERROR) {
             respond_error(c, c->http.status, c->http.error ? c->http.error : "bad request");
+            return;
+        }
+        if (r == NET_HTTP_REFUSED) {
+            refuse_head(c);
             return;
         }
         if (r == NET_HTTP_READY) {
@@ -502,6 +534,8 @@ static void on_connection(uv_stream_t *server, int status)
     ctx->conns = c;
     ctx->nconns++;
     net_http_init(&c->http, ctx->o.max_header, ctx->o.max_body);
+    c->http.on_head = on_head;
+    c->http.head_ctx = c;
     net_http_next(&c->http, c->arena);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) || ctx->nconns > ctx->o.max_conns ||
         ctx->draining) {

@@ -411,7 +411,8 @@ def errors(P):
     for body, what in ((b"{", "truncated JSON"), (b"{\"query\": }", "malformed JSON"),
                        (b"[1,2]", "a JSON array"), (b"", "an empty body"), (b"{} x", "trailing data"),
                        (b"\xff\xfe", "binary junk")):
-        s, h, j = jreq(P, "POST", "/v1/search", raw_body=body)
+        s, h, j = jreq(P, "POST", "/v1/search", raw_body=body,
+                       headers={"Content-Type": "application/json"})
         ok(s == 400 and j and "error" in j["status"], "%s is 400 with an error object" % what, (s, j))
     for path in ("/nope", "/v1/items/abc", "/v1/items/01", "/v1/items/1/../../../etc/passwd",
                  "/v1/items/1/preview.png/x", "/v1/items/99999999999999999999999"):
@@ -435,17 +436,20 @@ def robustness(P):
     got = raw(P, b"POST /v1/search HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 100000)
     ok(got.startswith(b"HTTP/1.1 413"), "a body over the limit (Content-Length) is 413", got[:200])
     chunk = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"
-    got = raw(P, b"PUT /v1/items HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3)
+    got = raw(P, b"PUT /v1/items HTTP/1.1\r\nContent-Type: application/json\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 3)
     ok(got.startswith(b"HTTP/1.1 413"), "a chunked body over the limit is 413", got[:200])
     got = raw(P, b"GET /healthz HTTP/2.0\r\n\r\n")
     ok(got.startswith(b"HTTP/1.1 505") or got.startswith(b"HTTP/1.1 400"), "HTTP/2.0 over HTTP/1 text is refused", got[:100])
     # truncated requests, then the client goes away
-    for cut in (b"POS", b"POST /v1/search HTTP/1.1\r\nContent-Le", b"POST /v1/search HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"q"):
+    for cut in (b"POS", b"POST /v1/search HTTP/1.1\r\nContent-Le",
+                b"POST /v1/search HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"q"):
         got = raw(P, cut, timeout=0.3, shut=True)
     ok(jreq(P, "GET", "/healthz")[0] == 200, "truncated requests leave the server up")
     # a slow client: half a request, then nothing (read timeout 2 s)
     t0 = time.monotonic()
-    got = raw(P, b"POST /v1/search HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", timeout=30)
+    got = raw(P, b"POST /v1/search HTTP/1.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 50\r\n\r\n{", timeout=30)
     ok(got.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 25, "a slow client gets 408", got[:200])
     # a slow-loris trickle is bounded by the same timer, not reset per byte
     s = socket.create_connection(("127.0.0.1", P), timeout=30)
@@ -468,26 +472,72 @@ def robustness(P):
     # keep-alive and pipelining: four requests in one write, four answers in order
     s = socket.create_connection(("127.0.0.1", P), timeout=TIMEOUT)
     body = json.dumps({"query": {"text": "nodule"}, "limit": 2}).encode()
-    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-              b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-              b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
-              b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n" % (len(body), body))
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+              b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s"
+              b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+              b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % (len(body), body))
     rs = read_responses(s, 4)
     ok([r[0] for r in rs] == [200, 200, 404, 200] and b'"result":[' in rs[1][1],
        "pipelined requests are answered in order on one connection", rs)
-    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     rs = read_responses(s, 1)
     ok(rs and rs[0][0] == 200, "the connection stays open (keep-alive)")
     s.close()
     # Expect: 100-continue
     s = socket.create_connection(("127.0.0.1", P), timeout=TIMEOUT)
-    s.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    s.sendall(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
     first = s.recv(100)
     s.sendall(body)
     rs = read_responses(s, 1)
     ok(first.startswith(b"HTTP/1.1 100") and rs and rs[0][0] == 200, "Expect: 100-continue", (first, rs))
     s.close()
+    strict_http(P)
+    cross_site(P)
     ok(jreq(P, "GET", "/healthz")[0] == 200, "the server is up after the robustness tests")
+
+
+def strict_http(P):
+    """RFC 9112 framing that a lenient parser would accept: refused."""
+    cases = [
+        (b"POST /v1/search HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length : 2\r\n\r\n{}",
+         400, "white space before a header's colon"),
+        (b"GET /healthz HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400, "obsolete line folding"),
+        (b"GET /healthz HTTP/1.1\nHost: 127.0.0.1\n\n", 400, "bare LF line ends"),
+        (b"POST /v1/search HTTP/1.1\r\nContent-Type: application/json\r\n"
+         b"Transfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 501, "a coding before chunked"),
+    ]
+    for data, status, what in cases:
+        got = raw(P, data)
+        ok(got.startswith(b"HTTP/1.1 %d" % status) and b"Connection: close" in got,
+           "%s: %d" % (what, status), got[:200])
+
+
+def cross_site(P):
+    """Without a key file: only loopback Host names, loopback Origins, and
+    JSON bodies (no cross-site page or rebound name can read or write)."""
+    s, h, j = jreq(P, "GET", "/v1/items/%d" % VOL, headers={"Host": "evil.example"})
+    ok(s == 403 and "Host" in j["status"]["error"], "a foreign Host name is refused (403)", (s, j))
+    s, h, j = jreq(P, "DELETE", "/v1/items/%d" % VOL,
+                   headers={"Host": "evil.example:%d" % P, "Origin": "http://evil.example:%d" % P})
+    ok(s == 403, "a DNS-rebound DELETE is refused (403)", (s, j))
+    s, h, j = jreq(P, "DELETE", "/v1/items/%d" % VOL, headers={"Origin": "http://evil.example"})
+    ok(s == 403 and "Origin" in j["status"]["error"], "a cross-site Origin is refused (403)", (s, j))
+    s, h, j = jreq(P, "GET", "/v1/items/%d" % VOL)
+    ok(s == 200, "the item is still there", (s, j))
+    s, h, b = request(P, "POST", "/v1/dedup", raw_body=b'{"space": "volume"}',
+                      headers={"Content-Type": "text/plain"})
+    ok(s == 415, "a text/plain POST (a cross-site form) is refused (415)", (s, b))
+    s, h, b = request(P, "PUT", "/v1/items", raw_body=b'{"items": [{"report": "x"}]}')
+    ok(s == 415, "a PUT without Content-Type is refused (415)", (s, b))
+    for host in ("localhost:%d" % P, "127.0.0.1", "[::1]:%d" % P, "LOCALHOST"):
+        s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}, "limit": 1},
+                       headers={"Host": host, "Origin": "http://%s" % host})
+        ok(s == 200, "Host and Origin %s are served" % host, (s, j))
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}, "limit": 1},
+                   headers={"Content-Type": "application/json; charset=utf-8"})
+    ok(s == 200, "application/json with a charset is JSON", (s, j))
 
 
 def concurrency(P):
@@ -553,7 +603,8 @@ def shutdown(srv, P):
     # A connection with half a request in it when the signal comes.
     late = socket.create_connection(("127.0.0.1", P), timeout=TIMEOUT)
     body = json.dumps({"query": {"text": "effusion"}}).encode()
-    late.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+    late.sendall(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body))
     # And a keep-alive connection that has finished a request.
     idle = http.client.HTTPConnection("127.0.0.1", P, timeout=TIMEOUT)
     idle.request("GET", "/healthz")
@@ -610,13 +661,25 @@ def keys_and_restart(tmp, db):
         ok(s == 200, "/healthz needs no key")
         s, h, b = request(P, "GET", "/metrics")
         ok(s == 401, "/metrics needs a key")
+        # the key is checked from the headers: a keyless 60 MB upload is
+        # answered at once, before a body byte is sent, and closed
+        sock = socket.create_connection(("127.0.0.1", P), timeout=10)
+        sock.sendall(b"PUT /v1/items HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 60000000\r\n\r\n")
+        try:
+            got = sock.recv(4096)
+        except socket.timeout:
+            got = b""
+        sock.close()
+        ok(got.startswith(b"HTTP/1.1 401") and b"Connection: close" in got,
+           "no key: 401 before the body is read", got[:200])
     finally:
         code = srv.stop(signal.SIGINT)
     ok(code == 0, "SIGINT stops the server cleanly (exit %s)" % code)
     lines = open(alog).read().splitlines()
     pat = re.compile(r"^(GET|POST|PUT|DELETE) /\S* (\d{3}) \d+ \d+\.\d{3}ms$")
     got = [int(m.group(2)) for m in map(pat.match, lines) if m]
-    ok(len(got) == len(lines) and got == [401, 401, 200, 200, 403, 200, 200, 401],
+    ok(len(got) == len(lines) and got == [401, 401, 200, 200, 403, 200, 200, 401, 401],
        "the access log has one line per request, in order (method path status bytes time)",
        "\n".join(lines))
 

@@ -299,6 +299,52 @@ static void test_http_errors(void **st)
     assert_int_equal(feed_all(&f, cut, strlen(cut)), NET_HTTP_MORE);
     assert_true(f.h.started);
     net_arena_free(f.a);
+    /* RFC 9112 framing that http-parser lets through: refused, whole or byte by byte */
+    static const struct {
+        const char *req;
+        int status;
+        const char *why;
+    } strict[] = {
+        {"POST /v1/search HTTP/1.1\r\nContent-Length : 2\r\n\r\nab", 400, "colon"},
+        {"GET / HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n", 400, "folding"},
+        {"GET / HTTP/1.1\r\nX-A: 1\r\n\tfolded\r\n\r\n", 400, "folding"},
+        {"GET / HTTP/1.1\nHost: x\n\n", 400, "bare LF"},
+        {"GET / HTTP/1.1\r\nHost: x\n\r\n", 400, "bare LF"},
+        {"GET / HTTP/1.1\r\nHost: x\rY: 1\r\n\r\n", 400, "CR not followed"},
+        {"POST /v1/search HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+         "0\r\n\r\n", 501, "chunked"},
+        {"POST /v1/search HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n", 501, "chunked"},
+        {"POST /v1/search HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+         "0\r\n\r\n", 400, ""},
+    };
+    for (size_t i = 0; i < sizeof strict / sizeof strict[0]; i++)
+        for (int bytewise = 0; bytewise < 2; bytewise++) {
+            hfix_init(&f, 4096, 100);
+            const char *q = strict[i].req;
+            int rc = NET_HTTP_MORE;
+            if (bytewise) {
+                size_t used;
+                for (size_t k = 0; q[k] && rc == NET_HTTP_MORE; k++)
+                    rc = net_http_feed(&f.h, q + k, 1, &used);
+            } else {
+                rc = feed_all(&f, q, strlen(q));
+            }
+            if (rc != NET_HTTP_ERROR || f.h.status != strict[i].status ||
+                strstr(f.h.error ? f.h.error : "", strict[i].why) == NULL)
+                print_error("case %zu (bytewise %d): rc %d status %d \"%s\"\n", i, bytewise, rc,
+                            f.h.status, f.h.error ? f.h.error : "");
+            assert_int_equal(rc, NET_HTTP_ERROR);
+            assert_int_equal(f.h.status, strict[i].status);
+            net_arena_free(f.a);
+        }
+    /* what stays accepted: empty lines before the request line, a padded
+     * chunked, an empty header value, tabs inside a value */
+    hfix_init(&f, 4096, 100);
+    const char *ok = "\r\nPOST /v1/search HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\nX-E:\r\n"
+                     "X-T: a\tb\r\n\r\n2\r\nab\r\n0\r\n\r\n";
+    assert_int_equal(feed_all(&f, ok, strlen(ok)), NET_HTTP_READY);
+    assert_string_equal(f.h.req.body, "ab");
+    net_arena_free(f.a);
     /* Expect: 100-continue is noticed */
     hfix_init(&f, 4096, 100);
     const char *ex = "PUT /v1/items HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n";

@@ -33,6 +33,11 @@ static void usage(FILE *f)
             "  --max-body-mb N      request body limit in MiB (default 64)\n"
             "  --read-timeout S     seconds to receive a request (default 30)\n"
             "  --idle-timeout S     seconds a keep-alive connection may idle (default 60)\n"
+            "  --header-timeout S   seconds a new connection, or a request from its first\n"
+            "                       byte, may take to send its headers (default 10)\n"
+            "  --max-conns N        open connections (default 1024); at the cap the\n"
+            "                       longest-idle one is closed for a new one\n"
+            "  --max-conns-per-client N  connections from one IP address (default 64)\n"
             "  --port-file FILE     write the bound port to FILE once listening\n"
             "  --access-log FILE    one line per request (default: stderr), written by a\n"
             "                       thread of its own\n"
@@ -71,6 +76,8 @@ int cmd_serve(int argc, char **argv)
         {"port-file", required_argument, 0, 'p'},    {"access-log", required_argument, 0, 'a'},
         {"quiet", no_argument, 0, 'q'},              {"help", no_argument, 0, 'h'},
         {"preview-cache-mb", required_argument, 0, 'P'},
+        {"header-timeout", required_argument, 0, 'H'}, {"max-conns", required_argument, 0, 'C'},
+        {"max-conns-per-client", required_argument, 0, 'K'},
         {0, 0, 0, 0}};
     net_opts o = {0};
     const char *port_file = NULL, *access = NULL;
@@ -108,17 +115,31 @@ int cmd_serve(int argc, char **argv)
                 return CLI_BAD_INPUT;
             o.max_body = (size_t)u << 20;
             break;
+        case 'C':
+            if (cli_opt_u64("max-conns", optarg, 1, 1 << 20, &u))
+                return CLI_BAD_INPUT;
+            o.max_conns = (size_t)u;
+            break;
+        case 'K':
+            if (cli_opt_u64("max-conns-per-client", optarg, 1, 1 << 20, &u))
+                return CLI_BAD_INPUT;
+            o.max_conns_per_client = (size_t)u;
+            break;
         case 'r':
         case 'i':
+        case 'H':
             if (cli_parse_double(optarg, &d) || !(d > 0) || d > 86400) {
                 cli_error("--%s '%s': expected seconds in (0, 86400]",
-                          c == 'r' ? "read-timeout" : "idle-timeout", optarg);
+                          c == 'r' ? "read-timeout" : c == 'i' ? "idle-timeout" : "header-timeout",
+                          optarg);
                 return CLI_BAD_INPUT;
             }
             if (c == 'r')
                 o.read_timeout = d;
-            else
+            else if (c == 'i')
                 o.idle_timeout = d;
+            else
+                o.header_timeout = d;
             break;
         case 'h': usage(stdout); return CLI_OK;
         default: usage(stderr); return CLI_USAGE;

@@ -159,6 +159,7 @@ static int on_headers_complete(http_parser *p)
     if (finish_header(h))
         return -1;
     h->in_value = 0;
+    h->head_done = 1;
     if (p->http_major != 1)
         return fail(h, 505, "only HTTP/1.0 and HTTP/1.1 are served");
     net_req *r = &h->req;
@@ -267,7 +268,7 @@ void net_http_next(net_http *h, net_arena *a)
     h->header_bytes = 0;
     h->in_value = h->started = h->ready = h->status = h->expect_continue = 0;
     h->scan = SCAN_START, h->scan_cr = h->scan_len = 0;
-    h->refused = 0;
+    h->refused = h->head_done = 0;
     h->error = NULL;
     net_buf_init(&h->url, a, h->max_header);
     net_buf_init(&h->hname, a, h->max_header);

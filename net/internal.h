@@ -139,6 +139,7 @@ struct net_http {
      * net_http_feed returns NET_HTTP_REFUSED.  NULL: none. */
     int (*on_head)(void *ctx, net_http *h);
     int refused;
+    int head_done; /* the request's headers are complete */
     void *head_ctx;
     net_buf url, hname, hval; /* pieces while they arrive */
     net_buf body;
@@ -197,6 +198,9 @@ typedef struct net_metrics {
     net_hist latency[NET_NROUTES];
     net_hist encode, search;
     uint64_t rejected; /* 503 for a full queue */
+    uint64_t conns_refused; /* connections closed at accept: a client over its share, or
+                               every slot busy */
+    uint64_t conns_evicted; /* idle connections closed to make room for a new one */
     uint64_t bytes_out;
 } net_metrics;
 

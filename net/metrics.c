@@ -115,6 +115,16 @@ int net_metrics_write(const net_metrics *m, size_t queue_depth, size_t queue_max
                       "queue was full.\n# TYPE medsem_queue_rejected_total counter\n"
                       "medsem_queue_rejected_total %llu\n",
                    (unsigned long long)m->rejected);
+    net_buf_printf(b, "# HELP medsem_connections_refused_total Connections closed at once: "
+                      "their client held --max-conns-per-client, or every slot was busy.\n"
+                      "# TYPE medsem_connections_refused_total counter\n"
+                      "medsem_connections_refused_total %llu\n",
+                   (unsigned long long)m->conns_refused);
+    net_buf_printf(b, "# HELP medsem_connections_evicted_total Idle connections closed to "
+                      "make room at --max-conns.\n"
+                      "# TYPE medsem_connections_evicted_total counter\n"
+                      "medsem_connections_evicted_total %llu\n",
+                   (unsigned long long)m->conns_evicted);
     net_buf_printf(b, "# HELP medsem_http_connections Open connections.\n"
                       "# TYPE medsem_http_connections gauge\nmedsem_http_connections %zu\n",
                    connections);

@@ -60,7 +60,13 @@ typedef struct net_opts {
     size_t max_header;        /* request line + headers cap (431); 0 = 16 KiB */
     double read_timeout;      /* seconds from a request's first byte to its last (408); 0 = 30 */
     double idle_timeout;      /* seconds a keep-alive connection may sit idle; 0 = 60 */
-    size_t max_conns;         /* open connections; more are closed at once; 0 = 1024 */
+    size_t max_conns;         /* open connections; at the cap a new one closes the
+                                 longest-idle one, or is closed when none is idle; 0 = 1024 */
+    size_t max_conns_per_client; /* open connections from one IP address; more are
+                                    closed at once; 0 = 64 */
+    double header_timeout;    /* seconds a new connection may take to send a request's
+                                 headers, and a request's headers from its first byte
+                                 (408); 0 = 10 */
     FILE *access_log;         /* one line per request, written by a thread of its own (the
                                  loop never waits on it); NULL = none */
     size_t preview_cache;     /* bytes of decoded images/volumes kept for previews;

@@ -72,6 +72,10 @@ struct conn {
     size_t npending;
     uv_buf_t out[2];
     const char *method; /* for the access log */
+    struct sockaddr_storage peer; /* the client's address (port ignored) */
+    int served;           /* requests answered on this connection */
+    uint64_t t_first;     /* loop time (ms) of the current request's first byte */
+    int head_timer;       /* the READING timer is the header timeout's */
     char rbuf[READ_CHUNK];
 };
 
@@ -212,6 +216,7 @@ static void on_written(uv_write_t *w, int status)
     c->method = "-";
     c->continue_sent = 0;
     c->state = ST_IDLE;
+    c->served++;
     timer_set(c, c->ctx->o.idle_timeout);
     if (c->npending) {
         char *p = c->pending;
@@ -444,8 +449,20 @@ static void conn_process(conn *c, const char *data, size_t len)
         data += used;
         len -= used;
         if (c->state == ST_IDLE && c->http.started) {
+            /* the headers within the header timeout, the whole request
+             * within the read timeout, both from the first byte */
+            net_ctx *ctx = c->ctx;
             c->state = ST_READING;
-            timer_set(c, c->ctx->o.read_timeout);
+            c->t_first = uv_now(&ctx->loop);
+            c->head_timer = ctx->o.header_timeout < ctx->o.read_timeout;
+            timer_set(c, c->head_timer ? ctx->o.header_timeout : ctx->o.read_timeout);
+        }
+        if (c->state == ST_READING && c->head_timer && c->http.head_done) {
+            net_ctx *ctx = c->ctx;
+            double left = ctx->o.read_timeout -
+                          (double)(uv_now(&ctx->loop) - c->t_first) / 1000.0;
+            c->head_timer = 0;
+            timer_set(c, left > 0 ? left : 0.001);
         }
         if (r == NET_HTTP_ERROR) {
             respond_error(c, c->http.status, c->http.error ? c->http.error : "bad request");
@@ -507,6 +524,50 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
+/* Whether a and b are the same IP address. */
+static int same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+    if (a->ss_family == AF_INET6)
+        return !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                       &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr));
+    return 0;
+}
+
+/* Open connections from c's address, c included. */
+static size_t client_conns(net_ctx *ctx, const conn *c)
+{
+    size_t n = 0;
+    for (const conn *o = ctx->conns; o; o = o->next)
+        if (o->state != ST_CLOSED && same_ip(&o->peer, &c->peer))
+            n++;
+    return n;
+}
+
+/* Closes the idle connection (not c) that has waited longest for a
+ * request: the one whose timer fires first.  0 when none is idle. */
+static int evict_idle(net_ctx *ctx, const conn *c)
+{
+    conn *best = NULL;
+    uint64_t due = UINT64_MAX;
+    for (conn *o = ctx->conns; o; o = o->next) {
+        if (o == c || o->state != ST_IDLE)
+            continue;
+        uint64_t d = uv_timer_get_due_in(&o->timer);
+        if (best == NULL || d < due)
+            best = o, due = d;
+    }
+    if (best == NULL)
+        return 0;
+    ctx->metrics.conns_evicted++;
+    conn_close(best);
+    return 1;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     net_ctx *ctx = server->data;
@@ -537,14 +598,28 @@ static void on_connection(uv_stream_t *server, int status)
     c->http.on_head = on_head;
     c->http.head_ctx = c;
     net_http_next(&c->http, c->arena);
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) || ctx->nconns > ctx->o.max_conns ||
-        ctx->draining) {
+    int namelen = (int)sizeof c->peer;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) || ctx->draining ||
+        uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &namelen)) {
+        conn_close(c);
+        return;
+    }
+    /* One client cannot hold every slot: past its share it is refused;
+     * at the cap the longest-idle connection (of anyone) makes room, so
+     * idle connections cannot lock out new clients. */
+    if (client_conns(ctx, c) > ctx->o.max_conns_per_client) {
+        ctx->metrics.conns_refused++;
+        conn_close(c);
+        return;
+    }
+    if (ctx->nconns > ctx->o.max_conns && !evict_idle(ctx, c)) {
+        ctx->metrics.conns_refused++;
         conn_close(c);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
     c->state = ST_IDLE;
-    timer_set(c, ctx->o.idle_timeout);
+    timer_set(c, ctx->o.header_timeout);
     read_on(c);
 }
 
@@ -664,6 +739,10 @@ int net_server_new(const net_opts *o, net_server **out, char *errbuf, size_t err
         ctx->o.idle_timeout = 60;
     if (!ctx->o.max_conns)
         ctx->o.max_conns = 1024;
+    if (!ctx->o.max_conns_per_client)
+        ctx->o.max_conns_per_client = 64;
+    if (!(ctx->o.header_timeout > 0))
+        ctx->o.header_timeout = 10;
     if (!ctx->o.preview_cache)
         ctx->o.preview_cache = (size_t)64 << 20;
     if (o->access_log && net_alog_new(o->access_log, 0, &ctx->alog)) {

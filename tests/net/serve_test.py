@@ -193,6 +193,7 @@ def run_all(tmp, db):
     finally:
         srv.stop(signal.SIGKILL)
     keys_and_restart(tmp, db)
+    conn_limits(tmp, db)
 
 
 def endpoints(P, items):
@@ -682,6 +683,85 @@ def keys_and_restart(tmp, db):
     ok(len(got) == len(lines) and got == [401, 401, 200, 200, 403, 200, 200, 401, 401],
        "the access log has one line per request, in order (method path status bytes time)",
        "\n".join(lines))
+
+
+def conn_limits(tmp, db):
+    """Connection slots: a share per client address, eviction of the
+    longest-idle connection at the cap, the header timeout."""
+    srv = Server(tmp, db, "--max-conns", "12", "--max-conns-per-client", "4",
+                 "--header-timeout", "3", "--quiet", create=False)
+    P = srv.port
+    socks = []
+
+    def connect(ip):
+        k = socket.create_connection(("127.0.0.1", P), timeout=10, source_address=(ip, 0))
+        socks.append(k)
+        return k
+
+    def closed_now(k, wait=1.0):
+        """True when the server has closed k (within wait seconds)."""
+        k.settimeout(wait)
+        try:
+            return k.recv(1) == b""
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+
+    try:
+        a = [connect("127.0.0.2") for _ in range(4)]
+        extra = connect("127.0.0.2")
+        ok(closed_now(extra) and not any(closed_now(k, 0.05) for k in a),
+           "a fifth connection from one address is closed at once; its first four stay")
+        ok(jreq(P, "GET", "/healthz")[0] == 200, "another client is served meanwhile")
+        # fill the server: 4 + 4 + 3 idle connections from three addresses
+        b = [connect("127.0.0.3") for _ in range(4)] + [connect("127.0.0.4") for _ in range(3)]
+        idle = a + b
+        statuses = [jreq(P, "GET", "/healthz")[0] for _ in range(3)]
+        gone = sum(closed_now(k, 0.2) for k in idle)
+        ok(statuses == [200, 200, 200] and gone >= 1,
+           "at --max-conns a new client is served and the longest-idle connection closed",
+           (statuses, gone))
+        s, h, b2 = request(P, "GET", "/metrics")
+        txt = b2.decode()
+        ok(s == 200 and re.search(r"^medsem_connections_refused_total [1-9]", txt, re.M) and
+           re.search(r"^medsem_connections_evicted_total [1-9]", txt, re.M),
+           "/metrics counts refused and evicted connections")
+        for k in socks:
+            k.close()
+        socks.clear()
+        time.sleep(0.3)
+        # a new connection that sends nothing is closed after the header timeout
+        k = connect("127.0.0.5")
+        t0 = time.monotonic()
+        shut = closed_now(k, 10)
+        dt = time.monotonic() - t0
+        ok(shut and 2 < dt < 8, "a silent new connection is closed after --header-timeout (%.1f s)" % dt)
+        # headers trickling in: 408 after the header timeout, not the 30 s read timeout
+        k = connect("127.0.0.5")
+        k.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+        t0 = time.monotonic()
+        k.settimeout(15)
+        try:
+            got = k.recv(4096)
+        except socket.timeout:
+            got = b""
+        dt = time.monotonic() - t0
+        ok(got.startswith(b"HTTP/1.1 408") and dt < 8,
+           "unfinished headers get 408 after --header-timeout (%.1f s)" % dt, got[:100])
+        # a body may take the read timeout once its headers are in
+        k = connect("127.0.0.5")
+        body = json.dumps({"query": {"id": VOL}, "limit": 1}).encode()
+        k.sendall(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        time.sleep(4)
+        k.sendall(body)
+        rs = read_responses(k, 1)
+        ok(rs and rs[0][0] == 200, "a body sent after the header timeout is still read", rs)
+    finally:
+        for k in socks:
+            k.close()
+        srv.stop(signal.SIGKILL)
 
 
 def ingest_only(db, portfile):

@@ -42,6 +42,11 @@ static void usage(FILE *f)
             "  --access-log FILE    one line per request (default: stderr), written by a\n"
             "                       thread of its own\n"
             "  --preview-cache-mb N decoded images/volumes kept for previews (default 64)\n"
+            "  --body-budget-mb N   request bodies all connections may hold at once\n"
+            "                       (default 1024, at least --max-body-mb): 503 past it\n"
+            "  --decode-budget-mb N memory all uploads being decoded at once may take\n"
+            "                       (default 1024): 413 for one that alone needs more,\n"
+            "                       503 while others hold it\n"
             "  --quiet              no access log\n",
             NET_DEFAULT_LISTEN);
 }
@@ -78,6 +83,8 @@ int cmd_serve(int argc, char **argv)
         {"preview-cache-mb", required_argument, 0, 'P'},
         {"header-timeout", required_argument, 0, 'H'}, {"max-conns", required_argument, 0, 'C'},
         {"max-conns-per-client", required_argument, 0, 'K'},
+        {"decode-budget-mb", required_argument, 0, 'D'},
+        {"body-budget-mb", required_argument, 0, 'Y'},
         {0, 0, 0, 0}};
     net_opts o = {0};
     const char *port_file = NULL, *access = NULL;
@@ -114,6 +121,16 @@ int cmd_serve(int argc, char **argv)
             if (cli_opt_u64("max-body-mb", optarg, 1, 1024, &u))
                 return CLI_BAD_INPUT;
             o.max_body = (size_t)u << 20;
+            break;
+        case 'Y':
+            if (cli_opt_u64("body-budget-mb", optarg, 1, 1 << 20, &u))
+                return CLI_BAD_INPUT;
+            o.body_budget = (size_t)u << 20;
+            break;
+        case 'D':
+            if (cli_opt_u64("decode-budget-mb", optarg, 16, 1 << 20, &u))
+                return CLI_BAD_INPUT;
+            o.decode_budget = (size_t)u << 20;
             break;
         case 'C':
             if (cli_opt_u64("max-conns", optarg, 1, 1 << 20, &u))

@@ -49,6 +49,7 @@ struct enc_model;
 struct enc_tok;
 struct enc_prep;
 struct img_vol;
+struct img_limits;
 
 /* Opens the model directory dir (config.json, model.safetensors, vocab.txt)
  * with a CPU backend of nthreads (<= 0: all cores).  Errors name the file
@@ -110,6 +111,11 @@ int enc_worker_volumes_mem(enc_worker *w, const enc_blob *blobs, const char *con
 typedef int (*enc_file_hook)(void *ctx, int i, const struct img_vol *v, char *errbuf,
                              size_t errlen);
 void enc_worker_set_file_hook(enc_worker *w, enc_file_hook fn, void *ctx);
+
+/* The limits every later read of the worker is held to (imageio's
+ * img_limits: size caps and the admission hook a server budgets decodes
+ * with), copied; NULL restores the defaults. */
+void enc_worker_set_limits(enc_worker *w, const struct img_limits *lim);
 
 /* Axial slices per volume that enc_worker_volume_slices encodes: the
  * volume input's depth D, when an axial plane of the preprocessed volume is

@@ -37,6 +37,7 @@ struct enc_worker {
     enc_file_hook hook;
     void *hook_ctx;
     int hook_file; /* the index the hook is told: the file being read */
+    img_limits lim; /* what every read of this worker is held to */
 };
 
 
@@ -235,6 +236,14 @@ void enc_worker_free(enc_worker *w)
     free(w);
 }
 
+void enc_worker_set_limits(enc_worker *w, const img_limits *lim)
+{
+    if (lim)
+        w->lim = *lim;
+    else
+        memset(&w->lim, 0, sizeof w->lim);
+}
+
 void enc_worker_set_file_hook(enc_worker *w, enc_file_hook fn, void *ctx)
 {
     w->hook = fn;
@@ -319,10 +328,10 @@ static int encode_files(enc_worker *w, enc_kind k, const char *const *paths,
         enc_prep_seen seen = w->hook ? file_seen : NULL;
         if (blobs)
             rc = enc_prep_mem(k == ENC_VOLUME, blobs[i].data, blobs[i].len, blobs[i].name, mod,
-                              pp, w->in + per * i, seen, w, errbuf, errlen);
+                              pp, &w->lim, w->in + per * i, seen, w, errbuf, errlen);
         else
-            rc = enc_prep_file(k == ENC_VOLUME, paths[i], mod, pp, w->in + per * i, seen, w,
-                               errbuf, errlen);
+            rc = enc_prep_file(k == ENC_VOLUME, paths[i], mod, pp, &w->lim, w->in + per * i,
+                               seen, w, errbuf, errlen);
         if (rc)
             return rc;
     }

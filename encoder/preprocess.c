@@ -142,28 +142,29 @@ static int prep_read(int volume, int rc, img_vol *v, const char *name, enc_modal
     return rc;
 }
 
-int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep *p, float *out,
-                  enc_prep_seen seen, void *ctx, char *errbuf, size_t errlen)
+int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep *p,
+                  const img_limits *lim, float *out, enc_prep_seen seen, void *ctx, char *errbuf,
+                  size_t errlen)
 {
     int rc = check(p, volume, errbuf, errlen);
     if (rc)
         return rc;
     img_vol v = {0};
-    rc = volume ? img_read_nifti(path, NULL, &v, errbuf, errlen)
-                : img_read_2d(path, NULL, &v, errbuf, errlen);
+    rc = volume ? img_read_nifti(path, lim, &v, errbuf, errlen)
+                : img_read_2d(path, lim, &v, errbuf, errlen);
     return prep_read(volume, rc, &v, path, mod, p, out, seen, ctx, errbuf, errlen);
 }
 
 int enc_prep_mem(int volume, const void *data, size_t len, const char *name, enc_modality mod,
-                 const enc_prep *p, float *out, enc_prep_seen seen, void *ctx, char *errbuf,
-                 size_t errlen)
+                 const enc_prep *p, const img_limits *lim, float *out, enc_prep_seen seen,
+                 void *ctx, char *errbuf, size_t errlen)
 {
     int rc = check(p, volume, errbuf, errlen);
     if (rc)
         return rc;
     img_vol v = {0};
-    rc = volume ? img_read_nifti_mem(data, len, name, NULL, &v, errbuf, errlen)
-                : img_read_2d_mem(data, len, name, NULL, &v, errbuf, errlen);
+    rc = volume ? img_read_nifti_mem(data, len, name, lim, &v, errbuf, errlen)
+                : img_read_2d_mem(data, len, name, lim, &v, errbuf, errlen);
     return prep_read(volume, rc, &v, name ? name : "(memory)", mod, p, out, seen, ctx, errbuf,
                      errlen);
 }
@@ -171,13 +172,13 @@ int enc_prep_mem(int volume, const void *data, size_t len, const char *name, enc
 int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,
                     char *errbuf, size_t errlen)
 {
-    return enc_prep_file(1, path, mod, p, out, NULL, NULL, errbuf, errlen);
+    return enc_prep_file(1, path, mod, p, NULL, out, NULL, NULL, errbuf, errlen);
 }
 
 int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float *out,
                    char *errbuf, size_t errlen)
 {
-    return enc_prep_file(0, path, mod, p, out, NULL, NULL, errbuf, errlen);
+    return enc_prep_file(0, path, mod, p, NULL, out, NULL, NULL, errbuf, errlen);
 }
 
 int enc_prep_slice_view(const char *value)

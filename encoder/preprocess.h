@@ -75,19 +75,21 @@ int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float
 int enc_prep_image(const char *path, enc_modality mod, const enc_prep *p, float *out,
                    char *errbuf, size_t errlen);
 
-/* Either of the above (volume: enc_prep_volume, else enc_prep_image), and
+/* Either of the above (volume: enc_prep_volume, else enc_prep_image), read
+ * within lim (imageio's limits and admission hook; NULL: the defaults), and
  * when seen is not NULL it is called with the image as read (RAS, the
  * stored intensities), before preprocessing: work that needs the decoded
  * file is done there without reading it again.  Its nonzero return (an
  * enc_errno, message in errbuf) is the call's. */
 typedef int (*enc_prep_seen)(void *ctx, const img_vol *v, char *errbuf, size_t errlen);
-int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep *p, float *out,
-                  enc_prep_seen seen, void *ctx, char *errbuf, size_t errlen);
+int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep *p,
+                  const img_limits *lim, float *out, enc_prep_seen seen, void *ctx, char *errbuf,
+                  size_t errlen);
 /* The same from a file's bytes in memory (an upload: imageio's _mem
  * readers, the format told by the content); name (may be NULL) stands for
  * the path in messages. */
 int enc_prep_mem(int volume, const void *data, size_t len, const char *name, enc_modality mod,
-                 const enc_prep *p, float *out, enc_prep_seen seen, void *ctx, char *errbuf,
-                 size_t errlen);
+                 const enc_prep *p, const img_limits *lim, float *out, enc_prep_seen seen,
+                 void *ctx, char *errbuf, size_t errlen);
 
 #endif

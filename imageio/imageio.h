@@ -58,10 +58,21 @@ const char *img_errname(int code);
 
 /* Hard caps on what a reader allocates.  NULL, or a field left 0, means
  * the defaults above.  max_voxels bounds nx*ny*nz of the volume kept (the
- * first one of a 4D+ file); max_pixels bounds width*height of a PNG. */
+ * first one of a 4D+ file); max_pixels bounds width*height of a PNG.
+ *
+ * admit (optional) is asked once the header has been read and checked,
+ * before the image's memory is allocated, with the bytes the reader is
+ * about to allocate for it (the stored samples and their float copy): a
+ * server uses it to keep all decodes in flight within one budget.  A
+ * nonzero return (an img_errno, with a message in errbuf that names the
+ * file) fails the read before any allocation; a read that was admitted
+ * holds its bytes until the caller releases them (the callback's owner
+ * does the accounting). */
 typedef struct img_limits {
     size_t max_voxels;
     size_t max_pixels;
+    int (*admit)(void *ctx, size_t bytes, const char *name, char *errbuf, size_t errlen);
+    void *admit_ctx;
 } img_limits;
 
 /* Where an image came from (img_vol.format): RAS order for NIfTI, picture

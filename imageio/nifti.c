@@ -653,6 +653,9 @@ static int nii_read(nii_in *in, int64_t size_bytes, const img_limits *lim, img_v
      * what it actually holds.  A gzip stream that holds just this volume
      * is read to its end, CRC included. */
     size_t nvox = (size_t)n[0] * (size_t)n[1] * (size_t)n[2], bytes = nvox * (size_t)size;
+    if (lim && lim->admit &&
+        (rc = lim->admit(lim->admit_ctx, bytes + nvox * sizeof(float), path, eb, el)) != IMG_OK)
+        return rc;
     void *buf = malloc(bytes);
     if (buf == NULL)
         return util_errf(eb, el, IMG_NOMEM, "%s: out of memory for %zu voxels", path, nvox);

@@ -144,6 +144,14 @@ static int png_read(png_read_ctx *c, const char *path, const img_limits *lim, im
     /* Interlaced images arrive in passes over the whole picture, so they
      * need all rows at once; the others go one row at a time. */
     size_t nrows = passes > 1 ? h : 1;
+    if (lim && lim->admit) {
+        int rc = lim->admit(lim->admit_ctx, (size_t)w * h * sizeof *c->data + nrows * rowbytes,
+                            path, eb, el);
+        if (rc != IMG_OK) {
+            ctx_free(c);
+            return rc;
+        }
+    }
     c->data = malloc((size_t)w * h * sizeof *c->data);
     c->rows = malloc(nrows * rowbytes);
     c->rowp = malloc(nrows * sizeof *c->rowp);

@@ -56,7 +56,7 @@ static int http_status(int rc)
     case NET_INVAL: case NET_UNSUPPORTED: return 400;
     case NET_NOTFOUND: return 404;
     case NET_TOOBIG: return 413;
-    case NET_NOMEM: return 503;
+    case NET_NOMEM: case NET_BUSY: return 503;
     default: return 500;
     }
 }

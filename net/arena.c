@@ -210,6 +210,8 @@ static int buf_reserve(net_buf *b, size_t n)
     return 0;
 }
 
+int net_buf_reserve(net_buf *b, size_t n) { return buf_reserve(b, n); }
+
 int net_buf_add(net_buf *b, const void *data, size_t n)
 {
     if (buf_reserve(b, n))

@@ -54,7 +54,18 @@ struct net_engine {
     int *freelist;
     pthread_mutex_t wm;
     pthread_cond_t wc;
+    /* the decode budget: bytes admitted (imageio's admit hook, per worker
+     * slot) and not yet given back, under wm */
+    size_t budget, used;
+    struct decode_slot *slot; /* [nw] */
 };
+
+/* What one worker's reads hold of the budget, and why the last was refused. */
+typedef struct decode_slot {
+    net_engine *e;
+    size_t held;
+    int refused; /* NET_TOOBIG or NET_BUSY: the last admission's refusal; 0 */
+} decode_slot;
 
 static char *join(const char *a, const char *b)
 {
@@ -159,7 +170,12 @@ int net_engine_open(const char *db_dir, const char *model_dir, int workers, int 
         rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
         goto fail;
     }
+    if (!(e->slot = calloc((size_t)e->nw, sizeof *e->slot))) {
+        rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+        goto fail;
+    }
     for (int i = 0; i < e->nw; i++) {
+        e->slot[i].e = e;
         if (e->p && enc_worker_new(e->p, 1, &e->w[i], err, sizeof err)) {
             rc = net__fail(errbuf, errlen, NET_NOMEM, "%s", err);
             goto fail;
@@ -188,6 +204,7 @@ void net_engine_close(net_engine *e)
         enc_worker_free(e->w[i]);
     free(e->w);
     free(e->freelist);
+    free(e->slot);
     enc_pipeline_close(e->p);
     store_close(e->s);
     net_cache_free(e->cache);
@@ -216,19 +233,66 @@ int net_engine_counts(net_engine *e, uint64_t counts[STORE_NSPACES])
 
 /* ---- encoder workers ---------------------------------------------------------- */
 
+/* imageio's admission hook for the reads of one worker: an image that
+ * alone needs more than the budget is refused for good (413), one that
+ * does not fit beside the decodes in flight for now (503).  Admitted bytes
+ * are held until the worker is given back. */
+static int decode_admit(void *ctx, size_t bytes, const char *name, char *errbuf, size_t errlen)
+{
+    decode_slot *d = ctx;
+    net_engine *e = d->e;
+    const double mib = 1.0 / (1 << 20);
+    if (bytes > e->budget) {
+        d->refused = NET_TOOBIG;
+        return util_errf(errbuf, errlen, IMG_TOOBIG,
+                         "%s: decoding it takes %.0f MiB, more than the server's decode budget "
+                         "of %.0f MiB",
+                         name, (double)bytes * mib, (double)e->budget * mib);
+    }
+    pthread_mutex_lock(&e->wm);
+    int fits = e->used + bytes <= e->budget;
+    if (fits) {
+        e->used += bytes;
+        d->held += bytes;
+    }
+    pthread_mutex_unlock(&e->wm);
+    if (!fits) {
+        d->refused = NET_BUSY;
+        return util_errf(errbuf, errlen, IMG_TOOBIG,
+                         "%s: the server is decoding other uploads (decode budget %.0f MiB); "
+                         "retry later",
+                         name, (double)e->budget * mib);
+    }
+    return IMG_OK;
+}
+
+void net_engine_set_decode_budget(net_engine *e, size_t bytes)
+{
+    e->budget = bytes;
+    for (int i = 0; i < e->nw; i++) {
+        img_limits lim = {0, 0, decode_admit, &e->slot[i]};
+        if (e->w[i])
+            enc_worker_set_limits(e->w[i], bytes ? &lim : NULL);
+    }
+}
+
 static int worker_take(net_engine *e)
 {
     pthread_mutex_lock(&e->wm);
     while (!e->nfree)
         pthread_cond_wait(&e->wc, &e->wm);
     int i = e->freelist[--e->nfree];
+    e->slot[i].refused = 0;
     pthread_mutex_unlock(&e->wm);
     return i;
 }
 
+/* Gives worker i back, with what its reads held of the decode budget. */
 static void worker_give(net_engine *e, int i)
 {
     pthread_mutex_lock(&e->wm);
+    e->used -= e->slot[i].held;
+    e->slot[i].held = 0;
     e->freelist[e->nfree++] = i;
     pthread_cond_signal(&e->wc);
     pthread_mutex_unlock(&e->wm);
@@ -334,7 +398,8 @@ static int encode_one(net_engine *e, int wi, int input, const void *data, size_t
             while (*msg == ':' || *msg == ' ')
                 msg++;
         }
-        return net__fail(errbuf, errlen, enc_code(rc), "%s", msg);
+        return net__fail(errbuf, errlen,
+                         e->slot[wi].refused ? e->slot[wi].refused : enc_code(rc), "%s", msg);
     }
     return NET_OK;
 }

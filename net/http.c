@@ -199,6 +199,9 @@ static int on_headers_complete(http_parser *p)
     }
     if (p->content_length != (uint64_t)-1 && p->content_length > h->max_body)
         return fail(h, 413, "the request body exceeds the size limit");
+    if (h->pool != NULL && p->content_length != (uint64_t)-1 &&
+        *h->pool + p->content_length > h->pool_max)
+        return fail(h, 503, "the server is receiving too many request bodies; retry later");
     /* a request with a body may be refused before it is read (and the
      * connection closed); one without goes its usual way */
     int body = (p->content_length != (uint64_t)-1 && p->content_length > 0) ||
@@ -207,6 +210,11 @@ static int on_headers_complete(http_parser *p)
         h->refused = 1;
         return -1;
     }
+    /* A known length is allocated once: growing by doubling would leave
+     * every smaller copy in the arena until the request ends. */
+    if (p->content_length != (uint64_t)-1 && p->content_length > 0 &&
+        net_buf_reserve(&h->body, (size_t)p->content_length))
+        return fail(h, 503, "out of memory");
     const char *expect = net_req_header(r, "expect");
     if (expect && !strcasecmp(expect, "100-continue"))
         h->expect_continue = 1;
@@ -216,6 +224,12 @@ static int on_headers_complete(http_parser *p)
 static int on_body(http_parser *p, const char *at, size_t n)
 {
     net_http *h = of(p);
+    if (h->pool != NULL) {
+        if (*h->pool + n > h->pool_max)
+            return fail(h, 503, "the server is receiving too many request bodies; retry later");
+        *h->pool += n;
+        h->pooled += n;
+    }
     if (net_buf_add(&h->body, at, n))
         return fail(h, h->body.toobig ? 413 : 503,
                     h->body.toobig ? "the request body exceeds the size limit" : "out of memory");
@@ -260,8 +274,16 @@ void net_http_init(net_http *h, size_t max_header, size_t max_body)
     h->parser.data = h;
 }
 
+void net_http_release(net_http *h)
+{
+    if (h->pool != NULL)
+        *h->pool -= h->pooled;
+    h->pooled = 0;
+}
+
 void net_http_next(net_http *h, net_arena *a)
 {
+    net_http_release(h);
     int paused = HTTP_PARSER_ERRNO(&h->parser) == HPE_PAUSED;
     memset(&h->req, 0, sizeof h->req);
     h->arena = a;

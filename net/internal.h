@@ -63,6 +63,9 @@ typedef struct net_buf {
 } net_buf;
 
 void net_buf_init(net_buf *b, net_arena *a, size_t max);
+/* Makes room for n more bytes (and the NUL) in one allocation; -1 past max
+ * or out of memory (toobig / nomem set). */
+int net_buf_reserve(net_buf *b, size_t n);
 int net_buf_add(net_buf *b, const void *data, size_t n);
 int net_buf_puts(net_buf *b, const char *s);
 int net_buf_printf(net_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -140,14 +143,22 @@ struct net_http {
     int (*on_head)(void *ctx, net_http *h);
     int refused;
     int head_done; /* the request's headers are complete */
+    /* The bytes of request bodies every connection holds at once, shared
+     * (the loop's, no locking): a body byte past pool_max is 503.  pooled
+     * is this request's share, given back by net_http_release.  pool NULL:
+     * no shared bound. */
+    size_t *pool, pool_max, pooled;
     void *head_ctx;
     net_buf url, hname, hval; /* pieces while they arrive */
     net_buf body;
 };
 
 void net_http_init(net_http *h, size_t max_header, size_t max_body);
-/* Starts the next request in arena a (after the previous was answered). */
+/* Starts the next request in arena a (after the previous was answered);
+ * gives back the previous body's share of the pool. */
 void net_http_next(net_http *h, net_arena *a);
+/* Gives back this request's share of the body pool (a closing connection). */
+void net_http_release(net_http *h);
 /* Feeds len bytes; *used gets how many were consumed (the rest belong to the
  * next, pipelined, request). */
 int net_http_feed(net_http *h, const char *data, size_t len, size_t *used);
@@ -271,6 +282,9 @@ typedef struct net_engine net_engine;
  * kept for previews (0 = none). */
 int net_engine_open(const char *db_dir, const char *model_dir, int workers, int create,
                     size_t preview_cache, net_engine **out, char *errbuf, size_t errlen);
+/* The decode budget (net_opts.decode_budget) every upload's decode is
+ * admitted against; 0 = none.  Set before serving. */
+void net_engine_set_decode_budget(net_engine *e, size_t bytes);
 void net_engine_close(net_engine *e); /* saves the indexes; accepts NULL */
 uint32_t net_engine_dim(const net_engine *e);
 int net_engine_has_model(const net_engine *e);

@@ -32,7 +32,8 @@
     XX(UNSUPPORTED, "unsupported by the model or the database")               \
     XX(ENGINE, "engine error")                                                \
     XX(LISTEN, "cannot listen on the address")                                \
-    XX(KEYS, "bad API key file")
+    XX(KEYS, "bad API key file")                                              \
+    XX(BUSY, "busy: retry later")
 
 typedef enum {
 #define NET__ENUM(name, msg) NET_##name,
@@ -69,6 +70,11 @@ typedef struct net_opts {
                                  (408); 0 = 10 */
     FILE *access_log;         /* one line per request, written by a thread of its own (the
                                  loop never waits on it); NULL = none */
+    size_t body_budget;       /* bytes of request bodies all connections may hold at once
+                              (503 past it; at least max_body); 0 = 1 GiB */
+    size_t decode_budget;     /* bytes all uploads being decoded at once may take (413 for
+                                 one that alone needs more, 503 while others hold it);
+                                 0 = 1 GiB */
     size_t preview_cache;     /* bytes of decoded images/volumes kept for previews;
                                  0 = 64 MiB */
     FILE *log;                /* start/stop messages; NULL = none */

@@ -47,6 +47,7 @@ struct net_ctx {
     net_alog *alog; /* NULL: no access log */
     uint64_t counts[STORE_NSPACES];
     size_t inflight, nconns;
+    size_t body_bytes; /* request bodies held by every connection (net_http pool) */
     conn *conns; /* doubly linked */
     int port;
     char addr[80];
@@ -96,6 +97,7 @@ static void conn_maybe_free(conn *c)
     if (c->next)
         c->next->prev = c->prev;
     ctx->nconns--;
+    net_http_release(&c->http);
     net_arena_free(c->arena);
     free(c->pending);
     free(c);
@@ -597,6 +599,8 @@ static void on_connection(uv_stream_t *server, int status)
     net_http_init(&c->http, ctx->o.max_header, ctx->o.max_body);
     c->http.on_head = on_head;
     c->http.head_ctx = c;
+    c->http.pool = &ctx->body_bytes;
+    c->http.pool_max = ctx->o.body_budget;
     net_http_next(&c->http, c->arena);
     int namelen = (int)sizeof c->peer;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) || ctx->draining ||
@@ -754,6 +758,13 @@ int net_server_new(const net_opts *o, net_server **out, char *errbuf, size_t err
     if ((rc = net_engine_open(o->db_dir, o->model_dir, ctx->o.workers, o->create,
                               ctx->o.preview_cache, &ctx->engine, errbuf, errlen)))
         goto fail;
+    if (!ctx->o.decode_budget)
+        ctx->o.decode_budget = (size_t)1 << 30;
+    if (!ctx->o.body_budget)
+        ctx->o.body_budget = (size_t)1 << 30;
+    if (ctx->o.body_budget < ctx->o.max_body)
+        ctx->o.body_budget = ctx->o.max_body;
+    net_engine_set_decode_budget(ctx->engine, ctx->o.decode_budget);
     if (net_engine_counts(ctx->engine, ctx->counts)) {
         rc = net__fail(errbuf, errlen, NET_ENGINE, "%s: cannot read the space counts",
                        o->db_dir);

@@ -15,6 +15,8 @@ server must stay up and correct through all of them.  TAP-style output.
 """
 import base64
 import http.client
+import struct
+import zlib
 import json
 import os
 import re
@@ -180,13 +182,15 @@ def main_test():
 def run_all(tmp, db):
     items = synth_items(tmp)
     srv = Server(tmp, db, "--workers", "2", "--queue", "3", "--max-body-mb", "2",
-                 "--read-timeout", "2", "--idle-timeout", "20", "--quiet")
+                 "--read-timeout", "2", "--idle-timeout", "20", "--decode-budget-mb", "256",
+                 "--quiet")
     P = srv.port
     try:
         endpoints(P, items)
         uploads_in_memory(P, db, items)
         cross_process(P, tmp, db)
         errors(P)
+        decode_bombs(P, srv)
         robustness(P)
         concurrency(P)
         shutdown(srv, P)
@@ -425,6 +429,64 @@ def errors(P):
     ok(s == 405 and h.get("allow") == "GET, DELETE", "PATCH /v1/items/1 is 405", (s, h))
     s, h, j = jreq(P, "DELETE", "/healthz")
     ok(s == 405, "DELETE /healthz is 405", (s, h))
+
+
+def png_bomb(w, h):
+    """A w x h 8-bit grey PNG of zeros: a few KB that decode to w*h bytes."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data +
+                struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff))
+    z = zlib.compressobj(9)
+    row = b"\0" * (w + 1)
+    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) +
+            chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def nifti_bomb(nx, ny, nz):
+    """A gzipped NIfTI-1 of nx x ny x nz uint8 zeros."""
+    hdr = bytearray(348)
+    struct.pack_into("<i", hdr, 0, 348)
+    struct.pack_into("<8h", hdr, 40, 3, nx, ny, nz, 1, 1, 1, 1)
+    struct.pack_into("<hh", hdr, 70, 2, 8)  # datatype uint8, bitpix 8
+    struct.pack_into("<8f", hdr, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", hdr, 108, 352)  # vox_offset
+    struct.pack_into("<h", hdr, 254, 2)  # sform_code
+    struct.pack_into("<4f", hdr, 280, 1, 0, 0, 0)
+    struct.pack_into("<4f", hdr, 296, 0, 1, 0, 0)
+    struct.pack_into("<4f", hdr, 312, 0, 0, 1, 0)
+    hdr[344:348] = b"n+1\0"
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    plane = b"\0" * (nx * ny)
+    body = z.compress(bytes(hdr) + b"\0" * 4) + b"".join(z.compress(plane) for _ in range(nz))
+    return body + z.flush()
+
+
+def peak_rss_kb(pid):
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def decode_bombs(P, srv):
+    """Uploads that decode to far more than they weigh are refused from their
+    header, within the decode budget (256 MiB here), before any allocation."""
+    before = peak_rss_kb(srv.p.pid)
+    png = png_bomb(8192, 8192)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"image": base64.b64encode(png).decode()}})
+    ok(s == 413 and "decode budget" in j["status"]["error"],
+       "a %d KB PNG of 8192 x 8192 pixels is 413 (decode budget)" % (len(png) // 1024), (s, j))
+    nii = nifti_bomb(512, 512, 256)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"volume": base64.b64encode(nii).decode()}})
+    ok(s == 413 and "decode budget" in j["status"]["error"],
+       "a %d KB .nii.gz of 512 x 512 x 256 voxels is 413 (decode budget)" % (len(nii) // 1024), (s, j))
+    grown = peak_rss_kb(srv.p.pid) - before
+    ok(grown < 64 * 1024, "the refused decodes allocated nothing (peak RSS grew %d KB)" % grown)
+    small = nifti_bomb(64, 64, 32)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"volume": base64.b64encode(small).decode()},
+                                             "limit": 1})
+    ok(s == 200, "a volume within the budget is searched", (s, j))
 
 
 def robustness(P):
@@ -689,7 +751,8 @@ def conn_limits(tmp, db):
     """Connection slots: a share per client address, eviction of the
     longest-idle connection at the cap, the header timeout."""
     srv = Server(tmp, db, "--max-conns", "12", "--max-conns-per-client", "4",
-                 "--header-timeout", "3", "--quiet", create=False)
+                 "--header-timeout", "3", "--max-body-mb", "2", "--body-budget-mb", "3",
+                 "--quiet", create=False)
     P = srv.port
     socks = []
 
@@ -714,8 +777,9 @@ def conn_limits(tmp, db):
         ok(closed_now(extra) and not any(closed_now(k, 0.05) for k in a),
            "a fifth connection from one address is closed at once; its first four stay")
         ok(jreq(P, "GET", "/healthz")[0] == 200, "another client is served meanwhile")
-        # fill the server: 4 + 4 + 3 idle connections from three addresses
-        b = [connect("127.0.0.3") for _ in range(4)] + [connect("127.0.0.4") for _ in range(3)]
+        # fill the server: 4 + 4 + 4 idle connections from three addresses
+        b = [connect("127.0.0.3") for _ in range(4)] + [connect("127.0.0.4") for _ in range(4)]
+        time.sleep(0.2)
         idle = a + b
         statuses = [jreq(P, "GET", "/healthz")[0] for _ in range(3)]
         gone = sum(closed_now(k, 0.2) for k in idle)
@@ -727,6 +791,33 @@ def conn_limits(tmp, db):
         ok(s == 200 and re.search(r"^medsem_connections_refused_total [1-9]", txt, re.M) and
            re.search(r"^medsem_connections_evicted_total [1-9]", txt, re.M),
            "/metrics counts refused and evicted connections")
+        for k in socks:
+            k.close()
+        socks.clear()
+        time.sleep(0.3)
+        # request bodies held at once are bounded server-wide (3 MiB here)
+        head = (b"PUT /v1/items HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n")
+        u1, u2 = connect("127.0.0.6"), connect("127.0.0.7")
+        u1.sendall(head % (2 << 20) + b"x" * (1 << 20))
+        u2.sendall(head % (2 << 20) + b"x" * (1 << 20))
+        time.sleep(0.3)
+        u3 = connect("127.0.0.8")
+        u3.sendall(head % (1536 << 10))
+        u3.settimeout(5)
+        try:
+            got = u3.recv(4096)
+        except socket.timeout:
+            got = b""
+        ok(got.startswith(b"HTTP/1.1 503") and b"Retry-After" in got,
+           "a body past the server-wide body budget is 503 at once", got[:200])
+        u1.close()
+        time.sleep(0.3)
+        u4 = connect("127.0.0.8")
+        body = json.dumps({"items": [{"report": "Small right pleural effusion."}]}).encode()
+        u4.sendall(head % len(body) + body)
+        rs = read_responses(u4, 1)
+        ok(rs and rs[0][0] == 200, "a closed connection gives its share back", rs)
         for k in socks:
             k.close()
         socks.clear()

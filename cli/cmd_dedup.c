@@ -21,7 +21,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: medsem dedup --db DIR [--threshold T] [--image-threshold T] [--space S]\n"
-            "                    [--kind volume|image|all] [--threads N] [--json]\n"
+            "                    [--kind volume|image|all] [--threads N] [--max-pairs N] [--json]\n"
             "\n"
             "Exact duplicates share their data hash (the same file bytes, report text or\n"
             "vector).  Near duplicates (rescans) come from the acquisition fingerprints\n"
@@ -30,11 +30,13 @@ static void usage(FILE *f)
             "a score of at least --image-threshold (default %.3f; every pair is aligned,\n"
             "on --threads threads, default all cores), joined transitively into clusters.\n"
             "--space S uses the model's embeddings of space S instead (default T %.2f):\n"
-            "they group findings rather than patients.  --kind compares only the volume or\n"
+            "they group findings rather than patients; a threshold that links more than\n"
+            "--max-pairs pairs (default %d) is refused.  --kind compares only the volume or\n"
             "only the radiograph fingerprints.  A database without fingerprints\n"
             "(ingested before them, or imported vectors) falls back to the image and\n"
             "volume spaces, or the only space with vectors.\n",
-            (double)DEDUP_FP_THRESHOLD, (double)DEDUP_FP_IMAGE_THRESHOLD, DEFAULT_THRESHOLD);
+            (double)DEDUP_FP_THRESHOLD, (double)DEDUP_FP_IMAGE_THRESHOLD, DEFAULT_THRESHOLD,
+            DEDUP_MAX_PAIRS);
 }
 
 static void print_clusters(store *s, const char *name, const char *space, const dedup_cluster *c,
@@ -101,7 +103,9 @@ int cmd_dedup(int argc, char **argv)
         {"image-threshold", required_argument, 0, 'i'},
         {"threads", required_argument, 0, 'n'},
         {"kind", required_argument, 0, 'k'},
+        {"max-pairs", required_argument, 0, 'm'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    size_t max_pairs = DEDUP_MAX_PAIRS;
     const char *db = NULL, *space = NULL;
     double thr = DEFAULT_THRESHOLD, ithr = DEDUP_FP_IMAGE_THRESHOLD;
     long threads = sysconf(_SC_NPROCESSORS_ONLN);
@@ -133,6 +137,15 @@ int cmd_dedup(int argc, char **argv)
                 return CLI_BAD_INPUT;
             }
             threads = (long)nt;
+            break;
+        }
+        case 'm': {
+            uint64_t mp;
+            if (cli_parse_u64(optarg, 1, 1000000000, &mp)) {
+                cli_error("--max-pairs '%s': expected 1 to 1000000000", optarg);
+                return CLI_BAD_INPUT;
+            }
+            max_pairs = (size_t)mp;
             break;
         }
         case 'k':
@@ -236,7 +249,7 @@ int cmd_dedup(int argc, char **argv)
     for (size_t i = 0; i < nsp && !fp; i++) {
         idx_space *x = NULL;
         int e = idx_space_open(s, sps[i], NULL, &x, err, sizeof err) ||
-                dedup_embeddings(s, x, (float)thr, &r[i], err, sizeof err);
+                dedup_embeddings(s, x, (float)thr, max_pairs, &r[i], err, sizeof err);
         idx_space_free(x);
         if (e) {
             cli_error("%s", err);

@@ -107,8 +107,8 @@ typedef struct scan {
     float thr;
     float *v;
     int64_t *qid;
-    size_t n;
-    size_t pairs, scanned;
+    size_t n, block;
+    size_t pairs, scanned, max_pairs;
     int rc;
     char *errbuf;
     size_t errlen;
@@ -153,6 +153,15 @@ static int flush(scan *s)
             uf_union(s->u, (size_t)a, (size_t)b, sc[j]);
         }
     }
+    if (s->max_pairs && s->pairs > s->max_pairs) {
+        free(ids);
+        free(sc);
+        s->rc = util_errf(s->errbuf, s->errlen, DEDUP_TOOBIG,
+                          "threshold %g links more than %zu near pairs (after %zu of %zu items): "
+                          "raise the threshold, or the pair limit",
+                          (double)s->thr, s->max_pairs, s->scanned + s->n, s->u->n);
+        return -1;
+    }
     s->scanned += s->n;
     free(ids);
     free(sc);
@@ -165,7 +174,7 @@ static int scan_cb(void *ctx, uint64_t id, uint64_t gen, const float *vec)
     scan *s = ctx;
     memcpy(s->v + s->n * s->dim, vec, s->dim * sizeof(float));
     s->qid[s->n++] = (int64_t)id;
-    return s->n == DEDUP_BLOCK ? flush(s) : 0;
+    return s->n == s->block ? flush(s) : 0;
 }
 
 typedef struct groups {
@@ -311,16 +320,16 @@ int dedup_result_merge(dedup_result *into, dedup_result *from)
     return DEDUP_OK;
 }
 
-int dedup_embeddings(store *st, idx_space *x, float threshold, dedup_result **out, char *errbuf,
-               size_t errlen)
+int dedup_embeddings(store *st, idx_space *x, float threshold, size_t max_pairs,
+                     dedup_result **out, char *errbuf, size_t errlen)
 {
     if (!(threshold > 0 && threshold <= 1))
         return util_errf(errbuf, errlen, DEDUP_INVAL, "threshold must be in (0, 1], not %g",
                    (double)threshold);
     dedup_result *r = calloc(1, sizeof *r);
     uf u = {0};
-    scan s = {.x = x, .u = &u, .dim = store_dim(st), .thr = threshold, .errbuf = errbuf,
-              .errlen = errlen};
+    scan s = {.x = x, .u = &u, .dim = store_dim(st), .thr = threshold, .max_pairs = max_pairs,
+              .errbuf = errbuf, .errlen = errlen};
     groups ex = {0}, ne = {0};
     int rc = DEDUP_OK;
     if (!r) {
@@ -338,6 +347,11 @@ int dedup_embeddings(store *st, idx_space *x, float threshold, dedup_result **ou
         rc = store_fail(st, sr, errbuf, errlen);
         goto out;
     }
+    /* a block's range results are at most block x n */
+    s.block = u.n && DEDUP_RANGE_RESULTS / u.n < DEDUP_BLOCK ? DEDUP_RANGE_RESULTS / u.n
+                                                              : DEDUP_BLOCK;
+    if (s.block < 1)
+        s.block = 1;
     s.v = malloc((size_t)DEDUP_BLOCK * s.dim * sizeof *s.v);
     s.qid = malloc(DEDUP_BLOCK * sizeof *s.qid);
     if (uf_init(&u) || !s.v || !s.qid) {

@@ -140,9 +140,17 @@ typedef struct dedup_result {
 } dedup_result;
 
 /* Exact duplicates by data hash; near duplicates by range search of every
- * vector of x's space at threshold, joined by union-find. */
-int dedup_embeddings(store *s, idx_space *x, float threshold, dedup_result **out, char *errbuf,
-                     size_t errlen);
+ * vector of x's space at threshold, joined by union-find.
+ *
+ * The cost is bounded: max_pairs (0: no bound) caps the near pairs found
+ * (a threshold so low that it links more is refused with DEDUP_TOOBIG
+ * naming both, as soon as the count passes it), and the vectors are
+ * range-searched in blocks small enough that one block's results (at most
+ * block x n) stay under DEDUP_RANGE_RESULTS, whatever the threshold. */
+#define DEDUP_MAX_PAIRS 1000000
+#define DEDUP_RANGE_RESULTS ((size_t)1 << 22)
+int dedup_embeddings(store *s, idx_space *x, float threshold, size_t max_pairs,
+                     dedup_result **out, char *errbuf, size_t errlen);
 void dedup_result_free(dedup_result *r);
 
 /* Moves from's near clusters into `into` (kept sorted by their first id)

@@ -974,6 +974,16 @@ static void do_dedup(net_call *c)
         }
         ithr = it->valuedouble;
     }
+    size_t max_pairs = DEDUP_MAX_PAIRS;
+    const cJSON *mp = cJSON_GetObjectItemCaseSensitive(j, "max_pairs");
+    if (mp && !cJSON_IsNull(mp)) {
+        if (!cJSON_IsNumber(mp) || mp->valuedouble != floor(mp->valuedouble) ||
+            mp->valuedouble < 1 || mp->valuedouble > 1e8) {
+            net_api_error(c, 400, "max_pairs: expected an integer from 1 to 100000000");
+            return;
+        }
+        max_pairs = (size_t)mp->valuedouble;
+    }
     dedup_result *r = NULL;
     char err[1024];
     double t0 = net_now();
@@ -996,7 +1006,7 @@ static void do_dedup(net_call *c)
     if (!rc && !fp) {
         if (!(thr > 0))
             thr = 0.95;
-        rc = net_engine_dedup(c->engine, sp, (float)thr, &r, err, sizeof err);
+        rc = net_engine_dedup(c->engine, sp, (float)thr, max_pairs, &r, err, sizeof err);
     }
     c->t_search = net_now() - t0;
     if (rc) {

@@ -895,17 +895,19 @@ int net_engine_dedup_fp(net_engine *e, float threshold, float image_threshold,
     return NET_OK;
 }
 
-int net_engine_dedup(net_engine *e, store_space sp, float threshold, dedup_result **out,
-                     char *errbuf, size_t errlen)
+int net_engine_dedup(net_engine *e, store_space sp, float threshold, size_t max_pairs,
+                     dedup_result **out, char *errbuf, size_t errlen)
 {
     char err[1024];
     int cu = net_engine_catch_up(e, sp, NULL, errbuf, errlen);
     if (cu)
         return cu;
     pthread_rwlock_rdlock(&e->lk[sp]);
-    int rc = dedup_embeddings(e->s, e->x[sp], threshold, out, err, sizeof err);
+    int rc = dedup_embeddings(e->s, e->x[sp], threshold, max_pairs, out, err, sizeof err);
     pthread_rwlock_unlock(&e->lk[sp]);
     if (rc)
-        return net__fail(errbuf, errlen, rc == DEDUP_INVAL ? NET_INVAL : NET_ENGINE, "%s", err);
+        return net__fail(errbuf, errlen,
+                         rc == DEDUP_INVAL || rc == DEDUP_TOOBIG ? NET_INVAL : NET_ENGINE, "%s",
+                         err);
     return NET_OK;
 }

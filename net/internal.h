@@ -367,8 +367,9 @@ int net_engine_preview(net_engine *e, uint64_t id, int z, int max_side, net_aren
 int net_engine_dedup_fp(net_engine *e, float threshold, float image_threshold,
                         dedup_result **out, size_t *nvol, size_t *nimg, char *errbuf,
                         size_t errlen);
-int net_engine_dedup(net_engine *e, store_space sp, float threshold, dedup_result **out,
-                     char *errbuf, size_t errlen);
+/* max_pairs: dedup_embeddings' bound (a threshold linking more is NET_INVAL). */
+int net_engine_dedup(net_engine *e, store_space sp, float threshold, size_t max_pairs,
+                     dedup_result **out, char *errbuf, size_t errlen);
 
 /* Brings sp's index up to date when the store holds writes it has not
  * seen (another process's `medsem ingest`, say): one read of the space's

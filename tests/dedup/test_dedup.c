@@ -267,7 +267,7 @@ static void test_embeddings(void **state)
     idx_space *ix = NULL;
     assert_int_equal(idx_space_open(s, STORE_SPACE_IMAGE, NULL, &ix, err, sizeof err), 0);
     dedup_result *res = NULL;
-    assert_int_equal(dedup_embeddings(s, ix, 0.98f, &res, err, sizeof err), 0);
+    assert_int_equal(dedup_embeddings(s, ix, 0.98f, 0, &res, err, sizeof err), 0);
     assert_int_equal(res->scanned, M);
     assert_int_equal(res->nexact, 1);
     assert_int_equal(res->exact[0].n, 2);
@@ -283,8 +283,26 @@ static void test_embeddings(void **state)
     assert_int_equal(res->near[2].n, 2);
     assert_int_equal(res->near[2].ids[0], ids[30]);
     assert_true(res->near[0].min_score >= 0.98f);
+    const size_t pairs = res->pairs;
     dedup_result_free(res);
-    assert_int_equal(dedup_embeddings(s, ix, 1.5f, &res, err, sizeof err), DEDUP_INVAL);
+    assert_int_equal(dedup_embeddings(s, ix, 1.5f, 0, &res, err, sizeof err), DEDUP_INVAL);
+    /* the pair bound: the same search fits in its own pair count, not in one
+     * fewer; a threshold that links everything is refused early, naming the
+     * bound */
+    assert_true(pairs >= 8); /* 6 among 5, 10, 11, 12; 20-21; 30-31 */
+    assert_int_equal(dedup_embeddings(s, ix, 0.98f, pairs, &res, err, sizeof err), 0);
+    assert_int_equal(res->pairs, pairs);
+    dedup_result_free(res);
+    res = NULL;
+    assert_int_equal(dedup_embeddings(s, ix, 0.98f, pairs - 1, &res, err, sizeof err),
+                     DEDUP_TOOBIG);
+    assert_null(res);
+    char want[64];
+    snprintf(want, sizeof want, "more than %zu near pairs", pairs - 1);
+    assert_non_null(strstr(err, want));
+    assert_int_equal(dedup_embeddings(s, ix, 0.0001f, 1000, &res, err, sizeof err),
+                     DEDUP_TOOBIG);
+    assert_non_null(strstr(err, "threshold 0.0001 links more than 1000"));
     idx_space_free(ix);
     store_close(s);
     tu_rmtree(dir);

@@ -389,6 +389,9 @@ def errors(P):
         ok(s == status and j and field in j["status"]["error"], what, (s, j))
 
     bad({"query": {"text": "x"}, "limit": 0}, "limit", "limit 0 is 400 naming the field")
+    bad({"target": "volume", "threshold": 0.0001, "max_pairs": 2}, "links more than 2 near pairs",
+        "a dedup threshold that links more than max_pairs is 400", path="/v1/dedup")
+    bad({"target": "volume", "max_pairs": 0}, "max_pairs", "max_pairs 0 is 400", path="/v1/dedup")
     bad({"query": {"text": "x"}, "limit": "3"}, "limit", "limit as a string is 400")
     bad({"query": {"text": "x"}, "target": "bogus"}, "target", "an unknown target is 400")
     bad({"limit": 3}, "query", "a missing query is 400")

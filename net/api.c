@@ -57,6 +57,7 @@ static int http_status(int rc)
     case NET_NOTFOUND: return 404;
     case NET_TOOBIG: return 413;
     case NET_NOMEM: case NET_BUSY: return 503;
+    case NET_FULL: return 507;
     default: return 500;
     }
 }
@@ -548,9 +549,32 @@ static void item_fields(net_buf *b, const store_item *it)
 
 /* ---- handlers ------------------------------------------------------------------------ */
 
+/* msg with every occurrence of dir replaced by "DB": a client is told what
+ * failed, not where the server keeps its files. */
+static void scrub_dir(char *msg, const char *dir)
+{
+    size_t dl = dir ? strlen(dir) : 0;
+    while (dl > 1 && dir[dl - 1] == '/')
+        dl--;
+    if (dl < 3)
+        return;
+    for (char *p = msg; (p = strstr(p, dir)) != NULL;) {
+        if (strncmp(p, dir, dl)) {
+            p++;
+            continue;
+        }
+        memcpy(p, "DB", 2);
+        memmove(p + 2, p + dl, strlen(p + dl) + 1);
+        p += 2;
+    }
+}
+
 static void fail_rc(net_call *c, int rc, const char *err)
 {
-    net_api_error(c, http_status(rc), "%s", err);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", err);
+    scrub_dir(msg, net_engine_db(c->engine));
+    net_api_error(c, http_status(rc), "%s", msg);
 }
 
 /* The first space holding vectors, in the order volume, image, report, slice. */

@@ -327,6 +327,14 @@ static int write_all(int fd, const unsigned char *d, size_t n)
     return 0;
 }
 
+/* The code of a failed write: NET_FULL when the database's disk is (nearly)
+ * full, whatever the layer below called it, else fallback. */
+static int write_code(const net_engine *e, int fallback)
+{
+    long long avail = util_disk_free(e->db);
+    return avail >= 0 && avail < UTIL_DISK_FULL_BYTES ? NET_FULL : fallback;
+}
+
 /* Writes the bytes to a fresh private file DB/tmp/upload-XXXXXX<ext>;
  * *path is malloc'd. */
 static int write_temp(net_engine *e, const char *ext, const unsigned char *d, size_t n,
@@ -344,11 +352,15 @@ static int write_temp(net_engine *e, const char *ext, const unsigned char *d, si
         free(p);
         return rc;
     }
-    int bad = write_all(fd, d, n);
-    if (close(fd) || bad) {
+    int bad = write_all(fd, d, n) ? errno : 0;
+    if (close(fd) && !bad)
+        bad = errno;
+    if (bad) {
         unlink(p);
         free(p);
-        return net__fail(errbuf, errlen, NET_IO, "writing a temporary file in %s", e->tmpdir);
+        return net__fail(errbuf, errlen, bad == ENOSPC ? NET_FULL : write_code(e, NET_IO),
+                         "writing a temporary file in %s: %s", e->tmpdir,
+                         bad == ENOSPC ? "disk full" : strerror(bad));
     }
     *path = p;
     return NET_OK;
@@ -572,7 +584,7 @@ int net_engine_item_delete(net_engine *e, uint64_t id, char *errbuf, size_t errl
         return net__fail(errbuf, errlen, NET_NOTFOUND, "item %llu: no such item",
                          (unsigned long long)id);
     if (g)
-        return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+        return net__fail(errbuf, errlen, write_code(e, NET_ENGINE), "%s", store_errmsg(e->s));
     if (e->cache)
         net_cache_drop(e->cache, id);
     return sync_all(e, errbuf, errlen);
@@ -657,8 +669,10 @@ int net_engine_put(net_engine *e, const net_put_item *items, size_t n, net_put_r
         uint8_t dh[STORE_HASH_SIZE];
         char err[1024];
         util_sha256(it->data, it->len, dh);
-        if ((rc = keep_blob(e, it, dh, &paths[i], err, sizeof err)))
+        if ((rc = keep_blob(e, it, dh, &paths[i], err, sizeof err))) {
+            rc = rc == NET_IO ? write_code(e, rc) : rc;
             net__fail(errbuf, errlen, rc, "items[%zu]: %s", i, err);
+        }
         in[i].path = paths[i];
     }
     if (rc)
@@ -689,7 +703,7 @@ int net_engine_put(net_engine *e, const net_put_item *items, size_t n, net_put_r
         rc = net__fail(errbuf, errlen,
                        ir_rc == INGEST_NOMEM  ? NET_NOMEM
                        : ir_rc == INGEST_INPUT ? NET_INVAL
-                                               : NET_ENGINE,
+                                               : write_code(e, NET_ENGINE),
                        "%s", err);
     }
     /* What was committed is searchable, failure or not. */

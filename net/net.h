@@ -33,7 +33,8 @@
     XX(ENGINE, "engine error")                                                \
     XX(LISTEN, "cannot listen on the address")                                \
     XX(KEYS, "bad API key file")                                              \
-    XX(BUSY, "busy: retry later")
+    XX(BUSY, "busy: retry later")                                             \
+    XX(FULL, "disk full")
 
 typedef enum {
 #define NET__ENUM(name, msg) NET_##name,

@@ -173,6 +173,12 @@ __attribute__((format(printf, 3, 4))) static int lmdb_fail(store *s, int rc, con
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
+    /* A full disk comes back as ENOSPC, or as EIO when LMDB saw a short
+     * write: say which it was, not "Input/output error". */
+    long long avail = rc == EIO || rc == ENOSPC ? util_disk_free(s->dir) : -1;
+    if (rc == ENOSPC || (avail >= 0 && avail < UTIL_DISK_FULL_BYTES))
+        return fail(s, STORE_FULL, "%s: disk full (%lld KiB free on its file system)", what,
+                    avail < 0 ? 0 : avail >> 10);
     return fail(s, map_rc(rc), "%s: %s", what, mdb_strerror(rc));
 }
 

@@ -44,7 +44,8 @@
     XX(CORRUPT, "corrupted record")                                           \
     XX(CHECKSUM, "checksum mismatch")                                         \
     XX(READONLY, "database opened read-only")                                 \
-    XX(LMDB, "LMDB error")
+    XX(LMDB, "LMDB error")                                                    \
+    XX(FULL, "disk full")
 
 typedef enum {
 #define STORE__ENUM(name, msg) STORE_##name,

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -107,3 +108,11 @@ int util_blank(const char *s)
     return 1;
 }
 
+
+long long util_disk_free(const char *path)
+{
+    struct statvfs st;
+    if (statvfs(path, &st))
+        return -1;
+    return (long long)st.f_bavail * (long long)st.f_frsize;
+}

@@ -35,6 +35,14 @@ int util_mkdir_p(const char *dir);
  * takes as a query or a report. */
 int util_blank(const char *s);
 
+/* Bytes free to an unprivileged writer on the file system holding path
+ * (statvfs f_bavail x f_frsize), or -1 when it cannot be asked. */
+long long util_disk_free(const char *path);
+
+/* Below this many free bytes a failed write is taken for a full disk:
+ * LMDB reports a short write as EIO, not ENOSPC. */
+#define UTIL_DISK_FULL_BYTES ((long long)64 << 20)
+
 /* Seconds on the monotonic clock: for durations only. */
 double util_now(void);
 

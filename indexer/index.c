@@ -44,6 +44,7 @@ struct idx_space {
     uint64_t max_id;  /* largest id added, for catch-up */
     uint64_t tuned_n; /* ntotal when last tuned / built */
     uint64_t ann_failed_n; /* size at which auto IVF could not reach the target */
+    uint64_t removed, rebuilds; /* idx_info's counters */
     char loaded[96];
     char err[512];
 };
@@ -791,6 +792,8 @@ void idx_space_info(const idx_space *x, idx_info *info)
     info->ef_search = x->hnsw ? x->ef_search : 0;
     info->recall = x->recall;
     info->loaded = x->loaded;
+    info->removed = x->removed;
+    info->rebuilds = x->rebuilds;
 }
 
 store_space idx_space_which(const idx_space *x)
@@ -860,6 +863,7 @@ static int rebuild(idx_space *x, const char *why)
      * at least st.gen; catch-up by id picks up anything newer. */
     x->gen = c.max_gen > st.gen ? c.max_gen : st.gen;
     x->del_gen = st.del_gen;
+    x->rebuilds++;
     snprintf(x->loaded, sizeof x->loaded, "rebuilt: %s", why);
     return IDX_OK;
 }
@@ -933,8 +937,10 @@ static const char *load_snapshot(idx_space *x, const idx_opts *o, int *fatal)
     const char *why = NULL;
     if (params_parse(x, &h))
         why = "snapshot parameters unreadable";
-    else if (h.del_gen != st.del_gen)
-        why = "items deleted since the snapshot";
+    else if (h.del_gen > st.del_gen)
+        why = "snapshot newer than the deletions";
+    /* deletions since the snapshot are taken out by the sync that follows
+     * (in place when the deletion log names them, else by a rebuild) */
     else if (h.gen > st.gen)
         why = "snapshot newer than the vectors";
     else if (want_forced && (!x->forced || strcmp(want, x->factory) != 0))
@@ -1035,6 +1041,72 @@ static int catchup_cb(void *ctx, uint64_t id, uint64_t gen, const float *vec)
     return 0;
 }
 
+/* remove_deleted's answer when only a rebuild will do. */
+#define IDX__REBUILD (-1)
+
+typedef struct dellist {
+    uint64_t *ids;
+    size_t n, cap;
+} dellist;
+
+static int dellist_add(void *ctx, uint64_t gen, uint64_t id)
+{
+    (void)gen;
+    dellist *d = ctx;
+    if (d->n == d->cap) {
+        size_t nc = d->cap ? 2 * d->cap : 64;
+        uint64_t *ni = realloc(d->ids, nc * sizeof *ni);
+        if (!ni)
+            return -1;
+        d->ids = ni;
+        d->cap = nc;
+    }
+    d->ids[d->n++] = id;
+    return 0;
+}
+
+/* Takes the deletions since x->del_gen out of the index by id (the store's
+ * deletion log names them), instead of rebuilding it from every vector:
+ * IndexIDMap2 over Flat and IVF removes ids in place.  IDX__REBUILD when
+ * that cannot be done (HNSW, which FAISS cannot remove from; a log that
+ * does not cover the range; FAISS refusing). */
+static int remove_deleted(idx_space *x, const store_space_stat *st)
+{
+    if (x->hnsw || st->del_gen < x->del_gen)
+        return IDX__REBUILD;
+    dellist d = {0};
+    int s = store_deleted_scan(x->s, x->sp, x->del_gen, st->del_gen, dellist_add, &d);
+    if (s < 0) {
+        free(d.ids);
+        seterr(x, "out of memory reading the deletion log");
+        return IDX_NOMEM;
+    }
+    if (s) {
+        free(d.ids);
+        return IDX__REBUILD;
+    }
+    int rc = IDX_OK;
+    for (size_t i = 0; i < d.n && rc == IDX_OK; i++) {
+        /* one selector per item: its id, or its slices' label range */
+        FaissIDSelectorRange *sel = NULL;
+        idx_t lo = x->sp == STORE_SPACE_SLICE ? (idx_t)STORE_SLICE_LABEL(d.ids[i], 0)
+                                               : (idx_t)d.ids[i];
+        idx_t hi = x->sp == STORE_SPACE_SLICE ? (idx_t)STORE_SLICE_LABEL(d.ids[i] + 1, 0)
+                                               : lo + 1;
+        size_t removed = 0;
+        if (faiss_IDSelectorRange_new(&sel, lo, hi) ||
+            faiss_Index_remove_ids(x->ix, (const FaissIDSelector *)sel, &removed))
+            rc = IDX__REBUILD;
+        faiss_IDSelector_free((FaissIDSelector *)sel);
+    }
+    free(d.ids);
+    if (rc == IDX_OK) {
+        x->del_gen = st->del_gen;
+        x->removed += d.n;
+    }
+    return rc;
+}
+
 int idx_space_sync(idx_space *x)
 {
     if (!x->s) {
@@ -1046,8 +1118,13 @@ int idx_space_sync(idx_space *x)
         seterr(x, "%s", store_errmsg(x->s));
         return IDX_STORE;
     }
-    if (st.del_gen != x->del_gen)
-        return rebuild(x, "items deleted");
+    if (st.del_gen != x->del_gen) {
+        int rc = remove_deleted(x, &st);
+        if (rc == IDX__REBUILD)
+            return rebuild(x, "items deleted");
+        if (rc)
+            return rc;
+    }
     if (st.gen == x->gen)
         return IDX_OK;
     /* An untrained index cannot take vectors: they wait for idx_space_save,

@@ -105,6 +105,8 @@ typedef struct idx_info {
     int ef_search;        /* 0 when not HNSW */
     double recall;        /* measured recall@10 at those parameters (1 when exact) */
     const char *loaded;   /* how it came to be: "snapshot", "rebuilt: <why>", "new" */
+    uint64_t removed;     /* deleted items taken out in place since it was opened */
+    uint64_t rebuilds;    /* rebuilds from the store's vectors since it was opened */
 } idx_info;
 
 /* Checks that FAISS can make an index of this factory string and dimension

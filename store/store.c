@@ -61,7 +61,7 @@
 #define STORE__GROW (-1)
 
 enum { DB_META, DB_ITEMS, DB_VECTORS, DB_SLICES, DB_HASHES, DB_DATAHASH, DB_PAYLOAD, DB_INDEX,
-       DB_FPRINT, NDBS };
+       DB_FPRINT, DB_DELLOG, NDBS };
 
 static const struct {
     const char *name;
@@ -76,6 +76,11 @@ static const struct {
     [DB_PAYLOAD] = {"payload", MDB_DUPSORT | MDB_DUPFIXED},
     [DB_INDEX] = {"index", 0},
     [DB_FPRINT] = {"fprints", 0}, /* added later: absent in older databases */
+    /* (space, deletion generation) -> item id: which deletion each del_gen
+     * step was, so an index removes those ids instead of rebuilding.  Added
+     * later: absent in older databases, and it starts at the del_gen the
+     * database had then. */
+    [DB_DELLOG] = {"dellog", 0},
 };
 
 struct store {
@@ -83,6 +88,7 @@ struct store {
     MDB_dbi dbi[NDBS];
     int readonly;
     int has_fprints; /* the `fprints` db exists (a read-only open of an older database) */
+    int has_dellog;  /* the `dellog` db exists (likewise) */
     uint32_t dim;
     size_t maxkey; /* payload key limit: min(LMDB's, 511), the same for every build */
     char *dir;
@@ -787,10 +793,10 @@ static int open_dbs(store *s, MDB_txn *txn, int create)
     for (int i = 0; i < NDBS; i++) {
         unsigned flags = dbdefs[i].flags | (create ? MDB_CREATE : 0), got;
         int rc = mdb_dbi_open(txn, dbdefs[i].name, flags, &s->dbi[i]);
-        if (i == DB_FPRINT) {
-            s->has_fprints = rc == 0;
+        if (i == DB_FPRINT || i == DB_DELLOG) {
+            *(i == DB_FPRINT ? &s->has_fprints : &s->has_dellog) = rc == 0;
             if (rc == MDB_NOTFOUND)
-                continue; /* a read-only open of a database older than fingerprints */
+                continue; /* a read-only open of a database older than it */
         }
         if (rc == MDB_NOTFOUND)
             return fail(s, STORE_CORRUPT, "named database '%s' is missing", dbdefs[i].name);
@@ -1292,6 +1298,68 @@ static int delete_prefix(store *s, MDB_txn *txn, MDB_dbi dbi, const uint8_t *pfx
     return rc ? lmdb_fail(s, rc, "deleting a key range") : STORE_OK;
 }
 
+/* Records that deletion generation gen of sp removed item id. */
+static int dellog_put(store *s, MDB_txn *txn, store_space sp, uint64_t gen, uint64_t id)
+{
+    if (!s->has_dellog)
+        return STORE_OK;
+    uint8_t kb[9], vb[8];
+    kb[0] = (uint8_t)sp;
+    put_u64be(kb + 1, gen);
+    put_u64be(vb, id);
+    MDB_val k = mval(kb, 9), v = mval(vb, 8);
+    int rc = mdb_put(txn, s->dbi[DB_DELLOG], &k, &v, 0);
+    return rc ? lmdb_fail(s, rc, "logging the deletion of item %llu", (unsigned long long)id)
+              : STORE_OK;
+}
+
+int store_deleted_scan(store *s, store_space sp, uint64_t after_gen, uint64_t upto_gen,
+                       store_deleted_cb cb, void *ctx)
+{
+    assert(s && cb);
+    if (!s->has_dellog)
+        return fail(s, STORE_NOTFOUND, "this database keeps no deletion log");
+    MDB_txn *txn;
+    int r = read_begin(s, &txn);
+    if (r)
+        return r;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, s->dbi[DB_DELLOG], &cur);
+    if (rc) {
+        read_end(s, txn);
+        return lmdb_fail(s, rc, "reading the deletion log");
+    }
+    uint8_t kb[9];
+    kb[0] = (uint8_t)sp;
+    put_u64be(kb + 1, after_gen + 1);
+    MDB_val k = mval(kb, 9), v;
+    uint64_t want = after_gen + 1;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); !rc && !r;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        const uint8_t *kp = k.mv_data;
+        if (k.mv_size != 9 || kp[0] != (uint8_t)sp)
+            break;
+        uint64_t gen = get_u64be(kp + 1);
+        if (gen > upto_gen)
+            break;
+        if (gen != want || v.mv_size != 8) {
+            r = fail(s, STORE_NOTFOUND, "the deletion log of %s lacks generation %llu",
+                     space_names[sp], (unsigned long long)want);
+            break;
+        }
+        want++;
+        r = cb(ctx, gen, get_u64be(v.mv_data));
+    }
+    if (!r && rc && rc != MDB_NOTFOUND)
+        r = lmdb_fail(s, rc, "reading the deletion log");
+    if (!r && want != upto_gen + 1)
+        r = fail(s, STORE_NOTFOUND, "the deletion log of %s lacks generation %llu",
+                 space_names[sp], (unsigned long long)want);
+    mdb_cursor_close(cur);
+    read_end(s, txn);
+    return r;
+}
+
 static int delete_body(store *s, MDB_txn *txn, void *arg)
 {
     uint64_t id = *(const uint64_t *)arg;
@@ -1365,6 +1433,8 @@ static int delete_body(store *s, MDB_txn *txn, void *arg)
             m.count = m.count ? m.count - 1 : 0;
             r = space_put(s, txn, sp, &m);
         }
+        if (!r)
+            r = dellog_put(s, txn, (store_space)sp, m.del_gen, id);
     }
     if (!r) {
         size_t nsl = 0;
@@ -1374,6 +1444,8 @@ static int delete_body(store *s, MDB_txn *txn, void *arg)
             m.del_gen++;
             m.count = m.count >= nsl ? m.count - nsl : 0;
             r = space_put(s, txn, STORE_SPACE_SLICE, &m);
+            if (!r)
+                r = dellog_put(s, txn, STORE_SPACE_SLICE, m.del_gen, id);
         }
     }
     return r;

@@ -218,6 +218,17 @@ typedef struct store_space_stat {
     uint64_t count;
 } store_space_stat;
 int store_space_stat_get(store *s, store_space sp, store_space_stat *st);
+
+/* The deletions of sp with generation in (after_gen, upto_gen], in
+ * generation order: cb gets each generation and the id of the item it
+ * removed (in the slice space: the item whose slices went, labels
+ * STORE_SLICE_LABEL(id, 0..4095)).  cb's nonzero return stops the scan and
+ * is returned.  STORE_NOTFOUND when the log cannot account for every
+ * generation of the range (a database older than the log, or deletions
+ * made before it existed): the caller then rebuilds from the vectors. */
+typedef int (*store_deleted_cb)(void *ctx, uint64_t gen, uint64_t id);
+int store_deleted_scan(store *s, store_space sp, uint64_t after_gen, uint64_t upto_gen,
+                       store_deleted_cb cb, void *ctx);
 /* Named text attributes of the database (in `meta` as "attr.NAME"), e.g.
  * the model directory an ingest used.  name: 1..64 characters of [a-z0-9_.];
  * value: up to 4096 bytes without NUL.  store_attr_get gives a malloc'd

@@ -808,6 +808,22 @@ static int stop_cb(void *ctx, const uint64_t *ids, size_t n)
     return 7;
 }
 
+typedef struct dlog_ctx {
+    uint64_t gen[8], id[8];
+    size_t n;
+} dlog_ctx;
+
+static int dlog_cb(void *ctx, uint64_t gen, uint64_t id)
+{
+    dlog_ctx *d = ctx;
+    if (d->n < 8) {
+        d->gen[d->n] = gen;
+        d->id[d->n] = id;
+    }
+    d->n++;
+    return 0;
+}
+
 static void test_delete(void **state)
 {
     enum { DIM = 4 };
@@ -853,6 +869,19 @@ static void test_delete(void **state)
     assert_true(st.gen == 2 && st.del_gen == 1 && st.count == 1);
     assert_int_equal(store_space_stat_get(s, STORE_SPACE_IMAGE, &st), STORE_OK);
     assert_true(st.del_gen == 0);
+    /* the deletion log names what each deletion generation removed: the
+     * volume vector and the slices of item a */
+    dlog_ctx dl = {0};
+    assert_int_equal(store_deleted_scan(s, STORE_SPACE_VOLUME, 0, 1, dlog_cb, &dl), STORE_OK);
+    assert_true(dl.n == 1 && dl.gen[0] == 1 && dl.id[0] == ia);
+    assert_int_equal(store_space_stat_get(s, STORE_SPACE_SLICE, &st), STORE_OK);
+    dl = (dlog_ctx){0};
+    assert_int_equal(store_deleted_scan(s, STORE_SPACE_SLICE, 0, st.del_gen, dlog_cb, &dl),
+                     STORE_OK);
+    assert_true(st.del_gen == 1 && dl.n == 1 && dl.id[0] == ia);
+    assert_int_equal(store_deleted_scan(s, STORE_SPACE_VOLUME, 0, 2, dlog_cb, &dl),
+                     STORE_NOTFOUND); /* generation 2 has not happened */
+    assert_int_equal(store_deleted_scan(s, STORE_SPACE_IMAGE, 0, 0, dlog_cb, &dl), STORE_OK);
     store_filter f = {.key = "modality", .op = STORE_OP_EQ, .text = "CT"};
     assert_int_equal(store_filter_ids(s, &f, 1, &ids, &nids), STORE_OK);
     assert_int_equal(nids, 1);

@@ -45,8 +45,10 @@ int cli_opt_fraction(const char *name, const char *arg, double *out);
 store *cli_open_db(const char *dir);
 
 /* The space to use: the named one, or, when name is NULL, the only space
- * holding vectors.  Prints the reason and returns -1 when it cannot tell. */
-int cli_pick_space(store *s, const char *name, store_space *out);
+ * holding vectors.  Prints the reason and returns -1 when it cannot tell;
+ * opt is the option the name came from ("space", "target"), for the
+ * message. */
+int cli_pick_space(store *s, const char *name, const char *opt, store_space *out);
 
 /* Progress on a terminal (stderr): label, count, rate, ETA; silent otherwise. */
 typedef struct cli_progress {

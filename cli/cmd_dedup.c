@@ -222,7 +222,7 @@ int cmd_dedup(int argc, char **argv)
     if (fp) {
         /* done above */
     } else if (space) {
-        if (cli_pick_space(s, space, &sps[0]))
+        if (cli_pick_space(s, space, "space", &sps[0]))
             goto out;
         nsp = 1;
     } else {
@@ -236,7 +236,7 @@ int cmd_dedup(int argc, char **argv)
                 sps[nsp++] = (store_space)sp;
         }
         if (nsp == 0) {
-            if (cli_pick_space(s, NULL, &sps[0]))
+            if (cli_pick_space(s, NULL, NULL, &sps[0]))
                 goto out;
             nsp = 1;
         }

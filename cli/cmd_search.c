@@ -223,6 +223,8 @@ int cmd_search(int argc, char **argv)
         {"volume", required_argument, 0, 'V'}, {"model", required_argument, 0, 'm'},
         {"modality", required_argument, 0, 'M'}, {"slices", required_argument, 0, 'S'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    int li = 0;
+    const char *space_opt = "space";
     const char *db = NULL, *vfile = NULL, *space = NULL, *item = NULL, *text = NULL;
     const char *image = NULL, *volume = NULL, *model = NULL, *modality = NULL;
     const char *fexpr[MAX_FILTERS];
@@ -230,12 +232,15 @@ int cmd_search(int argc, char **argv)
     uint64_t k = 10, item_id = 0, nslices = 3;
     int json = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "", longopts, &li)) != -1) {
         switch (c) {
         case 'd': db = optarg; break;
         case 'v': vfile = optarg; break;
         case 'i': item = optarg; break;
-        case 's': space = optarg; break;
+        case 's':
+            space = optarg;
+            space_opt = longopts[li].name; /* "space" or "target", for messages */
+            break;
         case 'j': json = 1; break;
         case 'T': text = optarg; break;
         case 'I': image = optarg; break;
@@ -270,6 +275,18 @@ int cmd_search(int argc, char **argv)
         return CLI_USAGE;
     }
     int nqueries = !!vfile + !!item + !!text + !!image + !!volume;
+    if (nqueries > 1) {
+        char given[96] = "";
+        const char *names[] = {text ? "--text" : NULL, image ? "--image" : NULL,
+                               volume ? "--volume" : NULL, item ? "--item" : NULL,
+                               vfile ? "--vector-file" : NULL};
+        for (int q = 0, m = 0; q < 5; q++)
+            if (names[q])
+                snprintf(given + strlen(given), sizeof given - strlen(given), "%s%s",
+                         m++ ? (m == nqueries ? " and " : ", ") : "", names[q]);
+        cli_error("search takes one query, but %s were given", given);
+        return CLI_USAGE;
+    }
     if (!db || nqueries != 1) {
         cli_error("search needs --db and one of --text, --image, --volume, --item or --vector-file");
         usage(stderr);
@@ -317,7 +334,7 @@ int cmd_search(int argc, char **argv)
             goto out;
         }
         if (qit->kind == STORE_KIND_VECTOR) {
-            if (cli_pick_space(s, space, &qsp))
+            if (cli_pick_space(s, space, space_opt, &qsp))
                 goto out;
         } else {
             qsp = qit->kind == STORE_KIND_IMAGE    ? STORE_SPACE_IMAGE
@@ -330,10 +347,10 @@ int cmd_search(int argc, char **argv)
         qsp = STORE_SPACE_VOLUME;
     }
     if (space) {
-        if (cli_pick_space(s, space, &sp))
+        if (cli_pick_space(s, space, space_opt, &sp))
             goto out;
     } else if (vfile) {
-        if (cli_pick_space(s, NULL, &sp))
+        if (cli_pick_space(s, NULL, NULL, &sp))
             goto out;
     } else {
         sp = qsp;

@@ -84,11 +84,12 @@ store *cli_open_db(const char *dir)
     return s;
 }
 
-int cli_pick_space(store *s, const char *name, store_space *out)
+int cli_pick_space(store *s, const char *name, const char *opt, store_space *out)
 {
     if (name) {
         if (store_space_parse(name, out)) {
-            cli_error("--space '%s': expected image, volume, report or slice", name);
+            cli_error("--%s '%s': expected image, volume, report or slice", opt ? opt : "space",
+                      name);
             return -1;
         }
         return 0;

@@ -15,6 +15,7 @@
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
@@ -67,6 +68,8 @@ typedef struct pitem {
     char *report;   /* NULL when absent */
     char *json;     /* the line as canonical JSON: the item's payload */
     char *dataset;  /* the item's own dataset (ingest_items), or NULL: the plan's */
+    char *v1json;   /* the line as it was, when json got the manifest's "dataset"
+                       (the legacy hash is of that); NULL: json */
 } pitem;
 
 struct ingest_plan {
@@ -88,6 +91,7 @@ static void pitem_clear(pitem *it)
     free(it->modality);
     free(it->report);
     free(it->json);
+    free(it->v1json);
     free(it->dataset);
     memset(it, 0, sizeof *it);
 }
@@ -176,8 +180,12 @@ static int finish_item(pitem *it, const cJSON *j, size_t line, int rc)
 
 /* Checks one line into *it; returns 0, 1 (bad: reason in why) or -1 (out
  * of memory). */
-static int parse_line(const char *line, size_t lineno, const char *base, pitem *it, char *why,
-                      size_t wlen)
+/* dataset: the manifest's name, put in the payload as "dataset" when the
+ * line has none (the store filters on payload keys, and the HTTP API
+ * stores an item's dataset there too); a line's own string "dataset" is
+ * the item's. */
+static int parse_line(const char *line, size_t lineno, const char *base, const char *dataset,
+                      pitem *it, char *why, size_t wlen)
 {
     memset(it, 0, sizeof *it);
     it->line = lineno;
@@ -223,6 +231,19 @@ static int parse_line(const char *line, size_t lineno, const char *base, pitem *
     }
     if (!rc)
         rc = check_item(it, base, file, "'file'", why, wlen);
+    if (!rc && dataset) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "dataset");
+        if (!d) {
+            if (!(it->v1json = cJSON_PrintUnformatted(j)) ||
+                !cJSON_AddStringToObject(j, "dataset", dataset))
+                rc = -1;
+        } else if (!cJSON_IsString(d)) {
+            snprintf(why, wlen, "field 'dataset' must be a string");
+            rc = 1;
+        } else if (!(it->dataset = strdup(d->valuestring))) {
+            rc = -1;
+        }
+    }
     rc = finish_item(it, j, lineno, rc);
     free(kind);
     free(file);
@@ -230,9 +251,32 @@ static int parse_line(const char *line, size_t lineno, const char *base, pitem *
     return rc;
 }
 
+/* A directory given as the manifest: say so, and name a manifest in it
+ * when there is one (what `medsem synth --out DIR` writes). */
+static int manifest_is_dir(const char *dir, char *errbuf, size_t errlen)
+{
+    char hint[300] = "";
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && !hint[0] && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n > 6 && !strcmp(e->d_name + n - 6, ".jsonl"))
+            snprintf(hint, sizeof hint, "; did you mean %s%s%s?", dir,
+                     dir[strlen(dir) - 1] == '/' ? "" : "/", e->d_name);
+    }
+    if (d)
+        closedir(d);
+    return util_errf(errbuf, errlen, INGEST_INPUT,
+                     "%s: is a directory; --manifest takes a JSONL file, one item per line%s",
+                     dir, hint);
+}
+
 int ingest_plan_read(const char *manifest, const ingest_opts *o, ingest_plan **out,
                      char *errbuf, size_t errlen)
 {
+    struct stat msb;
+    if (stat(manifest, &msb) == 0 && S_ISDIR(msb.st_mode))
+        return manifest_is_dir(manifest, errbuf, errlen);
     FILE *f = fopen(manifest, "r");
     if (!f)
         return util_errf(errbuf, errlen, INGEST_IO, "%s: %s", manifest, strerror(errno));
@@ -274,7 +318,7 @@ int ingest_plan_read(const char *manifest, const ingest_opts *o, ingest_plan **o
             pl->it = ni;
             pl->cap = nc;
         }
-        int r = parse_line(line, lineno, base, &pl->it[pl->n], why, sizeof why);
+        int r = parse_line(line, lineno, base, pl->dataset, &pl->it[pl->n], why, sizeof why);
         if (r < 0) {
             rc = INGEST_NOMEM;
             break;
@@ -697,7 +741,7 @@ static int process_job(run *r, enc_worker *w, job *j, char *msg, size_t mlen)
             int lr = store_hash_lookup(r->s, j->chash[i], &id);
             if (lr == STORE_NOTFOUND && !r->pl->indexed) {
                 uint8_t v1[STORE_HASH_SIZE];
-                content_hash_v1(it->kind, j->dhash[i], it->json, v1);
+                content_hash_v1(it->kind, j->dhash[i], it->v1json ? it->v1json : it->json, v1);
                 lr = store_hash_lookup(r->s, v1, &id);
             }
             if (lr == STORE_OK) {

@@ -415,6 +415,24 @@ static int get_blob(net_call *c, const cJSON *v, const char *name, unsigned char
         net_api_error(c, 400, "%s: empty", name);
         return -1;
     }
+    /* What the field takes, told by the first bytes: the readers would say
+     * "no NIfTI-1 or NIfTI-2 header" of anything else, naming a format the
+     * client may not have meant. */
+    const unsigned char *d = *data;
+    size_t n = *len;
+    int png = n >= 8 && !memcmp(d, "\x89PNG\r\n\x1a\n", 8);
+    int gz = n >= 2 && d[0] == 0x1f && d[1] == 0x8b;
+    int nii = n >= 4 && ((d[0] == 0x5c && d[1] == 1 && !d[2] && !d[3]) ||  /* 348 LE */
+                         (!d[0] && !d[1] && d[2] == 1 && d[3] == 0x5c) ||  /* 348 BE */
+                         (d[0] == 0x1c && d[1] == 2 && !d[2] && !d[3]) ||  /* 540 LE */
+                         (!d[0] && !d[1] && d[2] == 2 && d[3] == 0x1c));   /* 540 BE */
+    int is_image = strstr(name, "image") != NULL;
+    if (!(gz || nii || (is_image && png))) {
+        net_api_error(c, 400, "%s: not %s (%zu bytes that are neither%s)", name,
+                      is_image ? "a PNG or NIfTI image" : "a NIfTI volume (.nii or .nii.gz)", n,
+                      is_image ? " PNG, NIfTI nor gzip" : " NIfTI nor gzip");
+        return -1;
+    }
     return 0;
 }
 

@@ -174,6 +174,17 @@ for kind in ("volume", "radiograph"):
 PY
 expect 0 "" "encode a synthetic volume with it" -- "$MEDSEM" encode --model "$T/mod" --volume "$T/syn/$(sed -n 's/.*"file":"\([^"]*vol_[^"]*\)".*/\1/p' "$T/syn/train.jsonl" | head -n 1)" --modality CT --json
 expect 2 "needs --model and --manifest" "eval without a manifest" -- "$MEDSEM" eval --model "$T/mod"
+# --- what a new user trips over: messages that name what was done, the dataset filter
+expect 1 "syn: is a directory; --manifest takes a JSONL file.*did you mean .*syn/train.jsonl" "ingest --manifest DIR says it is a directory" -- "$MEDSEM" ingest --db "$T/nu" --model "$T/mod" --manifest "$T/syn"
+[ ! -e "$T/nu" ] && ok "a refused manifest creates no database" || bad "ingest --manifest DIR made $T/nu"
+expect 0 "" "ingest the tiny set" -- "$MEDSEM" ingest --db "$T/nu" --model "$T/mod" --manifest "$T/syn/train.jsonl" --quiet
+expect 0 "" "--filter dataset=train (the manifest's name) finds its items" -- "$MEDSEM" search --db "$T/nu" --text "pleural effusion" --filter dataset=train --k 3 --json
+[ "$(grep -o '"id":' "$T/out" | wc -l)" = 3 ] && ok "dataset filter: 3 hits" || bad "dataset filter found: $(cat "$T/out")"
+expect 0 "" "--filter dataset=other finds none" -- "$MEDSEM" search --db "$T/nu" --text "pleural effusion" --filter dataset=other --k 3 --json
+[ "$(grep -o '"id":' "$T/out" | wc -l)" = 0 ] && ok "dataset filter: 0 hits for another dataset" || bad "dataset=other found: $(cat "$T/out")"
+expect 2 "search takes one query, but --text and --image were given" "two queries at once are named" -- "$MEDSEM" search --db "$T/nu" --text a --image x.png
+expect 1 "^medsem: --target 'foo': expected" "--target foo names --target" -- "$MEDSEM" search --db "$T/nu" --text a --target foo
+expect 1 "^medsem: --space 'foo': expected" "--space foo names --space" -- "$MEDSEM" search --db "$T/nu" --text a --space foo
 expect 2 "" "eval usage" -- "$MEDSEM" eval --bogus
 # output folders are made with their parents, and a file in the way is named
 expect 0 "" "synth into a folder whose parents do not exist" -- "$MEDSEM" synth --out "$T/new/deeper/syn" --volumes 1 --images 1 --seed 3 --size small --quiet

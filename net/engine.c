@@ -58,6 +58,8 @@ struct net_engine {
      * slot) and not yet given back, under wm */
     size_t budget, used;
     struct decode_slot *slot; /* [nw] */
+    char *model_dir;    /* the model served (NULL: none) */
+    int model_recorded; /* it came from the database's record, not --model */
 };
 
 /* What one worker's reads hold of the budget, and why the last was refused. */
@@ -114,6 +116,24 @@ int net_engine_open(const char *db_dir, const char *model_dir, int workers, int 
     }
     if (store_open(db_dir, &so, &e->s, err, sizeof err)) {
         rc = net__fail(errbuf, errlen, NET_INVAL, "%s", err);
+        goto fail;
+    }
+    /* No --model: the model the database was ingested with, as `medsem
+     * search` takes it (a database of imported vectors records none, and is
+     * served by stored item only). */
+    char *rec = NULL;
+    if (!e->p && store_attr_get(e->s, "model_dir", &rec) == STORE_OK) {
+        if (enc_pipeline_open(rec, 1, &e->p, err, sizeof err)) {
+            rc = net__fail(errbuf, errlen, NET_INVAL,
+                           "%s (the model directory recorded in the database; --model DIR "
+                           "overrides it)", err);
+            free(rec);
+            goto fail;
+        }
+        model_dir = e->model_dir = rec;
+        e->model_recorded = 1;
+    } else if (model_dir && !(e->model_dir = strdup(model_dir))) {
+        rc = net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
         goto fail;
     }
     if (e->p) {
@@ -211,6 +231,7 @@ void net_engine_close(net_engine *e)
     pthread_mutex_destroy(&e->wm);
     pthread_cond_destroy(&e->wc);
     free(e->db);
+    free(e->model_dir);
     free(e->tmpdir);
     free(e->blobdir);
     free(e);
@@ -219,6 +240,13 @@ void net_engine_close(net_engine *e)
 uint32_t net_engine_dim(const net_engine *e) { return store_dim(e->s); }
 int net_engine_has_model(const net_engine *e) { return e->p != NULL; }
 const char *net_engine_db(const net_engine *e) { return e->db; }
+
+const char *net_engine_model_dir(const net_engine *e, int *recorded)
+{
+    if (recorded)
+        *recorded = e->model_recorded;
+    return e->model_dir;
+}
 
 int net_engine_counts(net_engine *e, uint64_t counts[STORE_NSPACES])
 {

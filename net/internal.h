@@ -289,6 +289,9 @@ void net_engine_close(net_engine *e); /* saves the indexes; accepts NULL */
 uint32_t net_engine_dim(const net_engine *e);
 int net_engine_has_model(const net_engine *e);
 const char *net_engine_db(const net_engine *e);
+/* The model directory served (NULL: none); *recorded (may be NULL) is 1
+ * when it came from the database's record rather than --model. */
+const char *net_engine_model_dir(const net_engine *e, int *recorded);
 /* Items per space (vectors in each space), read in one snapshot. */
 int net_engine_counts(net_engine *e, uint64_t counts[STORE_NSPACES]);
 

@@ -811,9 +811,18 @@ int net_server_run(net_server *srv)
     uv_signal_start(&ctx->sigint, on_signal, SIGINT);
     uv_signal_start(&ctx->sigterm, on_signal, SIGTERM);
     ctx->ran = 1;
-    if (ctx->o.log)
+    if (ctx->o.log) {
+        int recorded = 0;
+        const char *model = net_engine_model_dir(ctx->engine, &recorded);
         fprintf(ctx->o.log, "medsem: serving %s on %s, port %d (%d workers, queue %zu)\n",
                 ctx->o.db_dir, ctx->o.listen, ctx->port, ctx->o.workers, ctx->o.queue_max);
+        if (model)
+            fprintf(ctx->o.log, "medsem: model %s%s\n", model,
+                    recorded ? " (recorded in the database; --model overrides it)" : "");
+        else
+            fprintf(ctx->o.log, "medsem: no model (the database records none): search by "
+                                "stored item only; --model DIR to search by text or upload\n");
+    }
     uv_run(&ctx->loop, UV_RUN_DEFAULT);
     if (ctx->o.log)
         fprintf(ctx->o.log, "medsem: stopped\n");

@@ -54,11 +54,13 @@ def ok(cond, what, detail=""):
 
 
 class Server:
-    def __init__(self, tmp, db, *extra, create=True):
+    def __init__(self, tmp, db, *extra, create=True, model=True):
         self.portfile = os.path.join(tmp, "port.%d" % time.monotonic_ns())
-        self.log = open(os.path.join(tmp, "serve.log"), "ab")
-        args = [MEDSEM, "serve", "--db", db, "--model", MODEL, "--listen", "127.0.0.1:0",
-                "--port-file", self.portfile] + (["--create"] if create else []) + list(extra)
+        self.logpath = os.path.join(tmp, "serve.%d.log" % time.monotonic_ns())
+        self.log = open(self.logpath, "ab")
+        args = ([MEDSEM, "serve", "--db", db] + (["--model", MODEL] if model else []) +
+                ["--listen", "127.0.0.1:0", "--port-file", self.portfile] +
+                (["--create"] if create else []) + list(extra))
         self.p = subprocess.Popen(args, stdout=self.log, stderr=self.log)
         t0 = time.monotonic()
         while not os.path.exists(self.portfile):
@@ -197,6 +199,7 @@ def run_all(tmp, db):
     finally:
         srv.stop(signal.SIGKILL)
     keys_and_restart(tmp, db)
+    recorded_model(tmp)
     conn_limits(tmp, db)
     disk_full(tmp)
 
@@ -863,6 +866,26 @@ def conn_limits(tmp, db):
         for k in socks:
             k.close()
         srv.stop(signal.SIGKILL)
+
+
+def recorded_model(tmp):
+    """serve without --model uses the model the database was ingested with,
+    as `medsem search` does, and says so at start."""
+    syn = os.path.join(tmp, "syn")
+    db2 = os.path.join(tmp, "db-cli")
+    subprocess.run([MEDSEM, "ingest", "--db", db2, "--model", MODEL, "--manifest",
+                    os.path.join(syn, "train.jsonl"), "--quiet"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = Server(tmp, db2, "--quiet", create=False, model=False)
+    try:
+        s, h, j = jreq(srv.port, "POST", "/v1/search", {"query": {"text": "pleural effusion"},
+                                                        "limit": 2})
+        ok(s == 200 and len(j["result"]) == 2, "serve without --model searches by text", (s, j))
+    finally:
+        srv.stop(signal.SIGTERM)
+    log = open(srv.logpath).read()
+    ok(re.search(r"medsem: model \S*medsem \(recorded in the database", log) is not None,
+       "its start says which model it took, and why", log)
 
 
 def disk_full(tmp):

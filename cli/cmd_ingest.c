@@ -66,6 +66,7 @@ int cmd_ingest(int argc, char **argv)
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     const char *db = NULL, *model = NULL, *manifest = NULL;
     ingest_opts o = {0};
+    o.read_geometry = 1; /* shape and spacing, for best slices at native z (no second read) */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     o.workers = ncpu > 0 ? (int)(ncpu < 64 ? ncpu : 64) : 1;
     int quiet = 0, c;

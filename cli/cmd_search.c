@@ -92,8 +92,18 @@ typedef struct qctx {
     store_space target;
     const float *q; /* the query vector, for best slices */
     size_t nslices; /* best slices per volume hit; 0: none */
+    const enc_prep *pp; /* the model's preprocessing: best slices at native z */
     int json;
 } qctx;
+
+/* A best slice's number in the volume as stored (the model grid's when the
+ * item records no geometry or no model is open). */
+static int native_z(const qctx *c, const store_item *it, uint32_t slice)
+{
+    if (!c->pp || !it || it->ndim < 3)
+        return (int)slice;
+    return enc_prep_native_z(c->pp, it->shape[2], it->spacing[2], slice);
+}
 
 static int print_hits(const qctx *c, const srch_hit *h, size_t n, size_t qi, size_t nq,
                       const srch_stats *st)
@@ -149,8 +159,8 @@ static int print_hits(const qctx *c, const srch_hit *h, size_t n, size_t qi, siz
                 if (it->kind == STORE_KIND_VOLUME && c->nslices && !slice_space) {
                     printf(",\"slices\":[");
                     for (size_t k = 0; k < ns; k++)
-                        printf("%s{\"z\":%u,\"score\":%.6f}", k ? "," : "", sl[k].z,
-                               (double)sl[k].score);
+                        printf("%s{\"z\":%d,\"slice\":%u,\"score\":%.6f}", k ? "," : "",
+                               native_z(c, it, sl[k].z), sl[k].z, (double)sl[k].score);
                     printf("]");
                 }
             }
@@ -167,8 +177,8 @@ static int print_hits(const qctx *c, const srch_hit *h, size_t n, size_t qi, siz
             }
             size_t o = 0;
             for (size_t k = 0; k < ns && o < sizeof best - 24; k++)
-                o += (size_t)snprintf(best + o, sizeof best - o, "%sz%u: %.3f", k ? ", " : "",
-                                      sl[k].z, (double)sl[k].score);
+                o += (size_t)snprintf(best + o, sizeof best - o, "%sz%d: %.3f", k ? ", " : "",
+                                      native_z(c, it, sl[k].z), (double)sl[k].score);
             printf("%4zu  %7.4f  %8" PRIu64 "  %-6s  %-22s  %-44s  %s\n", i + 1, (double)h[i].score,
                    id, it ? store_kind_name(it->kind) : "?", src, rep, best);
         }
@@ -433,7 +443,7 @@ int cmd_search(int argc, char **argv)
     }
     /* Best slices answer "where in the volume" for volume hits of queries
      * from the 2D and text side, whose space the slice vectors share. */
-    qctx qc = {.s = s, .target = sp, .json = json,
+    qctx qc = {.s = s, .target = sp, .json = json, .pp = p ? enc_pipeline_prep(p) : NULL,
                .nslices = sp == STORE_SPACE_VOLUME &&
                                   (text || image || (item && qsp != STORE_SPACE_VOLUME))
                               ? (size_t)nslices

@@ -201,3 +201,14 @@ void enc_prep_slice(const float *vol, int C, int D, int H, int W, int z, int dis
     }
 }
 
+
+int enc_prep_native_z(const enc_prep *p, uint32_t nz, double spacing_z, uint32_t slice)
+{
+    if (!nz)
+        return (int)slice;
+    double n = nz, D = p->vol_size[0];
+    double s = spacing_z > 0 ? spacing_z : 1, t = p->fit ? n * s / D : p->vol_spacing[2];
+    double c = (n - 1) / 2 + ((double)slice - (D - 1) / 2) * t / s;
+    long z = lround(c);
+    return (int)(z < 0 ? 0 : z > (long)n - 1 ? (long)n - 1 : z);
+}

@@ -68,6 +68,13 @@ void enc_prep_slice(const float *vol, int C, int D, int H, int W, int z, int dis
  * loads. */
 int enc_prep_slice_view(const char *value);
 
+/* The volume's own slice number (0 .. nz - 1) nearest to slice `slice` of
+ * the model's grid, for a volume of nz slices spaced spacing_z mm (<= 0:
+ * 1 mm) as read: the grid is the volume resampled to the model's z
+ * spacing with centres aligned, or its whole extent stretched to D slices
+ * (fit).  nz 0 (geometry unknown) gives slice back. */
+int enc_prep_native_z(const enc_prep *p, uint32_t nz, double spacing_z, uint32_t slice);
+
 /* Fills out (enc_prep_volume_count floats).  Errors name the file. */
 int enc_prep_volume(const char *path, enc_modality mod, const enc_prep *p, float *out,
                     char *errbuf, size_t errlen);

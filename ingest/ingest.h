@@ -75,8 +75,10 @@ typedef struct ingest_opts {
      * run (idx_space_sync), as the HTTP server does under its locks. */
     int no_index;
     /* Record each new image's and volume's shape and spacing (in RAS, as
-     * the encoder reads it) in its item, for previews: one more read of the
-     * file.  Off: the item has none (ndim 0). */
+     * the encoder reads it) in its item, for previews and for best slices
+     * at the volume's own z: taken from the file the encoder has just read
+     * (no second read).  Off: the item has none (ndim 0).  medsem ingest
+     * and the server set it. */
     int read_geometry;
 } ingest_opts;
 

@@ -567,17 +567,9 @@ int net_engine_best_slices(net_engine *e, uint64_t volume_id, const float *q, si
 
 int net_engine_slice_z(const net_engine *e, const store_item *it, uint32_t slice)
 {
-    if (!e->p || it->ndim < 3 || !it->shape[2])
+    if (!e->p || it->ndim < 3)
         return (int)slice;
-    /* The model's slice grid is the volume resampled to the model's z
-     * spacing with centres aligned (imageio/imageio.h, img_resample), or
-     * the whole field of view stretched to D slices (fit). */
-    const enc_prep *pp = enc_pipeline_prep(e->p);
-    double n = it->shape[2], D = pp->vol_size[0];
-    double s = it->spacing[2] > 0 ? it->spacing[2] : 1, t = pp->fit ? n * s / D : pp->vol_spacing[2];
-    double c = (n - 1) / 2 + ((double)slice - (D - 1) / 2) * t / s;
-    long z = lround(c);
-    return (int)(z < 0 ? 0 : z > (long)n - 1 ? (long)n - 1 : z);
+    return enc_prep_native_z(enc_pipeline_prep(e->p), it->shape[2], it->spacing[2], slice);
 }
 
 int net_engine_item_get(net_engine *e, uint64_t id, store_item **out, char *errbuf,

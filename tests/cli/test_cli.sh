@@ -182,6 +182,22 @@ expect 0 "" "--filter dataset=train (the manifest's name) finds its items" -- "$
 [ "$(grep -o '"id":' "$T/out" | wc -l)" = 3 ] && ok "dataset filter: 3 hits" || bad "dataset filter found: $(cat "$T/out")"
 expect 0 "" "--filter dataset=other finds none" -- "$MEDSEM" search --db "$T/nu" --text "pleural effusion" --filter dataset=other --k 3 --json
 [ "$(grep -o '"id":' "$T/out" | wc -l)" = 0 ] && ok "dataset filter: 0 hits for another dataset" || bad "dataset=other found: $(cat "$T/out")"
+expect 0 "" "search with best slices" -- "$MEDSEM" search --db "$T/nu" --text "pleural effusion" --k 3 --json
+python3 - "$T/out" "$T/syn" <<'PY' && ok "best slices carry the volume's own z (from the geometry ingest records) and the model grid's slice" || bad "best slices: $(cat "$T/out")"
+import json, sys, gzip, struct, os
+j = json.load(open(sys.argv[1]))
+hits = [h for r in j["results"] for h in r["hits"] if h["kind"] == "volume"]
+assert hits
+for h in hits:
+    raw = open(h["source"], "rb").read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    nz = struct.unpack("<h", raw[46:48])[0]
+    for s in h["slices"]:
+        assert 0 <= s["z"] < nz and 0 <= s["slice"] < 16, (s, nz)
+    zs = [s["z"] for s in sorted(h["slices"], key=lambda s: s["slice"])]
+    assert zs == sorted(zs), zs
+PY
 expect 2 "search takes one query, but --text and --image were given" "two queries at once are named" -- "$MEDSEM" search --db "$T/nu" --text a --image x.png
 expect 1 "^medsem: --target 'foo': expected" "--target foo names --target" -- "$MEDSEM" search --db "$T/nu" --text a --target foo
 expect 1 "^medsem: --space 'foo': expected" "--space foo names --space" -- "$MEDSEM" search --db "$T/nu" --text a --space foo

@@ -199,7 +199,7 @@ def run_all(tmp, db):
     finally:
         srv.stop(signal.SIGKILL)
     keys_and_restart(tmp, db)
-    recorded_model(tmp)
+    recorded_model(tmp, db)
     conn_limits(tmp, db)
     disk_full(tmp)
 
@@ -868,9 +868,11 @@ def conn_limits(tmp, db):
         srv.stop(signal.SIGKILL)
 
 
-def recorded_model(tmp):
+def recorded_model(tmp, db):
     """serve without --model uses the model the database was ingested with,
-    as `medsem search` does, and says so at start."""
+    as `medsem search` does, and says so at start.  Volumes ingested by the
+    CLI record their geometry as uploads do: the same file has the same best
+    slices, at its native z, from either database."""
     syn = os.path.join(tmp, "syn")
     db2 = os.path.join(tmp, "db-cli")
     subprocess.run([MEDSEM, "ingest", "--db", db2, "--model", MODEL, "--manifest",
@@ -881,6 +883,20 @@ def recorded_model(tmp):
         s, h, j = jreq(srv.port, "POST", "/v1/search", {"query": {"text": "pleural effusion"},
                                                         "limit": 2})
         ok(s == 200 and len(j["result"]) == 2, "serve without --model searches by text", (s, j))
+        q = {"query": {"text": "pleural effusion"}, "limit": 4, "with_slices": 3}
+        s, h, a = jreq(srv.port, "POST", "/v1/search", q)
+        put = Server(tmp, db, "--quiet", create=False)
+        try:
+            s2, h, b = jreq(put.port, "POST", "/v1/search", q)
+        finally:
+            put.stop(signal.SIGTERM)
+        za = {r["report"]: ([x["z"] for x in r["slices"]], r["shape"]) for r in a["result"]}
+        zb = {r["report"]: ([x["z"] for x in r["slices"]], r["shape"]) for r in b["result"]}
+        same = [k for k in za if k in zb]
+        ok(s == 200 and s2 == 200 and same and all(za[k] == zb[k] for k in same) and
+           all(len(za[k][1]) == 3 for k in same),
+           "a CLI-ingested volume has the same best slices and geometry as the uploaded one",
+           (za, zb))
     finally:
         srv.stop(signal.SIGTERM)
     log = open(srv.logpath).read()

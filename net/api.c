@@ -687,8 +687,10 @@ static void do_search(net_call *c)
         int img = qimg != NULL;
         if (get_blob(c, img ? qimg : qvol, img ? "query.image" : "query.volume", &data, &len))
             return;
+        /* without query.modality, the mapping `medsem search` uses: CR for an
+         * image, CT for a volume */
         rc = net_engine_encode(c->engine, img ? NET_INPUT_IMAGE : NET_INPUT_VOLUME, data, len,
-                               modality, vec, err, sizeof err);
+                               modality ? modality : img ? "CR" : "CT", vec, err, sizeof err);
         c->t_encode = net_now() - t;
     }
     if (rc) {

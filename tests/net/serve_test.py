@@ -345,6 +345,13 @@ def uploads_in_memory(P, db, items):
                                                  "target": "volume"})
         ok(s == 200 and j["result"] and j["result"][0]["id"] == VOL,
            "search by an uploaded volume writes no file", j)
+        # without a modality the query is mapped as the CLI maps it (CT), so a
+        # stored CT volume finds itself at 1, as `medsem search --volume` does
+        s, h, j = jreq(P, "POST", "/v1/search", {"query": {"volume": vol}, "target": "volume",
+                                                 "limit": 1})
+        ok(s == 200 and j["result"][0]["id"] == VOL and j["result"][0]["score"] > 0.99999,
+           "a volume query without a modality defaults to CT, as the CLI (score %s)" %
+           (j["result"][0]["score"] if s == 200 else "-"), j)
         bad = base64.b64encode(b"\x1f\x8b\x08\x00 not really gzip").decode()
         s, h, j = jreq(P, "POST", "/v1/search", {"query": {"volume": bad, "modality": "CT"},
                                                  "target": "volume"})

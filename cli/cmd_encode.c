@@ -25,8 +25,11 @@ static void usage(FILE *f)
             "Prints the L2-normalised embedding of one input, or encodes every item of a\n"
             "JSONL manifest (one object per line: \"file\" relative to the manifest's folder,\n"
             "\"kind\" image|volume|report, \"modality\", \"report\"; report items encode their\n"
-            "report text).  With --out, writes PREFIX.<space>.npy and PREFIX.<space>.jsonl per\n"
-            "space (image, volume, report), ready for 'medsem import'.\n"
+            "report text; an image or volume item with a report also gets the report's\n"
+            "vector, as 'medsem ingest' gives it).  With --out, writes PREFIX.<space>.npy\n"
+            "and PREFIX.<space>.jsonl per space (image, volume, report), ready for 'medsem\n"
+            "import'; PREFIX's folder is made (with its parents) before anything is\n"
+            "encoded.\n"
             "\n"
             "  --model DIR        model directory (config.json, model.safetensors, vocab.txt)\n"
             "  --modality M       CT, MR, CR, ... for --image/--volume (intensity mapping)\n"
@@ -151,6 +154,43 @@ static int parse_item(const char *line, size_t lineno, const char *base, item *i
     return rc;
 }
 
+/* The report vectors of the image and volume items of a batch that carry
+ * a report (what ingest stores in the report space beside their visual
+ * vector): encoded as one text batch into out (n rows; has[i] says which
+ * rows hold one).  Items marked failed (kind < 0) are skipped.  0, or -1
+ * with the reason printed. */
+static int visual_reports(enc_worker *w, const enc_pipeline *p, const item *b, int n, float *out,
+                          unsigned char *has, const char *manifest)
+{
+    int d = enc_pipeline_dim(p), m = 0;
+    const char **t = malloc((size_t)n * sizeof *t);
+    int *at = malloc((size_t)n * sizeof *at);
+    float *v = malloc((size_t)n * d * sizeof *v);
+    int rc = 0;
+    if (!t || !at || !v) {
+        cli_error("out of memory");
+        rc = -1;
+    }
+    for (int i = 0; !rc && i < n; i++) {
+        has[i] = b[i].kind >= 0 && b[i].kind != K_REPORT && b[i].text && !util_blank(b[i].text);
+        if (has[i]) {
+            t[m] = b[i].text;
+            at[m++] = i;
+        }
+    }
+    char err[1024];
+    if (!rc && m && enc_worker_text(w, t, m, v, err, sizeof err)) {
+        cli_error("%s: %s", manifest, err);
+        rc = -1;
+    }
+    for (int k = 0; !rc && k < m; k++)
+        memcpy(out + (size_t)at[k] * d, v + (size_t)k * d, (size_t)d * sizeof *v);
+    free(t);
+    free(at);
+    free(v);
+    return rc;
+}
+
 /* Encodes one batch of same-kind items; on failure retries them one by one
  * so that only the bad ones are skipped.  Returns the number that failed,
  * or -1 to stop. */
@@ -199,24 +239,34 @@ static int run_batch(enc_worker *w, const enc_pipeline *p, item *b, int n, outse
         if (ok_all || single)
             break;
     }
-    for (int i = 0; i < n; i++) {
+    float *rv = malloc((size_t)n * d * sizeof *rv);
+    unsigned char *has = calloc((size_t)n, 1);
+    if (!rv || !has || visual_reports(w, p, b, n, rv, has, manifest))
+        bad = -1;
+    for (int i = 0; i < n && bad >= 0; i++) {
         int k = b[i].kind;
         if (k < 0) {
             b[i].kind = -1 - k;
             continue;
         }
-        if (jsonl_out) {
-            fprintf(jsonl_out, "{\"line\":%zu,\"kind\":\"%s\",\"embedding\":[", b[i].line,
-                    kind_names[k]);
-            for (int j = 0; j < d; j++)
-                fprintf(jsonl_out, "%s%.8g", j ? "," : "", (double)v[(size_t)i * d + j]);
-            fprintf(jsonl_out, "]}\n");
-        } else if (outset_push(&outs[k], v + (size_t)i * d, d, b[i].json)) {
-            cli_error("out of memory");
-            bad = -1;
-            break;
+        for (int r = 0; r < 1 + has[i]; r++) { /* the item's vector, then its report's */
+            int kk = r ? K_REPORT : k;
+            const float *x = (r ? rv : v) + (size_t)i * d;
+            if (jsonl_out) {
+                fprintf(jsonl_out, "{\"line\":%zu,\"kind\":\"%s\",\"embedding\":[", b[i].line,
+                        kind_names[kk]);
+                for (int j = 0; j < d; j++)
+                    fprintf(jsonl_out, "%s%.8g", j ? "," : "", (double)x[j]);
+                fprintf(jsonl_out, "]}\n");
+            } else if (outset_push(&outs[kk], x, d, b[i].json)) {
+                cli_error("out of memory");
+                bad = -1;
+                break;
+            }
         }
     }
+    free(rv);
+    free(has);
     free(v);
     free(a);
     free(m);
@@ -419,6 +469,20 @@ int cmd_encode(int argc, char **argv)
     if (text && util_blank(text)) {
         cli_error("--text: the text is blank (empty or only white space)");
         return CLI_BAD_INPUT;
+    }
+    if (prefix) {
+        /* the output folder first: a bad --out must not cost a whole run */
+        char *pc = strdup(prefix);
+        int mk = pc ? util_mkdir_p(dirname(pc)) : ENOMEM;
+        if (mk) {
+            cli_error("--out %s: %s%s", prefix,
+                      mk == ENOTDIR ? "its folder, or one above it, exists and is not a directory"
+                                    : strerror(mk),
+                      "; nothing was encoded");
+            free(pc);
+            return CLI_BAD_INPUT;
+        }
+        free(pc);
     }
     char err[1024];
     enc_pipeline *p = NULL;

@@ -198,6 +198,23 @@ for h in hits:
     zs = [s["z"] for s in sorted(h["slices"], key=lambda s: s["slice"])]
     assert zs == sorted(zs), zs
 PY
+# encode --out: the folder first (made with its parents, or refused before any work), and
+# the report vectors of image and volume items, as ingest stores them
+: > "$T/afile2"
+expect 1 "--out .*afile2/x: its folder, or one above it, exists and is not a directory; nothing was encoded" "encode --out under a file is refused before encoding" -- "$MEDSEM" encode --model "$T/mod" --manifest "$T/syn/train.jsonl" --out "$T/afile2/x"
+grep -q "encoded [0-9]" "$T/err" && bad "encode --out under a file encoded first" || ok "nothing was encoded"
+expect 0 "" "encode --out into new folders" -- "$MEDSEM" encode --model "$T/mod" --manifest "$T/syn/train.jsonl" --out "$T/enc2/deep/x" --quiet
+python3 - "$T/enc2/deep/x" "$T/syn/train.jsonl" <<'PY' && ok "encode writes a report vector for every item with a report, images and volumes included" || bad "encode's report vectors"
+import sys, json
+pre, man = sys.argv[1], sys.argv[2]
+lines = [json.loads(l) for l in open(man)]
+want = sum(1 for l in lines if l.get("report", "").strip())
+rep = [json.loads(l) for l in open(pre + ".report.jsonl")]
+assert len(rep) == want, (len(rep), want)
+assert {r["kind"] for r in rep} == {"volume", "image"}, {r["kind"] for r in rep}
+hdr = open(pre + ".report.npy", "rb").read(128).decode("latin-1")
+assert "'shape': (%d," % want in hdr, hdr
+PY
 expect 2 "search takes one query, but --text and --image were given" "two queries at once are named" -- "$MEDSEM" search --db "$T/nu" --text a --image x.png
 expect 1 "^medsem: --target 'foo': expected" "--target foo names --target" -- "$MEDSEM" search --db "$T/nu" --text a --target foo
 expect 1 "^medsem: --space 'foo': expected" "--space foo names --space" -- "$MEDSEM" search --db "$T/nu" --text a --space foo

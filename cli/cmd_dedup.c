@@ -29,14 +29,16 @@ static void usage(FILE *f)
             "least --threshold (default %.4f), radiographs whose fingerprints align with\n"
             "a score of at least --image-threshold (default %.3f; every pair is aligned,\n"
             "on --threads threads, default all cores), joined transitively into clusters.\n"
-            "--space S uses the model's embeddings of space S instead (default T %.2f):\n"
-            "they group findings rather than patients; a threshold that links more than\n"
-            "--max-pairs pairs (default %d) is refused.  --kind compares only the volume or\n"
-            "only the radiograph fingerprints.  A database without fingerprints\n"
+            "--space S uses the model's embeddings of space S instead, at a --threshold\n"
+            "you give (required: their similarities depend on the model); they group\n"
+            "findings rather than patients, and a threshold that links more than\n"
+            "--max-pairs pairs (default %d) is refused.  --kind compares only the volume\n"
+            "or only the radiograph fingerprints.  A database without fingerprints\n"
             "(ingested before them, or imported vectors) falls back to the image and\n"
-            "volume spaces, or the only space with vectors.\n",
-            (double)DEDUP_FP_THRESHOLD, (double)DEDUP_FP_IMAGE_THRESHOLD, DEFAULT_THRESHOLD,
-            DEDUP_MAX_PAIRS);
+            "volume spaces, or the only space with vectors, at --threshold (default\n"
+            "%.2f).\n",
+            (double)DEDUP_FP_THRESHOLD, (double)DEDUP_FP_IMAGE_THRESHOLD, DEDUP_MAX_PAIRS,
+            DEFAULT_THRESHOLD);
 }
 
 static void print_clusters(store *s, const char *name, const char *space, const dedup_cluster *c,
@@ -162,6 +164,15 @@ int cmd_dedup(int argc, char **argv)
     if (optind < argc || !db) {
         cli_error(db ? "dedup: unexpected argument" : "dedup needs --db");
         usage(stderr);
+        return CLI_USAGE;
+    }
+    if (space && !thr_set) {
+        /* A model's embeddings have no threshold that means "the same
+         * study": the default model's volumes are mostly above 0.95 to one
+         * another (one cluster of nearly everything).  Make it a choice. */
+        cli_error("--space %s compares the model's embeddings, whose similarities depend on "
+                  "the model: give --threshold (see docs/dedup.md); without --space, rescans "
+                  "are found by their fingerprints", space);
         return CLI_USAGE;
     }
     store *s = cli_open_db(db);

@@ -1028,6 +1028,12 @@ static void do_dedup(net_call *c)
         }
         max_pairs = (size_t)mp->valuedouble;
     }
+    if (given && !(thr > 0)) {
+        net_api_error(c, 400, "threshold: required with a target (a model's embeddings have no "
+                              "threshold that means a duplicate; without a target, rescans are "
+                              "found by their fingerprints)");
+        return;
+    }
     dedup_result *r = NULL;
     char err[1024];
     double t0 = net_now();

@@ -70,6 +70,8 @@ if grep -o '"modality":"[A-Z]*"' "$T/out" | grep -qv CT; then bad "filter leaked
 expect 1 "query text is blank" "search --text of only white space is refused, as encode refuses it" -- "$MEDSEM" search --db "$T/db" --text "   "
 expect 0 "" "dedup" -- "$MEDSEM" dedup --db "$T/db" --threshold 0.999
 expect 0 "" "dedup --json" -- "$MEDSEM" dedup --db "$T/db" --json
+expect 2 "--space report compares the model's embeddings.*give --threshold" "dedup --space without --threshold is refused" -- "$MEDSEM" dedup --db "$T/db" --space report
+expect 0 "" "dedup --space with --threshold" -- "$MEDSEM" dedup --db "$T/db" --space report --threshold 0.999 --json
 grep -q '"exact":\[' "$T/out" && grep -q '"near":\[' "$T/out" && ok "dedup json shape" || bad "dedup json: $(cat "$T/out")"
 
 # --- bad input: exit 1, a reason naming the file/line/field, db untouched -------

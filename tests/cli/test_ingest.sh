@@ -92,8 +92,9 @@ expect 1 "--threads" "a bad --threads is refused" -- "$MEDSEM" dedup --db "$T/db
 expect 0 "" "dedup --kind volume" -- "$MEDSEM" dedup --db "$T/db" --json --kind volume
 grep -q '"fingerprints":{"volume":[1-9][0-9]*,"image":0}' "$T/out" && ok "--kind volume leaves radiographs out" || bad "kind: $(cat "$T/out")"
 expect 1 "--kind" "a bad --kind is refused" -- "$MEDSEM" dedup --db "$T/db" --kind slice
-expect 0 "" "dedup --space volume" -- "$MEDSEM" dedup --db "$T/db" --json --space volume
-grep -q '"spaces":\["volume"\]' "$T/out" && grep -q '"threshold":0\.95' "$T/out" && ok "--space uses the model's embeddings" || bad "space: $(cat "$T/out")"
+expect 2 "give --threshold" "dedup --space without --threshold is refused" -- "$MEDSEM" dedup --db "$T/db" --json --space volume
+expect 0 "" "dedup --space volume --threshold 0.99" -- "$MEDSEM" dedup --db "$T/db" --json --space volume --threshold 0.99
+grep -q '"spaces":\["volume"\]' "$T/out" && grep -q '"threshold":0\.99' "$T/out" && ok "--space uses the model's embeddings" || bad "space: $(cat "$T/out")"
 expect 0 "" "dedup table" -- "$MEDSEM" dedup --db "$T/db"
 
 echo "1..$n"

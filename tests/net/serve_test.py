@@ -403,6 +403,8 @@ def errors(P):
     bad({"target": "volume", "threshold": 0.0001, "max_pairs": 2}, "links more than 2 near pairs",
         "a dedup threshold that links more than max_pairs is 400", path="/v1/dedup")
     bad({"target": "volume", "max_pairs": 0}, "max_pairs", "max_pairs 0 is 400", path="/v1/dedup")
+    bad({"target": "volume"}, "threshold: required with a target",
+        "dedup of a model space without a threshold is 400", path="/v1/dedup")
     bad({"query": {"text": "x"}, "limit": "3"}, "limit", "limit as a string is 400")
     bad({"query": {"text": "x"}, "target": "bogus"}, "target", "an unknown target is 400")
     bad({"limit": 3}, "query", "a missing query is 400")

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 #include "net/internal.h"
@@ -139,7 +140,14 @@ static void access_log(conn *c, size_t bytes)
     if (ctx->alog) {
         /* Copied into the log's buffer here; its thread does the writing. */
         const char *path = c->http.req.path ? c->http.req.path : "-";
-        net_alog_printf(ctx->alog, "%s %.200s %d %zu %.3fms\n", c->method, path,
+        struct timespec ts;
+        struct tm tm;
+        char when[64] = "-";
+        if (!clock_gettime(CLOCK_REALTIME, &ts) && gmtime_r(&ts.tv_sec, &tm))
+            snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000);
+        net_alog_printf(ctx->alog, "%s %s %.200s %d %zu %.3fms\n", when, c->method, path,
                         call->resp.status, bytes, secs * 1000.0);
     }
 }

@@ -762,10 +762,11 @@ def keys_and_restart(tmp, db):
         code = srv.stop(signal.SIGINT)
     ok(code == 0, "SIGINT stops the server cleanly (exit %s)" % code)
     lines = open(alog).read().splitlines()
-    pat = re.compile(r"^(GET|POST|PUT|DELETE) /\S* (\d{3}) \d+ \d+\.\d{3}ms$")
+    pat = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (GET|POST|PUT|DELETE) /\S* (\d{3}) \d+ "
+                     r"\d+\.\d{3}ms$")
     got = [int(m.group(2)) for m in map(pat.match, lines) if m]
     ok(len(got) == len(lines) and got == [401, 401, 200, 200, 403, 200, 200, 401, 401],
-       "the access log has one line per request, in order (method path status bytes time)",
+       "the access log has one line per request, in order (UTC time, method, path, status, bytes, duration)",
        "\n".join(lines))
 
 

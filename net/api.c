@@ -266,6 +266,8 @@ int net_api_head(net_call *c, int access)
         c->route = NET_ROUTE_SEARCH;
     else if (!strcmp(path, "/v1/dedup"))
         c->route = NET_ROUTE_DEDUP;
+    else if (!strcmp(path, "/v1/info"))
+        c->route = NET_ROUTE_INFO;
     else if (!strcmp(path, "/v1/items")) {
         c->route = NET_ROUTE_ITEMS;
         write = 1;
@@ -1082,6 +1084,18 @@ static void do_dedup(net_call *c)
     ok_end(c);
 }
 
+/* GET /v1/info: the database, the model and each space's index. */
+static void do_info(net_call *c)
+{
+    char err[512];
+    net_buf *b = ok_begin(c);
+    if (net_engine_info_json(c->engine, b, err, sizeof err)) {
+        fail_rc(c, NET_ENGINE, err);
+        return;
+    }
+    ok_end(c);
+}
+
 void net_api_work(net_call *c)
 {
     switch (c->route) {
@@ -1090,6 +1104,7 @@ void net_api_work(net_call *c)
     case NET_ROUTE_ITEM: do_item(c); break;
     case NET_ROUTE_PREVIEW: do_preview(c); break;
     case NET_ROUTE_DEDUP: do_dedup(c); break;
+    case NET_ROUTE_INFO: do_info(c); break;
     default: net_api_error(c, 500, "no handler for this route"); break;
     }
 }

@@ -259,6 +259,49 @@ int net_engine_counts(net_engine *e, uint64_t counts[STORE_NSPACES])
     return NET_OK;
 }
 
+int net_engine_info_json(net_engine *e, net_buf *b, char *errbuf, size_t errlen)
+{
+    int recorded = 0;
+    const char *model = net_engine_model_dir(e, &recorded);
+    net_buf_puts(b, "{\"model_id\":");
+    net_buf_json_str(b, store_model_id(e->s));
+    net_buf_printf(b, ",\"dim\":%u,\"model\":", store_dim(e->s));
+    if (model) {
+        net_buf_puts(b, "{\"encodes\":[");
+        int k = 0;
+        if (enc_pipeline_has_text(e->p))
+            net_buf_printf(b, "%s\"text\"", k++ ? "," : "");
+        if (enc_pipeline_has_image(e->p))
+            net_buf_printf(b, "%s\"image\"", k++ ? "," : "");
+        if (enc_pipeline_has_volume(e->p))
+            net_buf_printf(b, "%s\"volume\"", k++ ? "," : "");
+        net_buf_printf(b, "],\"from\":\"%s\"}", recorded ? "database" : "option");
+    } else {
+        net_buf_puts(b, "null");
+    }
+    net_buf_puts(b, ",\"spaces\":{");
+    for (int sp = 0; sp < STORE_NSPACES; sp++) {
+        store_space_stat st;
+        if (store_space_stat_get(e->s, (store_space)sp, &st))
+            return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
+        idx_info info;
+        pthread_rwlock_rdlock(&e->lk[sp]);
+        idx_space_info(e->x[sp], &info);
+        net_buf_printf(b, "%s\"%s\":{\"count\":%llu,\"index\":{\"kind\":", sp ? "," : "",
+                       store_space_name((store_space)sp), (unsigned long long)st.count);
+        net_buf_json_str(b, info.factory);
+        net_buf_printf(b, ",\"exact\":%s,\"vectors\":%llu,\"nprobe\":%d,\"ef_search\":%d,"
+                          "\"recall_at_10\":",
+                       info.exact ? "true" : "false", (unsigned long long)info.ntotal,
+                       info.nprobe, info.ef_search);
+        net_buf_json_num(b, info.recall);
+        net_buf_puts(b, "}}");
+        pthread_rwlock_unlock(&e->lk[sp]);
+    }
+    net_buf_puts(b, "}}");
+    return NET_OK;
+}
+
 /* ---- encoder workers ---------------------------------------------------------- */
 
 /* imageio's admission hook for the reads of one worker: an image that

@@ -189,7 +189,7 @@ int net_keys_check(const net_keys *k, const char *key, size_t len);
 enum {
     NET_ROUTE_PAGE, NET_ROUTE_SEARCH, NET_ROUTE_ITEMS, NET_ROUTE_ITEM, NET_ROUTE_PREVIEW,
     NET_ROUTE_DEDUP, NET_ROUTE_HEALTHZ, NET_ROUTE_READYZ, NET_ROUTE_METRICS, NET_ROUTE_OTHER,
-    NET_NROUTES
+    NET_ROUTE_INFO, NET_NROUTES
 };
 const char *net_route_name(int route);
 
@@ -294,6 +294,10 @@ const char *net_engine_db(const net_engine *e);
 const char *net_engine_model_dir(const net_engine *e, int *recorded);
 /* Items per space (vectors in each space), read in one snapshot. */
 int net_engine_counts(net_engine *e, uint64_t counts[STORE_NSPACES]);
+/* What GET /v1/info says: the database's model id and dimension, the model
+ * directory served, and per space its vector count and index (kind,
+ * exactness, size, tuned parameters, measured recall), as JSON into b. */
+int net_engine_info_json(net_engine *e, net_buf *b, char *errbuf, size_t errlen);
 
 enum { NET_INPUT_TEXT, NET_INPUT_IMAGE, NET_INPUT_VOLUME };
 

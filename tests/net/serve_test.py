@@ -295,6 +295,16 @@ def endpoints(P, items):
     s, h, j = jreq(P, "GET", "/v1/items/%d/preview.png" % REP)
     ok(s == 404, "a report has no preview: 404", j)
 
+    s, h, j = jreq(P, "GET", "/v1/info")
+    r = j["result"] if s == 200 else {}
+    ok(s == 200 and len(r.get("model_id", "")) == 64 and r["dim"] > 0 and
+       set(r["model"]["encodes"]) == {"text", "image", "volume"} and r["model"]["from"] == "option" and
+       set(r["spaces"]) == {"image", "volume", "report", "slice"} and
+       r["spaces"]["volume"]["count"] >= 1 and
+       all(sp["index"]["vectors"] == sp["count"] and sp["index"]["kind"] for sp in r["spaces"].values()),
+       "GET /v1/info: the model, its dimension, and each space's count and index", j)
+    s, h, j = jreq(P, "POST", "/v1/info", {})
+    ok(s == 405, "POST /v1/info is 405", (s, j))
     s, h, j = jreq(P, "POST", "/v1/dedup", {"target": "image", "threshold": 0.999})
     ok(s == 200 and "exact" in j["result"] and "near" in j["result"], "POST /v1/dedup", j)
     s, h, j = jreq(P, "POST", "/v1/dedup", {})

@@ -34,8 +34,10 @@ static void usage(FILE *f)
             "                       volume for --text, the query's own space otherwise, or the\n"
             "                       only space holding vectors); --space is the same\n"
             "  --k N                results per query, 1 to %d (default 10)\n"
-            "  --filter EXPR        KEY=VALUE, KEY>=N, KEY>N, KEY<=N or KEY<N on payload keys;\n"
-            "                       repeat to combine (all must hold)\n"
+            "  --filter EXPR        on payload keys: KEY=VALUE, KEY!=VALUE, KEY=A|B|C (any\n"
+            "                       of), KEY>=N, KEY>N, KEY<=N, KEY<N, KEY? (has the key) or\n"
+            "                       !KEY? (has not); repeat to combine (all must hold).  A\n"
+            "                       key no item has is refused (a typo, most likely)\n"
             "  --slices N           best-matching slices shown per volume hit of a text or image\n"
             "                       query (default 3; 0: none)\n"
             "  --model DIR          model for --text/--image/--volume (default: the one the\n"
@@ -331,6 +333,10 @@ int cmd_search(int argc, char **argv)
         }
     if (!(s = cli_open_db(db)))
         goto out;
+    if (srch_filters_check(s, filters, nf, err, sizeof err)) {
+        cli_error("%s", err);
+        goto out;
+    }
     uint32_t dim = store_dim(s);
     /* The query's own space: what --item reads and the default target. */
     store_space qsp = STORE_SPACE_VOLUME, sp;

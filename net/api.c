@@ -323,6 +323,30 @@ int net_api_head(net_call *c, int access)
 
 static void json_free(void *p) { cJSON_Delete(p); }
 
+/* Refuses a member of o not in names (NULL-terminated): a misspelled field
+ * ("limt") would otherwise be ignored and its default used.  where names
+ * o in the message ("" for the body). */
+static int known_fields(net_call *c, const cJSON *o, const char *where,
+                        const char *const *names)
+{
+    const cJSON *m;
+    cJSON_ArrayForEach(m, o)
+    {
+        const char *const *n = names;
+        while (*n && strcmp(*n, m->string))
+            n++;
+        if (*n)
+            continue;
+        char list[256] = "";
+        for (n = names; *n; n++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", n == names ? "" : ", ",
+                     *n);
+        net_api_error(c, 400, "%s%.64s: unknown field (expected %s)", where, m->string, list);
+        return -1;
+    }
+    return 0;
+}
+
 /* The body as a JSON object, or NULL with an error response set. */
 static cJSON *body_object(net_call *c)
 {
@@ -439,6 +463,42 @@ static int get_blob(net_call *c, const cJSON *v, const char *name, unsigned char
 }
 
 /* "filter": {"key": "text" | number | true | {"gte"|"gt"|"lte"|"lt": number, ...}} */
+/* One filter value as text (and number): a string, a finite number or a
+ * boolean.  -1 (with the error set) for anything else. */
+static int filter_value(net_call *c, const cJSON *v, const char *where, const char **text,
+                        int *num_valid, double *num)
+{
+    static char tf[2][6] = {"true", "false"};
+    *num_valid = 0;
+    if (cJSON_IsString(v)) {
+        *text = v->valuestring;
+        char *endp;
+        errno = 0;
+        double d = strtod(*text, &endp);
+        if (**text && !*endp && !errno && isfinite(d)) {
+            *num_valid = 1;
+            *num = d;
+        }
+    } else if (cJSON_IsBool(v)) {
+        *text = cJSON_IsTrue(v) ? tf[0] : tf[1];
+    } else if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%.17g", v->valuedouble);
+        if (!(*text = net_arena_strndup(c->arena, buf, strlen(buf)))) {
+            net_api_error(c, 503, "out of memory");
+            return -1;
+        }
+        *num_valid = 1;
+        *num = v->valuedouble;
+    } else {
+        net_api_error(c, 400, "%s: expected a string, number or boolean", where);
+        return -1;
+    }
+    return 0;
+}
+
+/* "filter": {"key": "text" | number | true | {"eq"|"ne": value, "any": [values],
+ * "exists": bool, "gte"|"gt"|"lte"|"lt": number, ...}}: every condition must hold. */
 static int get_filters(net_call *c, const cJSON *o, srch_filter *f, size_t *nf)
 {
     const cJSON *fo = cJSON_GetObjectItemCaseSensitive(o, "filter");
@@ -449,41 +509,50 @@ static int get_filters(net_call *c, const cJSON *o, srch_filter *f, size_t *nf)
         net_api_error(c, 400, "filter: expected an object of payload keys");
         return -1;
     }
+    static const struct {
+        const char *name;
+        store_op op;
+    } ops[] = {{"eq", STORE_OP_EQ}, {"ne", STORE_OP_NE}, {"any", STORE_OP_ANY},
+               {"exists", STORE_OP_EXISTS}, {"gte", STORE_OP_GE}, {"gt", STORE_OP_GT},
+               {"lte", STORE_OP_LE}, {"lt", STORE_OP_LT}};
+    enum { NOPS = sizeof ops / sizeof ops[0] };
     const cJSON *kv;
     cJSON_ArrayForEach(kv, fo)
     {
-        static const struct {
-            const char *name;
-            store_op op;
-        } ops[] = {{"eq", STORE_OP_EQ}, {"gte", STORE_OP_GE}, {"gt", STORE_OP_GT},
-                   {"lte", STORE_OP_LE}, {"lt", STORE_OP_LT}};
         const char *key = kv->string;
         if (!*key) {
             net_api_error(c, 400, "filter: empty key");
             return -1;
         }
-        const cJSON *conds[5] = {0};
-        store_op cops[5];
+        const cJSON *conds[NOPS] = {0};
+        store_op cops[NOPS];
         size_t nc = 0;
         if (cJSON_IsObject(kv)) {
             const cJSON *cv;
             cJSON_ArrayForEach(cv, kv)
             {
                 size_t i = 0;
-                while (i < 5 && strcmp(cv->string, ops[i].name))
+                while (i < NOPS && strcmp(cv->string, ops[i].name))
                     i++;
-                if (i == 5 || nc == 5) {
-                    net_api_error(c, 400, "filter.%.64s: '%.32s' is not one of eq, gte, gt, "
-                                          "lte, lt", key, cv->string);
+                if (i == NOPS || nc == NOPS) {
+                    net_api_error(c, 400, "filter.%.64s: '%.32s' is not one of eq, ne, any, "
+                                          "exists, gte, gt, lte, lt", key, cv->string);
                     return -1;
                 }
-                if (ops[i].op != STORE_OP_EQ && !cJSON_IsNumber(cv)) {
-                    net_api_error(c, 400, "filter.%.64s.%s: expected a number", key,
-                                  ops[i].name);
+                store_op op = ops[i].op;
+                int range = op != STORE_OP_EQ && op != STORE_OP_NE && op != STORE_OP_ANY &&
+                            op != STORE_OP_EXISTS;
+                if ((range && !cJSON_IsNumber(cv)) ||
+                    (op == STORE_OP_ANY && (!cJSON_IsArray(cv) || !cJSON_GetArraySize(cv))) ||
+                    (op == STORE_OP_EXISTS && !cJSON_IsBool(cv))) {
+                    net_api_error(c, 400, "filter.%.64s.%s: expected %s", key, ops[i].name,
+                                  range ? "a number"
+                                  : op == STORE_OP_ANY ? "a non-empty array of values"
+                                                       : "true or false");
                     return -1;
                 }
                 conds[nc] = cv;
-                cops[nc++] = ops[i].op;
+                cops[nc++] = op == STORE_OP_EXISTS && cJSON_IsFalse(cv) ? STORE_OP_MISSING : op;
             }
             if (!nc) {
                 net_api_error(c, 400, "filter.%.64s: empty condition", key);
@@ -502,40 +571,40 @@ static int get_filters(net_call *c, const cJSON *o, srch_filter *f, size_t *nf)
             }
             srch_filter *sf = &f[(*nf)++];
             memset(sf, 0, sizeof *sf);
-            char num[64];
-            const char *text;
-            if (cJSON_IsString(v))
-                text = v->valuestring;
-            else if (cJSON_IsBool(v))
-                text = cJSON_IsTrue(v) ? "true" : "false";
-            else if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) {
-                snprintf(num, sizeof num, "%.17g", v->valuedouble);
-                text = num;
-                sf->f.num_valid = 1;
-                sf->f.num = v->valuedouble;
-            } else {
-                net_api_error(c, 400, "filter.%.64s: expected a string, number, boolean or "
-                                      "condition object", key);
-                return -1;
-            }
-            if (cJSON_IsString(v)) {
-                char *endp;
-                errno = 0;
-                double d = strtod(text, &endp);
-                if (*text && !*endp && !errno && isfinite(d)) {
-                    sf->f.num_valid = 1;
-                    sf->f.num = d;
-                }
-            }
-            sf->key = net_arena_strndup(c->arena, key, strlen(key));
-            sf->text = net_arena_strndup(c->arena, text, strlen(text));
-            if (!sf->key || !sf->text) {
+            char where[128];
+            snprintf(where, sizeof where, "filter.%.64s", key);
+            if (!(sf->key = net_arena_strndup(c->arena, key, strlen(key)))) {
                 net_api_error(c, 503, "out of memory");
                 return -1;
             }
             sf->f.key = sf->key;
-            sf->f.text = sf->text;
             sf->f.op = cops[i];
+            if (cops[i] == STORE_OP_EXISTS || cops[i] == STORE_OP_MISSING)
+                continue;
+            if (cops[i] == STORE_OP_ANY) {
+                int n = cJSON_GetArraySize(v);
+                const char **vals = net_arena_alloc(c->arena, (size_t)n * sizeof *vals);
+                if (!vals) {
+                    net_api_error(c, 503, "out of memory");
+                    return -1;
+                }
+                for (int k = 0; k < n; k++) {
+                    int nv;
+                    double d;
+                    char w2[160];
+                    snprintf(w2, sizeof w2, "%s.any[%d]", where, k);
+                    if (filter_value(c, cJSON_GetArrayItem(v, k), w2, &vals[k], &nv, &d))
+                        return -1;
+                }
+                sf->f.any = vals;
+                sf->f.nany = (size_t)n;
+                continue;
+            }
+            const char *text;
+            if (filter_value(c, v, where, &text, &sf->f.num_valid, &sf->f.num))
+                return -1;
+            sf->text = (char *)text;
+            sf->f.text = text;
         }
     }
     return 0;
@@ -619,11 +688,19 @@ static void do_search(net_call *c)
     cJSON *j = body_object(c);
     if (!j)
         return;
+    static const char *const search_fields[] = {"query", "target", "limit", "filter",
+                                                "with_slices", "with_payload", NULL};
+    if (known_fields(c, j, "", search_fields))
+        return;
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "query");
     if (!cJSON_IsObject(q)) {
         net_api_error(c, 400, "query: expected an object with one of text, id, image, volume");
         return;
     }
+    static const char *const query_fields[] = {"text", "id", "image", "volume", "modality",
+                                               NULL};
+    if (known_fields(c, q, "query.", query_fields))
+        return;
     const cJSON *qt = cJSON_GetObjectItemCaseSensitive(q, "text");
     const cJSON *qi = cJSON_GetObjectItemCaseSensitive(q, "id");
     const cJSON *qimg = cJSON_GetObjectItemCaseSensitive(q, "image");
@@ -794,6 +871,9 @@ static void do_put(net_call *c)
     cJSON *j = body_object(c);
     if (!j)
         return;
+    static const char *const put_fields[] = {"items", NULL};
+    if (known_fields(c, j, "", put_fields))
+        return;
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "items");
     if (!cJSON_IsArray(arr) || !cJSON_GetArraySize(arr)) {
         net_api_error(c, 400, "items: expected a non-empty array of items");
@@ -823,6 +903,11 @@ static void do_put(net_call *c)
             return;
         }
         char fname[64];
+        static const char *const item_fields[] = {"image", "volume", "report", "modality",
+                                                  "dataset", "payload", NULL};
+        snprintf(fname, sizeof fname, "%s.", name);
+        if (known_fields(c, it, fname, item_fields))
+            return;
         snprintf(fname, sizeof fname, "%s.report", name);
         if (get_string(c, it, "report", fname, &pi->report))
             return;
@@ -993,6 +1078,10 @@ static void do_dedup(net_call *c)
 {
     cJSON *j = body_object(c);
     if (!j)
+        return;
+    static const char *const dedup_fields[] = {"target", "threshold", "image_threshold",
+                                               "max_pairs", NULL};
+    if (known_fields(c, j, "", dedup_fields))
         return;
     store_space sp;
     int given;

@@ -50,18 +50,58 @@ static int parse_number(const char *t, double *out)
     return 0;
 }
 
+/* KEY? and !KEY?: the key exists, or does not. */
+static int parse_exists(const char *expr, srch_filter *out, char *errbuf, size_t errlen)
+{
+    int neg = expr[0] == '!';
+    size_t n = strlen(expr) - (size_t)neg - 1;
+    if (n == 0 || strcspn(expr + neg, "<>=!?") != n)
+        return util_errf(errbuf, errlen, SRCH_INVAL, "filter '%s': expected KEY? or !KEY?", expr);
+    memset(out, 0, sizeof *out);
+    if (!(out->key = strndup(expr + neg, n)))
+        return util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+    out->f.key = out->key;
+    out->f.op = neg ? STORE_OP_MISSING : STORE_OP_EXISTS;
+    return SRCH_OK;
+}
+
+/* The values of KEY=A|B|C. */
+static int split_any(srch_filter *f)
+{
+    size_t n = 1;
+    for (const char *p = f->text; *p; p++)
+        n += *p == '|';
+    if (!(f->any = calloc(n, sizeof *f->any)))
+        return -1;
+    const char *p = f->text;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strcspn(p, "|");
+        if (!(f->any[i] = strndup(p, len)))
+            return -1;
+        f->nany++;
+        p += len + (p[len] == '|');
+    }
+    f->f.any = (const char *const *)f->any;
+    f->f.nany = f->nany;
+    return 0;
+}
+
 int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t errlen)
 {
+    size_t el = strlen(expr);
+    if (el && expr[el - 1] == '?')
+        return parse_exists(expr, out, errbuf, errlen);
     static const struct {
         const char *tok;
         store_op op;
-    } ops[] = {{">=", STORE_OP_GE}, {"<=", STORE_OP_LE}, {">", STORE_OP_GT},
-               {"<", STORE_OP_LT},  {"=", STORE_OP_EQ}};
+    } ops[] = {{">=", STORE_OP_GE}, {"<=", STORE_OP_LE}, {"!=", STORE_OP_NE},
+               {">", STORE_OP_GT},  {"<", STORE_OP_LT},  {"=", STORE_OP_EQ}};
     /* The first operator character splits key and value. */
-    size_t klen = strcspn(expr, "<>=");
+    size_t klen = strcspn(expr, "<>=!");
     if (!expr[klen])
         return util_errf(errbuf, errlen, SRCH_INVAL,
-                   "filter '%s': expected KEY=VALUE, KEY>=N, KEY>N, KEY<=N or KEY<N", expr);
+                         "filter '%s': expected KEY=VALUE, KEY!=VALUE, KEY=A|B, KEY>=N, KEY>N, "
+                         "KEY<=N, KEY<N, KEY? or !KEY?", expr);
     if (klen == 0)
         return util_errf(errbuf, errlen, SRCH_INVAL, "filter '%s': missing key before the operator",
                    expr);
@@ -87,9 +127,16 @@ int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t e
     f.f.op = op;
     f.f.text = f.text;
     f.f.num_valid = parse_number(f.text, &f.f.num) == 0;
-    if (op != STORE_OP_EQ && !f.f.num_valid) {
+    if (op != STORE_OP_EQ && op != STORE_OP_NE && !f.f.num_valid) {
         srch_filter_clear(&f);
         return util_errf(errbuf, errlen, SRCH_INVAL, "filter '%s': a range needs a finite number", expr);
+    }
+    if (op == STORE_OP_EQ && strchr(f.text, '|')) {
+        f.f.op = STORE_OP_ANY;
+        if (split_any(&f)) {
+            srch_filter_clear(&f);
+            return util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
+        }
     }
     *out = f;
     return SRCH_OK;
@@ -101,7 +148,26 @@ void srch_filter_clear(srch_filter *f)
         return;
     free(f->key);
     free(f->text);
+    for (size_t i = 0; i < f->nany; i++)
+        free(f->any[i]);
+    free(f->any);
     memset(f, 0, sizeof *f);
+}
+
+int srch_filters_check(store *s, const srch_filter *f, size_t n, char *errbuf, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].f.op == STORE_OP_EXISTS || f[i].f.op == STORE_OP_MISSING)
+            continue;
+        int e = store_payload_key_exists(s, f[i].f.key);
+        if (e < 0)
+            return util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));
+        if (e == 0)
+            return util_errf(errbuf, errlen, SRCH_INVAL,
+                             "filter on '%s': no item has this payload key (use '%s?' to ask "
+                             "whether any has)", f[i].f.key, f[i].f.key);
+    }
+    return SRCH_OK;
 }
 
 /* ---- exact scan over ids ------------------------------------------------------- */
@@ -184,7 +250,12 @@ int srch_search(store *s, idx_space *x, const srch_query *q, srch_hit *hits, siz
             return util_errf(errbuf, errlen, SRCH_NOMEM, "out of memory");
         for (size_t i = 0; i < q->nfilters; i++)
             fs[i] = q->filters[i].f;
-        int r = store_filter_ids(s, fs, q->nfilters, &allowed, &nallowed);
+        int r = srch_filters_check(s, q->filters, q->nfilters, errbuf, errlen);
+        if (r) {
+            free(fs);
+            return r;
+        }
+        r = store_filter_ids(s, fs, q->nfilters, &allowed, &nallowed);
         free(fs);
         if (r)
             return util_errf(errbuf, errlen, SRCH_STORE, "%s", store_errmsg(s));

@@ -51,13 +51,21 @@ const char *srch_errname(int code);
 typedef struct srch_filter {
     char *key;
     char *text;
-    store_filter f; /* points into key / text */
+    char **any;     /* STORE_OP_ANY: the values */
+    size_t nany;
+    store_filter f; /* points into key / text / any */
 } srch_filter;
 
-/* Parses KEY=VALUE, KEY>=N, KEY>N, KEY<=N or KEY<N.  Range operators need a
- * finite number.  Errors quote the expression. */
+/* Parses KEY=VALUE, KEY!=VALUE, KEY=A|B|C (any of), KEY>=N, KEY>N, KEY<=N,
+ * KEY<N, KEY? (the key exists) and !KEY? (it does not).  Range operators
+ * need a finite number.  Errors quote the expression. */
 int srch_filter_parse(const char *expr, srch_filter *out, char *errbuf, size_t errlen);
 void srch_filter_clear(srch_filter *f);
+
+/* Refuses filters on payload keys no item has (SRCH_INVAL naming the key),
+ * but for KEY? and !KEY?, which ask exactly that: an unknown key is far
+ * more often a typo than a question. */
+int srch_filters_check(store *s, const srch_filter *f, size_t n, char *errbuf, size_t errlen);
 
 typedef struct srch_hit {
     int64_t id;

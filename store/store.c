@@ -2118,6 +2118,72 @@ static int collect_range(store *s, MDB_cursor *c, const store_filter *f, idvec *
     return rc == MDB_NOTFOUND ? STORE_OK : lmdb_fail(s, rc, "reading the payload index");
 }
 
+/* The ids under any key beginning with the prefix (a kind byte, the name
+ * and its NUL). */
+static int collect_prefix(store *s, MDB_cursor *c, const uint8_t *pre, size_t plen, idvec *out)
+{
+    MDB_val k = mval(pre, plen), v;
+    int rc;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+         rc == 0 && k.mv_size >= plen && !memcmp(k.mv_data, pre, plen);
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (v.mv_size != 8)
+            return fail(s, STORE_CORRUPT, "a payload entry is %zu bytes, not 8", v.mv_size);
+        if (idvec_push(out, get_u64be(v.mv_data)))
+            return fail(s, STORE_NOMEM, "out of memory collecting filter matches");
+    }
+    return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : lmdb_fail(s, rc, "reading the payload index");
+}
+
+/* Every id with a value under the key: its text, hashed-text and number keys. */
+static int collect_exists(store *s, MDB_cursor *c, const char *key, idvec *out)
+{
+    uint8_t pre[PAYLOAD_KEY_MAX + 1];
+    size_t nl = strlen(key);
+    if (2 + nl > s->maxkey)
+        return STORE_OK;
+    int r = STORE_OK;
+    static const uint8_t kinds[] = {'h', 'n', 's'};
+    for (size_t i = 0; i < sizeof kinds && !r; i++) {
+        pre[0] = kinds[i];
+        memcpy(pre + 1, key, nl + 1);
+        r = collect_prefix(s, c, pre, nl + 2, out);
+    }
+    return r;
+}
+
+/* The ids EQ matches for text (and its number, when it is one). */
+static int collect_eq(store *s, MDB_cursor *c, const char *key, const char *text, int num_valid,
+                      double num, idvec *out)
+{
+    uint8_t kb[PAYLOAD_KEY_MAX + 1];
+    size_t klen;
+    int r = STORE_OK;
+    if (text && (klen = key_text(s, kb, key, text)))
+        r = collect_key(s, c, kb, klen, out);
+    if (!r && num_valid && (klen = key_num(s, kb, key, num)))
+        r = collect_key(s, c, kb, klen, out);
+    return r;
+}
+
+static int all_item_ids(store *s, MDB_txn *txn, idvec *out);
+
+/* out = every item id not in sub (sub sorted and unique). */
+static int complement(store *s, MDB_txn *txn, const idvec *sub, idvec *out)
+{
+    idvec all = {0};
+    int r = all_item_ids(s, txn, &all);
+    size_t j = 0;
+    for (size_t i = 0; !r && i < all.n; i++) {
+        while (j < sub->n && sub->v[j] < all.v[i])
+            j++;
+        if ((j == sub->n || sub->v[j] != all.v[i]) && idvec_push(out, all.v[i]))
+            r = fail(s, STORE_NOMEM, "out of memory collecting filter matches");
+    }
+    free(all.v);
+    return r;
+}
+
 static int filter_one(store *s, MDB_txn *txn, const store_filter *f, idvec *out)
 {
     MDB_cursor *c;
@@ -2125,20 +2191,68 @@ static int filter_one(store *s, MDB_txn *txn, const store_filter *f, idvec *out)
     if (rc)
         return lmdb_fail(s, rc, "opening a cursor on the payload index");
     int r = STORE_OK;
-    if (f->op == STORE_OP_EQ) {
-        uint8_t kb[PAYLOAD_KEY_MAX + 1];
-        size_t klen;
-        if (f->text && (klen = key_text(s, kb, f->key, f->text)))
-            r = collect_key(s, c, kb, klen, out);
-        if (!r && f->num_valid && (klen = key_num(s, kb, f->key, f->num)))
-            r = collect_key(s, c, kb, klen, out);
-    } else {
+    idvec sub = {0};
+    switch (f->op) {
+    case STORE_OP_EQ:
+        r = collect_eq(s, c, f->key, f->text, f->num_valid, f->num, out);
+        break;
+    case STORE_OP_ANY:
+        for (size_t i = 0; i < f->nany && !r; i++) {
+            char *end;
+            double d = strtod(f->any[i], &end);
+            int isnum = *f->any[i] && !*end && isfinite(d);
+            r = collect_eq(s, c, f->key, f->any[i], isnum, d, out);
+        }
+        break;
+    case STORE_OP_EXISTS:
+        r = collect_exists(s, c, f->key, out);
+        break;
+    case STORE_OP_NE:
+    case STORE_OP_MISSING:
+        r = f->op == STORE_OP_NE ? collect_eq(s, c, f->key, f->text, f->num_valid, f->num, &sub)
+                                 : collect_exists(s, c, f->key, &sub);
+        if (!r) {
+            idvec_sort_unique(&sub);
+            r = complement(s, txn, &sub, out);
+        }
+        break;
+    default:
         r = collect_range(s, c, f, out);
+        break;
     }
+    free(sub.v);
     mdb_cursor_close(c);
     if (!r)
         idvec_sort_unique(out);
     return r;
+}
+
+int store_payload_key_exists(store *s, const char *key)
+{
+    MDB_txn *txn;
+    int r = read_begin(s, &txn);
+    if (r)
+        return -r;
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, s->dbi[DB_PAYLOAD], &c);
+    if (rc) {
+        read_end(s, txn);
+        return -lmdb_fail(s, rc, "opening a cursor on the payload index");
+    }
+    uint8_t pre[PAYLOAD_KEY_MAX + 1];
+    size_t nl = strlen(key);
+    int found = 0;
+    static const uint8_t kinds[] = {'h', 'n', 's'};
+    for (size_t i = 0; i < sizeof kinds && !found && 2 + nl <= s->maxkey; i++) {
+        pre[0] = kinds[i];
+        memcpy(pre + 1, key, nl + 1);
+        MDB_val k = mval(pre, nl + 2), v;
+        found = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) == 0 && k.mv_size >= nl + 2 &&
+                !memcmp(k.mv_data, pre, nl + 2);
+    }
+    mdb_cursor_close(c);
+    read_end(s, txn);
+    return found;
 }
 
 static int all_item_ids(store *s, MDB_txn *txn, idvec *out)
@@ -2163,11 +2277,15 @@ int store_filter_ids(store *s, const store_filter *f, size_t nf, uint64_t **ids,
     for (size_t i = 0; i < nf; i++) {
         if (!f[i].key)
             return fail(s, STORE_INVAL, "filter %zu has no key", i);
-        if ((unsigned)f[i].op > STORE_OP_LT)
-            return fail(s, STORE_INVAL, "filter '%s': operator %d out of range", f[i].key, (int)f[i].op);
-        if (f[i].op == STORE_OP_EQ && !f[i].text && !f[i].num_valid)
+        store_op op = f[i].op;
+        int range = op == STORE_OP_GE || op == STORE_OP_GT || op == STORE_OP_LE || op == STORE_OP_LT;
+        if ((unsigned)op > STORE_OP_MISSING)
+            return fail(s, STORE_INVAL, "filter '%s': operator %d out of range", f[i].key, (int)op);
+        if ((op == STORE_OP_EQ || op == STORE_OP_NE) && !f[i].text && !f[i].num_valid)
             return fail(s, STORE_INVAL, "filter '%s': no value to compare", f[i].key);
-        if (f[i].op != STORE_OP_EQ && !f[i].num_valid)
+        if (op == STORE_OP_ANY && (!f[i].any || !f[i].nany))
+            return fail(s, STORE_INVAL, "filter '%s': no values for any-of", f[i].key);
+        if (range && !f[i].num_valid)
             return fail(s, STORE_INVAL, "filter '%s': a range needs a number", f[i].key);
         if (f[i].num_valid && isnan(f[i].num))
             return fail(s, STORE_INVAL, "filter '%s': the number is NaN", f[i].key);

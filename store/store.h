@@ -264,16 +264,26 @@ typedef enum {
     STORE_OP_GE,
     STORE_OP_GT,
     STORE_OP_LE,
-    STORE_OP_LT
+    STORE_OP_LT,
+    STORE_OP_NE,      /* not EQ: every item the EQ does not match, those without the key too */
+    STORE_OP_ANY,     /* EQ to any of any[0..nany) (each also as a number when it is one) */
+    STORE_OP_EXISTS,  /* the item has the key (any indexed value) */
+    STORE_OP_MISSING  /* the item has no indexed value under the key */
 } store_op;
 
 typedef struct store_filter {
     const char *key;
     store_op op;
-    const char *text; /* for EQ: the text to match (also matched as a string) */
+    const char *text; /* for EQ and NE: the text to match (also matched as a string) */
     int num_valid;    /* text parses as a number; required for range ops */
     double num;
+    const char *const *any; /* STORE_OP_ANY: the values */
+    size_t nany;
 } store_filter;
+
+/* 1 when some item has an indexed payload value under key, 0 when none
+ * does, or a negative store_errno. */
+int store_payload_key_exists(store *s, const char *key);
 
 /* Sorted ids of the items matching every filter (AND).  *ids is malloc'd,
  * free() it; *n may be 0. */

@@ -67,6 +67,15 @@ grep -q '"id":7,' "$T/out" && bad "query item returned itself" || ok "query item
 expect 0 "" "filtered search" -- "$MEDSEM" search --db "$T/db" --vector-file "$T/a.q.npy" --k 10 --filter modality=CT --filter "score<0.5" --json
 if grep -o '"modality":"[A-Z]*"' "$T/out" | grep -qv CT; then bad "filter leaked other modalities"; else ok "filter holds"; fi
 [ "$(grep -o '"id":' "$T/out" | wc -l)" = 40 ] && ok "filtered search fills k" || bad "filtered hits"
+expect 0 "" "filter !=" -- "$MEDSEM" search --db "$T/db" --vector-file "$T/a.q.npy" --k 10 --filter 'modality!=CT' --json
+if grep -o '"modality":"[A-Z]*"' "$T/out" | grep -q CT; then bad "!= leaked CT"; else ok "!= holds"; fi
+[ "$(grep -o '"id":' "$T/out" | wc -l)" = 40 ] && ok "!= fills k" || bad "!= hits: $(head -c 300 "$T/out")"
+expect 0 "" "filter any-of and exists" -- "$MEDSEM" search --db "$T/db" --vector-file "$T/a.q.npy" --k 10 --filter 'modality=CT|MR' --filter 'modality?' --json
+if grep -o '"modality":"[A-Z]*"' "$T/out" | grep -qvE 'CT|MR'; then bad "any-of leaked"; else ok "any-of holds"; fi
+expect 0 "" "filter !KEY?" -- "$MEDSEM" search --db "$T/db" --vector-file "$T/a.q.npy" --k 10 --filter '!modality?' --json
+[ "$(grep -o '"id":' "$T/out" | wc -l)" = 0 ] && ok "!modality? matches no item (all have one)" || bad "!KEY?: $(head -c 300 "$T/out")"
+unchanged "no item has this payload key" "a filter on an unknown key is refused" -- "$MEDSEM" search --db "$T/db" --item 1 --filter 'modalty=CT'
+
 expect 1 "query text is blank" "search --text of only white space is refused, as encode refuses it" -- "$MEDSEM" search --db "$T/db" --text "   "
 expect 0 "" "dedup" -- "$MEDSEM" dedup --db "$T/db" --threshold 0.999
 expect 0 "" "dedup --json" -- "$MEDSEM" dedup --db "$T/db" --json

@@ -267,6 +267,22 @@ def endpoints(P, items):
     s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "effusion"}, "target": "report",
                                              "filter": {"tags": "effusion"}})
     ok(s == 200 and [r["id"] for r in j["result"]] == [REP], "filter on an array payload key", j)
+    # Qdrant's other conditions: ne, any, exists (false: the key is absent)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}, "target": "report",
+                                             "limit": 50, "filter": {"modality": {"ne": "CT"}}})
+    ok(s == 200 and j["result"] and all(r["modality"] != "CT" for r in j["result"]),
+       "filter ne: no CT, items without a modality included", j)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}, "target": "report",
+                                             "limit": 50, "filter": {"modality": {"any": ["CT", "CR"]}}})
+    ok(s == 200 and j["result"] and {r["modality"] for r in j["result"]} == {"CT", "CR"},
+       "filter any: CT or CR", j)
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}, "target": "report",
+                                             "limit": 50, "filter": {"tags": {"exists": True}}})
+    ok(s == 200 and [r["id"] for r in j["result"]] == [REP], "filter exists: only the item with tags", j)
+    s, h, j2 = jreq(P, "POST", "/v1/search", {"query": {"text": "nodule"}, "target": "report",
+                                              "limit": 50, "filter": {"tags": {"exists": False}}})
+    ok(s == 200 and REP not in [r["id"] for r in j2["result"]] and j2["result"],
+       "filter exists false: every item but that one", j2)
     s, h, j = jreq(P, "POST", "/v1/search", {"query": {"id": VOL}, "target": "volume", "limit": 10})
     ok(s == 200 and VOL not in [r["id"] for r in j["result"]] and j["result"],
        "search by item leaves the item out", j)
@@ -426,6 +442,19 @@ def errors(P):
     bad({"query": {"id": -1}}, "query.id", "a negative id is 400")
     bad({"query": {"id": 999999}}, "no such item", "search by a missing item is 404", status=404)
     bad({"query": {"text": "x"}, "filter": {"age": {"between": 3}}}, "filter.age", "a bad filter op is 400")
+    bad({"query": {"text": "x"}, "limt": 3}, "limt: unknown field (expected query, target, limit",
+        "a misspelled field is 400, naming it")
+    bad({"query": {"text": "x", "txt": "y"}}, "query.txt: unknown field", "an unknown query field is 400")
+    bad({"items": [{"report": "x", "paylod": {"a": 1}}]}, "items[0].paylod: unknown field",
+        "an unknown item field is 400", path="/v1/items", method="PUT")
+    bad({"target": "volume", "threshold": 0.9, "treshold": 1}, "treshold: unknown field",
+        "an unknown dedup field is 400", path="/v1/dedup")
+    bad({"query": {"text": "x"}, "filter": {"modalty": "CT"}}, "no item has this payload key",
+        "a filter on a key no item has is 400, naming it")
+    bad({"query": {"text": "x"}, "filter": {"modality": {"any": []}}}, "filter.modality.any",
+        "an empty any is 400")
+    bad({"query": {"text": "x"}, "filter": {"modality": {"exists": "yes"}}}, "filter.modality.exists",
+        "exists takes a boolean")
     bad({"query": {"text": "x"}, "filter": {"age": {"gte": "x"}}}, "filter.age.gte", "a range on text is 400")
     bad({"query": {"image": "@@@"}}, "query.image", "bad base64 is 400")
     bad({"query": {"image": base64.b64encode(b"not an image at all").decode()}},

@@ -969,6 +969,31 @@ static void test_filters(void **state)
     EXPECT(f, 1, 1, 3, 4);
     f[0].text = "ct";
     EXPECT(f, 1);
+    /* ne (items without the key match it too: item 5 has no payload), any,
+     * exists and missing (numbers, strings and hashed long values alike) */
+    f[0] = (store_filter){.key = "modality", .op = STORE_OP_NE, .text = "CT"};
+    EXPECT(f, 1, 2, 5);
+    const char *any[] = {"MR", "PET", "42"};
+    f[0] = (store_filter){.key = "modality", .op = STORE_OP_ANY, .any = any, .nany = 2};
+    EXPECT(f, 1, 2);
+    f[0] = (store_filter){.key = "age", .op = STORE_OP_ANY, .any = any + 1, .nany = 2};
+    EXPECT(f, 1, 1, 3); /* "42": the number 42 and the string */
+    f[0] = (store_filter){.key = "age", .op = STORE_OP_EXISTS};
+    EXPECT(f, 1, 1, 2, 3, 4);
+    f[0] = (store_filter){.key = "long", .op = STORE_OP_EXISTS};
+    EXPECT(f, 1, 4);
+    f[0] = (store_filter){.key = "tags", .op = STORE_OP_MISSING};
+    EXPECT(f, 1, 4, 5);
+    f[0] = (store_filter){.key = "site", .op = STORE_OP_EXISTS}; /* null is not indexed */
+    EXPECT(f, 1);
+    f[0] = (store_filter){.key = "modality", .op = STORE_OP_ANY, .any = any, .nany = 0};
+    uint64_t *none = NULL;
+    size_t nn = 0;
+    assert_int_equal(store_filter_ids(s, f, 1, &none, &nn), STORE_INVAL);
+    assert_int_equal(store_payload_key_exists(s, "modality"), 1);
+    assert_int_equal(store_payload_key_exists(s, "long"), 1);
+    assert_int_equal(store_payload_key_exists(s, "modalit"), 0);
+    assert_int_equal(store_payload_key_exists(s, "site"), 0);
     /* "42" as text and as number matches both the number 42 and the string. */
     f[0] = (store_filter){.key = "age", .op = STORE_OP_EQ, .text = "42", .num_valid = 1, .num = 42};
     EXPECT(f, 1, 1, 3);

@@ -268,6 +268,8 @@ int net_api_head(net_call *c, int access)
         c->route = NET_ROUTE_DEDUP;
     else if (!strcmp(path, "/v1/info"))
         c->route = NET_ROUTE_INFO;
+    else if (!strcmp(path, "/v1/items/scroll"))
+        c->route = NET_ROUTE_SCROLL;
     else if (!strcmp(path, "/v1/items")) {
         c->route = NET_ROUTE_ITEMS;
         write = 1;
@@ -297,7 +299,9 @@ int net_api_head(net_call *c, int access)
     /* Methods before keys: a 405 tells nothing about the data. */
     int ok;
     switch (c->route) {
-    case NET_ROUTE_SEARCH: case NET_ROUTE_DEDUP: ok = method_ok(c, HTTP_POST, HTTP_POST, "POST"); break;
+    case NET_ROUTE_SEARCH: case NET_ROUTE_DEDUP: case NET_ROUTE_SCROLL:
+        ok = method_ok(c, HTTP_POST, HTTP_POST, "POST");
+        break;
     case NET_ROUTE_ITEMS: ok = method_ok(c, HTTP_PUT, HTTP_PUT, "PUT"); break;
     case NET_ROUTE_ITEM: ok = method_ok(c, HTTP_GET, HTTP_DELETE, "GET, DELETE"); break;
     default: ok = method_ok(c, HTTP_GET, HTTP_GET, "GET"); break;
@@ -1173,6 +1177,82 @@ static void do_dedup(net_call *c)
     ok_end(c);
 }
 
+/* POST /v1/items/scroll: the items matching a filter, in id order, a page
+ * at a time (Qdrant's scroll). */
+static void do_scroll(net_call *c)
+{
+    cJSON *j = body_object(c);
+    if (!j)
+        return;
+    static const char *const scroll_fields[] = {"filter", "limit", "offset", "with_payload",
+                                                NULL};
+    if (known_fields(c, j, "", scroll_fields))
+        return;
+    srch_filter filters[FILTERS_MAX];
+    size_t nf = 0;
+    if (get_filters(c, j, filters, &nf))
+        return;
+    uint64_t limit = 10, offset = 0;
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(j, "limit");
+    if (l && !cJSON_IsNull(l)) {
+        if (!cJSON_IsNumber(l) || l->valuedouble != floor(l->valuedouble) || l->valuedouble < 1 ||
+            l->valuedouble > 1000) {
+            net_api_error(c, 400, "limit: expected an integer from 1 to 1000");
+            return;
+        }
+        limit = (uint64_t)l->valuedouble;
+    }
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, "offset");
+    if (o && !cJSON_IsNull(o)) {
+        if (!cJSON_IsNumber(o) || o->valuedouble != floor(o->valuedouble) || o->valuedouble < 0 ||
+            o->valuedouble > 9007199254740992.0) {
+            net_api_error(c, 400, "offset: expected an item id (an integer >= 0)");
+            return;
+        }
+        offset = (uint64_t)o->valuedouble;
+    }
+    const cJSON *wp = cJSON_GetObjectItemCaseSensitive(j, "with_payload");
+    if (wp && !cJSON_IsBool(wp)) {
+        net_api_error(c, 400, "with_payload: expected true or false");
+        return;
+    }
+    int with_payload = !wp || cJSON_IsTrue(wp);
+    uint64_t *ids = net_arena_alloc(c->arena, limit * sizeof *ids), next = 0;
+    size_t n = 0;
+    char err[1024];
+    if (!ids) {
+        net_api_error(c, 503, "out of memory");
+        return;
+    }
+    int rc = net_engine_scroll(c->engine, filters, nf, offset, limit, ids, &n, &next, err,
+                               sizeof err);
+    if (rc) {
+        fail_rc(c, rc, err);
+        return;
+    }
+    net_buf *b = ok_begin(c);
+    net_buf_puts(b, "{\"items\":[");
+    for (size_t i = 0, k = 0; i < n; i++) {
+        store_item *it = NULL;
+        if (net_engine_item_get(c->engine, ids[i], &it, err, sizeof err))
+            continue; /* deleted meanwhile */
+        net_buf_printf(b, "%s{\"id\":%" PRIu64, k++ ? "," : "", ids[i]);
+        if (with_payload)
+            item_fields(b, it);
+        else
+            net_buf_printf(b, ",\"kind\":\"%s\"", store_kind_name(it->kind));
+        net_buf_puts(b, "}");
+        store_item_free(it);
+    }
+    net_buf_puts(b, "],\"next_page_offset\":");
+    if (next)
+        net_buf_printf(b, "%" PRIu64, next);
+    else
+        net_buf_puts(b, "null");
+    net_buf_puts(b, "}");
+    ok_end(c);
+}
+
 /* GET /v1/info: the database, the model and each space's index. */
 static void do_info(net_call *c)
 {
@@ -1194,6 +1274,7 @@ void net_api_work(net_call *c)
     case NET_ROUTE_PREVIEW: do_preview(c); break;
     case NET_ROUTE_DEDUP: do_dedup(c); break;
     case NET_ROUTE_INFO: do_info(c); break;
+    case NET_ROUTE_SCROLL: do_scroll(c); break;
     default: net_api_error(c, 500, "no handler for this route"); break;
     }
 }

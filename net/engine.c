@@ -615,6 +615,37 @@ int net_engine_slice_z(const net_engine *e, const store_item *it, uint32_t slice
     return enc_prep_native_z(enc_pipeline_prep(e->p), it->shape[2], it->spacing[2], slice);
 }
 
+int net_engine_scroll(net_engine *e, const srch_filter *f, size_t nf, uint64_t offset,
+                      size_t limit, uint64_t *ids, size_t *n, uint64_t *next, char *errbuf,
+                      size_t errlen)
+{
+    char err[512];
+    *n = 0;
+    *next = 0;
+    if (srch_filters_check(e->s, f, nf, err, sizeof err))
+        return net__fail(errbuf, errlen, NET_INVAL, "%s", err);
+    store_filter *fs = malloc((nf ? nf : 1) * sizeof *fs);
+    if (!fs)
+        return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
+    for (size_t i = 0; i < nf; i++)
+        fs[i] = f[i].f;
+    uint64_t *all = NULL;
+    size_t nall = 0;
+    int r = store_filter_ids(e->s, fs, nf, &all, &nall);
+    free(fs);
+    if (r)
+        return net__fail(errbuf, errlen, r == STORE_INVAL ? NET_INVAL : NET_ENGINE, "%s",
+                         store_errmsg(e->s));
+    size_t i = 0;
+    while (i < nall && all[i] < offset) /* ids are sorted: a bisection would do */
+        i++;
+    for (; i < nall && *n < limit; i++)
+        ids[(*n)++] = all[i];
+    *next = i < nall ? all[i] : 0;
+    free(all);
+    return NET_OK;
+}
+
 int net_engine_item_get(net_engine *e, uint64_t id, store_item **out, char *errbuf,
                         size_t errlen)
 {

@@ -189,7 +189,7 @@ int net_keys_check(const net_keys *k, const char *key, size_t len);
 enum {
     NET_ROUTE_PAGE, NET_ROUTE_SEARCH, NET_ROUTE_ITEMS, NET_ROUTE_ITEM, NET_ROUTE_PREVIEW,
     NET_ROUTE_DEDUP, NET_ROUTE_HEALTHZ, NET_ROUTE_READYZ, NET_ROUTE_METRICS, NET_ROUTE_OTHER,
-    NET_ROUTE_INFO, NET_NROUTES
+    NET_ROUTE_INFO, NET_ROUTE_SCROLL, NET_NROUTES
 };
 const char *net_route_name(int route);
 
@@ -326,6 +326,13 @@ int net_engine_best_slices(net_engine *e, uint64_t volume_id, const float *q, si
 int net_engine_slice_z(const net_engine *e, const store_item *it, uint32_t slice);
 
 /* The record (store_item_free it). */
+/* The ids of the items matching every filter (all items when nf is 0), in
+ * id order, from offset on: at most limit into ids (*n of them), and
+ * *next the id to continue from (0: none left).  Filters on keys no item
+ * has are NET_INVAL, as in search. */
+int net_engine_scroll(net_engine *e, const srch_filter *f, size_t nf, uint64_t offset,
+                      size_t limit, uint64_t *ids, size_t *n, uint64_t *next, char *errbuf,
+                      size_t errlen);
 int net_engine_item_get(net_engine *e, uint64_t id, store_item **out, char *errbuf,
                         size_t errlen);
 int net_engine_item_delete(net_engine *e, uint64_t id, char *errbuf, size_t errlen);

@@ -311,6 +311,30 @@ def endpoints(P, items):
     s, h, j = jreq(P, "GET", "/v1/items/%d/preview.png" % REP)
     ok(s == 404, "a report has no preview: 404", j)
 
+    # scroll: every item once, in id order, a page at a time; with a filter
+    got, off, pages = [], None, 0
+    while pages < 50:
+        body = {"limit": 3, "with_payload": False}
+        if off is not None:
+            body["offset"] = off
+        s, h, j = jreq(P, "POST", "/v1/items/scroll", body)
+        if s != 200:
+            break
+        got += [x["id"] for x in j["result"]["items"]]
+        off = j["result"]["next_page_offset"]
+        pages += 1
+        if off is None:
+            break
+    ok(s == 200 and got == sorted(set(got)) and len(got) >= 9 and pages == (len(got) + 2) // 3,
+       "scroll pages through every item once, in id order (%d items, %d pages)" % (len(got), pages),
+       (s, got))
+    s, h, j = jreq(P, "POST", "/v1/items/scroll", {"filter": {"modality": "CR"}, "limit": 100})
+    ok(s == 200 and j["result"]["items"] and all(x["modality"] == "CR" for x in j["result"]["items"])
+       and j["result"]["next_page_offset"] is None, "scroll with a filter", j)
+    s, h, j = jreq(P, "POST", "/v1/items/scroll", {"filter": {"modalty": "CR"}})
+    ok(s == 400 and "modalty" in j["status"]["error"], "scroll refuses an unknown filter key", j)
+    s, h, j = jreq(P, "POST", "/v1/items/scroll", {"limit": 0})
+    ok(s == 400 and "limit" in j["status"]["error"], "scroll limit 0 is 400", j)
     s, h, j = jreq(P, "GET", "/v1/info")
     r = j["result"] if s == 200 else {}
     ok(s == 200 and len(r.get("model_id", "")) == 64 and r["dim"] > 0 and

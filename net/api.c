@@ -236,6 +236,10 @@ int net_api_route(net_call *c, int access)
     case NET_ROUTE_HEALTHZ:
         net_api_ok(c, "\"alive\"");
         return NET_RUN_LOOP;
+    case NET_ROUTE_OPENAPI:
+        resp_begin(c, 200, "application/json");
+        net_buf_add(&c->resp.body, net_openapi_json, net_openapi_json_len);
+        return NET_RUN_LOOP;
     case NET_ROUTE_READYZ:
     case NET_ROUTE_METRICS:
         return NET_RUN_SERVER;
@@ -253,6 +257,9 @@ int net_api_head(net_call *c, int access)
     int write = 0, open = 0;
     if (!strcmp(path, "/") || !strcmp(path, "/index.html")) {
         c->route = NET_ROUTE_PAGE;
+        open = 1;
+    } else if (!strcmp(path, "/openapi.json")) {
+        c->route = NET_ROUTE_OPENAPI;
         open = 1;
     } else if (!strcmp(path, "/healthz")) {
         c->route = NET_ROUTE_HEALTHZ;

@@ -189,7 +189,7 @@ int net_keys_check(const net_keys *k, const char *key, size_t len);
 enum {
     NET_ROUTE_PAGE, NET_ROUTE_SEARCH, NET_ROUTE_ITEMS, NET_ROUTE_ITEM, NET_ROUTE_PREVIEW,
     NET_ROUTE_DEDUP, NET_ROUTE_HEALTHZ, NET_ROUTE_READYZ, NET_ROUTE_METRICS, NET_ROUTE_OTHER,
-    NET_ROUTE_INFO, NET_ROUTE_SCROLL, NET_NROUTES
+    NET_ROUTE_INFO, NET_ROUTE_SCROLL, NET_ROUTE_OPENAPI, NET_NROUTES
 };
 const char *net_route_name(int route);
 
@@ -448,5 +448,7 @@ int net_api_access(const net_keys *keys, const net_req *r);
 
 extern const char net_page_html[];
 extern const size_t net_page_html_len;
+extern const char net_openapi_json[];
+extern const size_t net_openapi_json_len;
 
 #endif

@@ -27,6 +27,7 @@ static const char *const route_names[NET_NROUTES] = {
     [NET_ROUTE_OTHER] = "other",
     [NET_ROUTE_INFO] = "/v1/info",
     [NET_ROUTE_SCROLL] = "/v1/items/scroll",
+    [NET_ROUTE_OPENAPI] = "/openapi.json",
 };
 
 const char *net_route_name(int route)

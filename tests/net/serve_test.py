@@ -335,6 +335,7 @@ def endpoints(P, items):
     ok(s == 400 and "modalty" in j["status"]["error"], "scroll refuses an unknown filter key", j)
     s, h, j = jreq(P, "POST", "/v1/items/scroll", {"limit": 0})
     ok(s == 400 and "limit" in j["status"]["error"], "scroll limit 0 is 400", j)
+    openapi(P)
     s, h, j = jreq(P, "GET", "/v1/info")
     r = j["result"] if s == 200 else {}
     ok(s == 200 and len(r.get("model_id", "")) == 64 and r["dim"] > 0 and
@@ -514,6 +515,59 @@ def errors(P):
     ok(s == 405 and h.get("allow") == "GET, DELETE", "PATCH /v1/items/1 is 405", (s, h))
     s, h, j = jreq(P, "DELETE", "/healthz")
     ok(s == 405, "DELETE /healthz is 405", (s, h))
+
+
+def openapi(P):
+    """/openapi.json against the implementation: every path and method it
+    lists answers (no route 404 or 405), every request field it documents is
+    taken, one it does not is refused, and every route the server has is in
+    it."""
+    s, h, spec = jreq(P, "GET", "/openapi.json")
+    ok(s == 200 and spec["openapi"].startswith("3.") and h["content-type"].startswith("application/json"),
+       "GET /openapi.json is an OpenAPI 3 document", (s, h))
+    schemas = spec["components"]["schemas"]
+    bad_routes = []
+    for path, ops in spec["paths"].items():
+        for m, op in ops.items():
+            if m == "parameters":
+                continue
+            p = path.replace("{id}", "999999")
+            body = {} if m in ("put", "post") else None
+            st, hh, b = request(P, m.upper(), p, body)
+            route_missing = st == 405 or (st == 404 and b"no such item" not in b)
+            if route_missing:
+                bad_routes.append((m, path, st, b[:80]))
+    ok(not bad_routes, "every path and method of the document is served", bad_routes)
+    served = {"/v1/search", "/v1/items", "/v1/items/scroll", "/v1/items/{id}",
+              "/v1/items/{id}/preview.png", "/v1/dedup", "/v1/info", "/healthz", "/readyz",
+              "/metrics", "/openapi.json", "/"}
+    ok(served == set(spec["paths"]), "the document lists exactly the server's routes",
+       served ^ set(spec["paths"]))
+    # request bodies: documented fields are known, undocumented ones are refused
+    probes = {"/v1/search": ("SearchRequest", {"query": {"text": "x"}}, None),
+              "/v1/dedup": ("DedupRequest", {"target": "volume", "threshold": 0.999}, None),
+              "/v1/items/scroll": ("ScrollRequest", {}, None),
+              "/v1/search#query": ("Query", {}, "query"),
+              "/v1/items": ("PutRequest", {}, None),
+              "/v1/items#item": ("PutItem", {}, "item")}
+    mism = []
+    for key, (schema, base, nest) in probes.items():
+        path = key.split("#")[0]
+        method = "PUT" if path == "/v1/items" else "POST"
+        props = schemas[schema]["properties"]
+        for name in list(props) + ["zz_undocumented"]:
+            if nest == "query":
+                body = {"query": {"text": "x", name: 1}} if name != "text" else {"query": {"text": "y"}}
+            elif nest == "item":
+                body = {"items": [{"report": "x", name: 1}]} if name != "report" else {"items": [{"report": "y"}]}
+            else:
+                body = dict(base)
+                body[name] = base.get(name, 1)
+            st, hh, b = request(P, method, path, body)
+            unknown = st == 400 and b"unknown field" in b
+            if unknown != (name == "zz_undocumented"):
+                mism.append((schema, name, st, b[:100]))
+    ok(not mism, "request fields: the documented ones are taken, an undocumented one refused", mism)
 
 
 def png_bomb(w, h):

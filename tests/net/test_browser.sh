@@ -105,10 +105,25 @@ if grep -q 'data-results="' "$T/dom.html" && grep -q 'result(s) for' "$T/dom.htm
     echo "ok 2 - the status line reports the search"; else echo "not ok 2 - no status line"; fails=1; fi
 if grep -q 'class="report"' "$T/dom.html"; then echo "ok 3 - results show report text"; else
     echo "not ok 3 - no report text"; fails=1; fi
+python3 - "$T/dom.html" <<'PY' && echo "ok 4 - each card shows the impression first, under its id and score" || { echo "not ok 4 - impressions"; fails=1; }
+import re, sys
+html = open(sys.argv[1]).read()
+cards = re.findall(r'<div class="result-card".*?(?=<div class="result-card"|</div>\s*<script|$)', html, re.S)
+assert cards, "no cards"
+for c in cards:
+    i, r = c.find('class="impression"'), c.find('class="report"')
+    assert i > 0 and c.find('class="top"') < i and (r < 0 or i < r), c[:300]
+PY
+if grep -q '<figure data-z="[0-9]*"><img alt="slice [0-9]*"' "$T/dom.html"; then
+    echo "ok 5 - volume cards show thumbnails of their best slices, by native z"; else
+    echo "not ok 5 - no slice thumbnails"; fails=1; fi
+if grep -q 'id="drop"' "$T/dom.html" && grep -q '<input id="file" type="file"' "$T/dom.html"; then
+    echo "ok 6 - the page offers an upload (drop zone and file input)"; else
+    echo "not ok 6 - no upload control"; fails=1; fi
 run_chrome --screenshot="$SHOT" "$URL" >/dev/null
 rc=$?
-if [ -s "$SHOT" ]; then echo "ok 4 - screenshot saved to $SHOT"; elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-    echo "ok 4 # SKIP the screenshot run did not finish in time"; else
-    echo "not ok 4 - no screenshot"; fails=1; fi
-echo "1..4"
+if [ -s "$SHOT" ]; then echo "ok 7 - screenshot saved to $SHOT"; elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    echo "ok 7 # SKIP the screenshot run did not finish in time"; else
+    echo "not ok 7 - no screenshot"; fails=1; fi
+echo "1..7"
 exit $fails

@@ -91,6 +91,14 @@ static void print_clusters(store *s, const char *name, const char *space, const 
     (void)name;
 }
 
+/* dedup's progress into a terminal progress line (total known only now). */
+static void dedup_progress(void *ctx, size_t done, size_t total)
+{
+    cli_progress *p = ctx;
+    p->total = total;
+    cli_progress_update(p, done);
+}
+
 static float image_score(const float *a, const float *b, float floor_, void *ctx)
 {
     (void)ctx;
@@ -192,10 +200,17 @@ int cmd_dedup(int argc, char **argv)
         /* a kind left out: no fingerprint has tag 0 */
         uint32_t vtag = strcmp(kind, "image") ? DEDUP_FP_TAG : 0;
         uint32_t itag = strcmp(kind, "volume") ? DEDUP_FP_IMAGE_TAG : 0;
-        if (dedup_fingerprints(s, vtag, DEDUP_FP_VOLUME_DIM, (float)t, &fr, err, sizeof err) ||
-            dedup_fingerprints_scored(s, itag, DEDUP_FP_IMAGE_DIM, (float)ithr, image_score,
-                                           NULL, threads < 1 ? 1 : (int)threads, &fi, err,
-                                           sizeof err)) {
+        /* the radiographs' alignment search is quadratic: show its progress on a
+         * terminal (pairs aligned, rate, ETA) */
+        cli_progress pr;
+        cli_progress_start(&pr, "aligning radiograph pairs", 0, 0);
+        int bad = dedup_fingerprints(s, vtag, DEDUP_FP_VOLUME_DIM, (float)t, &fr, err, sizeof err) ||
+                  dedup_fingerprints_scored(s, itag, DEDUP_FP_IMAGE_DIM, (float)ithr, image_score,
+                                            NULL, threads < 1 ? 1 : (int)threads, dedup_progress,
+                                            &pr, &fi, err, sizeof err);
+        if (pr.total)
+            cli_progress_finish(&pr, pr.total);
+        if (bad) {
             dedup_result_free(fr);
             cli_error("%s", err);
             goto out;

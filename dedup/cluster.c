@@ -521,13 +521,17 @@ typedef struct scored_job {
     scored_pair *p;
     size_t n, cap;
     int nomem;
+    size_t done; /* pairs scored (read by job 0 for progress; atomic) */
+    struct scored_job *all; /* job 0: every job, to sum their progress */
+    dedup_progress_fn progress;
+    void *pctx;
 } scored_job;
 
 static void *scored_rows(void *arg)
 {
     scored_job *j = arg;
     const fpset *f = j->f;
-    for (size_t i = j->t; i < f->n && !j->nomem; i += j->nt)
+    for (size_t i = j->t; i < f->n && !j->nomem; i += j->nt) {
         for (size_t k = i + 1; k < f->n; k++) {
             float s = j->score(f->v + i * f->dim, f->v + k * f->dim, j->threshold, j->ctx);
             if (!(s >= j->threshold))
@@ -544,6 +548,14 @@ static void *scored_rows(void *arg)
             }
             j->p[j->n++] = (scored_pair){i, k, s > 1 ? 1 : s};
         }
+        __atomic_add_fetch(&j->done, f->n - 1 - i, __ATOMIC_RELAXED);
+        if (j->progress) { /* job 0, on the calling thread */
+            size_t sum = 0;
+            for (size_t t = 0; t < j->nt; t++)
+                sum += __atomic_load_n(&j->all[t].done, __ATOMIC_RELAXED);
+            j->progress(j->pctx, sum, f->n * (f->n - 1) / 2);
+        }
+    }
     return NULL;
 }
 
@@ -552,6 +564,8 @@ typedef struct scored_ctx {
     void *ctx;
     float threshold;
     int threads;
+    dedup_progress_fn progress;
+    void *pctx;
 } scored_ctx;
 
 /* Every unordered pair once, rows dealt round-robin to the threads (later
@@ -571,7 +585,9 @@ static int join_scored(const fpset *f, uf *u, dedup_result *r, void *arg)
     }
     for (int t = 0; t < threads; t++)
         jobs[t] = (scored_job){f, sc->score, sc->ctx, sc->threshold, (size_t)t, (size_t)threads,
-                               NULL, 0, 0, 0};
+                               NULL, 0, 0, 0, 0, jobs, NULL, NULL};
+    jobs[0].progress = sc->progress;
+    jobs[0].pctx = sc->pctx;
     for (int t = 1; t < threads; t++)
         running[t] = !pthread_create(&th[t], NULL, scored_rows, &jobs[t]);
     scored_rows(&jobs[0]);
@@ -600,6 +616,7 @@ out:
 
 int dedup_fingerprints_scored(store *st, uint32_t tag, uint32_t dim, float threshold,
                                    dedup_score_fn score, void *ctx, int threads,
+                                   dedup_progress_fn progress, void *pctx,
                                    dedup_result **out, char *errbuf, size_t errlen)
 {
     if (!(threshold > -1 && threshold <= 1))
@@ -607,6 +624,7 @@ int dedup_fingerprints_scored(store *st, uint32_t tag, uint32_t dim, float thres
                          (double)threshold);
     if (!dim || !score)
         return util_errf(errbuf, errlen, DEDUP_INVAL, "fingerprint dimension 0 or no scorer");
-    scored_ctx sc = {score, ctx, threshold, threads < 1 ? 1 : threads > 64 ? 64 : threads};
+    scored_ctx sc = {score, ctx, threshold, threads < 1 ? 1 : threads > 64 ? 64 : threads,
+                     progress, pctx};
     return dedup_fp_run(st, tag, dim, join_scored, &sc, out, errbuf, errlen);
 }

@@ -178,8 +178,12 @@ typedef float (*dedup_score_fn)(const float *a, const float *b, float floor, voi
  * dedup_fingerprint_image_score): every pair is scored, on `threads` threads, and
  * pairs scoring >= threshold (in (-1, 1]) are joined.  Quadratic in the
  * number of fingerprints. */
+typedef void (*dedup_progress_fn)(void *ctx, size_t done, size_t total);
+/* progress (may be NULL) is called now and then, from the calling thread
+ * only, with the pairs scored so far and in all. */
 int dedup_fingerprints_scored(store *s, uint32_t tag, uint32_t dim, float threshold,
                               dedup_score_fn score, void *ctx, int threads,
+                              dedup_progress_fn progress, void *pctx,
                               dedup_result **out, char *errbuf, size_t errlen);
 
 #endif

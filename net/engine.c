@@ -985,8 +985,8 @@ int net_engine_dedup_fp(net_engine *e, float threshold, float image_threshold,
     if (!rc)
         rc = dedup_fingerprints_scored(e->s, DEDUP_FP_IMAGE_TAG, DEDUP_FP_IMAGE_DIM,
                                             image_threshold, engine_image_score, NULL,
-                                            nc < 1 ? 1 : nc > 16 ? 16 : (int)nc, &ri, err,
-                                            sizeof err);
+                                            nc < 1 ? 1 : nc > 16 ? 16 : (int)nc, NULL, NULL,
+                                            &ri, err, sizeof err);
     if (rc) {
         dedup_result_free(r);
         return net__fail(errbuf, errlen, rc == SRCH_INVAL ? NET_INVAL : NET_ENGINE, "%s", err);

@@ -85,6 +85,15 @@ grep -q '"spaces":\["fingerprint"\]' "$T/out" && ok "near duplicates from finger
 grep -q '"threshold":0\.9975' "$T/out" && ok "the fingerprint threshold by default" || bad "threshold: $(cat "$T/out")"
 grep -q '"image_threshold":0\.915' "$T/out" && ok "the radiograph fingerprint threshold by default" || bad "image_threshold: $(cat "$T/out")"
 grep -q '"fingerprints":{"volume":[1-9][0-9]*,"image":[1-9][0-9]*}' "$T/out" && ok "volumes and radiographs have fingerprints" || bad "fingerprints: $(cat "$T/out")"
+if command -v script >/dev/null; then
+    # on a terminal (script gives it one) the radiographs' alignment shows its progress
+    script -qec "'$MEDSEM' dedup --db '$T/db' --threads 1" /dev/null > "$T/tty" 2>&1
+    grep -q "aligning radiograph pairs \[.*\] [0-9]*/[0-9]* 100%" "$T/tty" && ok "dedup shows its progress on a terminal" || bad "no progress on a terminal: $(tr '\r' '\n' < "$T/tty" | head -5)"
+    "$MEDSEM" dedup --db "$T/db" --threads 1 2> "$T/notty" > /dev/null
+    grep -q "aligning" "$T/notty" && bad "progress off a terminal" || ok "no progress off a terminal"
+else
+    echo "# script (util-linux) not found: progress on a terminal not checked"
+fi
 expect 0 "" "dedup --image-threshold --threads" -- "$MEDSEM" dedup --db "$T/db" --json --image-threshold 0.5 --threads 1
 grep -q '"image_threshold":0\.5' "$T/out" && ok "--image-threshold is used" || bad "image_threshold: $(cat "$T/out")"
 expect 1 "--image-threshold" "a bad --image-threshold is refused" -- "$MEDSEM" dedup --db "$T/db" --image-threshold 2

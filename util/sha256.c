@@ -14,6 +14,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define UTIL_SHA_NI 1
 #endif
@@ -127,9 +128,12 @@ int util__sha256_accel(int on)
 {
     int can = 0;
 #ifdef UTIL_SHA_NI
-    __builtin_cpu_init();
-    can = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1") &&
-          __builtin_cpu_supports("ssse3");
+    /* CPUID directly: clang 14's __builtin_cpu_supports knows no "sha".
+     * Leaf 1 ECX: SSSE3 bit 9, SSE4.1 bit 19; leaf 7 EBX: SHA bit 29. */
+    unsigned a, b, c, d;
+    if (__get_cpuid(1, &a, &b, &c, &d) && (c >> 9 & 1) && (c >> 19 & 1) &&
+        __get_cpuid_count(7, 0, &a, &b, &c, &d))
+        can = (int)(b >> 29 & 1);
 #endif
     on = on != 0 && can;
     __atomic_store_n(&use_ni, on, __ATOMIC_RELAXED);

@@ -533,6 +533,49 @@ static int finding_report(fq_ctx *c, int volumes, const float *vis, int first)
         }
     }
     if (c->json && !rc)
+        printf("}");
+    /* Detection: does the model see a finding at all, wherever it is?  The
+     * AUC of cos(item, "Finding.") between the items that have it and those
+     * that do not (the side AUC above only compares items that have it). */
+    if (c->json && !rc)
+        printf(",\"detection_auc\":{");
+    else if (!rc)
+        printf("detection AUC over the %ss (cos to 'Finding.': those with the finding against "
+               "those without)\n  %-20s %6s %7s\n",
+               kind, "finding", "with", "AUC");
+    for (int f = 0; f < SYNTH_NFINDINGS && !rc; f++) {
+        char text[256];
+        if (f == SYNTH_NORMAL || f == SYNTH_CARDIOMEGALY || f == SYNTH_EMPHYSEMA) {
+            finding_query(f, 0, !volumes, text, sizeof text);
+        } else {
+            const char *name = synth_finding_name(f);
+            snprintf(text, sizeof text, "%c%s.", toupper((unsigned char)name[0]), name + 1);
+        }
+        if ((rc = encode_text(c, text, q)))
+            break;
+        size_t npos = 0;
+        for (size_t j = 0; j < n; j++) {
+            const eitem *it = &s->it[idx[j]];
+            pos[j] = 0;
+            for (size_t t = it->lab_start; t < it->lab_start + it->lab_n; t++)
+                pos[j] |= c->kf[s->labels[t]] == f;
+            npos += pos[j];
+            double sc = 0;
+            for (int e = 0; e < d; e++)
+                sc += (double)g[j * d + e] * q[e];
+            score[j] = (float)sc;
+        }
+        double auc = trn_eval_auc(score, pos, n);
+        if (c->json) {
+            printf("%s\"%s\":{\"query\":\"%s\",\"items\":%zu,\"auc\":", f ? "," : "",
+                   synth_finding_name(f), text, npos);
+            printf(isnan(auc) ? "null" : "%.4f", auc);
+            printf("}");
+        } else {
+            printf("  %-20s %6zu %7.3f\n", synth_finding_name(f), npos, auc);
+        }
+    }
+    if (c->json && !rc)
         printf("}}");
 out:
     free(g);

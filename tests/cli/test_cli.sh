@@ -182,6 +182,10 @@ for kind in ("volume", "radiograph"):
     m = j[kind]["mean"]
     assert abs(m["p10"] - sum(x["p10"] for x in q) / 22) < 1e-3
     assert set(j[kind]["side_auc"]) == {"pleural effusion", "pneumothorax", "consolidation", "mass"}
+    det = j[kind]["detection_auc"]
+    assert {"normal", "pleural effusion", "pneumothorax", "cardiomegaly"} <= set(det), det
+    assert all(v["auc"] is None or 0 <= v["auc"] <= 1 for v in det.values()), det
+    assert det["pleural effusion"]["query"] == "Pleural effusion.", det
 PY
 expect 0 "" "encode a synthetic volume with it" -- "$MEDSEM" encode --model "$T/mod" --volume "$T/syn/$(sed -n 's/.*"file":"\([^"]*vol_[^"]*\)".*/\1/p' "$T/syn/train.jsonl" | head -n 1)" --modality CT --json
 expect 2 "needs --model and --manifest" "eval without a manifest" -- "$MEDSEM" eval --model "$T/mod"

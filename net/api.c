@@ -479,7 +479,6 @@ static int get_blob(net_call *c, const cJSON *v, const char *name, unsigned char
 static int filter_value(net_call *c, const cJSON *v, const char *where, const char **text,
                         int *num_valid, double *num)
 {
-    static char tf[2][6] = {"true", "false"};
     *num_valid = 0;
     if (cJSON_IsString(v)) {
         *text = v->valuestring;
@@ -491,7 +490,7 @@ static int filter_value(net_call *c, const cJSON *v, const char *where, const ch
             *num = d;
         }
     } else if (cJSON_IsBool(v)) {
-        *text = cJSON_IsTrue(v) ? tf[0] : tf[1];
+        *text = cJSON_IsTrue(v) ? "true" : "false";
     } else if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) {
         char buf[64];
         snprintf(buf, sizeof buf, "%.17g", v->valuedouble);
@@ -1120,16 +1119,9 @@ static void do_dedup(net_call *c)
         }
         ithr = it->valuedouble;
     }
-    size_t max_pairs = DEDUP_MAX_PAIRS;
-    const cJSON *mp = cJSON_GetObjectItemCaseSensitive(j, "max_pairs");
-    if (mp && !cJSON_IsNull(mp)) {
-        if (!cJSON_IsNumber(mp) || mp->valuedouble != floor(mp->valuedouble) ||
-            mp->valuedouble < 1 || mp->valuedouble > 1e8) {
-            net_api_error(c, 400, "max_pairs: expected an integer from 1 to 100000000");
-            return;
-        }
-        max_pairs = (size_t)mp->valuedouble;
-    }
+    long max_pairs;
+    if (get_int(c, j, "max_pairs", "max_pairs", 1, 100000000, DEDUP_MAX_PAIRS, &max_pairs))
+        return;
     if (given && !(thr > 0)) {
         net_api_error(c, 400, "threshold: required with a target (a model's embeddings have no "
                               "threshold that means a duplicate; without a target, rescans are "
@@ -1158,7 +1150,7 @@ static void do_dedup(net_call *c)
     if (!rc && !fp) {
         if (!(thr > 0))
             thr = 0.95;
-        rc = net_engine_dedup(c->engine, sp, (float)thr, max_pairs, &r, err, sizeof err);
+        rc = net_engine_dedup(c->engine, sp, (float)thr, (size_t)max_pairs, &r, err, sizeof err);
     }
     c->t_search = net_now() - t0;
     if (rc) {
@@ -1199,40 +1191,25 @@ static void do_scroll(net_call *c)
     size_t nf = 0;
     if (get_filters(c, j, filters, &nf))
         return;
-    uint64_t limit = 10, offset = 0;
-    const cJSON *l = cJSON_GetObjectItemCaseSensitive(j, "limit");
-    if (l && !cJSON_IsNull(l)) {
-        if (!cJSON_IsNumber(l) || l->valuedouble != floor(l->valuedouble) || l->valuedouble < 1 ||
-            l->valuedouble > 1000) {
-            net_api_error(c, 400, "limit: expected an integer from 1 to 1000");
-            return;
-        }
-        limit = (uint64_t)l->valuedouble;
-    }
-    const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, "offset");
-    if (o && !cJSON_IsNull(o)) {
-        if (!cJSON_IsNumber(o) || o->valuedouble != floor(o->valuedouble) || o->valuedouble < 0 ||
-            o->valuedouble > 9007199254740992.0) {
-            net_api_error(c, 400, "offset: expected an item id (an integer >= 0)");
-            return;
-        }
-        offset = (uint64_t)o->valuedouble;
-    }
+    long limit, offset; /* offset: an item id, at most 2^53 (exact in JSON) */
+    if (get_int(c, j, "limit", "limit", 1, 1000, 10, &limit) ||
+        get_int(c, j, "offset", "offset", 0, 9007199254740992L, 0, &offset))
+        return;
     const cJSON *wp = cJSON_GetObjectItemCaseSensitive(j, "with_payload");
     if (wp && !cJSON_IsBool(wp)) {
         net_api_error(c, 400, "with_payload: expected true or false");
         return;
     }
     int with_payload = !wp || cJSON_IsTrue(wp);
-    uint64_t *ids = net_arena_alloc(c->arena, limit * sizeof *ids), next = 0;
+    uint64_t *ids = net_arena_alloc(c->arena, (size_t)limit * sizeof *ids), next = 0;
     size_t n = 0;
     char err[1024];
     if (!ids) {
         net_api_error(c, 503, "out of memory");
         return;
     }
-    int rc = net_engine_scroll(c->engine, filters, nf, offset, limit, ids, &n, &next, err,
-                               sizeof err);
+    int rc = net_engine_scroll(c->engine, filters, nf, (uint64_t)offset, (size_t)limit, ids, &n,
+                               &next, err, sizeof err);
     if (rc) {
         fail_rc(c, rc, err);
         return;

@@ -636,9 +636,14 @@ int net_engine_scroll(net_engine *e, const srch_filter *f, size_t nf, uint64_t o
     if (r)
         return net__fail(errbuf, errlen, r == STORE_INVAL ? NET_INVAL : NET_ENGINE, "%s",
                          store_errmsg(e->s));
-    size_t i = 0;
-    while (i < nall && all[i] < offset) /* ids are sorted: a bisection would do */
-        i++;
+    size_t i = 0, hi = nall; /* the first id >= offset: the ids are sorted */
+    while (i < hi) {
+        size_t mid = i + (hi - i) / 2;
+        if (all[mid] < offset)
+            i = mid + 1;
+        else
+            hi = mid;
+    }
     for (; i < nall && *n < limit; i++)
         ids[(*n)++] = all[i];
     *next = i < nall ? all[i] : 0;

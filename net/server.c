@@ -371,6 +371,19 @@ static void answer_from_state(net_ctx *ctx, net_call *c)
         net_api_ok(c, "\"ready\"");
 }
 
+/* Sets up the connection's call for its current request, with a response
+ * body of at most cap bytes. */
+static void call_begin(conn *c, size_t cap)
+{
+    net_call *call = &c->call;
+    call->engine = c->ctx->engine;
+    call->req = &c->http.req;
+    call->arena = c->arena;
+    call->keyless = c->ctx->keys == NULL;
+    c->method = http_method_str((enum http_method)c->http.req.method);
+    net_buf_init(&call->resp.body, c->arena, cap);
+}
+
 static void dispatch(conn *c)
 {
     net_ctx *ctx = c->ctx;
@@ -378,14 +391,9 @@ static void dispatch(conn *c)
     uv_timer_stop(&c->timer);
     c->state = ST_BUSY;
     net_call *call = &c->call;
-    call->engine = ctx->engine;
-    call->req = &c->http.req;
-    call->arena = c->arena;
-    call->keyless = ctx->keys == NULL;
-    c->method = http_method_str((enum http_method)c->http.req.method);
     /* The response cap: a search of 1000 results with long reports, or a
      * preview of a large slice, stays well inside. */
-    net_buf_init(&call->resp.body, c->arena, (size_t)64 << 20);
+    call_begin(c, (size_t)64 << 20);
     if (ctx->draining) {
         call->route = NET_ROUTE_OTHER;
         call->t0 = net_now();
@@ -426,15 +434,8 @@ static void dispatch(conn *c)
 static int on_head(void *arg, net_http *h)
 {
     conn *c = arg;
-    net_ctx *ctx = c->ctx;
-    net_call *call = &c->call;
-    call->engine = ctx->engine;
-    call->req = &h->req;
-    call->arena = c->arena;
-    call->keyless = ctx->keys == NULL;
-    c->method = http_method_str((enum http_method)h->req.method);
-    net_buf_init(&call->resp.body, c->arena, (size_t)1 << 20);
-    return net_api_head(call, net_api_access(ctx->keys, &h->req));
+    call_begin(c, (size_t)1 << 20); /* a refusal is short */
+    return net_api_head(&c->call, net_api_access(c->ctx->keys, &h->req));
 }
 
 /* Answers a request on_head refused, and closes: its body was not read. */

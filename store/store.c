@@ -2135,19 +2135,31 @@ static int collect_prefix(store *s, MDB_cursor *c, const uint8_t *pre, size_t pl
     return rc == 0 || rc == MDB_NOTFOUND ? STORE_OK : lmdb_fail(s, rc, "reading the payload index");
 }
 
+/* The kinds of payload index key a name's values have: hashed text,
+ * number, text. */
+static const uint8_t key_kinds[] = {'h', 'n', 's'};
+
+/* The prefix of every key of kind under name (kind, name, NUL) into pre;
+ * its length, or 0 when the name is too long to be indexed. */
+static size_t key_prefix(const store *s, uint8_t *pre, uint8_t kind, const char *name)
+{
+    size_t nl = strlen(name);
+    if (2 + nl > s->maxkey)
+        return 0;
+    pre[0] = kind;
+    memcpy(pre + 1, name, nl + 1);
+    return nl + 2;
+}
+
 /* Every id with a value under the key: its text, hashed-text and number keys. */
 static int collect_exists(store *s, MDB_cursor *c, const char *key, idvec *out)
 {
     uint8_t pre[PAYLOAD_KEY_MAX + 1];
-    size_t nl = strlen(key);
-    if (2 + nl > s->maxkey)
-        return STORE_OK;
     int r = STORE_OK;
-    static const uint8_t kinds[] = {'h', 'n', 's'};
-    for (size_t i = 0; i < sizeof kinds && !r; i++) {
-        pre[0] = kinds[i];
-        memcpy(pre + 1, key, nl + 1);
-        r = collect_prefix(s, c, pre, nl + 2, out);
+    for (size_t i = 0; i < sizeof key_kinds && !r; i++) {
+        size_t plen = key_prefix(s, pre, key_kinds[i], key);
+        if (plen)
+            r = collect_prefix(s, c, pre, plen, out);
     }
     return r;
 }
@@ -2240,15 +2252,12 @@ int store_payload_key_exists(store *s, const char *key)
         return -lmdb_fail(s, rc, "opening a cursor on the payload index");
     }
     uint8_t pre[PAYLOAD_KEY_MAX + 1];
-    size_t nl = strlen(key);
     int found = 0;
-    static const uint8_t kinds[] = {'h', 'n', 's'};
-    for (size_t i = 0; i < sizeof kinds && !found && 2 + nl <= s->maxkey; i++) {
-        pre[0] = kinds[i];
-        memcpy(pre + 1, key, nl + 1);
-        MDB_val k = mval(pre, nl + 2), v;
-        found = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) == 0 && k.mv_size >= nl + 2 &&
-                !memcmp(k.mv_data, pre, nl + 2);
+    for (size_t i = 0; i < sizeof key_kinds && !found; i++) {
+        size_t plen = key_prefix(s, pre, key_kinds[i], key);
+        MDB_val k = mval(pre, plen), v;
+        found = plen && mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) == 0 && k.mv_size >= plen &&
+                !memcmp(k.mv_data, pre, plen);
     }
     mdb_cursor_close(c);
     read_end(s, txn);

@@ -276,6 +276,19 @@ static void put_vectors(store *s, const float *x, size_t from, size_t n, size_t 
     free(p);
 }
 
+/* The store's LMDB environment opened behind its back, a write transaction
+ * begun on named database name (for tests that damage what the store wrote). */
+static void raw_open(const char *dir, const char *name, MDB_env **env, MDB_txn **txn,
+                     MDB_dbi *dbi)
+{
+    assert_int_equal(mdb_env_create(env), 0);
+    mdb_env_set_maxdbs(*env, 16);
+    mdb_env_set_mapsize(*env, (size_t)1 << 30);
+    assert_int_equal(mdb_env_open(*env, dir, 0, 0644), 0);
+    assert_int_equal(mdb_txn_begin(*env, NULL, 0, txn), 0);
+    assert_int_equal(mdb_dbi_open(*txn, name, 0, dbi), 0);
+}
+
 static void test_store_snapshot_cycle(void **state)
 {
     size_t n = 2000, d = 8;
@@ -344,12 +357,7 @@ static void test_store_snapshot_cycle(void **state)
     MDB_dbi dbi;
     MDB_cursor *cur;
     MDB_val k, v;
-    assert_int_equal(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 16);
-    mdb_env_set_mapsize(env, (size_t)1 << 30);
-    assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    assert_int_equal(mdb_dbi_open(txn, "index", 0, &dbi), 0);
+    raw_open(dir, "index", &env, &txn, &dbi);
     assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
     int flipped = 0;
     while (mdb_cursor_get(cur, &k, &v, flipped ? MDB_NEXT : MDB_FIRST) == 0) {
@@ -382,12 +390,7 @@ static void test_store_snapshot_cycle(void **state)
      * rebuild. */
     assert_int_equal(store_item_delete(s, ids[20]), 0);
     store_close(s);
-    assert_int_equal(mdb_env_create(&env), 0);
-    mdb_env_set_maxdbs(env, 16);
-    mdb_env_set_mapsize(env, (size_t)1 << 30);
-    assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    assert_int_equal(mdb_dbi_open(txn, "dellog", 0, &dbi), 0);
+    raw_open(dir, "dellog", &env, &txn, &dbi);
     assert_int_equal(mdb_drop(txn, dbi, 1), 0);
     assert_int_equal(mdb_txn_commit(txn), 0);
     mdb_env_close(env);

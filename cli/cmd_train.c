@@ -45,6 +45,9 @@ static void usage(FILE *f)
             "                       bce (multi-label: one sigmoid per finding and location tag)\n"
             "  --side-weight W      weight of side-swapped negatives: each report against itself\n"
             "                       with right and left swapped (default 0: off)\n"
+            "  --phrase-rate P      share of reports replaced, each step, by a short phrase made\n"
+            "                       from the report (its finding sentences, or a finding by\n"
+            "                       name with or without its place; default 0: off)\n"
             "  --augment A          per-sample shifts, gain, offset and noise of strength A\n"
             "                       (default 0: off; 1: shifts up to 2 pixels, gain 1+-0.1)\n"
             "  --lr X               peak learning rate (default 3e-4)\n"
@@ -161,7 +164,7 @@ int cmd_train(int argc, char **argv)
         {"soft-alpha", required_argument, 0, 'a'}, {"lr", required_argument, 0, 'l'},
         {"soft-start", required_argument, 0, 'j'}, {"augment", required_argument, 0, 'A'},
         {"tag-weight", required_argument, 0, 'G'}, {"tag-loss", required_argument, 0, 'B'},
-        {"side-weight", required_argument, 0, 'D'},
+        {"side-weight", required_argument, 0, 'D'}, {"phrase-rate", required_argument, 0, 'P'},
         {"weight-decay", required_argument, 0, 'w'}, {"warmup", required_argument, 0, 'W'},
         {"clip", required_argument, 0, 'g'},       {"seed", required_argument, 0, 'S'},
         {"threads", required_argument, 0, 'T'},    {"checkpoint", required_argument, 0, 'K'},
@@ -204,7 +207,7 @@ int cmd_train(int argc, char **argv)
             if (c == 'L') log_every = u;
             if (c == 'j') to.soft_start = (int64_t)u;
             break;
-        case 'C': case 'a': case 'l': case 'w': case 'g': case 'A': case 'G': case 'D':
+        case 'C': case 'a': case 'l': case 'w': case 'g': case 'A': case 'G': case 'D': case 'P':
             if (cli_parse_double(optarg, &d) || !(d >= 0) || d > 1e6) {
                 cli_error("'%s': expected a non-negative number", optarg);
                 return CLI_BAD_INPUT;
@@ -216,6 +219,13 @@ int cmd_train(int argc, char **argv)
             if (c == 'g') to.clip = d;
             if (c == 'G') to.tag_weight = (float)d;
             if (c == 'D') to.side_weight = (float)d;
+            if (c == 'P') {
+                if (d > 1) {
+                    cli_error("--phrase-rate '%s': expected a number from 0 to 1", optarg);
+                    return CLI_BAD_INPUT;
+                }
+                to.phrase_rate = (float)d;
+            }
             if (c == 'A') {
                 if (d > 10) {
                     cli_error("--augment '%s': expected a number from 0 to 10", optarg);

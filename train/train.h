@@ -406,10 +406,12 @@ typedef struct trn_trainer_opts {
                             0: a softmax over the slots against the tags spread evenly */
     float side_weight;   /* weight of the side-swapped negatives (a report against
                             itself with right and left swapped); 0: off */
+    float phrase_rate;   /* share of a batch's reports replaced by a short phrase made
+                            from the report itself (trn_report_phrase); 0: off */
 } trn_trainer_opts;
 
 #define TRN_TRAINER_OPTS_INIT                                                                      \
-    {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f}
+    {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f, 0.0f}
 
 /* What one step did. */
 typedef struct trn_trainer_stats {
@@ -526,5 +528,18 @@ void trn_slice_select(const float *att, const int grid[3], int patch_d, int k, i
  * 8 + 16 f + location.  A report without a positive finding gets tag 0
  * (normal).  Writes at most cap sorted, distinct tags; returns how many. */
 int trn_report_tags(const char *text, int32_t *tags, int cap);
+
+/* A short, query-like phrase made from a report's own text, as a user
+ * would type it (the trainer's phrase_rate): for a report with a positive
+ * finding, either a random non-empty subset of its sentences that state one
+ * (section headers such as "Findings:" and list numbers dropped), or one of
+ * its positive findings by name, with or without one of its locations
+ * ("Pleural effusion.", "Right pleural effusion.", "Nodule in the left upper
+ * lobe."); for a report without one, one of its own sentences or a short
+ * normal phrase ("No acute findings.").  Everything said comes from the
+ * report's text (trn_report_tags' reading of it), so the phrase's tags are a
+ * subset of the report's.  Deterministic in seed.  Writes at most cap bytes
+ * (NUL included; a longer phrase is cut at a sentence); returns its length. */
+size_t trn_report_phrase(const char *report, uint64_t seed, char *out, size_t cap);
 
 #endif

@@ -90,6 +90,7 @@ typedef struct itemset {
     int32_t *ids, *mask;
     int32_t *sids, *smask;  /* side_weight > 0: the report with right and left swapped */
     unsigned char *swapped; /* ... and whether that changed it (it names a side) */
+    char **text;            /* phrase_rate > 0: the reports, for trn_report_phrase */
     int32_t *tags;
     size_t *tag_off; /* n + 1 */
     size_t n, cap, ntags, tagcap;
@@ -123,6 +124,9 @@ struct trn_trainer {
     unsigned char *use;      /* per visual row: its report names a side */
     int32_t *sbids, *sbmask; /* their token ids in the batch */
     int32_t *bids, *bmask, *btags;
+    int32_t *ttags;          /* the tags of the batch's texts (a phrase's own) */
+    size_t *ttag_off;
+    unsigned char *bswap;    /* side_weight > 0: the batch's text names a side */
     size_t *btag_off, *src, *cnt, *pick_v, *pick_i;
     int *slices;
     /* the multi-label tag head: the slots some training report has */
@@ -158,7 +162,8 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         o->slice_k < 0 || !(o->consistency >= 0) || !(o->soft_alpha >= 0) || !(o->lr >= 0) ||
         !(o->clip >= 0) || o->warmup < 0 || o->total_steps < 0 || !(o->lr_floor >= 0) ||
         o->lr_floor > 1 || o->soft_start < 0 || !(o->augment >= 0) || o->augment > 10 ||
-        !(o->tag_weight >= 0) || !(o->side_weight >= 0))
+        !(o->tag_weight >= 0) || !(o->side_weight >= 0) || !(o->phrase_rate >= 0) ||
+        o->phrase_rate > 1)
         return util_errf(errbuf, errlen, ENC_INVAL,
                          "trainer options out of range (batch sizes, slice_k, weights, lr)");
     trn_trainer *t = calloc(1, sizeof *t);
@@ -280,6 +285,10 @@ static void itemset_free(itemset *s)
     free(s->sids);
     free(s->smask);
     free(s->swapped);
+    if (s->text)
+        for (size_t i = 0; i < s->n; i++)
+            free(s->text[i]);
+    free(s->text);
     free(s->tags);
     free(s->tag_off);
 }
@@ -307,6 +316,9 @@ void trn_trainer_free(trn_trainer *t)
     free(t->bmask);
     free(t->btags);
     free(t->btag_off);
+    free(t->ttags);
+    free(t->ttag_off);
+    free(t->bswap);
     free(t->src);
     free(t->cnt);
     free(t->pick_v);
@@ -396,6 +408,8 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
             bad = grow((void **)&s->sids, nc * L * sizeof *s->sids) ||
                   grow((void **)&s->smask, nc * L * sizeof *s->smask) ||
                   grow((void **)&s->swapped, nc * sizeof *s->swapped);
+        if (!bad && t->o.phrase_rate > 0)
+            bad = grow((void **)&s->text, nc * sizeof *s->text);
         if (bad)
             return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items", nc);
         s->cap = nc;
@@ -432,6 +446,8 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
     }
     memcpy(s->tags + s->ntags, tags, (size_t)nt * sizeof *tags);
     s->ntags += (size_t)nt;
+    if (t->o.phrase_rate > 0 && !(s->text[s->n] = strdup(report ? report : "")))
+        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
     memcpy(s->x + s->n * per, x, per * sizeof *x);
     s->n++;
     s->tag_off[s->n] = s->ntags;
@@ -519,6 +535,9 @@ static int plan(trn_trainer *t, char *errbuf, size_t errlen)
     t->bmask = malloc((size_t)nb * L * sizeof(int32_t));
     t->btags = malloc((size_t)nb * TRN_REPORT_MAX_TAGS * sizeof(int32_t));
     t->btag_off = malloc(((size_t)nb + 1) * sizeof(size_t));
+    t->ttags = malloc((size_t)nb * TRN_REPORT_MAX_TAGS * sizeof(int32_t));
+    t->ttag_off = malloc(((size_t)nb + 1) * sizeof(size_t));
+    t->bswap = malloc((size_t)nb);
     t->src = malloc((size_t)N * sizeof(size_t));
     t->cnt = malloc((size_t)nb * sizeof(size_t));
     t->pick_v = malloc(((size_t)nv + 1) * sizeof(size_t));
@@ -526,7 +545,7 @@ static int plan(trn_trainer *t, char *errbuf, size_t errlen)
     t->slices = malloc(((size_t)nv * K + 1) * sizeof(int));
     if (!t->vin || !t->iin || !t->ev || !t->ei || !t->et || !t->a || !t->b || !t->da || !t->db ||
         !t->det || !t->targets || !t->t0 || !t->work || !t->augtmp || !t->bids || !t->bmask || !t->btags ||
-        !t->btag_off || !t->src || !t->cnt || !t->pick_v || !t->pick_i || !t->slices)
+        !t->btag_off || !t->ttags || !t->ttag_off || !t->bswap || !t->src || !t->cnt || !t->pick_v || !t->pick_i || !t->slices)
         return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for the step buffers");
     t->started = 1;
     return ENC_OK;
@@ -596,8 +615,11 @@ static float tag_head(trn_trainer *t, int N, int nb, float *G)
         size_t src = vis ? t->src[r] : (size_t)(r - N);
         const float *e = vis ? t->a + (size_t)r * E : t->et + (size_t)(r - N) * E;
         float *de = vis ? t->da + (size_t)r * E : t->det + (size_t)(r - N) * E;
-        const int32_t *tg = t->btags + t->btag_off[src];
-        size_t nt = t->btag_off[src + 1] - t->btag_off[src];
+        /* a visual row learns its report's tags, a text its own (a phrase's) */
+        const int32_t *tags = vis ? t->btags : t->ttags;
+        const size_t *off = vis ? t->btag_off : t->ttag_off;
+        const int32_t *tg = tags + off[src];
+        size_t nt = off[src + 1] - off[src];
         if (nt == 0)
             continue;
         double mx = -INFINITY, sum = 0;
@@ -648,6 +670,54 @@ static float tag_head(trn_trainer *t, int N, int nb, float *G)
     return (float)(loss / R);
 }
 
+/* phrase_rate: each of the batch's reports is replaced, with that
+ * probability, by a short phrase made from it (trn_report_phrase), as its
+ * text row (and, with side_weight, its mirror image); the text's tags are
+ * then the phrase's own.  Draws from the trainer's generator only when on,
+ * so runs without it are unchanged. */
+static int phrases(trn_trainer *t, int nv, int nb, char *errbuf, size_t errlen)
+{
+    memcpy(t->ttags, t->btags, t->btag_off[nb] * sizeof(int32_t));
+    memcpy(t->ttag_off, t->btag_off, ((size_t)nb + 1) * sizeof(size_t));
+    if (!(t->o.phrase_rate > 0))
+        return ENC_OK;
+    size_t L = (size_t)t->L, ntag = 0, got;
+    int rc;
+    t->ttag_off[0] = 0;
+    for (int r = 0; r < nb; r++) {
+        const itemset *s = &t->set[r < nv ? ENC_VOLUME : ENC_IMAGE];
+        size_t j = r < nv ? t->pick_v[r] : t->pick_i[r - nv];
+        double u = (double)(rng_next(t->rng) >> 11) * 0x1p-53;
+        uint64_t seed = rng_next(t->rng);
+        if (!(u < t->o.phrase_rate)) {
+            size_t n = t->btag_off[r + 1] - t->btag_off[r];
+            memmove(t->ttags + ntag, t->btags + t->btag_off[r], n * sizeof(int32_t));
+            ntag += n;
+            t->ttag_off[r + 1] = ntag;
+            continue;
+        }
+        char ph[1024];
+        trn_report_phrase(s->text[j], seed, ph, sizeof ph);
+        if ((rc = enc_tok_encode(t->tok, ph, L, t->bids + r * L, t->bmask + r * L, &got, errbuf,
+                                 errlen)))
+            return rc;
+        ntag += (size_t)trn_report_tags(ph, t->ttags + ntag, TRN_REPORT_MAX_TAGS);
+        t->ttag_off[r + 1] = ntag;
+        if (t->ss) {
+            char *sw = swap_sides(ph);
+            if (!sw)
+                return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+            t->bswap[r] = strcmp(sw, ph) != 0;
+            rc = enc_tok_encode(t->tok, sw, L, t->sbids + r * L, t->sbmask + r * L, &got, errbuf,
+                                errlen);
+            free(sw);
+            if (rc)
+                return rc;
+        }
+    }
+    return ENC_OK;
+}
+
 int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t errlen)
 {
     int rc;
@@ -678,7 +748,11 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         memcpy(t->btags + ntag, s->tags + s->tag_off[j], n * sizeof(int32_t));
         ntag += n;
         t->btag_off[r + 1] = ntag;
+        if (t->ss)
+            t->bswap[r] = s->swapped[j];
     }
+    if ((rc = phrases(t, nv, nb, errbuf, errlen)))
+        return rc;
     for (int i = 0; i < nv; i++)
         memcpy(t->vin + (size_t)i * t->vcount, V->x + t->pick_v[i] * t->vcount,
                t->vcount * sizeof(float));
@@ -767,8 +841,7 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
          * image (bn), when the report names a side */
         for (int r = 0; r < N; r++) {
             size_t src = t->src[r];
-            t->use[r] = src < (size_t)nv ? V->swapped[t->pick_v[src]]
-                                         : I->swapped[t->pick_i[src - (size_t)nv]];
+            t->use[r] = t->bswap[src];
             memcpy(t->bn + (size_t)r * E, t->es + src * E, es);
         }
         float sc = expf(log_scale);
@@ -878,9 +951,12 @@ double trn_trainer_step_flops(const trn_trainer *t)
 
 static char *hparams(const trn_trainer *t)
 {
-    char *s = NULL, side[64] = "";
+    char *s = NULL, side[96] = "";
     if (t->o.side_weight > 0)
         snprintf(side, sizeof side, ",\"side_weight\":%.9g", t->o.side_weight);
+    if (t->o.phrase_rate > 0)
+        snprintf(side + strlen(side), sizeof side - strlen(side), ",\"phrase_rate\":%.9g",
+                 t->o.phrase_rate);
     if (asprintf(&s,
                  "{\"seed\":%llu,\"batch_volumes\":%d,\"batch_images\":%d,\"slice_k\":%d,"
                  "\"consistency\":%.9g,\"soft_alpha\":%.9g,\"lr\":%.17g,\"weight_decay\":%.17g,"
@@ -1157,4 +1233,160 @@ int trn_report_tags(const char *text, int32_t *tags, int cap)
         nt = add_tag(tags, nt, cap, 0);
     qsort(tags, (size_t)nt, sizeof *tags, cmp_i32);
     return nt;
+}
+
+/* ---- query-like phrases from a report ---------------------------------------------- */
+
+static const char *const FINDING_NAME[] = {"",          "nodule",        "mass",
+                                           "pleural effusion", "pneumothorax", "consolidation",
+                                           "cardiomegaly", "emphysema"};
+static const char *const LOC_NAME[] = {"right upper lobe", "right middle lobe", "right lower lobe",
+                                       "left upper lobe",  "left lower lobe",   "right",
+                                       "left"};
+static const char *const NORMAL_PHRASES[] = {"Normal.", "Normal study.", "No acute findings.",
+                                             "No acute abnormality."};
+
+#define PHRASE_MAX_SENTENCES 48
+
+/* Appends s[0..n) to out (length *len, capacity cap) with a space before it
+ * when out is not empty; 0 when it does not fit (out unchanged). */
+static int phrase_put(char *out, size_t cap, size_t *len, const char *s, size_t n)
+{
+    size_t sep = *len ? 1 : 0;
+    if (*len + sep + n + 1 > cap)
+        return 0;
+    if (sep)
+        out[(*len)++] = ' ';
+    memcpy(out + *len, s, n);
+    *len += n;
+    out[*len] = '\0';
+    return 1;
+}
+
+/* The same for a sentence, with its period. */
+static int phrase_sentence(char *out, size_t cap, size_t *len, const char *s, size_t n)
+{
+    if (*len + 1 + n + 2 > cap || !phrase_put(out, cap, len, s, n))
+        return 0;
+    out[(*len)++] = '.';
+    out[*len] = '\0';
+    return 1;
+}
+
+size_t trn_report_phrase(const char *report, uint64_t seed, char *out, size_t cap)
+{
+    if (cap == 0)
+        return 0;
+    out[0] = '\0';
+    if (!report)
+        report = "";
+    uint64_t st = seed;
+    /* the sentences, as trn_report_tags splits them, each without a section
+     * header ("Findings:") or a list number, with its own final period */
+    struct {
+        const char *p;
+        size_t n;
+        int pos;
+    } sen[PHRASE_MAX_SENTENCES];
+    int ns = 0, npos = 0;
+    for (const char *p = report, *b = report; ns < PHRASE_MAX_SENTENCES; p++) {
+        int end = !*p || *p == ';' || *p == '\n' ||
+                  (*p == '.' && (!p[1] || isspace((unsigned char)p[1])));
+        if (!end)
+            continue;
+        const char *s = b, *e = p;
+        b = p + 1;
+        const char *colon = memchr(s, ':', (size_t)(e - s));
+        if (colon && colon - s < 24)
+            s = colon + 1;
+        while (s < e && (isspace((unsigned char)*s) || isdigit((unsigned char)*s)))
+            s++;
+        while (e > s && isspace((unsigned char)e[-1]))
+            e--;
+        size_t n = (size_t)(e - s), letters = 0;
+        for (size_t i = 0; i < n; i++)
+            letters += isalpha((unsigned char)s[i]) != 0;
+        if (letters >= 3 && n < 512) {
+            char buf[520];
+            memcpy(buf, s, n);
+            buf[n] = '\0';
+            int32_t tg[TRN_REPORT_MAX_TAGS];
+            int nt = trn_report_tags(buf, tg, TRN_REPORT_MAX_TAGS);
+            sen[ns].p = s;
+            sen[ns].n = n;
+            sen[ns].pos = nt > 0 && tg[0] != 0;
+            npos += sen[ns].pos;
+            ns++;
+        }
+        if (!*p)
+            break;
+    }
+    size_t len = 0;
+    uint64_t r = util_splitmix64(&st);
+    if (npos == 0) {
+        /* a normal report: one of its own sentences, or a normal phrase */
+        if (ns && (r & 1)) {
+            int i = (int)((r >> 1) % (uint64_t)ns);
+            phrase_sentence(out, cap, &len, sen[i].p, sen[i].n);
+        }
+        if (!len) {
+            const char *ph = NORMAL_PHRASES[(r >> 8) % (sizeof NORMAL_PHRASES / sizeof *NORMAL_PHRASES)];
+            phrase_put(out, cap, &len, ph, strlen(ph));
+        }
+        return len;
+    }
+    if (r & 1) {
+        /* a subset of the sentences that state a finding, in report order */
+        uint64_t keep = util_splitmix64(&st);
+        int any = 0;
+        for (int i = 0, k = 0; i < ns; i++)
+            if (sen[i].pos && ((keep >> (k++ % 64)) & 1))
+                any = 1;
+        int only = any ? -1 : (int)((r >> 1) % (uint64_t)npos);
+        for (int i = 0, k = 0; i < ns; i++) {
+            if (!sen[i].pos)
+                continue;
+            int take = only < 0 ? (int)((keep >> (k % 64)) & 1) : k == only;
+            k++;
+            if (take)
+                phrase_sentence(out, cap, &len, sen[i].p, sen[i].n);
+        }
+        if (len)
+            return len;
+    }
+    /* one positive finding by name, with or without one of its locations */
+    int32_t tg[TRN_REPORT_MAX_TAGS];
+    int nt = trn_report_tags(report, tg, TRN_REPORT_MAX_TAGS), nf = 0, f = 0;
+    for (int i = 0; i < nt; i++)
+        nf += tg[i] >= 1 && tg[i] <= F_EMPH;
+    if (nf == 0)
+        return len; /* cannot happen: npos > 0 means a positive finding */
+    int want = (int)((r >> 1) % (uint64_t)nf);
+    for (int i = 0; i < nt; i++)
+        if (tg[i] >= 1 && tg[i] <= F_EMPH && want-- == 0)
+            f = tg[i];
+    int locs[TRN_REPORT_MAX_TAGS], nl = 0;
+    for (int i = 0; i < nt; i++)
+        if (tg[i] >= 8 + 16 * f && tg[i] < 8 + 16 * f + L_LEFT + 1)
+            locs[nl++] = tg[i] - 8 - 16 * f;
+    char buf[96];
+    const char *fn = FINDING_NAME[f];
+    uint64_t r2 = util_splitmix64(&st);
+    if (nl && (r2 & 1)) {
+        int l = locs[(r2 >> 1) % (uint64_t)nl];
+        const char *ln = LOC_NAME[l];
+        int side = l == L_RIGHT || l == L_LEFT, alt = (int)((r2 >> 16) & 1);
+        if (side && !alt)
+            snprintf(buf, sizeof buf, "%c%s %s.", toupper((unsigned char)ln[0]), ln + 1, fn);
+        else if (side)
+            snprintf(buf, sizeof buf, "%c%s on the %s.", toupper((unsigned char)fn[0]), fn + 1, ln);
+        else if (!alt)
+            snprintf(buf, sizeof buf, "%c%s in the %s.", toupper((unsigned char)fn[0]), fn + 1, ln);
+        else
+            snprintf(buf, sizeof buf, "%c%s %s.", toupper((unsigned char)ln[0]), ln + 1, fn);
+    } else {
+        snprintf(buf, sizeof buf, "%c%s.", toupper((unsigned char)fn[0]), fn + 1);
+    }
+    phrase_put(out, cap, &len, buf, strlen(buf));
+    return len;
 }

@@ -193,10 +193,8 @@ static void test_side_negatives(void **state)
     trn_trainer_free(t);
 }
 
-static void test_resume_exact(void **state)
+static void resume_exact(fixture *f, trn_trainer_opts o)
 {
-    fixture *f = *state;
-    trn_trainer_opts o = tiny_opts();
     char err[512], ck[600];
     snprintf(ck, sizeof ck, "%s/train.ckpt", f->dir);
     trn_trainer *a = make_trainer(f, &o), *b = make_trainer(f, &o);
@@ -235,6 +233,47 @@ static void test_resume_exact(void **state)
     trn_trainer_free(a);
     trn_trainer_free(c);
     trn_trainer_free(d);
+}
+
+static void test_resume_exact(void **state)
+{
+    fixture *f = *state;
+    resume_exact(f, tiny_opts());
+    /* phrases draw from the same generator: a resumed run stays exact */
+    trn_trainer_opts o = tiny_opts();
+    o.phrase_rate = 0.5f;
+    o.side_weight = 1.0f;
+    o.tag_weight = 1.0f;
+    resume_exact(f, o);
+}
+
+/* Every report replaced by a phrase made from it: the towers still learn,
+ * with the side and tag terms beside it. */
+static void test_phrases_train(void **state)
+{
+    fixture *f = *state;
+    trn_trainer_opts o = tiny_opts();
+    o.phrase_rate = 1.0f;
+    o.side_weight = 1.0f;
+    o.tag_weight = 1.0f;
+    trn_trainer *t = make_trainer(f, &o);
+    char err[512];
+    double first = 0, last = 0;
+    for (int s = 0; s < 60; s++) {
+        trn_trainer_stats st;
+        if (trn_trainer_step(t, &st, err, sizeof err))
+            fail_msg("step %d: %s", s, err);
+        assert_int_equal(st.skipped, 0);
+        if (s < 8)
+            first += st.clip_loss / 8;
+        if (s >= 52)
+            last += st.clip_loss / 8;
+    }
+    printf("# phrases: contrastive loss of steps 1-8 %.4f, of steps 53-60 %.4f\n", first, last);
+    assert_true(last < 0.8 * first);
+    trn_trainer_free(t);
+    o.phrase_rate = 1.5f;
+    assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
 }
 
 /* The saved directory loads with enc_model_load and encodes as the trainer. */
@@ -335,6 +374,71 @@ static int has(const int32_t *t, int n, int32_t v)
     return 0;
 }
 
+/* Whether every tag of a is in b. */
+static int subset(const int32_t *a, int na, const int32_t *b, int nb)
+{
+    for (int i = 0; i < na; i++)
+        if (!has(b, nb, a[i]))
+            return 0;
+    return 1;
+}
+
+static void test_report_phrase(void **state)
+{
+    (void)state;
+    const char *rep = "Technique: Axial CT of the chest without contrast.\n"
+                      "Findings: No pneumothorax. Moderate left pleural effusion. A 9 mm nodule "
+                      "in the right upper lobe. No focal consolidation.\n"
+                      "Impression:\n1. Moderate left effusion.\n2. Right upper lobe nodule, 9 mm.";
+    int32_t rt[32], pt[32];
+    int nr = tags_of(rep, rt);
+    char ph[256], again[256];
+    int bare = 0, placed = 0, sentences = 0;
+    for (uint64_t seed = 0; seed < 200; seed++) {
+        size_t n = trn_report_phrase(rep, seed, ph, sizeof ph);
+        assert_int_equal(n, strlen(ph));
+        assert_true(n > 0);
+        /* what the phrase says is what the report says, never a negated finding */
+        int np = tags_of(ph, pt);
+        if (!subset(pt, np, rt, nr))
+            fail_msg("seed %llu: \"%s\" says more than the report", (unsigned long long)seed, ph);
+        assert_false(has(pt, np, 0));
+        assert_null(strstr(ph, "No "));
+        assert_null(strstr(ph, "Findings"));
+        assert_null(strstr(ph, "1."));
+        /* deterministic in the seed */
+        trn_report_phrase(rep, seed, again, sizeof again);
+        assert_string_equal(ph, again);
+        bare += !strcmp(ph, "Pleural effusion.") || !strcmp(ph, "Nodule.");
+        placed += !strcmp(ph, "Left pleural effusion.") || !strcmp(ph, "Pleural effusion on the left.") ||
+                  !strcmp(ph, "Nodule in the right upper lobe.") ||
+                  !strcmp(ph, "Right upper lobe nodule.");
+        sentences += strstr(ph, "Moderate left") != NULL || strstr(ph, "9 mm") != NULL;
+    }
+    printf("# phrases over 200 seeds: %d bare findings, %d with a place, %d from sentences\n", bare,
+           placed, sentences);
+    assert_true(bare > 10 && placed > 10 && sentences > 50);
+    /* a normal report: one of its own sentences or a normal phrase */
+    const char *normal = "Findings: The lungs are clear. No pleural effusion.\nImpression: Normal chest.";
+    for (uint64_t seed = 0; seed < 50; seed++) {
+        trn_report_phrase(normal, seed, ph, sizeof ph);
+        int np = tags_of(ph, pt);
+        assert_int_equal(np, 1);
+        assert_int_equal(pt[0], 0);
+    }
+    /* a small buffer: cut at a sentence, always terminated */
+    char tiny[24];
+    for (uint64_t seed = 0; seed < 50; seed++) {
+        size_t n = trn_report_phrase(rep, seed, tiny, sizeof tiny);
+        assert_true(n < sizeof tiny);
+        assert_int_equal(n, strlen(tiny));
+    }
+    size_t n = trn_report_phrase(NULL, 1, ph, sizeof ph);
+    assert_int_equal(n, strlen(ph));
+    n = trn_report_phrase("", 1, ph, sizeof ph);
+    assert_int_equal(n, strlen(ph));
+}
+
 static void test_report_tags(void **state)
 {
     (void)state;
@@ -390,6 +494,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slice_select),
         cmocka_unit_test(test_report_tags),
+        cmocka_unit_test(test_report_phrase),
+        cmocka_unit_test_setup_teardown(test_phrases_train, setup, teardown),
         cmocka_unit_test_setup_teardown(test_trainer_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loss_decreases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_side_negatives, setup, teardown),

@@ -84,7 +84,9 @@ typedef enum {
     IMG_FMT_MEMORY = 0,
     IMG_FMT_NIFTI = 1,
     IMG_FMT_PNG = 2,
-    IMG_FMT_PICTURE = 3
+    IMG_FMT_PICTURE = 3,
+    IMG_FMT_DISPLAY = 4, /* a DICOM radiograph: picture order, values in [0, 1] as displayed */
+    IMG_FMT_DICOM = 5    /* a DICOM volume: RAS order, physical values (HU after rescale) */
 } img_format;
 
 typedef struct img_vol {
@@ -161,6 +163,61 @@ int img_read_png_mem(const void *data, size_t len, const char *name, const img_l
 /* A PNG (by its signature), else a 2-D NIfTI, as img_read_2d reads them. */
 int img_read_2d_mem(const void *data, size_t len, const char *name, const img_limits *lim,
                     img_vol *out, char *errbuf, size_t errlen);
+
+/* ---- DICOM (imageio/dicom.c, through GDCM) -----------------------------------
+ * A volume is one DICOM file (a single slice, or an enhanced multi-frame CT
+ * or MR whose frames are slices) or a folder holding one series, a file per
+ * slice.  Slices are sorted along the normal of ImageOrientationPatient by
+ * ImagePositionPatient; spacing must be uniform (a missing slice, two
+ * slices at one position, a tilted stack or mixed orientations are refused,
+ * naming the files); RescaleSlope/Intercept are applied per slice (HU for
+ * CT); the LPS geometry becomes the RAS affine the NIfTI reader gives, and
+ * the voxels are turned to RAS order the same way.  A radiograph (one
+ * frame) is kept in picture order as stored (DICOM shows row 0 at the top
+ * and, for a chest PA view, the patient's right at column 0, as PNG
+ * radiographs are kept), mapped to [0, 1] through the file's window
+ * (WindowCenter/Width, linear or SIGMOID) or else the stored bit range,
+ * MONOCHROME1 inverted, colour (RGB, YBR) turned to grey; spacing from
+ * PixelSpacing or ImagerPixelSpacing.  Every transfer syntax GDCM decodes
+ * is read: implicit and explicit little endian, explicit big endian,
+ * deflated, RLE, JPEG baseline / extended / lossless, JPEG-LS, JPEG 2000. */
+
+/* The header attributes medsem keeps (an item's payload): never a patient-
+ * identifying one (PS3.15 basic profile: names, IDs, dates of birth,
+ * addresses and the rest are not read into this). Strings "" when absent. */
+typedef struct img_dicom_meta {
+    char study_uid[68], series_uid[68], modality[20], body_part[68], study_date[20];
+    char series_desc[68], manufacturer[68], accession[20], sop_class[68];
+    double slice_thickness; /* mm; 0 when absent */
+    int files, frames;      /* files read, and slices or frames in the image */
+} img_dicom_meta;
+
+/* Whether bytes are DICOM: "DICM" at offset 128 (Part 10). */
+int img_is_dicom_mem(const void *data, size_t len);
+/* Whether a path is DICOM: a directory (a series folder), a name ending
+ * in .dcm / .dicom (any case), or a file with the Part 10 magic. */
+int img_is_dicom_path(const char *path);
+
+/* A DICOM volume from a file or a series folder (see above); meta may be
+ * NULL.  max_voxels bounds the volume before any pixel is decoded.
+ * Codes: IMG_IO, IMG_FORMAT, IMG_UNSUPPORTED, IMG_TOOBIG, IMG_NOMEM. */
+int img_read_dicom(const char *path, const img_limits *lim, img_vol *out, img_dicom_meta *meta,
+                   char *errbuf, size_t errlen);
+int img_read_dicom_mem(const void *data, size_t len, const char *name, const img_limits *lim,
+                       img_vol *out, img_dicom_meta *meta, char *errbuf, size_t errlen);
+/* A DICOM radiograph (one frame; format IMG_FMT_DISPLAY). */
+int img_read_dicom_2d(const char *path, const img_limits *lim, img_vol *out,
+                      img_dicom_meta *meta, char *errbuf, size_t errlen);
+int img_read_dicom_2d_mem(const void *data, size_t len, const char *name, const img_limits *lim,
+                          img_vol *out, img_dicom_meta *meta, char *errbuf, size_t errlen);
+/* Only the header attributes of a DICOM file or series folder. */
+int img_read_dicom_meta(const char *path, img_dicom_meta *meta, char *errbuf, size_t errlen);
+
+/* A volume by content: DICOM (img_is_dicom_path / _mem) or NIfTI. */
+int img_read_volume(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
+                    size_t errlen);
+int img_read_volume_mem(const void *data, size_t len, const char *name, const img_limits *lim,
+                        img_vol *out, char *errbuf, size_t errlen);
 
 /* Trilinear resampling of `in` (taken as axis-aligned with its spacing) to
  * target_spacing (mm, each finite and > 0), then centre crop or pad to

@@ -10,6 +10,7 @@
  * every volume of a 4D file, and none reads from memory.
  */
 #include "imageio/imageio.h"
+#include "imageio/internal.h"
 #include "util/util.h"
 
 #include <assert.h>
@@ -313,6 +314,78 @@ static int nii_orient(const char *path, const char *src, double A[4][4], int per
         flip[a] = A[a][owner[a]] < 0;
     }
     return IMG_OK;
+}
+
+/* Voxels f (n[0] x n[1] x n[2], i fastest; owned, freed on failure) with
+ * the voxel-to-RAS affine A, turned to RAS order by perm and flip
+ * (nii_orient's). */
+static int to_ras(const char *path, float *f, const int64_t n[3], double A[4][4], const int perm[3],
+                const int flip[3], img_format fmt, img_vol *out, char *eb, size_t el)
+{
+    size_t nvox = (size_t)n[0] * (size_t)n[1] * (size_t)n[2];
+    int64_t nout[3], stride_in[3] = {1, n[0], n[0] * n[1]}, step[3], base = 0;
+    int identity = 1;
+    for (int a = 0; a < 3; a++) {
+        int c = perm[a];
+        nout[a] = n[c];
+        step[a] = flip[a] ? -stride_in[c] : stride_in[c];
+        if (flip[a])
+            base += (n[c] - 1) * stride_in[c];
+        identity &= c == a && !flip[a];
+    }
+    float *data = f;
+    if (!identity) {
+        data = malloc(nvox * sizeof *data);
+        if (data == NULL) {
+            free(f);
+            return util_errf(eb, el, IMG_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
+        }
+        size_t o = 0;
+        for (int64_t k = 0; k < nout[2]; k++)
+            for (int64_t j = 0; j < nout[1]; j++) {
+                int64_t idx = base + k * step[2] + j * step[1];
+                for (int64_t i = 0; i < nout[0]; i++, idx += step[0])
+                    data[o++] = f[idx];
+            }
+        free(f);
+    }
+
+    img_vol v;
+    memset(&v, 0, sizeof v);
+    v.format = fmt;
+    v.data = data;
+    v.nx = (int)nout[0];
+    v.ny = (int)nout[1];
+    v.nz = (int)nout[2];
+    v.affine[3][3] = 1;
+    for (int r = 0; r < 3; r++) {
+        double t = A[r][3];
+        for (int a = 0; a < 3; a++) {
+            int c = perm[a];
+            v.affine[r][a] = flip[a] ? -A[r][c] : A[r][c];
+            if (flip[a])
+                t += A[r][c] * (double)(n[c] - 1);
+        }
+        v.affine[r][3] = t;
+    }
+    for (int a = 0; a < 3; a++)
+        v.spacing[a] = (float)sqrt(v.affine[0][a] * v.affine[0][a] +
+                                   v.affine[1][a] * v.affine[1][a] +
+                                   v.affine[2][a] * v.affine[2][a]);
+    *out = v;
+    return IMG_OK;
+}
+
+int img__orient_affine(const char *path, const char *src, float *f, const int64_t n[3],
+                       double A[4][4], img_format fmt, img_vol *out, char *eb, size_t el)
+{
+    int perm[3], flip[3];
+    int rc = nii_orient(path, src, A, perm, flip, eb, el);
+    if (rc) {
+        free(f);
+        return rc;
+    }
+    return to_ras(path, f, n, A, perm, flip, fmt, out, eb, el);
 }
 
 /* ---- reading ----------------------------------------------------------------- */
@@ -690,58 +763,8 @@ static int nii_read(nii_in *in, int64_t size_bytes, const img_limits *lim, img_v
                     scale ? " after scl_slope/scl_inter" : "");
     }
 
-    /* 3. Reorientation: a permutation with flips, one pass. */
-    int64_t nout[3], stride_in[3] = {1, n[0], n[0] * n[1]}, step[3], base = 0;
-    int identity = 1;
-    for (int a = 0; a < 3; a++) {
-        int c = perm[a];
-        nout[a] = n[c];
-        step[a] = flip[a] ? -stride_in[c] : stride_in[c];
-        if (flip[a])
-            base += (n[c] - 1) * stride_in[c];
-        identity &= c == a && !flip[a];
-    }
-    float *data = f;
-    if (!identity) {
-        data = malloc(nvox * sizeof *data);
-        if (data == NULL) {
-            free(f);
-            return util_errf(eb, el, IMG_NOMEM, "%s: out of memory for %zu voxels", path, nvox);
-        }
-        size_t o = 0;
-        for (int64_t k = 0; k < nout[2]; k++)
-            for (int64_t j = 0; j < nout[1]; j++) {
-                int64_t idx = base + k * step[2] + j * step[1];
-                for (int64_t i = 0; i < nout[0]; i++, idx += step[0])
-                    data[o++] = f[idx];
-            }
-        free(f);
-    }
-
-    img_vol v;
-    memset(&v, 0, sizeof v);
-    v.format = IMG_FMT_NIFTI;
-    v.data = data;
-    v.nx = (int)nout[0];
-    v.ny = (int)nout[1];
-    v.nz = (int)nout[2];
-    v.affine[3][3] = 1;
-    for (int r = 0; r < 3; r++) {
-        double t = A[r][3];
-        for (int a = 0; a < 3; a++) {
-            int c = perm[a];
-            v.affine[r][a] = flip[a] ? -A[r][c] : A[r][c];
-            if (flip[a])
-                t += A[r][c] * (double)(n[c] - 1);
-        }
-        v.affine[r][3] = t;
-    }
-    for (int a = 0; a < 3; a++)
-        v.spacing[a] = (float)sqrt(v.affine[0][a] * v.affine[0][a] +
-                                   v.affine[1][a] * v.affine[1][a] +
-                                   v.affine[2][a] * v.affine[2][a]);
-    *out = v;
-    return IMG_OK;
+    /* 3. Reorientation */
+    return to_ras(path, f, n, A, perm, flip, IMG_FMT_NIFTI, out, eb, el);
 }
 
 int img_read_nifti(const char *path, const img_limits *lim, img_vol *out, char *errbuf,
@@ -831,9 +854,11 @@ int img_read_2d(const char *path, const img_limits *lim, img_vol *out, char *err
         return util_errf(errbuf, errlen, IMG_INVAL, "img_read_2d: NULL argument");
     if (ends_with(path, ".png"))
         return img_read_png(path, lim, out, errbuf, errlen);
+    if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz") && img_is_dicom_path(path))
+        return img_read_dicom_2d(path, lim, out, NULL, errbuf, errlen);
     if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
         return util_errf(errbuf, errlen, IMG_UNSUPPORTED,
-                         "%s: expected a .png, .nii or .nii.gz image", path);
+                         "%s: expected a .png, .nii, .nii.gz or DICOM image", path);
     img_vol v;
     int rc = img_read_nifti(path, lim, &v, errbuf, errlen);
     return rc ? rc : nifti_to_2d(v, path, out, errbuf, errlen);
@@ -849,6 +874,8 @@ int img_read_2d_mem(const void *data, size_t len, const char *name, const img_li
         return util_errf(errbuf, errlen, IMG_INVAL, "img_read_2d_mem: NULL argument");
     if (len >= sizeof png_sig && memcmp(data, png_sig, sizeof png_sig) == 0)
         return img_read_png_mem(data, len, name, lim, out, errbuf, errlen);
+    if (img_is_dicom_mem(data, len))
+        return img_read_dicom_2d_mem(data, len, name, lim, out, NULL, errbuf, errlen);
     img_vol v;
     int rc = img_read_nifti_mem(data, len, name, lim, &v, errbuf, errlen);
     return rc ? rc : nifti_to_2d(v, name, out, errbuf, errlen);

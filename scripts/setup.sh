@@ -13,8 +13,10 @@ shift || true
 pkgs=(build-essential autoconf automake pkg-config
       libfaiss-dev liblapack-dev libopenblas-dev liblmdb-dev libcjson-dev zlib1g-dev
       libuv1-dev libpng-dev libnifti2-dev libhttp-parser-dev libcmocka-dev lmdb-utils
-      python3)
+      libgdcm-dev python3 python3-pydicom)
 # python3 (standard library only) drives the server's integration test;
+# python3-pydicom is there for its test files (real DICOM files in every
+# transfer syntax, which tests/imageio reads; pydicom itself is not used);
 # wrk (bench/serve.sh) and chromium (tests/net/test_browser.sh, which
 # installs it itself when missing) are optional and not installed here.
 missing=()

@@ -455,7 +455,7 @@ int dedup__fingerprint_volume_p(const char *path, enc_modality mod, const fp_par
                               char *errbuf, size_t errlen)
 {
     img_vol v = {0};
-    int rc = img_read_nifti(path, NULL, &v, errbuf, errlen);
+    int rc = img_read_volume(path, NULL, &v, errbuf, errlen);
     if (!rc)
         rc = fp_volume(&v, mod, pr, out, path, errbuf, errlen);
     img_vol_free(&v);

@@ -106,8 +106,9 @@ static int prep_image(img_vol *v, const char *path, enc_modality mod, const enc_
 {
     int rc = ENC_OK;
     img_vol r = {0};
-    int png = v->format == IMG_FMT_PNG;
-    /* PNG samples are already [0, 1] of their bit depth; NIfTI values are
+    int png = v->format == IMG_FMT_PNG || v->format == IMG_FMT_DISPLAY;
+    /* PNG samples are already [0, 1] of their bit depth, a DICOM
+     * radiograph's are as displayed (its window); NIfTI values are
      * physical and need the modality's mapping. */
     if (!png)
         rc = intensities(v, mod, p, path, errbuf, errlen);
@@ -150,7 +151,7 @@ int enc_prep_file(int volume, const char *path, enc_modality mod, const enc_prep
     if (rc)
         return rc;
     img_vol v = {0};
-    rc = volume ? img_read_nifti(path, lim, &v, errbuf, errlen)
+    rc = volume ? img_read_volume(path, lim, &v, errbuf, errlen)
                 : img_read_2d(path, lim, &v, errbuf, errlen);
     return prep_read(volume, rc, &v, path, mod, p, out, seen, ctx, errbuf, errlen);
 }
@@ -163,7 +164,7 @@ int enc_prep_mem(int volume, const void *data, size_t len, const char *name, enc
     if (rc)
         return rc;
     img_vol v = {0};
-    rc = volume ? img_read_nifti_mem(data, len, name, lim, &v, errbuf, errlen)
+    rc = volume ? img_read_volume_mem(data, len, name, lim, &v, errbuf, errlen)
                 : img_read_2d_mem(data, len, name, lim, &v, errbuf, errlen);
     return prep_read(volume, rc, &v, name ? name : "(memory)", mod, p, out, seen, ctx, errbuf,
                      errlen);

@@ -58,6 +58,17 @@ static int long_vr(const char vr[2])
     return 0;
 }
 
+/* One of PS3.5's value representations (GDCM takes an unknown pair of
+ * letters for implicit VR and can assert on what follows). */
+static int valid_vr(const char vr[2])
+{
+    static const char V[] = "AEASATCSDADSDTFDFLISLOLTOBODOFOLOVOWPNSHSLSQSSSTSVTMUCUIULUNURUSUTUV";
+    for (size_t i = 0; i + 1 < sizeof V; i += 2)
+        if (vr[0] == V[i] && vr[1] == V[i + 1])
+            return 1;
+    return 0;
+}
+
 static int dataset(walk *w, size_t *p, size_t end, int depth, int in_item);
 
 /* The items of a sequence from *p: to end (defined length) or to the
@@ -138,8 +149,8 @@ static int dataset(walk *w, size_t *p, size_t end, int depth, int in_item)
         } else {
             vr[0] = (char)w->b[*p + 4];
             vr[1] = (char)w->b[*p + 5];
-            if (!(vr[0] >= 'A' && vr[0] <= 'Z' && vr[1] >= 'A' && vr[1] <= 'Z'))
-                return bad(w, *p, g, e, "a value representation that is not two letters");
+            if (!valid_vr(vr))
+                return bad(w, *p, g, e, "an unknown value representation");
             if (long_vr(vr)) {
                 if (*p + 12 > lim)
                     return bad(w, *p, g, e, "an element header runs past the end");
@@ -193,8 +204,8 @@ int img__dcm_walk(const unsigned char *b, size_t n, const char *name, char *eb, 
         char vr[2] = {(char)b[q + 4], (char)b[q + 5]};
         uint32_t len;
         size_t hdr;
-        if (!(vr[0] >= 'A' && vr[0] <= 'Z' && vr[1] >= 'A' && vr[1] <= 'Z'))
-            return bad(&w, q, 0x0002, e, "a corrupt file meta element");
+        if (!valid_vr(vr))
+            return bad(&w, q, 0x0002, e, "a corrupt file meta element (unknown value representation)");
         if (long_vr(vr)) {
             if (q + 12 > n)
                 return bad(&w, q, 0x0002, e, "the file meta information runs past the end");

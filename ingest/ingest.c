@@ -155,7 +155,10 @@ static int check_item(pitem *it, const char *base, const char *file, const char 
     if (stat(f, &sb) || access(f, R_OK)) {
         snprintf(why, wlen, "%s: %s", f, strerror(errno));
         rc = 1;
-    } else if (!S_ISREG(sb.st_mode)) {
+    } else if (S_ISDIR(sb.st_mode) && it->kind != STORE_KIND_VOLUME) {
+        snprintf(why, wlen, "%s: a folder (a DICOM series) can only be a volume", f);
+        rc = 1;
+    } else if (!S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)) {
         snprintf(why, wlen, "%s: not a regular file", f);
         rc = 1;
     } else if (!(it->path = realpath(f, NULL)) && !(it->path = strdup(f))) {
@@ -443,25 +446,139 @@ int ingest_content_hash(store_kind kind, const uint8_t data_hash[STORE_HASH_SIZE
 }
 
 /* SHA-256 of a file's bytes; -1 with errno on failure. */
-static int hash_file(const char *path, uint8_t out[STORE_HASH_SIZE])
+static int hash_stream(const char *path, util_sha256_ctx *c)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
         return -1;
-    util_sha256_ctx c;
-    util_sha256_init(&c);
     unsigned char buf[65536];
     size_t r;
     while ((r = fread(buf, 1, sizeof buf, f)) > 0)
-        util_sha256_update(&c, buf, r);
+        util_sha256_update(c, buf, r);
     int err = ferror(f) ? (errno ? errno : EIO) : 0;
     fclose(f);
     if (err) {
         errno = err;
         return -1;
     }
+    return 0;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The content of a file, or of a DICOM series folder: the names and bytes
+ * of the files the series reader reads (regular files, no hidden ones, no
+ * DICOMDIR), in name order. */
+static int hash_file(const char *path, uint8_t out[STORE_HASH_SIZE])
+{
+    util_sha256_ctx c;
+    util_sha256_init(&c);
+    struct stat st;
+    if (stat(path, &st))
+        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        if (hash_stream(path, &c))
+            return -1;
+        util_sha256_final(&c, out);
+        return 0;
+    }
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    char **v = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || !strcasecmp(e->d_name, "DICOMDIR"))
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            char **nv = realloc(v, cap * sizeof *nv);
+            if (!nv) {
+                rc = -1;
+                break;
+            }
+            v = nv;
+        }
+        if (!(v[n] = strdup(e->d_name)))
+            rc = -1;
+        else
+            n++;
+    }
+    closedir(d);
+    if (!rc)
+        qsort(v, n, sizeof *v, cmp_name);
+    for (size_t i = 0; i < n && !rc; i++) {
+        char *f;
+        if (asprintf(&f, "%s/%s", path, v[i]) < 0) {
+            rc = -1;
+            break;
+        }
+        if (!stat(f, &st) && S_ISREG(st.st_mode)) {
+            util_sha256_update(&c, v[i], strlen(v[i]) + 1);
+            rc = hash_stream(f, &c);
+        }
+        free(f);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+    if (rc)
+        return -1;
     util_sha256_final(&c, out);
     return 0;
+}
+
+/* A DICOM item: the header attributes an item keeps (img_dicom_meta: never
+ * a patient-identifying one) join its payload where the line does not set
+ * them, and its Modality becomes the item's modality when the line gives
+ * none.  Returns 0, 1 (bad: reason in why) or -1 (out of memory). */
+static int dicom_payload(pitem *it, char *why, size_t wlen)
+{
+    if (it->kind == STORE_KIND_REPORT || !img_is_dicom_path(it->path))
+        return 0;
+    img_dicom_meta m;
+    char err[512];
+    if (img_read_dicom_meta(it->path, &m, err, sizeof err)) {
+        snprintf(why, wlen, "%s", err);
+        return 1;
+    }
+    cJSON *j = cJSON_Parse(it->json);
+    if (!j)
+        return -1;
+    const struct {
+        const char *key, *val;
+    } kv[] = {{"study_uid", m.study_uid},   {"series_uid", m.series_uid},
+              {"body_part", m.body_part},   {"study_date", m.study_date},
+              {"series_description", m.series_desc}, {"manufacturer", m.manufacturer},
+              {"dicom_modality", m.modality}};
+    int rc = 0;
+    for (size_t i = 0; i < sizeof kv / sizeof *kv && !rc; i++)
+        if (kv[i].val[0] && !cJSON_HasObjectItem(j, kv[i].key) &&
+            !cJSON_AddStringToObject(j, kv[i].key, kv[i].val))
+            rc = -1;
+    if (!rc && m.slice_thickness > 0 && !cJSON_HasObjectItem(j, "slice_thickness") &&
+        !cJSON_AddNumberToObject(j, "slice_thickness", m.slice_thickness))
+        rc = -1;
+    if (!rc && !it->modality && m.modality[0]) {
+        if (!(it->modality = strdup(m.modality)) ||
+            (!cJSON_HasObjectItem(j, "modality") &&
+             !cJSON_AddStringToObject(j, "modality", m.modality)))
+            rc = -1;
+    }
+    char *js = rc ? NULL : cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (!rc && !js)
+        rc = -1;
+    if (!rc) {
+        free(it->json);
+        it->json = js;
+    }
+    return rc;
 }
 
 /* ---- jobs ------------------------------------------------------------------------------ */
@@ -724,6 +841,16 @@ static int process_job(run *r, enc_worker *w, job *j, char *msg, size_t mlen)
     size_t sel[4096], m = 0;
     for (size_t i = 0; i < j->n; i++) {
         const pitem *it = &items[i];
+        char dwhy[600];
+        int dr = dicom_payload(&r->pl->it[j->first + i], dwhy, sizeof dwhy);
+        if (dr < 0) {
+            snprintf(msg, mlen, "out of memory");
+            return INGEST_NOMEM;
+        }
+        if (dr) {
+            set_bad(r, j, i, dwhy);
+            continue;
+        }
         if (r->s) {
             if (it->kind == STORE_KIND_REPORT) {
                 util_sha256(it->report, strlen(it->report), j->dhash[i]);

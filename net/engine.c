@@ -380,6 +380,8 @@ static const char *upload_ext(int input, const unsigned char *d, size_t n)
 {
     if (input == NET_INPUT_IMAGE && is_png(d, n))
         return ".png";
+    if (img_is_dicom_mem(d, n))
+        return ".dcm";
     return is_gzip(d, n) ? ".nii.gz" : ".nii";
 }
 
@@ -865,7 +867,7 @@ static int preview_source(net_engine *e, uint64_t id, const store_item *it, img_
         return net__fail(errbuf, errlen, NET_NOMEM, "out of memory");
     /* The only file a request reaches: the stored source of an existing
      * item, written by ingestion, never a name from the request. */
-    int r = it->kind == STORE_KIND_VOLUME ? img_read_nifti(it->source, NULL, v, NULL, 0)
+    int r = it->kind == STORE_KIND_VOLUME ? img_read_volume(it->source, NULL, v, NULL, 0)
                                           : img_read_2d(it->source, NULL, v, NULL, 0);
     if (r) {
         free(v);

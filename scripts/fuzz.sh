@@ -10,7 +10,8 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 b=$top/_build-fuzz
-targets=(fuzz_nifti fuzz_png fuzz_safetensors fuzz_npy fuzz_tokenizer fuzz_vocab fuzz_manifest fuzz_http)
+pydicom=${MEDSEM_PYDICOM_FILES:-/usr/lib/python3/dist-packages/pydicom/data/test_files}
+targets=(fuzz_nifti fuzz_dicom fuzz_png fuzz_safetensors fuzz_npy fuzz_tokenizer fuzz_vocab fuzz_manifest fuzz_http)
 
 build() {
     command -v clang >/dev/null && command -v clang++ >/dev/null ||
@@ -39,7 +40,14 @@ replay)
     build
     for t in "${targets[@]}"; do
         n=$(find "$top/fuzz/corpus/$t" -type f | wc -l)
-        "$b/fuzz/$t" -runs=0 -rss_limit_mb=2048 "$top/fuzz/corpus/$t" >"$b/$t.replay.log" 2>&1 ||
+        extra=()
+        # fuzz_dicom also replays Debian's python3-pydicom test files when
+        # installed: real files in every transfer syntax, damaged ones too
+        if [ "$t" = fuzz_dicom ] && [ -d "$pydicom" ]; then
+            extra=("$pydicom")
+            n="$n + $(find "$pydicom" -maxdepth 1 -type f | wc -l) of pydicom's"
+        fi
+        "$b/fuzz/$t" -runs=0 -rss_limit_mb=2048 "$top/fuzz/corpus/$t" "${extra[@]}" >"$b/$t.replay.log" 2>&1 ||
             { echo "fuzz: $t failed on its corpus:"; tail -n 40 "$b/$t.replay.log"; exit 1; }
         echo "fuzz: $t replayed $n inputs"
     done

@@ -454,6 +454,7 @@ static void test_radiographs(void **state)
     char *d = fixture("dx8.dcm"), *png = fixture("dx8.png");
     read_2d(d, &a);
     read_2d(png, &b);
+    assert_float_equal(a.spacing[0], 0.2, 1e-6); /* PixelSpacing */
     assert_int_equal(a.nx, b.nx);
     assert_int_equal(a.ny, b.ny);
     for (size_t i = 0; i < nvox(&a); i++)

@@ -483,9 +483,9 @@ def errors(P):
     bad({"query": {"text": "x"}, "filter": {"age": {"gte": "x"}}}, "filter.age.gte", "a range on text is 400")
     bad({"query": {"image": "@@@"}}, "query.image", "bad base64 is 400")
     bad({"query": {"image": base64.b64encode(b"not an image at all").decode()}},
-        "query.image: not a PNG or NIfTI image", "bytes that are no image are 400, saying so")
+        "query.image: not a PNG, NIfTI or DICOM image", "bytes that are no image are 400, saying so")
     bad({"items": [{"image": base64.b64encode(b"GIF89a not ours").decode()}]},
-        "items[0].image: not a PNG or NIfTI image", "a PUT of bytes that are no image names the field",
+        "items[0].image: not a PNG, NIfTI or DICOM image", "a PUT of bytes that are no image names the field",
         path="/v1/items", method="PUT")
     bad({"items": [{"volume": base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode()}]},
         "items[0].volume: not a NIfTI volume", "a PNG given as a volume is 400", path="/v1/items",

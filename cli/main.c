@@ -15,6 +15,7 @@ static const struct {
 } cmds[] = {
     {"encode", cmd_encode, "embed a text, image or volume, or a manifest of them"},
     {"eval", cmd_eval, "retrieval quality of a model on a labelled manifest"},
+    {"scan", cmd_scan, "walk a folder of DICOM files and write an ingest manifest, a line per series"},
     {"ingest", cmd_ingest, "encode a manifest of volumes, images and reports into a database"},
     {"import", cmd_import, "import embeddings (.npy + JSONL metadata) into a database"},
     {"search", cmd_search, "search a database by text, image, volume, vector or item"},

@@ -72,7 +72,12 @@ static void fill_meta(const img__dcm *h, int files, int frames, img_dicom_meta *
     CP(manufacturer, manufacturer);
     CP(accession, accession);
     CP(sop_class, sop_class);
+    CP(image_type, image_type);
 #undef CP
+    m->rows = h->rows;
+    m->cols = h->cols;
+    m->has_pixels = (h->present & IMG__DCM_PIXELS) != 0;
+    m->has_position = (h->present & IMG__DCM_IPP) && (h->present & IMG__DCM_IOP);
     m->slice_thickness = h->present & IMG__DCM_THICK ? h->thickness : 0;
     m->files = files;
     m->frames = frames;

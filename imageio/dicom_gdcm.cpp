@@ -280,6 +280,8 @@ int header(const gdcm::File &file, img__dcm *h, const char *name, char *eb, size
     h->bits_alloc = us(sf, ds, 0x0028, 0x0100, 0);
     h->bits_stored = us(sf, ds, 0x0028, 0x0101, h->bits_alloc);
     h->pixel_rep = us(sf, ds, 0x0028, 0x0103, 0);
+    h->high_bit = us(sf, ds, 0x0028, 0x0102, h->bits_stored - 1);
+    h->planar = us(sf, ds, 0x0028, 0x0006, 0);
     double v = 1;
     if (numbers(raw(ds, 0x0028, 0x0008), &v, 1) != 1)
         v = 1;
@@ -464,6 +466,38 @@ int read_any(const char *path, const void *mem, size_t len, const char *name, im
     if (h->rows < 1 || h->cols < 1)
         return fail(eb, el, IMG_FORMAT, "%s: Rows %d, Columns %d: an empty image", name, h->rows,
                     h->cols);
+    // GDCM asserts on some values of the image pixel module rather than
+    // failing: they are checked here first (PS3.3 C.7.6.3).
+    if (h->samples != 1 && h->samples != 3)
+        return fail(eb, el, IMG_UNSUPPORTED, "%s: SamplesPerPixel %d (expected 1 or 3)", name,
+                    h->samples);
+    int ba = h->bits_alloc;
+    if (ba != 1 && ba != 8 && ba != 16 && ba != 32 && ba != 64)
+        return fail(eb, el, IMG_UNSUPPORTED, "%s: BitsAllocated %d (expected 1, 8, 16, 32 or 64)",
+                    name, ba);
+    if (h->bits_stored < 1 || h->bits_stored > ba)
+        return fail(eb, el, IMG_FORMAT, "%s: BitsStored %d with BitsAllocated %d", name,
+                    h->bits_stored, ba);
+    if (h->high_bit < h->bits_stored - 1 || h->high_bit >= ba)
+        return fail(eb, el, IMG_FORMAT, "%s: HighBit %d with BitsStored %d, BitsAllocated %d", name,
+                    h->high_bit, h->bits_stored, ba);
+    if (h->pixel_rep != 0 && h->pixel_rep != 1)
+        return fail(eb, el, IMG_FORMAT, "%s: PixelRepresentation %d (expected 0 or 1)", name,
+                    h->pixel_rep);
+    if (h->samples == 3 && h->planar != 0 && h->planar != 1)
+        return fail(eb, el, IMG_FORMAT, "%s: PlanarConfiguration %d (expected 0 or 1)", name,
+                    h->planar);
+    static const char *const PI[] = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL",
+                                     "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_422"};
+    int known = 0;
+    for (const char *p : PI)
+        known |= !strcmp(h->photometric, p);
+    if (!known)
+        return fail(eb, el, IMG_UNSUPPORTED, "%s: PhotometricInterpretation '%s' is not supported",
+                    name, h->photometric);
+    if ((h->samples == 1) != (strncmp(h->photometric, "MONOCHROME", 10) == 0))
+        return fail(eb, el, IMG_FORMAT, "%s: PhotometricInterpretation %s with SamplesPerPixel %d",
+                    name, h->photometric, h->samples);
     size_t npix = (size_t)h->rows * (size_t)h->cols * (size_t)h->frames;
     if (max_values && npix > max_values)
         return fail(eb, el, IMG_TOOBIG, "%s: Rows %d x Columns %d x NumberOfFrames %d is more than "

@@ -28,7 +28,7 @@ typedef struct img__dcm {
     char sop_class[68], sop_uid[68], study_uid[68], series_uid[68], frame_uid[68];
     char modality[20], body_part[68], study_date[20], series_desc[68], manufacturer[68];
     char accession[20], photometric[20], tsyntax[68], image_type[68], tsyntax_name[80];
-    int rows, cols, frames, samples, bits_alloc, bits_stored, pixel_rep, instance;
+    int rows, cols, frames, samples, bits_alloc, bits_stored, high_bit, pixel_rep, planar, instance;
     unsigned present;
     double ipp[3], iop[6], ps[2], ips[2], thickness, slope, intercept, wc, ww;
     /* Enhanced multi-frame objects: per-frame position (3 per frame) and

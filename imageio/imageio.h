@@ -188,8 +188,12 @@ int img_read_2d_mem(const void *data, size_t len, const char *name, const img_li
 typedef struct img_dicom_meta {
     char study_uid[68], series_uid[68], modality[20], body_part[68], study_date[20];
     char series_desc[68], manufacturer[68], accession[20], sop_class[68];
+    char image_type[68];    /* ImageType (LOCALIZER marks a scout) */
     double slice_thickness; /* mm; 0 when absent */
     int files, frames;      /* files read, and slices or frames in the image */
+    int rows, cols;
+    int has_pixels;         /* the file has PixelData (an image, not SR, RTSTRUCT, ...) */
+    int has_position;       /* ImagePositionPatient and ImageOrientationPatient */
 } img_dicom_meta;
 
 /* Whether bytes are DICOM: "DICM" at offset 128 (Part 10). */
@@ -210,7 +214,8 @@ int img_read_dicom_2d(const char *path, const img_limits *lim, img_vol *out,
                       img_dicom_meta *meta, char *errbuf, size_t errlen);
 int img_read_dicom_2d_mem(const void *data, size_t len, const char *name, const img_limits *lim,
                           img_vol *out, img_dicom_meta *meta, char *errbuf, size_t errlen);
-/* Only the header attributes of a DICOM file or series folder. */
+/* Only the header attributes of a DICOM file or series folder (a file
+ * without pixel data is read too: has_pixels says which). */
 int img_read_dicom_meta(const char *path, img_dicom_meta *meta, char *errbuf, size_t errlen);
 
 /* A volume by content: DICOM (img_is_dicom_path / _mem) or NIfTI. */

@@ -84,5 +84,48 @@ grep -q "bad.jsonl:3: .*cut.dcm.*truncated" "$T/err" && ok "a truncated file nam
 grep -q "bad.jsonl:4: .*a folder (a DICOM series) can only be a volume" "$T/err" && ok "a folder as an image refused" || bad "folder image: $(cat "$T/err")"
 grep -q "4 items, 0 new, 0 already present, 4 bad" "$T/out" && ok "nothing bad ingested" || bad "summary: $(cat "$T/out")"
 
+# --- scan: a folder tree as a PACS exports it ---------------------------------------------
+E="$T/export"
+mkdir -p "$E/study1/ct" "$E/study1/mixed" "$E/.hidden"
+cp "$D"/series_axial/*.dcm "$E/study1/ct/"
+cp "$D"/series_oblique/*.dcm "$E/study1/mixed/"        # shares its folder with two radiographs
+cp "$D/dx8.dcm" "$D/cr_mono2.dcm" "$E/study1/mixed/"
+cp "$D/enhanced.dcm" "$E/"
+cp "$D/series_reversed/s000.dcm" "$E/.hidden/"           # hidden: never read
+echo "notes" > "$E/README.txt"
+head -c 700 "$D/enhanced.dcm" > "$E/cut.dcm"
+P=${MEDSEM_PYDICOM_FILES:-/usr/lib/python3/dist-packages/pydicom/data/test_files}
+[ -f "$P/test-SR.dcm" ] && cp "$P/test-SR.dcm" "$E/sr.dcm"
+printf 'AccessionNumber,report\nACC0001,"Small ""right"" effusion.\nNo pneumothorax."\nOTHER,x\n' > "$T/reports.csv"
+"$MEDSEM" scan "$E" --out "$T/scan.jsonl" --reports "$T/reports.csv" --quiet >"$T/out" 2>"$T/err"
+st=$?
+[ $st -eq 0 ] && ok "scan a folder tree" || bad "scan: exit $st: $(cat "$T/out" "$T/err")"
+grep -q "3 volumes, 2 radiographs (1 series linked under" "$T/out" && ok "series and radiographs counted; a shared folder linked" || bad "scan summary: $(cat "$T/out")"
+grep -q "reports joined by AccessionNumber for 5 of 5 lines" "$T/out" && ok "reports joined by AccessionNumber" || bad "join: $(cat "$T/out")"
+grep -q "1 not DICOM, 1 unreadable" "$T/out" && grep -q "cut.dcm" "$T/out" && ok "what was skipped, and why, named" || bad "skipped: $(cat "$T/out")"
+[ -f "$P/test-SR.dcm" ] && { grep -q "1 structured reports (SR)" "$T/out" && ok "an SR is skipped as such" || bad "SR: $(cat "$T/out")"; }
+python3 - "$T/scan.jsonl" <<'PY' && ok "one line per series, report text intact" || bad "manifest: $(cat "$T/scan.jsonl")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert len(lines) == 5, len(lines)
+assert sorted(l["kind"] for l in lines) == ["image", "image", "volume", "volume", "volume"]
+assert all(l["report"] == 'Small "right" effusion.\nNo pneumothorax.' for l in lines)
+assert all("Fixture" not in json.dumps(l) and "PID-SHOULD" not in json.dumps(l) for l in lines)
+PY
+"$MEDSEM" ingest --db "$T/db3" --model "$MODEL" --manifest "$T/scan.jsonl" >"$T/out" 2>"$T/err" &&
+    grep -q "5 items, 5 new, 0 already present, 0 bad" "$T/out" && ok "ingest takes scan's manifest as it is" || bad "ingest scan: $(cat "$T/out" "$T/err")"
+printf '{"study_uid":"1.2.826.0.1.3680043.10.1234.505759274700714300170315614178721414","report":"By study."}\n' > "$T/reports.jsonl"
+"$MEDSEM" scan "$E" --out "$T/scan2.jsonl" --reports "$T/reports.jsonl" --key study --quiet >"$T/out" 2>&1 &&
+    grep -q "joined by StudyInstanceUID for 5 of 5" "$T/out" && ok "reports joined by StudyInstanceUID from JSONL" || bad "study join: $(cat "$T/out")"
+printf 'AccessionNumber,report\nACC0001,"unclosed\n' > "$T/badrep.csv"
+"$MEDSEM" scan "$E" --out "$T/scan3.jsonl" --reports "$T/badrep.csv" --quiet >"$T/out" 2>"$T/err"
+[ $? -eq 1 ] && grep -q "badrep.csv:2: malformed CSV" "$T/err" && [ ! -e "$T/scan3.jsonl" ] && ok "a malformed reports file is named, nothing written" || bad "bad reports: $(cat "$T/err")"
+printf 'id,text\n' > "$T/nokey.csv"
+"$MEDSEM" scan "$E" --out "$T/scan4.jsonl" --reports "$T/nokey.csv" --quiet >"$T/out" 2>"$T/err"
+[ $? -eq 1 ] && grep -q "nokey.csv:1: the header needs a 'report' column" "$T/err" && ok "a reports file without the columns is refused" || bad "no key: $(cat "$T/err")"
+mkdir -p "$T/empty"
+"$MEDSEM" scan "$T/empty" --out "$T/scan5.jsonl" --quiet >"$T/out" 2>"$T/err"
+[ $? -eq 1 ] && grep -q "no CT, MR, PET series" "$T/err" && ok "a folder without images says so" || bad "empty: $(cat "$T/err")"
+
 echo "1..$n"
 [ "$fails" -eq 0 ]

@@ -181,6 +181,37 @@ def main_test():
     return 1 if fails else 0
 
 
+def dicom(P):
+    """DICOM over HTTP: PUT a DICOM volume (one enhanced multi-frame file) and
+    radiograph, as base64 like any upload; their header attributes become
+    payload; a search by the same file finds each at 1; a truncated DICOM
+    upload is a 400 naming the field."""
+    d = os.path.join(SRC, "tests/fixtures/dicom")
+    vol = base64.b64encode(open(os.path.join(d, "enhanced.dcm"), "rb").read()).decode()
+    img = base64.b64encode(open(os.path.join(d, "dx8.dcm"), "rb").read()).decode()
+    s, h, j = jreq(P, "PUT", "/v1/items", {"items": [
+        {"volume": vol, "report": "DICOM volume over HTTP."},
+        {"image": img, "report": "DICOM radiograph over HTTP."}]})
+    ok(s == 200 and all(j["result"]["ids"]) and not j["result"].get("errors"),
+       "PUT of a DICOM volume and radiograph", j)
+    if s != 200 or not all(j["result"]["ids"]):
+        return
+    ids = j["result"]["ids"]
+    s, h, j = jreq(P, "GET", "/v1/items/%d" % ids[0])
+    pl = j["result"].get("payload", {}) if s == 200 else {}
+    ok(s == 200 and pl.get("series_description") == "fixture enhanced" and
+       pl.get("modality") == "CT" and "Fixture" not in json.dumps(j),
+       "a DICOM upload's header attributes are its payload, without patient identity", j)
+    for q, kind, i in ((vol, "volume", ids[0]), (img, "image", ids[1])):
+        s, h, j = jreq(P, "POST", "/v1/search", {"query": {kind: q}, "target": kind, "limit": 1})
+        ok(s == 200 and j["result"][0]["id"] == i and j["result"][0]["score"] > 0.9999,
+           "a search by the same DICOM %s finds it at 1" % kind, j)
+    cut = base64.b64encode(open(os.path.join(d, "enhanced.dcm"), "rb").read()[:900]).decode()
+    s, h, j = jreq(P, "POST", "/v1/search", {"query": {"volume": cut}, "target": "volume"})
+    ok(s == 400 and "query.volume" in j["status"]["error"] and "truncated" in j["status"]["error"],
+       "a truncated DICOM upload is a 400 naming the field", j)
+
+
 def run_all(tmp, db):
     items = synth_items(tmp)
     srv = Server(tmp, db, "--workers", "2", "--queue", "3", "--max-body-mb", "2",
@@ -190,6 +221,7 @@ def run_all(tmp, db):
     try:
         endpoints(P, items)
         uploads_in_memory(P, db, items)
+        dicom(P)
         cross_process(P, tmp, db)
         errors(P)
         decode_bombs(P, srv)
@@ -488,7 +520,7 @@ def errors(P):
         "items[0].image: not a PNG, NIfTI or DICOM image", "a PUT of bytes that are no image names the field",
         path="/v1/items", method="PUT")
     bad({"items": [{"volume": base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode()}]},
-        "items[0].volume: not a NIfTI volume", "a PNG given as a volume is 400", path="/v1/items",
+        "items[0].volume: not a NIfTI (.nii or .nii.gz) or DICOM volume", "a PNG given as a volume is 400", path="/v1/items",
         method="PUT")
     bad({"query": {"volume": base64.b64encode(b"\x1f\x8b garbage").decode()}}, "query.volume",
         "a corrupt volume is 400")

@@ -198,7 +198,9 @@ int img__dcm_walk(const unsigned char *b, size_t n, const char *name, char *eb, 
     walk w = {b, n, 0, 0, name, eb, el};
     size_t p = 132, start = 132;
     char ts[68] = "";
-    size_t q = start;
+    size_t q = start, gstart = 0;
+    uint32_t glen = 0;
+    int have_glen = 0;
     while (q + 8 <= n && u16(&w, q) == 0x0002) { /* one element at a time, to the group's end */
         unsigned e = u16(&w, q + 2);
         char vr[2] = {(char)b[q + 4], (char)b[q + 5]};
@@ -217,6 +219,13 @@ int img__dcm_walk(const unsigned char *b, size_t n, const char *name, char *eb, 
         }
         if (len == UNDEF || len > n - q - hdr)
             return bad(&w, q, 0x0002, e, "the file meta information runs past the end");
+        if (e == 0x0000) { /* the group length: the rest of the group, in bytes */
+            if (len != 4)
+                return bad(&w, q, 0x0002, e, "a file meta group length that is not 4 bytes");
+            glen = u32(&w, q + hdr);
+            gstart = q + hdr + len;
+            have_glen = 1;
+        }
         if (e == 0x0010) {
             size_t k = len < sizeof ts - 1 ? len : sizeof ts - 1;
             memcpy(ts, b + q + hdr, k);
@@ -229,6 +238,14 @@ int img__dcm_walk(const unsigned char *b, size_t n, const char *name, char *eb, 
     p = q;
     if (p == start)
         return util_errf(eb, el, IMG_FORMAT, "%s: no file meta information after 'DICM'", name);
+    /* GDCM reads the group by its length and asserts when the two disagree
+     * or when nothing follows the group */
+    if (have_glen && (size_t)glen != p - gstart)
+        return util_errf(eb, el, IMG_FORMAT, "%s: the file meta group length says %u bytes, its "
+                         "elements take %zu: corrupt", name, (unsigned)glen, p - gstart);
+    if (p + 8 > n)
+        return util_errf(eb, el, IMG_FORMAT, "%s: the file ends after its file meta information: "
+                         "truncated", name);
     if (!strcmp(ts, "1.2.840.10008.1.2.1.99")) { /* deflated: the rest is raw deflate */
         z_stream z;
         memset(&z, 0, sizeof z);

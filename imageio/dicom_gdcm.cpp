@@ -17,6 +17,8 @@
 
 #include <gdcmAttribute.h>
 #include <gdcmDataSet.h>
+#include <gdcmDicts.h>
+#include <gdcmGlobal.h>
 #include <gdcmFile.h>
 #include <gdcmImage.h>
 #include <gdcmImageReader.h>
@@ -114,13 +116,32 @@ int numbers(const std::string &s, double *out, int n)
     return k;
 }
 
+// An element's value as a sequence: what the reader parsed as one, or, in
+// implicit VR, bytes that begin with an item tag (the structural walk has
+// checked such bytes as a sequence; GetValueAsSQ on other bytes would try
+// to parse them).
+gdcm::SmartPointer<gdcm::SequenceOfItems> seq_of(const gdcm::DataElement &de)
+{
+    if (de.IsEmpty())
+        return nullptr;
+    if (const gdcm::SequenceOfItems *sq = dynamic_cast<const gdcm::SequenceOfItems *>(&de.GetValue()))
+        return const_cast<gdcm::SequenceOfItems *>(sq);
+    const gdcm::ByteValue *bv = de.GetByteValue();
+    if (de.GetVR() == gdcm::VR::INVALID && bv && bv->GetPointer() && bv->GetLength() >= 8) {
+        const unsigned char *b = reinterpret_cast<const unsigned char *>(bv->GetPointer());
+        if (b[0] == 0xfe && b[1] == 0xff && b[2] == 0x00 && b[3] == 0xe0)
+            return de.GetValueAsSQ();
+    }
+    return nullptr;
+}
+
 // The first item of a sequence, or NULL.
 const gdcm::DataSet *first_item(const gdcm::DataSet &ds, uint16_t g, uint16_t e)
 {
     gdcm::Tag t(g, e);
     if (!ds.FindDataElement(t))
         return nullptr;
-    gdcm::SmartPointer<gdcm::SequenceOfItems> sq = ds.GetDataElement(t).GetValueAsSQ();
+    gdcm::SmartPointer<gdcm::SequenceOfItems> sq = seq_of(ds.GetDataElement(t));
     if (!sq || sq->GetNumberOfItems() < 1)
         return nullptr;
     return &sq->GetItem(1).GetNestedDataSet();
@@ -200,7 +221,7 @@ int functional_groups(const gdcm::DataSet &ds, img__dcm *h, const char *name, ch
     gdcm::Tag per(0x5200, 0x9230);
     if (!ds.FindDataElement(per))
         return IMG_OK;
-    gdcm::SmartPointer<gdcm::SequenceOfItems> sq = ds.GetDataElement(per).GetValueAsSQ();
+    gdcm::SmartPointer<gdcm::SequenceOfItems> sq = seq_of(ds.GetDataElement(per));
     if (!sq)
         return IMG_OK;
     size_t n = sq->GetNumberOfItems();
@@ -248,10 +269,45 @@ int functional_groups(const gdcm::DataSet &ds, img__dcm *h, const char *name, ch
     return IMG_OK;
 }
 
+// GDCM's attribute reader asserts when an element's explicit VR is not
+// compatible with its dictionary VR (fuzz_dicom found Columns written as
+// UI): every public element, nested ones too, is checked first.
+int check_vrs(const gdcm::DataSet &ds, const gdcm::Dicts &dicts, int depth, const char *name,
+              char *eb, size_t el)
+{
+    if (depth > 32)
+        return fail(eb, el, IMG_FORMAT, "%s: sequences nested too deep", name);
+    for (gdcm::DataSet::ConstIterator it = ds.Begin(); it != ds.End(); ++it) {
+        const gdcm::DataElement &de = *it;
+        const gdcm::Tag &t = de.GetTag();
+        gdcm::VR vr = de.GetVR();
+        if (!t.IsPrivate() && vr != gdcm::VR::INVALID) {
+            const gdcm::DictEntry &e = dicts.GetDictEntry(t);
+            gdcm::VR want = e.GetVR();
+            if (want != gdcm::VR::INVALID && want != gdcm::VR::UN && !want.Compatible(vr))
+                return fail(eb, el, IMG_FORMAT, "%s: element (%04x,%04x) %s has VR %s, the "
+                            "standard says %s: corrupt", name, t.GetGroup(), t.GetElement(),
+                            e.GetKeyword() ? e.GetKeyword() : "", gdcm::VR::GetVRString(vr),
+                            gdcm::VR::GetVRString(want));
+        }
+        gdcm::SmartPointer<gdcm::SequenceOfItems> sq = seq_of(de);
+        if (sq)
+            for (size_t i = 1; i <= sq->GetNumberOfItems(); i++) {
+                int rc = check_vrs(sq->GetItem(i).GetNestedDataSet(), dicts, depth + 1, name, eb,
+                                   el);
+                if (rc)
+                    return rc;
+            }
+    }
+    return IMG_OK;
+}
+
 int header(const gdcm::File &file, img__dcm *h, const char *name, char *eb, size_t el)
 {
     const gdcm::DataSet &ds = file.GetDataSet();
     const gdcm::FileMetaInformation &fmi = file.GetHeader();
+    if (int rc = check_vrs(ds, gdcm::Global::GetInstance().GetDicts(), 0, name, eb, el))
+        return rc;
     gdcm::StringFilter sf;
     sf.SetFile(file);
     std::string sop = raw(ds, 0x0008, 0x0016);

@@ -180,6 +180,11 @@ static int dataset(walk *w, size_t *p, size_t end, int depth, int in_item)
         if (!w->implicit && vr[0] == 'S' && vr[1] == 'Q') {
             if ((rc = items(w, p, *p + len, depth, 0, 0)))
                 return rc;
+        } else if (w->implicit && len >= 8 && u16(w, *p) == 0xfffe && u16(w, *p + 2) == 0xe000) {
+            /* implicit VR: a value that begins with an item is a sequence of
+             * defined length (the reader parses it as one) */
+            if ((rc = items(w, p, *p + len, depth, 0, 1)))
+                return rc;
         } else {
             *p += len;
         }

@@ -31,6 +31,10 @@ static void usage(FILE *f)
             "                       a patient\n"
             "  --size SIZE          default (~96x96x48 CT, 224x224 radiograph) or small\n"
             "                       (~64x64x32, 128x128)\n"
+            "  --format F           nifti (default: .nii.gz volumes, 16-bit PNG radiographs) or\n"
+            "                       dicom (a CT series folder per volume, a DX file per\n"
+            "                       radiograph, explicit VR little endian, and\n"
+            "                       DIR/<split>.reports.csv keyed by AccessionNumber)\n"
             "  --threads N          generating threads (default: all cores)\n"
             "  --quiet              no progress bar\n");
 }
@@ -60,8 +64,8 @@ int cmd_synth(int argc, char **argv)
         {"images", required_argument, 0, 'i'},  {"rescans", required_argument, 0, 'r'},
         {"seed", required_argument, 0, 's'},    {"split", required_argument, 0, 'p'},
         {"size", required_argument, 0, 'z'},    {"threads", required_argument, 0, 't'},
-        {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"format", required_argument, 0, 'f'},  {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *out = NULL;
     synth_opts o = {0};
     o.seed = 1;
@@ -110,6 +114,14 @@ int cmd_synth(int argc, char **argv)
                 return CLI_BAD_INPUT;
             }
             o.threads = (int)u;
+            break;
+        case 'f':
+            if (!strcmp(optarg, "nifti") || !strcmp(optarg, "dicom")) {
+                o.format = strcmp(optarg, "dicom") ? SYNTH_FORMAT_NIFTI : SYNTH_FORMAT_DICOM;
+            } else {
+                cli_error("--format '%s': expected nifti or dicom", optarg);
+                return CLI_BAD_INPUT;
+            }
             break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return CLI_OK;

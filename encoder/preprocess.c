@@ -134,6 +134,9 @@ static int prep_read(int volume, int rc, img_vol *v, const char *name, enc_modal
                      const enc_prep *p, float *out, enc_prep_seen seen, void *ctx,
                      char *errbuf, size_t errlen)
 {
+    /* no modality given: a DICOM file says its own */
+    if (mod == ENC_MOD_OTHER && v->modality[0])
+        mod = enc_modality_parse(v->modality);
     if (!rc && seen)
         rc = seen(ctx, v, errbuf, errlen);
     if (!rc)

@@ -382,8 +382,11 @@ static int build_volume(const char *name, const char *path, const void *mem, siz
     }
     A[3][3] = 1;
     fill_meta(h0, files, n, meta);
-    return img__orient_affine(name, "ImageOrientationPatient", vox, dims, A, IMG_FMT_DICOM, out, eb,
-                              el);
+    rc = img__orient_affine(name, "ImageOrientationPatient", vox, dims, A, IMG_FMT_DICOM, out, eb,
+                            el);
+    if (!rc)
+        snprintf(out->modality, sizeof out->modality, "%.15s", h0->modality);
+    return rc;
 }
 
 static int series_headers(const char *dir, slice **out, int *n, int *files, char *eb, size_t el)
@@ -566,6 +569,7 @@ static int read_2d(const char *path, const void *mem, size_t len, const char *na
     v.ny = h.rows;
     v.nz = 1;
     v.format = IMG_FMT_DISPLAY;
+    snprintf(v.modality, sizeof v.modality, "%.15s", h.modality);
     double sx = 1, sy = 1;
     if (h.present & IMG__DCM_PS && h.ps[0] > 0 && h.ps[1] > 0)
         sy = h.ps[0], sx = h.ps[1];

@@ -95,6 +95,7 @@ typedef struct img_vol {
     float spacing[3];    /* mm, after reorientation: x=R, y=A, z=S */
     double affine[4][4]; /* voxel (i,j,k) centre -> RAS mm; last row 0 0 0 1 */
     img_format format;   /* the file's format (kept by img_resample) */
+    char modality[16];   /* a DICOM file's Modality ("CT", "DX", ...); "" otherwise */
 } img_vol;
 
 /* Frees v->data and zeroes *v.  Accepts NULL and an already-freed volume. */

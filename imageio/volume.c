@@ -149,6 +149,7 @@ int img_resample(const img_vol *in, const float target_spacing[3], int nx, int n
     img_vol v;
     memset(&v, 0, sizeof v);
     v.format = in->format;
+    memcpy(v.modality, in->modality, sizeof v.modality);
     v.data = data;
     v.nx = nx;
     v.ny = ny;

@@ -2629,6 +2629,252 @@ static void pngw_free(pngw_ctx *c)
     free(c);
 }
 
+/* ---- DICOM ------------------------------------------------------------------ */
+
+/* A Part 10 file, explicit VR little endian, built element by element in
+ * tag order (PS3.5 7.1.2: 2-byte lengths for short VRs, 4 for OB/OW). */
+typedef struct dcmw {
+    unsigned char *b;
+    size_t n, cap;
+    int oom;
+} dcmw;
+
+static void dw_bytes(dcmw *w, const void *p, size_t n)
+{
+    if (w->oom)
+        return;
+    if (w->n + n > w->cap) {
+        size_t nc = w->cap ? w->cap : 4096;
+        while (nc < w->n + n)
+            nc *= 2;
+        unsigned char *nb = realloc(w->b, nc);
+        if (!nb) {
+            w->oom = 1;
+            return;
+        }
+        w->b = nb;
+        w->cap = nc;
+    }
+    memcpy(w->b + w->n, p, n);
+    w->n += n;
+}
+
+static void dw_u16(dcmw *w, unsigned v)
+{
+    unsigned char b[2] = {(unsigned char)v, (unsigned char)(v >> 8)};
+    dw_bytes(w, b, 2);
+}
+
+static void dw_u32(dcmw *w, uint32_t v)
+{
+    unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 24)};
+    dw_bytes(w, b, 4);
+}
+
+/* A string element, padded to even length (NUL for UI, space otherwise). */
+static void dw_str(dcmw *w, unsigned g, unsigned e, const char *vr, const char *v)
+{
+    size_t n = strlen(v), pad = n & 1;
+    dw_u16(w, g);
+    dw_u16(w, e);
+    dw_bytes(w, vr, 2);
+    dw_u16(w, (unsigned)(n + pad));
+    dw_bytes(w, v, n);
+    if (pad)
+        dw_bytes(w, strcmp(vr, "UI") ? " " : "", 1);
+}
+
+static void dw_us(dcmw *w, unsigned g, unsigned e, unsigned v)
+{
+    dw_u16(w, g);
+    dw_u16(w, e);
+    dw_bytes(w, "US", 2);
+    dw_u16(w, 2);
+    dw_u16(w, v);
+}
+
+static void dw_ow(dcmw *w, unsigned g, unsigned e, const char *vr, const void *p, size_t n)
+{
+    dw_u16(w, g);
+    dw_u16(w, e);
+    dw_bytes(w, vr, 2);
+    dw_u16(w, 0);
+    dw_u32(w, (uint32_t)(n + (n & 1)));
+    dw_bytes(w, p, n);
+    if (n & 1)
+        dw_bytes(w, "", 1);
+}
+
+/* A UID under 2.25 (a UUID-derived root, PS3.5 B.2) from two numbers. */
+static void dcm_uid(uint64_t a, uint64_t b, char *out, size_t len)
+{
+    uint64_t h = mix(mix(0x44434d55, a), b), l = mix(h, 0x55494431);
+    /* two 64-bit halves as one decimal number would need 128-bit
+     * arithmetic: print them as two components instead */
+    snprintf(out, len, "2.25.%llu.%llu", (unsigned long long)(h >> 1),
+             (unsigned long long)(l >> 1));
+}
+
+static void fmt_ds(double v, char *out, size_t len)
+{
+    snprintf(out, len, "%.6g", fabs(v) < 5e-7 ? 0.0 : v);
+}
+
+/* The file meta group and the start of the dataset common to both kinds. */
+static void dcm_begin(dcmw *w, const char *sop_class, const char *sop_uid)
+{
+    unsigned char pre[128] = {0};
+    dw_bytes(w, pre, sizeof pre);
+    dw_bytes(w, "DICM", 4);
+    dcmw m = {0};
+    static const unsigned char version[2] = {0, 1};
+    dw_ow(&m, 0x0002, 0x0001, "OB", version, 2);
+    dw_str(&m, 0x0002, 0x0002, "UI", sop_class);
+    dw_str(&m, 0x0002, 0x0003, "UI", sop_uid);
+    dw_str(&m, 0x0002, 0x0010, "UI", "1.2.840.10008.1.2.1");
+    dw_str(&m, 0x0002, 0x0012, "UI", "2.25.1.1");
+    dw_str(&m, 0x0002, 0x0013, "SH", "MEDSEM_SYNTH");
+    dw_u16(w, 0x0002);
+    dw_u16(w, 0x0000);
+    dw_bytes(w, "UL", 2);
+    dw_u16(w, 4);
+    dw_u32(w, (uint32_t)m.n);
+    dw_bytes(w, m.b, m.n);
+    w->oom |= m.oom;
+    free(m.b);
+}
+
+static int dcm_save(dcmw *w, const char *path, char *eb, size_t el)
+{
+    if (w->oom)
+        return util_errf(eb, el, SYNTH_NOMEM, "%s: out of memory", path);
+    FILE *fp = fopen(path, "wb");
+    if (!fp)
+        return util_errf(eb, el, SYNTH_IO, "%s: cannot create: %s", path, strerror(errno));
+    int ok = fwrite(w->b, 1, w->n, fp) == w->n;
+    ok &= fclose(fp) == 0;
+    if (!ok)
+        return util_errf(eb, el, SYNTH_IO, "%s: write failed: %s", path, strerror(errno));
+    return SYNTH_OK;
+}
+
+int synth_write_dicom(const synth_study *s, const char *path, const synth_dicom_ids *ids,
+                      char *eb, size_t el)
+{
+    if (!path || !s || !ids)
+        return util_errf(eb, el, SYNTH_INVAL, "synth: NULL argument");
+    if (!s->vol && !s->img)
+        return util_errf(eb, el, SYNTH_INVAL, "%s: the study has no image", path);
+    int vol = s->vol != NULL;
+    const char *sop_class = vol ? "1.2.840.10008.5.1.4.1.1.2" : "1.2.840.10008.5.1.4.1.1.1.1";
+    char study_uid[64], series_uid[64], sop_uid[64], acc[20], pid[24], pname[40], ds[160], a[32],
+        b[32], c[32], d[32], e[32], f[32];
+    char dsl[256];
+    dcm_uid(ids->seed, ids->study, study_uid, sizeof study_uid);
+    dcm_uid(ids->seed, ids->study * 4 + (vol ? 1 : 2), series_uid, sizeof series_uid);
+    snprintf(acc, sizeof acc, "S%07llu", (unsigned long long)ids->study);
+    snprintf(pid, sizeof pid, "P%06llu", (unsigned long long)ids->patient);
+    snprintf(pname, sizeof pname, "Synthetic^%s", pid);
+    if (vol && mkdir(path, 0755) && errno != EEXIST)
+        return util_errf(eb, el, SYNTH_IO, "%s: cannot create: %s", path, strerror(errno));
+    int nfiles = vol ? s->nz : 1;
+    /* LPS directions: the affine's columns (RAS) with x and y negated */
+    double col[3][3];
+    for (int k = 0; k < 3; k++)
+        for (int r = 0; r < 3; r++)
+            col[k][r] = (r < 2 ? -1 : 1) * s->affine[r][k] / (vol ? s->spacing[k] : 1);
+    for (int z = 0; z < nfiles; z++) {
+        dcmw w = {0};
+        dcm_uid(ids->seed, (ids->study * 4 + (vol ? 1 : 2)) * 100000 + (uint64_t)z, sop_uid,
+                sizeof sop_uid);
+        dcm_begin(&w, sop_class, sop_uid);
+        dw_str(&w, 0x0008, 0x0008, "CS", vol ? "ORIGINAL\\PRIMARY\\AXIAL" : "ORIGINAL\\PRIMARY");
+        dw_str(&w, 0x0008, 0x0016, "UI", sop_class);
+        dw_str(&w, 0x0008, 0x0018, "UI", sop_uid);
+        dw_str(&w, 0x0008, 0x0020, "DA", "20260101");
+        dw_str(&w, 0x0008, 0x0050, "SH", acc);
+        dw_str(&w, 0x0008, 0x0060, "CS", vol ? "CT" : "DX");
+        dw_str(&w, 0x0008, 0x0070, "LO", "medsem synth");
+        dw_str(&w, 0x0008, 0x103e, "LO", vol ? "Chest CT phantom" : "Chest radiograph PA");
+        dw_str(&w, 0x0010, 0x0010, "PN", pname);
+        dw_str(&w, 0x0010, 0x0020, "LO", pid);
+        dw_str(&w, 0x0018, 0x0015, "CS", "CHEST");
+        if (vol) {
+            fmt_ds(s->spacing[2], ds, sizeof ds);
+            dw_str(&w, 0x0018, 0x0050, "DS", ds);
+        }
+        dw_str(&w, 0x0020, 0x000d, "UI", study_uid);
+        dw_str(&w, 0x0020, 0x000e, "UI", series_uid);
+        snprintf(ds, sizeof ds, "%d", z + 1);
+        dw_str(&w, 0x0020, 0x0013, "IS", ds);
+        if (vol) {
+            fmt_ds(-(s->affine[0][2] * z + s->affine[0][3]), a, sizeof a);
+            fmt_ds(-(s->affine[1][2] * z + s->affine[1][3]), b, sizeof b);
+            fmt_ds(s->affine[2][2] * z + s->affine[2][3], c, sizeof c);
+            snprintf(ds, sizeof ds, "%s\\%s\\%s", a, b, c);
+            dw_str(&w, 0x0020, 0x0032, "DS", ds);
+            fmt_ds(col[0][0], a, sizeof a), fmt_ds(col[0][1], b, sizeof b);
+            fmt_ds(col[0][2], c, sizeof c), fmt_ds(col[1][0], d, sizeof d);
+            fmt_ds(col[1][1], e, sizeof e), fmt_ds(col[1][2], f, sizeof f);
+            snprintf(dsl, sizeof dsl, "%s\\%s\\%s\\%s\\%s\\%s", a, b, c, d, e, f);
+            dw_str(&w, 0x0020, 0x0037, "DS", dsl);
+        } else {
+            dw_str(&w, 0x0020, 0x0020, "CS", "L\\F");
+        }
+        dw_us(&w, 0x0028, 0x0002, 1);
+        dw_str(&w, 0x0028, 0x0004, "CS", "MONOCHROME2");
+        dw_us(&w, 0x0028, 0x0010, (unsigned)(vol ? s->ny : s->height));
+        dw_us(&w, 0x0028, 0x0011, (unsigned)(vol ? s->nx : s->width));
+        if (vol) {
+            fmt_ds(s->spacing[1], a, sizeof a), fmt_ds(s->spacing[0], b, sizeof b);
+        } else {
+            fmt_ds(s->pixel_mm, a, sizeof a), fmt_ds(s->pixel_mm, b, sizeof b);
+        }
+        snprintf(ds, sizeof ds, "%s\\%s", a, b);
+        dw_str(&w, 0x0028, 0x0030, "DS", ds);
+        dw_us(&w, 0x0028, 0x0100, 16);
+        dw_us(&w, 0x0028, 0x0101, 16);
+        dw_us(&w, 0x0028, 0x0102, 15);
+        dw_us(&w, 0x0028, 0x0103, vol ? 1 : 0);
+        if (vol) {
+            fmt_ds(s->scl_inter, ds, sizeof ds);
+            dw_str(&w, 0x0028, 0x1052, "DS", ds);
+            dw_str(&w, 0x0028, 0x1053, "DS", "1");
+        }
+        size_t np = vol ? (size_t)s->nx * s->ny : (size_t)s->width * s->height;
+        const void *px = vol ? (const void *)(s->vol + (size_t)z * np) : (const void *)s->img;
+        /* little endian on disk: the host's order is checked once */
+        const uint16_t one = 1;
+        if (*(const unsigned char *)&one == 1) {
+            dw_ow(&w, 0x7fe0, 0x0010, "OW", px, np * 2);
+        } else {
+            unsigned char *sw = malloc(np * 2);
+            if (!sw) {
+                free(w.b);
+                return util_errf(eb, el, SYNTH_NOMEM, "%s: out of memory", path);
+            }
+            for (size_t i = 0; i < np; i++) {
+                uint16_t v = ((const uint16_t *)px)[i];
+                sw[2 * i] = (unsigned char)v;
+                sw[2 * i + 1] = (unsigned char)(v >> 8);
+            }
+            dw_ow(&w, 0x7fe0, 0x0010, "OW", sw, np * 2);
+            free(sw);
+        }
+        char fpath[4096];
+        if (vol)
+            snprintf(fpath, sizeof fpath, "%s/%04d.dcm", path, z);
+        else
+            snprintf(fpath, sizeof fpath, "%s", path);
+        int rc = dcm_save(&w, fpath, eb, el);
+        free(w.b);
+        if (rc)
+            return rc;
+    }
+    return SYNTH_OK;
+}
+
 int synth_write_png(const synth_study *s, const char *path, char *eb, size_t el)
 {
     if (!path)
@@ -2702,6 +2948,7 @@ typedef struct item {
     size_t file_no, patient, study;
     long long pair, rescan_of;  /* study numbers, or -1 */
     char *line;                 /* the manifest line, once made */
+    char *csv;                  /* DICOM: its reports.csv row */
     uint64_t bytes;
 } item;
 
@@ -2728,21 +2975,49 @@ static int make_item(const job *J, item *it, char *eb, size_t el)
     int rc = synth_study_make(o, &rq, &s, eb, el);
     if (rc)
         return rc;
-    const int vol = it->kind == SYNTH_VOLUME;
+    const int vol = it->kind == SYNTH_VOLUME, dcm = o->format == SYNTH_FORMAT_DICOM;
     char rel[96], path[4096];
-    snprintf(rel, sizeof rel, "%s/%s_%06zu.%s", split, vol ? "vol" : "img", it->file_no,
-             vol ? "nii.gz" : "png");
+    if (dcm) /* a series folder per volume, a file per radiograph */
+        snprintf(rel, sizeof rel, "%s/%s_%06zu%s", split, vol ? "vol" : "img", it->file_no,
+                 vol ? "" : ".dcm");
+    else
+        snprintf(rel, sizeof rel, "%s/%s_%06zu.%s", split, vol ? "vol" : "img", it->file_no,
+                 vol ? "nii.gz" : "png");
     if ((size_t)snprintf(path, sizeof path, "%s/%s", J->dir, rel) >= sizeof path) {
         synth_study_free(&s);
         return util_errf(eb, el, SYNTH_INVAL, "%s: path too long", J->dir);
     }
-    rc = vol ? synth_write_nifti(&s, path, eb, el) : synth_write_png(&s, path, eb, el);
+    synth_dicom_ids ids = {o->seed, it->patient, it->study};
+    rc = dcm   ? synth_write_dicom(&s, path, &ids, eb, el)
+         : vol ? synth_write_nifti(&s, path, eb, el)
+               : synth_write_png(&s, path, eb, el);
     if (rc) {
         synth_study_free(&s);
         return rc;
     }
     struct stat sb;
     it->bytes = stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    if (dcm && vol) /* the slices' pixel data */
+        it->bytes = (uint64_t)s.nx * s.ny * s.nz * 2;
+    if (dcm) {
+        /* AccessionNumber,report with the report quoted (RFC 4180) */
+        size_t rl = strlen(s.report), k = 0;
+        char *row = malloc(2 * rl + 32);
+        if (!row) {
+            synth_study_free(&s);
+            return util_errf(eb, el, SYNTH_NOMEM, "%s: out of memory", path);
+        }
+        k = (size_t)sprintf(row, "S%07zu,\"", it->study);
+        for (size_t i = 0; i < rl; i++) {
+            if (s.report[i] == '"')
+                row[k++] = '"';
+            row[k++] = s.report[i];
+        }
+        row[k++] = '"';
+        row[k++] = '\n';
+        row[k] = '\0';
+        it->csv = row;
+    }
 
     size_t cap = strlen(s.report) * 2 + 2048;
     char *line = malloc(cap);
@@ -2755,7 +3030,7 @@ static int make_item(const job *J, item *it, char *eb, size_t el)
     sb_puts(&b, "{\"file\":");
     sb_json_string(&b, rel);
     sb_printf(&b, ",\"kind\":\"%s\",\"modality\":\"%s\",\"report\":", vol ? "volume" : "image",
-              vol ? "CT" : "CR");
+              vol ? "CT" : dcm ? "DX" : "CR");
     sb_json_string(&b, s.report);
     sb_printf(&b, ",\"split\":\"%s\",\"labels\":", split);
     labels_json_sb(&b, &s.findings);
@@ -2882,10 +3157,10 @@ int synth_dataset_write(const char *dir, const synth_opts *o, synth_stats *st,
     const size_t pb = PATIENT_BASE[o->split], sbase = 10 * pb;
     const size_t npair = V < (I + 1) / 2 ? V : (I + 1) / 2;
     for (size_t v = 0; v < V; v++)
-        items[v] = (item){SYNTH_VOLUME, v, pb + v, sbase + v, -1, -1, NULL, 0};
+        items[v] = (item){SYNTH_VOLUME, v, pb + v, sbase + v, -1, -1, NULL, NULL, 0};
     for (size_t j = 0; j < I; j++) {
         item *it = &items[V + j];
-        *it = (item){SYNTH_IMAGE, j, pb + V + j, sbase + V + j, -1, -1, NULL, 0};
+        *it = (item){SYNTH_IMAGE, j, pb + V + j, sbase + V + j, -1, -1, NULL, NULL, 0};
         if (j < npair) {
             it->patient = pb + j;
             it->pair = (long long)(sbase + j);
@@ -2898,7 +3173,7 @@ int synth_dataset_write(const char *dir, const synth_opts *o, synth_stats *st,
         const item *src = &items[synth_rng_below(&rr, (uint32_t)(V + I))];
         item *it = &items[V + I + q];
         *it = (item){src->kind, 0, src->patient, sbase + V + I + q, -1, (long long)src->study,
-                     NULL, 0};
+                     NULL, NULL, 0};
         it->file_no = src->kind == SYNTH_VOLUME ? V + nrv++ : I + nri++;
     }
 
@@ -2956,6 +3231,22 @@ int synth_dataset_write(const char *dir, const synth_opts *o, synth_stats *st,
             }
         }
     }
+    if (!rc && o->format == SYNTH_FORMAT_DICOM) {
+        /* the reports, keyed by AccessionNumber, for medsem scan --reports */
+        snprintf(tmp, sizeof tmp, "%s/%s.reports.csv.tmp", dir, split);
+        snprintf(path, sizeof path, "%s/%s.reports.csv", dir, split);
+        FILE *fp = fopen(tmp, "wb");
+        int ok = fp && fputs("AccessionNumber,report\n", fp) >= 0;
+        for (size_t i = 0; i < n && ok; i++)
+            ok = fputs(items[i].csv, fp) >= 0;
+        if (fp && fclose(fp) != 0)
+            ok = 0;
+        if (!ok || rename(tmp, path) != 0) {
+            int e = errno;
+            remove(tmp);
+            rc = util_errf(eb, el, SYNTH_IO, "%s: write failed: %s", path, strerror(e));
+        }
+    }
     if (!rc && st) {
         memset(st, 0, sizeof *st);
         st->volumes = V;
@@ -2965,8 +3256,10 @@ int synth_dataset_write(const char *dir, const synth_opts *o, synth_stats *st,
         for (size_t i = 0; i < n; i++)
             st->bytes += items[i].bytes;
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         free(items[i].line);
+        free(items[i].csv);
+    }
     free(items);
     return rc;
 }

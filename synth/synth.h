@@ -174,6 +174,8 @@ int synth_size_parse(const char *s, synth_size *out);    /* "default" "small" */
  * generating thread finished it, with a lock held (never concurrently). */
 typedef void (*synth_progress_fn)(void *ctx, size_t done, size_t total);
 
+typedef enum { SYNTH_FORMAT_NIFTI = 0, SYNTH_FORMAT_DICOM = 1 } synth_format;
+
 typedef struct synth_opts {
     uint64_t seed;
     size_t volumes;        /* CT volumes (new patients) */
@@ -184,6 +186,8 @@ typedef struct synth_opts {
     int threads;           /* <= 0: the online CPUs (at most 64) */
     synth_progress_fn progress; /* may be NULL */
     void *ctx;
+    synth_format format; /* NIfTI + PNG (default), or DICOM: a series folder per volume,
+                            a DX file per radiograph, and <split>.reports.csv */
 } synth_opts;
 
 /* ---- one study in memory ------------------------------------------------- */
@@ -268,6 +272,21 @@ int synth_write_nifti(const synth_study *s, const char *path, char *errbuf,
                           size_t errlen);
 /* Writes the radiograph as a 16-bit greyscale PNG.  Codes as above. */
 int synth_write_png(const synth_study *s, const char *path, char *errbuf, size_t errlen);
+
+/* Where a study sits, for its DICOM identifiers: UIDs under 2.25 derived
+ * from (seed, study), AccessionNumber S<study>, PatientID P<patient>. */
+typedef struct synth_dicom_ids {
+    uint64_t seed, patient, study;
+} synth_dicom_ids;
+/* Writes the study as DICOM Part 10, explicit VR little endian: a volume
+ * as a CT series, one file per slice (path: a folder, created; files
+ * 0000.dcm ...; the stored int16 values with RescaleIntercept, the
+ * geometry of the affine in LPS), a radiograph as one DX file (path)
+ * with PixelSpacing, no window (its 16-bit range is the display range, so
+ * it reads as the PNG does).  The headers carry a synthetic PatientName and
+ * PatientID, which medsem must never keep.  Codes as above. */
+int synth_write_dicom(const synth_study *s, const char *path, const synth_dicom_ids *ids,
+                      char *errbuf, size_t errlen);
 
 /* ---- a whole dataset ------------------------------------------------------ */
 

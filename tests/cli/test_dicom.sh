@@ -34,6 +34,27 @@ done
 c=$(cosine "$(emb --image "$D/dx8.png")" "$(emb --image "$D/dx8.dcm")")
 python3 -c "import sys; sys.exit(0 if float('$c') >= 0.999 else 1)" && ok "a DICOM radiograph encodes as its PNG (cosine $c)" || bad "dx8: cosine $c"
 
+# without --modality a DICOM file's own Modality maps its intensities
+c=$(cosine "$ref" "$(emb --volume "$D/series_axial")")
+python3 -c "import sys; sys.exit(0 if float('$c') >= 0.999 else 1)" && ok "a CT series without --modality is mapped as CT (cosine $c)" || bad "modality from header: cosine $c"
+
+# --- synth --format dicom: the same studies as NIfTI + PNG, as DICOM ------------------------
+"$MEDSEM" synth --out "$T/sn" --volumes 3 --images 3 --size small --seed 9 --quiet >/dev/null &&
+"$MEDSEM" synth --out "$T/sd" --volumes 3 --images 3 --size small --seed 9 --format dicom --quiet >/dev/null &&
+    ok "synth --format dicom" || bad "synth dicom"
+[ -d "$T/sd/train/vol_000000" ] && [ -f "$T/sd/train/img_000000.dcm" ] && [ -f "$T/sd/train.reports.csv" ] &&
+    ok "a series folder per volume, a file per radiograph, reports.csv" || bad "synth dicom layout: $(ls -R "$T/sd" | head)"
+for i in 0 1 2; do
+    v=$(printf %06d $i)
+    c1=$(cosine "$(emb --volume "$T/sn/train/vol_$v.nii.gz" --modality CT)" "$(emb --volume "$T/sd/train/vol_$v")")
+    c2=$(cosine "$(emb --image "$T/sn/train/img_$v.png")" "$(emb --image "$T/sd/train/img_$v.dcm")")
+    python3 -c "import sys; sys.exit(0 if min(float('$c1'), float('$c2')) >= 0.9999 else 1)" &&
+        ok "synth study $i: DICOM encodes as NIfTI / PNG ($c1, $c2)" || bad "synth study $i: $c1 $c2"
+done
+"$MEDSEM" scan "$T/sd/train" --out "$T/sd.jsonl" --reports "$T/sd/train.reports.csv" --quiet >"$T/out" 2>&1 &&
+    grep -q "3 volumes, 3 radiographs" "$T/out" && grep -q "for 6 of 6 lines" "$T/out" &&
+    ok "scan finds synth's series and joins its reports" || bad "scan synth: $(cat "$T/out")"
+
 # --- ingest -----------------------------------------------------------------------------
 cat > "$T/m.jsonl" <<JSON
 {"kind":"volume","file":"$D/series_axial","report":"Axial series."}
@@ -126,6 +147,12 @@ printf 'id,text\n' > "$T/nokey.csv"
 mkdir -p "$T/empty"
 "$MEDSEM" scan "$T/empty" --out "$T/scan5.jsonl" --quiet >"$T/out" 2>"$T/err"
 [ $? -eq 1 ] && grep -q "no CT, MR, PET series" "$T/err" && ok "a folder without images says so" || bad "empty: $(cat "$T/err")"
+
+# --- the example runs as written ----------------------------------------------------------
+if [ -s "$SRC/models/default/model.safetensors" ]; then
+    MEDSEM_BUILD_DIR="$B" MEDSEM_EXAMPLE_N=4 bash "$SRC/examples/dicom.sh" "$T/example" >"$T/out" 2>&1 &&
+        grep -q "8 items, 8 new" "$T/out" && ok "examples/dicom.sh runs end to end" || bad "example: $(tail -20 "$T/out")"
+fi
 
 echo "1..$n"
 [ "$fails" -eq 0 ]

@@ -2,7 +2,7 @@
  * from memory, as a volume and as a radiograph, with small limits so that
  * a header's claims cannot make the target itself slow.  Inputs without
  * the Part 10 magic are given one, so that the fuzzer spends its time past
- * it. */
+ * it; inputs that start as a zip go as they are (a zipped series). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +14,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     img_limits lim = {.max_voxels = (size_t)1 << 20, .max_pixels = (size_t)1 << 20};
     const uint8_t *in = data;
     uint8_t *buf = NULL;
-    if (!img_is_dicom_mem(data, size)) {
+    int zip = size >= 4 && !memcmp(data, "PK\x03\x04", 4); /* a zipped series */
+    if (!img_is_dicom_mem(data, size) && !zip) {
         buf = malloc(size + 132);
         if (!buf)
             return 0;

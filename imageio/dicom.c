@@ -37,7 +37,7 @@ int img_is_dicom_path(const char *path)
         return has_ext(path ? path : "", ".dcm") || has_ext(path ? path : "", ".dicom");
     if (S_ISDIR(st.st_mode))
         return 1;
-    if (has_ext(path, ".dcm") || has_ext(path, ".dicom"))
+    if (has_ext(path, ".dcm") || has_ext(path, ".dicom") || has_ext(path, ".zip"))
         return 1;
     if (has_ext(path, ".nii") || has_ext(path, ".nii.gz") || has_ext(path, ".png"))
         return 0;
@@ -128,7 +128,9 @@ static void rescale(float *v, size_t n, double slope, double icpt)
 /* ---- one slice of a series -------------------------------------------------- */
 
 typedef struct slice {
-    char *path;    /* the file (a series) */
+    char *path;    /* the file (a series), or its name in a zip */
+    const unsigned char *mem; /* a zip entry's bytes, or NULL */
+    size_t mlen;
     img__dcm h;
     int frame;     /* the frame of a multi-frame file */
     double pos[3]; /* its ImagePositionPatient */
@@ -352,7 +354,8 @@ static int build_volume(const char *name, const char *path, const void *mem, siz
         if (!rc && s[k].path) {
             img__dcm hh;
             float *one = NULL;
-            rc = img__dcm_read(s[k].path, NULL, 0, NULL, &hh, &one, plane, eb, el);
+            rc = img__dcm_read(s[k].mem ? NULL : s[k].path, s[k].mem, s[k].mlen,
+                               s[k].mem ? s[k].path : NULL, &hh, &one, plane, eb, el);
             img__dcm_free(&hh);
             if (!rc && (hh.rows != h0->rows || hh.cols != h0->cols || hh.frames != 1))
                 rc = util_errf(eb, el, IMG_FORMAT, "%s: changed while it was read", s[k].path);
@@ -389,6 +392,39 @@ static int build_volume(const char *name, const char *path, const void *mem, siz
     return rc;
 }
 
+/* The header of slice c of a series (a file or a zip entry), checked
+ * against the first, s[0]. */
+static int series_slice(const char *dir, slice *s, slice *c, char *eb, size_t el)
+{
+    int rc = c->mem ? img__dcm_read(NULL, c->mem, c->mlen, c->path, &c->h, NULL, 0, eb, el)
+                    : img__dcm_read(c->path, NULL, 0, NULL, &c->h, NULL, 0, eb, el);
+    if (!rc && !(c->h.present & IMG__DCM_PIXELS))
+        rc = util_errf(eb, el, IMG_FORMAT, "%s: %s is not an image (SOPClassUID %s); a series "
+                       "holds one image series (medsem scan sorts a mixed folder)",
+                       dir, base(c->path), c->h.sop_class);
+    if (!rc && c->h.frames != 1)
+        rc = util_errf(eb, el, IMG_UNSUPPORTED, "%s: %s has %d frames; a series of multi-frame "
+                       "files is not read (give the file itself)", dir, base(c->path),
+                       c->h.frames);
+    if (!rc && strcmp(c->h.series_uid, s[0].h.series_uid))
+        rc = util_errf(eb, el, IMG_FORMAT, "%s: mixed series: %s is in series %s, %s in %s "
+                       "(medsem scan splits a folder into series)", dir, base(s[0].path),
+                       s[0].h.series_uid, base(c->path), c->h.series_uid);
+    if (!rc && memcmp(c->h.iop, s[0].h.iop, sizeof c->h.iop)) {
+        int same = 1;
+        for (int a = 0; a < 6; a++)
+            same &= fabs(c->h.iop[a] - s[0].h.iop[a]) < 1e-4;
+        if (!same)
+            rc = util_errf(eb, el, IMG_FORMAT, "%s: ImageOrientationPatient of %s differs "
+                           "from that of %s: not one stack", dir, base(c->path), base(s[0].path));
+    }
+    if (!rc && !(c->h.present & IMG__DCM_IPP))
+        rc = util_errf(eb, el, IMG_FORMAT, "%s: %s has no ImagePositionPatient", dir,
+                       base(c->path));
+    memcpy(c->pos, c->h.ipp, sizeof c->pos);
+    return rc;
+}
+
 static int series_headers(const char *dir, slice **out, int *n, int *files, char *eb, size_t el)
 {
     char **names = NULL;
@@ -411,32 +447,7 @@ static int series_headers(const char *dir, slice **out, int *n, int *files, char
         slice *c = &s[m];
         c->path = names[i];
         m++;
-        rc = img__dcm_read(c->path, NULL, 0, NULL, &c->h, NULL, 0, eb, el);
-        if (!rc && !(c->h.present & IMG__DCM_PIXELS))
-            rc = util_errf(eb, el, IMG_FORMAT, "%s: %s is not an image (SOPClassUID %s); a series "
-                           "folder holds one image series (medsem scan sorts a mixed folder)",
-                           dir, base(c->path), c->h.sop_class);
-        if (!rc && c->h.frames != 1)
-            rc = util_errf(eb, el, IMG_UNSUPPORTED, "%s: %s has %d frames; a series folder of "
-                           "multi-frame files is not read (give the file itself)", dir,
-                           base(c->path), c->h.frames);
-        if (!rc && strcmp(c->h.series_uid, s[0].h.series_uid))
-            rc = util_errf(eb, el, IMG_FORMAT, "%s: mixed series: %s is in series %s, %s in %s "
-                           "(medsem scan splits a folder into series)", dir, base(s[0].path),
-                           s[0].h.series_uid, base(c->path), c->h.series_uid);
-        if (!rc && memcmp(c->h.iop, s[0].h.iop, sizeof c->h.iop)) {
-            int same = 1;
-            for (int a = 0; a < 6; a++)
-                same &= fabs(c->h.iop[a] - s[0].h.iop[a]) < 1e-4;
-            if (!same)
-                rc = util_errf(eb, el, IMG_FORMAT, "%s: ImageOrientationPatient of %s differs "
-                               "from that of %s: not one stack", dir, base(c->path),
-                               base(s[0].path));
-        }
-        if (!rc && !(c->h.present & IMG__DCM_IPP))
-            rc = util_errf(eb, el, IMG_FORMAT, "%s: %s has no ImagePositionPatient", dir,
-                           base(c->path));
-        memcpy(c->pos, c->h.ipp, sizeof c->pos);
+        rc = series_slice(dir, s, c, eb, el);
     }
     free(names);
     if (rc) {
@@ -449,10 +460,67 @@ static int series_headers(const char *dir, slice **out, int *n, int *files, char
     return IMG_OK;
 }
 
+/* A zip of one series in memory: its entries are the slices. out NULL:
+ * the headers only (meta). */
+#define ZIP_MAX_ENTRIES 4096
+static int read_zip(const unsigned char *b, size_t n, const char *name, const img_limits *lim,
+                    img_vol *out, img_dicom_meta *meta, char *eb, size_t el)
+{
+    /* the inflated files may hold the volume's stored samples (up to 8 bytes
+     * each) plus their headers */
+    size_t max_total = lim_voxels(lim) * 8 + ((size_t)64 << 20);
+    img__zip_entry *e;
+    int ne, rc = img__zip_read(b, n, name, max_total, ZIP_MAX_ENTRIES, &e, &ne, eb, el);
+    if (rc)
+        return rc;
+    size_t inflated = 0;
+    for (int i = 0; i < ne; i++)
+        inflated += e[i].len;
+    slice *s = calloc((size_t)ne, sizeof *s);
+    if (!s) {
+        img__zip_free(e, ne);
+        return util_errf(eb, el, IMG_NOMEM, "%s: out of memory", name);
+    }
+    if (out && lim && lim->admit)
+        rc = lim->admit(lim->admit_ctx, inflated, name, eb, el);
+    int m = 0;
+    for (int i = 0; i < ne && !rc; i++) {
+        slice *c = &s[m++];
+        if (!(c->path = strdup(e[i].name))) {
+            rc = util_errf(eb, el, IMG_NOMEM, "%s: out of memory", name);
+            break;
+        }
+        c->mem = e[i].data;
+        c->mlen = e[i].len;
+        rc = series_slice(name, s, c, eb, el);
+    }
+    if (!rc && m == 1)
+        rc = util_errf(eb, el, IMG_FORMAT, "%s: the zip holds one slice; send the file itself",
+                       name);
+    if (!rc && out)
+        rc = build_volume(name, NULL, NULL, 0, s, m, lim, out, meta, m, eb, el);
+    else if (!rc)
+        fill_meta(&s[0].h, m, m, meta);
+    slices_free(s, m);
+    img__zip_free(e, ne);
+    return rc;
+}
+
 static int read_volume(const char *path, const void *mem, size_t len, const char *name,
                        const img_limits *lim, img_vol *out, img_dicom_meta *meta, char *eb,
                        size_t el)
 {
+    if (mem && img__is_zip(mem, len))
+        return read_zip(mem, len, name, lim, out, meta, eb, el);
+    if (path && has_ext(path, ".zip")) {
+        size_t n;
+        unsigned char *b = (unsigned char *)util_read_file(path, &n);
+        if (!b)
+            return util_errf(eb, el, IMG_IO, "%s: %s", path, strerror(errno));
+        int rc = read_zip(b, n, name, lim, out, meta, eb, el);
+        free(b);
+        return rc;
+    }
     slice *s = NULL;
     int n = 0, files = 1, rc;
     struct stat st;
@@ -612,6 +680,8 @@ int img_read_dicom_meta(const char *path, img_dicom_meta *meta, char *errbuf, si
 {
     if (!path || !meta)
         return util_errf(errbuf, errlen, IMG_INVAL, "img_read_dicom_meta: NULL argument");
+    if (has_ext(path, ".zip"))
+        return read_volume(path, NULL, 0, path, NULL, NULL, meta, errbuf, errlen);
     struct stat st;
     if (!stat(path, &st) && S_ISDIR(st.st_mode)) {
         slice *s;
@@ -645,7 +715,7 @@ int img_read_volume(const char *path, const img_limits *lim, img_vol *out, char 
 int img_read_volume_mem(const void *data, size_t len, const char *name, const img_limits *lim,
                         img_vol *out, char *errbuf, size_t errlen)
 {
-    if (img_is_dicom_mem(data, len))
+    if (img_is_dicom_mem(data, len) || img__is_zip(data, len))
         return img_read_dicom_mem(data, len, name, lim, out, NULL, errbuf, errlen);
     return img_read_nifti_mem(data, len, name, lim, out, errbuf, errlen);
 }

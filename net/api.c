@@ -464,13 +464,14 @@ static int get_blob(net_call *c, const cJSON *v, const char *name, unsigned char
                          (!d[0] && !d[1] && d[2] == 1 && d[3] == 0x5c) ||  /* 348 BE */
                          (d[0] == 0x1c && d[1] == 2 && !d[2] && !d[3]) ||  /* 540 LE */
                          (!d[0] && !d[1] && d[2] == 2 && d[3] == 0x1c));   /* 540 BE */
-    int dcm = img_is_dicom_mem(d, n);
+    int dcm = img_is_dicom_mem(d, n) || (n >= 4 && !memcmp(d, "PK\x03\x04", 4) && !strstr(name, "image"));
     int is_image = strstr(name, "image") != NULL;
     if (!(gz || nii || dcm || (is_image && png))) {
         net_api_error(c, 400, "%s: not %s (%zu bytes that are neither%s)", name,
                       is_image ? "a PNG, NIfTI or DICOM image"
-                               : "a NIfTI (.nii or .nii.gz) or DICOM volume", n,
-                      is_image ? " PNG, NIfTI, DICOM nor gzip" : " NIfTI, DICOM nor gzip");
+                               : "a NIfTI (.nii or .nii.gz) or DICOM volume (a file, or a zip of "
+                                 "a series)", n,
+                      is_image ? " PNG, NIfTI, DICOM nor gzip" : " NIfTI, DICOM, zip nor gzip");
         return -1;
     }
     return 0;

@@ -382,6 +382,8 @@ static const char *upload_ext(int input, const unsigned char *d, size_t n)
         return ".png";
     if (img_is_dicom_mem(d, n))
         return ".dcm";
+    if (input != NET_INPUT_IMAGE && n >= 4 && !memcmp(d, "PK\x03\x04", 4))
+        return ".zip"; /* a DICOM series */
     return is_gzip(d, n) ? ".nii.gz" : ".nii";
 }
 

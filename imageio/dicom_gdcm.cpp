@@ -522,6 +522,12 @@ int read_any(const char *path, const void *mem, size_t len, const char *name, im
     if (h->rows < 1 || h->cols < 1)
         return fail(eb, el, IMG_FORMAT, "%s: Rows %d, Columns %d: an empty image", name, h->rows,
                     h->cols);
+    // GDCM asserts on an RT Dose object with one frame (its spacing code
+    // reads GridFrameOffsetVector as NumberOfFrames): doses are not images
+    // medsem encodes anyway.
+    if (!strcmp(h->sop_class, "1.2.840.10008.5.1.4.1.1.481.2"))
+        return fail(eb, el, IMG_UNSUPPORTED, "%s: an RT Dose (SOPClassUID %s) is not an image "
+                    "medsem reads", name, h->sop_class);
     // GDCM asserts on some values of the image pixel module rather than
     // failing: they are checked here first (PS3.3 C.7.6.3).
     if (h->samples != 1 && h->samples != 3)

@@ -23,7 +23,7 @@ build() {
     local san="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined"
     if [ ! -f Makefile ] || [ "$top/configure" -nt Makefile ]; then
         "$top/configure" CC=clang CXX=clang++ CFLAGS="-O1 -g $san" \
-            CXXFLAGS="-O1 -g $san -fno-sanitize=vptr" \
+            CXXFLAGS="-O1 -g $san -fno-sanitize=vptr,function" \
             LDFLAGS="-fsanitize=address,undefined" >/dev/null
     fi
     make -j"$(nproc)" fuzz >"$b/build.log" 2>&1 || { tail -n 40 "$b/build.log"; exit 1; }
@@ -31,6 +31,7 @@ build() {
 }
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export LSAN_OPTIONS=suppressions=$top/tests/lsan.supp:print_suppressions=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 case ${1:-replay} in
 build)

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -293,6 +294,51 @@ static void test_pydicom_others(void **state)
     free(p);
 }
 
+/* Every file among pydicom's test files, good and bad, as a volume and as
+ * a radiograph: read or refused with a message, never a crash (GDCM
+ * asserts on some: the RT Dose of one frame is refused first). */
+static void test_every_pydicom_file(void **state)
+{
+    (void)state;
+    char *probe = pyfile("MR_small.dcm");
+    NEED_PYDICOM(probe);
+    free(probe);
+    DIR *d = opendir(pydicom_dir());
+    assert_non_null(d);
+    struct dirent *e;
+    int files = 0, vols = 0, imgs = 0;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n < 5 || strcmp(e->d_name + n - 4, ".dcm"))
+            continue;
+        char *p = pyfile(e->d_name);
+        img_vol v = {0};
+        char err[512] = "";
+        int rc = img_read_volume(p, NULL, &v, err, sizeof err);
+        if (rc == IMG_OK)
+            vols++, img_vol_free(&v);
+        else
+            assert_true(err[0] != '\0');
+        err[0] = '\0';
+        rc = img_read_2d(p, NULL, &v, err, sizeof err);
+        if (rc == IMG_OK)
+            imgs++, img_vol_free(&v);
+        else
+            assert_true(err[0] != '\0');
+        files++;
+        free(p);
+    }
+    closedir(d);
+    printf("# %d pydicom files: %d read as volumes, %d as radiographs, the rest refused\n", files,
+           vols, imgs);
+    assert_true(files >= 60);
+    char *p = pyfile("rtdose_1frame.dcm"), err[512];
+    img_vol v = {0};
+    assert_int_equal(img_read_2d(p, NULL, &v, err, sizeof err), IMG_UNSUPPORTED);
+    assert_non_null(strstr(err, "RT Dose"));
+    free(p);
+}
+
 /* A series written from a NIfTI volume reads back as that volume: stored
  * in LPS, in reverse order, oblique, and as one enhanced multi-frame file. */
 static void test_series_equals_nifti(void **state)
@@ -540,7 +586,7 @@ int main(void)
         cmocka_unit_test(test_ct_small),           cmocka_unit_test(test_colour_and_lossy),
         cmocka_unit_test(test_pydicom_others),     cmocka_unit_test(test_series_equals_nifti),
         cmocka_unit_test(test_series_refusals),    cmocka_unit_test(test_radiographs),
-        cmocka_unit_test(test_zip),
+        cmocka_unit_test(test_zip),                cmocka_unit_test(test_every_pydicom_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

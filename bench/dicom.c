@@ -15,7 +15,6 @@
 #include <time.h>
 
 #include "encoder/encoder.h"
-#include "encoder/preprocess.h"
 #include "imageio/imageio.h"
 
 static double now(void)

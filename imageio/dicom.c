@@ -469,16 +469,19 @@ static int read_zip(const unsigned char *b, size_t n, const char *name, const im
     /* the inflated files may hold the volume's stored samples (up to 8 bytes
      * each) plus their headers */
     size_t max_total = lim_voxels(lim) * 8 + ((size_t)64 << 20);
-    img__zip_entry *e;
-    int ne, rc = img__zip_read(b, n, name, max_total, ZIP_MAX_ENTRIES, &e, &ne, eb, el);
+    util_zip_entry *e;
+    int ne, rc = util_zip_read(b, n, name, max_total, ZIP_MAX_ENTRIES, &e, &ne, eb, el);
     if (rc)
-        return rc;
+        return rc == UTIL_ZIP_UNSUPPORTED ? IMG_UNSUPPORTED
+               : rc == UTIL_ZIP_TOOBIG    ? IMG_TOOBIG
+               : rc == UTIL_ZIP_NOMEM     ? IMG_NOMEM
+                                          : IMG_FORMAT;
     size_t inflated = 0;
     for (int i = 0; i < ne; i++)
         inflated += e[i].len;
     slice *s = calloc((size_t)ne, sizeof *s);
     if (!s) {
-        img__zip_free(e, ne);
+        util_zip_free(e, ne);
         return util_errf(eb, el, IMG_NOMEM, "%s: out of memory", name);
     }
     if (out && lim && lim->admit)
@@ -502,7 +505,7 @@ static int read_zip(const unsigned char *b, size_t n, const char *name, const im
     else if (!rc)
         fill_meta(&s[0].h, m, m, meta);
     slices_free(s, m);
-    img__zip_free(e, ne);
+    util_zip_free(e, ne);
     return rc;
 }
 
@@ -510,7 +513,7 @@ static int read_volume(const char *path, const void *mem, size_t len, const char
                        const img_limits *lim, img_vol *out, img_dicom_meta *meta, char *eb,
                        size_t el)
 {
-    if (mem && img__is_zip(mem, len))
+    if (mem && util_is_zip(mem, len))
         return read_zip(mem, len, name, lim, out, meta, eb, el);
     if (path && has_ext(path, ".zip")) {
         size_t n;
@@ -715,7 +718,7 @@ int img_read_volume(const char *path, const img_limits *lim, img_vol *out, char 
 int img_read_volume_mem(const void *data, size_t len, const char *name, const img_limits *lim,
                         img_vol *out, char *errbuf, size_t errlen)
 {
-    if (img_is_dicom_mem(data, len) || img__is_zip(data, len))
+    if (img_is_dicom_mem(data, len) || util_is_zip(data, len))
         return img_read_dicom_mem(data, len, name, lim, out, NULL, errbuf, errlen);
     return img_read_nifti_mem(data, len, name, lim, out, errbuf, errlen);
 }

@@ -56,23 +56,6 @@ int img__dcm_read(const char *path, const void *mem, size_t len, const char *nam
  * the byte and element where it does not. */
 int img__dcm_walk(const unsigned char *b, size_t n, const char *name, char *errbuf, size_t errlen);
 
-/* Zip archives in memory (zip.c): a DICOM series uploaded as one file. */
-typedef struct img__zip_entry {
-    char *name;          /* as in the archive */
-    unsigned char *data; /* inflated */
-    size_t len;
-} img__zip_entry;
-int img__is_zip(const void *data, size_t len); /* the local header signature PK\3\4 */
-/* The file entries (folders, __MACOSX/, hidden files and DICOMDIR left
- * out), stored or deflated, inflated into memory: at most max_entries
- * entries and max_total bytes in all (checked from the directory before
- * inflating), each entry's length and CRC-32 checked.  Codes: IMG_FORMAT,
- * IMG_UNSUPPORTED (ZIP64, encryption, other methods), IMG_TOOBIG,
- * IMG_NOMEM. */
-int img__zip_read(const unsigned char *b, size_t n, const char *name, size_t max_total,
-                  int max_entries, img__zip_entry **out, int *count, char *errbuf, size_t errlen);
-void img__zip_free(img__zip_entry *e, int n);
-
 /* Frees what img__dcm_read allocated in h. */
 void img__dcm_free(img__dcm *h);
 

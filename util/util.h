@@ -50,6 +50,27 @@ double util_now(void);
  * from its X-macro map, n entries); dflt for a code outside it. */
 const char *util_errtab(const char *const *tab, int n, int code, const char *dflt);
 
+/* ---- zip archives in memory (zip.c) ------------------------------------------ */
+
+/* Codes of util_zip_read (each module maps them to its own). */
+enum { UTIL_ZIP_FORMAT = 1, UTIL_ZIP_UNSUPPORTED, UTIL_ZIP_TOOBIG, UTIL_ZIP_NOMEM };
+typedef struct util_zip_entry {
+    char *name;          /* as in the archive */
+    unsigned char *data; /* inflated */
+    size_t len;
+} util_zip_entry;
+/* Whether bytes begin with a zip local header (PK\3\4). */
+int util_is_zip(const void *data, size_t len);
+/* The file entries of a zip in memory (folders, __MACOSX/, hidden files and
+ * DICOMDIR left out), stored or deflated, inflated: at most max_entries
+ * entries and max_total bytes in all (checked from the central directory
+ * before inflating), each entry's length and CRC-32 checked; ZIP64,
+ * encryption and other methods refused.  0, or a UTIL_ZIP_ code with a
+ * message naming `name` and the entry. */
+int util_zip_read(const unsigned char *b, size_t n, const char *name, size_t max_total,
+                  int max_entries, util_zip_entry **out, int *count, char *errbuf, size_t errlen);
+void util_zip_free(util_zip_entry *e, int n);
+
 /* ---- SHA-256 (sha256.c) ----------------------------------------------------- */
 
 #define UTIL_SHA256_SIZE 32

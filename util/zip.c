@@ -1,11 +1,9 @@
-/* imageio/zip.c: the entries of a zip archive in memory (a DICOM series
- * uploaded as one zip).  Stored and deflated entries (APPNOTE 6.3: the end
+/* util/zip.c: the entries of a zip archive in memory (a DICOM series
+ * uploaded as one zip, a PyTorch checkpoint).  Stored and deflated entries (APPNOTE 6.3: the end
  * of central directory record, the central directory, each local header);
  * ZIP64, encryption and other methods are refused.  Sizes are checked
  * against a budget before anything is inflated, and every entry's inflated
  * length and CRC-32 against what the directory says. */
-#include "imageio/dicom_internal.h"
-#include "imageio/imageio.h"
 #include "util/util.h"
 
 #include <stdint.h>
@@ -21,12 +19,12 @@ static uint32_t le32(const unsigned char *p)
 
 static unsigned le16(const unsigned char *p) { return (unsigned)(p[0] | p[1] << 8); }
 
-int img__is_zip(const void *data, size_t len)
+int util_is_zip(const void *data, size_t len)
 {
     return data && len >= 4 && !memcmp(data, "PK\x03\x04", 4);
 }
 
-void img__zip_free(img__zip_entry *e, int n)
+void util_zip_free(util_zip_entry *e, int n)
 {
     for (int i = 0; e && i < n; i++) {
         free(e[i].name);
@@ -47,8 +45,8 @@ static int wanted(const char *name)
     return b[0] != '.' && strcasecmp(b, "DICOMDIR") != 0;
 }
 
-int img__zip_read(const unsigned char *b, size_t n, const char *name, size_t max_total,
-                  int max_entries, img__zip_entry **out, int *count, char *eb, size_t el)
+int util_zip_read(const unsigned char *b, size_t n, const char *name, size_t max_total,
+                  int max_entries, util_zip_entry **out, int *count, char *eb, size_t el)
 {
     *out = NULL;
     *count = 0;
@@ -61,28 +59,28 @@ int img__zip_read(const unsigned char *b, size_t n, const char *name, size_t max
             break;
         }
     if (eocd == SIZE_MAX)
-        return util_errf(eb, el, IMG_FORMAT, "%s: a zip without its end of central directory: "
+        return util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: a zip without its end of central directory: "
                          "truncated or not a zip", name);
     unsigned entries = le16(b + eocd + 10);
     uint32_t cd_size = le32(b + eocd + 12), cd_off = le32(b + eocd + 16);
     if (entries == 0xffff || cd_size == 0xffffffffu || cd_off == 0xffffffffu)
-        return util_errf(eb, el, IMG_UNSUPPORTED, "%s: a ZIP64 archive (not supported)", name);
+        return util_errf(eb, el, UTIL_ZIP_UNSUPPORTED, "%s: a ZIP64 archive (not supported)", name);
     if (le16(b + eocd + 4) || le16(b + eocd + 6))
-        return util_errf(eb, el, IMG_UNSUPPORTED, "%s: a multi-disk zip (not supported)", name);
+        return util_errf(eb, el, UTIL_ZIP_UNSUPPORTED, "%s: a multi-disk zip (not supported)", name);
     if ((size_t)cd_off > eocd || (size_t)cd_size > eocd - cd_off)
-        return util_errf(eb, el, IMG_FORMAT, "%s: the zip's central directory lies outside it",
+        return util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: the zip's central directory lies outside it",
                          name);
     if ((int)entries > max_entries)
-        return util_errf(eb, el, IMG_TOOBIG, "%s: %u entries, more than %d", name, entries,
+        return util_errf(eb, el, UTIL_ZIP_TOOBIG, "%s: %u entries, more than %d", name, entries,
                          max_entries);
-    img__zip_entry *e = calloc(entries ? entries : 1, sizeof *e);
+    util_zip_entry *e = calloc(entries ? entries : 1, sizeof *e);
     if (!e)
-        return util_errf(eb, el, IMG_NOMEM, "%s: out of memory", name);
-    int k = 0, rc = IMG_OK;
+        return util_errf(eb, el, UTIL_ZIP_NOMEM, "%s: out of memory", name);
+    int k = 0, rc = 0;
     size_t p = cd_off, total = 0;
     for (unsigned i = 0; i < entries && !rc; i++) {
         if (p + 46 > (size_t)cd_off + cd_size || le32(b + p) != 0x02014b50) {
-            rc = util_errf(eb, el, IMG_FORMAT, "%s: zip central directory entry %u is corrupt",
+            rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: zip central directory entry %u is corrupt",
                            name, i);
             break;
         }
@@ -91,14 +89,14 @@ int img__zip_read(const unsigned char *b, size_t n, const char *name, size_t max
         unsigned nlen = le16(b + p + 28), xlen = le16(b + p + 30), clen = le16(b + p + 32);
         uint32_t loff = le32(b + p + 42);
         if (p + 46 + nlen + xlen + clen > (size_t)cd_off + cd_size) {
-            rc = util_errf(eb, el, IMG_FORMAT, "%s: zip central directory entry %u runs past it",
+            rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: zip central directory entry %u runs past it",
                            name, i);
             break;
         }
         char *ename = strndup((const char *)b + p + 46, nlen);
         p += 46 + nlen + xlen + clen;
         if (!ename) {
-            rc = util_errf(eb, el, IMG_NOMEM, "%s: out of memory", name);
+            rc = util_errf(eb, el, UTIL_ZIP_NOMEM, "%s: out of memory", name);
             break;
         }
         if (!wanted(ename)) {
@@ -107,34 +105,34 @@ int img__zip_read(const unsigned char *b, size_t n, const char *name, size_t max
         }
         e[k].name = ename;
         if (flags & 1)
-            rc = util_errf(eb, el, IMG_UNSUPPORTED, "%s: %s is encrypted", name, ename);
+            rc = util_errf(eb, el, UTIL_ZIP_UNSUPPORTED, "%s: %s is encrypted", name, ename);
         else if (method != 0 && method != 8)
-            rc = util_errf(eb, el, IMG_UNSUPPORTED, "%s: %s is compressed with method %u (only "
+            rc = util_errf(eb, el, UTIL_ZIP_UNSUPPORTED, "%s: %s is compressed with method %u (only "
                            "stored and deflate are read)", name, ename, method);
         else if (csize == 0xffffffffu || usize == 0xffffffffu || loff == 0xffffffffu)
-            rc = util_errf(eb, el, IMG_UNSUPPORTED, "%s: %s needs ZIP64 (not supported)", name,
+            rc = util_errf(eb, el, UTIL_ZIP_UNSUPPORTED, "%s: %s needs ZIP64 (not supported)", name,
                            ename);
         else if (usize > max_total - total)
-            rc = util_errf(eb, el, IMG_TOOBIG, "%s: the entries inflate to more than %zu bytes",
+            rc = util_errf(eb, el, UTIL_ZIP_TOOBIG, "%s: the entries inflate to more than %zu bytes",
                            name, max_total);
         if (rc)
             break;
         total += usize;
         /* the local header: its own name and extra lengths */
         if ((size_t)loff + 30 > n || le32(b + loff) != 0x04034b50) {
-            rc = util_errf(eb, el, IMG_FORMAT, "%s: %s: its local header is missing or corrupt",
+            rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: %s: its local header is missing or corrupt",
                            name, ename);
             break;
         }
         size_t data = (size_t)loff + 30 + le16(b + loff + 26) + le16(b + loff + 28);
         if (data > n || csize > n - data) {
-            rc = util_errf(eb, el, IMG_FORMAT, "%s: %s runs past the end of the zip: truncated",
+            rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: %s runs past the end of the zip: truncated",
                            name, ename);
             break;
         }
         unsigned char *o = malloc(usize ? usize : 1);
         if (!o) {
-            rc = util_errf(eb, el, IMG_NOMEM, "%s: out of memory", name);
+            rc = util_errf(eb, el, UTIL_ZIP_NOMEM, "%s: out of memory", name);
             break;
         }
         e[k].data = o;
@@ -142,7 +140,7 @@ int img__zip_read(const unsigned char *b, size_t n, const char *name, size_t max
         k++;
         if (method == 0) {
             if (csize != usize) {
-                rc = util_errf(eb, el, IMG_FORMAT, "%s: %s is stored with two sizes", name, ename);
+                rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: %s is stored with two sizes", name, ename);
                 break;
             }
             memcpy(o, b + data, usize);
@@ -150,7 +148,7 @@ int img__zip_read(const unsigned char *b, size_t n, const char *name, size_t max
             z_stream z;
             memset(&z, 0, sizeof z);
             if (inflateInit2(&z, -15) != Z_OK) {
-                rc = util_errf(eb, el, IMG_NOMEM, "%s: out of memory", name);
+                rc = util_errf(eb, el, UTIL_ZIP_NOMEM, "%s: out of memory", name);
                 break;
             }
             z.next_in = (unsigned char *)(uintptr_t)(b + data);
@@ -161,25 +159,25 @@ int img__zip_read(const unsigned char *b, size_t n, const char *name, size_t max
             size_t got = usize - z.avail_out;
             inflateEnd(&z);
             if (zr != Z_STREAM_END || got != usize) {
-                rc = util_errf(eb, el, IMG_FORMAT, "%s: %s does not inflate to its %u bytes: "
+                rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: %s does not inflate to its %u bytes: "
                                "corrupt or truncated", name, ename, (unsigned)usize);
                 break;
             }
         }
         if ((uint32_t)crc32(0L, o, usize) != crc) {
-            rc = util_errf(eb, el, IMG_FORMAT, "%s: %s fails its CRC-32: corrupt", name, ename);
+            rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: %s fails its CRC-32: corrupt", name, ename);
             break;
         }
     }
     if (!rc && k == 0)
-        rc = util_errf(eb, el, IMG_FORMAT, "%s: the zip holds no files", name);
+        rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: the zip holds no files", name);
     if (rc) {
         /* the entry being read when it failed holds its name: free it too */
         int m = k < (int)entries && e[k].name ? k + 1 : k;
-        img__zip_free(e, m);
+        util_zip_free(e, m);
         return rc;
     }
     *out = e;
     *count = k;
-    return IMG_OK;
+    return 0;
 }

@@ -27,6 +27,7 @@ int cmd_synth(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_ingest(int argc, char **argv);
 int cmd_scan(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 
 /* Prints "medsem: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

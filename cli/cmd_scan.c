@@ -368,7 +368,7 @@ static int reports_read(const char *path, int want, reports *rs, int *by_acc)
     free(buf);
     if (rc == -2)
         cli_error("out of memory");
-    if (!rc)
+    if (!rc && rs->n)
         qsort(rs->r, rs->n, sizeof *rs->r, cmp_report);
     return rc;
 }
@@ -509,7 +509,8 @@ int cmd_scan(int argc, char **argv)
         cli_error("%s: cannot walk the folder: %s", root, strerror(errno));
         rc = CLI_BAD_INPUT;
     }
-    qsort(s.paths, s.np, sizeof *s.paths, cmp_str);
+    if (s.np)
+        qsort(s.paths, s.np, sizeof *s.paths, cmp_str);
     cli_progress pg;
     cli_progress_start(&pg, "scan", s.np, quiet);
     for (size_t i = 0; i < s.np && !rc; i++) {
@@ -520,7 +521,8 @@ int cmd_scan(int argc, char **argv)
         cli_progress_update(&pg, i + 1);
     }
     cli_progress_finish(&pg, s.np);
-    qsort(s.r, s.n, sizeof *s.r, cmp_rec);
+    if (s.n)
+        qsort(s.r, s.n, sizeof *s.r, cmp_rec);
 
     /* the manifest, written to a temporary file and renamed */
     char tmp[PATH_MAX];

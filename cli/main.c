@@ -20,6 +20,7 @@ static const struct {
     {"import", cmd_import, "import embeddings (.npy + JSONL metadata) into a database"},
     {"search", cmd_search, "search a database by text, image, volume, vector or item"},
     {"dedup", cmd_dedup, "find exact and near-duplicate items"},
+    {"convert", cmd_convert, "turn a published checkpoint (BiomedCLIP, M3D-CLIP, a PyTorch file) into a model"},
     {"synth", cmd_synth, "write the synthetic chest benchmark (volumes, radiographs, reports)"},
     {"train", cmd_train, "train a model on a manifest of images, volumes and reports"},
     {"serve", cmd_serve, "serve the HTTP/JSON API and the search page"},

@@ -141,5 +141,6 @@ int enc_worker_volume_slices(enc_worker *w, const char *const *paths,
 #include "encoder/preprocess.h"
 #include "encoder/safetensors.h"
 #include "encoder/tokenizer.h"
+#include "encoder/torchfile.h"
 
 #endif

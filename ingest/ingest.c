@@ -510,7 +510,7 @@ static int hash_file(const char *path, uint8_t out[STORE_HASH_SIZE])
             n++;
     }
     closedir(d);
-    if (!rc)
+    if (!rc && n)
         qsort(v, n, sizeof *v, cmp_name);
     for (size_t i = 0; i < n && !rc; i++) {
         char *f;

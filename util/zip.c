@@ -112,6 +112,13 @@ int util_zip_read(const unsigned char *b, size_t n, const char *name, size_t max
         else if (csize == 0xffffffffu || usize == 0xffffffffu || loff == 0xffffffffu)
             rc = util_errf(eb, el, UTIL_ZIP_UNSUPPORTED, "%s: %s needs ZIP64 (not supported)", name,
                            ename);
+        else if (method == 0 && csize != usize)
+            rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: %s is stored with two sizes", name, ename);
+        else if (method == 8 && (uint64_t)usize > (uint64_t)csize * 1032 + 64)
+            /* deflate cannot expand past about 1032:1: a larger claim is a lie,
+             * and must not size an allocation */
+            rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: %s claims %u bytes from %u compressed: "
+                           "corrupt", name, ename, (unsigned)usize, (unsigned)csize);
         else if (usize > max_total - total)
             rc = util_errf(eb, el, UTIL_ZIP_TOOBIG, "%s: the entries inflate to more than %zu bytes",
                            name, max_total);
@@ -139,10 +146,6 @@ int util_zip_read(const unsigned char *b, size_t n, const char *name, size_t max
         e[k].len = usize;
         k++;
         if (method == 0) {
-            if (csize != usize) {
-                rc = util_errf(eb, el, UTIL_ZIP_FORMAT, "%s: %s is stored with two sizes", name, ename);
-                break;
-            }
             memcpy(o, b + data, usize);
         } else {
             z_stream z;

@@ -161,6 +161,34 @@ static void test_loss_decreases(void **state)
     trn_trainer_free(t);
 }
 
+/* Runs 60 steps; *first and *last get the mean of pick (which also checks
+ * each step) over steps 1-8 and 53-60. */
+typedef double (*stat_pick)(const trn_trainer_stats *st, int step);
+static void steps_60(trn_trainer *t, stat_pick pick, double *first, double *last)
+{
+    char err[512];
+    *first = *last = 0;
+    for (int s = 0; s < 60; s++) {
+        trn_trainer_stats st;
+        if (trn_trainer_step(t, &st, err, sizeof err))
+            fail_msg("step %d: %s", s, err);
+        double v = pick(&st, s);
+        if (s < 8)
+            *first += v / 8;
+        if (s >= 52)
+            *last += v / 8;
+    }
+}
+
+static double side_pick(const trn_trainer_stats *st, int step)
+{
+    assert_true(isfinite(st->side_loss) && st->side_loss > 0);
+    assert_true(isfinite(st->tag_loss) && st->tag_loss > 0);
+    if (step == 0)
+        assert_true(fabs(st->side_loss - log(2.0)) < 0.2);
+    return st->side_loss;
+}
+
 /* The mirror-image negatives: two of the four reports name a side (and
  * are swapped), the others are left out; the side loss starts near log 2
  * and falls as the towers learn right from left.  The multi-label tag
@@ -173,21 +201,8 @@ static void test_side_negatives(void **state)
     o.tag_weight = 1.0f;
     o.tag_bce = 1;
     trn_trainer *t = make_trainer(f, &o);
-    char err[512];
-    double first = 0, last = 0;
-    for (int s = 0; s < 60; s++) {
-        trn_trainer_stats st;
-        if (trn_trainer_step(t, &st, err, sizeof err))
-            fail_msg("step %d: %s", s, err);
-        assert_true(isfinite(st.side_loss) && st.side_loss > 0);
-        assert_true(isfinite(st.tag_loss) && st.tag_loss > 0);
-        if (s == 0)
-            assert_true(fabs(st.side_loss - log(2.0)) < 0.2);
-        if (s < 8)
-            first += st.side_loss / 8;
-        if (s >= 52)
-            last += st.side_loss / 8;
-    }
+    double first, last;
+    steps_60(t, side_pick, &first, &last);
     printf("# side loss: steps 1-8 %.4f, steps 53-60 %.4f\n", first, last);
     assert_true(last < 0.8 * first);
     trn_trainer_free(t);
@@ -249,6 +264,13 @@ static void test_resume_exact(void **state)
 
 /* Every report replaced by a phrase made from it: the towers still learn,
  * with the side and tag terms beside it. */
+static double phrase_pick(const trn_trainer_stats *st, int step)
+{
+    (void)step;
+    assert_int_equal(st->skipped, 0);
+    return st->clip_loss;
+}
+
 static void test_phrases_train(void **state)
 {
     fixture *f = *state;
@@ -258,17 +280,8 @@ static void test_phrases_train(void **state)
     o.tag_weight = 1.0f;
     trn_trainer *t = make_trainer(f, &o);
     char err[512];
-    double first = 0, last = 0;
-    for (int s = 0; s < 60; s++) {
-        trn_trainer_stats st;
-        if (trn_trainer_step(t, &st, err, sizeof err))
-            fail_msg("step %d: %s", s, err);
-        assert_int_equal(st.skipped, 0);
-        if (s < 8)
-            first += st.clip_loss / 8;
-        if (s >= 52)
-            last += st.clip_loss / 8;
-    }
+    double first, last;
+    steps_60(t, phrase_pick, &first, &last);
     printf("# phrases: contrastive loss of steps 1-8 %.4f, of steps 53-60 %.4f\n", first, last);
     assert_true(last < 0.8 * first);
     trn_trainer_free(t);

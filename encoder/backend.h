@@ -316,6 +316,8 @@ struct enc_backend {
     void *context;
     void (*destroy)(enc_backend *be);
     enc_backend_train_i train; /* backward twins (after the old fields: additive) */
+    int tiled_attention; /* CPU: 1 takes long sequences' keys in blocks with an online
+                            softmax (off: bench/attention measured it slower here) */
 };
 
 /* The CPU backend: OpenBLAS sgemm for the products, our own loops for the

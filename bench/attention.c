@@ -11,7 +11,6 @@
 #include <time.h>
 
 #include "encoder/encoder.h"
-#include "encoder/backend.h"
 
 static double now(void)
 {

@@ -415,14 +415,6 @@ static void cpu_softmax(enc_backend *be, float *out, const float *in, int rows, 
     }
 }
 
-/* out [B, T, D] = softmax(q k^T / sqrt(hd) + maskbias) v, per batch and head,
- * qkv [B, T, 3D], mask [B, T] or NULL, probs [B, H, T, T] or NULL.
- *
- * Tasks are (batch, head, block of ATT_ROWS query rows), spread over the
- * team.  Each is two single-threaded sgemms straight out of the fused qkv
- * (leading dimension 3D, no copies) around the softmax of its rows; the
- * scores live in probs when the caller wants them and in the thread's slice
- * of scratch otherwise. */
 /* Keys per block of the tiled attention, and the sequence length from which
  * it may be used.  It is off unless be->tiled_attention: on the 2-core
  * development machine bench/attention measured it 1.08x slower than the
@@ -432,94 +424,83 @@ static void cpu_softmax(enc_backend *be, float *out, const float *in, int rows, 
 #define ATT_KEYS 2048
 #define ATT_TILED_MIN 2048
 
-/* The same as cpu_attention without probabilities, for long sequences: for
- * each block of query rows the keys are taken ATT_KEYS at a time with an
- * online softmax (a running maximum and sum per row, the partial output
- * rescaled when the maximum grows), so the scores in flight are ATT_ROWS x
- * ATT_KEYS instead of ATT_ROWS x T and stay in cache.  The thread's slice
- * of scratch (ATT_ROWS x T floats) holds the score block, the partial
- * output and the two per-row numbers (T >= ATT_TILED_MIN leaves room for
- * head widths up to T - ATT_KEYS - 2). */
-static void attention_tiled(enc_backend *be, float *out, const float *qkv, const float *mask,
-                            float *scratch, int B, int T, int D, int H)
+/* One task of the tiled attention: n <= ATT_ROWS query rows q against the
+ * T keys k and values v (leading dimension ld), the keys ATT_KEYS at a time
+ * with an online softmax (a running maximum and sum per row, the partial
+ * output rescaled when the maximum grows), so the scores in flight are
+ * ATT_ROWS x ATT_KEYS.  S is the thread's slice of scratch (ATT_ROWS x T
+ * floats): the score block, the partial output and the two per-row numbers
+ * (T >= ATT_KEYS + hd + 2).  Writes o [n, hd] with leading dimension ldo. */
+static void attention_rows_tiled(float *S, const float *q, const float *k, const float *v,
+                                 const float *mb, int n, int T, int hd, int ld, float scale,
+                                 float *o, int ldo)
 {
-    const int hd = D / H;
-    const int ld = 3 * D;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int rows = ATT_ROWS;
-    const int nblk = (T + rows - 1) / rows;
-    const int ntasks = B * H * nblk;
-    assert(T >= ATT_KEYS + hd + 2);
-    ENC__PARALLEL_FOR(be->nthreads, dynamic, 1)
-    for (int task = 0; task < ntasks; task++) {
-        int b = task / (H * nblk), h = task / nblk % H, i0 = task % nblk * rows;
-        int n = T - i0 < rows ? T - i0 : rows;
-        const float *base = qkv + (size_t)b * T * ld;
-        const float *q = base + (size_t)i0 * ld + h * hd, *k = base + D + h * hd;
-        const float *v = base + 2 * D + h * hd;
-        float *S = scratch + (size_t)thread_id() * rows * T;
-        float *acc = S + (size_t)rows * ATT_KEYS, *mx = acc + (size_t)rows * hd, *sum = mx + rows;
-        const float *mb = mask ? mask + (size_t)b * T : NULL;
+    float *acc = S + (size_t)ATT_ROWS * ATT_KEYS, *mx = acc + (size_t)ATT_ROWS * hd;
+    float *sum = mx + ATT_ROWS;
+    for (int i = 0; i < n; i++) {
+        mx[i] = -INFINITY;
+        sum[i] = 0.0f;
+    }
+    memset(acc, 0, (size_t)n * hd * sizeof *acc);
+    for (int j0 = 0; j0 < T; j0 += ATT_KEYS) {
+        int kn = T - j0 < ATT_KEYS ? T - j0 : ATT_KEYS;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, kn, hd, scale, q, ld,
+                    k + (size_t)j0 * ld, ld, 0.0f, S, kn);
         for (int i = 0; i < n; i++) {
-            mx[i] = -INFINITY;
-            sum[i] = 0.0f;
-        }
-        memset(acc, 0, (size_t)n * hd * sizeof *acc);
-        for (int j0 = 0; j0 < T; j0 += ATT_KEYS) {
-            int kn = T - j0 < ATT_KEYS ? T - j0 : ATT_KEYS;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, kn, hd, scale, q, ld,
-                        k + (size_t)j0 * ld, ld, 0.0f, S, kn);
-            for (int i = 0; i < n; i++) {
-                float *restrict srow = S + (size_t)i * kn;
-                if (mb != NULL) {
-                    ENC__OMP(simd)
-                    for (int j = 0; j < kn; j++)
-                        srow[j] += (1.0f - mb[j0 + j]) * -FLT_MAX;
-                }
-                float m = mx[i];
+            float *restrict srow = S + (size_t)i * kn;
+            if (mb != NULL) {
+                ENC__OMP(simd)
                 for (int j = 0; j < kn; j++)
-                    m = srow[j] > m ? srow[j] : m;
-                if (m == -INFINITY) { /* every score so far -inf: nothing to add */
-                    memset(srow, 0, (size_t)kn * sizeof *srow);
-                    continue;
-                }
-                float corr = mx[i] == -INFINITY ? 0.0f : exp_fast(mx[i] - m), add = 0.0f;
-                ENC__OMP(simd reduction(+ : add))
-                for (int j = 0; j < kn; j++) {
-                    float e = exp_fast(srow[j] - m);
-                    srow[j] = e;
-                    add += e;
-                }
-                sum[i] = sum[i] * corr + add;
-                mx[i] = m;
-                if (corr != 1.0f) {
-                    float *restrict a = acc + (size_t)i * hd;
-                    ENC__OMP(simd)
-                    for (int c = 0; c < hd; c++)
-                        a[c] *= corr;
-                }
+                    srow[j] += (1.0f - mb[j0 + j]) * -FLT_MAX;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, kn, 1.0f, S, kn,
-                        v + (size_t)j0 * ld, ld, 1.0f, acc, hd);
+            float m = mx[i];
+            for (int j = 0; j < kn; j++)
+                m = srow[j] > m ? srow[j] : m;
+            if (m == -INFINITY) { /* every score so far -inf: nothing to add */
+                memset(srow, 0, (size_t)kn * sizeof *srow);
+                continue;
+            }
+            float corr = mx[i] == -INFINITY ? 0.0f : exp_fast(mx[i] - m), add = 0.0f;
+            ENC__OMP(simd reduction(+ : add))
+            for (int j = 0; j < kn; j++) {
+                float e = exp_fast(srow[j] - m);
+                srow[j] = e;
+                add += e;
+            }
+            sum[i] = sum[i] * corr + add;
+            mx[i] = m;
+            if (corr != 1.0f) {
+                float *restrict a = acc + (size_t)i * hd;
+                ENC__OMP(simd)
+                for (int c = 0; c < hd; c++)
+                    a[c] *= corr;
+            }
         }
-        for (int i = 0; i < n; i++) {
-            float inv = sum[i] > 0 ? 1.0f / sum[i] : 0.0f;
-            float *restrict o = out + ((size_t)b * T + i0 + i) * D + h * hd;
-            const float *restrict a = acc + (size_t)i * hd;
-            for (int c = 0; c < hd; c++)
-                o[c] = a[c] * inv;
-        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, kn, 1.0f, S, kn,
+                    v + (size_t)j0 * ld, ld, 1.0f, acc, hd);
+    }
+    for (int i = 0; i < n; i++) {
+        float inv = sum[i] > 0 ? 1.0f / sum[i] : 0.0f;
+        float *restrict oi = o + (size_t)i * ldo;
+        const float *restrict a = acc + (size_t)i * hd;
+        for (int c = 0; c < hd; c++)
+            oi[c] = a[c] * inv;
     }
 }
 
+/* out [B, T, D] = softmax(q k^T / sqrt(hd) + maskbias) v, per batch and head,
+ * qkv [B, T, 3D], mask [B, T] or NULL, probs [B, H, T, T] or NULL.
+ *
+ * Tasks are (batch, head, block of ATT_ROWS query rows), spread over the
+ * team.  Each is two single-threaded sgemms straight out of the fused qkv
+ * (leading dimension 3D, no copies) around the softmax of its rows; the
+ * scores live in probs when the caller wants them and in the thread's slice
+ * of scratch otherwise.  With be->tiled_attention, a long sequence without
+ * probabilities takes its keys in blocks instead (attention_rows_tiled). */
 static void cpu_attention(enc_backend *be, float *out, float *probs, const float *qkv,
                           const float *mask, float *scratch, int B, int T, int D, int H)
 {
     assert(H > 0 && D % H == 0 && T > 0);
-    if (be->tiled_attention && !probs && T >= ATT_TILED_MIN && T >= ATT_KEYS + D / H + 2) {
-        attention_tiled(be, out, qkv, mask, scratch, B, T, D, H);
-        return;
-    }
     const int hd = D / H;
     const int ld = 3 * D;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -527,6 +508,8 @@ static void cpu_attention(enc_backend *be, float *out, float *probs, const float
     const int rows = T < ATT_ROWS ? T : ATT_ROWS;
     const int nblk = (T + rows - 1) / rows;
     const int ntasks = B * H * nblk;
+    const int tiled =
+        be->tiled_attention && !probs && T >= ATT_TILED_MIN && T >= ATT_KEYS + hd + 2;
     double work = (double)B * H * TT * hd;
     ENC__PARALLEL_FOR(work >= (1 << 18) ? be->nthreads : 1, dynamic, 1)
     for (int task = 0; task < ntasks; task++) {
@@ -535,11 +518,16 @@ static void cpu_attention(enc_backend *be, float *out, float *probs, const float
         const float *base = qkv + (size_t)b * T * ld;
         const float *q = base + (size_t)i0 * ld + h * hd, *k = base + D + h * hd;
         const float *v = base + 2 * D + h * hd;
+        const float *mb = mask ? mask + (size_t)b * T : NULL;
+        float *o = out + ((size_t)b * T + i0) * D + h * hd;
         float *S = probs ? probs + ((size_t)b * H + h) * TT + (size_t)i0 * T
                          : scratch + (size_t)thread_id() * rows * T;
+        if (tiled) {
+            attention_rows_tiled(S, q, k, v, mb, n, T, hd, ld, scale, o, D);
+            continue;
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, scale, q, ld, k, ld, 0.0f,
                     S, T);
-        const float *mb = mask ? mask + (size_t)b * T : NULL;
         for (int i = 0; i < n; i++) {
             float *restrict s = S + (size_t)i * T;
             if (mb != NULL) {
@@ -550,7 +538,7 @@ static void cpu_attention(enc_backend *be, float *out, float *probs, const float
             softmax_row(s, T);
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, T, 1.0f, S, T, v, ld, 0.0f,
-                    out + ((size_t)b * T + i0) * D + h * hd, D);
+                    o, D);
     }
 }
 

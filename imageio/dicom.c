@@ -686,23 +686,26 @@ int img_read_dicom_meta(const char *path, img_dicom_meta *meta, char *errbuf, si
     if (has_ext(path, ".zip"))
         return read_volume(path, NULL, 0, path, NULL, NULL, meta, errbuf, errlen);
     struct stat st;
-    if (!stat(path, &st) && S_ISDIR(st.st_mode)) {
-        slice *s;
-        int n, files;
-        int rc = series_headers(path, &s, &n, &files, errbuf, errlen);
+    /* a series folder: the attributes are the series', so its first file's
+     * header gives them; the whole series is checked when it is read */
+    char **names = NULL;
+    int files = 1, dir = !stat(path, &st) && S_ISDIR(st.st_mode);
+    if (dir) {
+        int rc = list_dir(path, &names, &files, errbuf, errlen);
         if (rc)
             return rc;
-        fill_meta(&s[0].h, files, n, meta);
-        slices_free(s, n);
-        return IMG_OK;
     }
     img__dcm h;
-    int rc = img__dcm_read(path, NULL, 0, path, &h, NULL, 0, errbuf, errlen);
-    if (rc)
-        return rc;
-    fill_meta(&h, 1, h.frames, meta);
-    img__dcm_free(&h);
-    return IMG_OK;
+    const char *first = dir ? names[0] : path;
+    int rc = img__dcm_read(first, NULL, 0, first, &h, NULL, 0, errbuf, errlen);
+    if (!rc) {
+        fill_meta(&h, files, dir ? files : h.frames, meta);
+        img__dcm_free(&h);
+    }
+    for (int i = 0; i < (dir ? files : 0); i++)
+        free(names[i]);
+    free(names);
+    return rc;
 }
 
 /* ---- by content ---------------------------------------------------------------- */

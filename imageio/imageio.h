@@ -215,8 +215,11 @@ int img_read_dicom_2d(const char *path, const img_limits *lim, img_vol *out,
                       img_dicom_meta *meta, char *errbuf, size_t errlen);
 int img_read_dicom_2d_mem(const void *data, size_t len, const char *name, const img_limits *lim,
                           img_vol *out, img_dicom_meta *meta, char *errbuf, size_t errlen);
-/* Only the header attributes of a DICOM file or series folder (a file
- * without pixel data is read too: has_pixels says which). */
+/* Only the header attributes of a DICOM file, a series folder (from its
+ * first file's header, in name order: the series is checked when it is
+ * read, not here; files and frames are the folder's file count) or a zip
+ * of a series.  A file without pixel data is read too: has_pixels says
+ * which. */
 int img_read_dicom_meta(const char *path, img_dicom_meta *meta, char *errbuf, size_t errlen);
 
 /* A volume by content: DICOM (img_is_dicom_path / _mem) or NIfTI. */

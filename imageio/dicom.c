@@ -226,7 +226,7 @@ static int cmp_str(const void *a, const void *b)
 
 /* The files of a series folder (not its subfolders; hidden files and a
  * DICOMDIR left out), sorted by name. */
-static int list_dir(const char *dir, char ***out, int *n, char *eb, size_t el)
+int img_dicom_series_files(const char *dir, char ***out, int *n, char *eb, size_t el)
 {
     DIR *d = opendir(dir);
     if (!d)
@@ -428,7 +428,7 @@ static int series_slice(const char *dir, slice *s, slice *c, char *eb, size_t el
 static int series_headers(const char *dir, slice **out, int *n, int *files, char *eb, size_t el)
 {
     char **names = NULL;
-    int k = 0, rc = list_dir(dir, &names, &k, eb, el);
+    int k = 0, rc = img_dicom_series_files(dir, &names, &k, eb, el);
     if (rc)
         return rc;
     slice *s = calloc((size_t)k, sizeof *s);
@@ -691,7 +691,7 @@ int img_read_dicom_meta(const char *path, img_dicom_meta *meta, char *errbuf, si
     char **names = NULL;
     int files = 1, dir = !stat(path, &st) && S_ISDIR(st.st_mode);
     if (dir) {
-        int rc = list_dir(path, &names, &files, errbuf, errlen);
+        int rc = img_dicom_series_files(path, &names, &files, errbuf, errlen);
         if (rc)
             return rc;
     }

@@ -215,6 +215,11 @@ int img_read_dicom_2d(const char *path, const img_limits *lim, img_vol *out,
                       img_dicom_meta *meta, char *errbuf, size_t errlen);
 int img_read_dicom_2d_mem(const void *data, size_t len, const char *name, const img_limits *lim,
                           img_vol *out, img_dicom_meta *meta, char *errbuf, size_t errlen);
+/* The files a series folder is read from: regular files, no hidden ones and
+ * no DICOMDIR, as dir/name paths in name order (malloc'd, each and the
+ * array).  Codes: IMG_IO, IMG_FORMAT (no files), IMG_NOMEM. */
+int img_dicom_series_files(const char *dir, char ***paths, int *n, char *errbuf, size_t errlen);
+
 /* Only the header attributes of a DICOM file, a series folder (from its
  * first file's header, in name order: the series is checked when it is
  * read, not here; files and frames are the folder's file count) or a zip

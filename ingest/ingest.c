@@ -464,14 +464,9 @@ static int hash_stream(const char *path, util_sha256_ctx *c)
     return 0;
 }
 
-static int cmp_name(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* The content of a file, or of a DICOM series folder: the names and bytes
- * of the files the series reader reads (regular files, no hidden ones, no
- * DICOMDIR), in name order. */
+ * of exactly the files the series reader reads (img_dicom_series_files), in
+ * name order. */
 static int hash_file(const char *path, uint8_t out[STORE_HASH_SIZE])
 {
     util_sha256_ctx c;
@@ -485,46 +480,18 @@ static int hash_file(const char *path, uint8_t out[STORE_HASH_SIZE])
         util_sha256_final(&c, out);
         return 0;
     }
-    DIR *d = opendir(path);
-    if (!d)
-        return -1;
     char **v = NULL;
-    size_t n = 0, cap = 0;
-    int rc = 0;
-    struct dirent *e;
-    while (!rc && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || !strcasecmp(e->d_name, "DICOMDIR"))
-            continue;
-        if (n == cap) {
-            cap = cap ? 2 * cap : 64;
-            char **nv = realloc(v, cap * sizeof *nv);
-            if (!nv) {
-                rc = -1;
-                break;
-            }
-            v = nv;
-        }
-        if (!(v[n] = strdup(e->d_name)))
-            rc = -1;
-        else
-            n++;
+    int n = 0, rc = 0;
+    if (img_dicom_series_files(path, &v, &n, NULL, 0)) {
+        errno = EINVAL;
+        return -1;
     }
-    closedir(d);
-    if (!rc && n)
-        qsort(v, n, sizeof *v, cmp_name);
-    for (size_t i = 0; i < n && !rc; i++) {
-        char *f;
-        if (asprintf(&f, "%s/%s", path, v[i]) < 0) {
-            rc = -1;
-            break;
-        }
-        if (!stat(f, &st) && S_ISREG(st.st_mode)) {
-            util_sha256_update(&c, v[i], strlen(v[i]) + 1);
-            rc = hash_stream(f, &c);
-        }
-        free(f);
+    for (int i = 0; i < n && !rc; i++) {
+        const char *name = strrchr(v[i], '/') + 1;
+        util_sha256_update(&c, name, strlen(name) + 1);
+        rc = hash_stream(v[i], &c);
     }
-    for (size_t i = 0; i < n; i++)
+    for (int i = 0; i < n; i++)
         free(v[i]);
     free(v);
     if (rc)

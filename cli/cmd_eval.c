@@ -37,7 +37,9 @@ static void usage(FILE *f)
             "the lateral findings (pleural effusion, pneumothorax, consolidation, mass): over\n"
             "the items with the finding on one side only, how well the score\n"
             "cos(item, 'right ...') - cos(item, 'left ...') tells right from left, for all\n"
-            "of them and for the moderate and large ones.\n");
+            "of them and for the moderate and large ones; the upper/lower lobe AUC of the\n"
+            "lobar findings (nodule, mass, consolidation), the same along the body's axis;\n"
+            "and the detection AUC of every finding named bare ('Pleural effusion.').\n");
 }
 
 /* Strings to dense ids (study ids, label keys): a small open-addressing table. */
@@ -386,8 +388,66 @@ static int encode_text(fq_ctx *c, const char *text, float *out)
     return 0;
 }
 
+/* Upper against lower lobe: over the items of one kind whose lobar finding
+ * f (nodule, mass, consolidation) lies in upper lobes only or in lower lobes
+ * only (the middle lobe left out), the AUC of cos(item, "F in the upper
+ * lobe.") minus cos(item, "F in the lower lobe.").  The side AUC's twin
+ * along the body's long axis.  g: the n items' embeddings; q, q2, score, pos:
+ * scratch of d, d, n and n. */
+static int lobe_auc(fq_ctx *c, int volumes, const float *g, size_t n, const size_t *idx, float *q,
+                    float *q2, float *score, unsigned char *pos)
+{
+    static const int lobar[] = {SYNTH_NODULE, SYNTH_MASS, SYNTH_CONSOLIDATION};
+    const eset *s = c->s;
+    int d = c->d;
+    if (c->json)
+        printf(",\"lobe_auc\":{");
+    else
+        printf("upper/lower lobe AUC over the %ss with the finding in upper or in lower lobes only "
+               "(cos to '... upper lobe' minus cos to '... lower lobe')\n  %-20s %6s %7s\n",
+               volumes ? "volume" : "radiograph", "finding", "items", "AUC");
+    for (size_t k = 0; k < sizeof lobar / sizeof *lobar; k++) {
+        int f = lobar[k];
+        char tu[256], tl[256];
+        finding_in(f, "upper lobe", tu, sizeof tu);
+        finding_in(f, "lower lobe", tl, sizeof tl);
+        if (encode_text(c, tu, q) || encode_text(c, tl, q2))
+            return -1;
+        size_t m = 0;
+        for (size_t j = 0; j < n; j++) {
+            const eitem *it = &s->it[idx[j]];
+            int up = 0, low = 0;
+            for (size_t t = it->lab_start; t < it->lab_start + it->lab_n; t++) {
+                int id = s->labels[t];
+                if (c->kf[id] != f)
+                    continue;
+                up |= c->kl[id] == SYNTH_LOC_RUL || c->kl[id] == SYNTH_LOC_LUL;
+                low |= c->kl[id] == SYNTH_LOC_RLL || c->kl[id] == SYNTH_LOC_LLL;
+            }
+            if (up == low)
+                continue; /* absent, both, or the middle lobe only */
+            double sc = 0;
+            for (int e = 0; e < d; e++)
+                sc += (double)g[j * d + e] * (q[e] - q2[e]);
+            score[m] = (float)sc;
+            pos[m++] = (unsigned char)up;
+        }
+        double auc = trn_eval_auc(score, pos, m);
+        if (c->json) {
+            printf("%s\"%s\":{\"items\":%zu,\"auc\":", k ? "," : "", synth_finding_name(f), m);
+            printf(isnan(auc) ? "null}" : "%.4f}", auc);
+        } else {
+            printf("  %-20s %6zu %7.3f\n", synth_finding_name(f), m, auc);
+        }
+    }
+    if (c->json)
+        printf("}");
+    return 0;
+}
+
 /* Single-finding queries over the items of one kind (volumes or
- * radiographs), then the side AUC of the lateral findings. */
+ * radiographs), then the side AUC of the lateral findings and the upper/lower
+ * lobe AUC of the lobar ones. */
 static int finding_report(fq_ctx *c, int volumes, const float *vis, int first)
 {
     const eset *s = c->s;
@@ -534,6 +594,8 @@ static int finding_report(fq_ctx *c, int volumes, const float *vis, int first)
     }
     if (c->json && !rc)
         printf("}");
+    if (!rc)
+        rc = lobe_auc(c, volumes, g, n, idx, q, q2, score, pos);
     /* Detection: does the model see a finding at all, wherever it is?  The
      * AUC of cos(item, "Finding.") between the items that have it and those
      * that do not (the side AUC above only compares items that have it). */

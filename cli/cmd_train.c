@@ -48,6 +48,9 @@ static void usage(FILE *f)
             "  --phrase-rate P      share of reports replaced, each step, by a short phrase made\n"
             "                       from the report (its finding sentences, or a finding by\n"
             "                       name with or without its place; default 0: off)\n"
+            "  --lobe-rate P        with --side-weight: share of the texts naming a lobe whose\n"
+            "                       negative swaps upper and lower lobe instead of the sides\n"
+            "                       (default 0: off)\n"
             "  --augment A          per-sample shifts, gain, offset and noise of strength A\n"
             "                       (default 0: off; 1: shifts up to 2 pixels, gain 1+-0.1)\n"
             "  --lr X               peak learning rate (default 3e-4)\n"
@@ -165,6 +168,7 @@ int cmd_train(int argc, char **argv)
         {"soft-start", required_argument, 0, 'j'}, {"augment", required_argument, 0, 'A'},
         {"tag-weight", required_argument, 0, 'G'}, {"tag-loss", required_argument, 0, 'B'},
         {"side-weight", required_argument, 0, 'D'}, {"phrase-rate", required_argument, 0, 'P'},
+        {"lobe-rate", required_argument, 0, 'O'},
         {"weight-decay", required_argument, 0, 'w'}, {"warmup", required_argument, 0, 'W'},
         {"clip", required_argument, 0, 'g'},       {"seed", required_argument, 0, 'S'},
         {"threads", required_argument, 0, 'T'},    {"checkpoint", required_argument, 0, 'K'},
@@ -208,6 +212,7 @@ int cmd_train(int argc, char **argv)
             if (c == 'j') to.soft_start = (int64_t)u;
             break;
         case 'C': case 'a': case 'l': case 'w': case 'g': case 'A': case 'G': case 'D': case 'P':
+        case 'O':
             if (cli_parse_double(optarg, &d) || !(d >= 0) || d > 1e6) {
                 cli_error("'%s': expected a non-negative number", optarg);
                 return CLI_BAD_INPUT;
@@ -225,6 +230,13 @@ int cmd_train(int argc, char **argv)
                     return CLI_BAD_INPUT;
                 }
                 to.phrase_rate = (float)d;
+            }
+            if (c == 'O') {
+                if (d > 1) {
+                    cli_error("--lobe-rate '%s': expected a number from 0 to 1", optarg);
+                    return CLI_BAD_INPUT;
+                }
+                to.lobe_rate = (float)d;
             }
             if (c == 'A') {
                 if (d > 10) {
@@ -249,6 +261,11 @@ int cmd_train(int argc, char **argv)
     if (optind < argc || !manifest || !outdir) {
         cli_error("train needs --manifest and --out");
         usage(stderr);
+        return CLI_USAGE;
+    }
+    if (to.lobe_rate > 0 && !(to.side_weight > 0)) {
+        cli_error("--lobe-rate swaps the lobes of the side-swapped negatives: it needs "
+                  "--side-weight");
         return CLI_USAGE;
     }
     to.seed = seed;

@@ -408,10 +408,13 @@ typedef struct trn_trainer_opts {
                             itself with right and left swapped); 0: off */
     float phrase_rate;   /* share of a batch's reports replaced by a short phrase made
                             from the report itself (trn_report_phrase); 0: off */
+    float lobe_rate;     /* with side_weight: the share of texts naming a lobe whose
+                            negative swaps "upper" and "lower" ("middle" becomes
+                            "lower") instead of the sides; 0: off */
 } trn_trainer_opts;
 
 #define TRN_TRAINER_OPTS_INIT                                                                      \
-    {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f, 0.0f}
+    {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f, 0.0f, 0.0f}
 
 /* What one step did. */
 typedef struct trn_trainer_stats {
@@ -541,5 +544,18 @@ int trn_report_tags(const char *text, int32_t *tags, int cap);
  * subset of the report's.  Deterministic in seed.  Writes at most cap bytes
  * (NUL included; a longer phrase is cut at a sentence); returns its length. */
 size_t trn_report_phrase(const char *report, uint64_t seed, char *out, size_t cap);
+
+/* What trn_report_swap exchanges. */
+typedef enum trn_swap {
+    TRN_SWAP_SIDE, /* "right" and "left" */
+    TRN_SWAP_LOBE  /* "upper" and "lower"; "middle" becomes "lower" */
+} trn_swap;
+
+/* A report's minimal-pair negative (the trainer's side_weight and
+ * lobe_rate): text with the words of what exchanged, whole words in any
+ * letter case, each letter's case kept where old and new word overlap
+ * ("Right" -> "Left", "LOWER" -> "UPPER"); everything else as it was.
+ * malloc'd (free it); NULL when out of memory. */
+char *trn_report_swap(const char *text, trn_swap what);
 
 #endif

@@ -90,6 +90,8 @@ typedef struct itemset {
     int32_t *ids, *mask;
     int32_t *sids, *smask;  /* side_weight > 0: the report with right and left swapped */
     unsigned char *swapped; /* ... and whether that changed it (it names a side) */
+    int32_t *lids, *lmask;  /* lobe_rate > 0: the report with upper and lower swapped */
+    unsigned char *lswapped; /* ... and whether that changed it (it names a lobe) */
     char **text;            /* phrase_rate > 0: the reports, for trn_report_phrase */
     int32_t *tags;
     size_t *tag_off; /* n + 1 */
@@ -127,6 +129,7 @@ struct trn_trainer {
     int32_t *ttags;          /* the tags of the batch's texts (a phrase's own) */
     size_t *ttag_off;
     unsigned char *bswap;    /* side_weight > 0: the batch's text names a side */
+    unsigned char *lobe_draw; /* lobe_rate > 0: row r's negative swaps lobes if it can */
     size_t *btag_off, *src, *cnt, *pick_v, *pick_i;
     int *slices;
     /* the multi-label tag head: the slots some training report has */
@@ -163,7 +166,8 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         !(o->clip >= 0) || o->warmup < 0 || o->total_steps < 0 || !(o->lr_floor >= 0) ||
         o->lr_floor > 1 || o->soft_start < 0 || !(o->augment >= 0) || o->augment > 10 ||
         !(o->tag_weight >= 0) || !(o->side_weight >= 0) || !(o->phrase_rate >= 0) ||
-        o->phrase_rate > 1)
+        o->phrase_rate > 1 || !(o->lobe_rate >= 0) || o->lobe_rate > 1 ||
+        (o->lobe_rate > 0 && !(o->side_weight > 0)))
         return util_errf(errbuf, errlen, ENC_INVAL,
                          "trainer options out of range (batch sizes, slice_k, weights, lr)");
     trn_trainer *t = calloc(1, sizeof *t);
@@ -285,6 +289,9 @@ static void itemset_free(itemset *s)
     free(s->sids);
     free(s->smask);
     free(s->swapped);
+    free(s->lids);
+    free(s->lmask);
+    free(s->lswapped);
     if (s->text)
         for (size_t i = 0; i < s->n; i++)
             free(s->text[i]);
@@ -319,6 +326,7 @@ void trn_trainer_free(trn_trainer *t)
     free(t->ttags);
     free(t->ttag_off);
     free(t->bswap);
+    free(t->lobe_draw);
     free(t->src);
     free(t->cnt);
     free(t->pick_v);
@@ -343,14 +351,20 @@ static int grow(void **p, size_t n)
     return 0;
 }
 
-/* The report with the words "right" and "left" swapped (whole words, any
- * letter case, the first letter's case kept): the same findings on the
- * other side, a negative that differs from the report only in side.
- * malloc'd; NULL when out of memory. */
-static char *swap_sides(const char *text)
+/* A word and what it becomes in a negative. */
+typedef struct swap_pair {
+    const char *from, *to;
+} swap_pair;
+
+static const swap_pair side_pairs[] = {{"right", "left"}, {"left", "right"}, {NULL, NULL}};
+static const swap_pair lobe_pairs[] = {
+    {"upper", "lower"}, {"lower", "upper"}, {"middle", "lower"}, {NULL, NULL}};
+
+char *trn_report_swap(const char *text, trn_swap what)
 {
+    const swap_pair *pairs = what == TRN_SWAP_LOBE ? lobe_pairs : side_pairs;
     size_t n = strlen(text);
-    char *o = malloc(2 * n + 1); /* "left" -> "right" grows by one per word */
+    char *o = malloc(2 * n + 1); /* a replacement at most doubles a word */
     if (!o)
         return NULL;
     size_t j = 0;
@@ -363,16 +377,13 @@ static char *swap_sides(const char *text)
         while (e < n && isalpha((unsigned char)text[e]))
             e++;
         const char *rep = NULL;
-        if (e - i == 5 && !strncasecmp(text + i, "right", 5))
-            rep = "left";
-        else if (e - i == 4 && !strncasecmp(text + i, "left", 4))
-            rep = "right";
+        for (const swap_pair *p = pairs; p->from && !rep; p++)
+            if (strlen(p->from) == e - i && !strncasecmp(text + i, p->from, e - i))
+                rep = p->to;
         if (rep) {
             size_t m = strlen(rep);
             memcpy(o + j, rep, m);
-            if (isupper((unsigned char)text[i]))
-                o[j] = (char)toupper((unsigned char)o[j]);
-            for (size_t k = 1; k < m && k < e - i; k++)
+            for (size_t k = 0; k < m && k < e - i; k++)
                 if (isupper((unsigned char)text[i + k]))
                     o[j + k] = (char)toupper((unsigned char)o[j + k]);
             j += m;
@@ -384,6 +395,22 @@ static char *swap_sides(const char *text)
     }
     o[j] = '\0';
     return o;
+}
+
+/* Tokenizes text with pairs swapped into ids/mask; *changed: whether the
+ * swap changed it (the text names a side, or a lobe). */
+static int encode_swapped(const trn_trainer *t, const char *text, trn_swap what,
+                          int32_t *ids, int32_t *mask, unsigned char *changed, char *errbuf,
+                          size_t errlen)
+{
+    char *sw = trn_report_swap(text, what);
+    if (!sw)
+        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+    *changed = strcmp(sw, text) != 0;
+    size_t got;
+    int rc = enc_tok_encode(t->tok, sw, (size_t)t->L, ids, mask, &got, errbuf, errlen);
+    free(sw);
+    return rc;
 }
 
 int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *report,
@@ -408,6 +435,10 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
             bad = grow((void **)&s->sids, nc * L * sizeof *s->sids) ||
                   grow((void **)&s->smask, nc * L * sizeof *s->smask) ||
                   grow((void **)&s->swapped, nc * sizeof *s->swapped);
+        if (!bad && t->o.lobe_rate > 0)
+            bad = grow((void **)&s->lids, nc * L * sizeof *s->lids) ||
+                  grow((void **)&s->lmask, nc * L * sizeof *s->lmask) ||
+                  grow((void **)&s->lswapped, nc * sizeof *s->lswapped);
         if (!bad && t->o.phrase_rate > 0)
             bad = grow((void **)&s->text, nc * sizeof *s->text);
         if (bad)
@@ -421,17 +452,14 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
                             s->mask + s->n * L, &got, errbuf, errlen);
     if (rc)
         return rc;
-    if (t->o.side_weight > 0) {
-        char *sw = swap_sides(report ? report : "");
-        if (!sw)
-            return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
-        s->swapped[s->n] = strcmp(sw, report ? report : "") != 0;
-        rc = enc_tok_encode(t->tok, sw, L, s->sids + s->n * L, s->smask + s->n * L, &got, errbuf,
-                            errlen);
-        free(sw);
-        if (rc)
-            return rc;
-    }
+    if (t->o.side_weight > 0 &&
+        (rc = encode_swapped(t, report ? report : "", TRN_SWAP_SIDE, s->sids + s->n * L,
+                             s->smask + s->n * L, s->swapped + s->n, errbuf, errlen)))
+        return rc;
+    if (t->o.lobe_rate > 0 &&
+        (rc = encode_swapped(t, report ? report : "", TRN_SWAP_LOBE, s->lids + s->n * L,
+                             s->lmask + s->n * L, s->lswapped + s->n, errbuf, errlen)))
+        return rc;
     int32_t tags[TRN_REPORT_MAX_TAGS];
     int nt = trn_report_tags(report ? report : "", tags, TRN_REPORT_MAX_TAGS);
     if (s->ntags + (size_t)nt > s->tagcap) {
@@ -538,6 +566,7 @@ static int plan(trn_trainer *t, char *errbuf, size_t errlen)
     t->ttags = malloc((size_t)nb * TRN_REPORT_MAX_TAGS * sizeof(int32_t));
     t->ttag_off = malloc(((size_t)nb + 1) * sizeof(size_t));
     t->bswap = malloc((size_t)nb);
+    t->lobe_draw = calloc((size_t)nb, 1);
     t->src = malloc((size_t)N * sizeof(size_t));
     t->cnt = malloc((size_t)nb * sizeof(size_t));
     t->pick_v = malloc(((size_t)nv + 1) * sizeof(size_t));
@@ -545,7 +574,7 @@ static int plan(trn_trainer *t, char *errbuf, size_t errlen)
     t->slices = malloc(((size_t)nv * K + 1) * sizeof(int));
     if (!t->vin || !t->iin || !t->ev || !t->ei || !t->et || !t->a || !t->b || !t->da || !t->db ||
         !t->det || !t->targets || !t->t0 || !t->work || !t->augtmp || !t->bids || !t->bmask || !t->btags ||
-        !t->btag_off || !t->ttags || !t->ttag_off || !t->bswap || !t->src || !t->cnt || !t->pick_v || !t->pick_i || !t->slices)
+        !t->btag_off || !t->ttags || !t->ttag_off || !t->bswap || !t->lobe_draw || !t->src || !t->cnt || !t->pick_v || !t->pick_i || !t->slices)
         return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for the step buffers");
     t->started = 1;
     return ENC_OK;
@@ -704,14 +733,15 @@ static int phrases(trn_trainer *t, int nv, int nb, char *errbuf, size_t errlen)
         ntag += (size_t)trn_report_tags(ph, t->ttags + ntag, TRN_REPORT_MAX_TAGS);
         t->ttag_off[r + 1] = ntag;
         if (t->ss) {
-            char *sw = swap_sides(ph);
-            if (!sw)
-                return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
-            t->bswap[r] = strcmp(sw, ph) != 0;
-            rc = enc_tok_encode(t->tok, sw, L, t->sbids + r * L, t->sbmask + r * L, &got, errbuf,
-                                errlen);
-            free(sw);
-            if (rc)
+            /* the lobe-swapped negative when drawn and the phrase names a
+             * lobe, else the side-swapped one */
+            int lobe = t->o.lobe_rate > 0 && t->lobe_draw[r];
+            if (lobe && (rc = encode_swapped(t, ph, TRN_SWAP_LOBE, t->sbids + r * L,
+                                             t->sbmask + r * L, t->bswap + r, errbuf, errlen)))
+                return rc;
+            if ((!lobe || !t->bswap[r]) &&
+                (rc = encode_swapped(t, ph, TRN_SWAP_SIDE, t->sbids + r * L, t->sbmask + r * L,
+                                     t->bswap + r, errbuf, errlen)))
                 return rc;
         }
     }
@@ -733,6 +763,9 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         t->pick_v[i] = rng_below(t->rng, V->n);
     for (int i = 0; i < ni; i++)
         t->pick_i[i] = rng_below(t->rng, I->n);
+    if (t->o.lobe_rate > 0)
+        for (int r = 0; r < nb; r++)
+            t->lobe_draw[r] = (double)(rng_next(t->rng) >> 11) * 0x1p-53 < t->o.lobe_rate;
     size_t ntag = 0;
     t->btag_off[0] = 0;
     for (int r = 0; r < nb; r++) {
@@ -750,6 +783,11 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         t->btag_off[r + 1] = ntag;
         if (t->ss)
             t->bswap[r] = s->swapped[j];
+        if (t->ss && t->lobe_draw[r] && s->lswapped[j]) {
+            memcpy(t->sbids + (size_t)r * L, s->lids + j * L, (size_t)L * sizeof(int32_t));
+            memcpy(t->sbmask + (size_t)r * L, s->lmask + j * L, (size_t)L * sizeof(int32_t));
+            t->bswap[r] = 1;
+        }
     }
     if ((rc = phrases(t, nv, nb, errbuf, errlen)))
         return rc;
@@ -951,12 +989,15 @@ double trn_trainer_step_flops(const trn_trainer *t)
 
 static char *hparams(const trn_trainer *t)
 {
-    char *s = NULL, side[96] = "";
+    char *s = NULL, side[160] = "";
     if (t->o.side_weight > 0)
         snprintf(side, sizeof side, ",\"side_weight\":%.9g", t->o.side_weight);
     if (t->o.phrase_rate > 0)
         snprintf(side + strlen(side), sizeof side - strlen(side), ",\"phrase_rate\":%.9g",
                  t->o.phrase_rate);
+    if (t->o.lobe_rate > 0)
+        snprintf(side + strlen(side), sizeof side - strlen(side), ",\"lobe_rate\":%.9g",
+                 t->o.lobe_rate);
     if (asprintf(&s,
                  "{\"seed\":%llu,\"batch_volumes\":%d,\"batch_images\":%d,\"slice_k\":%d,"
                  "\"consistency\":%.9g,\"soft_alpha\":%.9g,\"lr\":%.17g,\"weight_decay\":%.17g,"

@@ -182,6 +182,9 @@ for kind in ("volume", "radiograph"):
     m = j[kind]["mean"]
     assert abs(m["p10"] - sum(x["p10"] for x in q) / 22) < 1e-3
     assert set(j[kind]["side_auc"]) == {"pleural effusion", "pneumothorax", "consolidation", "mass"}
+    lobe = j[kind]["lobe_auc"]
+    assert set(lobe) == {"nodule", "mass", "consolidation"}, lobe
+    assert all(v["auc"] is None or 0 <= v["auc"] <= 1 for v in lobe.values()), lobe
     det = j[kind]["detection_auc"]
     assert {"normal", "pleural effusion", "pneumothorax", "cardiomegaly"} <= set(det), det
     assert all(v["auc"] is None or 0 <= v["auc"] <= 1 for v in det.values()), det

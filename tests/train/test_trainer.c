@@ -204,6 +204,62 @@ static void test_side_negatives(void **state)
     trn_trainer_free(t);
 }
 
+/* Lobe-swapped negatives: the nodule report's negative is the same nodule
+ * in the right lower lobe, the effusion's the left one on the right; the
+ * loss starts near log 2 and falls.  Without side_weight the option is
+ * refused. */
+static void test_lobe_negatives(void **state)
+{
+    fixture *f = *state;
+    trn_trainer_opts o = tiny_opts();
+    o.side_weight = 1.0f;
+    o.lobe_rate = 1.0f;
+    o.tag_weight = 1.0f;
+    trn_trainer *t = make_trainer(f, &o);
+    double first, last;
+    steps_60(t, side_pick, &first, &last);
+    printf("# lobe and side loss: steps 1-8 %.4f, steps 53-60 %.4f\n", first, last);
+    assert_true(last < 0.8 * first);
+    trn_trainer_free(t);
+    char err[512];
+    o.side_weight = 0;
+    assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
+    o.side_weight = 1.0f;
+    o.lobe_rate = 1.5f;
+    assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
+}
+
+static void test_report_swap(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *side, *lobe;
+    } cases[] = {
+        {"A 12 mm nodule in the right upper lobe.", "A 12 mm nodule in the left upper lobe.",
+         "A 12 mm nodule in the right lower lobe."},
+        {"Mass in the Left Lower Lobe; no right effusion.",
+         "Mass in the Right Lower Lobe; no left effusion.",
+         "Mass in the Left Upper Lobe; no right effusion."},
+        {"Consolidation in the right middle lobe.", "Consolidation in the left middle lobe.",
+         "Consolidation in the right lower lobe."},
+        /* whole words only; the case of each overlapping letter kept */
+        {"Uppermost, leftover, bright. LEFT.", "Uppermost, leftover, bright. RIGHt.",
+         "Uppermost, leftover, bright. LEFT."},
+        {"", "", ""},
+        {"No acute findings.", "No acute findings.", "No acute findings."},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *s = trn_report_swap(cases[i].in, TRN_SWAP_SIDE);
+        char *l = trn_report_swap(cases[i].in, TRN_SWAP_LOBE);
+        assert_non_null(s);
+        assert_non_null(l);
+        assert_string_equal(s, cases[i].side);
+        assert_string_equal(l, cases[i].lobe);
+        free(s);
+        free(l);
+    }
+}
+
 static void resume_exact(fixture *f, trn_trainer_opts o)
 {
     char err[512], ck[600];
@@ -255,6 +311,9 @@ static void test_resume_exact(void **state)
     o.phrase_rate = 0.5f;
     o.side_weight = 1.0f;
     o.tag_weight = 1.0f;
+    resume_exact(f, o);
+    /* and so do the lobe draws */
+    o.lobe_rate = 0.5f;
     resume_exact(f, o);
 }
 
@@ -508,6 +567,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_trainer_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loss_decreases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_side_negatives, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lobe_negatives, setup, teardown),
+        cmocka_unit_test(test_report_swap),
         cmocka_unit_test_setup_teardown(test_resume_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_save_loads, setup, teardown),
     };

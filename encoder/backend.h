@@ -179,6 +179,45 @@ typedef struct enc_backend_i {
      * overlap in.  scratch: conv_scratch(g) floats. */
     void (*conv)(enc_backend *be, float *out, const float *in, const float *w, const float *bias,
                  const enc_conv_geom *g, int B, float *scratch);
+
+    /* --- EVA / Primus ops (COLIPRI); forward only, no backward twins yet --- */
+
+    /* Rotary position embedding, in place on the q and k columns of qkv
+     * [B, T, ld] (q = columns [0, D), k = [D, 2D), head h at h * hd, hd =
+     * D / H; v is left alone).  Pairs are interleaved: for p < hd / 2,
+     *   (x[2p], x[2p+1]) <- (x[2p] c - x[2p+1] s, x[2p+1] c + x[2p] s)
+     * with c = cs[t, p] and s = cs[t, hd/2 + p]; cs [T, hd] is the same for
+     * every head and batch (model.c builds it: the angles per axis). */
+    void (*rope)(enc_backend *be, float *qkv, int ld, const float *cs, int B, int T, int D,
+                 int H);
+
+    /* out [n] = silu(gate) * x = gate / (1 + e^-gate) * x, SwiGLU's gate.
+     * In place (out == gate or out == x). */
+    void (*swiglu)(enc_backend *be, float *out, const float *gate, const float *x, size_t n);
+
+    /* Layer scale on a residual: x [rows, cols] += gamma [cols] * y [rows,
+     * cols], per column.  y may not overlap x. */
+    void (*scale_add)(enc_backend *be, float *x, const float *y, const float *gamma,
+                      size_t rows, int cols);
+
+    /* Floats of scratch attn_pool needs for these shapes. */
+    size_t (*attn_pool_scratch)(enc_backend *be, int T, int E, int H);
+    /* Attention pooling with the mean as query (colipri.pooling.AttentionPool1D,
+     * one torch.nn.MultiheadAttention of E = embed dim and H heads):
+     *   m = mean of the rows of x [b] [T, E] whose mask is 1 (mask [B, T] or
+     *       NULL: all rows)
+     *   q = Wq m + bq;  k_j = Wk x_j + bk;  v_j = Wv x_j + bv   (w_in [3E, E] =
+     *       [Wq; Wk; Wv], b_in [3E])
+     *   per head h: a = softmax_j(q_h . k_hj / sqrt(E / H)) over the kept rows,
+     *       o_h = sum_j a_j v_hj
+     *   out [b] [E] = w_out [E, E] o + b_out
+     * computed without the [T, E] keys and values: q_h . k_hj = (Wk_h^T q_h)
+     * . x_j + a constant of j, and sum_j a_j v_hj = Wv_h (sum_j a_j x_j) +
+     * bv_h as the a_j sum to 1.  Every row of a batch masked out gives o = bv.
+     * scratch: attn_pool_scratch(T, E, H) floats. */
+    void (*attn_pool)(enc_backend *be, float *out, const float *x, const float *mask,
+                      const float *w_in, const float *b_in, const float *w_out,
+                      const float *b_out, int B, int T, int E, int H, float *scratch);
 } enc_backend_i;
 
 /* The backward twins of the ops above, for training, and the forward ops

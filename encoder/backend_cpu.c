@@ -672,6 +672,143 @@ static void cpu_l2norm(enc_backend *be, float *out, const float *in, int rows, i
     }
 }
 
+/* ---- EVA / Primus (COLIPRI) --------------------------------------------------------- */
+
+/* qkv [B, T, ld]: q and k columns of every head rotated by cs [T, hd] (cos
+ * in the first hd / 2 columns, sin in the rest), interleaved pairs. */
+static void cpu_rope(enc_backend *be, float *qkv, int ld, const float *cs, int B, int T, int D,
+                     int H)
+{
+    assert(H > 0 && D % H == 0 && (D / H) % 2 == 0 && ld >= 2 * D);
+    const int hd = D / H, np = hd / 2;
+    size_t rows = (size_t)B * T;
+    ENC__PARALLEL_FOR(nth(be, rows * 2 * D), static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *c = cs + (r % (size_t)T) * hd, *sn = c + np;
+        float *row = qkv + r * ld;
+        for (int h = 0; h < 2 * H; h++) { /* q heads, then k heads */
+            float *x = row + (size_t)h * hd;
+            for (int p = 0; p < np; p++) {
+                float a = x[2 * p], b = x[2 * p + 1];
+                x[2 * p] = a * c[p] - b * sn[p];
+                x[2 * p + 1] = b * c[p] + a * sn[p];
+            }
+        }
+    }
+}
+
+/* out [n] = silu(gate) * x; sigmoid from e = e^-|g| (never overflows):
+ * 1 / (1 + e) for g >= 0, e / (1 + e) below. */
+ENC__CLONES static void swiglu_span(float *out, const float *gate, const float *x, size_t n)
+{
+    ENC__OMP(simd)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        float e = exp_fast(-fabsf(g));
+        float sig = fsel(g >= 0.0f, 1.0f, e) / (1.0f + e);
+        out[i] = g * sig * x[i];
+    }
+}
+
+static void cpu_swiglu(enc_backend *be, float *out, const float *gate, const float *x, size_t n)
+{
+    const size_t chunk = 4096;
+    size_t nchunks = (n + chunk - 1) / chunk;
+    ENC__PARALLEL_FOR(nth(be, n), static)
+    for (size_t c = 0; c < nchunks; c++) {
+        size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        swiglu_span(out + lo, gate + lo, x + lo, hi - lo);
+    }
+}
+
+/* x [rows, cols] += gamma [cols] * y [rows, cols] */
+static void cpu_scale_add(enc_backend *be, float *x, const float *y, const float *gamma,
+                          size_t rows, int cols)
+{
+    ENC__PARALLEL_FOR(nth(be, rows * (size_t)cols), static)
+    for (size_t r = 0; r < rows; r++) {
+        float *restrict o = x + r * cols;
+        const float *restrict a = y + r * cols;
+        ENC__OMP(simd)
+        for (int j = 0; j < cols; j++)
+            o[j] += gamma[j] * a[j];
+    }
+}
+
+/* m, q, o [E] each, u and z [H, E], the scores [H, T]. */
+static size_t cpu_attn_pool_scratch(enc_backend *be, int T, int E, int H)
+{
+    (void)be;
+    return 3 * (size_t)E + 2 * (size_t)H * E + (size_t)H * T;
+}
+
+/* out [B, E] = AttentionPool1D(x [B, T, E], mask [B, T] or NULL), the
+ * mean as query; the folded form of backend.h.  One batch row at a time,
+ * the two [H, T] x [T, E] products (scores, weighted sums) single sgemms:
+ * O(T E H) instead of the O(T E^2) of projecting every key and value. */
+static void cpu_attn_pool(enc_backend *be, float *out, const float *x, const float *mask,
+                          const float *w_in, const float *b_in, const float *w_out,
+                          const float *b_out, int B, int T, int E, int H, float *scratch)
+{
+    assert(H > 0 && E % H == 0 && T > 0);
+    const int hd = E / H;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *m = scratch, *q = m + E, *o = q + E, *u = o + E, *z = u + (size_t)H * E;
+    float *S = z + (size_t)H * E;
+    const float *wq = w_in, *wk = w_in + (size_t)E * E, *wv = w_in + 2 * (size_t)E * E;
+    for (int b = 0; b < B; b++) {
+        const float *xb = x + (size_t)b * T * E;
+        const float *mb = mask ? mask + (size_t)b * T : NULL;
+        /* the query: the mean of the kept rows, projected */
+        double kept = 0;
+        for (int e = 0; e < E; e++)
+            m[e] = 0.0f;
+        for (int j = 0; j < T; j++) {
+            if (mb != NULL && !(mb[j] > 0.5f))
+                continue;
+            const float *xj = xb + (size_t)j * E;
+            ENC__OMP(simd)
+            for (int e = 0; e < E; e++)
+                m[e] += xj[e];
+            kept += 1;
+        }
+        float inv = kept > 0 ? (float)(1.0 / kept) : 0.0f;
+        for (int e = 0; e < E; e++)
+            m[e] *= inv;
+        memcpy(q, b_in, (size_t)E * sizeof *q);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, wq, E, m, 1, 1.0f, q, 1);
+        /* u_h = Wk_h^T q_h / sqrt(hd): the keys' projection moved onto the query */
+        for (int h = 0; h < H; h++)
+            cblas_sgemv(CblasRowMajor, CblasTrans, hd, E, scale, wk + (size_t)h * hd * E, E,
+                        q + (size_t)h * hd, 1, 0.0f, u + (size_t)h * E, 1);
+        /* scores [H, T] = u x^T, masked rows -inf, softmax per head */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, H, T, E, 1.0f, u, E, xb, E, 0.0f,
+                    S, T);
+        for (int h = 0; h < H; h++) {
+            float *s = S + (size_t)h * T;
+            if (mb != NULL)
+                for (int j = 0; j < T; j++)
+                    if (!(mb[j] > 0.5f))
+                        s[j] = -INFINITY;
+            softmax_row(s, T);
+        }
+        /* z [H, E] = a x: each head's weighted mean of the rows */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, H, E, T, 1.0f, S, T, xb, E, 0.0f,
+                    z, E);
+        /* o_h = Wv_h z_h + bv_h, then the output projection */
+        memcpy(o, b_in + 2 * (size_t)E, (size_t)E * sizeof *o);
+        for (int h = 0; h < H; h++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, hd, E, 1.0f, wv + (size_t)h * hd * E, E,
+                        z + (size_t)h * E, 1, 1.0f, o + (size_t)h * hd, 1);
+        float *ob = out + (size_t)b * E;
+        if (b_out != NULL)
+            memcpy(ob, b_out, (size_t)E * sizeof *ob);
+        else
+            memset(ob, 0, (size_t)E * sizeof *ob);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, E, E, 1.0f, w_out, E, o, 1, 1.0f, ob, 1);
+    }
+}
+
 /* ---- backward twins ---------------------------------------------------------------
  *
  * Same rules as the forward kernels: shapes above each, OpenMP bounded by
@@ -1384,6 +1521,11 @@ static const enc_backend_i cpu_iface = {
     /* .l2norm            = */ cpu_l2norm,
     /* .conv_scratch      = */ cpu_conv_scratch,
     /* .conv              = */ cpu_conv,
+    /* .rope              = */ cpu_rope,
+    /* .swiglu            = */ cpu_swiglu,
+    /* .scale_add         = */ cpu_scale_add,
+    /* .attn_pool_scratch = */ cpu_attn_pool_scratch,
+    /* .attn_pool         = */ cpu_attn_pool,
 };
 
 static const enc_backend_train_i cpu_train = {

@@ -11,6 +11,9 @@
  *   attention    2e-5 on outputs, 2e-6 on probabilities
  *   patch_embed  same bound as matmul
  *   the copies   exact
+ *   rope         1e-6 (exact on a quarter turn);  swiglu 4e-7 * (1 + |y|)
+ *   scale_add    1e-6;  attn_pool 2e-5 * (1 + |y|) (its folded keys and
+ *                values against every key and value projected)
  * The same tables will check a CUDA backend against this one.
  */
 #ifdef HAVE_CONFIG_H
@@ -594,6 +597,165 @@ static void test_cls_pool_l2norm_copy(void **state)
     bfree(f, x), bfree(f, o), bfree(f, n), bfree(f, c);
 }
 
+/* ---- EVA / Primus ops (COLIPRI) -------------------------------------------------------- */
+
+/* rope: a hand-checked rotation first (a quarter turn maps (1, 0) to (0, 1)
+ * and (0, 1) to (-1, 0); v and the gap between rows are left alone), then
+ * random tables against the definition. */
+static void test_rope(void **state)
+{
+    fx *f = *state;
+    enc_backend *be = f->be;
+    /* B 1, T 1, D 4, H 1: hd 4, two pairs; ld 13 leaves a gap column */
+    float qkv[13] = {1, 0, 0, 1, 1, 0, 2, 3, 7, 7, 7, 7, 9};
+    const float cs[4] = {0, 1, 1, 0}; /* pair 0 a quarter turn (c 0, s 1), pair 1 none */
+    be->iface.rope(be, qkv, 13, cs, 1, 1, 4, 1);
+    const float want[13] = {0, 1, 0, 1, 0, 1, 2, 3, 7, 7, 7, 7, 9};
+    for (int i = 0; i < 13; i++)
+        near(qkv[i], want[i], 0, "rope (quarter turn)", (size_t)i);
+
+    const int B = 2, T = 7, D = 24, H = 2, hd = D / H, ld = 3 * D;
+    float *x = rnd(f, (size_t)B * T * ld, 1), *c = rnd(f, (size_t)T * hd, 1);
+    for (int t = 0; t < T; t++) /* a real table: c^2 + s^2 = 1 */
+        for (int p = 0; p < hd / 2; p++) {
+            double a = 3.0 * c[t * hd + p];
+            c[t * hd + p] = (float)cos(a);
+            c[t * hd + hd / 2 + p] = (float)sin(a);
+        }
+    float *keep = malloc((size_t)B * T * ld * sizeof(float));
+    assert_non_null(keep);
+    memcpy(keep, x, (size_t)B * T * ld * sizeof(float));
+    be->iface.rope(be, x, ld, c, B, T, D, H);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < ld; j++) {
+                size_t o = ((size_t)b * T + t) * ld + j;
+                double w = keep[o];
+                if (j < 2 * D) {
+                    int p = j % hd / 2, even = j % 2 == 0;
+                    double cc = c[t * hd + p], ss = c[t * hd + hd / 2 + p];
+                    double a = keep[o - !even], bb = keep[o + even];
+                    w = even ? a * cc - bb * ss : bb * cc + a * ss;
+                }
+                near(x[o], w, 1e-6, "rope", o);
+            }
+    free(keep);
+    bfree(f, x), bfree(f, c);
+}
+
+static void test_swiglu_scale_add(void **state)
+{
+    fx *f = *state;
+    enc_backend *be = f->be;
+    const size_t n = 70001; /* threads and a partial chunk */
+    float *g = rnd(f, n, 12), *x = rnd(f, n, 2), *out = rnd(f, n, 1);
+    g[0] = -100, g[1] = 100, g[2] = 0; /* silu's tails and its zero */
+    be->iface.swiglu(be, out, g, x, n);
+    for (size_t i = 0; i < n; i++) {
+        double w = (double)g[i] / (1.0 + exp(-(double)g[i])) * x[i];
+        near(out[i], w, 4e-7 * (1 + fabs(w)), "swiglu", i);
+    }
+    be->iface.swiglu(be, g, g, x, n); /* in place */
+    for (size_t i = 0; i < n; i++)
+        assert_true(g[i] == out[i]);
+
+    const int rows = 300, cols = 37;
+    float *y = rnd(f, (size_t)rows * cols, 1), *gam = rnd(f, (size_t)cols, 1);
+    float *acc = rnd(f, (size_t)rows * cols, 1);
+    double *before = malloc((size_t)rows * cols * sizeof(double));
+    assert_non_null(before);
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        before[i] = acc[i];
+    be->iface.scale_add(be, acc, y, gam, (size_t)rows, cols);
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        near(acc[i], before[i] + (double)gam[i % cols] * y[i], 1e-6, "scale_add", i);
+    free(before);
+    bfree(f, g), bfree(f, x), bfree(f, out), bfree(f, y), bfree(f, gam), bfree(f, acc);
+}
+
+/* attn_pool against nn.MultiheadAttention written out: every key and value
+ * projected, the bias of the keys included. */
+static void check_attn_pool(fx *f, int B, int T, int E, int H, int masked)
+{
+    enc_backend *be = f->be;
+    const int hd = E / H;
+    float *x = rnd(f, (size_t)B * T * E, 1), *win = rnd(f, 3 * (size_t)E * E, 0.3);
+    float *bin = rnd(f, 3 * (size_t)E, 0.5), *wout = rnd(f, (size_t)E * E, 0.3);
+    float *bout = rnd(f, (size_t)E, 0.5), *out = rnd(f, (size_t)B * E, 1);
+    float *mask = masked ? rnd(f, (size_t)B * T, 1) : NULL;
+    for (int i = 0; masked && i < B * T; i++)
+        mask[i] = i % T == 0 || mask[i] > 0 ? 1.0f : 0.0f; /* row 0 always kept */
+    float *scr = rnd(f, be->iface.attn_pool_scratch(be, T, E, H), 1);
+    be->iface.attn_pool(be, out, x, mask, win, bin, wout, bout, B, T, E, H, scr);
+    double *m = malloc((size_t)E * sizeof(double)), *q = malloc((size_t)E * sizeof(double));
+    double *k = malloc((size_t)T * E * sizeof(double)), *v = malloc((size_t)T * E * sizeof(double));
+    double *o = malloc((size_t)E * sizeof(double)), *a = malloc((size_t)T * sizeof(double));
+    assert_true(m && q && k && v && o && a);
+    for (int b = 0; b < B; b++) {
+        const float *xb = x + (size_t)b * T * E;
+        double kept = 0;
+        for (int e = 0; e < E; e++)
+            m[e] = 0;
+        for (int j = 0; j < T; j++)
+            if (!mask || mask[b * T + j] > 0) {
+                kept++;
+                for (int e = 0; e < E; e++)
+                    m[e] += xb[(size_t)j * E + e];
+            }
+        for (int e = 0; e < E; e++)
+            m[e] /= kept;
+        for (int c = 0; c < E; c++) {
+            q[c] = bin[c];
+            for (int e = 0; e < E; e++)
+                q[c] += (double)win[(size_t)c * E + e] * m[e];
+        }
+        for (int j = 0; j < T; j++)
+            for (int c = 0; c < E; c++) {
+                double sk = bin[E + c], sv = bin[2 * E + c];
+                for (int e = 0; e < E; e++) {
+                    sk += (double)win[((size_t)E + c) * E + e] * xb[(size_t)j * E + e];
+                    sv += (double)win[(2 * (size_t)E + c) * E + e] * xb[(size_t)j * E + e];
+                }
+                k[(size_t)j * E + c] = sk, v[(size_t)j * E + c] = sv;
+            }
+        for (int h = 0; h < H; h++) {
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < T; j++) {
+                double s = 0;
+                for (int c = h * hd; c < (h + 1) * hd; c++)
+                    s += q[c] * k[(size_t)j * E + c];
+                a[j] = mask && !(mask[b * T + j] > 0) ? -INFINITY : s / sqrt((double)hd);
+                mx = a[j] > mx ? a[j] : mx;
+            }
+            for (int j = 0; j < T; j++)
+                sum += (a[j] = exp(a[j] - mx));
+            for (int c = h * hd; c < (h + 1) * hd; c++) {
+                o[c] = 0;
+                for (int j = 0; j < T; j++)
+                    o[c] += a[j] / sum * v[(size_t)j * E + c];
+            }
+        }
+        for (int c = 0; c < E; c++) {
+            double w = bout[c];
+            for (int e = 0; e < E; e++)
+                w += (double)wout[(size_t)c * E + e] * o[e];
+            near(out[(size_t)b * E + c], w, 2e-5 * (1 + fabs(w)), "attn_pool", (size_t)b * E + c);
+        }
+    }
+    free(m), free(q), free(k), free(v), free(o), free(a);
+    bfree(f, x), bfree(f, win), bfree(f, bin), bfree(f, wout), bfree(f, bout), bfree(f, out);
+    bfree(f, mask), bfree(f, scr);
+}
+
+static void test_attn_pool(void **state)
+{
+    fx *f = *state;
+    check_attn_pool(f, 1, 1, 4, 1, 0);
+    check_attn_pool(f, 2, 9, 12, 3, 0);
+    check_attn_pool(f, 3, 17, 24, 4, 1);
+    check_attn_pool(f, 2, 130, 48, 12, 1);
+}
+
 /* Every slot of the table is filled: a backend with a hole would crash. */
 static void test_table_complete(void **state)
 {
@@ -612,7 +774,9 @@ static void test_table_complete(void **state)
         (void (*)(void))t->patch_embed, (void (*)(void))t->vit_tokens,
         (void (*)(void))t->embedding,  (void (*)(void))t->cls_pool,
         (void (*)(void))t->l2norm,     (void (*)(void))t->conv_scratch,
-        (void (*)(void))t->conv,
+        (void (*)(void))t->conv,       (void (*)(void))t->rope,
+        (void (*)(void))t->swiglu,     (void (*)(void))t->scale_add,
+        (void (*)(void))t->attn_pool_scratch, (void (*)(void))t->attn_pool,
     };
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++)
         assert_non_null(fns[i]);
@@ -656,6 +820,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_vit_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_embedding, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cls_pool_l2norm_copy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rope, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_swiglu_scale_add, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attn_pool, setup, teardown),
+        WITH_THREADS(test_rope, &three_threads),
         cmocka_unit_test_setup_teardown(test_table_complete, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

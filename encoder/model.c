@@ -1,12 +1,15 @@
 /* model.c - ViT (2D and 3D) and BERT encoders behind enc_model / enc_state.
  *
- * One internal description serves the three architectures: a pre-norm ViT
+ * One internal description serves the four architectures: a pre-norm ViT
  * (struct vit) with a 2D and/or 3D patch embedding, a post-norm BERT
  * (struct bert), and a projection into the shared space (struct proj,
  * linear or Linear-GELU-Linear).  What differs between medsem, M3D-CLIP and
  * BiomedCLIP is confined to three places: the config reader (cfg_*), the
  * parameter names (map_*), and a few flags (patch flattening order, whether
- * the position embedding covers [CLS], qkv bias, projection kind).
+ * the position embedding covers [CLS], qkv bias, projection kind).  COLIPRI
+ * adds more: its vision tower is an EVA trunk (struct eva_block, eva_forward:
+ * 3-D RoPE, SwiGLU, layer scale, no [CLS]) and both towers end in an
+ * attention pool (struct apool) instead of [CLS] and a projection.
  *
  * Weights are mapped in two passes over the same code (map_model): a COUNT
  * pass sums sizes and names, then a FILL pass takes each tensor from the
@@ -42,8 +45,8 @@
 #define STEM_MAX 4      /* convolutions in a vision stem */
 #define ALIGN_FLOATS 16 /* every carved buffer starts 64-byte aligned */
 
-enum { ARCH_MEDSEM, ARCH_M3D, ARCH_BIOMEDCLIP };
-static const char *const arch_names[] = {"medsem", "m3d-clip", "biomedclip"};
+enum { ARCH_MEDSEM, ARCH_M3D, ARCH_BIOMEDCLIP, ARCH_COLIPRI };
+static const char *const arch_names[] = {"medsem", "m3d-clip", "biomedclip", "colipri"};
 
 /* ---- the model ----------------------------------------------------------------- */
 
@@ -58,6 +61,22 @@ typedef struct vit_block {
     const float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *out_w, *out_b;
     const float *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
 } vit_block;
+
+/* An EVA block (Primus, COLIPRI's vision tower): separate q, k, v
+ * projections (k without bias), an optional LayerNorm inside attention
+ * (scale_attn_inner) and layer scales gamma (init_values), and a SwiGLU MLP
+ * with its own LayerNorm: fc2(norm(silu(fc1_g x) * fc1_x x)). */
+typedef struct eva_block {
+    const float *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *v_w, *v_b, *an_w, *an_b, *out_w, *out_b, *g1;
+    const float *ln2_w, *ln2_b, *fg_w, *fg_b, *fx_w, *fx_b, *mn_w, *mn_b, *fc2_w, *fc2_b, *g2;
+} eva_block;
+
+/* Attention pooling (colipri.pooling.AttentionPool1D): a MultiheadAttention
+ * of embed dim E and H heads whose query is the mean of the tokens. */
+typedef struct apool {
+    int H;
+    const float *w_in, *b_in, *w_out, *b_out;
+} apool;
 
 typedef struct vit {
     int present;
@@ -81,6 +100,12 @@ typedef struct vit {
     vit_block *blk;
     const float *norm_w, *norm_b;
     proj head;
+    /* COLIPRI (eva = 1): EVA blocks instead of blk, no [CLS] and no
+     * absolute positions (3-D RoPE instead), the final norm on every token,
+     * head a 1x1x1 convolution (a linear map per token), then pool */
+    int eva, inner_norm, layer_scale;
+    eva_block *eblk;
+    apool pool;
 } vit;
 
 typedef struct bert_layer {
@@ -91,11 +116,13 @@ typedef struct bert_layer {
 typedef struct bert {
     int present;
     int from_file; /* V, P and types come from the tensors' shapes (M3D-CLIP) */
+    int depth_from_file; /* and L and I (COLIPRI's backbone without a config) */
     int V, D, L, H, I, P, types, max_len;
     float eps;
     const float *word, *pos, *type, *eln_w, *eln_b;
     bert_layer *lay;
     proj head;
+    apool pool; /* COLIPRI: pool.w_in != NULL replaces [CLS] and head */
 } bert;
 
 struct enc_model {
@@ -619,6 +646,170 @@ static int cfg_biomedclip(cfgx *x, const cJSON *root, enc_model *m)
     return ENC_OK;
 }
 
+/* A boolean (JSON true/false, or null meaning false when nullable);
+ * def when absent. */
+static int cfg_bool(cfgx *x, const cJSON *o, const char *path, const char *key, int def,
+                    int *out)
+{
+    const cJSON *c = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    if (c == NULL) {
+        *out = def;
+        return ENC_OK;
+    }
+    if (!cJSON_IsBool(c))
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %s%s: expected true or false",
+                         x->file, path, key);
+    *out = cJSON_IsTrue(c);
+    return ENC_OK;
+}
+
+/* A pooler object {embed_dim, num_heads}: embed_dim must be E. */
+static int cfg_pool(cfgx *x, const cJSON *o, const char *path, int E, apool *p)
+{
+    int rc, e;
+    if (o == NULL)
+        return enc__fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %s: missing", x->file, path);
+    char pp[96];
+    snprintf(pp, sizeof pp, "%s.", path);
+    if ((rc = cfg_int(x, o, pp, K("embed_dim"), E, 1, &e)) ||
+        (rc = cfg_int(x, o, pp, K("num_heads"), -1, 1, &p->H)))
+        return rc;
+    if (e != E || E % p->H != 0)
+        return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                         "%s: %sembed_dim %d / num_heads %d: expected projection_dim %d in "
+                         "whole heads", x->file, pp, e, p->H, E);
+    return ENC_OK;
+}
+
+/* COLIPRI: the package's own config (colipri/configs/, resolved: hydra's
+ * ${...} replaced by their values) as JSON.  projection_dim at the top;
+ * model.image_encoder.{backbone (Primus's arguments), projector (Conv3d's),
+ * pooler}; model.text_encoder.{backbone (BertConfig names: the CXR-BERT
+ * checkpoint's own config.json; bert-base by default), pooler};
+ * processor.tokenizer.model_max_length.  Either encoder may be absent or
+ * null.  What medsem does not implement is refused by name: absolute
+ * positions, register tokens, RoPE off. */
+static int cfg_colipri(cfgx *x, const cJSON *root, enc_model *m)
+{
+    int rc;
+    vit *v = &m->v;
+    bert *t = &m->t;
+    if ((rc = cfg_int(x, root, "", K("projection_dim"), -1, 1, &m->E)))
+        return rc;
+    m->logit_scale = 0; /* softmax_temperature 1, unless the file has one */
+    const cJSON *mo = jobj(root, "model");
+    const cJSON *io = jobj(mo, "image_encoder"), *to = jobj(mo, "text_encoder");
+    if (io == NULL && to == NULL)
+        return enc__fail(x->errbuf, x->errlen, ENC_MISSING,
+                         "%s: model.image_encoder and model.text_encoder: both missing", x->file);
+    if (io != NULL) {
+        const char *bp = "model.image_encoder.backbone.";
+        const cJSON *bo = jobj(io, "backbone");
+        if (bo == NULL)
+            return enc__fail(x->errbuf, x->errlen, ENC_MISSING, "%s: %.*s: missing", x->file,
+                             (int)strlen(bp) - 1, bp);
+        int C, reg, rope, abspos;
+        double ratio = 4.0 * 2.0 / 3.0;
+        const cJSON *iv = cJSON_GetObjectItemCaseSensitive(bo, "init_values");
+        const cJSON *mr = cJSON_GetObjectItemCaseSensitive(bo, "mlp_ratio");
+        if (mr != NULL && (!cJSON_IsNumber(mr) || !(mr->valuedouble > 0)))
+            return enc__fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %smlp_ratio: expected a "
+                             "positive number", x->file, bp);
+        if (mr != NULL)
+            ratio = mr->valuedouble;
+        v->present = v->has3d = v->eva = 1;
+        if ((rc = cfg_int(x, bo, bp, K("embed_dim"), -1, 1, &v->D)) ||
+            (rc = cfg_int(x, bo, bp, K("eva_depth"), 24, 0, &v->L)) ||
+            (rc = cfg_int(x, bo, bp, K("eva_numheads"), 16, 1, &v->H)) ||
+            (rc = cfg_int(x, bo, bp, K("input_channels"), 1, 1, &C)) ||
+            (rc = cfg_int(x, bo, bp, K("num_register_tokens"), 0, 0, &reg)) ||
+            (rc = cfg_bool(x, bo, bp, "use_rot_pos_emb", 1, &rope)) ||
+            (rc = cfg_bool(x, bo, bp, "use_abs_pos_embed", 1, &abspos)) ||
+            (rc = cfg_bool(x, bo, bp, "scale_attn_inner", 0, &v->inner_norm)) ||
+            (rc = cfg_float(x, bo, bp, K("layer_norm_eps"), 1e-5, &v->eps)))
+            return rc;
+        if (iv != NULL && !cJSON_IsNull(iv) && !cJSON_IsNumber(iv))
+            return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                             "%s: %sinit_values: expected a number or null", x->file, bp);
+        v->layer_scale = iv != NULL && cJSON_IsNumber(iv);
+        if (!rope || abspos || reg != 0)
+            return enc__fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
+                             "%s: %s%s (medsem implements Primus with RoPE, no absolute "
+                             "position embedding and no register tokens, as COLIPRI uses it)",
+                             x->file, bp,
+                             !rope     ? "use_rot_pos_emb false"
+                             : abspos ? "use_abs_pos_embed true (or absent: Primus's default)"
+                                      : "num_register_tokens > 0");
+        if (v->D % v->H != 0)
+            return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                             "%s: %sembed_dim %d is not a multiple of eva_numheads %d", x->file,
+                             bp, v->D, v->H);
+        v->M = (int)(v->D * ratio); /* int(dim * mlp_ratio), as timm's EvaBlock */
+        if (v->M < 1)
+            return enc__fail(x->errbuf, x->errlen, ENC_INVAL, "%s: %smlp_ratio %g gives no "
+                             "MLP", x->file, bp, ratio);
+        v->g3 = (enc_patch_geom){C, {0, 0, 0}, {0, 0, 0}, ENC_PATCH_CONV};
+        if ((rc = cfg_ints(x, bo, bp, K("input_shape"), 3, v->g3.size, NULL)) ||
+            (rc = cfg_ints(x, bo, bp, K("patch_embed_size"), 3, v->g3.patch, NULL)) ||
+            (rc = check_vit(x, v, bp)))
+            return rc;
+        /* Eva's rope_dim = head_dim / 1.5 must be a whole multiple of 4:
+         * head_dim / 6 frequency bands per axis, three axes, in pairs */
+        int hd = v->D / v->H;
+        if (hd % 6 != 0)
+            return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                             "%s: %sembed_dim %d / eva_numheads %d: the head size %d is not a "
+                             "multiple of 6, as 3-D RoPE needs", x->file, bp, v->D, v->H, hd);
+        const cJSON *po = jobj(io, "projector");
+        int oc = m->E, ks[3] = {1, 1, 1};
+        if (po != NULL &&
+            ((rc = cfg_int(x, po, "model.image_encoder.projector.", K("out_channels"), m->E, 1,
+                           &oc)) ||
+             (rc = cfg_ints(x, po, "model.image_encoder.projector.", K("kernel_size"), 3, ks,
+                            &(int){0}))))
+            return rc;
+        if (oc != m->E || ks[0] != 1 || ks[1] != 1 || ks[2] != 1)
+            return enc__fail(x->errbuf, x->errlen, ENC_UNSUPPORTED,
+                             "%s: model.image_encoder.projector: expected a 1x1x1 Conv3d to "
+                             "projection_dim %d", x->file, m->E);
+        v->head = (proj){v->D, 0, m->E, NULL, NULL, NULL, NULL};
+        if ((rc = cfg_pool(x, jobj(io, "pooler"), "model.image_encoder.pooler", m->E,
+                           &v->pool)))
+            return rc;
+    }
+    if (to != NULL) {
+        const cJSON *bo = jobj(to, "backbone");
+        const char *bp = "model.text_encoder.backbone.";
+        t->present = 1;
+        if ((rc = cfg_hf_bert(x, bo, bp, t, 30522)) ||
+            (rc = cfg_int(x, bo, bp, K("hidden_size"), m->E, 1, &t->D)) ||
+            (rc = cfg_int(x, bo, bp, K("num_attention_heads"), t->D >= 128 ? t->D / 64 : 1, 1,
+                          &t->H)))
+            return rc;
+        /* sizes the config leaves out are the checkpoint's (model_setup);
+         * the heads, which no shape tells, are hidden_size / 64 (BERT's
+         * rule: 12 for CXR-BERT's 768) */
+        t->from_file = !jfind(bo, K("vocab_size"), NULL) ||
+                       !jfind(bo, K("max_position_embeddings"), NULL) ||
+                       !jfind(bo, K("type_vocab_size"), NULL);
+        t->depth_from_file = !jfind(bo, K("num_hidden_layers"), NULL) ||
+                             !jfind(bo, K("intermediate_size"), NULL);
+        const cJSON *tk = jobj(jobj(root, "processor"), "tokenizer");
+        if ((rc = cfg_int(x, tk, "processor.tokenizer.", K("model_max_length"),
+                          t->P < 512 ? t->P : 512, 1, &t->max_len)))
+            return rc;
+        if (t->D != m->E)
+            return enc__fail(x->errbuf, x->errlen, ENC_INVAL,
+                             "%s: %shidden_size %d differs from projection_dim %d (COLIPRI "
+                             "pools the text without a projection)", x->file, bp, t->D, m->E);
+        if ((rc = check_bert(x, t, bp)) ||
+            (rc = cfg_pool(x, jobj(to, "pooler"), "model.text_encoder.pooler", m->E,
+                           &t->pool)))
+            return rc;
+    }
+    return ENC_OK;
+}
+
 static int parse_config(const char *text, const char *file, enc_model *m, char *errbuf,
                         size_t errlen)
 {
@@ -641,9 +832,12 @@ static int parse_config(const char *text, const char *file, enc_model *m, char *
     } else if (a != NULL && strcmp(a, "biomedclip") == 0) {
         m->arch = ARCH_BIOMEDCLIP;
         rc = cfg_biomedclip(&x, root, m);
+    } else if (a != NULL && strcmp(a, "colipri") == 0) {
+        m->arch = ARCH_COLIPRI;
+        rc = cfg_colipri(&x, root, m);
     } else if (a != NULL) {
         rc = enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
-                  "%s: architecture \"%s\" (medsem, m3d-clip or biomedclip)", file, a);
+                  "%s: architecture \"%s\" (medsem, m3d-clip, biomedclip or colipri)", file, a);
     } else {
         rc = enc__fail(errbuf, errlen, ENC_MISSING,
                   "%s: architecture: missing (and no model_type \"m3d_clip\")", file);
@@ -708,7 +902,8 @@ static size_t align_up(size_t n)
 static void draw(rng *r, const char *name, int rank, const int64_t *shape, float *x, size_t n)
 {
     size_t nl = strlen(name);
-    int is_weight = nl > 7 && strcmp(name + nl - 7, ".weight") == 0;
+    int is_weight = nl > 7 && (strcmp(name + nl - 7, ".weight") == 0 ||
+                               strcmp(name + nl - 7, "_weight") == 0);
     int is_norm = strstr(name, "norm") != NULL || strstr(name, "LayerNorm") != NULL;
     double mean = 0, sd;
     if (is_weight && rank >= 2) {
@@ -962,6 +1157,70 @@ static int map_proj(wsrc *w, proj *h, const char *stem1, int bias1, const char *
     return ENC_OK;
 }
 
+/* Primus (dynamic_network_architectures) under p: the Conv3d patch
+ * embedding down_projection.proj, the Eva trunk eva.blocks.<i> (timm's
+ * EvaBlock names) and eva.norm; the decoder (up_projection) is not used and
+ * COLIPRI removes it.  Then the projector (a 1x1x1 Conv3d, under pr). */
+static int map_eva(wsrc *w, vit *v, const char *p, const char *pr)
+{
+    int rc;
+    const int64_t D = v->D, M = v->M;
+    char stem[160];
+    snprintf(stem, sizeof stem, "%sdown_projection.proj", p);
+    if ((rc = map_patch(w, v, &v->pe3, 3, stem, &v->pw3, &v->pb3)))
+        return rc;
+    for (int i = 0; i < v->L; i++) {
+        eva_block *b = &v->eblk[i];
+        const char *e = "eva.blocks.";
+        WGET(&b->ln1_w, S1(D), "%s%s%d.norm1.weight", p, e, i);
+        WGET(&b->ln1_b, S1(D), "%s%s%d.norm1.bias", p, e, i);
+        WGET(&b->q_w, S2(D, D), "%s%s%d.attn.q_proj.weight", p, e, i);
+        WGET(&b->q_b, S1(D), "%s%s%d.attn.q_proj.bias", p, e, i);
+        WGET(&b->k_w, S2(D, D), "%s%s%d.attn.k_proj.weight", p, e, i);
+        WGET(&b->v_w, S2(D, D), "%s%s%d.attn.v_proj.weight", p, e, i);
+        WGET(&b->v_b, S1(D), "%s%s%d.attn.v_proj.bias", p, e, i);
+        b->an_w = b->an_b = b->g1 = b->g2 = NULL;
+        if (v->inner_norm) {
+            WGET(&b->an_w, S1(D), "%s%s%d.attn.norm.weight", p, e, i);
+            WGET(&b->an_b, S1(D), "%s%s%d.attn.norm.bias", p, e, i);
+        }
+        WGET(&b->out_w, S2(D, D), "%s%s%d.attn.proj.weight", p, e, i);
+        WGET(&b->out_b, S1(D), "%s%s%d.attn.proj.bias", p, e, i);
+        if (v->layer_scale)
+            WGET(&b->g1, S1(D), "%s%s%d.gamma_1", p, e, i);
+        WGET(&b->ln2_w, S1(D), "%s%s%d.norm2.weight", p, e, i);
+        WGET(&b->ln2_b, S1(D), "%s%s%d.norm2.bias", p, e, i);
+        WGET(&b->fg_w, S2(M, D), "%s%s%d.mlp.fc1_g.weight", p, e, i);
+        WGET(&b->fg_b, S1(M), "%s%s%d.mlp.fc1_g.bias", p, e, i);
+        WGET(&b->fx_w, S2(M, D), "%s%s%d.mlp.fc1_x.weight", p, e, i);
+        WGET(&b->fx_b, S1(M), "%s%s%d.mlp.fc1_x.bias", p, e, i);
+        WGET(&b->mn_w, S1(M), "%s%s%d.mlp.norm.weight", p, e, i);
+        WGET(&b->mn_b, S1(M), "%s%s%d.mlp.norm.bias", p, e, i);
+        WGET(&b->fc2_w, S2(D, M), "%s%s%d.mlp.fc2.weight", p, e, i);
+        WGET(&b->fc2_b, S1(D), "%s%s%d.mlp.fc2.bias", p, e, i);
+        if (v->layer_scale)
+            WGET(&b->g2, S1(D), "%s%s%d.gamma_2", p, e, i);
+    }
+    WGET(&v->norm_w, S1(D), "%seva.norm.weight", p);
+    WGET(&v->norm_b, S1(D), "%seva.norm.bias", p);
+    proj *h = &v->head;
+    WGET(&h->w1, 5, ((const int64_t[]){h->out, D, 1, 1, 1}), "%s.weight", pr);
+    WGET(&h->b1, S1(h->out), "%s.bias", pr);
+    return ENC_OK;
+}
+
+/* An AttentionPool1D's MultiheadAttention under p: in_proj_weight [3E, E],
+ * in_proj_bias, out_proj.weight [E, E], out_proj.bias. */
+static int map_pool(wsrc *w, apool *a, int64_t E, const char *p)
+{
+    int rc;
+    WGET(&a->w_in, S2(3 * E, E), "%sattn.in_proj_weight", p);
+    WGET(&a->b_in, S1(3 * E), "%sattn.in_proj_bias", p);
+    WGET(&a->w_out, S2(E, E), "%sattn.out_proj.weight", p);
+    WGET(&a->b_out, S1(E), "%sattn.out_proj.bias", p);
+    return ENC_OK;
+}
+
 /* Walks every parameter of m's architecture, in a fixed order. */
 static int map_model(wsrc *w)
 {
@@ -1006,6 +1265,16 @@ static int map_model(wsrc *w)
                                        : map_proj(w, &m->t.head, "text.proj", 0, NULL, 0))))
             return rc;
         break;
+    case ARCH_COLIPRI:
+        /* colipri.model.multimodal.Model's state dict */
+        if (m->v.present &&
+            ((rc = map_eva(w, &m->v, "image_encoder.backbone.", "image_encoder.projector")) ||
+             (rc = map_pool(w, &m->v.pool, m->E, "image_encoder.pooler."))))
+            return rc;
+        if (m->t.present && ((rc = map_bert(w, &m->t, "text_encoder.backbone.")) ||
+                             (rc = map_pool(w, &m->t.pool, m->E, "text_encoder.pooler."))))
+            return rc;
+        break;
     }
     return ENC_OK;
 }
@@ -1028,7 +1297,8 @@ static int model_setup(enc_model *m, const enc_model_opts *o, int mode, uint64_t
 {
     bert *t = &m->t;
     if (t->present && t->from_file && m->st != NULL) {
-        const char *p = "language_encoder.embeddings.";
+        const char *p = m->arch == ARCH_COLIPRI ? "text_encoder.backbone.embeddings."
+                                                : "language_encoder.embeddings.";
         char name[96];
         snprintf(name, sizeof name, "%sword_embeddings.weight", p);
         resolve_rows(m->st, name, t->D, &t->V);
@@ -1037,6 +1307,26 @@ static int model_setup(enc_model *m, const enc_model_opts *o, int mode, uint64_t
         snprintf(name, sizeof name, "%stoken_type_embeddings.weight", p);
         resolve_rows(m->st, name, t->D, &t->types);
     }
+    if (t->present && t->depth_from_file && m->st != NULL) {
+        /* layers: as many as the file has queries for; I: the first
+         * intermediate layer's rows */
+        const char *p = "text_encoder.backbone.encoder.layer.";
+        char name[128];
+        enc_st_info info;
+        int L = 0;
+        for (; L < MAX_LAYERS; L++) {
+            snprintf(name, sizeof name, "%s%d.attention.self.query.weight", p, L);
+            if (enc_st_info_get(m->st, name, &info) != ENC_OK)
+                break;
+        }
+        t->L = L;
+        snprintf(name, sizeof name, "%s0.intermediate.dense.weight", p);
+        if (L > 0 && enc_st_info_get(m->st, name, &info) == ENC_OK && info.rank == 2 &&
+            info.shape[0] >= 1 && info.shape[0] <= 1 << 20)
+            t->I = (int)info.shape[0];
+    }
+    if (t->present && m->arch == ARCH_COLIPRI && t->max_len > t->P)
+        t->max_len = t->P; /* the tokenizer's 512 against a smaller table */
     if (t->present && t->max_len > t->P)
         return enc__fail(errbuf, errlen, ENC_INVAL,
                     "text max length %d exceeds the %d position embeddings", t->max_len, t->P);
@@ -1048,8 +1338,11 @@ static int model_setup(enc_model *m, const enc_model_opts *o, int mode, uint64_t
             return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
         m->own_be = 1;
     }
-    if (m->v.present && m->v.L > 0 &&
+    if (m->v.present && m->v.L > 0 && !m->v.eva &&
         (m->v.blk = calloc((size_t)m->v.L, sizeof *m->v.blk)) == NULL)
+        return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+    if (m->v.present && m->v.L > 0 && m->v.eva &&
+        (m->v.eblk = calloc((size_t)m->v.L, sizeof *m->v.eblk)) == NULL)
         return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
     if (m->t.present && m->t.L > 0 &&
         (m->t.lay = calloc((size_t)m->t.L, sizeof *m->t.lay)) == NULL)
@@ -1187,6 +1480,12 @@ int enc_model_load(const char *dir, const enc_model_opts *o, enc_model **out, ch
     if (enc_st_info_get(m->st, "logit_scale", &info) == ENC_OK && info.nelem == 1 &&
         enc_st_get(m->st, "logit_scale", info.rank, info.shape, &ls, NULL, 0) == ENC_OK)
         m->logit_scale = ls[0];
+    /* COLIPRI divides its similarities by softmax_temperature */
+    if (m->arch == ARCH_COLIPRI && enc_st_info_get(m->st, "softmax_temperature", &info) == ENC_OK &&
+        info.nelem == 1 &&
+        enc_st_get(m->st, "softmax_temperature", info.rank, info.shape, &ls, NULL, 0) == ENC_OK &&
+        ls[0] > 0)
+        m->logit_scale = -logf(ls[0]);
     if ((o == NULL || !o->no_id) && (rc = hash_file(st_path, m->id, errbuf, errlen)))
         goto done;
 done:
@@ -1242,6 +1541,7 @@ void enc_model_free(enc_model *m)
     }
     enc_st_close(m->st);
     free(m->v.blk);
+    free(m->v.eblk);
     free(m->t.lay);
     free(m->params);
     free(m->names);
@@ -1300,7 +1600,7 @@ int enc_model_geom(const enc_model *m, enc_kind kind, enc_input_geom *g)
     g->channels = pg->channels;
     memcpy(g->size, pg->size, sizeof g->size);
     memcpy(g->patch, pg->patch, sizeof g->patch);
-    g->tokens = 1 + (int)enc_patch_count(pg);
+    g->tokens = !m->v.eva + (int)enc_patch_count(pg); /* [CLS], except in EVA */
     const enc_patch_geom *pe = kind == ENC_IMAGE ? &m->v.pe2 : &m->v.pe3;
     const enc_conv_geom *cg = kind == ENC_IMAGE ? m->v.sg2 : m->v.sg3;
     g->embed_macs = (double)enc_patch_count(pe) * enc_patch_dim(pe) * m->v.D;
@@ -1421,6 +1721,10 @@ struct enc_state {
     size_t stem_off[STEM_MAX];
     float *dstem[2]; /* training: two [batch, max c_i N_i] gradient buffers */
     float *pooled;  /* [batch, D] */
+    /* COLIPRI */
+    float *gate;    /* [batch, T, M] SwiGLU's fc1_x half */
+    float *rope;    /* [T, hd] cos | sin of the 3-D RoPE angles */
+    float *poolscr; /* attn_pool scratch */
     float *phid;    /* [batch, hidden] MLP projection */
     float *emb;     /* [batch, E] */
     float *hmask;   /* host [batch, Lmax] staging for the float mask */
@@ -1452,6 +1756,43 @@ typedef struct act {
     size_t count;
     float **ptr;
 } act;
+
+/* The 3-D RoPE table of an EVA state, [T, hd]: cos in columns [0, hd/2),
+ * sin in [hd/2, hd), as timm's RotaryEmbeddingCat builds it for Primus
+ * (rope dim 2 hd / 3, in_pixels False, feat_shape = ref_feat_shape = the
+ * patch grid): nb = hd / 6 bands per axis, band i = 10000^(-i / nb); pair p
+ * = a * nb + i turns by the token's coordinate along grid axis a (0 the
+ * slowest) times band i.  Every step in float as torch takes it (the
+ * coordinate c / s * s, the band 1 / 10000^(i / nb), their product), the
+ * sine and cosine of that float in double. */
+static int rope_table(enc_state *s, const enc_patch_geom *g, int hd)
+{
+    int gs[3], nb = hd / 6, np = hd / 2;
+    for (int a = 0; a < 3; a++)
+        gs[a] = g->size[a] / g->patch[a];
+    size_t T = (size_t)gs[0] * gs[1] * gs[2];
+    float *h = malloc(T * (size_t)hd * sizeof *h);
+    if (h == NULL)
+        return ENC_NOMEM;
+    for (size_t t = 0; t < T; t++) {
+        int c[3] = {(int)(t / ((size_t)gs[1] * gs[2])), (int)(t / gs[2] % gs[1]),
+                    (int)(t % gs[2])};
+        for (int a = 0; a < 3; a++) {
+            volatile float pos = (float)c[a] / (float)gs[a]; /* volatile: no fused c * (s / s) */
+            pos = pos * (float)gs[a];
+            for (int i = 0; i < nb; i++) {
+                float e = (float)i / (float)nb;
+                float band = 1.0f / powf(10000.0f, e);
+                float ang = pos * band;
+                h[t * hd + a * nb + i] = (float)cos((double)ang);
+                h[t * hd + np + a * nb + i] = (float)sin((double)ang);
+            }
+        }
+    }
+    int rc = s->be->iface.upload(s->be, s->rope, h, T * (size_t)hd * sizeof *h);
+    free(h);
+    return rc;
+}
 
 int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_opts *o,
                   enc_state **out, char *errbuf, size_t errlen)
@@ -1485,11 +1826,18 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
         return enc__fail(errbuf, errlen, ENC_INVAL,
                     "a training state needs a model made with opts.trainable");
     }
+    if ((s->flags & (ENC_STATE_TRAIN | ENC_STATE_CLSATT)) && m->arch == ARCH_COLIPRI) {
+        free(s);
+        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
+                         "colipri models encode only: no training (its ops have no backward "
+                         "twins yet) and no [CLS] attention (it has no [CLS])");
+    }
     const size_t Bz = (size_t)batch;
     int keep = (s->flags & ENC_STATE_HIDDEN) != 0;
     act plan[48];
     int n = 0;
-    size_t T, D, M, H, L, E = (size_t)m->E, ph = 0;
+    size_t T, D, M, H, L, E = (size_t)m->E, ph = 0, qkvw;
+    const apool *pool = NULL;
     float *ids_f = NULL;
     if (kind == ENC_TEXT) {
         const bert *t = &m->t;
@@ -1500,6 +1848,7 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
         }
         T = (size_t)Lmax, D = (size_t)t->D, M = (size_t)t->I, H = (size_t)t->H, L = (size_t)t->L;
         ph = (size_t)t->head.hidden;
+        pool = m->arch == ARCH_COLIPRI ? &t->pool : NULL;
         plan[n++] = (act){"ids", Bz * T, &ids_f};
         plan[n++] = (act){"mask", Bz * T, &s->mask};
         if (s->train) {
@@ -1511,7 +1860,7 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
     } else {
         const vit *v = &m->v;
         const enc_patch_geom *g = kind == ENC_IMAGE ? &v->g2 : &v->g3;
-        T = 1 + enc_patch_count(g), D = (size_t)v->D, M = (size_t)v->M, H = (size_t)v->H;
+        T = !v->eva + enc_patch_count(g), D = (size_t)v->D, M = (size_t)v->M, H = (size_t)v->H;
         L = (size_t)v->L;
         ph = (size_t)v->head.hidden;
         const enc_patch_geom *pe = kind == ENC_IMAGE ? &v->pe2 : &v->pe3;
@@ -1543,12 +1892,22 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
             plan[n++] = (act){"mid", L * Bz * T * D, &s->mid};
             plan[n++] = (act){"pooled_in", Bz * D, &s->pooled_in};
         }
+        if (v->eva) {
+            pool = &v->pool;
+            plan[n++] = (act){"gate", Bz * T * M, &s->gate};
+            plan[n++] = (act){"rope", T * (D / H), &s->rope};
+        }
     }
+    if (pool != NULL)
+        plan[n++] = (act){"pool_scratch",
+                          s->be->iface.attn_pool_scratch(s->be, (int)T, (int)E, pool->H),
+                          &s->poolscr};
     s->tokens_max = (int)T;
     s->nlayers = (int)L, s->D = (int)D, s->H = (int)H;
     size_t per = s->train ? L : 1; /* slices of the per-layer activations */
     plan[n++] = (act){"hidden", (keep ? L + 1 : 1) * Bz * T * D, &s->hidden};
-    plan[n++] = (act){"qkv", per * Bz * T * 3 * D, &s->qkv};
+    qkvw = pool != NULL && kind != ENC_TEXT && E > 3 * D ? E : 3 * D; /* EVA: the projector's too */
+    plan[n++] = (act){"qkv", per * Bz * T * qkvw, &s->qkv};
     plan[n++] = (act){"att", per * Bz * T * D, &s->att};
     plan[n++] = (act){"mlp", Bz * T * M, &s->mlp};
     if (s->train) {
@@ -1609,6 +1968,14 @@ int enc_state_new(const enc_model *m, enc_kind kind, int batch, const enc_state_
     if (kind == ENC_TEXT && (s->hmask = malloc(Bz * T * sizeof(float))) == NULL) {
         enc_state_free(s);
         return enc__fail(errbuf, errlen, ENC_NOMEM, "out of memory");
+    }
+    if (s->rope != NULL) {
+        int rc = rope_table(s, &m->v.g3, (int)(D / H));
+        if (rc) {
+            enc_state_free(s);
+            return enc__fail(errbuf, errlen, rc, "%s", rc == ENC_NOMEM ? "out of memory"
+                                                                       : "rope table upload failed");
+        }
     }
     *out = s;
     return ENC_OK;
@@ -1792,6 +2159,76 @@ static int vit_forward(enc_state *s, const float *in, int B, float *out)
     return ENC_OK;
 }
 
+/* Primus's EVA trunk and COLIPRI's head (colipri.model.image.ImageEncoder
+ * with project and pool), on [B, C, X, Y, Z] (torchio's axis order):
+ *   x = patches(in)                     (no [CLS], no absolute positions)
+ *   per block, with q and k turned by the 3-D RoPE:
+ *     x += g1 * proj(norm_a(attn(rope(q), rope(k), v)))   (ln1 before q, k, v)
+ *     x += g2 * fc2(norm_m(silu(fc1_g(ln2 x)) * fc1_x(ln2 x)))
+ *   out = l2norm(pool(projector(norm(x))))
+ * (norm_a, g1, g2 when the config has them).  The projector output goes
+ * to the qkv buffer, free by then. */
+static int eva_forward(enc_state *s, const float *in, int B, float *out)
+{
+    const vit *v = &s->m->v;
+    enc_backend *be = s->be;
+    const enc_backend_i *f = &be->iface;
+    const enc_patch_geom *g = &v->g3;
+    const int T = (int)enc_patch_count(g), D = v->D, H = v->H, M = v->M, E = s->m->E;
+    const int R = B * T;
+    const size_t BTD = (size_t)R * D;
+    size_t in_n = (size_t)B * g->channels * g->size[0] * g->size[1] * g->size[2];
+    int rc = f->upload(be, s->input, in, in_n * sizeof(float));
+    if (rc)
+        return state_fail(s, rc, "upload to the %s backend failed", f->name);
+    s->B = B, s->T = T;
+
+    float *x = hid(s, 0);
+    f->patch_embed(be, x, (size_t)T * D, s->input, v->pw3, v->pb3, &v->pe3, B, D, s->pscr);
+    for (int l = 0; l < v->L; l++) {
+        const eva_block *b = &v->eblk[l];
+        x = next_layer(s, l, BTD);
+        float *probs = s->probs ? s->probs + (size_t)l * s->batch * H * s->tokens_max *
+                                                 s->tokens_max
+                                : NULL;
+        f->layernorm(be, s->ln, x, b->ln1_w, b->ln1_b, R, D, v->eps);
+        f->matmul(be, s->qkv, 3 * D, s->ln, b->q_w, b->q_b, R, D, D, 0);
+        f->matmul(be, s->qkv + D, 3 * D, s->ln, b->k_w, NULL, R, D, D, 0);
+        f->matmul(be, s->qkv + 2 * D, 3 * D, s->ln, b->v_w, b->v_b, R, D, D, 0);
+        f->rope(be, s->qkv, 3 * D, s->rope, B, T, D, H);
+        f->attention(be, s->att, probs, s->qkv, NULL, s->ascr, B, T, D, H);
+        if (v->inner_norm)
+            f->layernorm(be, s->att, s->att, b->an_w, b->an_b, R, D, v->eps);
+        if (v->layer_scale) {
+            f->matmul(be, s->ln, 0, s->att, b->out_w, b->out_b, R, D, D, 0);
+            f->scale_add(be, x, s->ln, b->g1, (size_t)R, D);
+        } else {
+            f->matmul(be, x, 0, s->att, b->out_w, b->out_b, R, D, D, 1);
+        }
+        f->layernorm(be, s->ln, x, b->ln2_w, b->ln2_b, R, D, v->eps);
+        f->matmul(be, s->mlp, 0, s->ln, b->fg_w, b->fg_b, R, D, M, 0);
+        f->matmul(be, s->gate, 0, s->ln, b->fx_w, b->fx_b, R, D, M, 0);
+        f->swiglu(be, s->mlp, s->mlp, s->gate, (size_t)R * M);
+        f->layernorm(be, s->mlp, s->mlp, b->mn_w, b->mn_b, R, M, v->eps);
+        if (v->layer_scale) {
+            f->matmul(be, s->ln, 0, s->mlp, b->fc2_w, b->fc2_b, R, M, D, 0);
+            f->scale_add(be, x, s->ln, b->g2, (size_t)R, D);
+        } else {
+            f->matmul(be, x, 0, s->mlp, b->fc2_w, b->fc2_b, R, M, D, 1);
+        }
+    }
+    f->layernorm(be, s->ln, x, v->norm_w, v->norm_b, R, D, v->eps);
+    f->matmul(be, s->qkv, 0, s->ln, v->head.w1, v->head.b1, R, D, E, 0);
+    f->attn_pool(be, s->emb, s->qkv, NULL, v->pool.w_in, v->pool.b_in, v->pool.w_out,
+                 v->pool.b_out, B, T, E, v->pool.H, s->poolscr);
+    f->l2norm(be, s->emb, s->emb, B, E);
+    if ((rc = f->download(be, out, s->emb, (size_t)B * E * sizeof(float))) ||
+        (rc = f->sync(be)))
+        return state_fail(s, rc, "the %s backend failed", f->name);
+    s->ready = 1;
+    return ENC_OK;
+}
+
 /* Post-norm BERT (Hugging Face):
  *   x = LN(word[ids] + pos + type[0])
  *   x = LN(x + out(attn(qkv(x), mask)));  x = LN(x + f(gelu(i(x))))   per layer
@@ -1837,9 +2274,14 @@ static int bert_forward(enc_state *s, int B, int Lt, float *out)
             f->copy(be, slice(s, s->r2, l, D), x, BTD);
         f->layernorm(be, x, x, y->ln2_w, y->ln2_b, R, D, t->eps);
     }
-    f->cls_pool(be, s->pooled, x, B, Lt, D);
     float *e = s->train ? s->embpre : s->emb;
-    proj_forward(be, &t->head, e, s->pooled, s->phid, s->phpre, B);
+    if (t->pool.w_in != NULL) { /* COLIPRI: attention pooling over the kept tokens */
+        f->attn_pool(be, e, x, s->mask, t->pool.w_in, t->pool.b_in, t->pool.w_out,
+                     t->pool.b_out, B, Lt, D, t->pool.H, s->poolscr);
+    } else {
+        f->cls_pool(be, s->pooled, x, B, Lt, D);
+        proj_forward(be, &t->head, e, s->pooled, s->phid, s->phpre, B);
+    }
     f->l2norm(be, s->emb, e, B, s->m->E);
     int rc;
     if ((rc = f->download(be, out, s->emb, (size_t)B * s->m->E * sizeof(float))) ||
@@ -1873,7 +2315,7 @@ int enc_encode_image(enc_state *s, const float *image, int B, float *out)
 int enc_encode_volume(enc_state *s, const float *volume, int B, float *out)
 {
     int rc = check_call(s, ENC_VOLUME, B, volume, out);
-    return rc ? rc : vit_forward(s, volume, B, out);
+    return rc ? rc : s->m->v.eva ? eva_forward(s, volume, B, out) : vit_forward(s, volume, B, out);
 }
 
 int enc_encode_text(enc_state *s, const int32_t *ids, const int32_t *mask, int B, int L,

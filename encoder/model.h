@@ -52,8 +52,8 @@ typedef struct enc_model_opts {
 } enc_model_opts;
 
 /* Loads the model directory dir (config.json, model.safetensors): parses the
- * config (architecture "medsem" or "biomedclip", or M3D-CLIP's model_type
- * "m3d_clip"), maps every parameter by name and checks its shape against the
+ * config (architecture "medsem", "biomedclip" or "colipri", or M3D-CLIP's
+ * model_type "m3d_clip"), maps every parameter by name and checks its shape against the
  * config, and hashes model.safetensors for enc_model_id (reads the whole
  * file once, unless o->no_id).  Weights stored as F32 stay in the read-only file mapping;
  * F16/BF16 are converted once.  o may be NULL (defaults).  On success *out
@@ -78,7 +78,7 @@ int enc_model_new_random(const char *config_json, uint64_t seed, const enc_model
  * first.  Accepts NULL. */
 void enc_model_free(enc_model *m);
 
-/* "medsem", "m3d-clip" or "biomedclip".  Static string. */
+/* "medsem", "m3d-clip", "biomedclip" or "colipri".  Static string. */
 const char *enc_model_arch(const enc_model *m);
 
 /* The model's identity: 64 lower-case hex digits, the SHA-256 of
@@ -102,7 +102,7 @@ int enc_model_has(const enc_model *m, enc_kind kind);
  * [B, C, ...] input.  tokens is the sequence length T of the transformer
  * (1 + patches for vision, the longest accepted text for ENC_TEXT, where
  * vocab_size is also set).  The rest is for the tower of kind: its width,
- * depth and heads. */
+ * depth and heads.  COLIPRI's vision tower has no [CLS]: tokens = patches. */
 typedef struct enc_input_geom {
     int channels;
     int size[3];

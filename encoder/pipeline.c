@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #include "encoder/internal.h"
@@ -81,6 +82,39 @@ static int get_bool(const cJSON *obj, const char *key, int dflt)
     return b && cJSON_IsBool(b) ? cJSON_IsTrue(b) : dflt;
 }
 
+/* COLIPRI's processor (colipri/configs/processor): ToOrientation (only
+ * "RAS", what every reader here gives), Resample to `spacing` mm (linear),
+ * Clamp to [-1000, 1000] HU and RescaleIntensity to [-1, 1] (a CT window
+ * with mean 0.5 and std 0.5), CropOrPad to the input shape padding with the
+ * minimum; WordPiece with lower case (CXR-BERT's tokenizer). */
+static int configure_colipri(enc_pipeline *p, const cJSON *cfg, const char *path,
+                             char *errbuf, size_t errlen)
+{
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(cfg, "orientation");
+    if (o && (!cJSON_IsString(o) || strcmp(o->valuestring, "RAS")))
+        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
+                         "%s: orientation: only \"RAS\" (the readers' own order)", path);
+    const cJSON *pm = cJSON_GetObjectItemCaseSensitive(cfg, "padding_mode");
+    if (pm && (!cJSON_IsString(pm) || strcmp(pm->valuestring, "minimum")))
+        return enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
+                         "%s: padding_mode: only \"minimum\"", path);
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(cfg, "spacing");
+    float mm = 2.0f;
+    if (sp && (!cJSON_IsNumber(sp) || !(sp->valuedouble > 0) || !isfinite(sp->valuedouble)))
+        return enc__fail(errbuf, errlen, ENC_INVAL, "%s: spacing: expected millimetres > 0",
+                         path);
+    if (sp)
+        mm = (float)sp->valuedouble;
+    p->prep.torchio = 1;
+    for (int i = 0; i < 3; i++)
+        p->prep.vol_spacing[i] = mm;
+    p->prep.ct_window[0] = -1000.0f;
+    p->prep.ct_window[1] = 1000.0f;
+    p->prep.mean[0] = 0.5f;
+    p->prep.std[0] = 0.5f;
+    return ENC_OK;
+}
+
 /* Preprocessing and tokenizer options by architecture (docs/encoder.md). */
 static int configure(enc_pipeline *p, const cJSON *cfg, const char *path, int *lower_case,
                      char *errbuf, size_t errlen)
@@ -119,6 +153,8 @@ static int configure(enc_pipeline *p, const cJSON *cfg, const char *path, int *l
         p->prep.no_window = 1;
         p->prep.mr_pct[0] = 0;
         p->prep.mr_pct[1] = 100;
+    } else if (!strcmp(arch, "colipri")) {
+        rc = configure_colipri(p, cfg, path, errbuf, errlen);
     } else { /* biomedclip */
         const cJSON *pre = cJSON_GetObjectItemCaseSensitive(cfg, "preprocess_cfg");
         if (pre) {
@@ -141,8 +177,8 @@ static int configure(enc_pipeline *p, const cJSON *cfg, const char *path, int *l
     }
     if (!enc_model_geom(p->model, ENC_VOLUME, &g)) {
         p->prep.channels = g.channels;
-        for (int i = 0; i < 3; i++)
-            p->prep.vol_size[i] = g.size[i];
+        for (int i = 0; i < 3; i++) /* COLIPRI's input is (X, Y, Z) */
+            p->prep.vol_size[i] = p->prep.torchio ? g.size[2 - i] : g.size[i];
     }
     if (!enc_model_geom(p->model, ENC_TEXT, &g))
         p->max_len = g.tokens;

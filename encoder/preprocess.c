@@ -84,7 +84,7 @@ static int prep_volume(img_vol *v, const char *path, enc_modality mod, const enc
                        float *out, char *errbuf, size_t errlen)
 {
     img_vol r = {0};
-    int rc = intensities(v, mod, p, path, errbuf, errlen);
+    int rc = p->torchio ? ENC_OK : intensities(v, mod, p, path, errbuf, errlen);
     float sp[3] = {p->vol_spacing[0], p->vol_spacing[1], p->vol_spacing[2]};
     if (p->fit) {
         int n[3] = {v->nx, v->ny, v->nz}, want[3] = {p->vol_size[2], p->vol_size[1], p->vol_size[0]};
@@ -94,8 +94,30 @@ static int prep_volume(img_vol *v, const char *path, enc_modality mod, const enc
     if (!rc)
         rc = img_resample(v, sp, p->vol_size[2], p->vol_size[1], p->vol_size[0], &r, errbuf,
                               errlen);
-    if (!rc)
-        channels(r.data, (size_t)p->vol_size[0] * p->vol_size[1] * p->vol_size[2], p, out);
+    size_t n = (size_t)p->vol_size[0] * p->vol_size[1] * p->vol_size[2];
+    if (!rc && p->torchio) {
+        /* torchio: Resample, then Clamp and RescaleIntensity (the window),
+         * CropOrPad (done by img_resample, padding with the minimum), and
+         * its [X, Y, Z] layout */
+        img_ct_window(&r, p->ct_window[0], p->ct_window[1]);
+        float *t = malloc(n * sizeof *t);
+        if (t == NULL) {
+            img_vol_free(&r);
+            if (errbuf)
+                snprintf(errbuf, errlen, "%s: out of memory", path);
+            return ENC_NOMEM;
+        }
+        const size_t X = (size_t)p->vol_size[2], Y = (size_t)p->vol_size[1];
+        const size_t Z = (size_t)p->vol_size[0];
+        for (size_t z = 0; z < Z; z++)
+            for (size_t y = 0; y < Y; y++)
+                for (size_t x = 0; x < X; x++)
+                    t[(x * Y + y) * Z + z] = r.data[(z * Y + y) * X + x];
+        channels(t, n, p, out);
+        free(t);
+    } else if (!rc) {
+        channels(r.data, n, p, out);
+    }
     img_vol_free(&r);
     return rc;
 }

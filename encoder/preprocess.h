@@ -8,7 +8,8 @@
  * (CT: HU window to [0, 1]; MR and others: percentile scaling to [0, 1]),
  * resampled trilinearly to the target spacing, centre-cropped or padded to
  * the model's size, and written as [C, D, H, W] in RAS voxel order: W grows
- * towards the patient's right, H towards anterior, D towards superior.
+ * towards the patient's right, H towards anterior, D towards superior
+ * (COLIPRI's differ: enc_prep.torchio).
  * Images (radiographs): PNG or 2-D NIfTI (from a path or from memory), put in picture order (row 0 at the
  * top), intensities to [0, 1] (PNG by bit depth, NIfTI by modality), scaled
  * to fit the model's size with the aspect ratio kept and the rest padded,
@@ -41,12 +42,18 @@ typedef struct enc_prep {
     int no_window;  /* CT too gets percentile scaling (M3D-CLIP's min-max) */
     int slice_display; /* axial slices (enc_prep_slice) as displayed, not in RAS order
                           (config.json preprocess.slice_view "display") */
+    /* COLIPRI (torchio's transform, in its order): resample the stored
+     * intensities first, then the CT window, for every modality (its model
+     * knows only Hounsfield units), and write the volume as [C, X, Y, Z]
+     * (torchio's axis order, X toward the patient's right, Z fastest) rather
+     * than [C, D, H, W]; vol_size stays (D, H, W) = (Z, Y, X). */
+    int torchio;
 } enc_prep;
 
 #define ENC_PREP_INIT                                                                     \
     {                                                                                     \
         1, {32, 256, 256}, {1.5f, 1.5f, 3.0f}, {224, 224}, {-1000.0f, 400.0f},         \
-            {0.5f, 99.5f}, {0, 0, 0}, {1, 1, 1}, 0, 0, 0                               \
+            {0.5f, 99.5f}, {0, 0, 0}, {1, 1, 1}, 0, 0, 0, 0                            \
     }
 
 size_t enc_prep_volume_count(const enc_prep *p); /* C*D*H*W */

@@ -1,7 +1,7 @@
 /* test_models.c - the encoders end to end.
  *
  *  - Parity with the reference fixtures (tests/fixtures/models/<arch>/, made
- *    by PyTorch, MONAI, timm and transformers; see docs/encoder.md): every
+ *    by PyTorch, MONAI, timm, transformers and colipri; see docs/encoder.md): every
  *    input in io.safetensors is encoded, every layer's residual stream and
  *    the embeddings compared; embeddings must agree to 1e-4, per-layer
  *    differences are printed.
@@ -235,6 +235,14 @@ static void test_fixture_biomedclip(void **state)
 {
     (void)state;
     run_fixture("biomedclip", "biomedclip");
+}
+
+/* COLIPRI (colipri 0.1.3's own classes: Primus EVA trunk with 3-D RoPE,
+ * SwiGLU and layer scale, attention pooling; BERT with attention pooling) */
+static void test_fixture_colipri(void **state)
+{
+    (void)state;
+    run_fixture("colipri", "colipri");
 }
 
 /* ---- a plain forward in double ----------------------------------------------------------
@@ -845,6 +853,20 @@ static void test_broken_tensors(void **state)
         free(config);
         free(fd);
     }
+    /* colipri: an EVA weight, a pooling weight */
+    char *fd = fixture_dir("colipri");
+    if (fd != NULL) {
+        enc_model *m;
+        assert_int_equal(enc_model_load(fd, NULL, &m, err, sizeof err), ENC_OK);
+        char *cp = tu_path(fd, "config.json");
+        char *config = read_all(cp, NULL);
+        broken_dirs(m, config, "image_encoder.backbone.eva.blocks.1.mlp.fc1_x.weight");
+        broken_dirs(m, config, "text_encoder.pooler.attn.in_proj_weight");
+        enc_model_free(m);
+        free(config);
+        free(cp);
+        free(fd);
+    }
 }
 
 static void test_config_errors(void **state)
@@ -917,6 +939,40 @@ static void test_config_errors(void **state)
         {"{\"architecture\": \"biomedclip\", \"model_cfg\": {\"text_cfg\":"
          "{\"hf_proj_type\": \"pooler\"}}}",
          ENC_UNSUPPORTED, "pooler"},
+        /* colipri: the package's keys; what medsem does not implement is named */
+        {"{\"architecture\": \"colipri\", \"model\": {}}", ENC_MISSING, "projection_dim"},
+        {"{\"architecture\": \"colipri\", \"projection_dim\": 12, \"model\": {}}",
+         ENC_MISSING, "model.image_encoder and model.text_encoder"},
+        {"{\"architecture\": \"colipri\", \"projection_dim\": 12, \"model\": {\"image_encoder\":"
+         "{\"backbone\": {\"embed_dim\": 24, \"eva_depth\": 1, \"eva_numheads\": 2,"
+         "\"input_shape\": [8, 8, 8], \"patch_embed_size\": [4, 4, 4]}}}}",
+         ENC_UNSUPPORTED, "use_abs_pos_embed"},
+        {"{\"architecture\": \"colipri\", \"projection_dim\": 12, \"model\": {\"image_encoder\":"
+         "{\"backbone\": {\"embed_dim\": 24, \"eva_depth\": 1, \"eva_numheads\": 2,"
+         "\"use_abs_pos_embed\": false, \"num_register_tokens\": 4,"
+         "\"input_shape\": [8, 8, 8], \"patch_embed_size\": [4, 4, 4]}}}}",
+         ENC_UNSUPPORTED, "num_register_tokens"},
+        {"{\"architecture\": \"colipri\", \"projection_dim\": 12, \"model\": {\"image_encoder\":"
+         "{\"backbone\": {\"embed_dim\": 32, \"eva_depth\": 1, \"eva_numheads\": 2,"
+         "\"use_abs_pos_embed\": false, \"input_shape\": [8, 8, 8],"
+         "\"patch_embed_size\": [4, 4, 4]}}}}",
+         ENC_INVAL, "head size 16 is not a multiple of 6"},
+        {"{\"architecture\": \"colipri\", \"projection_dim\": 12, \"model\": {\"image_encoder\":"
+         "{\"backbone\": {\"embed_dim\": 24, \"eva_depth\": 1, \"eva_numheads\": 2,"
+         "\"use_abs_pos_embed\": false, \"input_shape\": [8, 8, 8],"
+         "\"patch_embed_size\": [4, 4, 4]}, \"pooler\": {\"num_heads\": 5}}}}",
+         ENC_INVAL, "model.image_encoder.pooler.embed_dim 12 / num_heads 5"},
+        {"{\"architecture\": \"colipri\", \"projection_dim\": 12, \"model\": {\"image_encoder\":"
+         "{\"backbone\": {\"embed_dim\": 24, \"eva_depth\": 1, \"eva_numheads\": 2,"
+         "\"use_abs_pos_embed\": false, \"input_shape\": [8, 8, 8],"
+         "\"patch_embed_size\": [4, 4, 4]}, \"projector\": {\"kernel_size\": 3}}}}",
+         ENC_UNSUPPORTED, "1x1x1 Conv3d"},
+        {"{\"architecture\": \"colipri\", \"projection_dim\": 12, \"model\": {\"text_encoder\":"
+         "{\"backbone\": {\"hidden_size\": 16}, \"pooler\": {\"num_heads\": 2}}}}",
+         ENC_INVAL, "model.text_encoder.backbone.hidden_size 16 differs from projection_dim 12"},
+        {"{\"architecture\": \"colipri\", \"projection_dim\": 12, \"model\": {\"text_encoder\":"
+         "{\"backbone\": {}}}}",
+         ENC_MISSING, "model.text_encoder.pooler: missing"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         enc_model *m = NULL;
@@ -1172,6 +1228,7 @@ int main(void)
         cmocka_unit_test(test_fixture_medsem_stem),
         cmocka_unit_test(test_fixture_m3d),
         cmocka_unit_test(test_fixture_biomedclip),
+        cmocka_unit_test(test_fixture_colipri),
         cmocka_unit_test(test_random_medsem),
         cmocka_unit_test(test_random_m3d),
         cmocka_unit_test(test_random_biomedclip),

@@ -82,6 +82,47 @@ static void test_volume_ct(void **state)
     free(dir);
 }
 
+/* COLIPRI's torchio order: the same CT volume resampled first, then clamped
+ * to [-1000, 1000] HU and rescaled to [-1, 1], written [X, Y, Z] (x toward
+ * the patient's right, z fastest); an MR volume gets the same window. */
+static void test_volume_torchio(void **state)
+{
+    (void)state;
+    char *dir = tu_mkdtemp();
+    char *p = tu_path(dir, "ct.nii.gz");
+    write_ct(p);
+    enc_prep pp = ENC_PREP_INIT;
+    pp.vol_size[0] = 4, pp.vol_size[1] = 4, pp.vol_size[2] = 4;
+    pp.vol_spacing[0] = pp.vol_spacing[1] = pp.vol_spacing[2] = 2;
+    pp.ct_window[0] = -1000, pp.ct_window[1] = 1000;
+    pp.mean[0] = 0.5f, pp.std[0] = 0.5f;
+    pp.torchio = 1;
+    float out[64], mr[64];
+    char err[256];
+    assert_int_equal(enc_prep_volume(p, ENC_MOD_CT, &pp, out, err, sizeof err), 0);
+    for (int x = 0; x < 4; x++)
+        for (int y = 0; y < 4; y++)
+            for (int z = 0; z < 4; z++) {
+                float hu = (float)(10 * ((3 - x) + 4 * (3 - y) + 16 * z) - 300);
+                assert_float_equal(out[(x * 4 + y) * 4 + z], hu / 1000, 1e-5);
+            }
+    assert_int_equal(enc_prep_volume(p, ENC_MOD_MR, &pp, mr, err, sizeof err), 0);
+    assert_memory_equal(out, mr, sizeof out);
+    /* a window the values cross: clamped after resampling, so still exact
+     * on the grid */
+    pp.ct_window[0] = -100, pp.ct_window[1] = 100;
+    assert_int_equal(enc_prep_volume(p, ENC_MOD_CT, &pp, out, err, sizeof err), 0);
+    for (int x = 0; x < 4; x++)
+        for (int z = 0; z < 4; z++) {
+            float hu = (float)(10 * ((3 - x) + 16 * z) - 300); /* y = 3 */
+            hu = hu < -100 ? -100 : hu > 100 ? 100 : hu;
+            assert_float_equal(out[(x * 4 + 3) * 4 + z], hu / 100, 1e-5);
+        }
+    tu_rmtree(dir);
+    free(p);
+    free(dir);
+}
+
 static void write_png8(const char *path, int w, int h, const unsigned char *px)
 {
     FILE *f = fopen(path, "wb");
@@ -221,6 +262,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_modality),
         cmocka_unit_test(test_volume_ct),
+        cmocka_unit_test(test_volume_torchio),
         cmocka_unit_test(test_image_png_aspect),
         cmocka_unit_test(test_image_nifti_like_png),
         cmocka_unit_test(test_slice),

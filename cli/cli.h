@@ -28,6 +28,11 @@ int cmd_serve(int argc, char **argv);
 int cmd_ingest(int argc, char **argv);
 int cmd_scan(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+/* config.json of a COLIPRI model folder at `to`, from the hydra configs in
+ * src (configs/config.yaml and its groups, or config.yaml at the top; none:
+ * colipri 0.1.3's values); cli/convert_colipri.c.  0, or -1 after
+ * cli_error. */
+int cli_colipri_config(const char *src, const char *to);
 
 /* Prints "medsem: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

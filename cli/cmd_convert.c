@@ -21,7 +21,7 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: medsem convert SRC --out DST [--layout biomedclip|m3d-clip|torch]\n"
+            "usage: medsem convert SRC --out DST [--layout biomedclip|m3d-clip|colipri|torch]\n"
             "\n"
             "Turns a checkpoint as it is published into what medsem loads, reading PyTorch\n"
             "files with a restricted unpickler that accepts only what a state dict uses\n"
@@ -31,13 +31,17 @@ static void usage(FILE *f)
             "  m3d-clip    SRC a folder with config.json (model_type m3d_clip),\n"
             "              model.safetensors or pytorch_model.bin, and vocab.txt -> DST a\n"
             "              model folder\n"
+            "  colipri     SRC a folder with model.safetensors (COLIPRI-CRM), vocab.txt\n"
+            "              (CXR-BERT's) and the colipri package's configs/ tree (or\n"
+            "              config.yaml and its groups; none: colipri 0.1.3's) -> DST a\n"
+            "              model folder\n"
             "  torch       SRC one PyTorch checkpoint (.bin, .pt, .pth) -> DST a .safetensors\n"
             "              file with every tensor as float32, names kept\n"
             "Without --layout it is told from SRC's files.  A model folder is written next to\n"
             "DST and renamed into place once it loads, so DST is whole or absent.\n"
             "\n"
             "  --out DST            the model folder (or .safetensors file) to write\n"
-            "  --layout L           biomedclip, m3d-clip or torch\n");
+            "  --layout L           biomedclip, m3d-clip, colipri or torch\n");
 }
 
 /* dir/name into buf; -1 when it does not fit. */
@@ -127,7 +131,10 @@ static int weights(const char *src, const char *const *st_names, const char *con
             }
             return 0;
         }
-    cli_error("%s: no weights (looked for %s or %s)", src, st_names[0], pt_names[0]);
+    if (pt_names[0] == NULL)
+        cli_error("%s: no weights (looked for %s)", src, st_names[0]);
+    else
+        cli_error("%s: no weights (looked for %s or %s)", src, st_names[0], pt_names[0]);
     return -1;
 }
 
@@ -178,11 +185,13 @@ int cmd_convert(int argc, char **argv)
     if (!layout)
         layout = !dir                                        ? "torch"
                  : exists(src, "open_clip_config.json")      ? "biomedclip"
+                 : exists(src, "configs/config.yaml") ||
+                         exists(src, "config.yaml")          ? "colipri"
                  : exists(src, "config.json")                ? "m3d-clip"
                                                              : NULL;
     if (!layout) {
-        cli_error("%s: cannot tell the layout (no open_clip_config.json or config.json); "
-                  "give --layout", src);
+        cli_error("%s: cannot tell the layout (no open_clip_config.json, configs/config.yaml "
+                  "or config.json); give --layout", src);
         return CLI_BAD_INPUT;
     }
     char err[1024];
@@ -198,9 +207,8 @@ int cmd_convert(int argc, char **argv)
         printf("converted %s -> %s\n", src, out);
         return CLI_OK;
     }
-    if (strcmp(layout, "biomedclip") && strcmp(layout, "m3d-clip")) {
-        cli_error("--layout '%s': expected biomedclip, m3d-clip or torch%s", layout,
-                  !strcmp(layout, "colipri") ? " (COLIPRI's architecture is not in medsem yet)" : "");
+    if (strcmp(layout, "biomedclip") && strcmp(layout, "m3d-clip") && strcmp(layout, "colipri")) {
+        cli_error("--layout '%s': expected biomedclip, m3d-clip, colipri or torch", layout);
         return CLI_USAGE;
     }
     if (!dir) {
@@ -217,17 +225,22 @@ int cmd_convert(int argc, char **argv)
         cli_error("%s: %s", tmp, strerror(errno));
         return CLI_BAD_INPUT;
     }
-    int bio = !strcmp(layout, "biomedclip"), rc = 0;
-    pjoin(p, sizeof p, src, bio ? "open_clip_config.json" : "config.json");
+    int bio = !strcmp(layout, "biomedclip"), col = !strcmp(layout, "colipri"), rc = 0;
     pjoin(q, sizeof q, tmp, "config.json");
-    rc = write_config(p, layout, q);
+    if (col) {
+        rc = cli_colipri_config(src, q);
+    } else {
+        pjoin(p, sizeof p, src, bio ? "open_clip_config.json" : "config.json");
+        rc = write_config(p, layout, q);
+    }
     pjoin(q, sizeof q, tmp, "model.safetensors");
     static const char *const bio_st[] = {"open_clip_model.safetensors", "model.safetensors", NULL};
     static const char *const bio_pt[] = {"open_clip_pytorch_model.bin", "pytorch_model.bin", NULL};
     static const char *const m3d_st[] = {"model.safetensors", NULL};
     static const char *const m3d_pt[] = {"pytorch_model.bin", NULL};
+    static const char *const col_pt[] = {NULL};
     if (!rc)
-        rc = weights(src, bio ? bio_st : m3d_st, bio ? bio_pt : m3d_pt, q);
+        rc = weights(src, bio ? bio_st : m3d_st, bio ? bio_pt : col ? col_pt : m3d_pt, q);
     pjoin(p, sizeof p, src, "vocab.txt");
     pjoin(q, sizeof q, tmp, "vocab.txt");
     if (!rc && !exists(src, "vocab.txt")) {

@@ -164,6 +164,75 @@ static int on_file(void *ctx, int i, const img_vol *v, char *errbuf, size_t errl
 /* The file hook sees each file as read, before preprocessing, with its
  * index in the call; its failure fails the call; the vectors are the same
  * with or without it. */
+/* COLIPRI: the pipeline reads colipri's processor from config.json (2 mm,
+ * [-1000, 1000] HU to [-1, 1], [C, X, Y, Z] of input_shape 16 x 12 x 20);
+ * a 32 x 24 x 40 volume of 1 mm voxels resamples to exactly that grid,
+ * each voxel the mean of a 2 x 2 x 2 block, and the pipeline equals its
+ * parts. */
+static void test_colipri_pipeline(void **state)
+{
+    (void)state;
+    char *dir = fixture("colipri");
+    char err[1024];
+    enc_pipeline *p = NULL;
+    int rc = enc_pipeline_open(dir, 1, &p, err, sizeof err);
+    if (rc)
+        print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+    assert_true(enc_pipeline_has_volume(p) && enc_pipeline_has_text(p) &&
+                !enc_pipeline_has_image(p));
+    const enc_prep *pp = enc_pipeline_prep(p);
+    assert_true(pp->torchio);
+    assert_int_equal(pp->vol_size[0], 20); /* (Z, Y, X): the model's input is (X, Y, Z) */
+    assert_int_equal(pp->vol_size[1], 12);
+    assert_int_equal(pp->vol_size[2], 16);
+    char *tmp = tu_mkdtemp();
+    char *ct = tu_path(tmp, "ct.nii.gz");
+    const int nx = 32, ny = 24, nz = 40;
+    int64_t dims[8] = {3, nx, ny, nz, 1, 1, 1, 1};
+    nifti_image *nim = nifti_make_new_nim(dims, DT_INT16, 1);
+    assert_non_null(nim);
+    int16_t *raw = nim->data;
+    for (int i = 0; i < nx * ny * nz; i++)
+        raw[i] = (int16_t)((i * 37) % 2600 - 1300); /* past both ends of the window */
+    nim->pixdim[1] = nim->pixdim[2] = nim->pixdim[3] = 1;
+    nim->dx = nim->dy = nim->dz = 1;
+    assert_int_equal(nifti_set_filenames(nim, ct, 0, 1), 0);
+    nifti_image_write(nim);
+    float *x = malloc(enc_prep_volume_count(pp) * sizeof *x);
+    assert_non_null(x);
+    assert_int_equal(enc_prep_volume(ct, ENC_MOD_CT, pp, x, err, sizeof err), 0);
+    for (int X = 0; X < 16; X++)
+        for (int Y = 0; Y < 12; Y++)
+            for (int Z = 0; Z < 20; Z++) {
+                double sum = 0;
+                for (int c = 0; c < 8; c++)
+                    sum += raw[((2 * Z + (c >> 2)) * ny + 2 * Y + (c >> 1 & 1)) * nx + 2 * X +
+                               (c & 1)];
+                double hu = fmin(1000, fmax(-1000, sum / 8)); /* clamped after resampling */
+                assert_float_equal(x[(X * 12 + Y) * 20 + Z], hu / 1000, 1e-5);
+            }
+    nifti_image_free(nim);
+    enc_worker *w = NULL;
+    assert_int_equal(enc_worker_new(p, 1, &w, err, sizeof err), 0);
+    const char *paths[1] = {ct}, *mods[1] = {"CT"};
+    float got[32], want[32];
+    assert_int_equal(enc_worker_volumes(w, paths, mods, 1, got, err, sizeof err), 0);
+    enc_state *s = NULL;
+    assert_int_equal(enc_state_new(enc_pipeline_model(p), ENC_VOLUME, 1, NULL, &s, err,
+                                   sizeof err), 0);
+    assert_int_equal(enc_encode_volume(s, x, 1, want), 0);
+    assert_true(maxdiff(got, want, 32) == 0);
+    enc_state_free(s);
+    free(x);
+    enc_worker_free(w);
+    enc_pipeline_close(p);
+    tu_rmtree(tmp);
+    free(ct);
+    free(tmp);
+    free(dir);
+}
+
 static void test_file_hook(void **state)
 {
     (void)state;
@@ -310,6 +379,7 @@ int main(void)
     nifti_set_debug_level(0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_medsem_pipeline),
+        cmocka_unit_test(test_colipri_pipeline),
         cmocka_unit_test(test_file_hook),
         cmocka_unit_test(test_slice_view),
         cmocka_unit_test(test_kinds_and_errors),

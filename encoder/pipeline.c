@@ -82,8 +82,10 @@ static int get_bool(const cJSON *obj, const char *key, int dflt)
     return b && cJSON_IsBool(b) ? cJSON_IsTrue(b) : dflt;
 }
 
-/* COLIPRI's processor (colipri/configs/processor): ToOrientation (only
- * "RAS", what every reader here gives), Resample to `spacing` mm (linear),
+/* COLIPRI's processor (colipri/configs/processor): ToOrientation ("RAS",
+ * colipri 0.1.3's config: the volume as [X, Y, Z]; or "SAR", what its model
+ * card's example shows: [Z, Y, X], medsem's own order; the readers give
+ * RAS), Resample to `spacing` mm (linear),
  * Clamp to [-1000, 1000] HU and RescaleIntensity to [-1, 1] (a CT window
  * with mean 0.5 and std 0.5), CropOrPad to the input shape padding with the
  * minimum; WordPiece with lower case (CXR-BERT's tokenizer). */
@@ -91,9 +93,10 @@ static int configure_colipri(enc_pipeline *p, const cJSON *cfg, const char *path
                              char *errbuf, size_t errlen)
 {
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(cfg, "orientation");
-    if (o && (!cJSON_IsString(o) || strcmp(o->valuestring, "RAS")))
+    if (o && (!cJSON_IsString(o) ||
+              (strcmp(o->valuestring, "RAS") && strcmp(o->valuestring, "SAR"))))
         return enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
-                         "%s: orientation: only \"RAS\" (the readers' own order)", path);
+                         "%s: orientation: \"RAS\" or \"SAR\" (torchio codes)", path);
     const cJSON *pm = cJSON_GetObjectItemCaseSensitive(cfg, "padding_mode");
     if (pm && (!cJSON_IsString(pm) || strcmp(pm->valuestring, "minimum")))
         return enc__fail(errbuf, errlen, ENC_UNSUPPORTED,
@@ -106,6 +109,7 @@ static int configure_colipri(enc_pipeline *p, const cJSON *cfg, const char *path
     if (sp)
         mm = (float)sp->valuedouble;
     p->prep.torchio = 1;
+    p->prep.xyz = !o || !strcmp(o->valuestring, "RAS"); /* the package's default */
     for (int i = 0; i < 3; i++)
         p->prep.vol_spacing[i] = mm;
     p->prep.ct_window[0] = -1000.0f;
@@ -178,7 +182,7 @@ static int configure(enc_pipeline *p, const cJSON *cfg, const char *path, int *l
     if (!enc_model_geom(p->model, ENC_VOLUME, &g)) {
         p->prep.channels = g.channels;
         for (int i = 0; i < 3; i++) /* COLIPRI's input is (X, Y, Z) */
-            p->prep.vol_size[i] = p->prep.torchio ? g.size[2 - i] : g.size[i];
+            p->prep.vol_size[i] = p->prep.xyz ? g.size[2 - i] : g.size[i];
     }
     if (!enc_model_geom(p->model, ENC_TEXT, &g))
         p->max_len = g.tokens;

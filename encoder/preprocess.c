@@ -95,11 +95,10 @@ static int prep_volume(img_vol *v, const char *path, enc_modality mod, const enc
         rc = img_resample(v, sp, p->vol_size[2], p->vol_size[1], p->vol_size[0], &r, errbuf,
                               errlen);
     size_t n = (size_t)p->vol_size[0] * p->vol_size[1] * p->vol_size[2];
-    if (!rc && p->torchio) {
-        /* torchio: Resample, then Clamp and RescaleIntensity (the window),
-         * CropOrPad (done by img_resample, padding with the minimum), and
-         * its [X, Y, Z] layout */
+    if (!rc && p->torchio) /* Clamp and RescaleIntensity after Resample */
         img_ct_window(&r, p->ct_window[0], p->ct_window[1]);
+    if (!rc && p->xyz) {
+        /* torchio's tensor of a RAS image: [X, Y, Z] */
         float *t = malloc(n * sizeof *t);
         if (t == NULL) {
             img_vol_free(&r);

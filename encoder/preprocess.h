@@ -44,16 +44,18 @@ typedef struct enc_prep {
                           (config.json preprocess.slice_view "display") */
     /* COLIPRI (torchio's transform, in its order): resample the stored
      * intensities first, then the CT window, for every modality (its model
-     * knows only Hounsfield units), and write the volume as [C, X, Y, Z]
-     * (torchio's axis order, X toward the patient's right, Z fastest) rather
-     * than [C, D, H, W]; vol_size stays (D, H, W) = (Z, Y, X). */
-    int torchio;
+     * knows only Hounsfield units).  With xyz as well, write the volume as
+     * [C, X, Y, Z] (torchio's tensor of an image oriented RAS: X toward the
+     * patient's right, Z fastest) rather than [C, D, H, W] (which is
+     * torchio's tensor of an image oriented SAR); vol_size stays (D, H, W)
+     * = (Z, Y, X). */
+    int torchio, xyz;
 } enc_prep;
 
 #define ENC_PREP_INIT                                                                     \
     {                                                                                     \
         1, {32, 256, 256}, {1.5f, 1.5f, 3.0f}, {224, 224}, {-1000.0f, 400.0f},         \
-            {0.5f, 99.5f}, {0, 0, 0}, {1, 1, 1}, 0, 0, 0, 0                            \
+            {0.5f, 99.5f}, {0, 0, 0}, {1, 1, 1}, 0, 0, 0, 0, 0                         \
     }
 
 size_t enc_prep_volume_count(const enc_prep *p); /* C*D*H*W */

@@ -182,7 +182,7 @@ static void test_colipri_pipeline(void **state)
     assert_true(enc_pipeline_has_volume(p) && enc_pipeline_has_text(p) &&
                 !enc_pipeline_has_image(p));
     const enc_prep *pp = enc_pipeline_prep(p);
-    assert_true(pp->torchio);
+    assert_true(pp->torchio && pp->xyz);
     assert_int_equal(pp->vol_size[0], 20); /* (Z, Y, X): the model's input is (X, Y, Z) */
     assert_int_equal(pp->vol_size[1], 12);
     assert_int_equal(pp->vol_size[2], 16);

@@ -96,7 +96,7 @@ static void test_volume_torchio(void **state)
     pp.vol_spacing[0] = pp.vol_spacing[1] = pp.vol_spacing[2] = 2;
     pp.ct_window[0] = -1000, pp.ct_window[1] = 1000;
     pp.mean[0] = 0.5f, pp.std[0] = 0.5f;
-    pp.torchio = 1;
+    pp.torchio = pp.xyz = 1;
     float out[64], mr[64];
     char err[256];
     assert_int_equal(enc_prep_volume(p, ENC_MOD_CT, &pp, out, err, sizeof err), 0);
@@ -118,6 +118,16 @@ static void test_volume_torchio(void **state)
             hu = hu < -100 ? -100 : hu > 100 ? 100 : hu;
             assert_float_equal(out[(x * 4 + 3) * 4 + z], hu / 100, 1e-5);
         }
+    /* SAR: torchio's tensor is medsem's own [Z, Y, X] */
+    pp.xyz = 0;
+    assert_int_equal(enc_prep_volume(p, ENC_MOD_CT, &pp, out, err, sizeof err), 0);
+    for (int z = 0; z < 4; z++)
+        for (int y = 0; y < 4; y++)
+            for (int x = 0; x < 4; x++) {
+                float hu = (float)(10 * ((3 - x) + 4 * (3 - y) + 16 * z) - 300);
+                hu = hu < -100 ? -100 : hu > 100 ? 100 : hu;
+                assert_float_equal(out[(z * 4 + y) * 4 + x], hu / 100, 1e-5);
+            }
     tu_rmtree(dir);
     free(p);
     free(dir);

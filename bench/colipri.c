@@ -12,7 +12,9 @@
  * run).  With --model it is that directory's model; --io names a file with
  * volume.input [B, 1, X, Y, Z] (the input, else random) and volume.embed
  * [B, E] and volume.hidden.{l} (compared when present), as
- * tests/fixtures/make_colipri_fixtures.py --full writes.
+ * tests/fixtures/make_colipri_fixtures.py --full writes; text.input_ids,
+ * text.attention_mask, text.hidden.{l} and text.embed there are checked
+ * through the text tower the same way.
  * bench/colipri_torch.py runs PyTorch's colipri on the same shapes.
  *
  * GFLOP/s counts the matrix products' multiply-adds twice (patch
@@ -49,6 +51,62 @@ static double max_abs_diff(const float *a, const float *b, size_t n)
             m = d;
     }
     return m;
+}
+
+/* io's <kind>.hidden.{l}, l = 0..L, against the state's, where present. */
+static void compare_hidden(enc_st *io, const enc_state *s, const char *kind, int L)
+{
+    for (int l = 0; l <= L; l++) {
+        char name[64];
+        enc_st_info hi;
+        const float *h;
+        snprintf(name, sizeof name, "%s.hidden.%d", kind, l);
+        if (enc_st_info_get(io, name, &hi) == ENC_OK &&
+            enc_st_get(io, name, hi.rank, hi.shape, &h, NULL, 0) == ENC_OK)
+            printf("  %s hidden %2d: max abs diff %.2e\n", kind, l,
+                   max_abs_diff(enc_state_hidden(s, l), h, hi.nelem));
+    }
+}
+
+/* The texts of io (text.input_ids, text.attention_mask [B, L] as F32)
+ * through the text tower, against text.hidden.{l} and text.embed. */
+static int compare_text(const enc_model *m, enc_st *io)
+{
+    char err[512];
+    enc_st_info in;
+    const float *idf, *mkf, *want;
+    if (enc_st_info_get(io, "text.input_ids", &in) != ENC_OK || in.rank != 2)
+        return 0;
+    const int B = (int)in.shape[0], L = (int)in.shape[1], E = enc_model_embed_dim(m);
+    if (enc_st_get(io, "text.input_ids", 2, in.shape, &idf, err, sizeof err) ||
+        enc_st_get(io, "text.attention_mask", 2, in.shape, &mkf, err, sizeof err) ||
+        enc_st_get(io, "text.embed", 2, (const int64_t[]){B, E}, &want, err, sizeof err)) {
+        fprintf(stderr, "bench/colipri: %s\n", err);
+        return 1;
+    }
+    int32_t *ids = malloc((size_t)B * L * sizeof *ids), *mask = malloc((size_t)B * L * sizeof *mask);
+    float *out = malloc((size_t)B * E * sizeof *out);
+    enc_state_opts so = {.flags = ENC_STATE_HIDDEN, .max_len = L};
+    enc_state *s = NULL;
+    int rc = ids && mask && out ? enc_state_new(m, ENC_TEXT, B, &so, &s, err, sizeof err)
+                                : ENC_NOMEM;
+    for (size_t i = 0; !rc && i < (size_t)B * L; i++)
+        ids[i] = (int32_t)idf[i], mask[i] = (int32_t)mkf[i];
+    double t0 = bench_now();
+    if (!rc && (rc = enc_encode_text(s, ids, mask, B, L, out)))
+        snprintf(err, sizeof err, "%s", enc_state_errmsg(s));
+    if (!rc) {
+        enc_input_geom g;
+        enc_model_geom(m, ENC_TEXT, &g);
+        printf("  text: %d x %d tokens in %.2f s\n", B, L, bench_now() - t0);
+        compare_hidden(io, s, "text", g.num_layers);
+        printf("  text embedding: max abs diff %.2e\n", max_abs_diff(out, want, (size_t)B * E));
+    } else {
+        fprintf(stderr, "bench/colipri: %s\n", err);
+    }
+    enc_state_free(s);
+    free(ids), free(mask), free(out);
+    return rc ? 1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -158,18 +216,11 @@ int main(int argc, char **argv)
     printf("  medsem: %.2f s per volume, %.1f GFLOP/s (%.2f TFLOP), peak RSS %.0f MB\n", t / B,
            flop / t / 1e9, flop / 1e12, ru.ru_maxrss / 1024.0);
     if (io) {
-        for (int l = 0; l <= L; l++) {
-            char name[64];
-            enc_st_info hi;
-            const float *h;
-            snprintf(name, sizeof name, "volume.hidden.%d", l);
-            if (enc_st_info_get(io, name, &hi) == ENC_OK &&
-                enc_st_get(io, name, hi.rank, hi.shape, &h, err, sizeof err) == ENC_OK)
-                printf("  hidden %2d: max abs diff %.2e\n", l,
-                       max_abs_diff(enc_state_hidden(s, l), h, hi.nelem));
-        }
+        compare_hidden(io, s, "volume", L);
         if (want)
             printf("  embedding: max abs diff %.2e\n", max_abs_diff(out, want, (size_t)B * E));
+        if (enc_model_has(m, ENC_TEXT) && (rc = compare_text(m, io)))
+            return 1;
     }
     free(out);
     free(own);

@@ -1157,6 +1157,21 @@ static int map_proj(wsrc *w, proj *h, const char *stem1, int bias1, const char *
     return ENC_OK;
 }
 
+/* <stem><name>.weight, [rows] when cols is 0 (a LayerNorm) else [rows,
+ * cols] (a Linear), and <stem><name>.bias [rows] unless b is NULL. */
+static int wpair(wsrc *w, const char *stem, const char *name, int64_t rows, int64_t cols,
+                 const float **wt, const float **b)
+{
+    int rc;
+    if (cols)
+        WGET(wt, S2(rows, cols), "%s%s.weight", stem, name);
+    else
+        WGET(wt, S1(rows), "%s%s.weight", stem, name);
+    if (b != NULL)
+        WGET(b, S1(rows), "%s%s.bias", stem, name);
+    return ENC_OK;
+}
+
 /* Primus (dynamic_network_architectures) under p: the Conv3d patch
  * embedding down_projection.proj, the Eva trunk eva.blocks.<i> (timm's
  * EvaBlock names) and eva.norm; the decoder (up_projection) is not used and
@@ -1171,38 +1186,28 @@ static int map_eva(wsrc *w, vit *v, const char *p, const char *pr)
         return rc;
     for (int i = 0; i < v->L; i++) {
         eva_block *b = &v->eblk[i];
-        const char *e = "eva.blocks.";
-        WGET(&b->ln1_w, S1(D), "%s%s%d.norm1.weight", p, e, i);
-        WGET(&b->ln1_b, S1(D), "%s%s%d.norm1.bias", p, e, i);
-        WGET(&b->q_w, S2(D, D), "%s%s%d.attn.q_proj.weight", p, e, i);
-        WGET(&b->q_b, S1(D), "%s%s%d.attn.q_proj.bias", p, e, i);
-        WGET(&b->k_w, S2(D, D), "%s%s%d.attn.k_proj.weight", p, e, i);
-        WGET(&b->v_w, S2(D, D), "%s%s%d.attn.v_proj.weight", p, e, i);
-        WGET(&b->v_b, S1(D), "%s%s%d.attn.v_proj.bias", p, e, i);
+        snprintf(stem, sizeof stem, "%seva.blocks.%d.", p, i);
         b->an_w = b->an_b = b->g1 = b->g2 = NULL;
-        if (v->inner_norm) {
-            WGET(&b->an_w, S1(D), "%s%s%d.attn.norm.weight", p, e, i);
-            WGET(&b->an_b, S1(D), "%s%s%d.attn.norm.bias", p, e, i);
-        }
-        WGET(&b->out_w, S2(D, D), "%s%s%d.attn.proj.weight", p, e, i);
-        WGET(&b->out_b, S1(D), "%s%s%d.attn.proj.bias", p, e, i);
+        if ((rc = wpair(w, stem, "norm1", D, 0, &b->ln1_w, &b->ln1_b)) ||
+            (rc = wpair(w, stem, "attn.q_proj", D, D, &b->q_w, &b->q_b)) ||
+            (rc = wpair(w, stem, "attn.k_proj", D, D, &b->k_w, NULL)) ||
+            (rc = wpair(w, stem, "attn.v_proj", D, D, &b->v_w, &b->v_b)) ||
+            (v->inner_norm && (rc = wpair(w, stem, "attn.norm", D, 0, &b->an_w, &b->an_b))) ||
+            (rc = wpair(w, stem, "attn.proj", D, D, &b->out_w, &b->out_b)))
+            return rc;
         if (v->layer_scale)
-            WGET(&b->g1, S1(D), "%s%s%d.gamma_1", p, e, i);
-        WGET(&b->ln2_w, S1(D), "%s%s%d.norm2.weight", p, e, i);
-        WGET(&b->ln2_b, S1(D), "%s%s%d.norm2.bias", p, e, i);
-        WGET(&b->fg_w, S2(M, D), "%s%s%d.mlp.fc1_g.weight", p, e, i);
-        WGET(&b->fg_b, S1(M), "%s%s%d.mlp.fc1_g.bias", p, e, i);
-        WGET(&b->fx_w, S2(M, D), "%s%s%d.mlp.fc1_x.weight", p, e, i);
-        WGET(&b->fx_b, S1(M), "%s%s%d.mlp.fc1_x.bias", p, e, i);
-        WGET(&b->mn_w, S1(M), "%s%s%d.mlp.norm.weight", p, e, i);
-        WGET(&b->mn_b, S1(M), "%s%s%d.mlp.norm.bias", p, e, i);
-        WGET(&b->fc2_w, S2(D, M), "%s%s%d.mlp.fc2.weight", p, e, i);
-        WGET(&b->fc2_b, S1(D), "%s%s%d.mlp.fc2.bias", p, e, i);
+            WGET(&b->g1, S1(D), "%sgamma_1", stem);
+        if ((rc = wpair(w, stem, "norm2", D, 0, &b->ln2_w, &b->ln2_b)) ||
+            (rc = wpair(w, stem, "mlp.fc1_g", M, D, &b->fg_w, &b->fg_b)) ||
+            (rc = wpair(w, stem, "mlp.fc1_x", M, D, &b->fx_w, &b->fx_b)) ||
+            (rc = wpair(w, stem, "mlp.norm", M, 0, &b->mn_w, &b->mn_b)) ||
+            (rc = wpair(w, stem, "mlp.fc2", D, M, &b->fc2_w, &b->fc2_b)))
+            return rc;
         if (v->layer_scale)
-            WGET(&b->g2, S1(D), "%s%s%d.gamma_2", p, e, i);
+            WGET(&b->g2, S1(D), "%sgamma_2", stem);
     }
-    WGET(&v->norm_w, S1(D), "%seva.norm.weight", p);
-    WGET(&v->norm_b, S1(D), "%seva.norm.bias", p);
+    if ((rc = wpair(w, p, "eva.norm", D, 0, &v->norm_w, &v->norm_b)))
+        return rc;
     proj *h = &v->head;
     WGET(&h->w1, 5, ((const int64_t[]){h->out, D, 1, 1, 1}), "%s.weight", pr);
     WGET(&h->b1, S1(h->out), "%s.bias", pr);
@@ -2090,6 +2095,19 @@ static float *next_layer(enc_state *s, int l, size_t n)
     return x;
 }
 
+/* The B inputs of geometry g into the state's input buffer; the encode is
+ * then of B items of T tokens. */
+static int vision_input(enc_state *s, const float *in, int B, const enc_patch_geom *g, int T)
+{
+    const enc_backend_i *f = &s->be->iface;
+    size_t in_n = (size_t)B * g->channels * g->size[0] * g->size[1] * g->size[2];
+    int rc = f->upload(s->be, s->input, in, in_n * sizeof(float));
+    if (rc)
+        return state_fail(s, rc, "upload to the %s backend failed", f->name);
+    s->B = B, s->T = T;
+    return ENC_OK;
+}
+
 /* Pre-norm ViT (timm, MONAI, medsem):
  *   x = [cls, patches(in) ] + pos
  *   x += out(attn(qkv(ln1(x))));  x += fc2(gelu(fc1(ln2(x))))   per block
@@ -2104,11 +2122,9 @@ static int vit_forward(enc_state *s, const float *in, int B, float *out)
     const int N = (int)enc_patch_count(g), T = N + 1, D = v->D, H = v->H, M = v->M;
     const int R = B * T; /* rows of the token matrix */
     const size_t BTD = (size_t)R * D;
-    size_t in_n = (size_t)B * g->channels * g->size[0] * g->size[1] * g->size[2];
-    int rc = f->upload(be, s->input, in, in_n * sizeof(float));
+    int rc = vision_input(s, in, B, g, T);
     if (rc)
-        return state_fail(s, rc, "upload to the %s backend failed", f->name);
-    s->B = B, s->T = T;
+        return rc;
 
     float *x = hid(s, 0);
     const float *pin = s->input;
@@ -2177,11 +2193,9 @@ static int eva_forward(enc_state *s, const float *in, int B, float *out)
     const int T = (int)enc_patch_count(g), D = v->D, H = v->H, M = v->M, E = s->m->E;
     const int R = B * T;
     const size_t BTD = (size_t)R * D;
-    size_t in_n = (size_t)B * g->channels * g->size[0] * g->size[1] * g->size[2];
-    int rc = f->upload(be, s->input, in, in_n * sizeof(float));
+    int rc = vision_input(s, in, B, g, T);
     if (rc)
-        return state_fail(s, rc, "upload to the %s backend failed", f->name);
-    s->B = B, s->T = T;
+        return rc;
 
     float *x = hid(s, 0);
     f->patch_embed(be, x, (size_t)T * D, s->input, v->pw3, v->pb3, &v->pe3, B, D, s->pscr);

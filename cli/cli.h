@@ -33,6 +33,12 @@ int cmd_convert(int argc, char **argv);
  * colipri 0.1.3's values); cli/convert_colipri.c.  0, or -1 after
  * cli_error. */
 int cli_colipri_config(const char *src, const char *to);
+/* One file of a COLIPRI configs/ tree (text, len bytes) read as the YAML
+ * subset convert_colipri.c describes into a new JSON object; file names it
+ * in errors; vars: config.yaml's values for ${name}, NULL while reading
+ * config.yaml itself.  NULL when refused (said with the file and line). */
+struct cJSON *cli_colipri_yaml(const char *file, const char *text, size_t len,
+                               const struct cJSON *vars);
 
 /* Prints "medsem: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

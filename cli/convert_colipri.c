@@ -168,17 +168,37 @@ static int read_yaml(const yctx *y, char *text, cJSON *obj)
     return 0;
 }
 
+cJSON *cli_colipri_yaml(const char *file, const char *text, size_t len, const cJSON *vars)
+{
+    char *copy = malloc(len + 1);
+    cJSON *o = copy ? cJSON_CreateObject() : NULL;
+    if (o == NULL) {
+        free(copy);
+        cli_error("out of memory");
+        return NULL;
+    }
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    yctx y = {file, vars};
+    if (read_yaml(&y, copy, o)) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
+    free(copy);
+    return o;
+}
+
 /* dir/rel read as YAML into a new object, or builtin when dir is NULL. */
 static cJSON *load(const char *dir, const char *rel, const char *builtin, const cJSON *vars)
 {
     char path[4096];
     char *text;
+    size_t len;
     if (dir != NULL) {
         if (snprintf(path, sizeof path, "%s/%s", dir, rel) >= (int)sizeof path) {
             cli_error("%s/%s: path too long", dir, rel);
             return NULL;
         }
-        size_t len;
         text = util_read_file(path, &len);
         if (text == NULL) {
             cli_error("%s: %s (a COLIPRI configs/ tree has it)", path, strerror(errno));
@@ -186,18 +206,9 @@ static cJSON *load(const char *dir, const char *rel, const char *builtin, const 
         }
     } else {
         snprintf(path, sizeof path, "colipri 0.1.3's %s", rel);
-        text = strdup(builtin);
-        if (text == NULL) {
-            cli_error("out of memory");
-            return NULL;
-        }
+        return cli_colipri_yaml(path, builtin, strlen(builtin), vars);
     }
-    yctx y = {path, vars};
-    cJSON *o = cJSON_CreateObject();
-    if (o == NULL || read_yaml(&y, text, o)) {
-        cJSON_Delete(o);
-        o = NULL;
-    }
+    cJSON *o = cli_colipri_yaml(path, text, len, vars);
     free(text);
     return o;
 }

@@ -11,7 +11,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 b=$top/_build-fuzz
 pydicom=${MEDSEM_PYDICOM_FILES:-/usr/lib/python3/dist-packages/pydicom/data/test_files}
-targets=(fuzz_nifti fuzz_dicom fuzz_torch fuzz_png fuzz_safetensors fuzz_npy fuzz_tokenizer fuzz_vocab fuzz_manifest fuzz_http)
+targets=(fuzz_nifti fuzz_dicom fuzz_torch fuzz_colipri fuzz_png fuzz_safetensors fuzz_npy fuzz_tokenizer fuzz_vocab fuzz_manifest fuzz_http)
 
 build() {
     command -v clang >/dev/null && command -v clang++ >/dev/null ||

@@ -185,29 +185,34 @@ static double side_pick(const trn_trainer_stats *st, int step)
     return st->side_loss;
 }
 
-/* The mirror-image negatives: two of the four reports name a side (and
- * are swapped), the others are left out; the side loss starts near log 2
- * and falls as the towers learn right from left.  The multi-label tag
- * loss trains beside it. */
-static void test_side_negatives(void **state)
+/* 60 steps with minimal-pair negatives (options o): the side loss starts
+ * near log 2 and falls as the towers learn what tells a report from its
+ * swapped twin. */
+static void negatives_train(fixture *f, trn_trainer_opts o, const char *what)
 {
-    fixture *f = *state;
-    trn_trainer_opts o = tiny_opts();
-    o.side_weight = 1.0f;
-    o.tag_weight = 1.0f;
-    o.tag_bce = 1;
     trn_trainer *t = make_trainer(f, &o);
     double first, last;
     steps_60(t, side_pick, &first, &last);
-    printf("# side loss: steps 1-8 %.4f, steps 53-60 %.4f\n", first, last);
+    printf("# %s loss: steps 1-8 %.4f, steps 53-60 %.4f\n", what, first, last);
     assert_true(last < 0.8 * first);
     trn_trainer_free(t);
 }
 
+/* The mirror-image negatives: two of the four reports name a side (and
+ * are swapped), the others are left out.  The multi-label tag loss trains
+ * beside it. */
+static void test_side_negatives(void **state)
+{
+    trn_trainer_opts o = tiny_opts();
+    o.side_weight = 1.0f;
+    o.tag_weight = 1.0f;
+    o.tag_bce = 1;
+    negatives_train(*state, o, "side");
+}
+
 /* Lobe-swapped negatives: the nodule report's negative is the same nodule
- * in the right lower lobe, the effusion's the left one on the right; the
- * loss starts near log 2 and falls.  Without side_weight the option is
- * refused. */
+ * in the right lower lobe, the effusion's the left one on the right.
+ * Without side_weight the option is refused. */
 static void test_lobe_negatives(void **state)
 {
     fixture *f = *state;
@@ -215,12 +220,8 @@ static void test_lobe_negatives(void **state)
     o.side_weight = 1.0f;
     o.lobe_rate = 1.0f;
     o.tag_weight = 1.0f;
-    trn_trainer *t = make_trainer(f, &o);
-    double first, last;
-    steps_60(t, side_pick, &first, &last);
-    printf("# lobe and side loss: steps 1-8 %.4f, steps 53-60 %.4f\n", first, last);
-    assert_true(last < 0.8 * first);
-    trn_trainer_free(t);
+    negatives_train(f, o, "lobe and side");
+    trn_trainer *t;
     char err[512];
     o.side_weight = 0;
     assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);

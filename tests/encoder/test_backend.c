@@ -75,6 +75,15 @@ static float *rnd(fx *f, size_t n, double a)
     return p;
 }
 
+/* A malloc'd copy of x [n], to compare an in-place op's output with. */
+static float *copy_of(const float *x, size_t n)
+{
+    float *c = malloc((n ? n : 1) * sizeof *c);
+    assert_non_null(c);
+    memcpy(c, x, n * sizeof *c);
+    return c;
+}
+
 static void bfree(fx *f, void *p)
 {
     f->be->iface.free(f->be, p);
@@ -388,9 +397,7 @@ static void check_patch(fx *f, int B, int C, int Z, int Y, int X, int pz, int py
     size_t img = (size_t)C * Z * Y * X, bstride = (N + 1) * D; /* room for [CLS] */
     float *in = rnd(f, B * img, 1), *w = rnd(f, D * K, 1), *bias = rnd(f, (size_t)D, 1);
     float *out = rnd(f, B * bstride, 1), *scr = rnd(f, be->iface.patch_scratch(be, &g, B), 1);
-    float *keep = malloc(B * bstride * sizeof(float));
-    assert_non_null(keep);
-    memcpy(keep, out, B * bstride * sizeof(float));
+    float *keep = copy_of(out, B * bstride);
     be->iface.patch_embed(be, out, bstride, in, w, bias, &g, B, D, scr);
     int gy = Y / py, gx = X / px;
     for (int b = 0; b < B; b++)
@@ -513,9 +520,7 @@ static void test_vit_tokens(void **state)
     for (int has_cls = 0; has_cls < 2; has_cls++) {
         float *x = rnd(f, (size_t)B * T * D, 1), *cls = rnd(f, (size_t)D, 1);
         float *pos = rnd(f, (size_t)(N + has_cls) * D, 1);
-        float *x0 = malloc((size_t)B * T * D * sizeof(float));
-        assert_non_null(x0);
-        memcpy(x0, x, (size_t)B * T * D * sizeof(float));
+        float *x0 = copy_of(x, (size_t)B * T * D);
         be->iface.vit_tokens(be, x, cls, pos, has_cls, B, N, D);
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++)
@@ -622,9 +627,7 @@ static void test_rope(void **state)
             c[t * hd + p] = (float)cos(a);
             c[t * hd + hd / 2 + p] = (float)sin(a);
         }
-    float *keep = malloc((size_t)B * T * ld * sizeof(float));
-    assert_non_null(keep);
-    memcpy(keep, x, (size_t)B * T * ld * sizeof(float));
+    float *keep = copy_of(x, (size_t)B * T * ld);
     be->iface.rope(be, x, ld, c, B, T, D, H);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)

@@ -29,9 +29,15 @@ static void usage(FILE *f)
             "\"modality\", \"report\"; as 'medsem synth' writes) and writes MODEL_DIR/config.json,\n"
             "model.safetensors and vocab.txt.  See docs/train.md.\n"
             "\n"
-            "  --config FILE        model config.json (default: the built-in preset)\n"
-            "  --vocab FILE         vocab.txt to use (default: MODEL_DIR/vocab.txt if present,\n"
-            "                       else one built from the manifest's reports)\n"
+            "  --config FILE        model config.json (default: the built-in preset, or the\n"
+            "                       --init model's)\n"
+            "  --vocab FILE         vocab.txt to use (default: the --init model's, else\n"
+            "                       MODEL_DIR/vocab.txt if present, else one built from the\n"
+            "                       manifest's reports)\n"
+            "  --init MODEL         start from a trained medsem model's weights (a model\n"
+            "                       directory or its model.safetensors) instead of random ones;\n"
+            "                       a volume patch r times deeper along z and another number\n"
+            "                       of z-token planes are adapted (docs/train.md)\n"
             "  --vocab-size N       tokens of a built vocabulary (default 1000)\n"
             "  --steps N            optimizer steps (default 1000)\n"
             "  --batch-volumes N    volumes per step (default 16)\n"
@@ -174,8 +180,10 @@ int cmd_train(int argc, char **argv)
         {"threads", required_argument, 0, 'T'},    {"checkpoint", required_argument, 0, 'K'},
         {"ckpt-every", required_argument, 0, 'e'}, {"resume", no_argument, 0, 'r'},
         {"stop-after", required_argument, 0, 'x'}, {"log-every", required_argument, 0, 'L'},
+        {"init", required_argument, 0, 'I'},
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
-    const char *manifest = NULL, *outdir = NULL, *config = NULL, *vocab = NULL, *ckpt = NULL;
+    const char *manifest = NULL, *outdir = NULL, *config = NULL, *vocab = NULL, *ckpt = NULL,
+               *init = NULL;
     uint64_t steps = 1000, vocab_size = 1000, threads = 0, seed = 1, ckpt_every = 100,
              log_every = 10, stop_after = 0, warmup = UINT64_MAX, u;
     trn_trainer_opts to = TRN_TRAINER_OPTS_INIT;
@@ -188,6 +196,7 @@ int cmd_train(int argc, char **argv)
         case 'o': outdir = optarg; break;
         case 'c': config = optarg; break;
         case 'V': vocab = optarg; break;
+        case 'I': init = optarg; break;
         case 'K': ckpt = optarg; break;
         case 'r': resume = 1; break;
         case 'Z': case 's': case 'v': case 'i': case 'k': case 'W': case 'S': case 'T':
@@ -276,14 +285,49 @@ int cmd_train(int argc, char **argv)
     int rc = CLI_BAD_INPUT;
     cli_vitem *items = NULL;
     size_t n = 0;
-    char *cfgtext = NULL, *vpath = NULL, *ckpath = NULL, err[1024];
+    char *cfgtext = NULL, *vpath = NULL, *ckpath = NULL, *initdir = NULL, *initcfg = NULL,
+         *initvocab = NULL, err[1024];
     cJSON *cfg = NULL;
     enc_tok *tok = NULL;
     trn_trainer *t = NULL;
     enc_pipeline *pl = NULL;
     float *buf = NULL;
+    size_t *off = NULL;
     int *bad = NULL;
 
+    if (init) {
+        /* the model's own config and vocabulary unless given: its weights need them */
+        size_t il = strlen(init);
+        if (!(initdir = strdup(init)))
+            goto oom;
+        if (il >= 12 && !strcmp(init + il - 12, ".safetensors")) {
+            char *slash = strrchr(initdir, '/');
+            if (slash)
+                *slash = 0;
+            else
+                strcpy(initdir, ".");
+        }
+        if (asprintf(&initcfg, "%s/config.json", initdir) < 0)
+            initcfg = NULL;
+        if (asprintf(&initvocab, "%s/vocab.txt", initdir) < 0)
+            initvocab = NULL;
+        if (!initcfg || !initvocab)
+            goto oom;
+        char *w = NULL;
+        if (asprintf(&w, "%s/model.safetensors", initdir) < 0)
+            goto oom;
+        int have = file_exists(il >= 12 && !strcmp(init + il - 12, ".safetensors") ? init : w);
+        free(w);
+        if (!have) {
+            cli_error("--init %s: no model there (a model directory or its model.safetensors)",
+                      init);
+            goto out;
+        }
+        if (!config)
+            config = initcfg;
+        if (!vocab)
+            vocab = initvocab;
+    }
     if (load_manifest(manifest, &items, &n))
         goto out;
     if (n == 0) {
@@ -354,6 +398,7 @@ int cmd_train(int argc, char **argv)
     tko.lower_case = lower;
     if (enc_tok_load(vpath, &tko, &tok, err, sizeof err) ||
         trn_trainer_new(cfgtext, tok, &to, &t, err, sizeof err) ||
+        (init && !resume && trn_trainer_init_from(t, init, err, sizeof err)) ||
         trn_trainer_save(t, outdir, err, sizeof err) ||
         enc_pipeline_open(outdir, (int)threads, &pl, err, sizeof err)) {
         cli_error("%s", err);
@@ -361,9 +406,17 @@ int cmd_train(int argc, char **argv)
     }
     /* Preprocess everything once, as the pipeline would at encode time. */
     const enc_prep *pp = enc_pipeline_prep(pl);
-    size_t vc = enc_prep_volume_count(pp), ic = enc_prep_image_count(pp);
-    size_t per = vc > ic ? vc : ic;
-    buf = malloc(n * per * sizeof *buf);
+    size_t vc = enc_prep_volume_count(pp), ic = enc_prep_image_count(pp), total = 0;
+    /* each item's input at its own offset: a radiograph takes an image's floats,
+     * not a volume's */
+    off = malloc(n * sizeof *off);
+    if (!off)
+        goto oom;
+    for (size_t i = 0; i < n; i++) {
+        off[i] = total;
+        total += items[i].is_volume ? vc : ic;
+    }
+    buf = malloc((total ? total : 1) * sizeof *buf);
     bad = calloc(n, sizeof *bad);
     if (!buf || !bad)
         goto oom;
@@ -374,8 +427,8 @@ int cmd_train(int argc, char **argv)
     for (size_t i = 0; i < n; i++) {
         char e[1024];
         enc_modality m = enc_modality_parse(items[i].modality);
-        int r = items[i].is_volume ? enc_prep_volume(items[i].path, m, pp, buf + i * per, e, sizeof e)
-                                   : enc_prep_image(items[i].path, m, pp, buf + i * per, e, sizeof e);
+        int r = items[i].is_volume ? enc_prep_volume(items[i].path, m, pp, buf + off[i], e, sizeof e)
+                                   : enc_prep_image(items[i].path, m, pp, buf + off[i], e, sizeof e);
         if (r) {
 #pragma omp critical
             {
@@ -388,7 +441,7 @@ int cmd_train(int argc, char **argv)
     if (failed)
         goto out;
     for (size_t i = 0; i < n; i++)
-        if (trn_trainer_add(t, items[i].is_volume ? ENC_VOLUME : ENC_IMAGE, buf + i * per,
+        if (trn_trainer_add(t, items[i].is_volume ? ENC_VOLUME : ENC_IMAGE, buf + off[i],
                             items[i].report, err, sizeof err)) {
             cli_error("%s: item %zu: %s", manifest, i + 1, err);
             goto out;
@@ -470,6 +523,7 @@ oom:
 out:
     free(bad);
     free(buf);
+    free(off);
     enc_pipeline_close(pl);
     trn_trainer_free(t);
     enc_tok_free(tok);
@@ -477,6 +531,9 @@ out:
     free(cfgtext);
     free(vpath);
     free(ckpath);
+    free(initdir);
+    free(initcfg);
+    free(initvocab);
     for (size_t i = 0; i < n; i++) {
         cli_vitem_free(&items[i]);
     }

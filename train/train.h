@@ -482,6 +482,28 @@ double trn_trainer_step_flops(const trn_trainer *t);
 int trn_trainer_ckpt_write(const trn_trainer *t, const char *path, char *errbuf, size_t errlen);
 int trn_trainer_ckpt_read(trn_trainer *t, const char *path, char *errbuf, size_t errlen);
 
+/* Starts t from the weights of a trained medsem model instead of random ones
+ * (fine-tuning): path is a model.safetensors or a model directory holding
+ * one.  Every model parameter of t is read under its own name and must have
+ * its shape, with two exceptions that let a model move to a finer volume
+ * grid:
+ *   - vision.patch3d.weight may be r times shallower along z (the patch's
+ *     depth pz / r): each source slice's weights are repeated r times and
+ *     divided by r, so a volume sampled r times finer along z gives each
+ *     token the embedding the source gave the coarser volume;
+ *   - vision.pos3d may have another number of z-token planes: resampled
+ *     linearly along z (pixel centres aligned, PyTorch's
+ *     interpolate(align_corners=False)); the [CLS] row and the y, x grid must
+ *     match.
+ * "logit_scale" is taken when present.  Trainer-only parameters (the tag
+ * head) keep their random start, and the optimizer and step count are
+ * untouched (call before the first step, not with a checkpoint).  Nothing
+ * changes unless every tensor fits.  Codes: ENC_INVAL (after a step),
+ * ENC_MISSING (a parameter not in the file), ENC_SHAPE (a shape that does not
+ * fit; the message names the tensor and both shapes), the codes of
+ * enc_st_open and enc_st_get, ENC_NOMEM. */
+int trn_trainer_init_from(trn_trainer *t, const char *path, char *errbuf, size_t errlen);
+
 /* Writes dir/model.safetensors (every parameter under the loader's names,
  * F32, plus "logit_scale" [1]) and dir/config.json (the config with
  * "logit_scale" set to the learnt value), each atomically; dir must exist.

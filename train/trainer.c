@@ -1036,6 +1036,148 @@ int trn_trainer_ckpt_read(trn_trainer *t, const char *path, char *errbuf, size_t
     return ENC_OK;
 }
 
+/* "[a, b, c]" of a shape, for messages. */
+static void shape_str(const int64_t *shape, int rank, char *out, size_t cap)
+{
+    size_t k = (size_t)snprintf(out, cap, "[");
+    for (int i = 0; i < rank && k < cap; i++)
+        k += (size_t)snprintf(out + k, cap - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (k < cap)
+        snprintf(out + k, cap - k, "]");
+}
+
+/* dst [D, C, pz, py, px] from src [D, C, pz / r, py, px]: each source slice
+ * repeated r times, divided by r. */
+static void expand_patch_z(float *dst, const float *src, const int64_t *shape, int r)
+{
+    const int64_t DC = shape[0] * shape[1], pz = shape[2], plane = shape[3] * shape[4];
+    for (int64_t o = 0; o < DC; o++)
+        for (int64_t z = 0; z < pz; z++) {
+            const float *s = src + (o * (pz / r) + z / r) * plane;
+            float *d = dst + (o * pz + z) * plane;
+            for (int64_t k = 0; k < plane; k++)
+                d[k] = s[k] / (float)r;
+        }
+}
+
+/* dst [1, 1 + gz * gyx, D] from src [1, 1 + sz * gyx, D]: the [CLS] row
+ * copied, the grid resampled linearly along z with pixel centres aligned. */
+static void resample_pos_z(float *dst, const float *src, int64_t gz, int64_t sz, int64_t gyx,
+                           int64_t D)
+{
+    memcpy(dst, src, (size_t)D * sizeof *dst);
+    for (int64_t z = 0; z < gz; z++) {
+        double f = ((double)z + 0.5) * (double)sz / (double)gz - 0.5;
+        if (f < 0)
+            f = 0;
+        int64_t z0 = (int64_t)f, z1 = z0 + 1 < sz ? z0 + 1 : z0;
+        float w = (float)(f - (double)z0);
+        for (int64_t n = 0; n < gyx * D; n++) {
+            float a = src[D + z0 * gyx * D + n], b = src[D + z1 * gyx * D + n];
+            dst[D + z * gyx * D + n] = a + w * (b - a);
+        }
+    }
+}
+
+/* How parameter p is made from a source tensor of shape *in (0: copied,
+ * 1: patch z-expanded by *r, 2: position z-resampled from *r planes), or an
+ * ENC_SHAPE message. */
+static int init_fit(const trn_trainer *t, const enc_param *p, const enc_st_info *in, int *how,
+                    int *r, const char *file, char *errbuf, size_t errlen)
+{
+    int same = in->rank == p->rank;
+    for (int k = 0; same && k < p->rank; k++)
+        same = in->shape[k] == p->shape[k];
+    *how = 0;
+    if (same)
+        return ENC_OK;
+    const int64_t *s = in->shape, *d = p->shape;
+    if (!strcmp(p->name, "vision.patch3d.weight") && p->rank == 5 && in->rank == 5 &&
+        s[0] == d[0] && s[1] == d[1] && s[3] == d[3] && s[4] == d[4] && s[2] > 0 &&
+        d[2] % s[2] == 0) {
+        *how = 1;
+        *r = (int)(d[2] / s[2]);
+        return ENC_OK;
+    }
+    int64_t gyx = (int64_t)(t->gv.size[1] / t->gv.patch[1]) * (t->gv.size[2] / t->gv.patch[2]);
+    if (!strcmp(p->name, "vision.pos3d") && p->rank == 3 && in->rank == 3 && s[0] == d[0] &&
+        s[2] == d[2] && gyx > 0 && (d[1] - 1) % gyx == 0 && s[1] > 1 && (s[1] - 1) % gyx == 0) {
+        *how = 2;
+        *r = (int)((s[1] - 1) / gyx);
+        return ENC_OK;
+    }
+    char a[96], b[96];
+    shape_str(s, in->rank, a, sizeof a);
+    shape_str(d, p->rank, b, sizeof b);
+    return util_errf(errbuf, errlen, ENC_SHAPE, "%s: tensor %s has shape %s, the config needs %s",
+                     file, p->name, a, b);
+}
+
+int trn_trainer_init_from(trn_trainer *t, const char *path, char *errbuf, size_t errlen)
+{
+    if (t->started)
+        return util_errf(errbuf, errlen, ENC_INVAL, "initial weights are set before the first step");
+    char *file = NULL;
+    size_t len = strlen(path);
+    if (len >= 12 && !strcmp(path + len - 12, ".safetensors"))
+        file = strdup(path);
+    else if (asprintf(&file, "%s/model.safetensors", path) < 0)
+        file = NULL;
+    if (!file)
+        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+    enc_st *st = NULL;
+    int rc = enc_st_open(file, &st, errbuf, errlen);
+    size_t count = trn_adamw_count(t->opt);
+    float *P = rc ? NULL : malloc(count * sizeof *P);
+    if (!rc && !P)
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+    if (rc)
+        goto done;
+    memcpy(P, t->P, count * sizeof *P);
+    /* every model parameter, then the log temperature (optional) */
+    for (size_t i = 0; i <= t->nparam; i++) {
+        enc_param p;
+        if (i < t->nparam)
+            enc_model_param(t->m, i, &p);
+        else
+            p = (enc_param){.name = "logit_scale", .rank = 1, .shape = {1}, .count = 1};
+        enc_st_info in;
+        if (enc_st_info_get(st, p.name, &in)) {
+            if (i == t->nparam)
+                break;
+            rc = util_errf(errbuf, errlen, ENC_MISSING, "%s: no tensor %s (the config needs it)",
+                           file, p.name);
+            goto done;
+        }
+        int how, r = 1;
+        const float *src;
+        if ((rc = init_fit(t, &p, &in, &how, &r, file, errbuf, errlen)) ||
+            (rc = enc_st_get(st, p.name, in.rank, in.shape, &src, errbuf, errlen)))
+            goto done;
+        float *dst = P + trn_adamw_offset(t->opt, i);
+        if (how == 1)
+            expand_patch_z(dst, src, p.shape, r);
+        else if (how == 2) {
+            int64_t gyx = (in.shape[1] - 1) / r; /* r: the source's z planes */
+            resample_pos_z(dst, src, (p.shape[1] - 1) / gyx, r, gyx, p.shape[2]);
+        }
+        else
+            memcpy(dst, src, p.count * sizeof *dst);
+    }
+    memcpy(t->P, P, count * sizeof *P);
+    for (size_t i = 0; i < t->nparam; i++) {
+        enc_param p;
+        enc_model_param(t->m, i, &p);
+        memcpy(enc_model_param_mut(t->m, i), t->P + trn_adamw_offset(t->opt, i),
+               p.count * sizeof(float));
+    }
+done:
+    free(P);
+    enc_st_close(st);
+    free(file);
+    return rc;
+}
+
 /* Writes text to path through a temporary file and a rename. */
 static int write_atomic(const char *path, const char *text, char *errbuf, size_t errlen)
 {

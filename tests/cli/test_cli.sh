@@ -166,6 +166,27 @@ expect 0 "" "train 2 steps" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" -
 [ -s "$T/mod/model.safetensors" ] && [ -s "$T/mod/vocab.txt" ] && ok "model directory written" || bad "model dir"
 sed 's/"display"/"sideways"/' "$T/mod/config.json" > "$T/badview.json"
 expect 1 "preprocess.slice_view" "train refuses a slice_view the pipeline could not load" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/mod2" --steps 1 --threads 1 --config "$T/badview.json"
+# --init: fine-tuning from a model, on a volume grid twice as fine along z
+python3 - "$T/mod/config.json" "$T/fine.json" "$T/wide.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+v = c["vision"]
+v["volume_size"][0] *= 2
+v["volume_patch_size"][0] *= 2
+c["preprocess"]["spacing_3d"][2] /= 2
+json.dump(c, open(sys.argv[2], "w"))
+c = json.load(open(sys.argv[1]))
+c["embed_dim"] = 96
+json.dump(c, open(sys.argv[3], "w"))
+PY
+expect 0 "" "train --init from a model onto a finer z grid" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/fine" --init "$T/mod" --config "$T/fine.json" --steps 1 --threads 1
+cmp -s "$T/mod/vocab.txt" "$T/fine/vocab.txt" && ok "--init takes the model's vocabulary" || bad "--init vocabulary differs"
+grep -q '"volume_patch_size":[[:space:]]*\[8' "$T/fine/config.json" && ok "--config's grid kept with --init" || bad "fine config: $(cat "$T/fine/config.json")"
+expect 0 "" "train --init a model's safetensors, with its own config" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/tuned" --init "$T/fine/model.safetensors" --steps 1 --threads 1
+grep -q '"volume_patch_size":[[:space:]]*\[8' "$T/tuned/config.json" && ok "--init without --config took the model's config" || bad "tuned config: $(cat "$T/tuned/config.json")"
+expect 1 "mod/model.safetensors: tensor vision.proj.weight has shape \[128, 128\], the config needs \[96, 128\]" "train --init refuses weights of another shape, naming the tensor" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/wide" --init "$T/mod" --config "$T/wide.json" --steps 1 --threads 1
+[ ! -e "$T/wide/model.safetensors" ] && ok "a refused --init writes no model" || bad "--init wrote a model it refused"
+expect 1 "--init .*nothing: no model there" "train --init of a missing model says so" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/none" --init "$T/nothing" --steps 1 --threads 1
 expect 0 "" "eval the trained model" -- "$MEDSEM" eval --model "$T/mod" --manifest "$T/syn/train.jsonl" --json --quiet
 for d in text-\>volume text-\>radiograph volume-\>report radiograph-\>report radiograph-\>volume; do
     grep -q "\"$d\"" "$T/out" && ok "eval reports $d" || bad "eval lacks $d: $(cat "$T/out")"

@@ -7,7 +7,9 @@
  * radiographs.  Checks: training lowers the loss; a run stopped, written to
  * a checkpoint and resumed gives bit for bit the parameters and optimizer
  * state of an uninterrupted one (one thread, fixed seed); the saved model
- * directory loads and encodes as the trainer's model; slice selection
+ * directory loads and encodes as the trainer's model; a trainer started from
+ * a saved model (trn_trainer_init_from) on a finer volume grid encodes as
+ * the saved model did; slice selection
  * follows the attention; the report tag parser, negations included.
  */
 #ifdef HAVE_CONFIG_H
@@ -381,6 +383,116 @@ static void test_save_loads(void **state)
     trn_trainer_free(t);
 }
 
+/* The parameter called name of m. */
+static const float *param_named(enc_model *m, const char *name, enc_param *out)
+{
+    for (size_t i = 0; i < enc_model_param_count(m); i++) {
+        enc_model_param(m, i, out);
+        if (!strcmp(out->name, name))
+            return out->data;
+    }
+    fail_msg("no parameter %s", name);
+    return NULL;
+}
+
+/* f->config with "from" replaced by "to" (which must occur once). */
+static void config_with(const fixture *f, const char *from, const char *to, char *out, size_t cap)
+{
+    const char *at = strstr(f->config, from);
+    assert_non_null(at);
+    snprintf(out, cap, "%.*s%s%s", (int)(at - f->config), f->config, to, at + strlen(from));
+}
+
+static void test_init_from(void **state)
+{
+    fixture *f = *state;
+    trn_trainer_opts o = tiny_opts();
+    trn_trainer *a = make_trainer(f, &o);
+    char err[512], cfg[1024];
+    for (int s = 0; s < 3; s++)
+        assert_int_equal(trn_trainer_step(a, NULL, err, sizeof err), 0);
+    assert_int_equal(trn_trainer_save(a, f->dir, err, sizeof err), 0);
+    enc_model *ma = trn_trainer_model(a);
+
+    /* the same grid of tokens over a volume twice as finely sliced: a volume
+     * whose slices are each repeated twice encodes as the original did */
+    config_with(f, "\"volume_size\":[4,8,8],\"volume_patch_size\":[2,4,4]",
+                "\"volume_size\":[8,8,8],\"volume_patch_size\":[4,4,4]", cfg, sizeof cfg);
+    trn_trainer *b;
+    assert_int_equal(trn_trainer_new(cfg, f->tok, &o, &b, err, sizeof err), 0);
+    int rc = trn_trainer_init_from(b, f->dir, err, sizeof err);
+    if (rc)
+        fail_msg("trn_trainer_init_from: %s", err);
+    tu_rng r;
+    tu_rng_seed(&r, 3);
+    float vol[256], fine[512], e1[8], e2[8];
+    make_volume(1, &r, vol);
+    for (int z = 0; z < 8; z++)
+        memcpy(fine + z * 64, vol + (z / 2) * 64, 64 * sizeof *fine);
+    enc_state *s1, *s2;
+    assert_int_equal(enc_state_new(ma, ENC_VOLUME, 1, NULL, &s1, err, sizeof err), 0);
+    assert_int_equal(enc_state_new(trn_trainer_model(b), ENC_VOLUME, 1, NULL, &s2, err, sizeof err),
+                     0);
+    assert_int_equal(enc_encode_volume(s1, vol, 1, e1), 0);
+    assert_int_equal(enc_encode_volume(s2, fine, 1, e2), 0);
+    for (int k = 0; k < 8; k++)
+        assert_float_equal(e1[k], e2[k], 1e-5);
+    enc_state_free(s1);
+    enc_state_free(s2);
+    /* the model's text tower and temperature are the saved ones */
+    enc_param pa, pb;
+    const float *wa = param_named(ma, "text.embeddings.word_embeddings.weight", &pa);
+    const float *wb = param_named(trn_trainer_model(b), "text.embeddings.word_embeddings.weight",
+                                  &pb);
+    assert_memory_equal(wa, wb, pa.count * sizeof *wa);
+    size_t np = enc_model_param_count(ma);
+    assert_float_equal(trn_trainer_params(a)[trn_adamw_offset(trn_trainer_optimizer(a), np)],
+                       trn_trainer_params(b)[trn_adamw_offset(trn_trainer_optimizer(b), np)], 0);
+    trn_trainer_free(b);
+
+    /* twice the z-token planes: the position embedding resampled along z */
+    config_with(f, "\"volume_size\":[4,8,8]", "\"volume_size\":[8,8,8]", cfg, sizeof cfg);
+    assert_int_equal(trn_trainer_new(cfg, f->tok, &o, &b, err, sizeof err), 0);
+    assert_int_equal(trn_trainer_init_from(b, f->dir, err, sizeof err), 0);
+    const float *pos_a = param_named(ma, "vision.pos3d", &pa);
+    const float *pos_b = param_named(trn_trainer_model(b), "vision.pos3d", &pb);
+    assert_int_equal(pa.shape[1], 1 + 2 * 4);
+    assert_int_equal(pb.shape[1], 1 + 4 * 4);
+    const int D = 16, gyx = 4;
+    for (int n = 0; n < gyx * D; n++) {
+        const float p0 = pos_a[D + n], p1 = pos_a[D + gyx * D + n];
+        assert_float_equal(pos_b[D + n], p0, 0);
+        assert_float_equal(pos_b[D + gyx * D + n], 0.75f * p0 + 0.25f * p1, 1e-6);
+        assert_float_equal(pos_b[D + 2 * gyx * D + n], 0.25f * p0 + 0.75f * p1, 1e-6);
+        assert_float_equal(pos_b[D + 3 * gyx * D + n], p1, 0);
+    }
+    assert_memory_equal(pos_a, pos_b, D * sizeof *pos_a); /* [CLS] */
+    trn_trainer_free(b);
+
+    /* a shape that does not fit is named, and nothing changes */
+    config_with(f, "\"embed_dim\":8", "\"embed_dim\":12", cfg, sizeof cfg);
+    assert_int_equal(trn_trainer_new(cfg, f->tok, &o, &b, err, sizeof err), 0);
+    const trn_adamw *ob = trn_trainer_optimizer(b);
+    size_t count = trn_adamw_count(ob);
+    float *before = malloc(count * sizeof *before);
+    assert_non_null(before);
+    memcpy(before, trn_trainer_params(b), count * sizeof *before);
+    assert_int_equal(trn_trainer_init_from(b, f->dir, err, sizeof err), ENC_SHAPE);
+    assert_non_null(strstr(err, "model.safetensors"));
+    assert_non_null(strstr(err, "proj.weight has shape [8, 16], the config needs [12, 16]"));
+    assert_memory_equal(before, trn_trainer_params(b), count * sizeof *before);
+    free(before);
+    /* no such model */
+    char missing[600];
+    snprintf(missing, sizeof missing, "%s/none", f->dir);
+    assert_int_not_equal(trn_trainer_init_from(b, missing, err, sizeof err), 0);
+    assert_non_null(strstr(err, "none/model.safetensors"));
+    trn_trainer_free(b);
+    /* only before the first step */
+    assert_int_equal(trn_trainer_init_from(a, f->dir, err, sizeof err), ENC_INVAL);
+    trn_trainer_free(a);
+}
+
 static void test_trainer_refusals(void **state)
 {
     fixture *f = *state;
@@ -572,6 +684,7 @@ int main(void)
         cmocka_unit_test(test_report_swap),
         cmocka_unit_test_setup_teardown(test_resume_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_save_loads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_init_from, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

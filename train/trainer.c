@@ -1099,7 +1099,9 @@ static int init_fit(const trn_trainer *t, const enc_param *p, const enc_st_info 
         *r = (int)(d[2] / s[2]);
         return ENC_OK;
     }
-    int64_t gyx = (int64_t)(t->gv.size[1] / t->gv.patch[1]) * (t->gv.size[2] / t->gv.patch[2]);
+    int64_t gyx = !t->has_vol || t->gv.patch[1] <= 0 || t->gv.patch[2] <= 0
+                      ? 0
+                      : (int64_t)(t->gv.size[1] / t->gv.patch[1]) * (t->gv.size[2] / t->gv.patch[2]);
     if (!strcmp(p->name, "vision.pos3d") && p->rank == 3 && in->rank == 3 && s[0] == d[0] &&
         s[2] == d[2] && gyx > 0 && (d[1] - 1) % gyx == 0 && s[1] > 1 && (s[1] - 1) % gyx == 0) {
         *how = 2;

@@ -177,10 +177,21 @@ static int print_hits(const qctx *c, const srch_hit *h, size_t n, size_t qi, siz
             } else {
                 snippet(it ? (it->report ? it->report : it->payload_json) : NULL, rep, sizeof rep);
             }
+            /* a file's slice shows once, at its best score: with a model grid finer
+             * than the file's slices, two model slices can fall in one of them */
             size_t o = 0;
-            for (size_t k = 0; k < ns && o < sizeof best - 24; k++)
-                o += (size_t)snprintf(best + o, sizeof best - o, "%sz%d: %.3f", k ? ", " : "",
-                                      native_z(c, it, sl[k].z), (double)sl[k].score);
+            int shown[64], nshown = 0;
+            for (size_t k = 0; k < ns && o < sizeof best - 24; k++) {
+                int z = native_z(c, it, sl[k].z), seen = 0;
+                for (int j = 0; j < nshown; j++)
+                    seen |= shown[j] == z;
+                if (seen)
+                    continue;
+                if (nshown < 64)
+                    shown[nshown++] = z;
+                o += (size_t)snprintf(best + o, sizeof best - o, "%sz%d: %.3f", o ? ", " : "", z,
+                                      (double)sl[k].score);
+            }
             printf("%4zu  %7.4f  %8" PRIu64 "  %-6s  %-22s  %-44s  %s\n", i + 1, (double)h[i].score,
                    id, it ? store_kind_name(it->kind) : "?", src, rep, best);
         }

@@ -296,7 +296,8 @@ static void test_slice_view(void **state)
     char *ct = tu_path(tmp, "ct.nii.gz");
     write_ct(ct, 30, 28, 12);
     const char *views[3] = {"ras", "display", "sideways"};
-    float vol[2][128], sl[2][16 * 128];
+    float vol[2][128], sl[2][64 * 128];
+    int ns = 0; /* the model's slices per volume (its volume grid's depth) */
     for (int v = 0; v < 3; v++) {
         char *mdir = tu_path(tmp, views[v]);
         assert_int_equal(mkdir(mdir, 0777), 0);
@@ -328,7 +329,8 @@ static void test_slice_view(void **state)
             assert_non_null(strstr(err, "preprocess.slice_view"));
         } else {
             assert_int_equal(rc, 0);
-            assert_int_equal(enc_pipeline_slices(p, NULL, 0), 16);
+            ns = enc_pipeline_slices(p, NULL, 0);
+            assert_true(ns >= 16 && ns <= 64);
             enc_worker *w = NULL;
             assert_int_equal(enc_worker_new(p, 4, &w, err, sizeof err), 0);
             const char *paths[1] = {ct}, *mods[1] = {"CT"};
@@ -343,7 +345,7 @@ static void test_slice_view(void **state)
         free(mdir);
     }
     assert_true(maxdiff(vol[0], vol[1], 128) == 0);
-    assert_true(maxdiff(sl[0], sl[1], 16 * 128) > 1e-3);
+    assert_true(maxdiff(sl[0], sl[1], (size_t)ns * 128) > 1e-3);
     tu_rmtree(tmp);
     free(tmp);
     free(ct);

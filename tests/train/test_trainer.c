@@ -348,6 +348,16 @@ static void test_phrases_train(void **state)
 }
 
 /* The saved directory loads with enc_model_load and encodes as the trainer. */
+/* e [8] = m's embedding of one volume input. */
+static void encode_volume_with(enc_model *m, const float *vol, float *e)
+{
+    char err[512];
+    enc_state *st;
+    assert_int_equal(enc_state_new(m, ENC_VOLUME, 1, NULL, &st, err, sizeof err), 0);
+    assert_int_equal(enc_encode_volume(st, vol, 1, e), 0);
+    enc_state_free(st);
+}
+
 static void test_save_loads(void **state)
 {
     fixture *f = *state;
@@ -370,15 +380,9 @@ static void test_save_loads(void **state)
     tu_rng_seed(&r, 3);
     float vol[256], e1[8], e2[8];
     make_volume(2, &r, vol);
-    enc_state *s1, *s2;
-    assert_int_equal(enc_state_new(m, ENC_VOLUME, 1, NULL, &s1, err, sizeof err), 0);
-    assert_int_equal(enc_state_new(trn_trainer_model(t), ENC_VOLUME, 1, NULL, &s2, err, sizeof err),
-                     0);
-    assert_int_equal(enc_encode_volume(s1, vol, 1, e1), 0);
-    assert_int_equal(enc_encode_volume(s2, vol, 1, e2), 0);
+    encode_volume_with(m, vol, e1);
+    encode_volume_with(trn_trainer_model(t), vol, e2);
     assert_memory_equal(e1, e2, sizeof e1);
-    enc_state_free(s1);
-    enc_state_free(s2);
     enc_model_free(m);
     trn_trainer_free(t);
 }
@@ -429,16 +433,10 @@ static void test_init_from(void **state)
     make_volume(1, &r, vol);
     for (int z = 0; z < 8; z++)
         memcpy(fine + z * 64, vol + (z / 2) * 64, 64 * sizeof *fine);
-    enc_state *s1, *s2;
-    assert_int_equal(enc_state_new(ma, ENC_VOLUME, 1, NULL, &s1, err, sizeof err), 0);
-    assert_int_equal(enc_state_new(trn_trainer_model(b), ENC_VOLUME, 1, NULL, &s2, err, sizeof err),
-                     0);
-    assert_int_equal(enc_encode_volume(s1, vol, 1, e1), 0);
-    assert_int_equal(enc_encode_volume(s2, fine, 1, e2), 0);
+    encode_volume_with(ma, vol, e1);
+    encode_volume_with(trn_trainer_model(b), fine, e2);
     for (int k = 0; k < 8; k++)
         assert_float_equal(e1[k], e2[k], 1e-5);
-    enc_state_free(s1);
-    enc_state_free(s2);
     /* the model's text tower and temperature are the saved ones */
     enc_param pa, pb;
     const float *wa = param_named(ma, "text.embeddings.word_embeddings.weight", &pa);

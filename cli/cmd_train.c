@@ -344,9 +344,12 @@ int cmd_train(int argc, char **argv)
         vpath = NULL;
         goto oom;
     }
+    /* a given vocabulary is read where it is and copied into MODEL_DIR only once the
+     * trainer (and --init's weights) are accepted, so a refused run leaves no copy */
+    const char *vsrc = vocab ? vocab : vpath;
     if (vocab) {
-        if (copy_file(vocab, vpath)) {
-            cli_error("%s: cannot copy to %s: %s", vocab, vpath, strerror(errno));
+        if (!file_exists(vocab)) {
+            cli_error("%s: %s", vocab, strerror(errno ? errno : ENOENT));
             goto out;
         }
     } else if (!file_exists(vpath)) {
@@ -370,7 +373,7 @@ int cmd_train(int argc, char **argv)
             goto out;
         }
     }
-    long nvocab = count_lines(vpath);
+    long nvocab = count_lines(vsrc);
     /* the config: vocab_size from the vocabulary */
     if (config) {
         if (!(cfgtext = util_read_file(config, NULL))) {
@@ -396,10 +399,17 @@ int cmd_train(int argc, char **argv)
         goto oom;
     enc_tok_opts tko = ENC_TOK_OPTS_INIT;
     tko.lower_case = lower;
-    if (enc_tok_load(vpath, &tko, &tok, err, sizeof err) ||
+    if (enc_tok_load(vsrc, &tko, &tok, err, sizeof err) ||
         trn_trainer_new(cfgtext, tok, &to, &t, err, sizeof err) ||
-        (init && !resume && trn_trainer_init_from(t, init, err, sizeof err)) ||
-        trn_trainer_save(t, outdir, err, sizeof err) ||
+        (init && !resume && trn_trainer_init_from(t, init, err, sizeof err))) {
+        cli_error("%s", err);
+        goto out;
+    }
+    if (vocab && copy_file(vocab, vpath)) {
+        cli_error("%s: cannot copy to %s: %s", vocab, vpath, strerror(errno));
+        goto out;
+    }
+    if (trn_trainer_save(t, outdir, err, sizeof err) ||
         enc_pipeline_open(outdir, (int)threads, &pl, err, sizeof err)) {
         cli_error("%s", err);
         goto out;

@@ -16,7 +16,7 @@
  *    pair of runs.  CPU time (every thread, user + system) is reported the
  *    same way: what the pipeline costs, apart from the machine's load.
  * 2. For each size N: a database of N volume items with random unit vectors
- *    (a volume vector, a report vector and 16 slice vectors each, as ingest
+ *    (a volume vector, a report vector and the model's slice vectors each, as ingest
  *    writes them), then text queries end to end as `medsem search --text`
  *    runs them: encode the text, search the volume index (k = 10), fetch the
  *    hits and rank each hit's slices.  Prints p50 and p99 latency.
@@ -164,8 +164,6 @@ static int throughput(const char *model, const char *dir, size_t nv, size_t ni, 
     return 0;
 }
 
-#define SLICES 16
-
 static int latency(const char *model, const char *dir, size_t N, int nq)
 {
     char err[1024], path[4096];
@@ -175,6 +173,7 @@ static int latency(const char *model, const char *dir, size_t N, int nq)
         return 1;
     }
     int d = enc_pipeline_dim(p);
+    const int nsl = enc_pipeline_slices(p, NULL, 0); /* per volume, as ingest stores them */
     snprintf(path, sizeof path, "%s/db-%zu", dir, N);
     store *s = NULL;
     store_opts so = {.create = 1, .dim = (uint32_t)d, .model_id = enc_pipeline_model_id(p)};
@@ -186,25 +185,25 @@ static int latency(const char *model, const char *dir, size_t N, int nq)
     store_item_count(s, &have);
     double t0 = bench_now();
     const size_t B = 2000;
-    float *v = malloc(B * (SLICES + 2) * d * sizeof *v);
+    float *v = malloc(B * (nsl + 2) * d * sizeof *v);
     store_item *it = calloc(B, sizeof *it);
     store_put *pu = calloc(B, sizeof *pu);
-    store_vec *vv = calloc(B * (SLICES + 1), sizeof *vv);
+    store_vec *vv = calloc(B * (nsl + 1), sizeof *vv);
     for (size_t start = have; start < N; start += B) {
         size_t n = N - start < B ? N - start : B;
         for (size_t i = 0; i < n; i++) {
-            float *b = v + i * (SLICES + 2) * d;
-            for (int k = 0; k < SLICES + 2; k++)
+            float *b = v + i * (nsl + 2) * d;
+            for (int k = 0; k < nsl + 2; k++)
                 rand_unit(b + k * d, d);
             it[i] = (store_item){.kind = STORE_KIND_VOLUME, .modality = "CT",
                                  .report = "Findings: synthetic. Impression: none."};
             uint64_t x = start + i;
             memcpy(it[i].content_hash, &x, sizeof x);
-            vv[i * (SLICES + 1)] = (store_vec){STORE_SPACE_REPORT, 0, b + d};
-            for (int z = 0; z < SLICES; z++)
-                vv[i * (SLICES + 1) + 1 + z] = (store_vec){STORE_SPACE_SLICE, (uint32_t)z, b + (2 + z) * d};
+            vv[i * (nsl + 1)] = (store_vec){STORE_SPACE_REPORT, 0, b + d};
+            for (int z = 0; z < nsl; z++)
+                vv[i * (nsl + 1) + 1 + z] = (store_vec){STORE_SPACE_SLICE, (uint32_t)z, b + (2 + z) * d};
             pu[i] = (store_put){.item = &it[i], .has_vector = 1, .space = STORE_SPACE_VOLUME,
-                                .vector = b, .vecs = vv + i * (SLICES + 1), .nvecs = SLICES + 1};
+                                .vector = b, .vecs = vv + i * (nsl + 1), .nvecs = nsl + 1};
         }
         if (store_put_batch(s, pu, n, NULL, NULL)) {
             fprintf(stderr, "%s\n", store_errmsg(s));
@@ -256,7 +255,7 @@ static int latency(const char *model, const char *dir, size_t N, int nq)
     qsort(lat, (size_t)nq, sizeof *lat, cmp_d);
     printf("text -> volume (k 10, 3 best slices per hit) over %zu volumes (%zu slice vectors; "
            "index %s%s, built in %.1f s): p50 %.2f ms, p99 %.2f ms over %d queries\n",
-           N, N * SLICES, info.factory, info.exact ? " exact" : "", build, lat[nq / 2],
+           N, N * nsl, info.factory, info.exact ? " exact" : "", build, lat[nq / 2],
            lat[(size_t)(nq * 0.99) < (size_t)nq ? (size_t)(nq * 0.99) : (size_t)nq - 1], nq);
     free(lat);
     free(q);

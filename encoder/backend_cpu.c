@@ -345,15 +345,31 @@ ENC__CLONES static void gelu_span(float *out, const float *in, size_t n)
     }
 }
 
-static void cpu_gelu(enc_backend *be, float *out, const float *in, size_t n)
+/* An elementwise op on spans: out [n] from a [n] and b [n] (b may be unused). */
+typedef void (*span_fn)(float *out, const float *a, const float *b, size_t n);
+
+/* span over [0, n) in chunks of 4096, the chunks spread over the threads */
+static void chunked(enc_backend *be, span_fn span, float *out, const float *a, const float *b,
+                    size_t n)
 {
     const size_t chunk = 4096;
     size_t nchunks = (n + chunk - 1) / chunk;
     ENC__PARALLEL_FOR(nth(be, n), static)
     for (size_t c = 0; c < nchunks; c++) {
         size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        gelu_span(out + lo, in + lo, hi - lo);
+        span(out + lo, a + lo, b ? b + lo : NULL, hi - lo);
     }
+}
+
+static void gelu_span_ab(float *out, const float *in, const float *unused, size_t n)
+{
+    (void)unused;
+    gelu_span(out, in, n);
+}
+
+static void cpu_gelu(enc_backend *be, float *out, const float *in, size_t n)
+{
+    chunked(be, gelu_span_ab, out, in, NULL, n);
 }
 
 /* out [rows, cols] = a [rows, cols] + b [rows % brows, cols] */
@@ -712,13 +728,7 @@ ENC__CLONES static void swiglu_span(float *out, const float *gate, const float *
 
 static void cpu_swiglu(enc_backend *be, float *out, const float *gate, const float *x, size_t n)
 {
-    const size_t chunk = 4096;
-    size_t nchunks = (n + chunk - 1) / chunk;
-    ENC__PARALLEL_FOR(nth(be, n), static)
-    for (size_t c = 0; c < nchunks; c++) {
-        size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        swiglu_span(out + lo, gate + lo, x + lo, hi - lo);
-    }
+    chunked(be, swiglu_span, out, gate, x, n);
 }
 
 /* x [rows, cols] += gamma [cols] * y [rows, cols] */
@@ -1018,13 +1028,7 @@ ENC__CLONES static void gelu_backward_span(float *din, const float *in, const fl
 static void cpu_gelu_backward(enc_backend *be, float *din, const float *in, const float *dout,
                               size_t n)
 {
-    const size_t chunk = 4096;
-    size_t nchunks = (n + chunk - 1) / chunk;
-    ENC__PARALLEL_FOR(nth(be, n), static)
-    for (size_t c = 0; c < nchunks; c++) {
-        size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        gelu_backward_span(din + lo, in + lo, dout + lo, hi - lo);
-    }
+    chunked(be, gelu_backward_span, din, in, dout, n);
 }
 
 /* One row: din [n] = p * (d - sum(p * d)); din may be d. */

@@ -2184,6 +2184,21 @@ static int vit_forward(enc_state *s, const float *in, int B, float *out)
  *   out = l2norm(pool(projector(norm(x))))
  * (norm_a, g1, g2 when the config has them).  The projector output goes
  * to the qkv buffer, free by then. */
+/* x [R, D] += (in [R, K] w^T + b), scaled per channel by gamma (layer scale)
+ * when gamma is not NULL; tmp [R, D] is scratch. */
+static void add_projection(enc_backend *be, float *x, float *tmp, const float *in,
+                           const float *w, const float *b, const float *gamma, int R, int K,
+                           int D)
+{
+    const enc_backend_i *f = &be->iface;
+    if (gamma) {
+        f->matmul(be, tmp, 0, in, w, b, R, K, D, 0);
+        f->scale_add(be, x, tmp, gamma, (size_t)R, D);
+    } else {
+        f->matmul(be, x, 0, in, w, b, R, K, D, 1);
+    }
+}
+
 static int eva_forward(enc_state *s, const float *in, int B, float *out)
 {
     const vit *v = &s->m->v;
@@ -2213,23 +2228,15 @@ static int eva_forward(enc_state *s, const float *in, int B, float *out)
         f->attention(be, s->att, probs, s->qkv, NULL, s->ascr, B, T, D, H);
         if (v->inner_norm)
             f->layernorm(be, s->att, s->att, b->an_w, b->an_b, R, D, v->eps);
-        if (v->layer_scale) {
-            f->matmul(be, s->ln, 0, s->att, b->out_w, b->out_b, R, D, D, 0);
-            f->scale_add(be, x, s->ln, b->g1, (size_t)R, D);
-        } else {
-            f->matmul(be, x, 0, s->att, b->out_w, b->out_b, R, D, D, 1);
-        }
+        add_projection(be, x, s->ln, s->att, b->out_w, b->out_b, v->layer_scale ? b->g1 : NULL,
+                       R, D, D);
         f->layernorm(be, s->ln, x, b->ln2_w, b->ln2_b, R, D, v->eps);
         f->matmul(be, s->mlp, 0, s->ln, b->fg_w, b->fg_b, R, D, M, 0);
         f->matmul(be, s->gate, 0, s->ln, b->fx_w, b->fx_b, R, D, M, 0);
         f->swiglu(be, s->mlp, s->mlp, s->gate, (size_t)R * M);
         f->layernorm(be, s->mlp, s->mlp, b->mn_w, b->mn_b, R, M, v->eps);
-        if (v->layer_scale) {
-            f->matmul(be, s->ln, 0, s->mlp, b->fc2_w, b->fc2_b, R, M, D, 0);
-            f->scale_add(be, x, s->ln, b->g2, (size_t)R, D);
-        } else {
-            f->matmul(be, x, 0, s->mlp, b->fc2_w, b->fc2_b, R, M, D, 1);
-        }
+        add_projection(be, x, s->ln, s->mlp, b->fc2_w, b->fc2_b, v->layer_scale ? b->g2 : NULL,
+                       R, M, D);
     }
     f->layernorm(be, s->ln, x, v->norm_w, v->norm_b, R, D, v->eps);
     f->matmul(be, s->qkv, 0, s->ln, v->head.w1, v->head.b1, R, D, E, 0);

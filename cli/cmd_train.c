@@ -298,9 +298,10 @@ int cmd_train(int argc, char **argv)
     if (init) {
         /* the model's own config and vocabulary unless given: its weights need them */
         size_t il = strlen(init);
+        int is_file = il >= 12 && !strcmp(init + il - 12, ".safetensors");
         if (!(initdir = strdup(init)))
             goto oom;
-        if (il >= 12 && !strcmp(init + il - 12, ".safetensors")) {
+        if (is_file) {
             char *slash = strrchr(initdir, '/');
             if (slash)
                 *slash = 0;
@@ -313,10 +314,11 @@ int cmd_train(int argc, char **argv)
             initvocab = NULL;
         if (!initcfg || !initvocab)
             goto oom;
+        /* the weights: init itself, or the folder's model.safetensors */
         char *w = NULL;
-        if (asprintf(&w, "%s/model.safetensors", initdir) < 0)
+        if (!is_file && asprintf(&w, "%s/model.safetensors", initdir) < 0)
             goto oom;
-        int have = file_exists(il >= 12 && !strcmp(init + il - 12, ".safetensors") ? init : w);
+        int have = file_exists(is_file ? init : w);
         free(w);
         if (!have) {
             cli_error("--init %s: no model there (a model directory or its model.safetensors)",

@@ -376,6 +376,7 @@ typedef struct fq_ctx {
     enc_worker *w;
     int d, json;
     int *kf, *kl; /* per label id: finding and location, or -1 */
+    const unsigned char *blind; /* per label id: unseen by the nodule-blind oracle */
 } fq_ctx;
 
 static int encode_text(fq_ctx *c, const char *text, float *out)
@@ -460,9 +461,10 @@ static int finding_report(fq_ctx *c, int volumes, const float *vis, int first)
         printf("%s\"%s\":{\"items\":%zu", first ? "" : ",", kind, n);
     else
         printf("\nsingle-finding text queries -> %ss (%zu): precision@10 of the finding at that "
-               "location, and of the finding anywhere (chance: the share of such %ss)\n"
-               "  %-40s %7s %7s %8s %7s\n",
-               kind, n, kind, "query", "f+loc", "chance", "finding", "chance");
+               "location, and of the finding anywhere (chance: the share of such %ss; blind: "
+               "an oracle's f+loc when it sees every label but nodules)\n"
+               "  %-40s %7s %7s %8s %7s %7s\n",
+               kind, n, kind, "query", "f+loc", "chance", "finding", "chance", "blind");
     float *g = malloc((n ? n : 1) * d * sizeof *g), q[4096], q2[4096];
     unsigned char *rel = malloc(n ? n : 1), *relf = malloc(n ? n : 1);
     size_t *idx = malloc((n ? n : 1) * sizeof *idx);
@@ -480,7 +482,18 @@ static int finding_report(fq_ctx *c, int volumes, const float *vis, int first)
             memcpy(g + n * d, vis + i * d, (size_t)d * sizeof *g);
             idx[n++] = i;
         }
-    double sum[4] = {0};
+    /* The nodule-blind oracle (trn_eval_label_ceiling's): it finds every
+     * item with a finding it sees, takes the items it sees nothing in for
+     * normal, and can do no better than chance for a nodule. */
+    size_t nblank = 0, kp = n < 10 ? n : 10;
+    for (size_t j = 0; j < n; j++) {
+        const eitem *it = &s->it[idx[j]];
+        int seen = 0;
+        for (size_t k = it->lab_start; k < it->lab_start + it->lab_n; k++)
+            seen |= !c->blind[s->labels[k]];
+        nblank += !seen;
+    }
+    double sum[5] = {0};
     int nq = 0;
     if (c->json)
         printf(",\"queries\":[");
@@ -507,25 +520,30 @@ static int finding_report(fq_ctx *c, int volumes, const float *vis, int first)
             double p = trn_eval_precision_at(q, g, n, d, rel, 10);
             double pf = trn_eval_precision_at(q, g, n, d, relf, 10);
             double ch = n ? (double)nrel / n : 0, chf = n ? (double)nrelf / n : 0;
-            sum[0] += p, sum[1] += ch, sum[2] += pf, sum[3] += chf;
+            double bl = f == SYNTH_NODULE ? ch
+                        : f == SYNTH_NORMAL
+                            ? (nblank ? (double)nrel / (double)(nblank > kp ? nblank : kp) : 0)
+                            : (kp ? (double)(nrel < kp ? nrel : kp) / (double)kp : 0);
+            sum[0] += p, sum[1] += ch, sum[2] += pf, sum[3] += chf, sum[4] += bl;
             if (c->json)
                 printf("%s{\"query\":\"%s\",\"finding\":\"%s\",\"location\":\"%s\",\"p10\":%.4f,"
-                       "\"chance\":%.4f,\"finding_p10\":%.4f,\"finding_chance\":%.4f}",
+                       "\"chance\":%.4f,\"finding_p10\":%.4f,\"finding_chance\":%.4f,"
+                       "\"ceiling_nodules_unseen\":%.4f}",
                        nq ? "," : "", text, synth_finding_name(f), synth_location_name(loc), p, ch,
-                       pf, chf);
+                       pf, chf, bl);
             else
-                printf("  %-40s %7.3f %7.3f %8.3f %7.3f\n", text, p, ch, pf, chf);
+                printf("  %-40s %7.3f %7.3f %8.3f %7.3f %7.3f\n", text, p, ch, pf, chf, bl);
             nq++;
         }
     if (rc)
         goto out;
     if (c->json)
         printf("],\"mean\":{\"p10\":%.4f,\"chance\":%.4f,\"finding_p10\":%.4f,"
-               "\"finding_chance\":%.4f}",
-               sum[0] / nq, sum[1] / nq, sum[2] / nq, sum[3] / nq);
+               "\"finding_chance\":%.4f,\"ceiling_nodules_unseen\":%.4f}",
+               sum[0] / nq, sum[1] / nq, sum[2] / nq, sum[3] / nq, sum[4] / nq);
     else
-        printf("  %-40s %7.3f %7.3f %8.3f %7.3f\n", "mean", sum[0] / nq, sum[1] / nq, sum[2] / nq,
-               sum[3] / nq);
+        printf("  %-40s %7.3f %7.3f %8.3f %7.3f %7.3f\n", "mean", sum[0] / nq, sum[1] / nq,
+               sum[2] / nq, sum[3] / nq, sum[4] / nq);
 
     /* Side AUC. */
     static const int lateral[] = {SYNTH_EFFUSION, SYNTH_PNEUMOTHORAX, SYNTH_CONSOLIDATION,
@@ -691,6 +709,8 @@ int cmd_eval(int argc, char **argv)
     enc_pipeline *p = NULL;
     enc_worker *w = NULL;
     float *vis = NULL, *txt = NULL;
+    int *kf = NULL, *kl = NULL;
+    unsigned char *blind = NULL;
     int rc = CLI_BAD_INPUT;
     char err[1024];
     if (load(manifest, &s))
@@ -713,6 +733,26 @@ int cmd_eval(int argc, char **argv)
     }
     if (encode_all(p, w, (int)batch, &s, vis, txt, quiet))
         goto out;
+    /* Label ids as synth's (finding, location), and the ones an oracle blind
+     * to nodules cannot see: nodules, and "normal", which is only the
+     * absence of the findings it sees (a study with nodules alone looks
+     * normal to it). */
+    if (s.labkeys.n) {
+        kf = malloc(s.labkeys.n * sizeof *kf);
+        kl = malloc(s.labkeys.n * sizeof *kl);
+        blind = malloc(s.labkeys.n);
+        if (!kf || !kl || !blind) {
+            cli_error("out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < s.labkeys.cap; i++)
+            if (s.labkeys.keys[i]) {
+                int64_t id;
+                memcpy(&id, s.labkeys.keys[i], 8);
+                key_parse(s.labkeys.keys[i] + 8, &kf[id], &kl[id]);
+                blind[id] = kf[id] == SYNTH_NODULE || kf[id] == SYNTH_NORMAL;
+            }
+    }
     static const struct {
         const char *name;
         int q_text, q_pick, g_text, g_pick, by_study;
@@ -721,6 +761,7 @@ int cmd_eval(int argc, char **argv)
         {"volume->report", 0, 1, 1, -1, 0},  {"radiograph->report", 0, 0, 1, -1, 0},
         {"radiograph->volume", 0, 0, 0, 1, 1},
     };
+    double ceiling[sizeof dirs / sizeof *dirs][2] = {{0}};
     if (json)
         printf("{\"model\":\"%s\",\"manifest\":\"%s\",\"items\":%zu,\"directions\":{", model,
                manifest, s.n);
@@ -742,6 +783,10 @@ int cmd_eval(int argc, char **argv)
         trn_eval_set gs = {g.emb, g.n, g.pair, NULL, g.labels, g.off};
         trn_eval_metrics mm = {0}, ch = {0};
         int e = q.n && g.n ? trn_eval_retrieval(&qs, &gs, d, &mm, &ch, err, sizeof err) : 0;
+        if (!e && q.n && g.n && s.labkeys.n)
+            e = trn_eval_label_ceiling(&qs, &gs, NULL, 0, &ceiling[k][0], err, sizeof err) ||
+                trn_eval_label_ceiling(&qs, &gs, blind, s.labkeys.n, &ceiling[k][1], err,
+                                       sizeof err);
         side_free(&q);
         side_free(&g);
         if (e) {
@@ -752,9 +797,14 @@ int cmd_eval(int argc, char **argv)
         if (json) {
             printf("%s\"%s\":{\"queries\":%zu,\"recall_at\":{\"1\":%.4f,\"5\":%.4f,\"10\":%.4f},"
                    "\"label_precision_at_10\":%.4f,\"map\":%.4f,\"random\":{\"recall_at_10\":%.4f,"
-                   "\"label_precision_at_10\":%.4f,\"map\":%.4f}}",
+                   "\"label_precision_at_10\":%.4f,\"map\":%.4f}",
                    k ? "," : "", dirs[k].name, mm.n_queries, mm.recall[0], mm.recall[1],
                    mm.recall[2], mm.label_p10, mm.map, ch.recall[2], ch.label_p10, ch.map);
+            if (s.labkeys.n)
+                printf(",\"ceiling\":{\"label_precision_at_10\":%.4f,"
+                       "\"nodules_unseen\":%.4f}",
+                       ceiling[k][0], ceiling[k][1]);
+            printf("}");
         } else {
             printf("%-20s %7zu %6.3f %6.3f %6.3f %6.3f %6.3f   %.3f / %.3f / %.3f\n",
                    dirs[k].name, mm.n_queries, mm.recall[0], mm.recall[1], mm.recall[2],
@@ -763,22 +813,15 @@ int cmd_eval(int argc, char **argv)
     }
     if (json && rc == CLI_OK)
         printf("}");
+    else if (rc == CLI_OK && s.labkeys.n) {
+        printf("label P@10 that an oracle reaches: one that knows every label / every label but "
+               "nodules\n");
+        for (size_t k = 0; k < sizeof dirs / sizeof *dirs; k++)
+            printf("  %-20s %6.3f / %.3f\n", dirs[k].name, ceiling[k][0], ceiling[k][1]);
+    }
     /* Labels from medsem synth: single-finding queries and the side AUC. */
-    int *kf = NULL, *kl = NULL;
     if (rc == CLI_OK && s.labkeys.n && enc_pipeline_has_text(p)) {
-        kf = malloc(s.labkeys.n * sizeof *kf);
-        kl = malloc(s.labkeys.n * sizeof *kl);
-        if (!kf || !kl) {
-            cli_error("out of memory");
-            rc = CLI_BAD_INPUT;
-        }
-        for (size_t i = 0; rc == CLI_OK && i < s.labkeys.cap; i++)
-            if (s.labkeys.keys[i]) {
-                int64_t id;
-                memcpy(&id, s.labkeys.keys[i], 8);
-                key_parse(s.labkeys.keys[i] + 8, &kf[id], &kl[id]);
-            }
-        fq_ctx fc = {&s, w, d, json, kf, kl};
+        fq_ctx fc = {&s, w, d, json, kf, kl, blind};
         if (json && rc == CLI_OK)
             printf(",\"single_finding\":{");
         int first = 1;
@@ -793,11 +836,12 @@ int cmd_eval(int argc, char **argv)
         if (json && rc == CLI_OK)
             printf("}");
     }
-    free(kf);
-    free(kl);
     if (json && rc == CLI_OK)
         printf("}\n");
 out:
+    free(kf);
+    free(kl);
+    free(blind);
     free(vis);
     free(txt);
     enc_worker_free(w);

@@ -265,6 +265,121 @@ done:
     return rc;
 }
 
+/* ---- the oracle's ceiling ------------------------------------------------------------- */
+
+typedef struct iref {
+    int64_t item;
+    size_t j;
+} iref;
+
+static int cmp_iref(const void *x, const void *y)
+{
+    const iref *a = x, *b = y;
+    if (a->item != b->item)
+        return a->item < b->item ? -1 : 1;
+    return (a->j > b->j) - (a->j < b->j);
+}
+
+/* A copy of s's label lists without the hidden ids; labels and off are
+ * caller-owned buffers of s's total labels and s->n + 1. */
+static void visible_labels(const trn_eval_set *s, const unsigned char *hidden, size_t nhidden,
+                           int32_t *labels, size_t *off, trn_eval_set *out)
+{
+    size_t at = 0;
+    off[0] = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        for (size_t k = s->label_off[i]; k < s->label_off[i + 1]; k++) {
+            int32_t id = s->labels[k];
+            if (hidden != NULL && id >= 0 && (size_t)id < nhidden && hidden[id])
+                continue;
+            labels[at++] = id;
+        }
+        off[i + 1] = at;
+    }
+    *out = *s;
+    out->labels = labels;
+    out->label_off = off;
+}
+
+int trn_eval_label_ceiling(const trn_eval_set *queries, const trn_eval_set *gallery,
+                           const unsigned char *hidden, size_t nhidden, double *p10,
+                           char *errbuf, size_t errlen)
+{
+    const trn_eval_set *q = queries, *g = gallery;
+    assert(q != NULL && g != NULL && p10 != NULL);
+    *p10 = 0.0;
+    if (q->label_off == NULL || g->label_off == NULL)
+        return util_errf(errbuf, errlen, ENC_INVAL, "eval: the ceiling needs labels on both sides");
+    int self = q->item != NULL && g->item != NULL;
+    size_t n = q->n + g->n, nq_lab = q->label_off[q->n], ng_lab = g->label_off[g->n];
+    size_t *cls = malloc((n ? n : 1) * sizeof *cls);
+    size_t *vcls = malloc((n ? n : 1) * sizeof *vcls);
+    size_t *cnt = calloc(n ? n : 1, sizeof *cnt);
+    size_t *vcnt = calloc(n ? n : 1, sizeof *vcnt);
+    int32_t *lab = malloc((nq_lab + ng_lab ? nq_lab + ng_lab : 1) * sizeof *lab);
+    size_t *off = malloc((n + 2) * sizeof *off);
+    iref *refs = self ? malloc((g->n ? g->n : 1) * sizeof *refs) : NULL;
+    int rc = ENC_OK;
+    trn_eval_set vq, vg;
+    if (cls == NULL || vcls == NULL || cnt == NULL || vcnt == NULL || lab == NULL ||
+        off == NULL || (self && refs == NULL))
+        goto nomem;
+    visible_labels(q, hidden, nhidden, lab, off, &vq);
+    visible_labels(g, hidden, nhidden, lab + nq_lab, off + q->n + 1, &vg);
+    if (label_classes(q, g, cls) != ENC_OK || label_classes(&vq, &vg, vcls) != ENC_OK)
+        goto nomem;
+    const size_t *gcls = cls + q->n, *gvcls = vcls + q->n;
+    for (size_t j = 0; j < g->n; j++) {
+        cnt[gcls[j]]++;
+        vcnt[gvcls[j]]++;
+    }
+    if (self) {
+        for (size_t j = 0; j < g->n; j++)
+            refs[j] = (iref){g->item[j], j};
+        qsort(refs, g->n, sizeof *refs, cmp_iref);
+    }
+    double sum = 0;
+    size_t nq = 0;
+    for (size_t i = 0; i < q->n; i++) {
+        size_t exact = cnt[cls[i]], group = vcnt[vcls[i]], c = g->n;
+        if (self) {
+            /* the query's own item is no candidate (trn_eval_retrieval) */
+            size_t lo = 0, hi = g->n;
+            while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                if (refs[mid].item < q->item[i])
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            for (; lo < g->n && refs[lo].item == q->item[i]; lo++) {
+                size_t j = refs[lo].j;
+                c--;
+                exact -= gcls[j] == cls[i];
+                group -= gvcls[j] == vcls[i];
+            }
+        }
+        if (c == 0)
+            continue;
+        nq++;
+        size_t kp = c < PREC_K ? c : PREC_K;
+        sum += group == 0 ? 0.0 : (double)exact / (double)(group > kp ? group : kp);
+    }
+    *p10 = nq > 0 ? sum / (double)nq : 0.0;
+    goto done;
+nomem:
+    rc = util_errf(errbuf, errlen, ENC_NOMEM, "eval: out of memory (%zu gallery items)", g->n);
+done:
+    free(cls);
+    free(vcls);
+    free(cnt);
+    free(vcnt);
+    free(lab);
+    free(off);
+    free(refs);
+    return rc;
+}
+
 double trn_eval_precision_at(const float *q, const float *g, size_t n, int E,
                              const unsigned char *rel, size_t k)
 {

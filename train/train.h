@@ -269,6 +269,21 @@ int trn_eval_retrieval(const trn_eval_set *queries, const trn_eval_set *gallery,
                        trn_eval_metrics *model, trn_eval_metrics *chance, char *errbuf,
                        size_t errlen);
 
+/* The label precision@10 that an oracle reaches: one that knows every
+ * item's labels except the `hidden` ones (hidden[id] != 0 for a label id
+ * below nhidden; NULL hides nothing).  It ranks first, in a uniformly random
+ * order, the gallery items whose visible labels equal the query's, so a
+ * query with n_exact items of its exact set among G items of its visible
+ * set scores n_exact / max(G, min(10, c)) in expectation (c the query's
+ * candidates, as in trn_eval_retrieval: the query's own item is left out
+ * when both sides carry items).  Hiding nothing gives the ceiling of a
+ * perfect model, min(n_exact, 10) / 10 where c >= 10.  The mean over the
+ * queries with candidates goes to *p10 (0 when there are none).  Both sides
+ * must carry labels.  Codes: ENC_INVAL (a side without labels), ENC_NOMEM. */
+int trn_eval_label_ceiling(const trn_eval_set *queries, const trn_eval_set *gallery,
+                           const unsigned char *hidden, size_t nhidden, double *p10,
+                           char *errbuf, size_t errlen);
+
 /* P(at least one of m marked items is in the top k of a uniformly random
  * order of n) = 1 - C(n - m, k) / C(n, k); 0 when m == 0. */
 double trn_eval_chance_recall(size_t n, size_t m, size_t k);

@@ -772,6 +772,90 @@ static void test_eval_self(void **state)
     assert_true(close_to(m.recall[0], 1.0));
 }
 
+/* The oracle's ceiling against the oracle itself: each query ranked by
+ * trn_eval_retrieval over a one-dimensional gallery scored 2 + u for items
+ * whose visible labels equal the query's and u otherwise (u uniform), so
+ * the group comes first in a random order; the mean label P@10 over many
+ * draws must meet trn_eval_label_ceiling's expectation.  Labels: 0 normal,
+ * 1 and 2 two nodules (hidden with 0), 3 and 4 seen findings. */
+static void test_eval_ceiling(void **state)
+{
+    (void)state;
+    enum { NG = 60, NQ = 8, TRIALS = 3000 };
+    static const int32_t sets[][3] = {{0, -1, -1}, {1, -1, -1}, {2, -1, -1}, {1, 2, -1},
+                                      {3, -1, -1}, {3, 1, -1},  {4, -1, -1}, {3, 4, 2}};
+    const int nsets = (int)(sizeof sets / sizeof *sets);
+    int32_t lab[NG * 3];
+    size_t off[NG + 1] = {0};
+    int64_t pair[NG], item[NG];
+    int setof[NG];
+    uint64_t r = 42;
+    for (int j = 0; j < NG; j++) {
+        r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+        setof[j] = (int)((r >> 33) % (uint64_t)nsets);
+        size_t at = off[j];
+        for (int k = 0; k < 3 && sets[setof[j]][k] >= 0; k++)
+            lab[at++] = sets[setof[j]][k];
+        off[j + 1] = at;
+        pair[j] = j;
+        item[j] = 1000 + j;
+    }
+    const unsigned char hidden[5] = {1, 1, 1, 0, 0};
+    /* visible set: the set without 0, 1, 2, as a bit mask */
+    int vis[NG];
+    for (int j = 0; j < NG; j++) {
+        vis[j] = 0;
+        for (size_t k = off[j]; k < off[j + 1]; k++)
+            vis[j] |= lab[k] >= 3 ? 1 << lab[k] : 0;
+    }
+    for (int with_self = 0; with_self < 2; with_self++) {
+        /* queries: the gallery's first NQ items (their own item left out
+         * when with_self) */
+        trn_eval_set G = {NULL, NG, pair, with_self ? item : NULL, lab, off};
+        trn_eval_set Q = {NULL, NQ, pair, with_self ? item : NULL, lab, off};
+        double want, perfect;
+        char err[256];
+        assert_int_equal(trn_eval_label_ceiling(&Q, &G, hidden, 5, &want, err, sizeof err),
+                         ENC_OK);
+        assert_int_equal(trn_eval_label_ceiling(&Q, &G, NULL, 0, &perfect, err, sizeof err),
+                         ENC_OK);
+        /* perfect: min(exact, 10) / 10 per query, by counting */
+        double ref = 0;
+        for (int i = 0; i < NQ; i++) {
+            int exact = 0;
+            for (int j = 0; j < NG; j++)
+                exact += setof[j] == setof[i] && !(with_self && j == i);
+            ref += (exact < 10 ? exact : 10) / 10.0;
+        }
+        assert_true(close_to(perfect, ref / NQ));
+        assert_true(want < perfect); /* nodules unseen cost something here */
+        double sum = 0;
+        float gq[NG], one = 1;
+        for (int t = 0; t < TRIALS; t++)
+            for (int i = 0; i < NQ; i++) {
+                for (int j = 0; j < NG; j++) {
+                    r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+                    gq[j] = (float)((r >> 40) / 16777216.0) + (vis[j] == vis[i] ? 2.0f : 0.0f);
+                }
+                trn_eval_set G1 = G, Q1 = {&one, 1, pair + i, with_self ? item + i : NULL,
+                                          lab, NULL};
+                size_t qoff[2] = {0, off[i + 1] - off[i]};
+                Q1.labels = lab + off[i];
+                Q1.label_off = qoff;
+                G1.emb = gq;
+                trn_eval_metrics m;
+                assert_int_equal(trn_eval_retrieval(&Q1, &G1, 1, &m, NULL, NULL, 0), ENC_OK);
+                sum += m.label_p10;
+            }
+        assert_true(fabs(sum / (TRIALS * NQ) - want) < 0.01);
+    }
+    /* labels on one side only */
+    trn_eval_set A = {NULL, 2, pair, NULL, lab, off}, B = {NULL, 2, pair, NULL, NULL, NULL};
+    double p = 1;
+    assert_int_equal(trn_eval_label_ceiling(&A, &B, NULL, 0, &p, NULL, 0), ENC_INVAL);
+    assert_true(p == 0);
+}
+
 /* A straightforward reference on random data crossing the query block. */
 static void test_eval_random(void **state)
 {
@@ -1351,7 +1435,7 @@ int main(void)
         cmocka_unit_test(test_eval_known),     cmocka_unit_test(test_eval_self),
         cmocka_unit_test(test_eval_random),    cmocka_unit_test(test_eval_chance),
         cmocka_unit_test(test_eval_precision_at), cmocka_unit_test(test_eval_auc),
-        cmocka_unit_test(test_side_loss),
+        cmocka_unit_test(test_eval_ceiling), cmocka_unit_test(test_side_loss),
         cmocka_unit_test(test_vocab_merges),   cmocka_unit_test(test_vocab_corpus),
         cmocka_unit_test(test_vocab_edges),
     };

@@ -5,6 +5,7 @@
 #endif
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -138,6 +139,26 @@ static long count_lines(const char *path)
         n++;
     free(t);
     return n;
+}
+
+/* Removes the private folder dir and the plain files in it. */
+static void remove_folder(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                continue;
+            char *p = NULL;
+            if (asprintf(&p, "%s/%s", dir, e->d_name) >= 0) {
+                unlink(p);
+                free(p);
+            }
+        }
+        closedir(d);
+    }
+    rmdir(dir);
 }
 
 static int copy_file(const char *from, const char *to)
@@ -293,7 +314,7 @@ int cmd_train(int argc, char **argv)
     enc_pipeline *pl = NULL;
     float *buf = NULL;
     size_t *off = NULL;
-    int *bad = NULL;
+    char *prepdir = NULL, *prepvocab = NULL;
 
     if (init) {
         /* the model's own config and vocabulary unless given: its weights need them */
@@ -411,57 +432,94 @@ int cmd_train(int argc, char **argv)
         cli_error("%s: cannot copy to %s: %s", vocab, vpath, strerror(errno));
         goto out;
     }
-    if (trn_trainer_save(t, outdir, err, sizeof err) ||
-        enc_pipeline_open(outdir, (int)threads, &pl, err, sizeof err)) {
+    /* The pipeline that preprocesses opens the starting weights from a private
+     * folder inside MODEL_DIR, removed once the inputs are read: MODEL_DIR's
+     * model (a run resumed, or an earlier one) is not touched before the end. */
+    if (asprintf(&prepdir, "%s/.medsem-train.XXXXXX", outdir) < 0) {
+        prepdir = NULL;
+        goto oom;
+    }
+    if (!mkdtemp(prepdir)) {
+        cli_error("%s: %s", prepdir, strerror(errno));
+        free(prepdir);
+        prepdir = NULL;
+        goto out;
+    }
+    if (asprintf(&prepvocab, "%s/vocab.txt", prepdir) < 0) {
+        prepvocab = NULL;
+        goto oom;
+    }
+    if (copy_file(vsrc, prepvocab)) {
+        cli_error("%s: cannot copy to %s: %s", vsrc, prepvocab, strerror(errno));
+        goto out;
+    }
+    if (trn_trainer_save(t, prepdir, err, sizeof err) ||
+        enc_pipeline_open(prepdir, (int)threads, &pl, err, sizeof err)) {
         cli_error("%s", err);
         goto out;
     }
-    /* Preprocess everything once, as the pipeline would at encode time. */
+    /* Preprocess everything once, as the pipeline would at encode time, in
+     * chunks added to the trainer one after the other: the inputs are held
+     * once, in the trainer's arenas reserved to the manifest's counts (not in
+     * a buffer of all of them beside a copy grown by doubling). */
     const enc_prep *pp = enc_pipeline_prep(pl);
-    size_t vc = enc_prep_volume_count(pp), ic = enc_prep_image_count(pp), total = 0;
-    /* each item's input at its own offset: a radiograph takes an image's floats,
-     * not a volume's */
-    off = malloc(n * sizeof *off);
-    if (!off)
-        goto oom;
-    for (size_t i = 0; i < n; i++) {
-        off[i] = total;
-        total += items[i].is_volume ? vc : ic;
+    size_t vc = enc_prep_volume_count(pp), ic = enc_prep_image_count(pp), nvol = 0;
+    for (size_t i = 0; i < n; i++)
+        nvol += items[i].is_volume != 0;
+    if ((nvol && trn_trainer_reserve(t, ENC_VOLUME, nvol, err, sizeof err)) ||
+        (n - nvol && trn_trainer_reserve(t, ENC_IMAGE, n - nvol, err, sizeof err))) {
+        cli_error("%s: %s", manifest, err);
+        goto out;
     }
-    buf = malloc((total ? total : 1) * sizeof *buf);
-    bad = calloc(n, sizeof *bad);
-    if (!buf || !bad)
+    enum { CHUNK = 256 };
+    off = malloc(CHUNK * sizeof *off);
+    buf = malloc(CHUNK * (vc > ic ? vc : ic) * sizeof *buf);
+    if (!off || !buf)
         goto oom;
     double t0 = cli_now();
     int failed = 0;
     int nth = threads ? (int)threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nth > 0 ? nth : 1)
-    for (size_t i = 0; i < n; i++) {
-        char e[1024];
-        enc_modality m = enc_modality_parse(items[i].modality);
-        int r = items[i].is_volume ? enc_prep_volume(items[i].path, m, pp, buf + off[i], e, sizeof e)
-                                   : enc_prep_image(items[i].path, m, pp, buf + off[i], e, sizeof e);
-        if (r) {
-#pragma omp critical
-            {
-                cli_error("%s", e);
-                failed = 1;
-            }
-            bad[i] = 1;
+    for (size_t c0 = 0; c0 < n; c0 += CHUNK) {
+        size_t cn = n - c0 < CHUNK ? n - c0 : CHUNK, total = 0;
+        /* each item's input at its own offset: a radiograph takes an image's
+         * floats, not a volume's */
+        for (size_t j = 0; j < cn; j++) {
+            off[j] = total;
+            total += items[c0 + j].is_volume ? vc : ic;
         }
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nth > 0 ? nth : 1)
+        for (size_t j = 0; j < cn; j++) {
+            const cli_vitem *it = &items[c0 + j];
+            char e[1024];
+            enc_modality m = enc_modality_parse(it->modality);
+            int r = it->is_volume ? enc_prep_volume(it->path, m, pp, buf + off[j], e, sizeof e)
+                                  : enc_prep_image(it->path, m, pp, buf + off[j], e, sizeof e);
+            if (r) {
+#pragma omp critical
+                {
+                    cli_error("%s", e);
+                    failed = 1;
+                }
+            }
+        }
+        if (failed)
+            continue; /* read on, so that every bad file is named; add nothing */
+        for (size_t j = 0; j < cn; j++)
+            if (trn_trainer_add(t, items[c0 + j].is_volume ? ENC_VOLUME : ENC_IMAGE,
+                                buf + off[j], items[c0 + j].report, err, sizeof err)) {
+                cli_error("%s: item %zu: %s", manifest, c0 + j + 1, err);
+                goto out;
+            }
     }
     if (failed)
         goto out;
-    for (size_t i = 0; i < n; i++)
-        if (trn_trainer_add(t, items[i].is_volume ? ENC_VOLUME : ENC_IMAGE, buf + off[i],
-                            items[i].report, err, sizeof err)) {
-            cli_error("%s: item %zu: %s", manifest, i + 1, err);
-            goto out;
-        }
     free(buf);
     buf = NULL;
     enc_pipeline_close(pl);
     pl = NULL;
+    remove_folder(prepdir);
+    free(prepdir);
+    prepdir = NULL;
     fprintf(stderr, "medsem train: %zu volumes, %zu radiographs preprocessed in %.1f s; vocabulary %ld tokens\n",
             trn_trainer_items(t, ENC_VOLUME), trn_trainer_items(t, ENC_IMAGE), cli_now() - t0,
             nvocab);
@@ -533,10 +591,13 @@ int cmd_train(int argc, char **argv)
 oom:
     cli_error("out of memory");
 out:
-    free(bad);
     free(buf);
     free(off);
     enc_pipeline_close(pl);
+    if (prepdir)
+        remove_folder(prepdir);
+    free(prepdir);
+    free(prepvocab);
     trn_trainer_free(t);
     enc_tok_free(tok);
     cJSON_Delete(cfg);

@@ -471,6 +471,12 @@ void trn_trainer_free(trn_trainer *t); /* accepts NULL */
  * bad text), ENC_NOMEM. */
 int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *report,
                     char *errbuf, size_t errlen);
+/* Makes room for n items of kind in all (those added so far included), so
+ * that adding up to n allocates no more: without it the arrays double as
+ * items come, and the inputs' arena (the bulk: 0.5 MB a volume on a 32 x 64
+ * x 64 grid) may end up to twice the size it needs.  Room already there is
+ * kept.  Codes: ENC_INVAL (kind, after a step), ENC_NOMEM (nothing lost). */
+int trn_trainer_reserve(trn_trainer *t, enc_kind kind, size_t n, char *errbuf, size_t errlen);
 /* Items of kind added so far. */
 size_t trn_trainer_items(const trn_trainer *t, enc_kind kind);
 

@@ -413,6 +413,48 @@ static int encode_swapped(const trn_trainer *t, const char *text, trn_swap what,
     return rc;
 }
 
+/* Grows the arrays of t's items of kind to room for nc items (nc > cap): 0,
+ * or -1 with the set as it was, its arrays perhaps larger. */
+static int set_room(trn_trainer *t, enc_kind kind, size_t nc)
+{
+    itemset *s = &t->set[kind];
+    size_t per = kind == ENC_VOLUME ? t->vcount : t->icount, L = (size_t)t->L;
+    int bad = grow((void **)&s->x, nc * per * sizeof *s->x) ||
+              grow((void **)&s->ids, nc * L * sizeof *s->ids) ||
+              grow((void **)&s->mask, nc * L * sizeof *s->mask) ||
+              grow((void **)&s->tag_off, (nc + 1) * sizeof *s->tag_off);
+    if (!bad && t->o.side_weight > 0)
+        bad = grow((void **)&s->sids, nc * L * sizeof *s->sids) ||
+              grow((void **)&s->smask, nc * L * sizeof *s->smask) ||
+              grow((void **)&s->swapped, nc * sizeof *s->swapped);
+    if (!bad && t->o.lobe_rate > 0)
+        bad = grow((void **)&s->lids, nc * L * sizeof *s->lids) ||
+              grow((void **)&s->lmask, nc * L * sizeof *s->lmask) ||
+              grow((void **)&s->lswapped, nc * sizeof *s->lswapped);
+    if (!bad && t->o.phrase_rate > 0)
+        bad = grow((void **)&s->text, nc * sizeof *s->text);
+    if (bad)
+        return -1;
+    s->cap = nc;
+    if (s->n == 0)
+        s->tag_off[0] = 0;
+    return 0;
+}
+
+int trn_trainer_reserve(trn_trainer *t, enc_kind kind, size_t n, char *errbuf, size_t errlen)
+{
+    if (t->started)
+        return util_errf(errbuf, errlen, ENC_INVAL, "items cannot be added after training started");
+    if ((kind == ENC_IMAGE && !t->has_img) || (kind == ENC_VOLUME && !t->has_vol) ||
+        kind == ENC_TEXT)
+        return util_errf(errbuf, errlen, ENC_INVAL, "the model does not take this kind of input");
+    if (n <= t->set[kind].cap)
+        return ENC_OK;
+    if (set_room(t, kind, n))
+        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items", n);
+    return ENC_OK;
+}
+
 int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *report,
                     char *errbuf, size_t errlen)
 {
@@ -425,28 +467,9 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
         return util_errf(errbuf, errlen, ENC_INVAL, "the trainer has no tokenizer");
     itemset *s = &t->set[kind];
     size_t per = kind == ENC_VOLUME ? t->vcount : t->icount, L = (size_t)t->L;
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? 2 * s->cap : 64;
-        int bad = grow((void **)&s->x, nc * per * sizeof *s->x) ||
-                  grow((void **)&s->ids, nc * L * sizeof *s->ids) ||
-                  grow((void **)&s->mask, nc * L * sizeof *s->mask) ||
-                  grow((void **)&s->tag_off, (nc + 1) * sizeof *s->tag_off);
-        if (!bad && t->o.side_weight > 0)
-            bad = grow((void **)&s->sids, nc * L * sizeof *s->sids) ||
-                  grow((void **)&s->smask, nc * L * sizeof *s->smask) ||
-                  grow((void **)&s->swapped, nc * sizeof *s->swapped);
-        if (!bad && t->o.lobe_rate > 0)
-            bad = grow((void **)&s->lids, nc * L * sizeof *s->lids) ||
-                  grow((void **)&s->lmask, nc * L * sizeof *s->lmask) ||
-                  grow((void **)&s->lswapped, nc * sizeof *s->lswapped);
-        if (!bad && t->o.phrase_rate > 0)
-            bad = grow((void **)&s->text, nc * sizeof *s->text);
-        if (bad)
-            return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items", nc);
-        s->cap = nc;
-        if (s->n == 0)
-            s->tag_off[0] = 0;
-    }
+    if (s->n == s->cap && set_room(t, kind, s->cap ? 2 * s->cap : 64))
+        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items",
+                         s->cap ? 2 * s->cap : 64);
     size_t got;
     int rc = enc_tok_encode(t->tok, report ? report : "", L, s->ids + s->n * L,
                             s->mask + s->n * L, &got, errbuf, errlen);

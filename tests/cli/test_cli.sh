@@ -164,6 +164,14 @@ expect 0 "" "synth a tiny set" -- "$MEDSEM" synth --out "$T/syn" --volumes 10 --
 [ "$(wc -l < "$T/syn/train.jsonl")" = 20 ] && ok "manifest has 20 items" || bad "synth manifest"
 expect 0 "" "train 2 steps" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/mod" --steps 2 --seed 1 --threads 1
 [ -s "$T/mod/model.safetensors" ] && [ -s "$T/mod/vocab.txt" ] && ok "model directory written" || bad "model dir"
+# an unreadable input: named, and the model in --out left as it was (a resumed run's too)
+cp -r "$T/syn" "$T/synbad"
+badvol=$(sed -n 's/.*"file":"\([^"]*vol_[^"]*\)".*/\1/p' "$T/synbad/train.jsonl" | sed -n 2p)
+printf 'not a nifti' | gzip > "$T/synbad/$badvol"
+before=$(md5sum < "$T/mod/model.safetensors")
+expect 1 "$(basename "$badvol")" "train names an unreadable input file" -- "$MEDSEM" train --manifest "$T/synbad/train.jsonl" --out "$T/mod" --resume --steps 4 --threads 1
+[ "$(md5sum < "$T/mod/model.safetensors")" = "$before" ] && ok "a failed resume leaves the model as it was" || bad "a failed train changed the model in --out"
+ls -A "$T/mod" | grep -q '^\.medsem-train' && bad "train left its private folder: $(ls -A "$T/mod")" || ok "train removes its private folder"
 sed 's/"display"/"sideways"/' "$T/mod/config.json" > "$T/badview.json"
 expect 1 "preprocess.slice_view" "train refuses a slice_view the pipeline could not load" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/mod2" --steps 1 --threads 1 --config "$T/badview.json"
 # --init: fine-tuning from a model, on a volume grid twice as fine along z

@@ -100,13 +100,21 @@ static void make_volume(int c, tu_rng *r, float *x)
         make_image(z >= 2 ? c : (c + 1) % 4, r, x + z * 64);
 }
 
-static trn_trainer *make_trainer(fixture *f, const trn_trainer_opts *o)
+/* A trainer with 16 volumes and 16 radiographs; reserve: room made for
+ * them first (trn_trainer_reserve), which must change nothing else. */
+static trn_trainer *make_trainer_with(fixture *f, const trn_trainer_opts *o, int reserve)
 {
     trn_trainer *t;
     char err[512];
     int rc = trn_trainer_new(f->config, f->tok, o, &t, err, sizeof err);
     if (rc)
         fail_msg("trn_trainer_new: %s", err);
+    if (reserve) {
+        assert_int_equal(trn_trainer_reserve(t, ENC_VOLUME, 16, err, sizeof err), 0);
+        assert_int_equal(trn_trainer_reserve(t, ENC_IMAGE, 16, err, sizeof err), 0);
+        assert_int_equal(trn_trainer_reserve(t, ENC_IMAGE, 3, err, sizeof err), 0); /* kept */
+        assert_int_equal(trn_trainer_reserve(t, ENC_TEXT, 3, err, sizeof err), ENC_INVAL);
+    }
     tu_rng r;
     tu_rng_seed(&r, 7);
     float x[256];
@@ -119,6 +127,11 @@ static trn_trainer *make_trainer(fixture *f, const trn_trainer_opts *o)
     assert_int_equal(trn_trainer_items(t, ENC_VOLUME), 16);
     assert_int_equal(trn_trainer_items(t, ENC_IMAGE), 16);
     return t;
+}
+
+static trn_trainer *make_trainer(fixture *f, const trn_trainer_opts *o)
+{
+    return make_trainer_with(f, o, 0);
 }
 
 static trn_trainer_opts tiny_opts(void)
@@ -491,6 +504,28 @@ static void test_init_from(void **state)
     trn_trainer_free(a);
 }
 
+/* Room made up front trains exactly as room grown item by item; none can
+ * be made after a step. */
+static void test_reserve(void **state)
+{
+    fixture *f = *state;
+    char err[512];
+    trn_trainer_opts o = tiny_opts();
+    o.side_weight = 1.0f;
+    o.phrase_rate = 0.5f;
+    trn_trainer *a = make_trainer_with(f, &o, 0), *b = make_trainer_with(f, &o, 1);
+    for (int s = 0; s < 2; s++) {
+        assert_int_equal(trn_trainer_step(a, NULL, err, sizeof err), 0);
+        assert_int_equal(trn_trainer_step(b, NULL, err, sizeof err), 0);
+    }
+    size_t n = trn_adamw_count(trn_trainer_optimizer(a));
+    assert_memory_equal(trn_trainer_params(a), trn_trainer_params(b), n * sizeof(float));
+    assert_int_equal(trn_trainer_reserve(b, ENC_VOLUME, 64, err, sizeof err), ENC_INVAL);
+    assert_non_null(strstr(err, "after training started"));
+    trn_trainer_free(a);
+    trn_trainer_free(b);
+}
+
 static void test_trainer_refusals(void **state)
 {
     fixture *f = *state;
@@ -675,6 +710,7 @@ int main(void)
         cmocka_unit_test(test_report_tags),
         cmocka_unit_test(test_report_phrase),
         cmocka_unit_test_setup_teardown(test_phrases_train, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserve, setup, teardown),
         cmocka_unit_test_setup_teardown(test_trainer_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loss_decreases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_side_negatives, setup, teardown),

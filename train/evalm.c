@@ -73,10 +73,12 @@ static int cmp_hkey(const void *x, const void *y)
 }
 
 /* Gives each of the nq + ng items (queries first) a class: equal label sets
- * <=> equal class.  Sets are sorted and deduplicated into one buffer, hashed,
- * and items grouped by hash; within a hash group (almost always one set)
- * sets are compared in full. */
-static int label_classes(const trn_eval_set *q, const trn_eval_set *g, size_t *cls)
+ * <=> equal class, the labels with hidden[id] != 0 (id < nhidden; hidden
+ * may be NULL) left out of the sets.  Sets are sorted and deduplicated into
+ * one buffer, hashed, and items grouped by hash; within a hash group (almost
+ * always one set) sets are compared in full. */
+static int label_classes(const trn_eval_set *q, const trn_eval_set *g,
+                         const unsigned char *hidden, size_t nhidden, size_t *cls)
 {
     size_t n = q->n + g->n, total = q->label_off[q->n] + g->label_off[g->n];
     int32_t *buf = malloc((total > 0 ? total : 1) * sizeof *buf);
@@ -92,10 +94,13 @@ static int label_classes(const trn_eval_set *q, const trn_eval_set *g, size_t *c
     for (size_t i = 0; i < n; i++) {
         const trn_eval_set *s = i < q->n ? q : g;
         size_t k = i < q->n ? i : i - q->n;
-        size_t c = s->label_off[k + 1] - s->label_off[k];
+        size_t c = 0;
         start[i] = at;
-        if (c > 0)
-            memcpy(buf + at, s->labels + s->label_off[k], c * sizeof *buf);
+        for (size_t t = s->label_off[k]; t < s->label_off[k + 1]; t++) {
+            int32_t id = s->labels[t];
+            if (hidden == NULL || id < 0 || (size_t)id >= nhidden || !hidden[id])
+                buf[at + c++] = id;
+        }
         qsort(buf + at, c, sizeof *buf, cmp_i32);
         size_t u = 0;
         for (size_t j = 0; j < c; j++)
@@ -186,7 +191,7 @@ int trn_eval_retrieval(const trn_eval_set *queries, const trn_eval_set *gallery,
     cand *c = malloc((g->n > 0 ? g->n : 1) * sizeof *c);
     int rc = ENC_OK;
     if (cls == NULL || S == NULL || c == NULL ||
-        (labelled && label_classes(q, g, cls) != ENC_OK)) {
+        (labelled && label_classes(q, g, NULL, 0, cls) != ENC_OK)) {
         rc = util_errf(errbuf, errlen, ENC_NOMEM, "eval: out of memory (%zu gallery items)", g->n);
         goto done;
     }
@@ -280,27 +285,6 @@ static int cmp_iref(const void *x, const void *y)
     return (a->j > b->j) - (a->j < b->j);
 }
 
-/* A copy of s's label lists without the hidden ids; labels and off are
- * caller-owned buffers of s's total labels and s->n + 1. */
-static void visible_labels(const trn_eval_set *s, const unsigned char *hidden, size_t nhidden,
-                           int32_t *labels, size_t *off, trn_eval_set *out)
-{
-    size_t at = 0;
-    off[0] = 0;
-    for (size_t i = 0; i < s->n; i++) {
-        for (size_t k = s->label_off[i]; k < s->label_off[i + 1]; k++) {
-            int32_t id = s->labels[k];
-            if (hidden != NULL && id >= 0 && (size_t)id < nhidden && hidden[id])
-                continue;
-            labels[at++] = id;
-        }
-        off[i + 1] = at;
-    }
-    *out = *s;
-    out->labels = labels;
-    out->label_off = off;
-}
-
 int trn_eval_label_ceiling(const trn_eval_set *queries, const trn_eval_set *gallery,
                            const unsigned char *hidden, size_t nhidden, double *p10,
                            char *errbuf, size_t errlen)
@@ -311,22 +295,16 @@ int trn_eval_label_ceiling(const trn_eval_set *queries, const trn_eval_set *gall
     if (q->label_off == NULL || g->label_off == NULL)
         return util_errf(errbuf, errlen, ENC_INVAL, "eval: the ceiling needs labels on both sides");
     int self = q->item != NULL && g->item != NULL;
-    size_t n = q->n + g->n, nq_lab = q->label_off[q->n], ng_lab = g->label_off[g->n];
+    size_t n = q->n + g->n;
     size_t *cls = malloc((n ? n : 1) * sizeof *cls);
     size_t *vcls = malloc((n ? n : 1) * sizeof *vcls);
     size_t *cnt = calloc(n ? n : 1, sizeof *cnt);
     size_t *vcnt = calloc(n ? n : 1, sizeof *vcnt);
-    int32_t *lab = malloc((nq_lab + ng_lab ? nq_lab + ng_lab : 1) * sizeof *lab);
-    size_t *off = malloc((n + 2) * sizeof *off);
     iref *refs = self ? malloc((g->n ? g->n : 1) * sizeof *refs) : NULL;
     int rc = ENC_OK;
-    trn_eval_set vq, vg;
-    if (cls == NULL || vcls == NULL || cnt == NULL || vcnt == NULL || lab == NULL ||
-        off == NULL || (self && refs == NULL))
-        goto nomem;
-    visible_labels(q, hidden, nhidden, lab, off, &vq);
-    visible_labels(g, hidden, nhidden, lab + nq_lab, off + q->n + 1, &vg);
-    if (label_classes(q, g, cls) != ENC_OK || label_classes(&vq, &vg, vcls) != ENC_OK)
+    if (cls == NULL || vcls == NULL || cnt == NULL || vcnt == NULL || (self && refs == NULL) ||
+        label_classes(q, g, NULL, 0, cls) != ENC_OK ||
+        label_classes(q, g, hidden, nhidden, vcls) != ENC_OK)
         goto nomem;
     const size_t *gcls = cls + q->n, *gvcls = vcls + q->n;
     for (size_t j = 0; j < g->n; j++) {
@@ -374,8 +352,6 @@ done:
     free(vcls);
     free(cnt);
     free(vcnt);
-    free(lab);
-    free(off);
     free(refs);
     return rc;
 }

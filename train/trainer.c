@@ -441,13 +441,22 @@ static int set_room(trn_trainer *t, enc_kind kind, size_t nc)
     return 0;
 }
 
-int trn_trainer_reserve(trn_trainer *t, enc_kind kind, size_t n, char *errbuf, size_t errlen)
+/* Whether items of kind can still be added: ENC_OK or ENC_INVAL, said. */
+static int can_add(const trn_trainer *t, enc_kind kind, char *errbuf, size_t errlen)
 {
     if (t->started)
         return util_errf(errbuf, errlen, ENC_INVAL, "items cannot be added after training started");
     if ((kind == ENC_IMAGE && !t->has_img) || (kind == ENC_VOLUME && !t->has_vol) ||
         kind == ENC_TEXT)
         return util_errf(errbuf, errlen, ENC_INVAL, "the model does not take this kind of input");
+    return ENC_OK;
+}
+
+int trn_trainer_reserve(trn_trainer *t, enc_kind kind, size_t n, char *errbuf, size_t errlen)
+{
+    int rc = can_add(t, kind, errbuf, errlen);
+    if (rc)
+        return rc;
     if (n <= t->set[kind].cap)
         return ENC_OK;
     if (set_room(t, kind, n))
@@ -458,11 +467,9 @@ int trn_trainer_reserve(trn_trainer *t, enc_kind kind, size_t n, char *errbuf, s
 int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *report,
                     char *errbuf, size_t errlen)
 {
-    if (t->started)
-        return util_errf(errbuf, errlen, ENC_INVAL, "items cannot be added after training started");
-    if ((kind == ENC_IMAGE && !t->has_img) || (kind == ENC_VOLUME && !t->has_vol) ||
-        kind == ENC_TEXT)
-        return util_errf(errbuf, errlen, ENC_INVAL, "the model does not take this kind of input");
+    int rc = can_add(t, kind, errbuf, errlen);
+    if (rc)
+        return rc;
     if (!t->tok)
         return util_errf(errbuf, errlen, ENC_INVAL, "the trainer has no tokenizer");
     itemset *s = &t->set[kind];
@@ -471,7 +478,7 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
         return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items",
                          s->cap ? 2 * s->cap : 64);
     size_t got;
-    int rc = enc_tok_encode(t->tok, report ? report : "", L, s->ids + s->n * L,
+    rc = enc_tok_encode(t->tok, report ? report : "", L, s->ids + s->n * L,
                             s->mask + s->n * L, &got, errbuf, errlen);
     if (rc)
         return rc;

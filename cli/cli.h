@@ -75,6 +75,11 @@ void cli_progress_update(cli_progress *p, size_t done);
 void cli_progress_finish(cli_progress *p, size_t done);
 double cli_now(void);
 
+/* Removes a model folder that a command made and gave up on: its
+ * config.json, model.safetensors and vocab.txt, then the folder (left
+ * in place if it holds anything else).  0, or -1 with errno from rmdir. */
+int cli_remove_model_dir(const char *dir);
+
 /* Manifest helpers: a copy of object j's string field k (NULL when absent
  * or not a string; free() it), and a manifest's file resolved against the
  * manifest's folder base (absolute paths kept; NULL when out of memory). */

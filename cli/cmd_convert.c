@@ -138,17 +138,6 @@ static int weights(const char *src, const char *const *st_names, const char *con
     return -1;
 }
 
-static int rm_tree_flat(const char *dir)
-{
-    static const char *const files[] = {"config.json", "model.safetensors", "vocab.txt", NULL};
-    char p[4096];
-    for (const char *const *f = files; *f; f++) {
-        pjoin(p, sizeof p, dir, *f);
-        unlink(p);
-    }
-    return rmdir(dir);
-}
-
 int cmd_convert(int argc, char **argv)
 {
     static const struct option longopts[] = {{"out", required_argument, 0, 'o'},
@@ -262,7 +251,7 @@ int cmd_convert(int argc, char **argv)
         rc = -1;
     }
     if (rc) {
-        rm_tree_flat(tmp);
+        cli_remove_model_dir(tmp);
         return CLI_BAD_INPUT;
     }
     printf("converted %s (%s) -> %s: a %d-dimensional model\n", src, layout, out, dim);

@@ -5,7 +5,6 @@
 #endif
 
 #include <cjson/cJSON.h>
-#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -139,26 +138,6 @@ static long count_lines(const char *path)
         n++;
     free(t);
     return n;
-}
-
-/* Removes the private folder dir and the plain files in it. */
-static void remove_folder(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                continue;
-            char *p = NULL;
-            if (asprintf(&p, "%s/%s", dir, e->d_name) >= 0) {
-                unlink(p);
-                free(p);
-            }
-        }
-        closedir(d);
-    }
-    rmdir(dir);
 }
 
 static int copy_file(const char *from, const char *to)
@@ -517,7 +496,7 @@ int cmd_train(int argc, char **argv)
     buf = NULL;
     enc_pipeline_close(pl);
     pl = NULL;
-    remove_folder(prepdir);
+    cli_remove_model_dir(prepdir);
     free(prepdir);
     prepdir = NULL;
     fprintf(stderr, "medsem train: %zu volumes, %zu radiographs preprocessed in %.1f s; vocabulary %ld tokens\n",
@@ -595,7 +574,7 @@ out:
     free(off);
     enc_pipeline_close(pl);
     if (prepdir)
-        remove_folder(prepdir);
+        cli_remove_model_dir(prepdir);
     free(prepdir);
     free(prepvocab);
     trn_trainer_free(t);

@@ -203,6 +203,19 @@ void cli_json_string(FILE *f, const char *s)
     fputc('"', f);
 }
 
+int cli_remove_model_dir(const char *dir)
+{
+    static const char *const files[] = {"config.json", "model.safetensors", "vocab.txt", NULL};
+    for (const char *const *f = files; *f; f++) {
+        char *p = NULL;
+        if (asprintf(&p, "%s/%s", dir, *f) >= 0) {
+            unlink(p);
+            free(p);
+        }
+    }
+    return rmdir(dir);
+}
+
 char *cli_json_strdup(const cJSON *j, const char *k)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);

@@ -272,19 +272,6 @@ done:
 
 /* ---- the oracle's ceiling ------------------------------------------------------------- */
 
-typedef struct iref {
-    int64_t item;
-    size_t j;
-} iref;
-
-static int cmp_iref(const void *x, const void *y)
-{
-    const iref *a = x, *b = y;
-    if (a->item != b->item)
-        return a->item < b->item ? -1 : 1;
-    return (a->j > b->j) - (a->j < b->j);
-}
-
 int trn_eval_label_ceiling(const trn_eval_set *queries, const trn_eval_set *gallery,
                            const unsigned char *hidden, size_t nhidden, double *p10,
                            char *errbuf, size_t errlen)
@@ -300,7 +287,7 @@ int trn_eval_label_ceiling(const trn_eval_set *queries, const trn_eval_set *gall
     size_t *vcls = malloc((n ? n : 1) * sizeof *vcls);
     size_t *cnt = calloc(n ? n : 1, sizeof *cnt);
     size_t *vcnt = calloc(n ? n : 1, sizeof *vcnt);
-    iref *refs = self ? malloc((g->n ? g->n : 1) * sizeof *refs) : NULL;
+    hkey *refs = self ? malloc((g->n ? g->n : 1) * sizeof *refs) : NULL;
     int rc = ENC_OK;
     if (cls == NULL || vcls == NULL || cnt == NULL || vcnt == NULL || (self && refs == NULL) ||
         label_classes(q, g, NULL, 0, cls) != ENC_OK ||
@@ -313,8 +300,8 @@ int trn_eval_label_ceiling(const trn_eval_set *queries, const trn_eval_set *gall
     }
     if (self) {
         for (size_t j = 0; j < g->n; j++)
-            refs[j] = (iref){g->item[j], j};
-        qsort(refs, g->n, sizeof *refs, cmp_iref);
+            refs[j] = (hkey){(uint64_t)g->item[j], j}; /* the gallery by item id */
+        qsort(refs, g->n, sizeof *refs, cmp_hkey);
     }
     double sum = 0;
     size_t nq = 0;
@@ -325,13 +312,13 @@ int trn_eval_label_ceiling(const trn_eval_set *queries, const trn_eval_set *gall
             size_t lo = 0, hi = g->n;
             while (lo < hi) {
                 size_t mid = lo + (hi - lo) / 2;
-                if (refs[mid].item < q->item[i])
+                if (refs[mid].h < (uint64_t)q->item[i])
                     lo = mid + 1;
                 else
                     hi = mid;
             }
-            for (; lo < g->n && refs[lo].item == q->item[i]; lo++) {
-                size_t j = refs[lo].j;
+            for (; lo < g->n && refs[lo].h == (uint64_t)q->item[i]; lo++) {
+                size_t j = refs[lo].i;
                 c--;
                 exact -= gcls[j] == cls[i];
                 group -= gvcls[j] == vcls[i];

@@ -412,7 +412,7 @@ int cmd_train(int argc, char **argv)
         goto out;
     }
     /* The pipeline that preprocesses opens the starting weights from a private
-     * folder inside MODEL_DIR, removed once the inputs are read: MODEL_DIR's
+     * folder inside MODEL_DIR, removed as soon as it is open: MODEL_DIR's
      * model (a run resumed, or an earlier one) is not touched before the end. */
     if (asprintf(&prepdir, "%s/.medsem-train.XXXXXX", outdir) < 0) {
         prepdir = NULL;
@@ -432,8 +432,15 @@ int cmd_train(int argc, char **argv)
         cli_error("%s: cannot copy to %s: %s", vsrc, prepvocab, strerror(errno));
         goto out;
     }
-    if (trn_trainer_save(t, prepdir, err, sizeof err) ||
-        enc_pipeline_open(prepdir, (int)threads, &pl, err, sizeof err)) {
+    int prc = trn_trainer_save(t, prepdir, err, sizeof err) ||
+              enc_pipeline_open(prepdir, (int)threads, &pl, err, sizeof err);
+    /* The open pipeline holds what it read (the weights mapped, which
+     * survives the unlink): the folder goes at once, so a run killed while
+     * preprocessing leaves nothing in MODEL_DIR. */
+    cli_remove_model_dir(prepdir);
+    free(prepdir);
+    prepdir = NULL;
+    if (prc) {
         cli_error("%s", err);
         goto out;
     }
@@ -496,9 +503,6 @@ int cmd_train(int argc, char **argv)
     buf = NULL;
     enc_pipeline_close(pl);
     pl = NULL;
-    cli_remove_model_dir(prepdir);
-    free(prepdir);
-    prepdir = NULL;
     fprintf(stderr, "medsem train: %zu volumes, %zu radiographs preprocessed in %.1f s; vocabulary %ld tokens\n",
             trn_trainer_items(t, ENC_VOLUME), trn_trainer_items(t, ENC_IMAGE), cli_now() - t0,
             nvocab);

@@ -172,6 +172,41 @@ before=$(md5sum < "$T/mod/model.safetensors")
 expect 1 "$(basename "$badvol")" "train names an unreadable input file" -- "$MEDSEM" train --manifest "$T/synbad/train.jsonl" --out "$T/mod" --resume --steps 4 --threads 1
 [ "$(md5sum < "$T/mod/model.safetensors")" = "$before" ] && ok "a failed resume leaves the model as it was" || bad "a failed train changed the model in --out"
 ls -A "$T/mod" | grep -q '^\.medsem-train' && bad "train left its private folder: $(ls -A "$T/mod")" || ok "train removes its private folder"
+# killed while it preprocesses (caught with a large input open): nothing of the run is
+# left in --out
+cp -r "$T/syn" "$T/synkill"
+python3 - "$T/synkill/$badvol" <<'PY'
+import gzip, struct, sys
+n = 256  # 256^3 int16 (32 MB): long enough to read that the test sees it open
+h = bytearray(352)
+struct.pack_into("<i", h, 0, 348)
+struct.pack_into("<8h", h, 40, 3, n, n, n, 1, 1, 1, 1)
+struct.pack_into("<2h", h, 70, 4, 16)
+struct.pack_into("<8f", h, 76, 1, 1.5, 1.5, 1.5, 1, 1, 1, 1)
+struct.pack_into("<f", h, 108, 352)
+struct.pack_into("<f", h, 112, 1)
+h[344:348] = b"n+1\0"
+with gzip.open(sys.argv[1], "wb", compresslevel=1) as f:
+    f.write(bytes(h) + bytes(2 * n ** 3))
+PY
+"$MEDSEM" train --manifest "$T/synkill/train.jsonl" --out "$T/mod" --resume --steps 4 --threads 1 2>/dev/null &
+tpid=$!
+caught=0
+for _ in $(seq 3000); do
+    if ls -l /proc/$tpid/fd 2>/dev/null | grep -q "synkill/.*$(basename "$badvol")"; then
+        kill -9 $tpid && caught=1
+        break
+    fi
+    kill -0 $tpid 2>/dev/null || break
+    sleep 0.01
+done
+wait $tpid 2>/dev/null || true
+if [ "$caught" = 1 ]; then
+    ls -A "$T/mod" | grep -q '^\.medsem-train' && bad "a train killed while preprocessing left: $(ls -A "$T/mod")" || ok "a train killed while preprocessing leaves no private folder"
+    [ "$(md5sum < "$T/mod/model.safetensors")" = "$before" ] && ok "a killed train leaves the model as it was" || bad "a killed train changed the model in --out"
+else
+    bad "train was never seen reading its large input"
+fi
 sed 's/"display"/"sideways"/' "$T/mod/config.json" > "$T/badview.json"
 expect 1 "preprocess.slice_view" "train refuses a slice_view the pipeline could not load" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/mod2" --steps 1 --threads 1 --config "$T/badview.json"
 # --init: fine-tuning from a model, on a volume grid twice as fine along z

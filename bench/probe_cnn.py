@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""What a supervised 3D CNN sees in medsem synth's volumes: a development
+diagnostic for the built-in model's targets, never needed by the build or CI.
+
+It resamples each volume of a `medsem synth` manifest onto one fixed grid
+(the built-in model's 32 x 64 x 64 at 8.75 x 6.5 x 6.5 mm, or a finer one),
+trains a small 3D CNN on the labels with one sigmoid per "finding|location"
+key and per finding, and scores the held-out manifest with the figures that
+`medsem eval` prints for the model, ranking by the CNN's outputs instead of
+by cosine to a query:
+
+  - detection AUC per finding, nodules also by their largest diameter;
+  - single-finding precision@10 per (finding, location) key and its mean;
+  - side AUC of the lateral findings (all sizes; moderate and large);
+  - label-set precision@10 of volumes ranked for each held-out volume's own
+    label set (the "text->volume" direction with a perfect text tower), with
+    the query's own volume left out.
+
+Needs Debian's python3-torch and python3-numpy (run it with /usr/bin/python3).
+The figures in docs/train.md ("What a supervised 3D CNN reaches") came from
+(about 25 and 60 minutes on one core each, run side by side):
+
+  medsem synth --out ps_tr --volumes 6000 --images 0 --seed 9 --split train --size small
+  medsem synth --out test --volumes 2000 --images 500 --seed 999 --split test --size small
+  medsem synth --out pd_tr --volumes 6000 --images 0 --seed 9 --split train --size default
+  medsem synth --out pd_te --volumes 2000 --images 0 --seed 999 --split test --size default
+  python3 bench/probe_cnn.py --train ps_tr/train.jsonl --test test/test.jsonl \
+      --grid 32,64,64 --spacing 8.75,6.5,6.5 --steps 2000 --threads 1
+  python3 bench/probe_cnn.py --train pd_tr/train.jsonl --test pd_te/test.jsonl \
+      --grid 48,96,96 --spacing 5.83,4.33,4.33 --steps 2000 --threads 1
+"""
+import argparse
+import gzip
+import json
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LATERAL = ("pleural effusion", "pneumothorax", "consolidation", "mass")
+RIGHT = ("right", "right upper lobe", "right middle lobe", "right lower lobe")
+LEFT = ("left", "left upper lobe", "left lower lobe")
+
+
+def read_nifti(path):
+    """A gzipped NIfTI-1 volume as float32 [k, j, i] (the file's slowest axis first)
+    and its sform (4 x 4, voxel (i, j, k) to RAS mm)."""
+    with gzip.open(path) as f:
+        b = f.read()
+    if struct.unpack("<i", b[0:4])[0] != 348:
+        sys.exit(f"{path}: not a little-endian NIfTI-1 file")
+    dim = struct.unpack("<8h", b[40:56])
+    dtype = {4: np.int16, 16: np.float32, 2: np.uint8}.get(struct.unpack("<h", b[70:72])[0])
+    if dtype is None or dim[0] != 3:
+        sys.exit(f"{path}: expected a 3-D int16, uint8 or float32 volume")
+    if struct.unpack("<h", b[254:256])[0] <= 0:
+        sys.exit(f"{path}: no sform (medsem synth writes one)")
+    off = int(struct.unpack("<f", b[108:112])[0])
+    slope, inter = struct.unpack("<2f", b[112:120])
+    aff = np.eye(4)
+    aff[:3] = np.array(struct.unpack("<12f", b[280:328])).reshape(3, 4)
+    nx, ny, nz = dim[1:4]
+    v = np.frombuffer(b, dtype=dtype, count=nx * ny * nz, offset=off).astype(np.float32)
+    if slope not in (0.0, 1.0) or inter != 0.0:
+        v = v * (slope or 1.0) + inter
+    return v.reshape(nz, ny, nx), aff
+
+
+def resample(v, aff, grid, target):
+    """v onto a RAS-aligned grid of (z, y, x) cells of target mm centred on the
+    volume's centre, through its affine (synth stores half the volumes LPS, and
+    tilts them a little), trilinear, air outside; then HU -1000..200 to 0..255."""
+    nk, nj, ni = v.shape
+    centre = aff[:3, :3] @ (np.array([ni, nj, nk]) - 1) / 2 + aff[:3, 3]
+    axes = [(torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * s for n, s in zip(grid, target)]
+    gz, gy, gx = torch.meshgrid(*axes, indexing="ij")
+    world = torch.stack((gx, gy, gz), -1) + torch.from_numpy(centre)  # R, A, S in mm
+    inv = torch.from_numpy(np.linalg.inv(aff))
+    ijk = world @ inv[:3, :3].T + inv[:3, 3]
+    size = torch.tensor([ni, nj, nk], dtype=torch.float64)
+    g = ((2 * ijk + 1) / size - 1).float()[None]  # grid_sample's (x, y, z) = (i, j, k)
+    t = torch.from_numpy(v)[None, None] + 1000.0
+    out = F.grid_sample(t, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out[0, 0] / 1200.0  # (HU + 1000) / 1200
+    return (out.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def load(manifest, grid, target, limit):
+    root = os.path.dirname(manifest)
+    vols, labels = [], []
+    with open(manifest) as f:
+        for line in f:
+            j = json.loads(line)
+            if j.get("kind") != "volume":
+                continue
+            v, aff = read_nifti(os.path.join(root, j["file"]))
+            vols.append(resample(v, aff, grid, target))
+            labels.append(j["labels"])
+            if limit and len(vols) >= limit:
+                break
+    return torch.stack(vols), labels
+
+
+def key(lab):
+    return lab["finding"] + "|" + lab.get("location", "")
+
+
+class Net(nn.Module):
+    """Five 3x3x3 convolutions, the last four strided, then max and mean pooled
+    onto 2 x 2 x 2 cells (so side and height stay) and one linear map."""
+
+    def __init__(self, n_out):
+        super().__init__()
+        ch = [1, 8, 16, 32, 64, 128]
+        layers = []
+        for i in range(5):
+            layers += [nn.Conv3d(ch[i], ch[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                       nn.BatchNorm3d(ch[i + 1]), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(2 * 128 * 8, n_out)
+
+    def forward(self, x):
+        h = self.body(x)
+        h = torch.cat((F.adaptive_max_pool3d(h, 2), F.adaptive_avg_pool3d(h, 2)), 1)
+        return self.head(h.flatten(1))
+
+
+def auc(score, pos):
+    score, pos = np.asarray(score, float), np.asarray(pos, bool)
+    n1, n0 = pos.sum(), (~pos).sum()
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    s = score[order]
+    i = 0
+    while i < len(s):  # mid-ranks for ties
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return (ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", required=True)
+    ap.add_argument("--test", required=True)
+    ap.add_argument("--grid", default="32,64,64", help="z,y,x cells")
+    ap.add_argument("--spacing", default="8.75,6.5,6.5", help="z,y,x mm")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=0, help="at most this many volumes per manifest")
+    ap.add_argument("--json", help="write the figures here too")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    grid = tuple(int(x) for x in a.grid.split(","))
+    target = tuple(float(x) for x in a.spacing.split(","))
+    t0 = time.time()
+    xtr, ltr = load(a.train, grid, target, a.limit)
+    xte, lte = load(a.test, grid, target, a.limit)
+    print(f"loaded {len(ltr)} + {len(lte)} volumes onto {grid} at {target} mm in {time.time() - t0:.0f} s",
+          flush=True)
+
+    keys = sorted({key(l) for ls in ltr for l in ls})
+    finds = sorted({l["finding"] for ls in ltr for l in ls})
+    classes = keys + [f + "|*" for f in finds]
+    ci = {c: i for i, c in enumerate(classes)}
+
+    def target_of(ls):
+        y = np.zeros(len(classes), np.float32)
+        for l in ls:
+            if key(l) in ci:
+                y[ci[key(l)]] = 1
+            y[ci[l["finding"] + "|*"]] = 1
+        return y
+
+    ytr = torch.from_numpy(np.stack([target_of(ls) for ls in ltr]))
+    net = Net(len(classes))
+    opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps,
+                                                pct_start=max(0.05, 3 / a.steps))
+    g = torch.Generator().manual_seed(a.seed)
+    net.train()
+    t0 = time.time()
+    run = 0.0
+    for step in range(1, a.steps + 1):
+        idx = torch.randint(len(ltr), (a.batch,), generator=g)
+        x = xtr[idx].float()[:, None] / 255.0
+        loss = F.binary_cross_entropy_with_logits(net(x), ytr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        run = 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
+        if step % 100 == 0 or step == a.steps:
+            print(f"step {step}/{a.steps} loss {run:.4f} {(time.time() - t0) / step:.2f} s/step", flush=True)
+
+    net.eval()
+    with torch.no_grad():
+        logit = torch.cat([net(xte[i:i + 32].float()[:, None] / 255.0) for i in range(0, len(lte), 32)]).numpy()
+    out = {"grid": grid, "spacing_mm": target, "train": len(ltr), "test": len(lte), "steps": a.steps}
+
+    # detection AUC per finding; nodules also by their largest diameter
+    det = {}
+    for f in finds:
+        pos = [any(l["finding"] == f for l in ls) for ls in lte]
+        det[f] = auc(logit[:, ci[f + "|*"]], pos)
+    nod = [max([l.get("size_mm", 0) for l in ls if l["finding"] == "nodule"] or [0]) for ls in lte]
+    for lo, hi in ((6, 10), (10, 16), (16, 40)):
+        sel = [i for i, s in enumerate(nod) if s == 0 or lo <= s < hi]
+        det[f"nodule {lo}-{hi - 1} mm"] = auc(logit[sel, ci["nodule|*"]], [nod[i] > 0 for i in sel])
+    out["detection_auc"] = det
+
+    # single-finding precision@10 per key
+    sf = {}
+    for k in keys:
+        rel = np.array([any(key(l) == k for l in ls) for ls in lte])
+        top = np.argsort(-logit[:, ci[k]], kind="mergesort")[:10]
+        sf[k] = (float(rel[top].mean()), float(rel.mean()))
+    out["single_finding_p10"] = {k: v[0] for k, v in sf.items()}
+    out["single_finding_mean"] = float(np.mean([v[0] for v in sf.values()]))
+    out["single_finding_mean_without_nodules"] = float(np.mean([v[0] for k, v in sf.items()
+                                                                if not k.startswith("nodule|")]))
+
+    # side AUC: right keys minus left keys, over volumes with the finding on one side only
+    side = {}
+    for f in LATERAL:
+        r = [ci[k] for k in keys if k.split("|")[0] == f and k.split("|")[1] in RIGHT]
+        le = [ci[k] for k in keys if k.split("|")[0] == f and k.split("|")[1] in LEFT]
+        for big in (False, True):
+            sc, pos = [], []
+            for i, ls in enumerate(lte):
+                ours = [l for l in ls if l["finding"] == f and (not big or l.get("size") in ("moderate", "large"))]
+                if not ours:
+                    continue
+                isr = {l["location"] in RIGHT for l in ours}
+                if len(isr) != 1:
+                    continue
+                sc.append(logit[i, r].max() - logit[i, le].max())
+                pos.append(isr.pop())
+            if big and f not in ("pleural effusion", "pneumothorax"):
+                continue
+            side[f + (" (moderate and large)" if big else "")] = auc(sc, pos)
+    out["side_auc"] = side
+
+    # label-set precision@10: each held-out volume's own label set as the query
+    kidx = [ci[k] for k in keys]
+    p = 1 / (1 + np.exp(-logit[:, kidx]))
+    lp, lq = np.log(np.clip(p, 1e-7, 1)), np.log(np.clip(1 - p, 1e-7, 1))
+    sets = [frozenset(key(l) for l in ls) for ls in lte]
+    y = np.array([[k in s for k in keys] for s in sets], np.float32)
+    score = y @ lp.T + (1 - y) @ lq.T  # [query, gallery]
+    np.fill_diagonal(score, -np.inf)
+    hits = []
+    for i in range(len(sets)):
+        top = np.argsort(-score[i], kind="mergesort")[:10]
+        hits.append(np.mean([sets[j] == sets[i] for j in top]))
+    out["label_set_p10"] = float(np.mean(hits))
+
+    print(json.dumps(out, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

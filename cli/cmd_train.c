@@ -153,6 +153,43 @@ static int copy_file(const char *from, const char *to)
     return ok ? 0 : -1;
 }
 
+/* Opens the preprocessing pipeline of the trainer's starting weights: saved
+ * with the vocabulary vsrc into a private folder inside outdir, opened, and
+ * the folder removed at once (the open pipeline holds what it read, the
+ * weights mapped, which survives the unlink).  So MODEL_DIR's own model (a
+ * run resumed, or an earlier one) is not touched before the end, and a run
+ * killed while it preprocesses leaves nothing there.  0, or -1 said. */
+static int open_prep(const trn_trainer *t, const char *vsrc, const char *outdir, int threads,
+                     enc_pipeline **pl)
+{
+    char err[1024], *dir = NULL, *vocab = NULL;
+    int rc = -1;
+    if (asprintf(&dir, "%s/.medsem-train.XXXXXX", outdir) < 0) {
+        cli_error("out of memory");
+        return -1;
+    }
+    if (!mkdtemp(dir)) {
+        cli_error("%s: %s", dir, strerror(errno));
+        free(dir);
+        return -1;
+    }
+    if (asprintf(&vocab, "%s/vocab.txt", dir) < 0) {
+        vocab = NULL;
+        cli_error("out of memory");
+    } else if (copy_file(vsrc, vocab)) {
+        cli_error("%s: cannot copy to %s: %s", vsrc, vocab, strerror(errno));
+    } else if (trn_trainer_save(t, dir, err, sizeof err) ||
+               enc_pipeline_open(dir, threads, pl, err, sizeof err)) {
+        cli_error("%s", err);
+    } else {
+        rc = 0;
+    }
+    cli_remove_model_dir(dir);
+    free(vocab);
+    free(dir);
+    return rc;
+}
+
 static void fmt_time(double s, char *buf, size_t n)
 {
     long t = (long)(s + 0.5);
@@ -293,7 +330,6 @@ int cmd_train(int argc, char **argv)
     enc_pipeline *pl = NULL;
     float *buf = NULL;
     size_t *off = NULL;
-    char *prepdir = NULL, *prepvocab = NULL;
 
     if (init) {
         /* the model's own config and vocabulary unless given: its weights need them */
@@ -411,39 +447,8 @@ int cmd_train(int argc, char **argv)
         cli_error("%s: cannot copy to %s: %s", vocab, vpath, strerror(errno));
         goto out;
     }
-    /* The pipeline that preprocesses opens the starting weights from a private
-     * folder inside MODEL_DIR, removed as soon as it is open: MODEL_DIR's
-     * model (a run resumed, or an earlier one) is not touched before the end. */
-    if (asprintf(&prepdir, "%s/.medsem-train.XXXXXX", outdir) < 0) {
-        prepdir = NULL;
-        goto oom;
-    }
-    if (!mkdtemp(prepdir)) {
-        cli_error("%s: %s", prepdir, strerror(errno));
-        free(prepdir);
-        prepdir = NULL;
+    if (open_prep(t, vsrc, outdir, (int)threads, &pl))
         goto out;
-    }
-    if (asprintf(&prepvocab, "%s/vocab.txt", prepdir) < 0) {
-        prepvocab = NULL;
-        goto oom;
-    }
-    if (copy_file(vsrc, prepvocab)) {
-        cli_error("%s: cannot copy to %s: %s", vsrc, prepvocab, strerror(errno));
-        goto out;
-    }
-    int prc = trn_trainer_save(t, prepdir, err, sizeof err) ||
-              enc_pipeline_open(prepdir, (int)threads, &pl, err, sizeof err);
-    /* The open pipeline holds what it read (the weights mapped, which
-     * survives the unlink): the folder goes at once, so a run killed while
-     * preprocessing leaves nothing in MODEL_DIR. */
-    cli_remove_model_dir(prepdir);
-    free(prepdir);
-    prepdir = NULL;
-    if (prc) {
-        cli_error("%s", err);
-        goto out;
-    }
     /* Preprocess everything once, as the pipeline would at encode time, in
      * chunks added to the trainer one after the other: the inputs are held
      * once, in the trainer's arenas reserved to the manifest's counts (not in
@@ -577,10 +582,6 @@ out:
     free(buf);
     free(off);
     enc_pipeline_close(pl);
-    if (prepdir)
-        cli_remove_model_dir(prepdir);
-    free(prepdir);
-    free(prepvocab);
     trn_trainer_free(t);
     enc_tok_free(tok);
     cJSON_Delete(cfg);

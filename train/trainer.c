@@ -478,8 +478,8 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
         return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory for %zu items",
                          s->cap ? 2 * s->cap : 64);
     size_t got;
-    rc = enc_tok_encode(t->tok, report ? report : "", L, s->ids + s->n * L,
-                            s->mask + s->n * L, &got, errbuf, errlen);
+    rc = enc_tok_encode(t->tok, report ? report : "", L, s->ids + s->n * L, s->mask + s->n * L,
+                        &got, errbuf, errlen);
     if (rc)
         return rc;
     if (t->o.side_weight > 0 &&

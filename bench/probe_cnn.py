@@ -238,7 +238,7 @@ def main():
     for f in LATERAL:
         r = [ci[k] for k in keys if k.split("|")[0] == f and k.split("|")[1] in RIGHT]
         le = [ci[k] for k in keys if k.split("|")[0] == f and k.split("|")[1] in LEFT]
-        for big in (False, True):
+        for big in (False, True) if f in ("pleural effusion", "pneumothorax") else (False,):
             sc, pos = [], []
             for i, ls in enumerate(lte):
                 ours = [l for l in ls if l["finding"] == f and (not big or l.get("size") in ("moderate", "large"))]
@@ -249,8 +249,6 @@ def main():
                     continue
                 sc.append(logit[i, r].max() - logit[i, le].max())
                 pos.append(isr.pop())
-            if big and f not in ("pleural effusion", "pneumothorax"):
-                continue
             side[f + (" (moderate and large)" if big else "")] = auc(sc, pos)
     out["side_auc"] = side
 

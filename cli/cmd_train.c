@@ -49,6 +49,9 @@ static void usage(FILE *f)
             "  --tag-weight W       weight of the report-tag prediction loss (default 0: off)\n"
             "  --tag-loss L         softmax (the tags spread over one distribution, default) or\n"
             "                       bce (multi-label: one sigmoid per finding and location tag)\n"
+            "  --vis-tag-weight W   weight of the visual tag head: volumes and radiographs predict\n"
+            "                       their report's finding and location tags through a head of\n"
+            "                       their own, a sigmoid per tag (default 0: off)\n"
             "  --side-weight W      weight of side-swapped negatives: each report against itself\n"
             "                       with right and left swapped (default 0: off)\n"
             "  --phrase-rate P      share of reports replaced, each step, by a short phrase made\n"
@@ -211,7 +214,7 @@ int cmd_train(int argc, char **argv)
         {"soft-start", required_argument, 0, 'j'}, {"augment", required_argument, 0, 'A'},
         {"tag-weight", required_argument, 0, 'G'}, {"tag-loss", required_argument, 0, 'B'},
         {"side-weight", required_argument, 0, 'D'}, {"phrase-rate", required_argument, 0, 'P'},
-        {"lobe-rate", required_argument, 0, 'O'},
+        {"lobe-rate", required_argument, 0, 'O'}, {"vis-tag-weight", required_argument, 0, 'H'},
         {"weight-decay", required_argument, 0, 'w'}, {"warmup", required_argument, 0, 'W'},
         {"clip", required_argument, 0, 'g'},       {"seed", required_argument, 0, 'S'},
         {"threads", required_argument, 0, 'T'},    {"checkpoint", required_argument, 0, 'K'},
@@ -258,9 +261,13 @@ int cmd_train(int argc, char **argv)
             if (c == 'j') to.soft_start = (int64_t)u;
             break;
         case 'C': case 'a': case 'l': case 'w': case 'g': case 'A': case 'G': case 'D': case 'P':
-        case 'O':
+        case 'O': case 'H':
             if (cli_parse_double(optarg, &d) || !(d >= 0) || d > 1e6) {
-                cli_error("'%s': expected a non-negative number", optarg);
+                const char *name = "option";
+                for (const struct option *lo = longopts; lo->name; lo++)
+                    if (lo->val == c)
+                        name = lo->name;
+                cli_error("--%s '%s': expected a non-negative number", name, optarg);
                 return CLI_BAD_INPUT;
             }
             if (c == 'C') to.consistency = (float)d;
@@ -270,6 +277,7 @@ int cmd_train(int argc, char **argv)
             if (c == 'g') to.clip = d;
             if (c == 'G') to.tag_weight = (float)d;
             if (c == 'D') to.side_weight = (float)d;
+            if (c == 'H') to.vis_tag_weight = (float)d;
             if (c == 'P') {
                 if (d > 1) {
                     cli_error("--phrase-rate '%s': expected a number from 0 to 1", optarg);
@@ -548,9 +556,12 @@ int cmd_train(int argc, char **argv)
             double sps = (double)(st.step - first) / (el > 0 ? el : 1e-9);
             char eta[32];
             fmt_time((double)((int64_t)steps - st.step) / (sps > 0 ? sps : 1e-9), eta, sizeof eta);
-            char side[32] = "";
+            char side[64] = "";
+            if (to.vis_tag_weight > 0)
+                snprintf(side, sizeof side, " vtag %.4f", st.vis_tag_loss);
             if (to.side_weight > 0)
-                snprintf(side, sizeof side, " side %.4f", st.side_loss);
+                snprintf(side + strlen(side), sizeof side - strlen(side), " side %.4f",
+                         st.side_loss);
             printf("step %6lld/%llu  loss %.4f (clip %.4f cons %.4f tag %.4f%s, mean %.4f)  lr %.2e  "
                    "T %.4f  |g| %.3f  %.1f samples/s  %.1f GFLOP/s  ETA %s\n",
                    (long long)st.step, (unsigned long long)steps, st.loss, st.clip_loss,

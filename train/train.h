@@ -426,17 +426,21 @@ typedef struct trn_trainer_opts {
     float lobe_rate;     /* with side_weight: the share of texts naming a lobe whose
                             negative swaps "upper" and "lower" ("middle" becomes
                             "lower") instead of the sides; 0: off */
+    float vis_tag_weight; /* weight of the visual tag head: volumes and radiographs (not
+                             slices) predict their report's tags through a head of their
+                             own, a sigmoid per tag slot; 0: off */
 } trn_trainer_opts;
 
 #define TRN_TRAINER_OPTS_INIT                                                                      \
-    {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f, 0.0f, 0.0f}
+    {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f, 0.0f, 0.0f, 0.0f}
 
 /* What one step did. */
 typedef struct trn_trainer_stats {
     int64_t step;          /* updates taken so far (after this one) */
-    double loss;           /* clip + the weighted consistency, tag and side terms */
+    double loss;           /* clip + the weighted consistency, tag, visual tag and side terms */
     double clip_loss, cons_loss;
     double tag_loss;       /* report-tag prediction (0 when off) */
+    double vis_tag_loss;   /* the visual tag head's (0 when off) */
     double side_loss;      /* side-swapped negatives (0 when off) */
     double lr;             /* the learning rate this update used */
     double grad_norm;      /* before clipping */

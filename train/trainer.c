@@ -108,6 +108,7 @@ struct trn_trainer {
     enc_grads *g;
     trn_adamw *opt;
     size_t nparam; /* model tensors; the optimizer has one more: the log temperature */
+    size_t tag_idx, vis_idx; /* the heads' weight tensors in the optimizer (bias next) */
     float *P, *G;  /* flat parameter and gradient arenas in the optimizer's layout */
     enc_input_geom gv, gi, gt;
     int has_img, has_vol, E, L;
@@ -165,7 +166,8 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         o->slice_k < 0 || !(o->consistency >= 0) || !(o->soft_alpha >= 0) || !(o->lr >= 0) ||
         !(o->clip >= 0) || o->warmup < 0 || o->total_steps < 0 || !(o->lr_floor >= 0) ||
         o->lr_floor > 1 || o->soft_start < 0 || !(o->augment >= 0) || o->augment > 10 ||
-        !(o->tag_weight >= 0) || !(o->side_weight >= 0) || !(o->phrase_rate >= 0) ||
+        !(o->tag_weight >= 0) || !(o->vis_tag_weight >= 0) || !(o->side_weight >= 0) ||
+        !(o->phrase_rate >= 0) ||
         o->phrase_rate > 1 || !(o->lobe_rate >= 0) || o->lobe_rate > 1 ||
         (o->lobe_rate > 0 && !(o->side_weight > 0)))
         return util_errf(errbuf, errlen, ENC_INVAL,
@@ -227,7 +229,7 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         goto bad;
     }
     t->nparam = enc_model_param_count(t->m);
-    table = calloc(t->nparam + 3, sizeof *table);
+    table = calloc(t->nparam + 5, sizeof *table);
     if (!table) {
         rc = util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
         goto bad;
@@ -236,11 +238,16 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         enc_model_param(t->m, i, &table[i]);
     table[t->nparam] = (enc_param){.name = "logit_scale", .rank = 1, .shape = {1}, .count = 1};
     size_t ntab = t->nparam + 1;
-    if (o->tag_weight > 0) {
-        table[ntab++] = (enc_param){.name = "tag_head.weight", .rank = 2,
+    static const char *const head_name[2][2] = {{"tag_head.weight", "tag_head.bias"},
+                                                {"vis_head.weight", "vis_head.bias"}};
+    for (int h = 0; h < 2; h++) {
+        if (!((h ? o->vis_tag_weight : o->tag_weight) > 0))
+            continue;
+        *(h ? &t->vis_idx : &t->tag_idx) = ntab;
+        table[ntab++] = (enc_param){.name = head_name[h][0], .rank = 2,
                                     .shape = {TRN_REPORT_TAG_SLOTS, t->E},
                                     .count = (size_t)TRN_REPORT_TAG_SLOTS * t->E};
-        table[ntab++] = (enc_param){.name = "tag_head.bias", .rank = 1,
+        table[ntab++] = (enc_param){.name = head_name[h][1], .rank = 1,
                                     .shape = {TRN_REPORT_TAG_SLOTS},
                                     .count = TRN_REPORT_TAG_SLOTS};
     }
@@ -258,15 +265,18 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
     for (size_t i = 0; i < t->nparam; i++)
         memcpy(t->P + trn_adamw_offset(t->opt, i), table[i].data, table[i].count * sizeof(float));
     t->P[trn_adamw_offset(t->opt, t->nparam)] = enc_model_logit_scale(t->m);
-    if (o->tag_weight > 0) {
-        /* the head: weights uniform with SD 0.1, bias 0 */
-        uint64_t h = o->seed ^ 0x7461672d68656164ULL; /* "tag-head" */
-        float *w = t->P + trn_adamw_offset(t->opt, t->nparam + 1);
+    for (int hd = 0; hd < 2; hd++) {
+        /* the heads: weights uniform with SD 0.1, bias 0 */
+        if (!((hd ? o->vis_tag_weight : o->tag_weight) > 0))
+            continue;
+        size_t idx = hd ? t->vis_idx : t->tag_idx;
+        uint64_t h = o->seed ^ (hd ? 0x7669732d68656164ULL   /* "vis-head" */
+                                   : 0x7461672d68656164ULL); /* "tag-head" */
+        float *w = t->P + trn_adamw_offset(t->opt, idx);
         for (size_t i = 0; i < (size_t)TRN_REPORT_TAG_SLOTS * t->E; i++)
             w[i] = (float)(0.1 * 1.7320508075688772 *
                            ((double)(util_splitmix64(&h) >> 11) * 0x1p-52 - 1.0));
-        memset(t->P + trn_adamw_offset(t->opt, t->nparam + 2), 0,
-               TRN_REPORT_TAG_SLOTS * sizeof(float));
+        memset(t->P + trn_adamw_offset(t->opt, idx + 1), 0, TRN_REPORT_TAG_SLOTS * sizeof(float));
     }
     uint64_t x = o->seed ^ 0x6d656473656d7472ULL; /* "medsemtr" */
     for (int i = 0; i < 4; i++)
@@ -646,34 +656,45 @@ void trn_slice_select(const float *att, const int grid[3], int patch_d, int k, i
     }
 }
 
-/* The report-tag head (tag_weight > 0): every visual row and every report
- * predicts its report's finding tags through one shared linear map,
- * z = 10 W e + b over TRN_REPORT_TAG_SLOTS classes (knowledge-enhanced
- * pre-training from the report text alone, never the labels).  Sharing W
- * puts the tags on the same axes in both towers.  The loss is either a
- * softmax cross-entropy against the tags spread evenly, or (tag_bce) a
- * multi-label one: a sigmoid binary cross-entropy per slot, averaged over
- * the slots some training report has (ntag_seen), so that every finding
- * and every (finding, location) tag of a report is a target of its own
- * instead of a share of one distribution.  Adds the weighted gradients to
- * da (visual rows) and det (reports) and writes the head's gradients into
- * G; returns the mean loss over the rows. */
+/* The tag heads.  The report-tag head (tag_weight > 0): every visual row
+ * and every report predicts its report's finding tags through one shared
+ * linear map, z = 10 W e + b over TRN_REPORT_TAG_SLOTS classes
+ * (knowledge-enhanced pre-training from the report text alone, never the
+ * labels).  Sharing W puts the tags on the same axes in both towers.  Its
+ * loss is either a softmax cross-entropy against the tags spread evenly, or
+ * (tag_bce) a multi-label one: a sigmoid binary cross-entropy per slot,
+ * averaged over the slots some training report has (ntag_seen), so that
+ * every finding and every (finding, location) tag of a report is a target
+ * of its own instead of a share of one distribution.
+ *
+ * The visual tag head (vis_tag_weight > 0) is a second map of the same
+ * shape that only the volumes and radiographs use (rows 0 .. nb - 1, not
+ * the slices: one axial slice rarely holds every finding of its volume),
+ * always multi-label: each (finding, location) slot is a target of its own
+ * on the image alone, as a supervised CNN has it, while the reports are
+ * left to the contrastive terms.
+ *
+ * head_loss runs head idx (weight, then bias, in the optimizer) over the
+ * first nvis visual rows and the first ntxt texts: adds the weighted
+ * gradients to da and det and writes the head's gradients into G; returns
+ * the mean loss over the rows. */
 #define TAG_HEAD_SCALE 10.0
-static float tag_head(trn_trainer *t, int N, int nb, float *G)
+static float head_loss(trn_trainer *t, size_t idx, int nvis, int ntxt, int bce, float weight,
+                       float *G)
 {
-    const int E = t->E, C = TRN_REPORT_TAG_SLOTS, R = N + nb;
-    const float *W = t->P + trn_adamw_offset(t->opt, t->nparam + 1);
-    const float *bias = t->P + trn_adamw_offset(t->opt, t->nparam + 2);
-    float *gW = G + trn_adamw_offset(t->opt, t->nparam + 1);
-    float *gb = G + trn_adamw_offset(t->opt, t->nparam + 2);
+    const int E = t->E, C = TRN_REPORT_TAG_SLOTS, R = nvis + ntxt;
+    const float *W = t->P + trn_adamw_offset(t->opt, idx);
+    const float *bias = t->P + trn_adamw_offset(t->opt, idx + 1);
+    float *gW = G + trn_adamw_offset(t->opt, idx);
+    float *gb = G + trn_adamw_offset(t->opt, idx + 1);
     memset(gW, 0, (size_t)C * E * sizeof(float));
     memset(gb, 0, (size_t)C * sizeof(float));
-    double z[TRN_REPORT_TAG_SLOTS], loss = 0, w = (double)t->o.tag_weight / R;
+    double z[TRN_REPORT_TAG_SLOTS], loss = 0, w = (double)weight / R;
     for (int r = 0; r < R; r++) {
-        int vis = r < N;
-        size_t src = vis ? t->src[r] : (size_t)(r - N);
-        const float *e = vis ? t->a + (size_t)r * E : t->et + (size_t)(r - N) * E;
-        float *de = vis ? t->da + (size_t)r * E : t->det + (size_t)(r - N) * E;
+        int vis = r < nvis;
+        size_t src = vis ? t->src[r] : (size_t)(r - nvis);
+        const float *e = vis ? t->a + (size_t)r * E : t->et + (size_t)(r - nvis) * E;
+        float *de = vis ? t->da + (size_t)r * E : t->det + (size_t)(r - nvis) * E;
         /* a visual row learns its report's tags, a text its own (a phrase's) */
         const int32_t *tags = vis ? t->btags : t->ttags;
         const size_t *off = vis ? t->btag_off : t->ttag_off;
@@ -690,7 +711,7 @@ static float tag_head(trn_trainer *t, int N, int nb, float *G)
             if (z[c] > mx)
                 mx = z[c];
         }
-        if (t->o.tag_bce) {
+        if (bce) {
             /* z becomes dL/dz: sigmoid(z) - y on the seen slots, 0 elsewhere */
             double inv = 1.0 / (t->ntag_seen > 0 ? t->ntag_seen : 1);
             unsigned char y[TRN_REPORT_TAG_SLOTS] = {0};
@@ -927,7 +948,12 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
     for (int r = 0; r < N; r++)
         for (int e = 0; e < E; e++)
             t->det[t->src[r] * E + e] += t->db[(size_t)r * E + e];
-    float tagl = t->o.tag_weight > 0 ? tag_head(t, N, nb, t->G) : 0.0f;
+    float tagl = t->o.tag_weight > 0 ? head_loss(t, t->tag_idx, N, nb, t->o.tag_bce,
+                                                 t->o.tag_weight, t->G)
+                                     : 0.0f;
+    float vtagl = t->o.vis_tag_weight > 0
+                      ? head_loss(t, t->vis_idx, nb, 0, 1, t->o.vis_tag_weight, t->G)
+                      : 0.0f;
 
     /* 4. backward, clip, update */
     enc_grads_zero(t->g);
@@ -950,7 +976,7 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
     trn_sched sched = {t->o.lr, t->o.warmup, t->o.total_steps, t->o.lr_floor};
     double lr = trn_lr(&sched, trn_adamw_steps(t->opt));
     int skipped = !isfinite(norm) || !isfinite(clip_loss) || !isfinite(cons) || !isfinite(tagl) ||
-                  !isfinite(sidel);
+                  !isfinite(vtagl) || !isfinite(sidel);
     if (skipped) {
         t->rng[4]++;
     } else {
@@ -967,10 +993,12 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         *st = (trn_trainer_stats){
             .step = trn_trainer_steps(t),
             .loss = (double)clip_loss + t->o.consistency * (double)cons +
-                    t->o.tag_weight * (double)tagl + t->o.side_weight * (double)sidel,
+                    t->o.tag_weight * (double)tagl + t->o.vis_tag_weight * (double)vtagl +
+                    t->o.side_weight * (double)sidel,
             .clip_loss = clip_loss,
             .cons_loss = cons,
             .tag_loss = tagl,
+            .vis_tag_loss = vtagl,
             .side_loss = sidel,
             .lr = lr,
             .grad_norm = norm,
@@ -1028,6 +1056,9 @@ static char *hparams(const trn_trainer *t)
     if (t->o.lobe_rate > 0)
         snprintf(side + strlen(side), sizeof side - strlen(side), ",\"lobe_rate\":%.9g",
                  t->o.lobe_rate);
+    if (t->o.vis_tag_weight > 0)
+        snprintf(side + strlen(side), sizeof side - strlen(side), ",\"vis_tag_weight\":%.9g",
+                 t->o.vis_tag_weight);
     if (asprintf(&s,
                  "{\"seed\":%llu,\"batch_volumes\":%d,\"batch_images\":%d,\"slice_k\":%d,"
                  "\"consistency\":%.9g,\"soft_alpha\":%.9g,\"lr\":%.17g,\"weight_decay\":%.17g,"

@@ -230,6 +230,9 @@ grep -q '"volume_patch_size":[[:space:]]*\[8' "$T/tuned/config.json" && ok "--in
 expect 1 "mod/model.safetensors: tensor vision.proj.weight has shape \[128, 128\], the config needs \[96, 128\]" "train --init refuses weights of another shape, naming the tensor" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/wide" --init "$T/mod" --config "$T/wide.json" --steps 1 --threads 1
 [ ! -e "$T/wide/model.safetensors" ] && [ ! -e "$T/wide/vocab.txt" ] && ok "a refused --init writes no model and no vocabulary" || bad "--init wrote files for a model it refused: $(ls "$T/wide")"
 expect 1 "--init .*nothing: no model there" "train --init of a missing model says so" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/none" --init "$T/nothing" --steps 1 --threads 1
+expect 0 "" "train with every loss of the recipe on, the visual tag head too" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/allloss" --steps 2 --threads 1 --tag-weight 1 --vis-tag-weight 1 --side-weight 1 --soft-alpha 1 --phrase-rate 0.5 --lobe-rate 0.5 --log-every 1
+grep -qE "tag [0-9.]+ vtag [0-9.]+ side [0-9.]+" "$T/out" && ok "its log shows the visual tag and side losses" || { bad "train's log lacks the vtag and side losses"; sed 's/^/#   /' "$T/out"; }
+expect 1 "--vis-tag-weight '-1'" "train refuses a negative --vis-tag-weight" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/allloss" --steps 2 --threads 1 --vis-tag-weight -1
 expect 0 "" "eval the trained model" -- "$MEDSEM" eval --model "$T/mod" --manifest "$T/syn/train.jsonl" --json --quiet
 for d in text-\>volume text-\>radiograph volume-\>report radiograph-\>report radiograph-\>volume; do
     grep -q "\"$d\"" "$T/out" && ok "eval reports $d" || bad "eval lacks $d: $(cat "$T/out")"

@@ -245,6 +245,36 @@ static void test_lobe_negatives(void **state)
     assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
 }
 
+/* The visual tag head alone: volumes and radiographs learn their reports'
+ * tags (the blob's quadrant tells the report), the report-tag head stays
+ * off, and the loss falls well below where the untrained head starts
+ * (0.79 to 0.47 in 60 steps at this learning rate). */
+static double vis_tag_pick(const trn_trainer_stats *st, int step)
+{
+    (void)step;
+    assert_int_equal(st->skipped, 0);
+    assert_true(st->tag_loss == 0);
+    assert_true(isfinite(st->vis_tag_loss) && st->vis_tag_loss > 0);
+    return st->vis_tag_loss;
+}
+
+static void test_vis_tag_head(void **state)
+{
+    fixture *f = *state;
+    trn_trainer_opts o = tiny_opts();
+    o.vis_tag_weight = 1.0f;
+    trn_trainer *t = make_trainer(f, &o);
+    double first, last;
+    steps_60(t, vis_tag_pick, &first, &last);
+    printf("# visual tag loss: steps 1-8 %.4f, steps 53-60 %.4f\n", first, last);
+    assert_true(last < 0.7 * first);
+    trn_trainer_free(t);
+    /* a negative weight is refused */
+    char err[512];
+    o.vis_tag_weight = -1.0f;
+    assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
+}
+
 static void test_report_swap(void **state)
 {
     (void)state;
@@ -328,8 +358,10 @@ static void test_resume_exact(void **state)
     o.side_weight = 1.0f;
     o.tag_weight = 1.0f;
     resume_exact(f, o);
-    /* and so do the lobe draws */
+    /* and so do the lobe draws; the visual tag head's weights and moments
+     * are in the checkpoint */
     o.lobe_rate = 0.5f;
+    o.vis_tag_weight = 1.0f;
     resume_exact(f, o);
 }
 
@@ -715,6 +747,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_loss_decreases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_side_negatives, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lobe_negatives, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_vis_tag_head, setup, teardown),
         cmocka_unit_test(test_report_swap),
         cmocka_unit_test_setup_teardown(test_resume_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_save_loads, setup, teardown),

@@ -28,6 +28,12 @@ The figures in docs/train.md ("What a supervised 3D CNN reaches") came from
       --grid 32,64,64 --spacing 8.75,6.5,6.5 --steps 2000 --threads 1
   python3 bench/probe_cnn.py --train pd_tr/train.jsonl --test pd_te/test.jsonl \
       --grid 48,96,96 --spacing 5.83,4.33,4.33 --steps 2000 --threads 1
+
+`--arch vit` trains a ViT shaped as the model's visual tower instead (8 x 8 x 8
+patches, 4 layers 128 wide), `--arch vit-stem` the same with the config's
+convolution stem; their figures in docs/train.md came from the first command
+above with `--arch vit` or `--arch vit-stem` and `--lr 5e-4` (about 16 minutes
+each; at the default 2e-3 both stayed near chance).
 """
 import argparse
 import gzip
@@ -130,6 +136,45 @@ class Net(nn.Module):
         return self.head(h.flatten(1))
 
 
+class Vit(nn.Module):
+    """The built-in model's visual tower in shape (`--arch vit`): 8 x 8 x 8 patches
+    through one linear map, a [CLS] token, learnt positions, 4 pre-norm layers 128
+    wide with 4 heads and an MLP of 256, a final norm; here one linear map from
+    [CLS] to the outputs instead of the projection to the shared space."""
+
+    def __init__(self, n_out, grid, stem=False, patch=(8, 8, 8), width=128, layers=4, heads=4,
+                 mlp=256):
+        super().__init__()
+        ntok = 1
+        for g, q in zip(grid, patch):
+            ntok *= g // q
+        if stem:
+            # `--arch vit-stem`: the config's vision.stem_channels [16, 32], two
+            # stride-2 3x3x3 convolutions with GELU; the patch embedding then
+            # reads 32 channels in 2 x 2 x 2 patches (the same tokens)
+            q = tuple(x // 4 for x in patch)
+            self.embed = nn.Sequential(nn.Conv3d(1, 16, 3, stride=2, padding=1), nn.GELU(),
+                                       nn.Conv3d(16, 32, 3, stride=2, padding=1), nn.GELU(),
+                                       nn.Conv3d(32, width, q, stride=q))
+        else:
+            self.embed = nn.Conv3d(1, width, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, ntok + 1, width))
+        layer = nn.TransformerEncoderLayer(width, heads, mlp, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, n_out)
+
+    def forward(self, x):
+        # the model's input scaling: CT window -1000..400 HU, then (x - 0.5) / 0.25;
+        # x arrives as -1000..200 HU in 0..1
+        x = (x * 1200.0 / 1400.0 - 0.5) / 0.25
+        h = self.embed(x).flatten(2).transpose(1, 2)
+        h = torch.cat((self.cls.expand(len(h), -1, -1), h), 1) + self.pos
+        return self.head(self.norm(self.body(h))[:, 0])
+
+
 def auc(score, pos):
     score, pos = np.asarray(score, float), np.asarray(pos, bool)
     n1, n0 = pos.sum(), (~pos).sum()
@@ -161,6 +206,9 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--limit", type=int, default=0, help="at most this many volumes per manifest")
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--arch", choices=("cnn", "vit", "vit-stem"), default="cnn",
+                    help="the small CNN, a ViT shaped as the model's visual tower, or that "
+                         "ViT with the convolution stem")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -186,7 +234,7 @@ def main():
         return y
 
     ytr = torch.from_numpy(np.stack([target_of(ls) for ls in ltr]))
-    net = Net(len(classes))
+    net = Net(len(classes)) if a.arch == "cnn" else Vit(len(classes), grid, a.arch == "vit-stem")
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps,
                                                 pct_start=max(0.05, 3 / a.steps))
@@ -209,7 +257,7 @@ def main():
     net.eval()
     with torch.no_grad():
         logit = torch.cat([net(xte[i:i + 32].float()[:, None] / 255.0) for i in range(0, len(lte), 32)]).numpy()
-    out = {"grid": grid, "spacing_mm": target, "train": len(ltr), "test": len(lte), "steps": a.steps}
+    out = {"arch": a.arch, "grid": grid, "spacing_mm": target, "train": len(ltr), "test": len(lte), "steps": a.steps}
 
     # detection AUC per finding; nodules also by their largest diameter
     det = {}

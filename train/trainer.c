@@ -167,8 +167,7 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         !(o->clip >= 0) || o->warmup < 0 || o->total_steps < 0 || !(o->lr_floor >= 0) ||
         o->lr_floor > 1 || o->soft_start < 0 || !(o->augment >= 0) || o->augment > 10 ||
         !(o->tag_weight >= 0) || !(o->vis_tag_weight >= 0) || !(o->side_weight >= 0) ||
-        !(o->phrase_rate >= 0) ||
-        o->phrase_rate > 1 || !(o->lobe_rate >= 0) || o->lobe_rate > 1 ||
+        !(o->phrase_rate >= 0) || o->phrase_rate > 1 || !(o->lobe_rate >= 0) || o->lobe_rate > 1 ||
         (o->lobe_rate > 0 && !(o->side_weight > 0)))
         return util_errf(errbuf, errlen, ENC_INVAL,
                          "trainer options out of range (batch sizes, slice_k, weights, lr)");

@@ -432,7 +432,8 @@ typedef struct trn_trainer_opts {
 } trn_trainer_opts;
 
 #define TRN_TRAINER_OPTS_INIT                                                                      \
-    {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f, 0.0f, 0.0f, 0.0f}
+    {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f, 0.0f,    \
+     0.0f, 0.0f}
 
 /* What one step did. */
 typedef struct trn_trainer_stats {

@@ -108,7 +108,8 @@ struct trn_trainer {
     enc_grads *g;
     trn_adamw *opt;
     size_t nparam; /* model tensors; the optimizer has one more: the log temperature */
-    size_t tag_idx, vis_idx; /* the heads' weight tensors in the optimizer (bias next) */
+    size_t head[2]; /* the tag and visual tag heads' weight tensors in the optimizer
+                       (bias next); 0: that head is off */
     float *P, *G;  /* flat parameter and gradient arenas in the optimizer's layout */
     enc_input_geom gv, gi, gt;
     int has_img, has_vol, E, L;
@@ -242,7 +243,7 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
     for (int h = 0; h < 2; h++) {
         if (!((h ? o->vis_tag_weight : o->tag_weight) > 0))
             continue;
-        *(h ? &t->vis_idx : &t->tag_idx) = ntab;
+        t->head[h] = ntab;
         table[ntab++] = (enc_param){.name = head_name[h][0], .rank = 2,
                                     .shape = {TRN_REPORT_TAG_SLOTS, t->E},
                                     .count = (size_t)TRN_REPORT_TAG_SLOTS * t->E};
@@ -266,9 +267,9 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
     t->P[trn_adamw_offset(t->opt, t->nparam)] = enc_model_logit_scale(t->m);
     for (int hd = 0; hd < 2; hd++) {
         /* the heads: weights uniform with SD 0.1, bias 0 */
-        if (!((hd ? o->vis_tag_weight : o->tag_weight) > 0))
+        size_t idx = t->head[hd];
+        if (!idx)
             continue;
-        size_t idx = hd ? t->vis_idx : t->tag_idx;
         uint64_t h = o->seed ^ (hd ? 0x7669732d68656164ULL   /* "vis-head" */
                                    : 0x7461672d68656164ULL); /* "tag-head" */
         float *w = t->P + trn_adamw_offset(t->opt, idx);
@@ -947,11 +948,11 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
     for (int r = 0; r < N; r++)
         for (int e = 0; e < E; e++)
             t->det[t->src[r] * E + e] += t->db[(size_t)r * E + e];
-    float tagl = t->o.tag_weight > 0 ? head_loss(t, t->tag_idx, N, nb, t->o.tag_bce,
+    float tagl = t->o.tag_weight > 0 ? head_loss(t, t->head[0], N, nb, t->o.tag_bce,
                                                  t->o.tag_weight, t->G)
                                      : 0.0f;
     float vtagl = t->o.vis_tag_weight > 0
-                      ? head_loss(t, t->vis_idx, nb, 0, 1, t->o.vis_tag_weight, t->G)
+                      ? head_loss(t, t->head[1], nb, 0, 1, t->o.vis_tag_weight, t->G)
                       : 0.0f;
 
     /* 4. backward, clip, update */

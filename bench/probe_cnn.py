@@ -29,6 +29,18 @@ The figures in docs/train.md ("What a supervised 3D CNN reaches") came from
   python3 bench/probe_cnn.py --train pd_tr/train.jsonl --test pd_te/test.jsonl \
       --grid 48,96,96 --spacing 5.83,4.33,4.33 --steps 2000 --threads 1
 
+`--kind image` probes the radiographs instead, with the 2D twin of the CNN, each
+radiograph area-averaged onto --grid's last number per side (Debian's python3-pil reads
+the PNGs). It adds the query directions: each held-out radiograph's outputs rank the
+label sets of every report of the test manifest ("radiograph->report") and of its
+volumes ("radiograph->volume"), as if the other tower were perfect. The radiograph
+figures in docs/train.md came from (about 4 and 8 minutes on one core):
+
+  python3 bench/probe_cnn.py --kind image --train big9/train.jsonl --test test/test.jsonl \
+      --grid 64 --steps 2000 --batch 32 --threads 1
+  (and --grid 128), big9 being `medsem synth --out big9 --volumes 12000 --images 12000
+  --seed 9 --split train --size small`.
+
 `--arch vit` trains a ViT shaped as the model's visual tower instead (8 x 8 x 8
 patches, 4 layers 128 wide), `--arch vit-stem` the same with the config's
 convolution stem; their figures in docs/train.md came from the first command
@@ -96,20 +108,40 @@ def resample(v, aff, grid, target):
     return (out.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def load(manifest, grid, target, limit):
+def read_png(path, side):
+    """A grayscale PNG radiograph (synth writes 16-bit) area-averaged onto side x side
+    pixels (medsem reads radiographs at the config's image_size), then its own
+    0.5..99.5 percentiles to 0..255."""
+    from PIL import Image  # Debian's python3-pil; only radiographs need it
+
+    im = np.asarray(Image.open(path), dtype=np.float32)
+    if im.ndim != 2:
+        sys.exit(f"{path}: expected a grayscale radiograph")
+    t = F.adaptive_avg_pool2d(torch.from_numpy(im)[None, None], side)[0, 0]
+    lo, hi = np.percentile(t.numpy(), (0.5, 99.5))
+    return ((t - float(lo)) / max(float(hi - lo), 1e-6)).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def load(manifest, kind, grid, target, limit):
+    """The manifest's items of kind ("volume" or "image") on the grid, their
+    labels, and the label sets of every item in it (the galleries of the query
+    directions)."""
     root = os.path.dirname(manifest)
-    vols, labels = [], []
+    xs, labels, every = [], [], {"volume": [], "image": []}
     with open(manifest) as f:
         for line in f:
             j = json.loads(line)
-            if j.get("kind") != "volume":
+            if j.get("kind") in every:
+                every[j["kind"]].append(j["labels"])
+            if j.get("kind") != kind or (limit and len(xs) >= limit):
                 continue
-            v, aff = read_nifti(os.path.join(root, j["file"]))
-            vols.append(resample(v, aff, grid, target))
+            if kind == "volume":
+                v, aff = read_nifti(os.path.join(root, j["file"]))
+                xs.append(resample(v, aff, grid, target))
+            else:
+                xs.append(read_png(os.path.join(root, j["file"]), grid[-1]))
             labels.append(j["labels"])
-            if limit and len(vols) >= limit:
-                break
-    return torch.stack(vols), labels
+    return torch.stack(xs), labels, every
 
 
 def key(lab):
@@ -117,22 +149,26 @@ def key(lab):
 
 
 class Net(nn.Module):
-    """Five 3x3x3 convolutions, the last four strided, then max and mean pooled
-    onto 2 x 2 x 2 cells (so side and height stay) and one linear map."""
+    """Five 3x3x3 convolutions (3x3 for radiographs), the last four strided, then
+    max and mean pooled onto 2 x 2 x 2 cells (2 x 2: side and height stay) and one
+    linear map."""
 
-    def __init__(self, n_out):
+    def __init__(self, n_out, dims=3):
         super().__init__()
+        conv, norm = (nn.Conv3d, nn.BatchNorm3d) if dims == 3 else (nn.Conv2d, nn.BatchNorm2d)
         ch = [1, 8, 16, 32, 64, 128]
         layers = []
         for i in range(5):
-            layers += [nn.Conv3d(ch[i], ch[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                       nn.BatchNorm3d(ch[i + 1]), nn.ReLU(inplace=True)]
+            layers += [conv(ch[i], ch[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                       norm(ch[i + 1]), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(2 * 128 * 8, n_out)
+        self.pool = (F.adaptive_max_pool3d, F.adaptive_avg_pool3d) if dims == 3 else \
+            (F.adaptive_max_pool2d, F.adaptive_avg_pool2d)
+        self.head = nn.Linear(2 * 128 * 2 ** dims, n_out)
 
     def forward(self, x):
         h = self.body(x)
-        h = torch.cat((F.adaptive_max_pool3d(h, 2), F.adaptive_avg_pool3d(h, 2)), 1)
+        h = torch.cat((self.pool[0](h, 2), self.pool[1](h, 2)), 1)
         return self.head(h.flatten(1))
 
 
@@ -197,7 +233,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", required=True)
     ap.add_argument("--test", required=True)
-    ap.add_argument("--grid", default="32,64,64", help="z,y,x cells")
+    ap.add_argument("--kind", choices=("volume", "image"), default="volume",
+                    help="probe the volumes or the radiographs (--arch cnn only)")
+    ap.add_argument("--grid", default="32,64,64",
+                    help="z,y,x cells (radiographs: the side, e.g. 64)")
     ap.add_argument("--spacing", default="8.75,6.5,6.5", help="z,y,x mm")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=16)
@@ -214,11 +253,15 @@ def main():
     torch.manual_seed(a.seed)
     grid = tuple(int(x) for x in a.grid.split(","))
     target = tuple(float(x) for x in a.spacing.split(","))
+    if a.kind == "image":
+        if a.arch != "cnn":
+            sys.exit("--kind image: only --arch cnn")
+        grid, target = (grid[-1], grid[-1]), ()
     t0 = time.time()
-    xtr, ltr = load(a.train, grid, target, a.limit)
-    xte, lte = load(a.test, grid, target, a.limit)
-    print(f"loaded {len(ltr)} + {len(lte)} volumes onto {grid} at {target} mm in {time.time() - t0:.0f} s",
-          flush=True)
+    xtr, ltr, _ = load(a.train, a.kind, grid, target, a.limit)
+    xte, lte, every = load(a.test, a.kind, grid, target, a.limit)
+    print(f"loaded {len(ltr)} + {len(lte)} {a.kind}s onto {grid} at {target} mm in "
+          f"{time.time() - t0:.0f} s", flush=True)
 
     keys = sorted({key(l) for ls in ltr for l in ls})
     finds = sorted({l["finding"] for ls in ltr for l in ls})
@@ -234,7 +277,8 @@ def main():
         return y
 
     ytr = torch.from_numpy(np.stack([target_of(ls) for ls in ltr]))
-    net = Net(len(classes)) if a.arch == "cnn" else Vit(len(classes), grid, a.arch == "vit-stem")
+    net = Net(len(classes), len(grid)) if a.arch == "cnn" else \
+        Vit(len(classes), grid, a.arch == "vit-stem")
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps,
                                                 pct_start=max(0.05, 3 / a.steps))
@@ -257,7 +301,7 @@ def main():
     net.eval()
     with torch.no_grad():
         logit = torch.cat([net(xte[i:i + 32].float()[:, None] / 255.0) for i in range(0, len(lte), 32)]).numpy()
-    out = {"arch": a.arch, "grid": grid, "spacing_mm": target, "train": len(ltr), "test": len(lte), "steps": a.steps}
+    out = {"kind": a.kind, "arch": a.arch, "grid": grid, "spacing_mm": target, "train": len(ltr), "test": len(lte), "steps": a.steps}
 
     # detection AUC per finding; nodules also by their largest diameter
     det = {}
@@ -313,6 +357,22 @@ def main():
         top = np.argsort(-score[i], kind="mergesort")[:10]
         hits.append(np.mean([sets[j] == sets[i] for j in top]))
     out["label_set_p10"] = float(np.mean(hits))
+
+    # the other way: each held-out item's outputs rank the label sets of a
+    # gallery (a perfect tower on the other side), as "volume->report" and
+    # "radiograph->report" (every report of the manifest, its own included) and
+    # "radiograph->volume" (the volumes' reports) do in `medsem eval`
+    def query_p10(gallery):
+        gsets = [frozenset(key(l) for l in ls) for ls in gallery]
+        gy = np.array([[k in s for k in keys] for s in gsets], np.float32)
+        sc = lp @ gy.T + lq @ (1 - gy).T  # [query, gallery]
+        return float(np.mean([np.mean([gsets[j] == sets[i] for j in
+                                       np.argsort(-sc[i], kind="mergesort")[:10]])
+                              for i in range(len(sets))]))
+
+    out["to_report_p10"] = query_p10(every["volume"] + every["image"])
+    if a.kind == "image":
+        out["to_volume_p10"] = query_p10(every["volume"])
 
     print(json.dumps(out, indent=1))
     if a.json:

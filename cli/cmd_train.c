@@ -60,6 +60,10 @@ static void usage(FILE *f)
             "  --lobe-rate P        with --side-weight: share of the texts naming a lobe whose\n"
             "                       negative swaps upper and lower lobe instead of the sides\n"
             "                       (default 0: off)\n"
+            "  --pair-weight W      draw radiographs with the volume of their study (the\n"
+            "                       manifest's \"pair\" naming a volume's \"study\"), let each\n"
+            "                       pair's two reports be positives of both, and pull the\n"
+            "                       pair's embeddings together with weight W (default 0: off)\n"
             "  --augment A          per-sample shifts, gain, offset and noise of strength A\n"
             "                       (default 0: off; 1: shifts up to 2 pixels, gain 1+-0.1)\n"
             "  --lr X               peak learning rate (default 3e-4)\n"
@@ -75,7 +79,13 @@ static void usage(FILE *f)
             "  --log-every N        log line every N steps (default 10)\n");
 }
 
-static int load_manifest(const char *manifest, cli_vitem **out, size_t *n)
+/* A manifest item's "study" and "pair" (a radiograph's volume study), NULL
+ * when absent. */
+typedef struct study_ref {
+    char *study, *pair;
+} study_ref;
+
+static int load_manifest(const char *manifest, cli_vitem **out, study_ref **refs, size_t *n)
 {
     FILE *f = fopen(manifest, "r");
     if (!f) {
@@ -88,6 +98,7 @@ static int load_manifest(const char *manifest, cli_vitem **out, size_t *n)
     size_t cap = 0, lineno = 0, icap = 0;
     ssize_t len;
     cli_vitem *it = NULL;
+    study_ref *rf = NULL;
     int rc = 0;
     *n = 0;
     while (!rc && (len = getline(&line, &cap, f)) >= 0) {
@@ -102,24 +113,83 @@ static int load_manifest(const char *manifest, cli_vitem **out, size_t *n)
         if (got > 0 && *n == icap) {
             icap = icap ? 2 * icap : 256;
             cli_vitem *ni = realloc(it, icap * sizeof *ni);
-            if (ni) {
+            if (ni)
                 it = ni;
+            study_ref *nr = ni ? realloc(rf, icap * sizeof *nr) : NULL;
+            if (nr) {
+                rf = nr;
             } else {
                 cli_error("%s:%zu: out of memory", manifest, lineno);
                 rc = -1;
             }
         }
-        if (got > 0 && !rc)
+        if (got > 0 && !rc) {
+            rf[*n].study = cli_json_strdup(j, "study");
+            rf[*n].pair = cli_json_strdup(j, "pair");
             it[(*n)++] = t;
-        else if (got > 0)
+        } else if (got > 0) {
             cli_vitem_free(&t);
+        }
         cJSON_Delete(j);
     }
     free(line);
     free(mcopy);
     fclose(f);
     *out = it;
+    *refs = rf;
     return rc;
+}
+
+/* A volume's study and its index among the volumes. */
+typedef struct vol_study {
+    const char *study;
+    size_t idx;
+} vol_study;
+
+static int cmp_vol_study(const void *a, const void *b)
+{
+    return strcmp(((const vol_study *)a)->study, ((const vol_study *)b)->study);
+}
+
+/* Tells the trainer which radiograph shows the study of which volume: a
+ * radiograph's "pair" equal to a volume's "study".  Items are numbered per
+ * kind in manifest order, as they were added.  The count of pairs, or -1
+ * said. */
+static long add_pairs(trn_trainer *t, const char *manifest, const cli_vitem *items,
+                      const study_ref *refs, size_t n)
+{
+    vol_study *vs = malloc((n ? n : 1) * sizeof *vs);
+    if (!vs) {
+        cli_error("out of memory");
+        return -1;
+    }
+    size_t nv = 0, v = 0, ni = 0;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].is_volume) {
+            if (refs[i].study)
+                vs[nv++] = (vol_study){refs[i].study, v};
+            v++;
+        }
+    qsort(vs, nv, sizeof *vs, cmp_vol_study);
+    long np = 0;
+    char err[1024];
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].is_volume)
+            continue;
+        vol_study key = {refs[i].pair, 0};
+        const vol_study *hit = key.study ? bsearch(&key, vs, nv, sizeof *vs, cmp_vol_study) : NULL;
+        if (hit) {
+            if (trn_trainer_pair(t, ni, hit->idx, err, sizeof err)) {
+                cli_error("%s: radiograph %s: %s", manifest, items[i].path, err);
+                np = -1;
+                break;
+            }
+            np++;
+        }
+        ni++;
+    }
+    free(vs);
+    return np;
 }
 
 static int file_exists(const char *p)
@@ -215,6 +285,7 @@ int cmd_train(int argc, char **argv)
         {"tag-weight", required_argument, 0, 'G'}, {"tag-loss", required_argument, 0, 'B'},
         {"side-weight", required_argument, 0, 'D'}, {"phrase-rate", required_argument, 0, 'P'},
         {"lobe-rate", required_argument, 0, 'O'}, {"vis-tag-weight", required_argument, 0, 'H'},
+        {"pair-weight", required_argument, 0, 'Y'},
         {"weight-decay", required_argument, 0, 'w'}, {"warmup", required_argument, 0, 'W'},
         {"clip", required_argument, 0, 'g'},       {"seed", required_argument, 0, 'S'},
         {"threads", required_argument, 0, 'T'},    {"checkpoint", required_argument, 0, 'K'},
@@ -261,7 +332,7 @@ int cmd_train(int argc, char **argv)
             if (c == 'j') to.soft_start = (int64_t)u;
             break;
         case 'C': case 'a': case 'l': case 'w': case 'g': case 'A': case 'G': case 'D': case 'P':
-        case 'O': case 'H':
+        case 'O': case 'H': case 'Y':
             if (cli_parse_double(optarg, &d) || !(d >= 0) || d > 1e6) {
                 const char *name = "option";
                 for (const struct option *lo = longopts; lo->name; lo++)
@@ -278,6 +349,7 @@ int cmd_train(int argc, char **argv)
             if (c == 'G') to.tag_weight = (float)d;
             if (c == 'D') to.side_weight = (float)d;
             if (c == 'H') to.vis_tag_weight = (float)d;
+            if (c == 'Y') to.pair_weight = (float)d;
             if (c == 'P') {
                 if (d > 1) {
                     cli_error("--phrase-rate '%s': expected a number from 0 to 1", optarg);
@@ -329,6 +401,7 @@ int cmd_train(int argc, char **argv)
 
     int rc = CLI_BAD_INPUT;
     cli_vitem *items = NULL;
+    study_ref *refs = NULL;
     size_t n = 0;
     char *cfgtext = NULL, *vpath = NULL, *ckpath = NULL, *initdir = NULL, *initcfg = NULL,
          *initvocab = NULL, err[1024];
@@ -374,7 +447,7 @@ int cmd_train(int argc, char **argv)
         if (!vocab)
             vocab = initvocab;
     }
-    if (load_manifest(manifest, &items, &n))
+    if (load_manifest(manifest, &items, &refs, &n))
         goto out;
     if (n == 0) {
         cli_error("%s: no volume or image items to train on", manifest);
@@ -512,6 +585,18 @@ int cmd_train(int argc, char **argv)
     }
     if (failed)
         goto out;
+    if (to.pair_weight > 0) {
+        long np = add_pairs(t, manifest, items, refs, n);
+        if (np < 0)
+            goto out;
+        if (np == 0) {
+            cli_error("%s: --pair-weight: no radiograph's \"pair\" names a volume's \"study\"",
+                      manifest);
+            goto out;
+        }
+        fprintf(stderr, "medsem train: %ld radiographs paired with the volume of their study\n",
+                np);
+    }
     free(buf);
     buf = NULL;
     enc_pipeline_close(pl);
@@ -556,12 +641,15 @@ int cmd_train(int argc, char **argv)
             double sps = (double)(st.step - first) / (el > 0 ? el : 1e-9);
             char eta[32];
             fmt_time((double)((int64_t)steps - st.step) / (sps > 0 ? sps : 1e-9), eta, sizeof eta);
-            char side[64] = "";
+            char side[96] = "";
             if (to.vis_tag_weight > 0)
                 snprintf(side, sizeof side, " vtag %.4f", st.vis_tag_loss);
             if (to.side_weight > 0)
                 snprintf(side + strlen(side), sizeof side - strlen(side), " side %.4f",
                          st.side_loss);
+            if (to.pair_weight > 0)
+                snprintf(side + strlen(side), sizeof side - strlen(side), " pair %.4f",
+                         st.pair_loss);
             printf("step %6lld/%llu  loss %.4f (clip %.4f cons %.4f tag %.4f%s, mean %.4f)  lr %.2e  "
                    "T %.4f  |g| %.3f  %.1f samples/s  %.1f GFLOP/s  ETA %s\n",
                    (long long)st.step, (unsigned long long)steps, st.loss, st.clip_loss,
@@ -604,7 +692,10 @@ out:
     free(initvocab);
     for (size_t i = 0; i < n; i++) {
         cli_vitem_free(&items[i]);
+        free(refs[i].study);
+        free(refs[i].pair);
     }
     free(items);
+    free(refs);
     return rc;
 }

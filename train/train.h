@@ -429,11 +429,15 @@ typedef struct trn_trainer_opts {
     float vis_tag_weight; /* weight of the visual tag head: volumes and radiographs (not
                              slices) predict their report's tags through a head of their
                              own, a sigmoid per tag slot; 0: off */
+    float pair_weight;   /* > 0: each step draws radiographs with the volume of the same
+                            study (trn_trainer_pair), makes each pair's two reports
+                            positives of both its rows, and pulls the pair's
+                            embeddings together, 1 - cos, with this weight; 0: off */
 } trn_trainer_opts;
 
 #define TRN_TRAINER_OPTS_INIT                                                                      \
     {1, 0, 16, 16, 2, 0.5f, 0.0f, 3e-4, 0.05, 1.0, 50, 1000, 0.05, 0, 0.0f, 0.0f, 0, 0.0f, 0.0f,    \
-     0.0f, 0.0f}
+     0.0f, 0.0f, 0.0f}
 
 /* What one step did. */
 typedef struct trn_trainer_stats {
@@ -443,6 +447,7 @@ typedef struct trn_trainer_stats {
     double tag_loss;       /* report-tag prediction (0 when off) */
     double vis_tag_loss;   /* the visual tag head's (0 when off) */
     double side_loss;      /* side-swapped negatives (0 when off) */
+    double pair_loss;      /* the radiograph-volume pairs' mean 1 - cos (0 when off) */
     double lr;             /* the learning rate this update used */
     double grad_norm;      /* before clipping */
     double temperature;    /* 1 / min(exp(log_scale), 100) after the update */
@@ -482,6 +487,13 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
  * x 64 grid) may end up to twice the size it needs.  Room already there is
  * kept.  Codes: ENC_INVAL (kind, after a step), ENC_NOMEM (nothing lost). */
 int trn_trainer_reserve(trn_trainer *t, enc_kind kind, size_t n, char *errbuf, size_t errlen);
+/* Says that radiograph `image` and volume `volume` (their indices among the
+ * items of their kind, in the order added) show one study, as a manifest's
+ * "pair" names a volume's "study": with pair_weight > 0 the step draws them
+ * together.  A radiograph has at most one volume; a volume may have several
+ * radiographs.  Codes: ENC_INVAL (an index out of range, a radiograph paired
+ * twice, after a step), ENC_NOMEM. */
+int trn_trainer_pair(trn_trainer *t, size_t image, size_t volume, char *errbuf, size_t errlen);
 /* Items of kind added so far. */
 size_t trn_trainer_items(const trn_trainer *t, enc_kind kind);
 

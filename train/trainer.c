@@ -134,6 +134,10 @@ struct trn_trainer {
     unsigned char *lobe_draw; /* lobe_rate > 0: row r's negative swaps lobes if it can */
     size_t *btag_off, *src, *cnt, *pick_v, *pick_i;
     int *slices;
+    /* radiograph-volume pairs of one study (trn_trainer_pair) */
+    size_t *pair_img, *pair_vol, npair, paircap;
+    unsigned char *img_paired; /* per radiograph: paired already */
+    size_t img_pairedcap;
     /* the multi-label tag head: the slots some training report has */
     unsigned char tag_seen[TRN_REPORT_TAG_SLOTS];
     int ntag_seen;
@@ -169,7 +173,7 @@ int trn_trainer_new(const char *config_json, const enc_tok *tok, const trn_train
         o->lr_floor > 1 || o->soft_start < 0 || !(o->augment >= 0) || o->augment > 10 ||
         !(o->tag_weight >= 0) || !(o->vis_tag_weight >= 0) || !(o->side_weight >= 0) ||
         !(o->phrase_rate >= 0) || o->phrase_rate > 1 || !(o->lobe_rate >= 0) || o->lobe_rate > 1 ||
-        (o->lobe_rate > 0 && !(o->side_weight > 0)))
+        (o->lobe_rate > 0 && !(o->side_weight > 0)) || !(o->pair_weight >= 0))
         return util_errf(errbuf, errlen, ENC_INVAL,
                          "trainer options out of range (batch sizes, slice_k, weights, lr)");
     trn_trainer *t = calloc(1, sizeof *t);
@@ -342,6 +346,9 @@ void trn_trainer_free(trn_trainer *t)
     free(t->pick_v);
     free(t->pick_i);
     free(t->slices);
+    free(t->pair_img);
+    free(t->pair_vol);
+    free(t->img_paired);
     itemset_free(&t->set[0]);
     itemset_free(&t->set[1]);
     trn_adamw_free(t->opt);
@@ -522,6 +529,44 @@ int trn_trainer_add(trn_trainer *t, enc_kind kind, const float *x, const char *r
     return ENC_OK;
 }
 
+int trn_trainer_pair(trn_trainer *t, size_t image, size_t volume, char *errbuf, size_t errlen)
+{
+    if (t->started)
+        return util_errf(errbuf, errlen, ENC_INVAL, "pairs cannot be added after training started");
+    if (image >= t->set[ENC_IMAGE].n || volume >= t->set[ENC_VOLUME].n)
+        return util_errf(errbuf, errlen, ENC_INVAL,
+                         "pair: radiograph %zu and volume %zu (%zu and %zu added)", image, volume,
+                         t->set[ENC_IMAGE].n, t->set[ENC_VOLUME].n);
+    if (image >= t->img_pairedcap) {
+        size_t nc = t->set[ENC_IMAGE].cap;
+        unsigned char *f = realloc(t->img_paired, nc);
+        if (!f)
+            return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+        memset(f + t->img_pairedcap, 0, nc - t->img_pairedcap);
+        t->img_paired = f;
+        t->img_pairedcap = nc;
+    }
+    if (t->img_paired[image])
+        return util_errf(errbuf, errlen, ENC_INVAL, "pair: radiograph %zu is paired already",
+                         image);
+    if (t->npair == t->paircap) {
+        size_t nc = t->paircap ? 2 * t->paircap : 64;
+        size_t *a = realloc(t->pair_img, nc * sizeof *a);
+        if (a)
+            t->pair_img = a;
+        size_t *b = a ? realloc(t->pair_vol, nc * sizeof *b) : NULL;
+        if (!b)
+            return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+        t->pair_vol = b;
+        t->paircap = nc;
+    }
+    t->pair_img[t->npair] = image;
+    t->pair_vol[t->npair] = volume;
+    t->npair++;
+    t->img_paired[image] = 1;
+    return ENC_OK;
+}
+
 size_t trn_trainer_items(const trn_trainer *t, enc_kind kind)
 {
     return kind == ENC_TEXT ? 0 : t->set[kind].n;
@@ -544,6 +589,13 @@ static void batch_shape(const trn_trainer *t, int *nv, int *ni, int *k)
     *k = *nv ? t->o.slice_k : 0;
 }
 
+/* With pair_weight: the first min(nv, ni) volumes and radiographs of a batch
+ * are drawn as pairs of one study. */
+static int pair_rows(const trn_trainer *t, int nv, int ni)
+{
+    return t->o.pair_weight > 0 ? (nv < ni ? nv : ni) : 0;
+}
+
 /* Plans the states and buffers of a step once: everything the hot loop uses. */
 static int plan(trn_trainer *t, char *errbuf, size_t errlen)
 {
@@ -553,6 +605,11 @@ static int plan(trn_trainer *t, char *errbuf, size_t errlen)
     if (nb < 2)
         return util_errf(errbuf, errlen, ENC_INVAL,
                          "a step needs at least two pairs (%d volumes, %d radiographs)", nv, ni);
+    if (t->o.pair_weight > 0 && (t->npair == 0 || pair_rows(t, nv, ni) == 0))
+        return util_errf(errbuf, errlen, ENC_INVAL,
+                         "pair_weight needs radiographs paired with volumes (trn_trainer_pair; "
+                         "%zu pairs) and both in the batch (%d volumes, %d radiographs)",
+                         t->npair, nv, ni);
     int rc;
     memset(t->tag_seen, 0, sizeof t->tag_seen);
     t->ntag_seen = 0;
@@ -799,6 +856,25 @@ static int phrases(trn_trainer *t, int nv, int nb, char *errbuf, size_t errlen)
     return ENC_OK;
 }
 
+/* Rows p and q of the soft targets T [B, B] (a volume and a radiograph of one
+ * study) take each other's report as a positive as strong as their own: row
+ * p's entries p and q become its own weight, and the row is normalised
+ * again; the same for row q.  Hard targets become 1/2 on each. */
+static void pair_targets(float *T, int B, int p, int q)
+{
+    int rows[2] = {p, q};
+    for (int k = 0; k < 2; k++) {
+        float *row = T + (size_t)rows[k] * B;
+        float self = row[rows[k]];
+        row[p] = row[q] = self;
+        double sum = 0;
+        for (int j = 0; j < B; j++)
+            sum += row[j];
+        for (int j = 0; j < B; j++)
+            row[j] = (float)((double)row[j] / sum);
+    }
+}
+
 int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t errlen)
 {
     int rc;
@@ -809,10 +885,16 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
     int nb = nv + ni, nimg = ni + nv * K, N = nb + nv * K, E = t->E, L = t->L;
     itemset *V = &t->set[ENC_VOLUME], *I = &t->set[ENC_IMAGE];
 
-    /* 1. the batch */
-    for (int i = 0; i < nv; i++)
+    /* 1. the batch: the pairs of one study first */
+    int npr = pair_rows(t, nv, ni);
+    for (int i = 0; i < npr; i++) {
+        size_t p = rng_below(t->rng, t->npair);
+        t->pick_v[i] = t->pair_vol[p];
+        t->pick_i[i] = t->pair_img[p];
+    }
+    for (int i = npr; i < nv; i++)
         t->pick_v[i] = rng_below(t->rng, V->n);
-    for (int i = 0; i < ni; i++)
+    for (int i = npr; i < ni; i++)
         t->pick_i[i] = rng_below(t->rng, I->n);
     if (t->o.lobe_rate > 0)
         for (int r = 0; r < nb; r++)
@@ -900,10 +982,12 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
     float alpha = trn_adamw_steps(t->opt) + (int64_t)t->rng[4] >= t->o.soft_start
                       ? t->o.soft_alpha
                       : 0.0f;
-    if (K || alpha > 0) {
+    if (K || alpha > 0 || npr) {
         /* Rows sharing a report share its target mass: T'_ij = T_s(i)s(j) / n_s(j),
          * which still sums to 1 over j. */
         trn_loss_soft_targets(t->btags, t->btag_off, nb, alpha, t->t0);
+        for (int b = 0; b < npr; b++)
+            pair_targets(t->t0, nb, b, nv + b);
         for (int i = 0; i < N; i++)
             for (int j = 0; j < N; j++)
                 t->targets[(size_t)i * N + j] =
@@ -923,6 +1007,13 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
         cons = trn_loss_consistency_forward(t->a, sl, nv, K, E);
         trn_loss_consistency_backward(t->a, sl, nv, K, E, t->o.consistency, t->da,
                                       t->da + (size_t)nb * E);
+    }
+    float pairl = 0;
+    if (npr) {
+        const float *ra = t->a + (size_t)nv * E;
+        pairl = trn_loss_consistency_forward(t->a, ra, npr, 1, E);
+        trn_loss_consistency_backward(t->a, ra, npr, 1, E, t->o.pair_weight, t->da,
+                                      t->da + (size_t)nv * E);
     }
     float sidel = 0;
     if (t->ss) {
@@ -976,7 +1067,7 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
     trn_sched sched = {t->o.lr, t->o.warmup, t->o.total_steps, t->o.lr_floor};
     double lr = trn_lr(&sched, trn_adamw_steps(t->opt));
     int skipped = !isfinite(norm) || !isfinite(clip_loss) || !isfinite(cons) || !isfinite(tagl) ||
-                  !isfinite(vtagl) || !isfinite(sidel);
+                  !isfinite(vtagl) || !isfinite(sidel) || !isfinite(pairl);
     if (skipped) {
         t->rng[4]++;
     } else {
@@ -994,12 +1085,13 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
             .step = trn_trainer_steps(t),
             .loss = (double)clip_loss + t->o.consistency * (double)cons +
                     t->o.tag_weight * (double)tagl + t->o.vis_tag_weight * (double)vtagl +
-                    t->o.side_weight * (double)sidel,
+                    t->o.side_weight * (double)sidel + t->o.pair_weight * (double)pairl,
             .clip_loss = clip_loss,
             .cons_loss = cons,
             .tag_loss = tagl,
             .vis_tag_loss = vtagl,
             .side_loss = sidel,
+            .pair_loss = pairl,
             .lr = lr,
             .grad_norm = norm,
             .temperature = 1.0 / (s > 100 ? 100 : s),
@@ -1047,7 +1139,7 @@ double trn_trainer_step_flops(const trn_trainer *t)
 
 static char *hparams(const trn_trainer *t)
 {
-    char *s = NULL, side[160] = "";
+    char *s = NULL, side[256] = "";
     if (t->o.side_weight > 0)
         snprintf(side, sizeof side, ",\"side_weight\":%.9g", t->o.side_weight);
     if (t->o.phrase_rate > 0)
@@ -1059,6 +1151,9 @@ static char *hparams(const trn_trainer *t)
     if (t->o.vis_tag_weight > 0)
         snprintf(side + strlen(side), sizeof side - strlen(side), ",\"vis_tag_weight\":%.9g",
                  t->o.vis_tag_weight);
+    if (t->o.pair_weight > 0)
+        snprintf(side + strlen(side), sizeof side - strlen(side), ",\"pair_weight\":%.9g",
+                 t->o.pair_weight);
     if (asprintf(&s,
                  "{\"seed\":%llu,\"batch_volumes\":%d,\"batch_images\":%d,\"slice_k\":%d,"
                  "\"consistency\":%.9g,\"soft_alpha\":%.9g,\"lr\":%.17g,\"weight_decay\":%.17g,"

@@ -233,6 +233,11 @@ expect 1 "--init .*nothing: no model there" "train --init of a missing model say
 expect 0 "" "train with every loss of the recipe on, the visual tag head too" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/allloss" --steps 2 --threads 1 --tag-weight 1 --vis-tag-weight 1 --side-weight 1 --soft-alpha 1 --phrase-rate 0.5 --lobe-rate 0.5 --log-every 1
 grep -qE "tag [0-9.]+ vtag [0-9.]+ side [0-9.]+" "$T/out" && ok "its log shows the visual tag and side losses" || { bad "train's log lacks the vtag and side losses"; sed 's/^/#   /' "$T/out"; }
 expect 1 "--vis-tag-weight '-1'" "train refuses a negative --vis-tag-weight" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/allloss" --steps 2 --threads 1 --vis-tag-weight -1
+expect 0 "radiographs paired with the volume of their study" "train --pair-weight pairs synth's radiographs with their studies' volumes" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/paired" --steps 2 --threads 1 --pair-weight 1 --log-every 1
+grep -qE " pair [0-9.]+," "$T/out" && ok "its log shows the pair loss" || { bad "train's log lacks the pair loss"; sed 's/^/#   /' "$T/out"; }
+sed 's/,"pair":"[^"]*"//' "$T/syn/train.jsonl" > "$T/syn/unpaired.jsonl"
+expect 1 "unpaired.jsonl: --pair-weight: no radiograph's \"pair\" names a volume's \"study\"" "train --pair-weight on a manifest without pairs says so" -- "$MEDSEM" train --manifest "$T/syn/unpaired.jsonl" --out "$T/unpaired" --steps 2 --threads 1 --pair-weight 1
+[ ! -e "$T/unpaired/model.safetensors" ] && ok "and writes no model" || bad "a refused --pair-weight run wrote a model"
 expect 0 "" "eval the trained model" -- "$MEDSEM" eval --model "$T/mod" --manifest "$T/syn/train.jsonl" --json --quiet
 for d in text-\>volume text-\>radiograph volume-\>report radiograph-\>report radiograph-\>volume; do
     grep -q "\"$d\"" "$T/out" && ok "eval reports $d" || bad "eval lacks $d: $(cat "$T/out")"

@@ -10,7 +10,8 @@
  * directory loads and encodes as the trainer's model; a trainer started from
  * a saved model (trn_trainer_init_from) on a finer volume grid encodes as
  * the saved model did; slice selection
- * follows the attention; the report tag parser, negations included.
+ * follows the attention; radiograph-volume pairs are drawn and pulled
+ * together; the report tag parser, negations included.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -272,6 +273,50 @@ static void test_vis_tag_head(void **state)
     /* a negative weight is refused */
     char err[512];
     o.vis_tag_weight = -1.0f;
+    assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
+}
+
+/* Radiograph-volume pairs of one study (pair_weight): the pair's 1 - cos
+ * falls as its two rows are pulled together, with hard targets (each pair's
+ * two reports then share the target).  Pairs out of range, a radiograph
+ * paired twice, a run with pair_weight but no pairs, and pairs after the
+ * first step are refused. */
+static double pair_pick(const trn_trainer_stats *st, int step)
+{
+    (void)step;
+    assert_int_equal(st->skipped, 0);
+    assert_true(isfinite(st->pair_loss) && st->pair_loss >= 0 && st->pair_loss <= 2);
+    assert_true(isfinite(st->loss));
+    return st->pair_loss;
+}
+
+static void test_pairs(void **state)
+{
+    fixture *f = *state;
+    char err[512];
+    trn_trainer_opts o = tiny_opts();
+    o.soft_alpha = 0;
+    o.pair_weight = 1.0f;
+    trn_trainer *t = make_trainer(f, &o);
+    assert_int_equal(trn_trainer_step(t, NULL, err, sizeof err), ENC_INVAL); /* no pairs */
+    assert_non_null(strstr(err, "pair"));
+    trn_trainer_free(t);
+
+    t = make_trainer(f, &o);
+    assert_int_equal(trn_trainer_pair(t, 16, 0, err, sizeof err), ENC_INVAL);
+    assert_int_equal(trn_trainer_pair(t, 0, 16, err, sizeof err), ENC_INVAL);
+    for (size_t i = 0; i < 16; i++) /* volume i and radiograph i show class i % 4 */
+        assert_int_equal(trn_trainer_pair(t, i, i, err, sizeof err), ENC_OK);
+    assert_int_equal(trn_trainer_pair(t, 3, 7, err, sizeof err), ENC_INVAL);
+    assert_non_null(strstr(err, "paired already"));
+    double first, last;
+    steps_60(t, pair_pick, &first, &last);
+    printf("# pair 1 - cos: steps 1-8 %.4f, steps 53-60 %.4f\n", first, last);
+    assert_true(last < 0.5 * first);
+    assert_int_equal(trn_trainer_pair(t, 0, 1, err, sizeof err), ENC_INVAL); /* started */
+    trn_trainer_free(t);
+
+    o.pair_weight = -1.0f;
     assert_int_equal(trn_trainer_new(f->config, f->tok, &o, &t, err, sizeof err), ENC_INVAL);
 }
 
@@ -748,6 +793,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_side_negatives, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lobe_negatives, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vis_tag_head, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pairs, setup, teardown),
         cmocka_unit_test(test_report_swap),
         cmocka_unit_test_setup_teardown(test_resume_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_save_loads, setup, teardown),

@@ -135,7 +135,10 @@ struct trn_trainer {
     size_t *btag_off, *src, *cnt, *pick_v, *pick_i;
     int *slices;
     /* radiograph-volume pairs of one study (trn_trainer_pair) */
-    size_t *pair_img, *pair_vol, npair, paircap;
+    struct {
+        size_t img, vol;
+    } *pairs;
+    size_t npair, paircap;
     unsigned char *img_paired; /* per radiograph: paired already */
     size_t img_pairedcap;
     /* the multi-label tag head: the slots some training report has */
@@ -346,8 +349,7 @@ void trn_trainer_free(trn_trainer *t)
     free(t->pick_v);
     free(t->pick_i);
     free(t->slices);
-    free(t->pair_img);
-    free(t->pair_vol);
+    free(t->pairs);
     free(t->img_paired);
     itemset_free(&t->set[0]);
     itemset_free(&t->set[1]);
@@ -551,17 +553,14 @@ int trn_trainer_pair(trn_trainer *t, size_t image, size_t volume, char *errbuf, 
                          image);
     if (t->npair == t->paircap) {
         size_t nc = t->paircap ? 2 * t->paircap : 64;
-        size_t *a = realloc(t->pair_img, nc * sizeof *a);
-        if (a)
-            t->pair_img = a;
-        size_t *b = a ? realloc(t->pair_vol, nc * sizeof *b) : NULL;
-        if (!b)
+        void *np = realloc(t->pairs, nc * sizeof *t->pairs);
+        if (!np)
             return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
-        t->pair_vol = b;
+        t->pairs = np;
         t->paircap = nc;
     }
-    t->pair_img[t->npair] = image;
-    t->pair_vol[t->npair] = volume;
+    t->pairs[t->npair].img = image;
+    t->pairs[t->npair].vol = volume;
     t->npair++;
     t->img_paired[image] = 1;
     return ENC_OK;
@@ -889,8 +888,8 @@ int trn_trainer_step(trn_trainer *t, trn_trainer_stats *st, char *errbuf, size_t
     int npr = pair_rows(t, nv, ni);
     for (int i = 0; i < npr; i++) {
         size_t p = rng_below(t->rng, t->npair);
-        t->pick_v[i] = t->pair_vol[p];
-        t->pick_i[i] = t->pair_img[p];
+        t->pick_v[i] = t->pairs[p].vol;
+        t->pick_i[i] = t->pairs[p].img;
     }
     for (int i = npr; i < nv; i++)
         t->pick_v[i] = rng_below(t->rng, V->n);

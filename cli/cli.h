@@ -17,6 +17,7 @@
 enum { CLI_OK = 0, CLI_BAD_INPUT = 1, CLI_USAGE = 2 };
 
 int cmd_encode(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv); /* cli/cmd_encode.c */
 int cmd_eval(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_search(int argc, char **argv);

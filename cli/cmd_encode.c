@@ -7,9 +7,11 @@
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "encoder/encoder.h"
@@ -310,9 +312,17 @@ static int write_outputs(const char *prefix, outset *outs, int d)
     return 0;
 }
 
+/* Encodes the items of manifest into outs (a row per vector, by space), or,
+ * when jsonl_out is given, as JSON lines to it.  max > 0 takes the first max
+ * items of each kind and passes over the rest.  Returns a CLI_ code; the
+ * caller frees outs (outs_free).  *stopped: 1 when it stopped before the end
+ * (a bad item under strict, or out of memory), 0 when bad items (if any)
+ * were skipped. */
 static int encode_manifest(const enc_pipeline *p, enc_worker *w, int batch, const char *manifest,
-                           const char *prefix, int strict, int quiet)
+                           size_t max, int strict, int quiet, FILE *jsonl_out, outset outs[NK],
+                           int *stopped)
 {
+    *stopped = 1;
     FILE *f = fopen(manifest, "r");
     if (!f) {
         cli_error("%s: %s", manifest, strerror(errno));
@@ -333,8 +343,7 @@ static int encode_manifest(const enc_pipeline *p, enc_worker *w, int batch, cons
     rewind(f);
     cli_progress pr;
     cli_progress_start(&pr, "encode", total, quiet);
-    outset outs[NK];
-    memset(outs, 0, sizeof outs);
+    size_t taken[NK] = {0};
     item *b = calloc((size_t)batch, sizeof *b);
     char *line = NULL;
     size_t cap = 0, lineno = 0, done = 0, ok = 0, failed = 0;
@@ -359,9 +368,14 @@ static int encode_manifest(const enc_pipeline *p, enc_worker *w, int batch, cons
                 stop = 1;
             continue;
         }
+        if (max && taken[it.kind]++ >= max) {
+            item_clear(&it);
+            done++;
+            continue;
+        }
         /* A batch holds items of one kind. */
         if (nb && (b[0].kind != it.kind || nb == batch)) {
-            int r = run_batch(w, p, b, nb, outs, manifest, strict, prefix ? NULL : stdout);
+            int r = run_batch(w, p, b, nb, outs, manifest, strict, jsonl_out);
             if (r < 0)
                 stop = broken = 1;
             else {
@@ -382,7 +396,7 @@ static int encode_manifest(const enc_pipeline *p, enc_worker *w, int batch, cons
     }
     /* Items read before a bad line under --strict are still encoded. */
     if (!broken && nb) {
-        int r = run_batch(w, p, b, nb, outs, manifest, strict, prefix ? NULL : stdout);
+        int r = run_batch(w, p, b, nb, outs, manifest, strict, jsonl_out);
         if (r < 0)
             stop = broken = 1;
         else {
@@ -398,19 +412,24 @@ static int encode_manifest(const enc_pipeline *p, enc_worker *w, int batch, cons
     free(b);
     free(mcopy);
     fclose(f);
-    int rc = stop ? CLI_BAD_INPUT : CLI_OK;
-    if (!stop && prefix && write_outputs(prefix, outs, enc_pipeline_dim(p)))
+    *stopped = stop || !b;
+    int rc = *stopped ? CLI_BAD_INPUT : CLI_OK;
+    if (!b)
+        cli_error("out of memory");
+    fprintf(stderr, "medsem: encoded %zu items, %zu skipped as bad input\n", ok, failed);
+    if (failed && rc == CLI_OK)
         rc = CLI_BAD_INPUT;
+    return rc;
+}
+
+static void outs_free(outset outs[NK])
+{
     for (int k = 0; k < NK; k++) {
         for (size_t i = 0; i < outs[k].n; i++)
             free(outs[k].meta[i]);
         free(outs[k].meta);
         free(outs[k].v);
     }
-    fprintf(stderr, "medsem: encoded %zu items, %zu skipped as bad input\n", ok, failed);
-    if (failed && rc == CLI_OK)
-        rc = CLI_BAD_INPUT;
-    return rc;
 }
 
 int cmd_encode(int argc, char **argv)
@@ -497,7 +516,17 @@ int cmd_encode(int argc, char **argv)
         goto out;
     }
     if (manifest) {
-        rc = encode_manifest(p, w, (int)batch, manifest, prefix, strict, quiet);
+        outset outs[NK];
+        memset(outs, 0, sizeof outs);
+        int stopped;
+        rc = encode_manifest(p, w, (int)batch, manifest, 0, strict, quiet, prefix ? NULL : stdout,
+                             outs, &stopped);
+        /* written even when bad items were skipped (the exit status says so),
+         * not after a stop */
+        if (prefix && !stopped &&
+            write_outputs(prefix, outs, enc_pipeline_dim(p)))
+            rc = CLI_BAD_INPUT;
+        outs_free(outs);
         goto out;
     }
     float *v = malloc((size_t)enc_pipeline_dim(p) * sizeof *v);
@@ -516,6 +545,166 @@ int cmd_encode(int argc, char **argv)
     free(v);
     rc = e ? CLI_BAD_INPUT : CLI_OK;
 out:
+    enc_worker_free(w);
+    enc_pipeline_close(p);
+    return rc;
+}
+
+/* ---- medsem calibrate --------------------------------------------------------- */
+
+static void calibrate_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: medsem calibrate --model DIR --manifest FILE [--max N] [options]\n"
+            "\n"
+            "Measures where the model puts each kind of input: encodes the first N image\n"
+            "items, the first N volume items and the first N report items of a manifest\n"
+            "(the model's training studies, as 'medsem encode' reads them; an image or\n"
+            "volume item's report counts as a report) and writes the mean embedding of\n"
+            "each kind to DIR/modality_means.json.  With the file there, a radiograph or\n"
+            "volume query that searches another kind (search, serve, eval) moves by the\n"
+            "difference of the two means and is normalised again, which closes the gap\n"
+            "between the kinds' cones; text queries stay as they are.  Any bad item\n"
+            "stops it, and nothing is written.\n"
+            "\n"
+            "  --model DIR        model directory (config.json, model.safetensors, vocab.txt)\n"
+            "  --manifest FILE    JSONL manifest (\"file\", \"kind\", \"modality\", \"report\")\n"
+            "  --max N            items of each kind to average (default 2000)\n"
+            "  --batch N          inputs per forward pass (default 8)\n"
+            "  --threads N        CPU threads (default: all cores)\n"
+            "  --quiet            no progress bar\n");
+}
+
+int cmd_calibrate(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},   {"manifest", required_argument, 0, 'f'},
+        {"max", required_argument, 0, 'n'},     {"batch", required_argument, 0, 'b'},
+        {"threads", required_argument, 0, 'T'}, {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    const char *model = NULL, *manifest = NULL;
+    uint64_t batch = 8, threads = 0, max = 2000;
+    int quiet = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'f': manifest = optarg; break;
+        case 'q': quiet = 1; break;
+        case 'n':
+            if (cli_opt_u64("max", optarg, 1, 10000000, &max))
+                return CLI_BAD_INPUT;
+            break;
+        case 'b':
+            if (cli_opt_u64("batch", optarg, 1, 4096, &batch))
+                return CLI_BAD_INPUT;
+            break;
+        case 'T':
+            if (cli_opt_u64("threads", optarg, 1, 1024, &threads))
+                return CLI_BAD_INPUT;
+            break;
+        case 'h': calibrate_usage(stdout); return CLI_OK;
+        default: calibrate_usage(stderr); return CLI_USAGE;
+        }
+    }
+    if (optind < argc || !model || !manifest) {
+        cli_error("calibrate needs --model and --manifest");
+        calibrate_usage(stderr);
+        return CLI_USAGE;
+    }
+    char err[1024];
+    enc_pipeline *p = NULL;
+    enc_worker *w = NULL;
+    outset outs[NK];
+    memset(outs, 0, sizeof outs);
+    double *sum = NULL;
+    float *mean = NULL;
+    int rc = CLI_BAD_INPUT, stopped = 1;
+    /* Opening the model reads an old modality_means.json too: one made for
+     * other weights is refused there, and would stop the run that replaces it. */
+    char *old = NULL;
+    if (asprintf(&old, "%s/%s", model, ENC_MEANS_FILE) < 0) {
+        cli_error("out of memory");
+        goto out;
+    }
+    if (enc_pipeline_open(model, (int)threads, &p, err, sizeof err)) {
+        /* the means' errors begin with the file's path */
+        if (strncmp(err, old, strlen(old)) || unlink(old)) {
+            cli_error("%s", err);
+            free(old);
+            goto out;
+        }
+        fprintf(stderr, "medsem: removed %s, which this model cannot use: %s\n", old,
+                err + strlen(old) + 2);
+        free(old);
+        old = NULL;
+        if (enc_pipeline_open(model, (int)threads, &p, err, sizeof err)) {
+            cli_error("%s", err);
+            goto out;
+        }
+    }
+    free(old);
+    if (enc_worker_new(p, (int)batch, &w, err, sizeof err)) {
+        cli_error("%s", err);
+        goto out;
+    }
+    if (encode_manifest(p, w, (int)batch, manifest, (size_t)max, 1, quiet, NULL, outs,
+                        &stopped) != CLI_OK) {
+        cli_error("%s: nothing was written", manifest);
+        goto out;
+    }
+    int d = enc_pipeline_dim(p), kinds = 0;
+    for (int k = 0; k < NK; k++)
+        kinds += outs[k].n > 0;
+    if (kinds < 2) {
+        cli_error("%s: calibration needs items of two kinds at least (images, volumes, reports); "
+                  "the manifest gave %zu images, %zu volumes and %zu reports",
+                  manifest, outs[K_IMAGE].n, outs[K_VOLUME].n, outs[K_REPORT].n);
+        goto out;
+    }
+    sum = calloc((size_t)d, sizeof *sum);
+    mean = calloc((size_t)NK * d, sizeof *mean);
+    if (!sum || !mean) {
+        cli_error("out of memory");
+        goto out;
+    }
+    const float *means[NK];
+    size_t count[NK];
+    double norm[NK];
+    for (int k = 0; k < NK; k++) {
+        float *m = mean + (size_t)k * d;
+        memset(sum, 0, (size_t)d * sizeof *sum);
+        for (size_t i = 0; i < outs[k].n; i++)
+            for (int e = 0; e < d; e++)
+                sum[e] += outs[k].v[i * d + e];
+        double n2 = 0;
+        for (int e = 0; e < d && outs[k].n; e++) {
+            m[e] = (float)(sum[e] / (double)outs[k].n);
+            n2 += (double)m[e] * m[e];
+        }
+        means[k] = m;
+        count[k] = outs[k].n;
+        norm[k] = sqrt(n2);
+    }
+    /* The three kinds' spaces match the encoder's kinds one for one. */
+    const float *by_kind[3] = {means[K_IMAGE], means[K_VOLUME], means[K_REPORT]};
+    size_t n_kind[3] = {count[K_IMAGE], count[K_VOLUME], count[K_REPORT]};
+    if (enc_means_save(model, enc_pipeline_model_id(p), d, by_kind, n_kind, manifest, err,
+                       sizeof err)) {
+        cli_error("%s", err);
+        goto out;
+    }
+    static const char *const label[NK] = {"radiographs", "volumes", "reports"};
+    printf("calibrated %s (model %.12s) on %s:\n", model, enc_pipeline_model_id(p), manifest);
+    for (int k = 0; k < NK; k++)
+        if (count[k])
+            printf("  %-12s %7zu items, norm of the mean %.3f\n", label[k], count[k], norm[k]);
+    printf("wrote %s/%s\n", model, ENC_MEANS_FILE);
+    rc = CLI_OK;
+out:
+    outs_free(outs);
+    free(sum);
+    free(mean);
     enc_worker_free(w);
     enc_pipeline_close(p);
     return rc;

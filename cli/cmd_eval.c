@@ -22,6 +22,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: medsem eval --model DIR --manifest FILE [--json] [--threads N] [--batch N]\n"
+            "                   [--no-shift]\n"
             "\n"
             "Encodes every item of a labelled manifest (as 'medsem synth' writes: file, kind\n"
             "volume|image, modality, report, labels, study, pair) and reports, for text->volume,\n"
@@ -42,7 +43,11 @@ static void usage(FILE *f)
             "cos(item, 'right ...') - cos(item, 'left ...') tells right from left, for all\n"
             "of them and for the moderate and large ones; the upper/lower lobe AUC of the\n"
             "lobar findings (nodule, mass, consolidation), the same along the body's axis;\n"
-            "and the detection AUC of every finding named bare ('Pleural effusion.').\n");
+            "and the detection AUC of every finding named bare ('Pleural effusion.').\n"
+            "\n"
+            "When the model folder has modality means ('medsem calibrate'), the radiograph\n"
+            "and volume queries move by them as 'medsem search' moves them; --no-shift\n"
+            "scores the space as it is.\n");
 }
 
 /* Strings to dense ids (study ids, label keys): a small open-addressing table. */
@@ -676,10 +681,11 @@ int cmd_eval(int argc, char **argv)
         {"model", required_argument, 0, 'm'}, {"manifest", required_argument, 0, 'f'},
         {"json", no_argument, 0, 'j'},        {"threads", required_argument, 0, 'T'},
         {"batch", required_argument, 0, 'b'}, {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+        {"no-shift", no_argument, 0, 'n'},    {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     const char *model = NULL, *manifest = NULL;
     uint64_t threads = 0, batch = 8;
-    int json = 0, quiet = 0, c;
+    int json = 0, quiet = 0, noshift = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
@@ -687,6 +693,7 @@ int cmd_eval(int argc, char **argv)
         case 'f': manifest = optarg; break;
         case 'j': json = 1; break;
         case 'q': quiet = 1; break;
+        case 'n': noshift = 1; break;
         case 'T':
             if (cli_parse_u64(optarg, 1, 1024, &threads)) {
                 cli_error("--threads '%s': expected an integer from 1 to 1024", optarg);
@@ -765,9 +772,12 @@ int cmd_eval(int argc, char **argv)
         {"radiograph->volume", 0, 0, 0, 1, 1},
     };
     double ceiling[sizeof dirs / sizeof *dirs][2] = {{0}};
+    /* the radiograph and volume queries move as medsem search moves them */
+    const enc_means *means = noshift ? NULL : enc_pipeline_means(p);
     if (json)
-        printf("{\"model\":\"%s\",\"manifest\":\"%s\",\"items\":%zu,\"directions\":{", model,
-               manifest, s.n);
+        printf("{\"model\":\"%s\",\"manifest\":\"%s\",\"items\":%zu,\"shift\":%s,"
+               "\"directions\":{",
+               model, manifest, s.n, means ? "true" : "false");
     else
         printf("%-20s %7s %6s %6s %6s %6s %6s   %s\n", "direction", "queries", "R@1", "R@5",
                "R@10", "P@10", "mAP", "random: R@10 / P@10 / mAP");
@@ -782,6 +792,10 @@ int cmd_eval(int argc, char **argv)
             rc = CLI_BAD_INPUT;
             break;
         }
+        if (!dirs[k].q_text)
+            enc_means_shift(means, dirs[k].q_pick ? ENC_VOLUME : ENC_IMAGE,
+                            dirs[k].g_text ? ENC_TEXT : dirs[k].g_pick ? ENC_VOLUME : ENC_IMAGE,
+                            q.emb, q.n);
         trn_eval_set qs = {q.emb, q.n, q.pair, NULL, q.labels, q.off};
         trn_eval_set gs = {g.emb, g.n, g.pair, NULL, g.labels, g.off};
         trn_eval_metrics mm = {0}, ch = {0};
@@ -814,6 +828,9 @@ int cmd_eval(int argc, char **argv)
                    mm.label_p10, mm.map, ch.recall[2], ch.label_p10, ch.map);
         }
     }
+    if (!json && rc == CLI_OK && means)
+        printf("(radiograph and volume queries moved by the modality means of %s/%s; --no-shift "
+               "for the space as it is)\n", model, ENC_MEANS_FILE);
     if (json && rc == CLI_OK)
         printf("}");
     else if (rc == CLI_OK && s.labkeys.n) {

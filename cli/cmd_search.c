@@ -43,6 +43,10 @@ static void usage(FILE *f)
             "  --model DIR          model for --text/--image/--volume (default: the one the\n"
             "                       database was ingested with); must be the database's model\n"
             "  --modality M         intensity mapping of --image/--volume (default CR / CT)\n"
+            "  --no-shift           do not move an image or volume query that searches another\n"
+            "                       kind by the model's modality means (modality_means.json,\n"
+            "                       'medsem calibrate'); by default it moves when the model\n"
+            "                       folder has them\n"
             "  --json               JSON output: each hit with rank, id, score, kind, modality,\n"
             "                       source, report, payload and best slices\n",
             SRCH_K_MAX);
@@ -204,6 +208,37 @@ static int print_hits(const qctx *c, const srch_hit *h, size_t n, size_t qi, siz
     return 0;
 }
 
+/* The encoder's kind whose embeddings fill space sp (-1: the slice space). */
+static int space_kind(store_space sp)
+{
+    return sp == STORE_SPACE_IMAGE ? ENC_IMAGE : sp == STORE_SPACE_VOLUME ? ENC_VOLUME
+                                   : sp == STORE_SPACE_REPORT ? ENC_TEXT : -1;
+}
+
+/* The modality means for a query by --item, which opens no model: those of
+ * --model or the model folder the database records (none when it records
+ * none).  0, or -1 after saying why. */
+static int item_means(store *s, const char *model, enc_means **out)
+{
+    char *rec = NULL, err[1024];
+    *out = NULL;
+    if (!model) {
+        int r = store_attr_get(s, "model_dir", &rec);
+        if (r == STORE_NOTFOUND)
+            return 0;
+        if (r) {
+            cli_error("%s", store_errmsg(s));
+            return -1;
+        }
+        model = rec;
+    }
+    int rc = enc_means_load(model, store_model_id(s), (int)store_dim(s), out, err, sizeof err);
+    if (rc)
+        cli_error("%s (--no-shift searches without them)", err);
+    free(rec);
+    return rc ? -1 : 0;
+}
+
 /* Opens the model for an encoded query: --model or the database's record,
  * which must be the model that made the database's vectors. */
 static enc_pipeline *open_model(store *s, const char *db, const char *model)
@@ -245,7 +280,8 @@ int cmd_search(int argc, char **argv)
         {"text", required_argument, 0, 'T'},   {"image", required_argument, 0, 'I'},
         {"volume", required_argument, 0, 'V'}, {"model", required_argument, 0, 'm'},
         {"modality", required_argument, 0, 'M'}, {"slices", required_argument, 0, 'S'},
-        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+        {"no-shift", no_argument, 0, 'n'},     {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     int li = 0;
     const char *space_opt = "space";
     const char *db = NULL, *vfile = NULL, *space = NULL, *item = NULL, *text = NULL;
@@ -253,11 +289,12 @@ int cmd_search(int argc, char **argv)
     const char *fexpr[MAX_FILTERS];
     size_t nf = 0;
     uint64_t k = 10, item_id = 0, nslices = 3;
-    int json = 0, c;
+    int json = 0, noshift = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, &li)) != -1) {
         switch (c) {
         case 'd': db = optarg; break;
+        case 'n': noshift = 1; break;
         case 'v': vfile = optarg; break;
         case 'i': item = optarg; break;
         case 's':
@@ -333,7 +370,8 @@ int cmd_search(int argc, char **argv)
     idx_npy *qm = NULL;
     enc_pipeline *p = NULL;
     enc_worker *w = NULL;
-    float *q = NULL;
+    float *q = NULL, *q0 = NULL; /* q0: the query before the move, for best slices */
+    enc_means *own_means = NULL;
     srch_hit *hits = NULL;
     size_t nq = 1;
     store_item *qit = NULL;
@@ -445,6 +483,27 @@ int cmd_search(int argc, char **argv)
             goto out;
         }
     }
+    /* A radiograph or volume query that searches another kind moves by the
+     * modality means (encoder/means.h); best slices score the query as it
+     * was, since slices come from the image tower. */
+    int shifted = 0, qk = space_kind(qsp), gk = space_kind(sp);
+    int may_move = !noshift && !vfile && qk >= 0 && gk >= 0 &&
+                   !(item && qit->kind == STORE_KIND_VECTOR);
+    if (may_move && p) {
+        shifted = enc_means_moves(enc_pipeline_means(p), qk, gk);
+    } else if (may_move && item) {
+        if (item_means(s, model, &own_means))
+            goto out;
+        shifted = enc_means_moves(own_means, qk, gk);
+    }
+    if (shifted) {
+        if (!(q0 = malloc(dim * sizeof *q0))) {
+            cli_error("out of memory");
+            goto out;
+        }
+        memcpy(q0, q, dim * sizeof *q0);
+        enc_means_shift(p ? enc_pipeline_means(p) : own_means, qk, gk, q, 1);
+    }
     if (idx_space_open(s, sp, NULL, &x, err, sizeof err)) {
         cli_error("%s", err);
         goto out;
@@ -466,13 +525,16 @@ int cmd_search(int argc, char **argv)
                               ? (size_t)nslices
                               : 0};
     if (json) {
-        printf("{\"space\":\"%s\",\"target\":\"%s\",\"query_kind\":\"%s\",\"results\":[",
+        printf("{\"space\":\"%s\",\"target\":\"%s\",\"query_kind\":\"%s\","
+               "\"shifted\":%s,\"results\":[",
                store_space_name(sp), store_space_name(sp),
-               text ? "text" : image ? "image" : volume ? "volume" : item ? "item" : "vector");
+               text ? "text" : image ? "image" : volume ? "volume" : item ? "item" : "vector",
+               shifted ? "true" : "false");
     } else if (!vfile) {
-        printf("%s -> %s, top %" PRIu64 "%s\n",
+        printf("%s -> %s, top %" PRIu64 "%s%s\n",
                text ? "text" : image ? "image" : volume ? "volume" : store_space_name(qsp),
-               store_space_name(sp), k, item ? " (the query item left out)" : "");
+               store_space_name(sp), k, item ? " (the query item left out)" : "",
+               shifted ? " (query moved by the modality means)" : "");
     }
     for (size_t i = 0; i < nq; i++) {
         srch_query qq = {.vec = q + i * dim, .k = (size_t)k, .filters = filters,
@@ -485,7 +547,7 @@ int cmd_search(int argc, char **argv)
             cli_error("%s", err);
             goto out;
         }
-        qc.q = q + i * dim;
+        qc.q = q0 ? q0 : q + i * dim;
         if (print_hits(&qc, hits, n, i, nq, &st)) {
             if (json)
                 printf("]}\n");
@@ -503,8 +565,10 @@ out:
     idx_npy_close(qm);
     enc_worker_free(w);
     enc_pipeline_close(p);
+    enc_means_free(own_means);
     store_close(s);
     free(q);
+    free(q0);
     free(hits);
     return rc;
 }

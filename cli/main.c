@@ -14,6 +14,7 @@ static const struct {
     const char *help;
 } cmds[] = {
     {"encode", cmd_encode, "embed a text, image or volume, or a manifest of them"},
+    {"calibrate", cmd_calibrate, "measure a model's modality means, which move image and volume queries"},
     {"eval", cmd_eval, "retrieval quality of a model on a labelled manifest"},
     {"scan", cmd_scan, "walk a folder of DICOM files and write an ingest manifest, a line per series"},
     {"ingest", cmd_ingest, "encode a manifest of volumes, images and reports into a database"},
@@ -31,7 +32,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: medsem <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
-        fprintf(f, "  %-8s %s\n", cmds[i].name, cmds[i].help);
+        fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].help);
     fprintf(f, "\n'medsem <command> --help' describes a command's options.\n");
 }
 

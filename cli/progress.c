@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "encoder/encoder.h"
 
 void cli_error(const char *fmt, ...)
 {
@@ -205,7 +206,8 @@ void cli_json_string(FILE *f, const char *s)
 
 int cli_remove_model_dir(const char *dir)
 {
-    static const char *const files[] = {"config.json", "model.safetensors", "vocab.txt", NULL};
+    static const char *const files[] = {"config.json", "model.safetensors", "vocab.txt",
+                                        ENC_MEANS_FILE, NULL};
     for (const char *const *f = files; *f; f++) {
         char *p = NULL;
         if (asprintf(&p, "%s/%s", dir, *f) >= 0) {

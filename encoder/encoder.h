@@ -13,7 +13,7 @@
  *
  * This is the encoder's one public header: code outside encoder/ includes
  * it and nothing else of encoder/.  It pulls in the parts, each in its own
- * file for reading: safetensors.h, tokenizer.h, preprocess.h, model.h and
+ * file for reading: safetensors.h, tokenizer.h, preprocess.h, model.h, means.h and
  * the backend table model.h needs (backend.h); see docs/encoder.md.  Image
  * files are read by imageio/ (imageio/imageio.h), whose codes are the first
  * ENC_ codes by name and value (ENC_ERRNO_MAP begins with IMG_ERRNO_MAP).
@@ -51,9 +51,9 @@ struct enc_prep;
 struct img_vol;
 struct img_limits;
 
-/* Opens the model directory dir (config.json, model.safetensors, vocab.txt)
- * with a CPU backend of nthreads (<= 0: all cores).  Errors name the file
- * and field. */
+/* Opens the model directory dir (config.json, model.safetensors, vocab.txt,
+ * and modality_means.json when there is one: encoder/means.h) with a CPU
+ * backend of nthreads (<= 0: all cores).  Errors name the file and field. */
 int enc_pipeline_open(const char *dir, int nthreads, enc_pipeline **out, char *errbuf,
                       size_t errlen);
 void enc_pipeline_close(enc_pipeline *p); /* accepts NULL; workers first */
@@ -137,6 +137,7 @@ int enc_worker_volume_slices(enc_worker *w, const char *const *paths,
                              float *slice_out, char *errbuf, size_t errlen);
 
 /* The parts of the encoder's API (see the top of this file). */
+#include "encoder/means.h"
 #include "encoder/model.h"
 #include "encoder/preprocess.h"
 #include "encoder/safetensors.h"

@@ -14,6 +14,7 @@
 
 #include "encoder/internal.h"
 #include "encoder/encoder.h"
+#include "encoder/means.h"
 #include "encoder/model.h"
 #include "encoder/preprocess.h"
 #include "encoder/tokenizer.h"
@@ -25,6 +26,7 @@ struct enc_pipeline {
     enc_prep prep;
     int max_len;
     int has[3];
+    enc_means *means; /* modality_means.json, NULL when the folder has none */
 };
 
 struct enc_worker {
@@ -220,6 +222,9 @@ int enc_pipeline_open(const char *dir, int nthreads, enc_pipeline **out, char *e
         rc = enc_tok_load(path, &to, &p->tok, errbuf, errlen);
     }
     free(path);
+    if (!rc)
+        rc = enc_means_load(dir, enc_model_id(p->model), enc_model_embed_dim(p->model),
+                            &p->means, errbuf, errlen);
     if (rc)
         goto bad;
     *out = p;
@@ -235,6 +240,7 @@ void enc_pipeline_close(enc_pipeline *p)
         return;
     enc_tok_free(p->tok);
     enc_model_free(p->model);
+    enc_means_free(p->means);
     free(p);
 }
 
@@ -246,6 +252,7 @@ const char *enc_pipeline_model_id(const enc_pipeline *p) { return enc_model_id(p
 int enc_pipeline_has_image(const enc_pipeline *p) { return p->has[ENC_IMAGE]; }
 int enc_pipeline_has_volume(const enc_pipeline *p) { return p->has[ENC_VOLUME]; }
 int enc_pipeline_has_text(const enc_pipeline *p) { return p->has[ENC_TEXT]; }
+const enc_means *enc_pipeline_means(const enc_pipeline *p) { return p->means; }
 
 /* ---- workers ------------------------------------------------------------------ */
 

@@ -703,7 +703,7 @@ static void do_search(net_call *c)
     if (!j)
         return;
     static const char *const search_fields[] = {"query", "target", "limit", "filter",
-                                                "with_slices", "with_payload", NULL};
+                                                "with_slices", "with_payload", "shift", NULL};
     if (known_fields(c, j, "", search_fields))
         return;
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "query");
@@ -740,21 +740,29 @@ static void do_search(net_call *c)
         return;
     }
     int with_payload = !wp || cJSON_IsTrue(wp);
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(j, "shift");
+    if (sh && !cJSON_IsBool(sh)) {
+        net_api_error(c, 400, "shift: expected true or false");
+        return;
+    }
+    int may_shift = !sh || cJSON_IsTrue(sh);
     if (!given && default_target(c, &target)) {
         net_api_error(c, 500, "reading the database");
         return;
     }
     uint32_t dim = net_engine_dim(c->engine);
     float *vec = net_arena_alloc(c->arena, dim * sizeof *vec);
+    float *vec0 = net_arena_alloc(c->arena, dim * sizeof *vec0); /* before the move */
     srch_hit *hits = net_arena_alloc(c->arena, (size_t)limit * sizeof *hits);
     net_slice *slices = net_arena_alloc(c->arena, SLICES_MAX * sizeof *slices);
-    if (!vec || !hits || !slices) {
+    if (!vec || !vec0 || !hits || !slices) {
         net_api_error(c, 503, "out of memory");
         return;
     }
     char err[1024];
     int rc;
     int64_t exclude = -1;
+    store_space from = STORE_SPACE_REPORT; /* the query's own space */
     double t = net_now();
     if (qt) {
         if (!cJSON_IsString(qt) || util_blank(qt->valuestring)) {
@@ -771,8 +779,10 @@ static void do_search(net_call *c)
             return;
         }
         uint64_t id = (uint64_t)qi->valuedouble;
-        store_space from;
-        rc = net_engine_item_vector(c->engine, id, vec, &from, err, sizeof err);
+        store_kind kind;
+        rc = net_engine_item_vector(c->engine, id, vec, &from, &kind, err, sizeof err);
+        if (!rc && kind == STORE_KIND_VECTOR)
+            from = STORE_SPACE_SLICE; /* imported: no kind to move from */
         exclude = (int64_t)id;
     } else {
         unsigned char *data;
@@ -784,6 +794,7 @@ static void do_search(net_call *c)
          * image, CT for a volume */
         rc = net_engine_encode(c->engine, img ? NET_INPUT_IMAGE : NET_INPUT_VOLUME, data, len,
                                modality ? modality : img ? "CR" : "CT", vec, err, sizeof err);
+        from = img ? STORE_SPACE_IMAGE : STORE_SPACE_VOLUME;
         c->t_encode = net_now() - t;
     }
     if (rc) {
@@ -796,6 +807,10 @@ static void do_search(net_call *c)
             fail_rc(c, rc, err);
         return;
     }
+    /* A radiograph or volume query that searches another kind moves by the
+     * modality means; best slices score it as it was (encoder/means.h). */
+    memcpy(vec0, vec, dim * sizeof *vec);
+    int shifted = may_shift && net_engine_shift(c->engine, from, target, vec);
     srch_query sq = {.vec = vec, .k = (size_t)limit, .filters = filters, .nfilters = nf,
                      .exclude_id = exclude};
     size_t nhits = 0;
@@ -829,7 +844,7 @@ static void do_search(net_call *c)
             }
             if (nslices > 0 && it->kind == STORE_KIND_VOLUME) {
                 size_t ns = 0;
-                net_engine_best_slices(c->engine, id, vec, (size_t)nslices, slices, &ns);
+                net_engine_best_slices(c->engine, id, vec0, (size_t)nslices, slices, &ns);
                 net_buf_puts(b, ",\"slices\":[");
                 for (size_t k = 0; k < ns; k++) {
                     net_buf_printf(b, "%s{\"z\":%d,\"slice\":%u,\"score\":", k ? "," : "",
@@ -847,7 +862,8 @@ static void do_search(net_call *c)
     net_buf_json_str(b, store_space_name(target));
     net_buf_puts(b, ",\"plan\":");
     net_buf_json_str(b, st.plan);
-    net_buf_printf(b, ",\"exact\":%s", st.exact ? "true" : "false");
+    net_buf_printf(b, ",\"exact\":%s,\"shifted\":%s", st.exact ? "true" : "false",
+                   shifted ? "true" : "false");
     ok_end(c);
 }
 

@@ -512,8 +512,19 @@ static store_space kind_space(store_kind k)
     }
 }
 
+int net_engine_shift(net_engine *e, store_space from, store_space target, float *vec)
+{
+    static const int kind[STORE_NSPACES] = {
+        [STORE_SPACE_IMAGE] = ENC_IMAGE, [STORE_SPACE_VOLUME] = ENC_VOLUME,
+        [STORE_SPACE_REPORT] = ENC_TEXT, [STORE_SPACE_SLICE] = -1};
+    if (!e->p || from >= STORE_NSPACES || target >= STORE_NSPACES || kind[from] < 0 ||
+        kind[target] < 0)
+        return 0;
+    return enc_means_shift(enc_pipeline_means(e->p), kind[from], kind[target], vec, 1);
+}
+
 int net_engine_item_vector(net_engine *e, uint64_t id, float *out, store_space *sp,
-                           char *errbuf, size_t errlen)
+                           store_kind *kind, char *errbuf, size_t errlen)
 {
     store_item *it = NULL;
     int g = store_item_get(e->s, id, &it);
@@ -524,6 +535,7 @@ int net_engine_item_vector(net_engine *e, uint64_t id, float *out, store_space *
         return net__fail(errbuf, errlen, NET_ENGINE, "%s", store_errmsg(e->s));
     /* Its own space first; an imported vector may sit in any space. */
     store_space first = kind_space(it->kind);
+    *kind = it->kind;
     store_item_free(it);
     for (int i = -1; i < STORE_NSPACES; i++) {
         store_space s = i < 0 ? first : (store_space)i;

@@ -306,9 +306,15 @@ enum { NET_INPUT_TEXT, NET_INPUT_IMAGE, NET_INPUT_VOLUME };
  * memory: nothing is written to disk. */
 int net_engine_encode(net_engine *e, int input, const void *data, size_t len,
                       const char *modality, float *out, char *errbuf, size_t errlen);
-/* A stored item's vector and the space it is in. */
+/* A stored item's vector, the space it is in and the item's kind
+ * (STORE_KIND_VECTOR for an imported one). */
 int net_engine_item_vector(net_engine *e, uint64_t id, float *out, store_space *sp,
-                           char *errbuf, size_t errlen);
+                           store_kind *kind, char *errbuf, size_t errlen);
+/* Moves a radiograph or volume query vec (from its space toward target) by
+ * the served model's modality means and normalises it again
+ * (encoder/means.h): 1 when it moved, 0 when it stays (a text query, the
+ * same space, the slice space, or a model without means or no model). */
+int net_engine_shift(net_engine *e, store_space from, store_space target, float *vec);
 int net_engine_search(net_engine *e, store_space target, const srch_query *q, srch_hit *hits,
                       size_t *nhits, srch_stats *st, char *errbuf, size_t errlen);
 

@@ -545,7 +545,9 @@ int trn_trainer_init_from(trn_trainer *t, const char *path, char *errbuf, size_t
 /* Writes dir/model.safetensors (every parameter under the loader's names,
  * F32, plus "logit_scale" [1]) and dir/config.json (the config with
  * "logit_scale" set to the learnt value), each atomically; dir must exist.
- * vocab.txt is the caller's.  Codes: ENC_IO, ENC_NOMEM. */
+ * A dir/modality_means.json of older weights is removed first (it would
+ * not fit the new ones; encoder/means.h).  vocab.txt is the caller's.
+ * Codes: ENC_IO, ENC_NOMEM. */
 int trn_trainer_save(const trn_trainer *t, const char *dir, char *errbuf, size_t errlen);
 
 /* The trained model (weights change with each step; owned by t), and the

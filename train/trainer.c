@@ -1335,26 +1335,6 @@ done:
     return rc;
 }
 
-/* Writes text to path through a temporary file and a rename. */
-static int write_atomic(const char *path, const char *text, char *errbuf, size_t errlen)
-{
-    char *tmp = NULL;
-    if (asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0)
-        return util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
-    FILE *f = fopen(tmp, "wb");
-    int ok = f && fputs(text, f) >= 0;
-    if (f && fclose(f))
-        ok = 0;
-    if (!ok || rename(tmp, path)) {
-        int e = errno;
-        remove(tmp);
-        free(tmp);
-        return util_errf(errbuf, errlen, ENC_IO, "%s: %s", path, strerror(e));
-    }
-    free(tmp);
-    return ENC_OK;
-}
-
 int trn_trainer_save(const trn_trainer *t, const char *dir, char *errbuf, size_t errlen)
 {
     size_t n = t->nparam + 1;
@@ -1380,6 +1360,21 @@ int trn_trainer_save(const trn_trainer *t, const char *dir, char *errbuf, size_t
             shapes[i][k] = p.shape[k];
         data[i] = t->P + trn_adamw_offset(t->opt, i);
     }
+    /* Modality means belong to the weights they were measured on: new
+     * weights make any in dir stale, so they go first ('medsem calibrate'
+     * measures them again). */
+    char *mpath = NULL;
+    if (asprintf(&mpath, "%s/%s", dir, ENC_MEANS_FILE) < 0) {
+        rc = util_errf(errbuf, errlen, ENC_NOMEM, "out of memory");
+        goto done;
+    }
+    if (unlink(mpath) && errno != ENOENT) {
+        rc = util_errf(errbuf, errlen, ENC_IO, "%s: %s (it belongs to the old weights)", mpath,
+                       strerror(errno));
+        free(mpath);
+        goto done;
+    }
+    free(mpath);
     size_t ls_off = trn_adamw_offset(t->opt, t->nparam);
     names[t->nparam] = "logit_scale";
     ranks[t->nparam] = 1;
@@ -1411,7 +1406,11 @@ int trn_trainer_save(const trn_trainer *t, const char *dir, char *errbuf, size_t
     memcpy(withnl, text, tl);
     withnl[tl] = '\n';
     withnl[tl + 1] = 0;
-    rc = write_atomic(path, withnl, errbuf, errlen);
+    const char *what = NULL;
+    int e = util_write_file_atomic(path, withnl, tl + 1, &what);
+    rc = e ? util_errf(errbuf, errlen, e == ENOMEM ? ENC_NOMEM : ENC_IO, "%s: %s: %s", path, what,
+                       strerror(e))
+           : ENC_OK;
     free(withnl);
 done:
     cJSON_Delete(cfg);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/statvfs.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "util/util.h"
@@ -60,6 +61,59 @@ char *util_read_file(const char *path, size_t *len)
     if (len)
         *len = n;
     return buf;
+}
+
+int util_write_file_atomic(const char *path, const void *data, size_t len, const char **what)
+{
+    const char *step = "create";
+    size_t n = strlen(path) + sizeof ".tmp.XXXXXX";
+    char *tmp = malloc(n);
+    if (!tmp) {
+        if (what)
+            *what = step;
+        return ENOMEM;
+    }
+    snprintf(tmp, n, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp), e = 0;
+    if (fd < 0) {
+        e = errno;
+        free(tmp);
+        if (what)
+            *what = step;
+        return e;
+    }
+    (void)fchmod(fd, 0644); /* mkstemp makes 0600 */
+    step = "write";
+    const char *p = data;
+    while (!e && len) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            e = w < 0 ? errno : EIO;
+        else {
+            p += w;
+            len -= (size_t)w;
+        }
+    }
+    if (!e && fsync(fd)) {
+        step = "fsync";
+        e = errno;
+    }
+    if (close(fd) && !e) {
+        step = "close";
+        e = errno;
+    }
+    if (!e && rename(tmp, path)) {
+        step = "rename";
+        e = errno;
+    }
+    if (e)
+        unlink(tmp);
+    free(tmp);
+    if (e && what)
+        *what = step;
+    return e;
 }
 
 /* mkdir that counts an existing directory as success. */

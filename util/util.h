@@ -25,6 +25,13 @@ int util_verrf(char *errbuf, size_t errlen, int code, const char *fmt, va_list a
  * running out of memory (ENOMEM).  Free with free(). */
 char *util_read_file(const char *path, size_t *len);
 
+/* Writes len bytes to path atomically: into a temporary file beside it (mode
+ * 0644), fsync'd, then renamed over path, so that path holds the old
+ * contents or the new, never a part.  0, or an errno value with the
+ * temporary file removed and *what (may be NULL) naming the step that
+ * failed ("create", "write", "fsync", "close" or "rename"). */
+int util_write_file_atomic(const char *path, const void *data, size_t len, const char **what);
+
 /* Makes dir and any missing parents (mode 0777 less the umask), like
  * `mkdir -p`.  0 when dir is a directory afterwards; otherwise an errno value
  * (ENOTDIR when dir or a parent exists and is not a directory). */

@@ -262,6 +262,53 @@ for kind in ("volume", "radiograph"):
     assert all(v["auc"] is None or 0 <= v["auc"] <= 1 for v in det.values()), det
     assert det["pleural effusion"]["query"] == "Pleural effusion.", det
 PY
+# --- calibrate: the modality means, and the queries they move --------------------------
+expect 0 "" "calibrate the trained model on its manifest" -- "$MEDSEM" calibrate --model "$T/mod" --manifest "$T/syn/train.jsonl" --threads 1 --quiet
+grep -q "^wrote $T/mod/modality_means.json" "$T/out" && ok "calibrate says what it wrote" || bad "calibrate's output: $(cat "$T/out")"
+python3 - "$T/mod/modality_means.json" <<'PY' && ok "modality_means.json holds 10 radiographs, 10 volumes, 20 reports" || bad "modality_means.json: $(head -c 300 "$T/mod/modality_means.json")"
+import json, math, sys
+j = json.load(open(sys.argv[1]))
+assert j["dim"] == 128 and len(j["model"]) == 64
+assert [j[k]["count"] for k in ("image", "volume", "report")] == [10, 10, 20]
+for k in ("image", "volume", "report"):
+    assert len(j[k]["mean"]) == 128 and 0 < math.sqrt(sum(x * x for x in j[k]["mean"])) <= 1
+PY
+expect 0 "" "calibrate --max 3 takes three items of each kind" -- "$MEDSEM" calibrate --model "$T/mod" --manifest "$T/syn/train.jsonl" --max 3 --threads 1 --quiet
+grep -qE "radiographs +3 items" "$T/out" && grep -qE "reports +6 items" "$T/out" && ok "calibrate --max counts" || bad "calibrate --max: $(cat "$T/out")"
+expect 0 "" "calibrate again on all of them" -- "$MEDSEM" calibrate --model "$T/mod" --manifest "$T/syn/train.jsonl" --threads 1 --quiet
+before=$(md5sum < "$T/mod/modality_means.json")
+expect 1 "synbad/train.jsonl:[0-9]+: .*$(basename "$badvol")" "calibrate stops at a bad item, naming it" -- "$MEDSEM" calibrate --model "$T/mod" --manifest "$T/synbad/train.jsonl" --threads 1 --quiet
+grep -q "nothing was written" "$T/err" && ok "and says nothing was written" || bad "calibrate's refusal: $(cat "$T/err")"
+[ "$(md5sum < "$T/mod/modality_means.json")" = "$before" ] && ok "a failed calibrate leaves the means as they were" || bad "a failed calibrate changed the means"
+grep '"kind":"volume"' "$T/syn/train.jsonl" | sed 's/"report":"[^"]*",//' > "$T/syn/noreports.jsonl"
+expect 1 "two kinds at least.*0 images, 10 volumes and 0 reports" "calibrate on volumes alone says what it lacks" -- "$MEDSEM" calibrate --model "$T/mod" --manifest "$T/syn/noreports.jsonl" --threads 1 --quiet
+expect 2 "calibrate needs --model and --manifest" "calibrate without a manifest" -- "$MEDSEM" calibrate --model "$T/mod"
+expect 0 "" "eval the calibrated model" -- "$MEDSEM" eval --model "$T/mod" --manifest "$T/syn/train.jsonl" --json --quiet --threads 1
+grep -q '"shift":true' "$T/out" && ok "eval moves the image and volume queries by the means" || bad "eval --json lacks shift true"
+expect 0 "" "eval --no-shift" -- "$MEDSEM" eval --model "$T/mod" --manifest "$T/syn/train.jsonl" --json --quiet --threads 1 --no-shift
+grep -q '"shift":false' "$T/out" && ok "eval --no-shift scores the space as it is" || bad "eval --no-shift --json lacks shift false"
+expect 0 "" "ingest the tiny set with the calibrated model" -- "$MEDSEM" ingest --db "$T/caldb" --model "$T/mod" --manifest "$T/syn/train.jsonl" --quiet
+img1="$T/syn/$(sed -n 's/.*"file":"\([^"]*img_[^"]*\)".*/\1/p' "$T/syn/train.jsonl" | head -n 1)"
+shifted() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["shifted"])' "$T/out"; }
+expect 0 "" "search an image against reports" -- "$MEDSEM" search --db "$T/caldb" --image "$img1" --target report --json
+[ "$(shifted)" = True ] && ok "a radiograph query of reports moves" || bad "radiograph -> report: shifted is $(shifted)"
+expect 0 "" "search an image against reports, --no-shift" -- "$MEDSEM" search --db "$T/caldb" --image "$img1" --target report --json --no-shift
+[ "$(shifted)" = False ] && ok "--no-shift keeps it" || bad "--no-shift: shifted is $(shifted)"
+expect 0 "" "search an image against images" -- "$MEDSEM" search --db "$T/caldb" --image "$img1" --target image --json
+[ "$(shifted)" = False ] && ok "a query of its own kind stays" || bad "image -> image: shifted is $(shifted)"
+expect 0 "" "search by text" -- "$MEDSEM" search --db "$T/caldb" --text "Left pleural effusion." --target volume --json
+[ "$(shifted)" = False ] && ok "a text query stays" || bad "text -> volume: shifted is $(shifted)"
+volid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["hits"][0]["id"])' "$T/out")
+expect 0 "" "search by a volume item against reports" -- "$MEDSEM" search --db "$T/caldb" --item "$volid" --target report
+grep -q "query moved by the modality means" "$T/out" && ok "a volume item's query of reports moves, and says so" || bad "search --item: $(head -n 1 "$T/out")"
+# means of other weights: refused by name, and calibrate replaces them
+cp -r "$T/mod" "$T/modx"
+sed -i 's/"model":[[:space:]]*"[0-9a-f]*"/"model": "0123456789abcdef"/' "$T/modx/modality_means.json"
+expect 1 "modx/modality_means.json: 'model' is 0123456789abcdef.*medsem calibrate" "eval refuses means of other weights, naming the file" -- "$MEDSEM" eval --model "$T/modx" --manifest "$T/syn/train.jsonl" --quiet --threads 1
+expect 0 "removed .*modx/modality_means.json" "calibrate replaces them, and says so" -- "$MEDSEM" calibrate --model "$T/modx" --manifest "$T/syn/train.jsonl" --threads 1 --quiet
+cmp -s "$T/mod/modality_means.json" "$T/modx/modality_means.json" && ok "with the same means as before" || bad "recalibrated means differ"
+expect 0 "" "train --resume writes new weights" -- "$MEDSEM" train --manifest "$T/syn/train.jsonl" --out "$T/modx" --resume --steps 3 --threads 1
+[ ! -e "$T/modx/modality_means.json" ] && ok "new weights drop the old means" || bad "train left the old weights' means"
 expect 0 "" "encode a synthetic volume with it" -- "$MEDSEM" encode --model "$T/mod" --volume "$T/syn/$(sed -n 's/.*"file":"\([^"]*vol_[^"]*\)".*/\1/p' "$T/syn/train.jsonl" | head -n 1)" --modality CT --json
 expect 2 "needs --model and --manifest" "eval without a manifest" -- "$MEDSEM" eval --model "$T/mod"
 # --- what a new user trips over: messages that name what was done, the dataset filter

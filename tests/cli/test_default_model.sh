@@ -4,7 +4,9 @@
 # volume's report is sent to 'medsem search --text --target volume', and the label
 # precision@10 of those searches must equal what 'medsem eval' reports for the
 # same model and manifest (the search path ranks like the evaluation), and beat
-# the random ranking clearly.  Skips (77) when models/default is absent.
+# the random ranking clearly.  Radiograph->report searches, moved by the model's
+# modality means (and not, with --no-shift), must agree with eval the same way.
+# Skips (77) when models/default is absent.
 set -u
 B=${top_builddir:-$(cd "$(dirname "$0")/../.." && pwd)}
 SRC=${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -24,10 +26,11 @@ trap 'rm -rf "$T"' EXIT
 M="$T/syn/test.jsonl"
 "$MEDSEM" ingest --db "$T/db" --model "$MODEL" --manifest "$M" --quiet || { echo "ingest failed"; exit 1; }
 "$MEDSEM" eval --model "$MODEL" --manifest "$M" --json --quiet > "$T/eval.json" || { echo "eval failed"; exit 1; }
+"$MEDSEM" eval --model "$MODEL" --manifest "$M" --json --quiet --no-shift > "$T/eval0.json" || { echo "eval --no-shift failed"; exit 1; }
 
-python3 - "$MEDSEM" "$T/db" "$M" "$T/eval.json" <<'PY'
+python3 - "$MEDSEM" "$T/db" "$M" "$T/eval.json" "$T/eval0.json" "$(dirname "$M")" <<'PY'
 import json, subprocess, sys
-medsem, db, manifest, evalf = sys.argv[1:5]
+medsem, db, manifest, evalf, eval0f, base = sys.argv[1:7]
 def labels(d):
     return frozenset((l["finding"], l["location"]) for l in d.get("labels", []))
 vols = [json.loads(l) for l in open(manifest) if json.loads(l)["kind"] == "volume"]
@@ -80,5 +83,32 @@ if bad:
     print("not ok 4 - single-finding P@10 differs: " + "; ".join(bad)); ok = False
 else:
     print("ok 4 - single-finding queries rank the same through search as in eval")
+# Radiograph -> report: search moves the query by the model's modality means as
+# eval does (and --no-shift leaves it as eval --no-shift does).
+imgs = [json.loads(l) for l in open(manifest) if json.loads(l)["kind"] == "image"]
+for t, (flag, f) in enumerate(((None, evalf), ("--no-shift", eval0f))):
+    ev = json.load(open(f))
+    want = ev["directions"]["radiograph->report"]["label_precision_at_10"]
+    total, moved = 0.0, set()
+    for q in imgs:
+        cmd = [medsem, "search", "--db", db, "--image", base + "/" + q["file"], "--target",
+               "report", "--k", "10", "--json"] + ([flag] if flag else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print("not ok - search failed:", out.stderr.strip()); sys.exit(1)
+        j = json.loads(out.stdout)
+        moved.add(j["shifted"])
+        total += sum(labels(h["payload"]) == labels(q) for h in j["results"][0]["hits"]) / 10.0
+    p10 = total / len(imgs)
+    print("# %d radiograph->report searches%s: label P@10 %.4f; medsem eval %.4f"
+          % (len(imgs), " " + flag if flag else "", p10, want))
+    if moved != {flag is None} or ev["shift"] != (flag is None):
+        print("not ok %d - shifted %s, eval's shift %s" % (5 + t, moved, ev["shift"])); ok = False
+    elif abs(p10 - want) > 0.02:
+        print("not ok %d - search P@10 %.4f differs from eval's %.4f" % (5 + t, p10, want))
+        ok = False
+    else:
+        print("ok %d - radiograph->report search%s ranks as eval" % (5 + t, " " + flag if flag else
+                                                                     " (moved by the means)"))
 sys.exit(0 if ok else 1)
 PY

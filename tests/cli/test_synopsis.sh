@@ -32,7 +32,7 @@ def ok(cond, what, detail=""):
     if not cond:
         fails += 1
         print("#   " + str(detail))
-for c in ("synth", "train", "eval", "encode", "scan", "ingest", "import", "search", "dedup", "serve", "info", "convert"):
+for c in ("synth", "train", "eval", "calibrate", "encode", "scan", "ingest", "import", "search", "dedup", "serve", "info", "convert"):
     h = subprocess.run([medsem, c, "--help"], capture_output=True, text=True).stdout
     usage = h.split("\n\n", 1)[0]
     allopts = set(re.findall(r"--[a-z][a-z0-9-]*", h))

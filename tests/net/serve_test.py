@@ -260,6 +260,7 @@ def run_all(tmp, db):
         srv.stop(signal.SIGKILL)
     keys_and_restart(tmp, db)
     recorded_model(tmp, db)
+    modality_shift(tmp, db)
     conn_limits(tmp, db)
     disk_full(tmp)
 
@@ -1089,6 +1090,51 @@ def recorded_model(tmp, db):
     log = open(srv.logpath).read()
     ok(re.search(r"medsem: model \S*medsem \(recorded in the database", log) is not None,
        "its start says which model it took, and why", log)
+
+
+def modality_shift(tmp, db):
+    """With a model folder that has modality means ('medsem calibrate'), a
+    radiograph or volume query that searches another kind moves by them, as
+    `medsem search` moves it, and says so ("shifted"); "shift": false keeps
+    it; text queries and queries of their own kind stay.  Best slices score
+    the query as it was."""
+    cal = os.path.join(tmp, "model-cal")
+    os.mkdir(cal)
+    for f in ("config.json", "model.safetensors", "vocab.txt"):
+        os.symlink(os.path.abspath(os.path.join(MODEL, f)), os.path.join(cal, f))
+    r = subprocess.run([MEDSEM, "calibrate", "--model", cal, "--manifest",
+                        os.path.join(tmp, "syn", "train.jsonl"), "--threads", "1", "--quiet"],
+                       capture_output=True, text=True)
+    ok(r.returncode == 0 and os.path.exists(os.path.join(cal, "modality_means.json")),
+       "calibrate a copy of the model", r.stderr)
+    srv = Server(tmp, db, "--quiet", "--model", cal, create=False, model=False)
+    P = srv.port
+    try:
+        def search(q, target, **kw):
+            body = {"query": q, "target": target, "limit": 3}
+            body.update(kw)
+            return jreq(P, "POST", "/v1/search", body)
+        s, h, a = search({"id": IMG}, "report")
+        s2, h, b = search({"id": IMG}, "report", shift=False)
+        ok(s == 200 and s2 == 200 and a["shifted"] is True and b["shifted"] is False and
+           [r["score"] for r in a["result"]] != [r["score"] for r in b["result"]],
+           "a radiograph item's query of reports moves by the means; shift false keeps it",
+           (a, b))
+        s, h, a = search({"id": IMG}, "volume", with_slices=3)
+        s2, h, b = search({"id": IMG}, "volume", with_slices=3, shift=False)
+        sl = lambda j: {r["id"]: r.get("slices") for r in j["result"]}
+        same = set(sl(a)) & set(sl(b))
+        ok(s == 200 and s2 == 200 and a["shifted"] and same and
+           all(sl(a)[i] == sl(b)[i] for i in same),
+           "best slices score the query as it was, moved or not", (a, b))
+        s, h, j = search({"id": IMG}, "image")
+        ok(s == 200 and j["shifted"] is False, "a query of its own kind stays", j)
+        s, h, j = search({"text": "Left pleural effusion."}, "volume")
+        ok(s == 200 and j["shifted"] is False, "a text query stays", j)
+        s, h, j = search({"id": VOL}, "report", shift="yes")
+        ok(s == 400 and "shift" in j["status"]["error"], "shift must be true or false", j)
+    finally:
+        srv.stop(signal.SIGTERM)
 
 
 def disk_full(tmp):

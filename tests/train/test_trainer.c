@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -456,7 +457,16 @@ static void test_save_loads(void **state)
     char err[512];
     for (int s = 0; s < 3; s++)
         assert_int_equal(trn_trainer_step(t, NULL, err, sizeof err), 0);
+    /* modality means of older weights in the folder: the save removes them */
+    char *means = NULL;
+    assert_true(asprintf(&means, "%s/%s", f->dir, ENC_MEANS_FILE) > 0);
+    FILE *mf = fopen(means, "w");
+    assert_non_null(mf);
+    fputs("{\"model\": \"old\", \"dim\": 8}\n", mf);
+    fclose(mf);
     assert_int_equal(trn_trainer_save(t, f->dir, err, sizeof err), 0);
+    assert_int_equal(access(means, F_OK), -1);
+    free(means);
     enc_model *m;
     enc_model_opts mo = {.nthreads = 1};
     int rc = enc_model_load(f->dir, &mo, &m, err, sizeof err);

@@ -2,8 +2,9 @@
 # The quickstart: installs what is missing (as root), builds, writes a small
 # synthetic chest dataset, ingests it with the default model, and runs three
 # searches: text -> volume with the best slices (three queries, each with a
-# count of the shown hits that have what it asks for), radiograph -> report,
-# and dataset dedup.  About a minute after the build on two cores.
+# count of the shown hits that have what it asks for), radiograph -> report (with
+# the count of the reports shown that have the radiograph's findings), and
+# dataset dedup.  About a minute after the build on two cores.
 #
 #   bash examples/quickstart.sh [WORK_DIR]      (default: _quickstart)
 #
@@ -81,6 +82,18 @@ rep=$(grep -m 1 -o "\"file\":\"test/$(basename "$RADIOGRAPH")\".*\"report\":\"[^
 rep=${rep##*Impression: }
 say "Radiograph -> report ($(basename "$RADIOGRAPH"): ${rep:0:80})"
 "$B/medsem" search --db "$W/db" --image "$RADIOGRAPH" --target report --k 3
+"$B/medsem" search --db "$W/db" --image "$RADIOGRAPH" --target report --k 3 --json |
+    python3 -c '
+import json, sys
+manifest, name = sys.argv[1], sys.argv[2]
+def key(d):
+    return frozenset((l["finding"], l["location"]) for l in d.get("labels", []))
+want = next(key(j) for j in map(json.loads, open(manifest)) if j.get("file") == name)
+hits = json.load(sys.stdin)["results"][0]["hits"]
+n = sum(key(h["payload"]) == want for h in hits)
+what = ", ".join(sorted(f if f == "normal" else "%s (%s)" % (f, l) for f, l in want))
+print("%d of the %d reports shown are of the same findings as the radiograph (%s), by the "
+      "labels medsem synth wrote" % (n, len(hits), what))' "$W/data/test.jsonl" "test/$(basename "$RADIOGRAPH")"
 
 say "Dedup: exact copies by content hash, rescans by acquisition fingerprints"
 dd=$("$B/medsem" dedup --db "$W/db")

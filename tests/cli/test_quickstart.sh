@@ -26,6 +26,7 @@ grep -qE "^ +1 +[0-9.]+ +[0-9]+ +volume .* z[0-9]+: " "$T/out" && ok "text -> vo
 [ "$(grep -cE "^[0-5] of the 5 hits shown are " "$T/out")" = 3 ] && ok "each text query says how many of its hits match" || bad "no match counts for the three text queries"
 grep -q "== Radiograph -> report (img_000000.png: " "$T/out" && ok "the radiograph query is named with its impression" || bad "no radiograph caption"
 grep -A 3 "== Radiograph -> report" "$T/out" | grep -qE "^ +1 +[0-9.]+ +[0-9]+ +(image|volume|report) " && ok "radiograph -> report hits" || bad "no radiograph -> report table"
+grep -qE "^[0-3] of the 3 reports shown are of the same findings as the radiograph \(.+\)" "$T/out" && ok "the radiograph query says how many of its reports match" || bad "no match count for the radiograph query"
 grep -q "== Dedup" "$T/out" && grep -qiE "cluster|duplicate" "$T/out" && ok "dedup prints its clusters" || bad "no dedup output"
 if grep -q $'\033' "$T/out"; then bad "escape codes in the quickstart's output to a file"; else ok "plain text when not on a terminal"; fi
 grep -q "^Done. The database is in $W/db" "$T/out" && ok "it ends with what to try next" || bad "no closing lines"

@@ -617,33 +617,29 @@ int cmd_calibrate(int argc, char **argv)
     enc_worker *w = NULL;
     outset outs[NK];
     memset(outs, 0, sizeof outs);
-    double *sum = NULL;
     float *mean = NULL;
+    char *old = NULL;
     int rc = CLI_BAD_INPUT, stopped = 1;
     /* Opening the model reads an old modality_means.json too: one made for
-     * other weights is refused there, and would stop the run that replaces it. */
-    char *old = NULL;
+     * other weights is refused there (the means' errors begin with the
+     * file's path), and would stop the run that replaces it. */
     if (asprintf(&old, "%s/%s", model, ENC_MEANS_FILE) < 0) {
+        old = NULL;
         cli_error("out of memory");
         goto out;
     }
     if (enc_pipeline_open(model, (int)threads, &p, err, sizeof err)) {
-        /* the means' errors begin with the file's path */
         if (strncmp(err, old, strlen(old)) || unlink(old)) {
             cli_error("%s", err);
-            free(old);
             goto out;
         }
         fprintf(stderr, "medsem: removed %s, which this model cannot use: %s\n", old,
                 err + strlen(old) + 2);
-        free(old);
-        old = NULL;
         if (enc_pipeline_open(model, (int)threads, &p, err, sizeof err)) {
             cli_error("%s", err);
             goto out;
         }
     }
-    free(old);
     if (enc_worker_new(p, (int)batch, &w, err, sizeof err)) {
         cli_error("%s", err);
         goto out;
@@ -662,34 +658,33 @@ int cmd_calibrate(int argc, char **argv)
                   manifest, outs[K_IMAGE].n, outs[K_VOLUME].n, outs[K_REPORT].n);
         goto out;
     }
-    sum = calloc((size_t)d, sizeof *sum);
-    mean = calloc((size_t)NK * d, sizeof *mean);
-    if (!sum || !mean) {
+    if (!(mean = calloc((size_t)NK * d, sizeof *mean))) {
         cli_error("out of memory");
         goto out;
     }
+    /* The manifest's kinds are the encoder's, in its order: the means go
+     * to enc_means_save as they are. */
+    _Static_assert((int)K_IMAGE == (int)ENC_IMAGE && (int)K_VOLUME == (int)ENC_VOLUME &&
+                   (int)K_REPORT == (int)ENC_TEXT,
+                   "manifest kinds follow enc_kind");
     const float *means[NK];
     size_t count[NK];
     double norm[NK];
     for (int k = 0; k < NK; k++) {
         float *m = mean + (size_t)k * d;
-        memset(sum, 0, (size_t)d * sizeof *sum);
-        for (size_t i = 0; i < outs[k].n; i++)
-            for (int e = 0; e < d; e++)
-                sum[e] += outs[k].v[i * d + e];
         double n2 = 0;
         for (int e = 0; e < d && outs[k].n; e++) {
-            m[e] = (float)(sum[e] / (double)outs[k].n);
+            double acc = 0;
+            for (size_t i = 0; i < outs[k].n; i++)
+                acc += outs[k].v[i * d + e];
+            m[e] = (float)(acc / (double)outs[k].n);
             n2 += (double)m[e] * m[e];
         }
         means[k] = m;
         count[k] = outs[k].n;
         norm[k] = sqrt(n2);
     }
-    /* The three kinds' spaces match the encoder's kinds one for one. */
-    const float *by_kind[3] = {means[K_IMAGE], means[K_VOLUME], means[K_REPORT]};
-    size_t n_kind[3] = {count[K_IMAGE], count[K_VOLUME], count[K_REPORT]};
-    if (enc_means_save(model, enc_pipeline_model_id(p), d, by_kind, n_kind, manifest, err,
+    if (enc_means_save(model, enc_pipeline_model_id(p), d, means, count, manifest, err,
                        sizeof err)) {
         cli_error("%s", err);
         goto out;
@@ -703,7 +698,7 @@ int cmd_calibrate(int argc, char **argv)
     rc = CLI_OK;
 out:
     outs_free(outs);
-    free(sum);
+    free(old);
     free(mean);
     enc_worker_free(w);
     enc_pipeline_close(p);

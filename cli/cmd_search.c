@@ -215,24 +215,37 @@ static int space_kind(store_space sp)
                                    : sp == STORE_SPACE_REPORT ? ENC_TEXT : -1;
 }
 
+/* The model folder of a query: --model, else the one the database records
+ * (*rec, for the caller to free).  0 with *dir set; 1 when there is none
+ * (the vectors were imported); -1 after saying why. */
+static int model_folder(store *s, const char *model, const char **dir, char **rec)
+{
+    *rec = NULL;
+    *dir = model;
+    if (model)
+        return 0;
+    int r = store_attr_get(s, "model_dir", rec);
+    if (r == STORE_NOTFOUND)
+        return 1;
+    if (r) {
+        cli_error("%s", store_errmsg(s));
+        return -1;
+    }
+    *dir = *rec;
+    return 0;
+}
+
 /* The modality means for a query by --item, which opens no model: those of
- * --model or the model folder the database records (none when it records
- * none).  0, or -1 after saying why. */
+ * the model folder (none when there is none).  0, or -1 after saying why. */
 static int item_means(store *s, const char *model, enc_means **out)
 {
-    char *rec = NULL, err[1024];
+    char *rec, err[1024];
+    const char *dir;
     *out = NULL;
-    if (!model) {
-        int r = store_attr_get(s, "model_dir", &rec);
-        if (r == STORE_NOTFOUND)
-            return 0;
-        if (r) {
-            cli_error("%s", store_errmsg(s));
-            return -1;
-        }
-        model = rec;
-    }
-    int rc = enc_means_load(model, store_model_id(s), (int)store_dim(s), out, err, sizeof err);
+    int f = model_folder(s, model, &dir, &rec);
+    if (f)
+        return f < 0 ? -1 : 0;
+    int rc = enc_means_load(dir, store_model_id(s), (int)store_dim(s), out, err, sizeof err);
     if (rc)
         cli_error("%s (--no-shift searches without them)", err);
     free(rec);
@@ -243,19 +256,12 @@ static int item_means(store *s, const char *model, enc_means **out)
  * which must be the model that made the database's vectors. */
 static enc_pipeline *open_model(store *s, const char *db, const char *model)
 {
-    char *rec = NULL, err[1024];
-    if (!model) {
-        int r = store_attr_get(s, "model_dir", &rec);
-        if (r == STORE_NOTFOUND) {
-            cli_error("%s records no model (its vectors were imported); give --model DIR", db);
-            return NULL;
-        }
-        if (r) {
-            cli_error("%s", store_errmsg(s));
-            return NULL;
-        }
-        model = rec;
-    }
+    char *rec, err[1024];
+    int f = model_folder(s, model, &model, &rec);
+    if (f > 0)
+        cli_error("%s records no model (its vectors were imported); give --model DIR", db);
+    if (f)
+        return NULL;
     enc_pipeline *p = NULL;
     if (enc_pipeline_open(model, 1, &p, err, sizeof err)) {
         cli_error("%s%s", err, rec ? " (the model directory recorded in the database; --model "

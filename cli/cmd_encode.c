@@ -416,7 +416,11 @@ static int encode_manifest(const enc_pipeline *p, enc_worker *w, int batch, cons
     int rc = *stopped ? CLI_BAD_INPUT : CLI_OK;
     if (!b)
         cli_error("out of memory");
-    fprintf(stderr, "medsem: encoded %zu items, %zu skipped as bad input\n", ok, failed);
+    else if (stop)
+        fprintf(stderr, "medsem: stopped at the first bad item; %zu item%s encoded before it\n",
+                ok, ok == 1 ? "" : "s");
+    else
+        fprintf(stderr, "medsem: encoded %zu items, %zu skipped as bad input\n", ok, failed);
     if (failed && rc == CLI_OK)
         rc = CLI_BAD_INPUT;
     return rc;

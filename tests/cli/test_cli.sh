@@ -158,6 +158,11 @@ expect 0 "" "search encoded reports by item" -- "$MEDSEM" search --db "$T/encdb"
 grep -q '"report":"' "$T/out" && ok "hits carry their reports" || bad "encoded search: $(cat "$T/out")"
 expect 1 "m.jsonl:3" "--strict stops at the first bad item" -- "$MEDSEM" encode --model "$MODEL" --manifest "$T/m.jsonl" --strict --quiet
 [ "$(grep -c embedding "$T/out")" = 2 ] && ok "--strict kept what came before" || bad "strict output: $(cat "$T/out")"
+grep -q "stopped at the first bad item; 2 items encoded before it" "$T/err" && ok "--strict says where it stopped" || bad "strict summary: $(cat "$T/err")"
+printf '%s\n' '{"kind": "report", "report": "Small right pleural effusion."}' \
+    '{"kind": "image", "file": "missing.png", "modality": "CR"}' > "$T/m2.jsonl"
+expect 1 "m2.jsonl:2: .*missing.png" "--strict names an unreadable file" -- "$MEDSEM" encode --model "$MODEL" --manifest "$T/m2.jsonl" --strict --quiet
+grep -q "stopped at the first bad item; 1 item encoded before it" "$T/err" && ok "--strict counts what it encoded before an unreadable file" || bad "strict summary: $(cat "$T/err")"
 
 # --- synth -> train -> eval -> encode, end to end on a tiny set ----------------------
 expect 0 "" "synth a tiny set" -- "$MEDSEM" synth --out "$T/syn" --volumes 10 --images 10 --seed 3 --size small --quiet

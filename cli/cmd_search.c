@@ -492,23 +492,24 @@ int cmd_search(int argc, char **argv)
     /* A radiograph or volume query that searches another kind moves by the
      * modality means (encoder/means.h); best slices score the query as it
      * was, since slices come from the image tower. */
-    int shifted = 0, qk = space_kind(qsp), gk = space_kind(sp);
-    int may_move = !noshift && !vfile && qk >= 0 && gk >= 0 &&
-                   !(item && qit->kind == STORE_KIND_VECTOR);
-    if (may_move && p) {
-        shifted = enc_means_moves(enc_pipeline_means(p), qk, gk);
-    } else if (may_move && item) {
-        if (item_means(s, model, &own_means))
+    int qk = space_kind(qsp), gk = space_kind(sp);
+    const enc_means *means = NULL;
+    if (!noshift && !vfile && qk >= 0 && gk >= 0 && !(item && qit->kind == STORE_KIND_VECTOR)) {
+        if (p)
+            means = enc_pipeline_means(p);
+        else if (item && item_means(s, model, &own_means))
             goto out;
-        shifted = enc_means_moves(own_means, qk, gk);
+        else
+            means = own_means;
     }
+    int shifted = enc_means_moves(means, qk, gk);
     if (shifted) {
         if (!(q0 = malloc(dim * sizeof *q0))) {
             cli_error("out of memory");
             goto out;
         }
         memcpy(q0, q, dim * sizeof *q0);
-        enc_means_shift(p ? enc_pipeline_means(p) : own_means, qk, gk, q, 1);
+        enc_means_shift(means, qk, gk, q, 1);
     }
     if (idx_space_open(s, sp, NULL, &x, err, sizeof err)) {
         cli_error("%s", err);
